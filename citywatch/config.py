@@ -1,0 +1,244 @@
+"""Settings: config.yaml overlaid by CITYWATCH_* environment variables, validated once at the edge.
+
+Precedence (highest first): explicit overrides, environment (`CITYWATCH_<SECTION>__<KEY>`),
+the YAML file, the defaults below (which config.yaml documents one by one).
+Secrets are SecretStr: they never print. Each secret can also come from a file (`*_file`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from citywatch.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttSettings(Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    embedded: bool = False
+    client_id: str = "citywatch-collector"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    topic_prefix: str = "citywatch"
+    qos: int = Field(1, ge=0, le=2)
+    keepalive_s: int = Field(30, ge=5)
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
+    receive_maximum: int = Field(1000, ge=1, le=65535)
+    queue_size: int = Field(20000, ge=10)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, url: str) -> str:
+        if not url.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("must start with mqtt:// or mqtts://")
+        return url
+
+
+class IngestSettings(Section):
+    max_payload_bytes: int = Field(16384, ge=256)
+    max_future_skew_s: float = Field(300.0, ge=0)
+    batch_size: int = Field(1000, ge=1)
+
+
+class WebhookRoute(Section):
+    """Send matching alert transitions to `url`. Empty lists match everything."""
+
+    name: str
+    url: str
+    kinds: list[str] = []
+    districts: list[str] = []
+    grids: list[str] = []
+    rules: list[str] = []
+    min_severity: str = Field("info", pattern="^(info|warning|critical)$")
+    secret: SecretStr | None = None  # defaults to webhooks.secret
+
+
+class WebhookSettings(Section):
+    url: str | None = None  # the default route: gets every transition no other route claims
+    routes: list[WebhookRoute] = []
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    timeout_s: float = Field(10.0, gt=0)
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+    concurrency: int = Field(4, ge=1)
+    public_url: str = "http://127.0.0.1:8086"
+
+
+class InfluxSettings(Section):
+    url: str | None = None
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    org: str = "citywatch"
+    bucket: str = "citywatch"
+    batch_size: int = Field(5000, ge=1)
+    flush_interval_ms: int = Field(1000, ge=10)
+    timeout_ms: int = Field(10000, ge=100)
+    buffer_max_mb: int = Field(512, ge=1)  # on-disk buffer while InfluxDB is unreachable
+
+
+class ApiSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8086, ge=0, le=65535)
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+
+class AlertSettings(Section):
+    review_deadline_h: float = Field(6.0, gt=0)
+    response_deadline_h: float = Field(15.0, gt=0)
+    tick_s: float = Field(1.0, gt=0)
+
+
+class GasRules(Section):
+    level1_pct: float = Field(25.0, gt=0, le=100)
+    level2_pct: float = Field(50.0, gt=0, le=100)
+    hysteresis_pct: float = Field(5.0, ge=0)
+
+
+class NoiseRules(Section):
+    # GB 3096-2008 limits by functional zone class: [day, night] dB(A)
+    limits: dict[str, tuple[float, float]] = {
+        "0": (50, 40), "1": (55, 45), "2": (60, 50), "3": (65, 55), "4a": (70, 55), "4b": (70, 60),
+    }
+    default_zone_class: str = "2"
+    day_start_hour: int = Field(6, ge=0, le=23)
+    night_start_hour: int = Field(22, ge=0, le=23)
+    hysteresis_db: float = Field(3.0, ge=0)
+    night_burst_db: float = Field(15.0, ge=0)
+
+
+class WaterRules(Section):
+    light_cm: float = Field(3.0, ge=0)
+    moderate_cm: float = Field(10.0, ge=0)
+    severe_cm: float = Field(25.0, ge=0)
+    hysteresis_cm: float = Field(1.0, ge=0)
+
+
+class ParkingRules(Section):
+    max_stay_min: float = Field(120.0, gt=0)
+
+
+class LockRules(Section):
+    fail_count: int = Field(5, ge=2)
+    fail_window_s: float = Field(300.0, gt=0)
+
+
+class HealthRules(Section):
+    battery_low_pct: float = Field(15.0, ge=0, le=100)
+    battery_clear_pct: float = Field(20.0, ge=0, le=100)
+    offline_intervals: float = Field(3.0, ge=1)
+
+
+class RuleSettings(Section):
+    gas: GasRules = GasRules()
+    noise: NoiseRules = NoiseRules()
+    water: WaterRules = WaterRules()
+    parking: ParkingRules = ParkingRules()
+    lock: LockRules = LockRules()
+    health: HealthRules = HealthRules()
+
+
+class Settings(BaseSettings):
+    """Everything citywatch can be told; built once by `load_settings` and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CITYWATCH_", env_nested_delimiter="__", extra="forbid", frozen=True,
+        case_sensitive=False,
+    )
+
+    data_dir: Path = Path("./data")
+    timezone: str = "Asia/Shanghai"
+    log_level: str = "INFO"
+    mqtt: MqttSettings = MqttSettings()
+    ingest: IngestSettings = IngestSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    influx: InfluxSettings = InfluxSettings()
+    api: ApiSettings = ApiSettings()
+    alerts: AlertSettings = AlertSettings()
+    rules: RuleSettings = RuleSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Overrides (init kwargs) beat the environment, which beats the YAML file.
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def _read_secret(value: SecretStr | None, path: Path | None, key: str) -> SecretStr | None:
+    if value is not None or path is None:
+        return value
+    try:
+        return SecretStr(path.read_text().strip())
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read secret file {path}: {exc.strerror}") from exc
+
+
+def default_config_path() -> Path | None:
+    env = os.environ.get("CITYWATCH_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("config.yaml")
+    return local if local.exists() else None
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build validated settings; raises ConfigError naming the offending key."""
+    path = path if path is not None else default_config_path()
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=path)
+
+    try:
+        settings: Settings = _FromFile(**(overrides or {}))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+    return _resolve_secrets(settings)
+
+
+def _resolve_secrets(s: Settings) -> Settings:
+    mqtt = s.mqtt.model_copy(update={"password": _read_secret(s.mqtt.password, s.mqtt.password_file,
+                                                               "mqtt.password_file")})
+    hooks = s.webhooks.model_copy(update={"secret": _read_secret(s.webhooks.secret, s.webhooks.secret_file,
+                                                                  "webhooks.secret_file")})
+    influx = s.influx.model_copy(update={"token": _read_secret(s.influx.token, s.influx.token_file,
+                                                                "influx.token_file")})
+    api = s.api.model_copy(update={"token": _read_secret(s.api.token, s.api.token_file, "api.token_file")})
+    return s.model_copy(update={"mqtt": mqtt, "webhooks": hooks, "influx": influx, "api": api})

@@ -1,0 +1,30 @@
+"""Gas detector alarm levels (GB/T 50493-2019): level-1 (low) and level-2 (high), in %LEL."""
+
+from __future__ import annotations
+
+from citywatch.config import GasRules
+from citywatch.detectors.base import DeviceState, level_with_hysteresis, threshold
+from citywatch.model import Device, Finding, Reading
+
+_SEVERITY = ("", "warning", "critical")
+
+
+class GasLevel:
+    """One alert per leak; its severity follows the level (level-2 raises it to critical)."""
+
+    name = "gas_level"
+    kinds = frozenset({"gas"})
+
+    def __init__(self, rules: GasRules) -> None:
+        self.rules = rules
+
+    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+        lel = reading.values["lel_pct"]
+        limits = (threshold(device, "gas.level1_pct", self.rules.level1_pct),
+                  threshold(device, "gas.level2_pct", self.rules.level2_pct))
+        level = level_with_hysteresis(lel, state.get("gas.level", 0), limits, self.rules.hysteresis_pct)
+        state["gas.level"] = level
+        if level == 0:
+            return Finding(self.name, False, value=lel)
+        return Finding(self.name, True, _SEVERITY[level], lel, limits[level - 1],
+                       f"combustible gas at {lel:g}% LEL (level-{level} alarm at {limits[level - 1]:g}%)")

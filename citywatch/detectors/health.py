@@ -1,0 +1,38 @@
+"""Device health for every kind: low battery. (Offline detection runs on the clock in the pipeline.)"""
+
+from __future__ import annotations
+
+from citywatch.config import HealthRules
+from citywatch.detectors.base import DeviceState, threshold
+from citywatch.model import KINDS, Device, Finding, Reading
+
+OFFLINE_RULE = "device_offline"
+
+
+class BatteryLow:
+    name = "battery_low"
+    kinds = frozenset(KINDS)
+
+    def __init__(self, rules: HealthRules) -> None:
+        self.rules = rules
+
+    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+        if reading.kind == "lock" and reading.values["event"] == "low_battery":
+            return Finding(self.name, True, "warning", reading.battery, None, "lock reports low battery")
+        battery = reading.battery
+        if battery is None:
+            return None
+        low = threshold(device, "battery.low_pct", self.rules.battery_low_pct)
+        if battery < low:
+            return Finding(self.name, True, "warning", battery, low, f"battery at {battery:g}%")
+        if battery >= max(low, self.rules.battery_clear_pct):
+            return Finding(self.name, False, value=battery)
+        return None
+
+
+def offline_finding(active: bool, reason: str, silent_s: float | None = None,
+                    limit_s: float | None = None) -> Finding:
+    if not active:
+        return Finding(OFFLINE_RULE, False)
+    return Finding(OFFLINE_RULE, True, "warning", round(silent_s, 1) if silent_s is not None else None,
+                   limit_s, reason)

@@ -1,0 +1,1 @@
+"""Devices: the registry (SQLite), credentials and the installers' CLI."""

@@ -1,0 +1,1 @@
+"""Ingest: the device contract (topics, payload schemas) and the MQTT collector."""

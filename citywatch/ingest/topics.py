@@ -1,0 +1,52 @@
+"""The topic contract: `<prefix>/<kind>/<device_id>/telemetry` and `.../status`."""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from citywatch.errors import InvalidMessage
+from citywatch.model import KINDS
+
+DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
+_KINDS = frozenset(KINDS)
+MAX_TOPIC_LENGTH = 256
+
+
+class Topic(NamedTuple):
+    kind: str
+    device_id: str
+    channel: str  # telemetry | status
+
+
+def valid_device_id(device_id: str) -> bool:
+    return _DEVICE_ID.fullmatch(device_id) is not None
+
+
+def parse_topic(topic: str, prefix: str = "citywatch") -> Topic:
+    """Split a topic into (kind, device_id, channel) or raise InvalidMessage."""
+    if len(topic) > MAX_TOPIC_LENGTH:
+        raise InvalidMessage("bad_topic", f"topic longer than {MAX_TOPIC_LENGTH} characters")
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != prefix or parts[3] not in ("telemetry", "status"):
+        raise InvalidMessage("bad_topic", f"expected {prefix}/<kind>/<device_id>/telemetry|status")
+    kind, device_id = parts[1], parts[2]
+    if kind not in _KINDS:
+        raise InvalidMessage("unknown_kind", f"kind {kind[:32]!r} is not one of {', '.join(KINDS)}", "kind")
+    if _DEVICE_ID.fullmatch(device_id) is None:
+        raise InvalidMessage("bad_topic", "device id must match " + DEVICE_ID_PATTERN, "device_id")
+    return Topic(kind, device_id, parts[3])
+
+
+def telemetry_topic(kind: str, device_id: str, prefix: str = "citywatch") -> str:
+    return f"{prefix}/{kind}/{device_id}/telemetry"
+
+
+def status_topic(kind: str, device_id: str, prefix: str = "citywatch") -> str:
+    return f"{prefix}/{kind}/{device_id}/status"
+
+
+def device_topic_filter(kind: str, device_id: str, prefix: str = "citywatch") -> str:
+    """What one device may publish to (its ACL pattern)."""
+    return f"{prefix}/{kind}/{device_id}/#"

@@ -1,0 +1,118 @@
+"""Values that cross the seams: readings, devices, findings, alerts, transitions.
+
+They are msgspec Structs: typed, cheap to build on the hot path, and serialisable
+to JSON or msgpack for the alert store, webhooks and (later) Kafka topics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+KINDS: tuple[str, ...] = ("gas", "noise", "water", "parking", "lock")
+SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
+SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
+
+Value = float | int | bool | str | None
+
+
+class Reading(msgspec.Struct, frozen=True, gc=False):
+    """One validated telemetry message. `ts` is event time, `received_at` arrival time (epoch s)."""
+
+    device_id: str
+    kind: str
+    ts: float
+    received_at: float
+    values: dict[str, Any]
+    seq: int | None = None
+    battery: float | None = None
+    rssi: float | None = None
+
+
+class Device(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered device and the attributes detectors and dispatch need."""
+
+    id: str
+    kind: str
+    district: str = ""
+    grid: str = ""
+    address: str = ""
+    lat: float | None = None
+    lon: float | None = None
+    zone_class: str | None = None
+    interval_s: float = 60.0
+    tenants: int | None = None
+    max_stay_min: float | None = None
+    no_parking: bool = False
+    thresholds: dict[str, float] = {}
+    enabled: bool = True
+    created_at: float = 0.0
+
+
+class Finding(msgspec.Struct, frozen=True, gc=False):
+    """What a rule says about one reading: the condition is active (open/update) or not (clear).
+
+    `latched` findings (forced open, tamper, brute force) stay open until a person resolves them.
+    """
+
+    rule: str
+    active: bool
+    severity: str = "warning"
+    value: Value = None
+    threshold: float | None = None
+    message: str = ""
+    latched: bool = False
+
+
+class Alert(msgspec.Struct, kw_only=True):
+    """The current state of one case: one per (device, rule) while not resolved."""
+
+    id: str
+    device_id: str
+    kind: str
+    rule: str
+    severity: str
+    status: str  # open | acknowledged | resolved
+    opened_at: float
+    updated_at: float
+    value: Value = None
+    threshold: float | None = None
+    message: str = ""
+    count: int = 1
+    latched: bool = False
+    review_deadline: float = 0.0
+    response_deadline: float = 0.0
+    acked_at: float | None = None
+    acked_by: str | None = None
+    resolved_at: float | None = None
+    resolved_by: str | None = None
+    escalations: list[str] = []
+    transitions: int = 0
+    device: dict[str, Any] = {}  # the dispatch block (district, grid, address, lat, lon), set at open
+
+
+class Transition(msgspec.Struct, frozen=True, kw_only=True):
+    """One change in an alert's life; `id` is stable and doubles as the webhook-id."""
+
+    id: str
+    alert_id: str
+    transition: str  # opened | updated | escalated | acknowledged | resolved
+    at: float
+    alert: Alert
+    reason: str = ""
+
+
+def device_summary(device: Device | None, device_id: str, kind: str) -> dict[str, Any]:
+    """The device block a dispatch system needs to open a work order."""
+    if device is None:
+        return {"id": device_id, "kind": kind}
+    return {
+        "id": device.id,
+        "kind": device.kind,
+        "district": device.district,
+        "grid": device.grid,
+        "address": device.address,
+        "lat": device.lat,
+        "lon": device.lon,
+    }

@@ -1,0 +1,162 @@
+"""The alert store: SQLite under data_dir holding alerts, their transitions, dead letters,
+detector state and the webhook outbox, so one transaction commits all a batch produced.
+
+The runner acknowledges MQTT messages only after `commit` returns: at-least-once end to end.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from citywatch.model import Alert, Transition
+from citywatch.streams.pipeline import DeadLetter, Output
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    status TEXT NOT NULL,
+    opened_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status);
+CREATE TABLE IF NOT EXISTS transitions (
+    id TEXT PRIMARY KEY,
+    alert_id TEXT NOT NULL,
+    transition TEXT NOT NULL,
+    at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_alert ON transitions (alert_id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason);
+CREATE TABLE IF NOT EXISTS device_state (
+    device_id TEXT PRIMARY KEY,
+    body BLOB NOT NULL
+);
+"""
+
+_encode_json = msgspec.json.Encoder().encode
+_encode_state = msgspec.msgpack.Encoder().encode
+_decode_state = msgspec.msgpack.Decoder(dict[str, Any]).decode
+_decode_alert = msgspec.json.Decoder(Alert).decode
+
+TxHook = Callable[[sqlite3.Connection, Output], None]
+
+
+def store_path(data_dir: Path) -> Path:
+    return data_dir / "state.db"
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+class AlertStore:
+    def __init__(self, path: Path, hooks: Iterable[TxHook] = ()) -> None:
+        self.path = path
+        self.conn = connect(path)
+        self.hooks = list(hooks)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- loading at start -----------------------------------------------------------------
+
+    def open_alerts(self) -> list[Alert]:
+        rows = self.conn.execute("SELECT body FROM alerts WHERE status != 'resolved' ORDER BY opened_at")
+        return [_decode_alert(body) for (body,) in rows]
+
+    def device_states(self) -> dict[str, dict[str, Any]]:
+        rows = self.conn.execute("SELECT device_id, body FROM device_state")
+        return {device_id: _decode_state(body) for device_id, body in rows}
+
+    # -- the batch commit -----------------------------------------------------------------
+
+    def commit(self, out: Output, alerts: Iterable[Alert], states: dict[str, dict[str, Any]]) -> None:
+        """Write everything one batch produced in one transaction (hooks join it: the outbox)."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(a.id, a.device_id, a.kind, a.rule, a.severity, a.status, a.opened_at, a.updated_at,
+                  _encode_json(a)) for a in alerts],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO transitions VALUES (?, ?, ?, ?, ?)",
+                [(t.id, t.alert_id, t.transition, t.at, _encode_json(t)) for t in out.transitions],
+            )
+            conn.executemany(
+                "INSERT INTO dead_letters (topic, payload, size, reason, detail, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(d.topic, d.payload, d.size, d.reason, d.detail, d.received_at) for d in out.dead_letters],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO device_state VALUES (?, ?)",
+                [(device_id, _encode_state(state)) for device_id, state in states.items()],
+            )
+            for hook in self.hooks:
+                hook(conn, out)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- queries for the CLI and API ------------------------------------------------------
+
+    def alerts(self, status: str | None = "open") -> list[Alert]:
+        if status == "open":
+            rows = self.conn.execute(
+                "SELECT body FROM alerts WHERE status != 'resolved' ORDER BY opened_at DESC")
+        elif status is None:
+            rows = self.conn.execute("SELECT body FROM alerts ORDER BY opened_at DESC")
+        else:
+            rows = self.conn.execute("SELECT body FROM alerts WHERE status = ? ORDER BY opened_at DESC",
+                                     (status,))
+        return [_decode_alert(body) for (body,) in rows]
+
+    def transitions(self, alert_id: str | None = None) -> list[Transition]:
+        decode = msgspec.json.Decoder(Transition).decode
+        if alert_id is None:
+            rows = self.conn.execute("SELECT body FROM transitions ORDER BY at, id")
+        else:
+            rows = self.conn.execute("SELECT body FROM transitions WHERE alert_id = ? ORDER BY at, id",
+                                     (alert_id,))
+        return [decode(body) for (body,) in rows]
+
+    def dead_letters(self, limit: int = 100, reason: str | None = None) -> list[DeadLetter]:
+        sql = "SELECT topic, payload, reason, detail, received_at, size FROM dead_letters"
+        args: tuple[Any, ...] = ()
+        if reason:
+            sql += " WHERE reason = ?"
+            args = (reason,)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        rows = self.conn.execute(sql, (*args, limit))
+        return [DeadLetter(*row) for row in rows]
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason ORDER BY 2 DESC")
+        return dict(rows.fetchall())

@@ -1,0 +1,1 @@
+"""Streams: the transport-free pipeline core and the runners that drive it."""

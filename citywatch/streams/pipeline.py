@@ -1,0 +1,187 @@
+"""The pipeline core: topic + bytes in; readings, alert transitions and dead letters out.
+
+Plain Python with no MQTT, Kafka or HTTP import. The embedded runner and the Faust runner both
+call `process` per message and `tick` on their clock, then commit the `Output` to their sinks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, MutableMapping
+from typing import Protocol
+
+import msgspec
+
+from citywatch.config import Settings
+from citywatch.detectors.base import DeviceState, Rule
+from citywatch.detectors.deadman import Deadman
+from citywatch.detectors.health import OFFLINE_RULE, offline_finding
+from citywatch.detectors.lifecycle import AlertEngine
+from citywatch.detectors.registry import build_rules
+from citywatch.errors import InvalidMessage
+from citywatch.ingest.schemas import parse_status, parse_telemetry
+from citywatch.ingest.topics import parse_topic
+from citywatch.model import Device, Finding, Reading, Transition
+
+DEAD_LETTER_PAYLOAD_LIMIT = 2048
+
+
+class DeviceLookup(Protocol):
+    def get(self, device_id: str) -> Device | None: ...
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    topic: str
+    payload: bytes  # truncated to DEAD_LETTER_PAYLOAD_LIMIT
+    reason: str
+    detail: str
+    received_at: float
+    size: int
+
+
+class Output:
+    """What one batch produced; the runner commits it atomically, then acknowledges the messages."""
+
+    __slots__ = ("accepted", "transitions", "dead_letters", "statuses")
+
+    def __init__(self) -> None:
+        self.accepted: list[tuple[Reading, Device]] = []
+        self.transitions: list[Transition] = []
+        self.dead_letters: list[DeadLetter] = []
+        self.statuses: list[tuple[Device, str, float]] = []
+
+    def __len__(self) -> int:
+        return len(self.accepted) + len(self.transitions) + len(self.dead_letters) + len(self.statuses)
+
+
+class Pipeline:
+    """Parse, validate, enrich, detect, fold into alerts. State lives in the mappings given."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        devices: DeviceLookup,
+        alerts: AlertEngine,
+        states: MutableMapping[str, DeviceState] | None = None,
+        started_at: float = 0.0,
+        rules: dict[str, list[Rule]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.devices = devices
+        self.alerts = alerts
+        self.states: MutableMapping[str, DeviceState] = states if states is not None else {}
+        self.dirty: set[str] = set()
+        self.rules = rules if rules is not None else build_rules(settings)
+        self.prefix = settings.mqtt.topic_prefix
+        self.max_payload = settings.ingest.max_payload_bytes
+        self.max_skew = settings.ingest.max_future_skew_s
+        self.offline_intervals = settings.rules.health.offline_intervals
+        self.counters: Counter[str] = Counter()
+        self.deadman = Deadman(grace_from=started_at)
+        for device_id, state in self.states.items():
+            seen = state.get("seen")
+            timeout = state.get("timeout")
+            if seen is not None and timeout is not None and not self.alerts.is_open(device_id, OFFLINE_RULE):
+                self.deadman.seen(device_id, timeout, seen)
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def process(self, topic: str, payload: bytes, received_at: float, out: Output) -> None:
+        """Process one message; a bad one becomes a dead letter, never an exception."""
+        self.counters["received"] += 1
+        try:
+            if len(payload) > self.max_payload:
+                raise InvalidMessage("payload_too_large", f"{len(payload)} bytes > {self.max_payload}")
+            kind, device_id, channel = parse_topic(topic, self.prefix)
+            device = self.devices.get(device_id)
+            if device is None:
+                raise InvalidMessage("unknown_device", f"device {device_id} is not registered", "device_id")
+            if not device.enabled:
+                raise InvalidMessage("device_disabled", f"device {device_id} is disabled", "device_id")
+            if device.kind != kind:
+                raise InvalidMessage("kind_mismatch", f"device {device_id} is registered as {device.kind}", "kind")
+            if channel == "status":
+                self._status(device, parse_status(payload), received_at, out)
+            else:
+                reading = parse_telemetry(kind, device_id, payload, received_at, self.max_skew)
+                self._reading(reading, device, out)
+        except InvalidMessage as exc:
+            self._dead_letter(topic, payload, exc.reason, exc.detail, received_at, out)
+
+    def _dead_letter(self, topic: str, payload: bytes, reason: str, detail: str, received_at: float,
+                     out: Output) -> None:
+        self.counters["dead_letters"] += 1
+        self.counters["dead_letter." + reason] += 1
+        out.dead_letters.append(DeadLetter(topic[:512], payload[:DEAD_LETTER_PAYLOAD_LIMIT], reason,
+                                           detail[:500], received_at, len(payload)))
+
+    def _reading(self, reading: Reading, device: Device, out: Output) -> None:
+        device_id = reading.device_id
+        state = self.states.get(device_id)
+        if state is None:
+            state = self.states[device_id] = {}
+        last_ts = state.get("ts")
+        if reading.seq is not None and last_ts is not None:
+            last_seq = state.get("seq")
+            if last_seq is not None and reading.seq <= last_seq and reading.ts <= last_ts:
+                reason = "duplicate" if reading.seq == last_seq else "out_of_order"
+                raise InvalidMessage(reason, f"seq {reading.seq} after {last_seq}", "seq")
+        self.counters["processed"] += 1
+        self.dirty.add(device_id)
+        out.accepted.append((reading, device))
+        timeout = device.interval_s * self.offline_intervals
+        if reading.ts >= reading.received_at - timeout:  # backfill does not prove the device is alive
+            state["seen"] = reading.received_at
+            state["timeout"] = timeout
+            self.deadman.seen(device_id, timeout, reading.received_at)
+            if self.alerts.is_open(device_id, OFFLINE_RULE):
+                self._apply(device, offline_finding(False, "reporting again"), reading.ts, out)
+        if last_ts is not None and reading.ts < last_ts:
+            self.counters["late"] += 1  # stored, but stateful rules only see time moving forward
+            return
+        state["ts"] = reading.ts
+        if reading.seq is not None:
+            state["seq"] = reading.seq
+        for rule in self.rules[reading.kind]:
+            finding = rule.evaluate(reading, device, state)
+            if finding is not None:
+                self._apply(device, finding, reading.ts, out)
+
+    def _apply(self, device: Device, finding: Finding, at: float, out: Output) -> None:
+        transition = self.alerts.apply(device, finding, at)
+        if transition is not None:
+            self.counters["transitions." + transition.transition] += 1
+            out.transitions.append(transition)
+
+    def _status(self, device: Device, status: str, received_at: float, out: Output) -> None:
+        self.counters["processed"] += 1
+        self.counters["status." + status] += 1
+        out.statuses.append((device, status, received_at))
+        if status == "offline":
+            self.deadman.forget(device.id)
+            self._apply(device, offline_finding(True, "device announced offline (last will)"), received_at, out)
+        elif self.alerts.is_open(device.id, OFFLINE_RULE):
+            self._apply(device, offline_finding(False, "device announced online"), received_at, out)
+
+    # -- clock ------------------------------------------------------------------------------
+
+    def tick(self, now: float, out: Output) -> None:
+        """Time-driven work: devices gone silent, alert deadlines passed."""
+        for device_id, silent, timeout in self.deadman.overdue(now):
+            device = self.devices.get(device_id)
+            if device is None or not device.enabled:
+                continue
+            finding = offline_finding(True, f"no data for {silent:.0f} s (expected every {device.interval_s:g} s)",
+                                      silent, timeout)
+            self._apply(device, finding, now, out)
+        for transition in self.alerts.tick(now):
+            self.counters["transitions." + transition.transition] += 1
+            out.transitions.append(transition)
+
+    def take_dirty_states(self) -> dict[str, DeviceState]:
+        dirty = {device_id: self.states[device_id] for device_id in self.dirty}
+        self.dirty.clear()
+        return dirty
+
+
+Clock = Callable[[], float]
