@@ -99,6 +99,7 @@ class InfluxSettings(Section):
 
 
 class ApiSettings(Section):
+    enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8086, ge=0, le=65535)
     token: SecretStr | None = None

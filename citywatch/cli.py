@@ -1,0 +1,261 @@
+"""The `citywatch` command: thin wrappers that parse arguments and call library functions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from citywatch.config import Settings, load_settings
+from citywatch.errors import CitywatchError
+from citywatch.model import KINDS, Device
+
+
+def _ts(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+class Context:
+    def __init__(self, config: Path | None, data_dir: Path | None) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            overrides: dict[str, Any] = {"data_dir": self.data_dir} if self.data_dir else {}
+            try:
+                self._settings = load_settings(self.config, overrides)
+            except CitywatchError as exc:
+                raise click.ClickException(str(exc)) from None
+        return self._settings
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group()
+@click.option("--config", "config", type=click.Path(path_type=Path), envvar="CITYWATCH_CONFIG",
+              help="config.yaml to use (default: ./config.yaml if present).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Override data_dir.")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None, data_dir: Path | None) -> None:
+    """citywatch: real-time IoT sensing and alerts for city governance."""
+    ctx.obj = Context(config, data_dir)
+
+
+# -- run --------------------------------------------------------------------------------------
+
+
+@main.command()
+@pass_ctx
+def run(ctx: Context) -> None:
+    """Run the pipeline: collect MQTT, detect, alert, deliver. Stops on SIGINT/SIGTERM."""
+    from citywatch.logs import setup_logging
+    from citywatch.streams.embedded import EmbeddedRunner
+
+    settings = ctx.settings
+    setup_logging(settings)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        runner = EmbeddedRunner(settings)
+        await runner.run(stop)
+
+    asyncio.run(_main())
+
+
+@main.command()
+@click.option("--duration", default=60.0, show_default=True, help="Seconds to run.")
+@click.option("--devices", "n_devices", default=300, show_default=True, help="Simulated devices.")
+@click.option("--speed", default=120.0, show_default=True, help="Simulated seconds per real second.")
+@click.option("--quiet", is_flag=True, help="Do not print alerts as they happen.")
+@pass_ctx
+def demo(ctx: Context, duration: float, n_devices: int, speed: float, quiet: bool) -> None:
+    """Everything embedded: broker, simulator, pipeline, webhook receiver; then a summary."""
+    from citywatch.demo import run_demo
+
+    summary = asyncio.run(run_demo(ctx.data_dir, duration, n_devices, speed, echo=None if quiet else click.echo))
+    click.echo(summary.render())
+
+
+@main.command()
+@click.option("--url", default=None, help="Broker URL (default: mqtt.url from config).")
+@click.option("--devices", "n_devices", default=300, show_default=True)
+@click.option("--duration", default=60.0, show_default=True, help="Simulated seconds of telemetry.")
+@click.option("--rate", default=None, type=float, help="Messages per second (default: as fast as possible).")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--register", is_flag=True, help="Also register the simulated devices in the registry.")
+@pass_ctx
+def simulate(ctx: Context, url: str | None, n_devices: int, duration: float, rate: float | None,
+             seed: int, register: bool) -> None:
+    """Publish simulated telemetry of all kinds (with incidents) to a broker."""
+    from citywatch.devices.registry import Registry, registry_path
+    from citywatch.ingest.simulator import Simulator, make_devices, publish_sync
+
+    settings = ctx.settings
+    devices = make_devices(n_devices, seed=seed)
+    if register:
+        registry = Registry(registry_path(settings.data_dir))
+        added = 0
+        for device in devices:
+            if registry.get(device.id) is None:
+                registry.add(device)
+                added += 1
+        registry.close()
+        click.echo(f"registered {added} devices")
+    sim = Simulator(devices, seed=seed, start=time.time() - duration)
+    messages = [(topic, payload) for topic, payload, _ in sim.messages(duration)]
+    sent = publish_sync(url or settings.mqtt.url, messages, qos=1, rate=rate)
+    click.echo(f"published {sent} messages from {len(devices)} devices")
+
+
+@main.command()
+def schema() -> None:
+    """Print the device payload contract as JSON Schema."""
+    from citywatch.ingest.schemas import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@main.command("config")
+@pass_ctx
+def show_config(ctx: Context) -> None:
+    """Print the effective configuration (secrets masked)."""
+    click.echo(json.dumps(ctx.settings.model_dump(mode="json"), indent=2))
+
+
+# -- devices ----------------------------------------------------------------------------------
+
+
+@main.group()
+def devices() -> None:
+    """Register and list devices."""
+
+
+def _registry(ctx: Context) -> Any:
+    from citywatch.devices.registry import Registry, registry_path
+
+    return Registry(registry_path(ctx.settings.data_dir))
+
+
+@devices.command("add")
+@click.argument("device_id")
+@click.option("--kind", type=click.Choice(KINDS), required=True)
+@click.option("--district", default="")
+@click.option("--grid", default="")
+@click.option("--zone-class", default=None, help="Noise functional zone class: 0, 1, 2, 3, 4a, 4b.")
+@click.option("--lat", type=float, default=None)
+@click.option("--lon", type=float, default=None)
+@click.option("--address", default="")
+@click.option("--interval", "interval_s", type=float, default=60.0, show_default=True,
+              help="Expected reporting interval, seconds.")
+@click.option("--tenants", type=int, default=None, help="Registered tenants (locks).")
+@click.option("--max-stay-min", type=float, default=None, help="Maximum stay (parking), minutes.")
+@click.option("--no-parking", is_flag=True, help="Bay in a no-parking zone or fire lane.")
+@pass_ctx
+def devices_add(ctx: Context, device_id: str, kind: str, **attrs: Any) -> None:
+    """Register a device."""
+    registry = _registry(ctx)
+    try:
+        device = registry.add(Device(id=device_id, kind=kind, **attrs))
+    except CitywatchError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        registry.close()
+    click.echo(f"added {device.id} ({device.kind})")
+
+
+@devices.command("list")
+@click.option("--kind", type=click.Choice(KINDS), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def devices_list(ctx: Context, kind: str | None, as_json: bool) -> None:
+    """List registered devices."""
+    registry = _registry(ctx)
+    found = [d for d in registry.all() if kind is None or d.kind == kind]
+    registry.close()
+    if as_json:
+        click.echo(msgspec.json.encode(found).decode())
+        return
+    for d in found:
+        state = "enabled" if d.enabled else "disabled"
+        click.echo(f"{d.id}\t{d.kind}\t{d.district}\t{d.grid}\t{d.zone_class or '-'}\t{state}\t{d.address}")
+    click.echo(f"{len(found)} devices", err=True)
+
+
+# -- alerts and dead letters ------------------------------------------------------------------
+
+
+def _store(ctx: Context) -> Any:
+    from citywatch.sinks.store import AlertStore, store_path
+
+    return AlertStore(store_path(ctx.settings.data_dir))
+
+
+@main.group()
+def alerts() -> None:
+    """Show and handle alerts."""
+
+
+@alerts.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include resolved alerts.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def alerts_list(ctx: Context, show_all: bool, as_json: bool) -> None:
+    """Open alerts (newest first)."""
+    store = _store(ctx)
+    found = store.alerts(None if show_all else "open")
+    store.close()
+    if as_json:
+        click.echo(msgspec.json.encode(found).decode())
+        return
+    for a in found:
+        click.echo(f"{a.id}\t{a.status}\t{a.severity}\t{a.rule}\t{a.device_id}\t"
+                   f"opened {_ts(a.opened_at)}\t{a.message}")
+    click.echo(f"{len(found)} alerts", err=True)
+
+
+@main.command()
+@click.option("--limit", default=50, show_default=True)
+@click.option("--reason", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def deadletters(ctx: Context, limit: int, reason: str | None, as_json: bool) -> None:
+    """Messages that could not be processed, with the reason (newest first)."""
+    store = _store(ctx)
+    found = store.dead_letters(limit, reason)
+    counts = store.dead_letter_counts()
+    store.close()
+    if as_json:
+        click.echo(json.dumps([{"topic": d.topic, "reason": d.reason, "detail": d.detail, "size": d.size,
+                                "received_at": d.received_at,
+                                "payload": d.payload.decode("utf-8", "replace")} for d in found]))
+        return
+    for d in found:
+        payload = d.payload[:80].decode("utf-8", "replace").replace("\n", " ")
+        click.echo(f"{_ts(d.received_at)}\t{d.reason}\t{d.topic}\t{payload}")
+    summary = ", ".join(f"{r}: {n}" for r, n in counts.items()) or "none"
+    click.echo(f"dead letters by reason: {summary}", err=True)
+
+
+def entrypoint() -> None:
+    try:
+        main()
+    except CitywatchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,139 @@
+"""The MQTT collector: paho-mqtt in its own network thread, handing messages to the runner.
+
+QoS 1 with a persistent session and manual acknowledgements: a message is acknowledged to
+the broker only after the runner has committed what it produced, so a crash redelivers it.
+Reconnection uses paho's loop with exponential backoff (reconnect_min_s .. reconnect_max_s).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from citywatch.config import MqttSettings
+from citywatch.ingest.handoff import Handoff
+
+log = logging.getLogger(__name__)
+
+
+class Message(NamedTuple):
+    generation: int  # connection number: acks of an older connection are void (the broker redelivers)
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    received_at: float
+
+
+class BrokerAddress(NamedTuple):
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_url(url: str) -> BrokerAddress:
+    parts = urlsplit(url)
+    tls = parts.scheme == "mqtts"
+    return BrokerAddress(parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls)
+
+
+def make_client(settings: MqttSettings, client_id: str, protocol: int = mqtt.MQTTv5,
+                manual_ack: bool = False) -> mqtt.Client:
+    """A paho client configured from settings (auth, TLS with CA verification on by default)."""
+    kwargs = {"clean_session": False} if protocol != mqtt.MQTTv5 else {}
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                         manual_ack=manual_ack, **kwargs)
+    if settings.username:
+        password = settings.password.get_secret_value() if settings.password else None
+        client.username_pw_set(settings.username, password)
+    if parse_url(settings.url).tls:
+        client.tls_set(ca_certs=str(settings.ca_file) if settings.ca_file else None,
+                       certfile=str(settings.cert_file) if settings.cert_file else None,
+                       keyfile=str(settings.key_file) if settings.key_file else None,
+                       cert_reqs=ssl.CERT_REQUIRED)
+        if settings.tls_insecure:
+            client.tls_insecure_set(True)
+    client.reconnect_delay_set(max(1, int(settings.reconnect_min_s)), max(1, int(settings.reconnect_max_s)))
+    return client
+
+
+class Collector:
+    """Subscribes to `<prefix>/#` and puts every message, good or bad, into the hand-off."""
+
+    def __init__(self, settings: MqttSettings, handoff: Handoff[Message], protocol: int = mqtt.MQTTv5) -> None:
+        self.settings = settings
+        self.handoff = handoff
+        self.protocol = protocol
+        self.address = parse_url(settings.url)
+        self.client = make_client(settings, settings.client_id, protocol, manual_ack=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.generation = 0
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.connects = 0
+        self.disconnects = 0
+        self.received = 0
+
+    def start(self) -> None:
+        props = None
+        if self.protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.settings.session_expiry_s
+            props.ReceiveMaximum = self.settings.receive_maximum
+        kwargs = {"clean_start": False, "properties": props} if self.protocol == mqtt.MQTTv5 else {}
+        self.client.connect_async(self.address.host, self.address.port, self.settings.keepalive_s, **kwargs)
+        self.client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return self.connected.wait(timeout) and self.subscribed.wait(max(0.0, deadline - time.monotonic()))
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object,
+                    properties: object) -> None:
+        if getattr(reason, "is_failure", False):
+            log.error("MQTT connect to %s:%s refused: %s", self.address.host, self.address.port, reason)
+            return
+        self.generation += 1
+        self.connects += 1
+        log.info("MQTT connected to %s:%s (session present: %s)", self.address.host, self.address.port,
+                 getattr(flags, "session_present", None))
+        client.subscribe(f"{self.settings.topic_prefix}/#", qos=self.settings.qos)
+        self.connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object,
+                       properties: object) -> None:
+        self.connected.clear()
+        self.disconnects += 1
+        log.warning("MQTT disconnected (%s); reconnecting with backoff", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        self.received += 1
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = msg._topic.decode("utf-8", "replace")
+        self.handoff.put(Message(self.generation, msg.mid, msg.qos, topic, msg.payload, time.time()))
+
+    def ack(self, messages: list[Message]) -> None:
+        """Acknowledge committed messages of the current connection (older ones are redelivered)."""
+        generation = self.generation
+        for m in messages:
+            if m.qos > 0 and m.generation == generation:
+                self.client.ack(m.mid, m.qos)
+
+    def stop(self) -> None:
+        self.handoff.close()
+        self.client.disconnect()
+        self.client.loop_stop()

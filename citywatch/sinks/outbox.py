@@ -1,0 +1,161 @@
+"""The webhook outbox: alert transitions become rows in state.db inside the batch's own transaction.
+
+Writing the webhook in the same commit as the alert means a transition is never lost between
+"stored" and "sent" (a crash leaves a pending row) and never announced before it is stored.
+`WebhookDelivery` (webhooks.py) drains the rows; this module does no I/O but SQL.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from pydantic import SecretStr
+
+from citywatch.config import WebhookRoute, WebhookSettings
+from citywatch.errors import ConfigError
+from citywatch.model import SEVERITY_RANK, Transition
+from citywatch.streams.pipeline import Output
+
+DEFAULT_ROUTE = "default"
+
+# One row per (transition, endpoint). status: pending -> delivered | dead. Rows of one
+# (endpoint, alert) are sent in `seq` order; delivered rows stay as the audit trail.
+OUTBOX_SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS webhook_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        webhook_id TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        url TEXT NOT NULL,
+        alert_id TEXT NOT NULL,
+        body BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'pending',
+        delivered_at REAL,
+        last_attempt_at REAL,
+        last_status INTEGER,
+        last_error TEXT,
+        UNIQUE (webhook_id, endpoint)
+    )""",
+    "CREATE INDEX IF NOT EXISTS webhook_outbox_lane ON webhook_outbox (status, endpoint, alert_id, seq)",
+    "CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (status, endpoint, next_attempt_at)",
+)
+
+_INSERT = (
+    "INSERT OR IGNORE INTO webhook_outbox (webhook_id, endpoint, url, alert_id, body, created_at,"
+    " attempts, next_attempt_at, status) VALUES (?, ?, ?, ?, ?, ?, 0, 0, 'pending')"
+)
+
+_encode = msgspec.json.Encoder().encode
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create the outbox table; safe inside an open transaction (no executescript, which commits)."""
+    for statement in OUTBOX_SCHEMA:
+        conn.execute(statement)
+
+
+def rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def render_payload(transition: Transition, public_url: str) -> bytes:
+    """The JSON body receivers get: the alert as it was at this transition, and links to act on it."""
+    a = transition.alert
+    base = f"{public_url.rstrip('/')}/alerts/{a.id}"
+    body: dict[str, Any] = {
+        "id": transition.id,
+        "type": f"alert.{transition.transition}",
+        "transition": transition.transition,
+        "reason": transition.reason,
+        "at": rfc3339(transition.at),
+        "alert": {
+            "id": a.id, "rule": a.rule, "kind": a.kind, "severity": a.severity, "status": a.status,
+            "value": a.value, "threshold": a.threshold, "message": a.message, "count": a.count,
+            "opened_at": rfc3339(a.opened_at), "updated_at": rfc3339(a.updated_at),
+            "acked_at": rfc3339(a.acked_at), "acked_by": a.acked_by,
+            "resolved_at": rfc3339(a.resolved_at), "resolved_by": a.resolved_by,
+            "review_deadline": rfc3339(a.review_deadline), "response_deadline": rfc3339(a.response_deadline),
+            "escalations": list(a.escalations),
+        },
+        "device": a.device,
+        "links": {"ack": f"{base}/ack", "resolve": f"{base}/resolve", "self": base},
+    }
+    return _encode(body)
+
+
+def endpoints(settings: WebhookSettings) -> list[WebhookRoute]:
+    """The configured routes plus the default one (when `url` is set), names checked unique."""
+    routes = list(settings.routes)
+    if settings.url:
+        routes.append(WebhookRoute(name=DEFAULT_ROUTE, url=settings.url))
+    names = [r.name for r in routes]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"webhooks.routes: duplicate endpoint name(s) {duplicates}"
+                          f" ('{DEFAULT_ROUTE}' is taken by webhooks.url)")
+    return routes
+
+
+def route_secret(settings: WebhookSettings, name: str) -> SecretStr | None:
+    """A route's own secret, else the shared one (also used for routes no longer configured)."""
+    for route in settings.routes:
+        if route.name == name and route.secret is not None:
+            return route.secret
+    return settings.secret
+
+
+def matches(route: WebhookRoute, transition: Transition) -> bool:
+    """Every non-empty filter must contain the alert's value, and the severity must reach the floor."""
+    a = transition.alert
+    return (
+        (not route.kinds or a.kind in route.kinds)
+        and (not route.districts or a.device.get("district") in route.districts)
+        and (not route.grids or a.device.get("grid") in route.grids)
+        and (not route.rules or a.rule in route.rules)
+        and SEVERITY_RANK.get(a.severity, -1) >= SEVERITY_RANK[route.min_severity]
+    )
+
+
+class Outbox:
+    """The store's tx hook: `AlertStore(path, hooks=[outbox.enqueue])`."""
+
+    def __init__(self, settings: WebhookSettings, clock: Callable[[], float] = time.time) -> None:
+        self.public_url = settings.public_url
+        self.routes = list(settings.routes)
+        self.default = WebhookRoute(name=DEFAULT_ROUTE, url=settings.url) if settings.url else None
+        endpoints(settings)  # validates the names
+        self.clock = clock
+        self.counters: Counter[str] = Counter()  # enqueued, unrouted
+
+    def route(self, transition: Transition) -> list[WebhookRoute]:
+        hits = [r for r in self.routes if matches(r, transition)]
+        if not hits and self.default is not None:
+            hits = [self.default]
+        return hits
+
+    def enqueue(self, conn: sqlite3.Connection, out: Output) -> None:
+        """Insert one row per (transition, endpoint) in the caller's open transaction."""
+        if not out.transitions:
+            return
+        ensure_schema(conn)
+        now = self.clock()
+        rows = []
+        for t in out.transitions:
+            targets = self.route(t)
+            if not targets:
+                self.counters["unrouted"] += 1
+                continue
+            body = render_payload(t, self.public_url)
+            rows += [(t.id, r.name, r.url, t.alert_id, body, now) for r in targets]
+        conn.executemany(_INSERT, rows)
+        self.counters["enqueued"] += len(rows)

@@ -1,0 +1,182 @@
+"""The embedded runner: one asyncio process runs collector, pipeline, stores, sinks and the API.
+
+Per batch: process every message, commit alerts + transitions + dead letters + detector state +
+webhook outbox in one SQLite transaction, then acknowledge the MQTT messages. A crash before
+the commit means the broker redelivers; after it, nothing is lost. Sinks run beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from citywatch.config import Settings
+from citywatch.detectors.lifecycle import AlertEngine
+from citywatch.devices.registry import Registry, RegistryCache, registry_path
+from citywatch.ingest.collector import Collector, Message, parse_url
+from citywatch.ingest.handoff import Handoff
+from citywatch.model import Transition
+from citywatch.sinks.influx import InfluxSink, lines_for
+from citywatch.sinks.store import AlertStore, store_path
+from citywatch.sinks.webhooks import Outbox, WebhookDelivery
+from citywatch.streams.pipeline import Output, Pipeline
+
+log = logging.getLogger(__name__)
+
+REGISTRY_REFRESH_S = 1.0
+Listener = Callable[[Output], None]
+
+
+class EmbeddedRunner:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.listeners: list[Listener] = []
+        self.ready = asyncio.Event()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.registry = Registry(registry_path(settings.data_dir))
+        self.devices = RegistryCache(self.registry)
+        self.outbox = Outbox(settings.webhooks)
+        self.store = AlertStore(store_path(settings.data_dir), hooks=[self.outbox.enqueue])
+        self.engine = AlertEngine(settings.alerts, self.store.open_alerts())
+        self.pipeline = Pipeline(settings, self.devices, self.engine, self.store.device_states(),
+                                 started_at=clock())
+        self.delivery = WebhookDelivery(store_path(settings.data_dir), settings.webhooks)
+        self.influx = InfluxSink(settings.influx, settings.data_dir) if settings.influx.url else None
+        self.collector: Collector | None = None
+        self.broker: Any = None
+        self.batches = 0
+        self.api_port: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        protocol = mqtt.MQTTv5
+        if self.settings.mqtt.embedded:
+            self.broker = await start_embedded_broker(self.settings.mqtt.url)
+            protocol = mqtt.MQTTv311  # amqtt speaks MQTT 3.1.1
+        handoff: Handoff[Message] = Handoff(self.settings.mqtt.queue_size, loop)
+        self.collector = Collector(self.settings.mqtt, handoff, protocol)
+        self.collector.start()
+        delivery_task = asyncio.create_task(self.delivery.run(stop), name="webhooks")
+        api_runner = await self._start_api()
+        try:
+            await self._consume(handoff, stop)
+        finally:
+            self.collector.stop()
+            await self._drain(handoff)
+            with contextlib.suppress(asyncio.CancelledError):
+                await delivery_task
+            if api_runner is not None:
+                await api_runner.cleanup()
+            if self.influx is not None:
+                await asyncio.to_thread(self.influx.close)
+            self.store.close()
+            self.registry.close()
+            if self.broker is not None:
+                await self.broker.shutdown()
+
+    async def _start_api(self) -> Any:
+        if not self.settings.api.enabled:
+            return None
+        from citywatch.api import start_api
+
+        return await start_api(self, self.settings.api)
+
+    async def _consume(self, handoff: Handoff[Message], stop: asyncio.Event) -> None:
+        tick_s = self.settings.alerts.tick_s
+        batch_size = self.settings.ingest.batch_size
+        last_tick = last_refresh = 0.0
+        connect_timeout = 10.0
+        assert self.collector is not None
+        if not await asyncio.to_thread(self.collector.wait_connected, connect_timeout):
+            log.warning("not connected to %s yet; retrying in the background", self.settings.mqtt.url)
+        self.ready.set()
+        while not stop.is_set():
+            batch = await handoff.get_batch(batch_size, timeout=min(tick_s, 0.2))
+            now = self.clock()
+            if now - last_refresh >= REGISTRY_REFRESH_S:
+                last_refresh = now
+                self.devices.refresh()
+            tick = now - last_tick >= tick_s
+            if tick:
+                last_tick = now
+            if batch or tick:
+                self._process(batch, now, tick)
+
+    def _process(self, batch: list[Message], now: float, tick: bool) -> Output:
+        out = Output()
+        process = self.pipeline.process
+        for m in batch:
+            process(m.topic, m.payload, m.received_at, out)
+        if tick:
+            self.pipeline.tick(now, out)
+        self._commit(out)
+        if batch and self.collector is not None:
+            self.collector.ack(batch)
+        self.batches += 1
+        return out
+
+    def _commit(self, out: Output) -> None:
+        self.store.commit(out, self.engine.take_dirty(), self.pipeline.take_dirty_states())
+        if out.transitions:
+            self.delivery.notify()
+        if self.influx is not None and len(out):
+            self.influx.add(lines_for(out))
+        for listener in self.listeners:
+            listener(out)
+
+    async def _drain(self, handoff: Handoff[Message]) -> None:
+        """Process what is already in the hand-off before stopping (unacked: redelivered anyway)."""
+        while len(handoff):
+            self._process(await handoff.get_batch(self.settings.ingest.batch_size, 0.0), self.clock(), False)
+
+    # -- people's actions (API, CLI) --------------------------------------------------------
+
+    def acknowledge(self, alert_id: str, by: str) -> Transition:
+        return self._human(self.engine.acknowledge(alert_id, by, self.clock()))
+
+    def resolve(self, alert_id: str, by: str) -> Transition:
+        return self._human(self.engine.resolve(alert_id, by, self.clock()))
+
+    def _human(self, transition: Transition) -> Transition:
+        out = Output()
+        out.transitions.append(transition)
+        self._commit(out)
+        return transition
+
+    def stats(self) -> dict[str, Any]:
+        c = self.collector
+        return {
+            "counters": dict(self.pipeline.counters),
+            "devices": len(self.devices),
+            "open_alerts": len(self.engine.by_id),
+            "mqtt": {"connected": bool(c and c.connected.is_set()), "received": c.received if c else 0,
+                     "connects": c.connects if c else 0,
+                     "handoff_blocked_s": round(c.handoff.blocked_s, 3) if c else 0.0},
+            "webhooks": self.delivery.stats(),
+            "influx": self.influx.stats() if self.influx else None,
+        }
+
+
+async def start_embedded_broker(url: str) -> Any:
+    """An in-process amqtt broker on the host/port of mqtt.url (no install needed; slower than Mosquitto)."""
+    from amqtt.broker import Broker
+
+    address = parse_url(url)
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"{address.host}:{address.port}"}},
+        "sys_interval": 0,
+        "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]},
+        "topic-check": {"enabled": False},
+    }
+    broker = Broker(config)
+    await broker.start()
+    return broker

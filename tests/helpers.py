@@ -1,0 +1,40 @@
+"""Small builders shared by tests: devices, payloads, a pipeline over an in-memory registry."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from citywatch.config import Settings, load_settings
+from citywatch.detectors.lifecycle import AlertEngine
+from citywatch.model import Device
+from citywatch.streams.pipeline import Output, Pipeline
+
+T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z, 19:06 in Asia/Shanghai: daytime; T0 + 8 h is night
+
+
+class DictDevices(dict[str, Device]):
+    def get(self, device_id: str, default: Any = None) -> Device | None:  # type: ignore[override]
+        return super().get(device_id, default)
+
+
+def settings(**overrides: Any) -> Settings:
+    return load_settings(None, overrides)
+
+
+def make_pipeline(*devices: Device, started_at: float = T0, **overrides: Any) -> Pipeline:
+    s = settings(**overrides)
+    registry = DictDevices({d.id: d for d in devices})
+    return Pipeline(s, registry, AlertEngine(s.alerts), started_at=started_at)
+
+
+def payload(ts: float, **fields: Any) -> bytes:
+    return json.dumps({"ts": ts, **fields}).encode()
+
+
+def feed(pipeline: Pipeline, device: Device, ts: float, **fields: Any) -> Output:
+    """One telemetry message through the whole core; received at event time."""
+    out = Output()
+    topic = f"citywatch/{device.kind}/{device.id}/telemetry"
+    pipeline.process(topic, payload(ts, **fields), ts, out)
+    return out

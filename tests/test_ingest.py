@@ -1,0 +1,120 @@
+"""Bad input of every kind becomes a dead letter with a clear reason; good input keeps flowing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from citywatch.ingest.schemas import json_schema, parse_status
+from citywatch.model import Device
+from citywatch.streams.pipeline import Output
+from tests.helpers import T0, make_pipeline
+
+GAS = Device(id="g1", kind="gas")
+LOCK = Device(id="l1", kind="lock")
+OFF = Device(id="g-off", kind="gas", enabled=False)
+TOPIC = "citywatch/gas/g1/telemetry"
+
+BAD = [
+    (TOPIC, b"{not json", "malformed_json"),
+    (TOPIC, b"", "malformed_json"),
+    (TOPIC, b"[1, 2]", "not_an_object"),
+    (TOPIC, b'"text"', "not_an_object"),
+    (TOPIC, b'{"ts": %d}' % T0, "missing_field"),
+    (TOPIC, b'{"lel_pct": 3}', "missing_field"),
+    (TOPIC, b'{"ts": %d, "lel_pct": "3"}' % T0, "wrong_type"),
+    (TOPIC, b'{"ts": %d, "lel_pct": NaN}' % T0, "not_finite"),
+    (TOPIC, b'{"ts": %d, "lel_pct": Infinity}' % T0, "not_finite"),
+    (TOPIC, b'{"ts": %d, "lel_pct": 1e999}' % T0, "out_of_range"),
+    (TOPIC, b'{"ts": %d, "lel_pct": 150}' % T0, "out_of_range"),
+    (TOPIC, b'{"ts": %d, "lel_pct": -1}' % T0, "out_of_range"),
+    (TOPIC, b'{"ts": %d, "lel_pct": 3, "battery": 140}' % T0, "out_of_range"),
+    (TOPIC, b'{"ts": %d, "lel_pct": 3, "pad": "%s"}' % (T0, b"x" * 17000), "payload_too_large"),
+    ("citywatch/smoke/s1/telemetry", b'{"ts": %d}' % T0, "unknown_kind"),
+    ("citywatch/gas/g1", b'{"ts": %d, "lel_pct": 3}' % T0, "bad_topic"),
+    ("citywatch/gas/bad id!/telemetry", b'{"ts": %d, "lel_pct": 3}' % T0, "bad_topic"),
+    (TOPIC, b'{"ts": %d, "lel_pct": 3, "device_id": "g2"}' % T0, "topic_mismatch"),
+    (TOPIC, b'{"ts": %d, "lel_pct": 3, "kind": "water"}' % T0, "topic_mismatch"),
+    (TOPIC, b'{"ts": %d, "lel_pct": 3}' % (T0 + 3600), "future_timestamp"),
+    (TOPIC, b'{"ts": "2026-11-18T11:06:40", "lel_pct": 3}', "bad_timestamp"),
+    ("citywatch/gas/ghost/telemetry", b'{"ts": %d, "lel_pct": 3}' % T0, "unknown_device"),
+    ("citywatch/gas/g-off/telemetry", b'{"ts": %d, "lel_pct": 3}' % T0, "device_disabled"),
+    ("citywatch/water/g1/telemetry", b'{"ts": %d, "depth_cm": 3}' % T0, "kind_mismatch"),
+    ("citywatch/lock/l1/telemetry", b'{"ts": %d, "event": "explode"}' % T0, "bad_value"),
+    ("citywatch/lock/l1/telemetry", b'{"ts": %d, "event": "unlock_ok", "user": 5}' % T0, "wrong_type"),
+    ("citywatch/gas/g1/status", b"maybe", "bad_status"),
+]
+
+
+@pytest.mark.parametrize("topic,payload,reason", BAD, ids=[f"{r}-{i}" for i, (_, _, r) in enumerate(BAD)])
+def test_bad_message_is_dead_lettered_with_reason(topic: str, payload: bytes, reason: str) -> None:
+    p = make_pipeline(GAS, LOCK, OFF)
+    out = Output()
+    p.process(topic, payload, T0, out)
+    assert [d.reason for d in out.dead_letters] == [reason]
+    assert out.accepted == [] and out.transitions == []
+    dead = out.dead_letters[0]
+    assert dead.topic == topic[:512] and dead.size == len(payload) and len(dead.payload) <= 2048
+    assert p.counters["dead_letters"] == 1 and p.counters[f"dead_letter.{reason}"] == 1
+
+
+def test_bad_messages_do_not_disturb_good_ones() -> None:
+    p = make_pipeline(GAS, LOCK, OFF)
+    out = Output()
+    for i, (topic, payload, _) in enumerate(BAD):
+        p.process(TOPIC, b'{"ts": %d, "lel_pct": 1, "seq": %d}' % (T0 + i, i), T0 + i, out)
+        p.process(topic, payload, T0 + i, out)
+    assert len(out.accepted) == len(BAD)
+    assert len(out.dead_letters) == len(BAD)
+
+
+def test_timestamps_in_three_forms() -> None:
+    p = make_pipeline(GAS)
+    out = Output()
+    p.process(TOPIC, b'{"ts": "2026-11-18T19:06:40+08:00", "lel_pct": 1}', T0, out)
+    p.process(TOPIC, b'{"ts": %d, "lel_pct": 1}' % (T0 + 1), T0, out)
+    p.process(TOPIC, b'{"ts": %d, "lel_pct": 1}' % ((T0 + 2) * 1000), T0, out)
+    assert [r.ts for r, _ in out.accepted] == [T0, T0 + 1, T0 + 2]
+
+
+def test_duplicate_and_stale_seq_are_dead_lettered_and_counter_reset_is_accepted() -> None:
+    p = make_pipeline(GAS)
+    out = Output()
+    p.process(TOPIC, b'{"ts": %d, "lel_pct": 1, "seq": 10}' % T0, T0, out)
+    p.process(TOPIC, b'{"ts": %d, "lel_pct": 1, "seq": 10}' % T0, T0, out)
+    p.process(TOPIC, b'{"ts": %d, "lel_pct": 1, "seq": 9}' % (T0 - 60), T0, out)
+    p.process(TOPIC, b'{"ts": %d, "lel_pct": 1, "seq": 0}' % (T0 + 60), T0 + 60, out)  # device rebooted
+    assert [d.reason for d in out.dead_letters] == ["duplicate", "out_of_order"]
+    assert len(out.accepted) == 2
+
+
+def test_late_reading_is_kept_but_does_not_drive_rules() -> None:
+    p = make_pipeline(GAS)
+    out = Output()
+    p.process(TOPIC, b'{"ts": %d, "lel_pct": 1}' % T0, T0, out)
+    p.process(TOPIC, b'{"ts": %d, "lel_pct": 60}' % (T0 - 600), T0, out)
+    assert len(out.accepted) == 2 and out.transitions == [] and p.counters["late"] == 1
+
+
+def test_extra_fields_are_ignored() -> None:
+    p = make_pipeline(GAS)
+    out = Output()
+    p.process(TOPIC, b'{"ts": %d, "lel_pct": 1, "firmware": "1.2", "nested": {"a": [1]}}' % T0, T0, out)
+    assert len(out.accepted) == 1 and out.accepted[0][0].values == {"lel_pct": 1}
+
+
+def test_status_forms() -> None:
+    assert parse_status(b"online") == "online"
+    assert parse_status(b'"offline"') == "offline"
+    assert parse_status(b'{"status": "offline"}') == "offline"
+
+
+def test_json_schema_covers_every_kind() -> None:
+    schema = json_schema()
+    assert set(schema["properties"]) == {"gas", "noise", "water", "parking", "lock"}
+    gas = schema["$defs"]["GasPayload"]
+    assert set(gas["required"]) == {"ts", "lel_pct"}
+    assert gas["properties"]["lel_pct"]["maximum"] == 100
+    lock = schema["$defs"]["LockPayload"]
+    assert "forced_open" in json.dumps(lock)
