@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -228,6 +229,34 @@ def alerts_list(ctx: Context, show_all: bool, as_json: bool) -> None:
         click.echo(f"{a.id}\t{a.status}\t{a.severity}\t{a.rule}\t{a.device_id}\t"
                    f"opened {_ts(a.opened_at)}\t{a.message}")
     click.echo(f"{len(found)} alerts", err=True)
+
+
+def _act(ctx: Context, alert_id: str, action: str, by: str) -> None:
+    from citywatch.actions import act
+
+    try:
+        result = act(ctx.settings, alert_id, action, by)
+    except CitywatchError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{result.get('transition', action)}: {alert_id}")
+
+
+@alerts.command("ack")
+@click.argument("alert_id")
+@click.option("--by", default=lambda: os.environ.get("USER", "cli"), help="Who acknowledges.")
+@pass_ctx
+def alerts_ack(ctx: Context, alert_id: str, by: str) -> None:
+    """Acknowledge an alert (stops the review-deadline escalation)."""
+    _act(ctx, alert_id, "ack", by)
+
+
+@alerts.command("resolve")
+@click.argument("alert_id")
+@click.option("--by", default=lambda: os.environ.get("USER", "cli"), help="Who resolves.")
+@pass_ctx
+def alerts_resolve(ctx: Context, alert_id: str, by: str) -> None:
+    """Resolve an alert (closes the case)."""
+    _act(ctx, alert_id, "resolve", by)
 
 
 @main.command()

@@ -83,7 +83,7 @@ class WebhookSettings(Section):
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)
     concurrency: int = Field(4, ge=1)
-    public_url: str = "http://127.0.0.1:8086"
+    public_url: str = "http://127.0.0.1:8087"
 
 
 class InfluxSettings(Section):
@@ -101,7 +101,7 @@ class InfluxSettings(Section):
 class ApiSettings(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = Field(8086, ge=0, le=65535)
+    port: int = Field(8087, ge=0, le=65535)
     token: SecretStr | None = None
     token_file: Path | None = None
 

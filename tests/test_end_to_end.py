@@ -1,0 +1,169 @@
+"""The whole path on a real Mosquitto: MQTT in, validated, detected, alerts and webhooks out."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from citywatch.devices.registry import Registry, registry_path
+from citywatch.model import Device
+from citywatch.sinks.store import AlertStore, store_path
+from tests.conftest import RunnerThread, make_settings, wait_until
+from tests.mqtt_tools import publish_all
+from tests.servers.mosquitto import MosquittoServer
+from tests.servers.receiver import WebhookReceiver
+
+SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"
+DEVICES = [
+    Device(id="gas-1", kind="gas", district="Nanhu", grid="G001", address="1 Zhongshan Rd", lat=30.75, lon=120.75),
+    Device(id="noise-1", kind="noise", district="Nanhu", grid="G002", zone_class="2"),
+    Device(id="water-1", kind="water", district="Xiuzhou", grid="G003"),
+    Device(id="park-1", kind="parking", district="Xiuzhou", grid="G004", no_parking=True),
+    Device(id="lock-1", kind="lock", district="Nanhu", grid="G005", tenants=2),
+]
+NORMAL = {"gas": {"lel_pct": 2.0}, "noise": {"laeq_db": 40.0}, "water": {"depth_cm": 0.0},
+          "parking": {"occupied": False}, "lock": {"event": "unlock_ok", "user": "u1"}}
+ALARM = {"gas": ({"lel_pct": 30.0}, "gas_level"), "noise": ({"laeq_db": 75.0}, "noise_limit"),
+         "water": ({"depth_cm": 30.0}, "water_depth"), "parking": ({"occupied": True}, "parking_forbidden"),
+         "lock": ({"event": "forced_open"}, "lock_forced_open")}
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    r = WebhookReceiver().start()
+    yield r
+    r.stop()
+
+
+def register(data_dir: Path, devices: list[Device]) -> None:
+    registry = Registry(registry_path(data_dir))
+    for d in devices:
+        registry.add(d)
+    registry.close()
+
+
+def settings_for(tmp_path: Path, mosquitto: MosquittoServer, receiver: WebhookReceiver, **extra: object):
+    return make_settings(
+        tmp_path / "data",
+        mqtt={"url": mosquitto.url, "client_id": f"cw-{tmp_path.name}"},
+        webhooks={"url": receiver.url, "secret": SECRET, "backoff_initial_s": 0.05, "backoff_max_s": 0.5},
+        **extra,
+    )
+
+
+def msg(device: Device, ts: float, seq: int, **fields: object) -> tuple[str, bytes]:
+    body = {"ts": round(ts, 3), "seq": seq, "battery": 90.0, "rssi": -70.0, **fields}
+    return f"citywatch/{device.kind}/{device.id}/telemetry", json.dumps(body).encode()
+
+
+def settled(run: RunnerThread, received: int) -> bool:
+    r = run.runner
+    assert r is not None
+    return r.pipeline.counters["received"] >= received and r.delivery.stats()["pending"] == 0
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=[d.kind for d in DEVICES])
+def test_normal_reading_is_quiet_and_alarm_gives_one_webhook_and_one_alert(
+    tmp_path: Path, mosquitto: MosquittoServer, receiver: WebhookReceiver, device: Device
+) -> None:
+    settings = settings_for(tmp_path, mosquitto, receiver)
+    register(settings.data_dir, DEVICES)
+    run = RunnerThread(settings).start()
+    try:
+        now = time.time() - 5
+        publish_all(mosquitto, [msg(device, now, 1, **NORMAL[device.kind])])
+        wait_until(lambda: settled(run, 1))
+        assert run.runner.pipeline.counters["processed"] == 1
+        assert receiver.requests == [] and run.runner.engine.by_id == {}
+
+        fields, rule = ALARM[device.kind]
+        publish_all(mosquitto, [msg(device, now + 1, 2, **fields), msg(device, now + 2, 3, **fields)])
+        wait_until(lambda: settled(run, 3) and len(receiver.requests) >= 1)
+    finally:
+        run.stop()
+    bodies = receiver.bodies()
+    assert len(bodies) == 1, bodies
+    hook = bodies[0]
+    assert hook["transition"] == "opened" and hook["alert"]["rule"] == rule
+    assert hook["device"]["id"] == device.id and hook["device"]["district"] == device.district
+    headers = receiver.requests[0][0]
+    assert headers["webhook-id"] and headers["webhook-signature"].startswith("v1,")
+    store = AlertStore(store_path(settings.data_dir))
+    open_alerts = store.alerts("open")
+    store.close()
+    assert [(a.device_id, a.rule) for a in open_alerts] == [(device.id, rule)]
+    assert open_alerts[0].count == 2  # the repeat updated the alert, no second alert, no second webhook
+
+
+def test_ten_thousand_mixed_messages(tmp_path: Path, mosquitto: MosquittoServer, receiver: WebhookReceiver) -> None:
+    settings = settings_for(tmp_path, mosquitto, receiver)
+    register(settings.data_dir, DEVICES)
+    rng = random.Random(5)
+    now = time.time() - 600
+    bad_kinds = [
+        ("citywatch/gas/gas-1/telemetry", b"{nope", "malformed_json"),
+        ("citywatch/gas/gas-1/telemetry", b"[1]", "not_an_object"),
+        ("citywatch/gas/gas-1/telemetry", b'{"ts": 1795000000}', "missing_field"),
+        ("citywatch/gas/gas-1/telemetry", b'{"ts": 1795000000, "lel_pct": "high"}', "wrong_type"),
+        ("citywatch/gas/gas-1/telemetry", b'{"ts": 1795000000, "lel_pct": NaN}', "not_finite"),
+        ("citywatch/water/water-1/telemetry", b'{"ts": 1795000000, "depth_cm": 5000}', "out_of_range"),
+        ("citywatch/gas/gas-1/telemetry", b'{"ts": 1795000000, "lel_pct": 1, "x": "' + b"y" * 17000 + b'"}',
+         "payload_too_large"),
+        ("citywatch/smoke/s-1/telemetry", b'{"ts": 1795000000}', "unknown_kind"),
+        ("citywatch/gas/gas-1/telemetry", b'{"ts": 1795000000, "lel_pct": 1, "device_id": "gas-2"}',
+         "topic_mismatch"),
+        ("citywatch/gas/gas-1/telemetry", b'{"ts": %d, "lel_pct": 1}' % (time.time() + 3600), "future_timestamp"),
+        ("citywatch/gas/ghost-9/telemetry", b'{"ts": 1795000000, "lel_pct": 1}', "unknown_device"),
+    ]
+    messages: list[tuple[str, bytes]] = []
+    expected_bad: dict[str, int] = {}
+    seqs = dict.fromkeys((d.id for d in DEVICES), 0)
+    good = 0
+    for i in range(10_000):
+        if rng.random() < 0.2:
+            topic, payload, reason = bad_kinds[i % len(bad_kinds)]
+            messages.append((topic, payload))
+            expected_bad[reason] = expected_bad.get(reason, 0) + 1
+        else:
+            device = DEVICES[i % len(DEVICES)]
+            seqs[device.id] += 1
+            messages.append(msg(device, now + i * 0.05, seqs[device.id], **NORMAL[device.kind]))
+            good += 1
+    run = RunnerThread(settings).start()
+    try:
+        publish_all(mosquitto, messages)
+        wait_until(lambda: run.runner.pipeline.counters["received"] >= len(messages), timeout=60)
+        counters = dict(run.runner.pipeline.counters)
+    finally:
+        run.stop()
+    assert counters["processed"] == good
+    assert counters["dead_letters"] == sum(expected_bad.values())
+    store = AlertStore(store_path(settings.data_dir))
+    stored = store.dead_letter_counts()
+    store.close()
+    assert stored == expected_bad
+
+
+def test_messages_published_while_stopped_are_processed_after_restart(
+    tmp_path: Path, mosquitto: MosquittoServer, receiver: WebhookReceiver
+) -> None:
+    settings = settings_for(tmp_path, mosquitto, receiver)
+    register(settings.data_dir, DEVICES)
+    run = RunnerThread(settings).start()  # first run creates the persistent session
+    run.stop()
+    gas = DEVICES[0]
+    now = time.time() - 1200
+    messages = [msg(gas, now + i, i + 1, lel_pct=1.0) for i in range(1000)]
+    publish_all(mosquitto, messages)
+    run = RunnerThread(settings).start()
+    try:
+        wait_until(lambda: run.runner.pipeline.counters["processed"] >= 1000, timeout=60)
+        assert run.runner.pipeline.counters["processed"] == 1000
+        assert run.runner.pipeline.counters["dead_letters"] == 0
+    finally:
+        run.stop()
