@@ -106,7 +106,8 @@ def simulate(ctx: Context, url: str | None, n_devices: int, duration: float, rat
              seed: int, register: bool) -> None:
     """Publish simulated telemetry of all kinds (with incidents) to a broker."""
     from citywatch.devices.registry import Registry, registry_path
-    from citywatch.ingest.simulator import Simulator, make_devices, publish_sync
+    from citywatch.ingest.publisher import publish_sync
+    from citywatch.ingest.simulator import Simulator, make_devices
 
     settings = ctx.settings
     devices = make_devices(n_devices, seed=seed)

@@ -23,7 +23,8 @@ from aiohttp import web
 
 from citywatch.config import load_settings
 from citywatch.devices.registry import Registry, registry_path
-from citywatch.ingest.simulator import Simulator, bad_messages, make_devices, publish
+from citywatch.ingest.publisher import publish
+from citywatch.ingest.simulator import Simulator, bad_messages, make_devices
 from citywatch.sinks.webhooks import verify
 from citywatch.streams.embedded import EmbeddedRunner
 from citywatch.streams.pipeline import Output
