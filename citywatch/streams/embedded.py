@@ -22,7 +22,7 @@ from citywatch.devices.registry import Registry, RegistryCache, registry_path
 from citywatch.ingest.collector import Collector, Message, parse_url
 from citywatch.ingest.handoff import Handoff
 from citywatch.model import Transition
-from citywatch.sinks.influx import InfluxSink, lines_for
+from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
 from citywatch.streams.pipeline import Output, Pipeline
@@ -109,7 +109,8 @@ class EmbeddedRunner:
             if tick:
                 last_tick = now
             if batch or tick:
-                self._process(batch, now, tick)
+                out = self._process(batch, now, tick)
+                await self._to_influx(out)
 
     def _process(self, batch: list[Message], now: float, tick: bool) -> Output:
         out = Output()
@@ -128,15 +129,25 @@ class EmbeddedRunner:
         self.store.commit(out, self.engine.take_dirty(), self.pipeline.take_dirty_states())
         if out.transitions:
             self.delivery.notify()
-        if self.influx is not None and len(out):
-            self.influx.add(lines_for(out))
         for listener in self.listeners:
             listener(out)
+
+    async def _to_influx(self, out: Output) -> None:
+        """Hand points to the InfluxDB sink; when its buffers are full, wait here (off the loop),
+        so the next MQTT batch is not taken and the broker holds the backlog."""
+        if self.influx is None or not len(out):
+            return
+        lines = lines_for(out)
+        try:
+            self.influx.add(lines, timeout=0)
+        except InfluxBackpressure:
+            await asyncio.to_thread(self.influx.add, lines)
 
     async def _drain(self, handoff: Handoff[Message]) -> None:
         """Process what is already in the hand-off before stopping (unacked: redelivered anyway)."""
         while len(handoff):
-            self._process(await handoff.get_batch(self.settings.ingest.batch_size, 0.0), self.clock(), False)
+            out = self._process(await handoff.get_batch(self.settings.ingest.batch_size, 0.0), self.clock(), False)
+            await self._to_influx(out)
 
     # -- people's actions (API, CLI) --------------------------------------------------------
 

@@ -152,6 +152,8 @@ class V2Bridge:
         self.port = port or free_port()
         self.requests = 0
         self.auth_failures = 0
+        self.accepted_lines = 0  # lines in bodies InfluxDB answered 2xx to: doubles would show here
+        self.delay_s = 0.0  # set > 0 to play a slow server
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -171,14 +173,20 @@ class V2Bridge:
         params = {"db": db, "precision": _V1_PRECISION.get(request.query.get("precision", "ns"), "n")}
         if rp:
             params["rp"] = rp
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-encoding", "content-type")}
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() in ("content-encoding", "content-type")}
         assert self._session is not None
+        body = await request.read()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         try:
             async with self._session.post(self.upstream.url + "/write", params=params, headers=headers,
-                                          data=await request.read()) as resp:
+                                          data=body) as resp:
+                if resp.status // 100 == 2:
+                    self.accepted_lines += body.count(b"\n") + (not body.endswith(b"\n"))
                 return web.Response(status=resp.status, body=await resp.read(),
                                     content_type=resp.content_type or "application/json")
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             return web.json_response({"code": "unavailable", "message": f"upstream: {type(exc).__name__}"},
                                      status=503)
 
@@ -194,7 +202,7 @@ class V2Bridge:
         app.router.add_post("/api/v2/write", self._write)
         app.router.add_get("/ping", self._ping)
         app.router.add_get("/health", self._health)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
 
@@ -254,7 +262,8 @@ class InfluxStack:
         return self.server.query(q, self.db)
 
     def count(self, measurement: str, field: str, where: str = "") -> int:
-        rows = self.query(f'SELECT count("{field}") FROM "{measurement}"' + (f" WHERE {where}" if where else ""))
+        q = f'SELECT count("{field}") FROM "{measurement}"' + (f" WHERE {where}" if where else "")
+        rows = self.query(q)
         return int(rows[0]["count"]) if rows else 0
 
 

@@ -1,0 +1,109 @@
+"""InfluxDB line protocol for pipeline output, formatted directly (this runs on the hot path).
+
+The schema is documented in `citywatch.sinks.influx`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from citywatch.model import Device, Reading, Transition
+from citywatch.streams.pipeline import Output
+
+_TAG = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\\": "/", "\n": r"\ ", "\r": r"\ "})
+_STR = str.maketrans({'"': r"\"", "\\": r"\\"})
+
+
+def _tags(pairs: tuple[tuple[str, str | None], ...]) -> str:
+    return "".join(f",{k}={v.translate(_TAG)}" for k, v in pairs if v)
+
+
+@lru_cache(maxsize=65536)
+def _device_tags(device_id: str, district: str, grid: str, kind: str, zone: str | None) -> str:
+    return _tags((("device", device_id), ("district", district), ("grid", grid), ("kind", kind),
+                  ("zone", zone)))
+
+
+@lru_cache(maxsize=65536)
+def _alert_tags(device_id: str, district: str, grid: str, kind: str, rule: str, severity: str,
+                transition: str) -> str:
+    return _tags((("device", device_id), ("district", district), ("grid", grid), ("kind", kind),
+                  ("rule", rule), ("severity", severity), ("transition", transition)))
+
+
+@lru_cache(maxsize=1024)
+def _key(name: str) -> str:
+    return name.translate(_TAG)
+
+
+def _ns(ts: float) -> int:
+    return round(ts * 1_000_000) * 1000
+
+
+def _field(key: str, v: Any) -> str | None:
+    """One `key=value`; None for values line protocol cannot carry (None, NaN, inf, containers)."""
+    t = type(v)
+    if t is float:
+        return f"{_key(key)}={v!r}" if v - v == 0.0 else None
+    if t is bool:
+        return f"{_key(key)}={'true' if v else 'false'}"
+    if t is int:
+        return f"{_key(key)}={float(v)!r}"
+    if t is str:
+        return f'{_key(key)}="{v.translate(_STR)}"'
+    return None
+
+
+def reading_line(reading: Reading, device: Device) -> str | None:
+    fields = [f for k, v in reading.values.items() if (f := _field(k, v)) is not None]
+    if reading.battery is not None and (f := _field("battery", float(reading.battery))):
+        fields.append(f)
+    if reading.rssi is not None and (f := _field("rssi", float(reading.rssi))):
+        fields.append(f)
+    if reading.seq is not None:
+        fields.append(f"seq={reading.seq}i")
+    if not fields:
+        return None
+    tags = _device_tags(reading.device_id, device.district, device.grid, reading.kind, device.zone_class)
+    return f"{reading.kind}{tags} {','.join(fields)} {_ns(reading.ts)}"
+
+
+def transition_line(tr: Transition) -> str:
+    a = tr.alert
+    where = a.device
+    tags = _alert_tags(a.device_id, where.get("district") or "", where.get("grid") or "", a.kind, a.rule,
+                       a.severity, tr.transition)
+    fields = [f'alert_id="{a.id.translate(_STR)}"', f'status="{a.status.translate(_STR)}"']
+    value = a.value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        f = _field("value", float(value))
+    elif value is not None:
+        f = _field("value_text", str(value).lower() if type(value) is bool else str(value))
+    else:
+        f = None
+    if f:
+        fields.append(f)
+    if a.threshold is not None and (f := _field("threshold", float(a.threshold))):
+        fields.append(f)
+    fields.append(f"count={a.count}i")
+    fields.append(f"open={0 if a.status == 'resolved' else 1}i")
+    if (f := _field("age_s", float(tr.at - a.opened_at))) is not None:
+        fields.append(f)
+    return f"alerts{tags} {','.join(fields)} {_ns(tr.at)}"
+
+
+def status_line(device: Device, status: str, at: float) -> str:
+    tags = _device_tags(device.id, device.district, device.grid, device.kind, None)
+    return f"device_status{tags} online={'true' if status == 'online' else 'false'} {_ns(at)}"
+
+
+def lines_for(out: Output) -> list[str]:
+    """Everything one pipeline batch produced, as line protocol (see the module docstring)."""
+    lines = [line for r, d in out.accepted if (line := reading_line(r, d)) is not None]
+    lines.extend(transition_line(t) for t in out.transitions)
+    lines.extend(status_line(d, s, at) for d, s, at in out.statuses)
+    return lines
+
+
+# -- the sink ------------------------------------------------------------------------------------
