@@ -74,6 +74,7 @@ class EmbeddedRunner:
             await self._drain(handoff)
             with contextlib.suppress(asyncio.CancelledError):
                 await delivery_task
+            self.delivery.close()
             if api_runner is not None:
                 await api_runner.cleanup()
             if self.influx is not None:

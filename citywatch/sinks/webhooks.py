@@ -1,0 +1,340 @@
+"""Webhook delivery: drain the outbox over HTTP, signed per Standard Webhooks, at least once.
+
+Each endpoint is a lane with its own concurrency limit and Retry-After pause, so a slow or dead
+receiver only delays itself. Within a lane, one alert's transitions leave strictly in order:
+n+1 is sent only after n was delivered (or declared dead). State lives in SQLite, not in memory,
+so a kill -9 loses nothing: pending rows go out again on restart with the same webhook-id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import NamedTuple
+
+import aiohttp
+from pydantic import SecretStr
+from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookVerificationError
+
+from citywatch.config import WebhookSettings
+from citywatch.errors import ConfigError
+from citywatch.sinks.outbox import (
+    OUTBOX_SCHEMA,
+    Outbox,
+    endpoints,
+    ensure_schema,
+    render_payload,
+    route_secret,
+)
+
+__all__ = ["OUTBOX_SCHEMA", "Outbox", "WebhookDelivery", "backoff_s", "parse_retry_after", "render_payload",
+           "sign", "signing_keys", "verify"]
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "citywatch/0.1"
+POLL_S = 1.0  # rows committed by another process (CLI, API) are picked up within this
+ERROR_LIMIT = 2048  # bytes of a rejecting response kept in last_error
+RETRY_AFTER_MAX_S = 86400.0  # a buggy Retry-After must not park an endpoint for years
+LIBRARY_TOLERANCE_S = 300  # standardwebhooks' Webhook.verify window, fixed in the library
+
+
+# -- signing ----------------------------------------------------------------------------------
+
+def _key(secret: str) -> Webhook:
+    try:  # whsec_<base64> is decoded by the library; anything else is the raw UTF-8 key
+        return Webhook(secret) if secret.startswith("whsec_") else Webhook(secret.encode())
+    except (ValueError, EmptyWebhookSecretError):  # binascii.Error is a ValueError
+        raise ConfigError("webhook secret: empty, or whsec_ followed by invalid base64") from None
+
+
+def signing_keys(secret: SecretStr | None) -> list[Webhook]:
+    """Keys to sign with; several space-separated whsec_ secrets sign with each (key rotation)."""
+    if secret is None:
+        return []
+    value = secret.get_secret_value()
+    parts = value.split()
+    if len(parts) > 1 and all(p.startswith("whsec_") for p in parts):
+        return [_key(p) for p in parts]
+    return [_key(value)]
+
+
+def sign(keys: list[Webhook], webhook_id: str, timestamp: int, body: bytes) -> str:
+    when = datetime.fromtimestamp(timestamp, UTC)
+    return " ".join(k.sign(webhook_id, when, body.decode()) for k in keys)
+
+
+def verify(secret: str, headers: Mapping[str, str], body: bytes, tolerance_s: float = 300) -> bool:
+    """Receiver side: True if a v1 signature matches (constant-time) and the timestamp is fresh.
+
+    `Webhook.verify` has a fixed 5-minute window, so `tolerance_s` can only narrow it.
+    """
+    if tolerance_s > LIBRARY_TOLERANCE_S:
+        raise ValueError(f"tolerance_s above {LIBRARY_TOLERANCE_S} s is not supported")
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        stamp = float(lowered.get("webhook-timestamp", ""))
+    except ValueError:
+        return False
+    if abs(time.time() - stamp) > tolerance_s:
+        return False
+    try:
+        _key(secret).verify(body, lowered, json_parse=False)
+    except (WebhookVerificationError, ValueError):  # malformed headers or body raise ValueError
+        return False
+    return True
+
+
+# -- retry policy -----------------------------------------------------------------------------
+
+def backoff_s(attempt: int, initial: float, maximum: float,
+              rand: Callable[[], float] = random.random) -> float:
+    """Full jitter: uniform over [0, min(maximum, initial * 2**(attempt-1))], so retries spread out."""
+    return rand() * min(maximum, initial * 2.0 ** min(max(attempt - 1, 0), 60))
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_MAX_S)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return min(max(0.0, when.timestamp() - now), RETRY_AFTER_MAX_S)
+
+
+# -- delivery ---------------------------------------------------------------------------------
+
+class _Row(NamedTuple):
+    seq: int
+    webhook_id: str
+    url: str
+    alert_id: str
+    body: bytes
+    attempts: int
+
+
+class _Outcome(NamedTuple):
+    kind: str  # delivered | retry | dead
+    status: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+class _Lane:
+    """One endpoint: the alerts with a request in flight, and a pause asked for by Retry-After."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.busy: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.wake = asyncio.Event()
+        self.paused_until = 0.0
+
+
+# The oldest pending row of each (endpoint, alert) that is due: only heads are ever sent.
+_HEADS = """
+SELECT seq, webhook_id, url, alert_id, body, attempts FROM webhook_outbox AS o
+WHERE status = 'pending' AND endpoint = ? AND next_attempt_at <= ?
+  AND NOT EXISTS (SELECT 1 FROM webhook_outbox AS p WHERE p.status = 'pending'
+                  AND p.endpoint = o.endpoint AND p.alert_id = o.alert_id AND p.seq < o.seq)
+ORDER BY next_attempt_at, seq LIMIT ?
+"""
+_NEXT_DUE = ("SELECT MIN(next_attempt_at) FROM webhook_outbox"
+             " WHERE status = 'pending' AND endpoint = ? AND next_attempt_at > ?")
+
+
+class WebhookDelivery:
+    """Sends outbox rows; `run` until `stop` is set, `notify` after each commit that enqueued rows."""
+
+    def __init__(self, db_path: Path, settings: WebhookSettings,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.configured = [r.name for r in endpoints(settings)]
+        self._keys = {name: signing_keys(route_secret(settings, name)) for name in self.configured}
+        self._lanes: dict[str, _Lane] = {}
+        self._wake = asyncio.Event()
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(db_path, timeout=5, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        ensure_schema(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def notify(self) -> None:
+        """New rows were committed: look now instead of at the next poll."""
+        self._wake.set()
+        for lane in self._lanes.values():
+            lane.wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._wake = asyncio.Event()  # bound to this run's loop; run() starts with a full look anyway
+        unsigned = [name for name, keys in self._keys.items() if not keys]
+        if unsigned:
+            log.warning("webhooks: no secret for endpoint(s) %s; sending unsigned", ", ".join(unsigned))
+        connector = aiohttp.TCPConnector(limit=0)  # lanes bound concurrency; a shared pool would couple them
+        timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                         headers={"User-Agent": USER_AGENT}) as session:
+            loops = [asyncio.create_task(self._wake_on(stop))]
+            try:
+                while not stop.is_set():
+                    self._wake.clear()
+                    for name in self._endpoint_names():
+                        if name not in self._lanes:
+                            self._lanes[name] = lane = _Lane(name)
+                            loops.append(asyncio.create_task(self._lane_loop(lane, session)))
+                    await self._sleep(self._wake, POLL_S)
+            finally:
+                tasks = loops + [t for lane in self._lanes.values() for t in lane.tasks]
+                for task in tasks:  # in-flight rows stay pending: sent again, same id, next run
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                self._lanes.clear()
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
+
+    @staticmethod
+    async def _sleep(event: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await event.wait()
+
+    def _endpoint_names(self) -> list[str]:
+        rows = self.conn.execute("SELECT DISTINCT endpoint FROM webhook_outbox WHERE status = 'pending'")
+        return list(dict.fromkeys([*self.configured, *(name for (name,) in rows)]))
+
+    async def _lane_loop(self, lane: _Lane, session: aiohttp.ClientSession) -> None:
+        while True:
+            lane.wake.clear()
+            now = self.clock()
+            try:
+                if now >= lane.paused_until:
+                    self._fill(lane, session, now)
+                delay = self._next_wait(lane, now)
+            except sqlite3.Error:
+                log.exception("webhooks: endpoint %s: reading the outbox failed", lane.name)
+                delay = POLL_S
+            await self._sleep(lane.wake, delay)
+
+    def _fill(self, lane: _Lane, session: aiohttp.ClientSession, now: float) -> None:
+        free = self.settings.concurrency - len(lane.busy)
+        if free <= 0:
+            return
+        for row in map(_Row._make, self.conn.execute(_HEADS, (lane.name, now, free + len(lane.busy)))):
+            if row.alert_id in lane.busy:
+                continue
+            lane.busy.add(row.alert_id)
+            task = asyncio.create_task(self._deliver(lane, session, row))
+            lane.tasks.add(task)
+            task.add_done_callback(lane.tasks.discard)
+            free -= 1
+            if not free:
+                return
+
+    def _next_wait(self, lane: _Lane, now: float) -> float:
+        if now < lane.paused_until:
+            return min(POLL_S, lane.paused_until - now)
+        (due,) = self.conn.execute(_NEXT_DUE, (lane.name, now)).fetchone()
+        return POLL_S if due is None else min(POLL_S, max(0.0, due - now))
+
+    async def _deliver(self, lane: _Lane, session: aiohttp.ClientSession, row: _Row) -> None:
+        try:
+            outcome = await self._send(lane, session, row)
+            self._record(lane, row, outcome)
+        except sqlite3.Error:  # the row stays pending and is sent again: at-least-once holds
+            log.exception("webhooks: endpoint %s: recording webhook %s failed", lane.name, row.webhook_id)
+        finally:
+            lane.busy.discard(row.alert_id)
+            lane.wake.set()
+
+    def _headers(self, lane: _Lane, row: _Row) -> dict[str, str]:
+        stamp = int(self.clock())
+        headers = {"content-type": "application/json", "webhook-id": row.webhook_id,
+                   "webhook-timestamp": str(stamp)}
+        keys = self._keys.get(lane.name)
+        if keys is None:  # an endpoint no longer configured: the shared secret
+            keys = self._keys[lane.name] = signing_keys(self.settings.secret)
+        if keys:
+            headers["webhook-signature"] = sign(keys, row.webhook_id, stamp, row.body)
+        return headers
+
+    async def _send(self, lane: _Lane, session: aiohttp.ClientSession, row: _Row) -> _Outcome:
+        try:
+            async with session.post(row.url, data=row.body, headers=self._headers(lane, row),
+                                    allow_redirects=False) as resp:
+                text = (await resp.content.read(ERROR_LIMIT)).decode("utf-8", "replace")
+                status, retry_after = resp.status, resp.headers.get("Retry-After")
+        except aiohttp.InvalidURL as exc:
+            return _Outcome("dead", None, f"invalid url: {type(exc).__name__}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return _Outcome("retry", None, f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT])
+        if 200 <= status < 300:
+            return _Outcome("delivered", status)
+        if status in (408, 429) or status >= 500:
+            return _Outcome("retry", status, text, parse_retry_after(retry_after, self.clock()))
+        if 300 <= status < 400:
+            return _Outcome("dead", status, "redirect not followed: fix the endpoint url")
+        return _Outcome("dead", status, text)
+
+    def _record(self, lane: _Lane, row: _Row, outcome: _Outcome) -> None:
+        now = self.clock()
+        common = (now, outcome.status, outcome.error)
+        sql = ("UPDATE webhook_outbox SET attempts = attempts + 1, last_attempt_at = ?, last_status = ?,"
+               " last_error = COALESCE(?, last_error)")  # a delivered row keeps its last failure
+        if outcome.kind == "delivered":
+            self.conn.execute(sql + ", status = 'delivered', delivered_at = ? WHERE seq = ?",
+                              (*common, now, row.seq))
+            return
+        if outcome.kind == "dead":
+            log.warning("webhooks: endpoint %s rejected webhook %s (HTTP %s): dead, not retried",
+                        lane.name, row.webhook_id, outcome.status)
+            self.conn.execute(sql + ", status = 'dead' WHERE seq = ?", (*common, row.seq))
+            return
+        s = self.settings
+        delay = backoff_s(row.attempts + 1, s.backoff_initial_s, s.backoff_max_s)
+        if outcome.retry_after is not None:
+            delay = outcome.retry_after
+            lane.paused_until = max(lane.paused_until, now + delay)  # the endpoint asked all of us to wait
+        log.debug("webhooks: endpoint %s: webhook %s failed (%s), retry in %.2f s",
+                  lane.name, row.webhook_id, outcome.status or outcome.error, delay)
+        self.conn.execute(sql + ", next_attempt_at = ? WHERE seq = ?", (*common, now + delay, row.seq))
+
+    # -- inspection and housekeeping --------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """delivered, pending (not yet delivered nor dead, retrying included), retrying, dead, attempts."""
+        out = dict.fromkeys(("delivered", "pending", "retrying", "dead", "attempts"), 0)
+        rows = self.conn.execute(
+            "SELECT status, attempts > 0, COUNT(*), SUM(attempts) FROM webhook_outbox GROUP BY 1, 2")
+        for status, retried, count, attempts in rows:
+            out[status] = out.get(status, 0) + count
+            out["attempts"] += attempts or 0
+            if status == "pending" and retried:
+                out["retrying"] += count
+        return out
+
+    def purge_delivered(self, older_than_s: float) -> int:
+        """Drop delivered rows older than this (the audit trail's horizon); returns how many."""
+        cur = self.conn.execute("DELETE FROM webhook_outbox WHERE status = 'delivered' AND delivered_at < ?",
+                                (self.clock() - older_than_s,))
+        return cur.rowcount
