@@ -8,6 +8,7 @@ is counted, never silent. The consumer is woken only when it is actually waiting
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
@@ -51,10 +52,8 @@ class Handoff(Generic[T]):
                 self._waiting = True
                 self._event.clear()
         if self._waiting:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event.wait(), timeout)
-            except TimeoutError:
-                pass
         with self._lock:
             self._waiting = False
             n = min(max_items, len(self._items))

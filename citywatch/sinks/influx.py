@@ -38,7 +38,7 @@ from influxdb_client.rest import ApiException
 
 from citywatch.config import InfluxSettings
 from citywatch.errors import CitywatchError, ConfigError
-from citywatch.sinks.linebuffer import LineBuffer, Segment, write_rejected
+from citywatch.sinks.linebuffer import BufferFull, LineBuffer, Segment, write_rejected
 from citywatch.sinks.lineprotocol import lines_for, reading_line, status_line, transition_line
 
 __all__ = ["InfluxBackpressure", "InfluxSink", "lines_for", "reading_line", "status_line", "transition_line"]
@@ -301,15 +301,15 @@ class InfluxSink:
         """Append to the disk buffer, in order, as many as fit; returns how many were stored."""
         stored = 0
         for batch in batches:
-            if not self._buffer.fits(len(batch.data)):
+            try:
+                self._buffer.append(batch.seq, batch.data, batch.lines)
+            except BufferFull:
                 with self._lock:
                     if not self._disk_full:
                         log.error("influx: disk buffer full (%d MB); add() will block until InfluxDB "
                                   "takes data again", self.settings.buffer_max_mb)
                     self._disk_full = True
                 break
-            try:
-                self._buffer.append(batch.seq, batch.data, batch.lines)
             except OSError as exc:
                 with self._lock:
                     self._warn("influx: cannot write the disk buffer: %s", exc)

@@ -36,6 +36,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class BufferFull(Exception):
+    """The disk buffer is at its configured cap."""
+
+
 class LineBuffer:
     """Thread-safe; appends go to the newest (open) segment until it holds `segment_lines` lines."""
 
@@ -80,12 +84,13 @@ class LineBuffer:
     def next_seq(self) -> int:
         return self._order[-1] + 1 if self._order else 1
 
-    def fits(self, size: int) -> bool:
-        return self.bytes + size <= self.max_bytes
-
     def append(self, seq: int, data: bytes, lines: int) -> None:
-        """Durably store one batch (data ends with a newline); raises OSError, caller keeps the batch."""
+        """Durably store one batch (data ends with a newline); raises BufferFull or OSError, and the
+        caller keeps the batch. The size check and the write share the lock: two writers cannot
+        both squeeze past the cap."""
         with self._lock:
+            if self.bytes + len(data) > self.max_bytes:
+                raise BufferFull(f"{self.bytes + len(data)} bytes > {self.max_bytes}")
             seg = self._segments.get(self._open) if self._open is not None else None
             if seg is not None and seq > seg.seq and seg.lines + lines <= self.segment_lines:
                 try:
