@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import secrets
 import socket
@@ -92,6 +93,9 @@ class Receiver:
 async def run_demo(data_dir: Path | None, duration: float, n_devices: int, speed: float,
                    echo: Callable[[str], None] | None = print) -> Summary:
     started = time.monotonic()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="citywatch-demo-"))
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     receiver = Receiver(secret)
@@ -126,7 +130,7 @@ async def run_demo(data_dir: Path | None, duration: float, n_devices: int, speed
     await runner.ready.wait()
 
     sim_seconds = duration * speed
-    sim = Simulator(devices, seed=7, start=time.time() - sim_seconds - 60)
+    sim = Simulator(devices, seed=7, start=time.time() - sim_seconds - 60, horizon_s=max(600.0, sim_seconds * 0.4))
     messages = [(topic, payload) for topic, payload, _ in sim.messages(sim_seconds)]
     bad = [(topic, payload) for topic, payload, _ in bad_messages(devices, seed=7, now=time.time())]
     stream = messages[: len(messages) // 2] + bad + messages[len(messages) // 2:]

@@ -84,6 +84,7 @@ class Collector:
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.connects = 0
         self.disconnects = 0
+        self.stopping = False
         self.received = 0
 
     def start(self) -> None:
@@ -116,7 +117,10 @@ class Collector:
                        properties: object) -> None:
         self.connected.clear()
         self.disconnects += 1
-        log.warning("MQTT disconnected (%s); reconnecting with backoff", reason)
+        if self.stopping:
+            log.info("MQTT disconnected")
+        else:
+            log.warning("MQTT disconnected (%s); reconnecting with backoff", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self.received += 1
@@ -134,6 +138,7 @@ class Collector:
                 self.client.ack(m.mid, m.qos)
 
     def stop(self) -> None:
+        self.stopping = True
         self.handoff.close()
         self.client.disconnect()
         self.client.loop_stop()
