@@ -17,7 +17,6 @@ import msgspec
 
 from citywatch.config import Settings, load_settings
 from citywatch.errors import CitywatchError
-from citywatch.model import KINDS, Device
 
 
 def _ts(value: float | None) -> str:
@@ -141,65 +140,6 @@ def show_config(ctx: Context) -> None:
     click.echo(json.dumps(ctx.settings.model_dump(mode="json"), indent=2))
 
 
-# -- devices ----------------------------------------------------------------------------------
-
-
-@main.group()
-def devices() -> None:
-    """Register and list devices."""
-
-
-def _registry(ctx: Context) -> Any:
-    from citywatch.devices.registry import Registry, registry_path
-
-    return Registry(registry_path(ctx.settings.data_dir))
-
-
-@devices.command("add")
-@click.argument("device_id")
-@click.option("--kind", type=click.Choice(KINDS), required=True)
-@click.option("--district", default="")
-@click.option("--grid", default="")
-@click.option("--zone-class", default=None, help="Noise functional zone class: 0, 1, 2, 3, 4a, 4b.")
-@click.option("--lat", type=float, default=None)
-@click.option("--lon", type=float, default=None)
-@click.option("--address", default="")
-@click.option("--interval", "interval_s", type=float, default=60.0, show_default=True,
-              help="Expected reporting interval, seconds.")
-@click.option("--tenants", type=int, default=None, help="Registered tenants (locks).")
-@click.option("--max-stay-min", type=float, default=None, help="Maximum stay (parking), minutes.")
-@click.option("--no-parking", is_flag=True, help="Bay in a no-parking zone or fire lane.")
-@pass_ctx
-def devices_add(ctx: Context, device_id: str, kind: str, **attrs: Any) -> None:
-    """Register a device."""
-    registry = _registry(ctx)
-    try:
-        device = registry.add(Device(id=device_id, kind=kind, **attrs))
-    except CitywatchError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        registry.close()
-    click.echo(f"added {device.id} ({device.kind})")
-
-
-@devices.command("list")
-@click.option("--kind", type=click.Choice(KINDS), default=None)
-@click.option("--json", "as_json", is_flag=True)
-@pass_ctx
-def devices_list(ctx: Context, kind: str | None, as_json: bool) -> None:
-    """List registered devices."""
-    registry = _registry(ctx)
-    found = [d for d in registry.all() if kind is None or d.kind == kind]
-    registry.close()
-    if as_json:
-        click.echo(msgspec.json.encode(found).decode())
-        return
-    for d in found:
-        state = "enabled" if d.enabled else "disabled"
-        click.echo(f"{d.id}\t{d.kind}\t{d.district}\t{d.grid}\t{d.zone_class or '-'}\t{state}\t{d.address}")
-    click.echo(f"{len(found)} devices", err=True)
-
-
 # -- alerts and dead letters ------------------------------------------------------------------
 
 
@@ -281,6 +221,11 @@ def deadletters(ctx: Context, limit: int, reason: str | None, as_json: bool) -> 
         click.echo(f"{_ts(d.received_at)}\t{d.reason}\t{d.topic}\t{payload}")
     summary = ", ".join(f"{r}: {n}" for r, n in counts.items()) or "none"
     click.echo(f"dead letters by reason: {summary}", err=True)
+
+
+from citywatch.devices.cli import devices  # noqa: E402  (the group needs `main` defined first)
+
+main.add_command(devices)
 
 
 def entrypoint() -> None:
