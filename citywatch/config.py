@@ -106,9 +106,32 @@ class ApiSettings(Section):
     token_file: Path | None = None
 
 
+class Deadlines(Section):
+    review_h: float = Field(gt=0)
+    response_h: float = Field(gt=0)
+
+
+class RulePolicy(Section):
+    """How long a condition must hold before an alert opens, and clear before it resolves."""
+
+    hold_readings: int = Field(1, ge=1)
+    hold_s: float = Field(0.0, ge=0)
+    clear_readings: int = Field(1, ge=1)
+
+
 class AlertSettings(Section):
     review_deadline_h: float = Field(6.0, gt=0)
     response_deadline_h: float = Field(15.0, gt=0)
+    # Deadlines by "<kind>", "<severity>" or "<kind>.<severity>" (most specific wins).
+    deadlines: dict[str, Deadlines] = {}
+    hold_readings: int = Field(1, ge=1)
+    hold_s: float = Field(0.0, ge=0)
+    clear_readings: int = Field(1, ge=1)
+    # Per rule name, e.g. noise_limit: {hold_readings: 3}.
+    rules: dict[str, RulePolicy] = {"noise_limit": RulePolicy(hold_readings=2)}
+    flap_max_cycles: int = Field(3, ge=1)
+    flap_window_min: float = Field(30.0, gt=0)
+    flap_quiet_min: float = Field(30.0, gt=0)
     tick_s: float = Field(1.0, gt=0)
 
 

@@ -90,6 +90,9 @@ class Alert(msgspec.Struct, kw_only=True):
     escalations: list[str] = []
     transitions: int = 0
     device: dict[str, Any] = {}  # the dispatch block (district, grid, address, lat, lon), set at open
+    flapping: bool = False  # opened as a flapping alert: resolves only after a quiet period
+    condition_since: float = 0.0  # event time the condition started (before any hold period)
+    last_active_at: float = 0.0  # event time of the latest active finding
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,7 +100,7 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
 
     id: str
     alert_id: str
-    transition: str  # opened | updated | escalated | acknowledged | resolved
+    transition: str  # opened | updated | flapping | escalated | acknowledged | resolved
     at: float
     alert: Alert
     reason: str = ""

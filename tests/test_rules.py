@@ -54,9 +54,17 @@ def test_noise_day_and_night_limits_by_zone() -> None:
     day = T0  # 19:06 local
     night = T0 + 8 * 3600  # 03:06 local
     assert feed(p, NOISE, day, laeq_db=50).transitions == []  # class 1 day limit 55
-    assert opened(feed(p, NOISE, day + 60, laeq_db=56)) == [("noise_limit", "warning")]
-    assert kinds(feed(p, NOISE, day + 120, laeq_db=51)) == ["resolved"]
-    assert opened(feed(p, NOISE, night, laeq_db=48)) == [("noise_limit", "warning")]  # night limit 45
+    assert feed(p, NOISE, day + 60, laeq_db=56).transitions == []  # one loud interval is not sustained
+    assert opened(feed(p, NOISE, day + 120, laeq_db=57)) == [("noise_limit", "warning")]
+    assert kinds(feed(p, NOISE, day + 180, laeq_db=51)) == ["resolved"]
+    assert feed(p, NOISE, night, laeq_db=48).transitions == []
+    assert opened(feed(p, NOISE, night + 60, laeq_db=48)) == [("noise_limit", "warning")]  # night limit 45
+
+
+def test_noise_single_loud_interval_does_not_open() -> None:
+    p = make_pipeline(NOISE)
+    for i in range(10):  # loud, quiet, loud, quiet ...: never two in a row
+        assert feed(p, NOISE, T0 + 60 * i, laeq_db=70 if i % 2 == 0 else 40).transitions == []
 
 
 def test_noise_night_burst() -> None:

@@ -1,8 +1,15 @@
-"""The alert lifecycle: one open alert per (device, rule), opened / updated / escalated /
-acknowledged / resolved, with deadlines from the city's closed loop.
+"""The alert lifecycle: one unresolved alert per (device, rule), with the city's closed loop.
 
-Transport-free and clock-injected: event times come from readings, `now` from the runner,
-so replay and live data give the same transitions.
+Transitions: opened, updated (severity raised), flapping, acknowledged, escalated, resolved.
+- A condition must hold for `hold_readings` readings and `hold_s` seconds before an alert opens,
+  and clear for `clear_readings` readings before it resolves (rules add value hysteresis).
+- More than `flap_max_cycles` open/resolve cycles within `flap_window_min` turn the next opening
+  into one `flapping` alert that stays open until the condition has been quiet for `flap_quiet_min`.
+- Review (acknowledge) and response (resolve) deadlines come per kind and severity; passing one
+  is an `escalated` transition.
+
+Transport-free and clock-injected: event times come from readings, `now` from the runner, so
+replay and live data give the same transitions.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from citywatch.config import AlertSettings
+from citywatch.config import AlertSettings, RulePolicy
 from citywatch.errors import AlertError
 from citywatch.model import SEVERITY_RANK, Alert, Device, Finding, Transition, device_summary
 
@@ -31,12 +38,28 @@ class AlertEngine:
         self.by_key: dict[AlertKey, Alert] = {}
         self.by_id: dict[str, Alert] = {}
         self.dirty: dict[str, Alert] = {}
+        self.pending: dict[AlertKey, tuple[int, float]] = {}  # active streak: (readings, since)
+        self.clearing: dict[AlertKey, int] = {}  # clear streak of an open alert
+        self.cycles: dict[AlertKey, list[float]] = {}  # recent opening times, for flapping
+        self._default_policy = RulePolicy(hold_readings=settings.hold_readings, hold_s=settings.hold_s,
+                                          clear_readings=settings.clear_readings)
         for alert in open_alerts:
             self._index(alert)
 
     def _index(self, alert: Alert) -> None:
         self.by_key[(alert.device_id, alert.rule)] = alert
         self.by_id[alert.id] = alert
+
+    def _policy(self, rule: str) -> RulePolicy:
+        return self.settings.rules.get(rule, self._default_policy)
+
+    def deadlines(self, kind: str, severity: str) -> tuple[float, float]:
+        """(review, response) in seconds for this kind and severity; the most specific key wins."""
+        table = self.settings.deadlines
+        for key in (f"{kind}.{severity}", kind, severity):
+            if key in table:
+                return table[key].review_h * 3600, table[key].response_h * 3600
+        return self.settings.review_deadline_h * 3600, self.settings.response_deadline_h * 3600
 
     def _transition(self, alert: Alert, kind: str, at: float, reason: str = "") -> Transition:
         alert.transitions += 1
@@ -49,37 +72,80 @@ class AlertEngine:
     def is_open(self, device_id: str, rule: str) -> bool:
         return (device_id, rule) in self.by_key
 
+    # -- findings ---------------------------------------------------------------------------
+
     def apply(self, device: Device, finding: Finding, at: float) -> Transition | None:
         """Fold one finding (at event time `at`) into the device's alert for that rule."""
-        alert = self.by_key.get((device.id, finding.rule))
+        key = (device.id, finding.rule)
+        alert = self.by_key.get(key)
         if finding.active:
             if alert is None:
-                return self._open(device, finding, at)
-            alert.count += 1
-            alert.value = finding.value
-            alert.updated_at = max(alert.updated_at, at)
-            self.dirty[alert.id] = alert
-            if SEVERITY_RANK[finding.severity] > SEVERITY_RANK[alert.severity]:
-                alert.severity = finding.severity
-                alert.threshold = finding.threshold
-                alert.message = finding.message
-                return self._transition(alert, "updated", at, "severity raised")
-            return None
+                return self._maybe_open(key, device, finding, at)
+            self.clearing.pop(key, None)
+            return self._update(alert, finding, at)
+        self.pending.pop(key, None)
         if alert is None or alert.latched:
             return None
+        if alert.flapping:
+            return None  # resolves once quiet for flap_quiet_min (see tick)
+        streak = self.clearing.get(key, 0) + 1
+        if streak < self._policy(finding.rule).clear_readings:
+            self.clearing[key] = streak
+            return None
+        self.clearing.pop(key, None)
         return self._close(alert, at, None, "condition cleared")
 
-    def _open(self, device: Device, finding: Finding, at: float) -> Transition:
-        s = self.settings
+    def _maybe_open(self, key: AlertKey, device: Device, finding: Finding, at: float) -> Transition | None:
+        policy = self._policy(finding.rule)
+        count, since = self.pending.get(key, (0, at))
+        count += 1
+        if count < policy.hold_readings or at - since < policy.hold_s:
+            self.pending[key] = (count, since)
+            return None
+        self.pending.pop(key, None)
+        return self._open(key, device, finding, since if policy.hold_s or policy.hold_readings > 1 else at, at)
+
+    def _update(self, alert: Alert, finding: Finding, at: float) -> Transition | None:
+        alert.count += 1
+        alert.value = finding.value
+        alert.updated_at = max(alert.updated_at, at)
+        alert.last_active_at = max(alert.last_active_at, at)
+        self.dirty[alert.id] = alert
+        if SEVERITY_RANK[finding.severity] <= SEVERITY_RANK[alert.severity]:
+            return None
+        alert.severity = finding.severity
+        alert.threshold = finding.threshold
+        alert.message = finding.message
+        review, response = self.deadlines(alert.kind, alert.severity)
+        alert.review_deadline = min(alert.review_deadline, alert.opened_at + review)
+        alert.response_deadline = min(alert.response_deadline, alert.opened_at + response)
+        return self._transition(alert, "updated", at, "severity raised")
+
+    def _open(self, key: AlertKey, device: Device, finding: Finding, started: float, at: float) -> Transition:
+        cycles = self._recent_cycles(key, at)
+        flapping = len(cycles) >= self.settings.flap_max_cycles and not finding.latched
+        review, response = self.deadlines(device.kind, finding.severity)
         alert = Alert(
             id=alert_id(device.id, finding.rule, at), device_id=device.id, kind=device.kind, rule=finding.rule,
             severity=finding.severity, status="open", opened_at=at, updated_at=at, value=finding.value,
             threshold=finding.threshold, message=finding.message, latched=finding.latched,
-            review_deadline=at + s.review_deadline_h * 3600, response_deadline=at + s.response_deadline_h * 3600,
-            device=device_summary(device, device.id, device.kind),
+            review_deadline=at + review, response_deadline=at + response,
+            device=device_summary(device, device.id, device.kind), flapping=flapping,
+            condition_since=started, last_active_at=at,
         )
         self._index(alert)
+        cycles.append(at)
+        del cycles[: max(0, len(cycles) - self.settings.flap_max_cycles)]
+        if flapping:
+            return self._transition(alert, "flapping", at, f"opened and resolved {len(cycles) - 1} times within "
+                                                           f"{self.settings.flap_window_min:g} min")
         return self._transition(alert, "opened", at)
+
+    def _recent_cycles(self, key: AlertKey, at: float) -> list[float]:
+        cycles = self.cycles.setdefault(key, [])
+        window_s = self.settings.flap_window_min * 60
+        cycles[:] = [t for t in cycles if at - t <= window_s]
+        return cycles
 
     def _close(self, alert: Alert, at: float, by: str | None, reason: str) -> Transition:
         alert.status = "resolved"
@@ -88,7 +154,10 @@ class AlertEngine:
         alert.updated_at = max(alert.updated_at, at)
         del self.by_key[(alert.device_id, alert.rule)]
         del self.by_id[alert.id]
+        self.clearing.pop((alert.device_id, alert.rule), None)
         return self._transition(alert, "resolved", at, reason)
+
+    # -- people -----------------------------------------------------------------------------
 
     def acknowledge(self, alert_id: str, by: str, at: float) -> Transition:
         alert = self.by_id.get(alert_id)
@@ -107,10 +176,16 @@ class AlertEngine:
             raise AlertError(f"no open alert {alert_id}")
         return self._close(alert, at, by, f"resolved by {by}")
 
+    # -- clock ------------------------------------------------------------------------------
+
     def tick(self, now: float) -> list[Transition]:
-        """Escalate alerts whose review (ack) or response (resolve) deadline has passed."""
+        """Escalate alerts past a deadline; resolve flapping alerts that have gone quiet."""
         out: list[Transition] = []
+        quiet_s = self.settings.flap_quiet_min * 60
         for alert in list(self.by_id.values()):
+            if alert.flapping and now - alert.last_active_at >= quiet_s:
+                out.append(self._close(alert, now, None, "quiet after flapping"))
+                continue
             if alert.status == "open" and now >= alert.review_deadline and "review" not in alert.escalations:
                 alert.escalations.append("review")
                 out.append(self._transition(alert, "escalated", now, "not acknowledged within the review deadline"))

@@ -1,0 +1,148 @@
+"""The alert lifecycle: hold and clear periods, flapping, deadlines and escalation on an injected clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from citywatch.config import AlertSettings
+from citywatch.detectors.lifecycle import AlertEngine
+from citywatch.errors import AlertError
+from citywatch.model import Device, Finding, Transition
+
+GAS = Device(id="g1", kind="gas", district="Nanhu", grid="G1", address="1 Main St", lat=30.7, lon=120.7)
+T0 = 1_795_000_000.0
+
+
+def active(severity: str = "warning", rule: str = "gas_level", latched: bool = False) -> Finding:
+    return Finding(rule, True, severity, 30.0, 25.0, "gas", latched=latched)
+
+
+def clear(rule: str = "gas_level") -> Finding:
+    return Finding(rule, False)
+
+
+def engine(**settings: Any) -> AlertEngine:
+    return AlertEngine(AlertSettings(**settings))
+
+
+def run(e: AlertEngine, findings: list[Finding], start: float = T0, step: float = 60) -> list[Transition]:
+    out = []
+    for i, f in enumerate(findings):
+        t = e.apply(GAS, f, start + i * step)
+        if t is not None:
+            out.append(t)
+    return out
+
+
+def names(ts: list[Transition]) -> list[str]:
+    return [t.transition for t in ts]
+
+
+def test_open_update_resolve_and_ids() -> None:
+    e = engine()
+    ts = run(e, [active(), active(), active("critical"), clear()])
+    assert names(ts) == ["opened", "updated", "resolved"]
+    assert [t.id for t in ts] == [f"{ts[0].alert_id}.{n}" for n in (1, 2, 3)]
+    assert ts[0].alert.device["district"] == "Nanhu" and ts[0].alert.device["lat"] == 30.7
+    assert ts[-1].alert.count == 3 and ts[-1].alert.status == "resolved"
+
+
+def test_hold_readings_and_hold_seconds_before_opening() -> None:
+    e = engine(hold_readings=3)
+    assert names(run(e, [active(), active(), clear(), active(), active()])) == []
+    assert names(run(e, [active()], start=T0 + 300)) == ["opened"]
+    timed = engine(hold_s=120)
+    assert names(run(timed, [active(), active(), active()], step=50)) == []  # 100 s so far
+    assert names(run(timed, [active()], start=T0 + 130)) == ["opened"]
+
+
+def test_per_rule_policy_overrides_default() -> None:
+    e = engine(rules={"gas_level": {"hold_readings": 2}})
+    assert names(run(e, [active()])) == []
+    other = e.apply(GAS, active(rule="battery_low"), T0)
+    assert other is not None and other.transition == "opened"
+
+
+def test_clear_readings_before_resolving() -> None:
+    e = engine(clear_readings=3)
+    assert names(run(e, [active(), clear(), clear(), active(), clear(), clear()])) == ["opened"]
+    assert names(run(e, [clear()], start=T0 + 600)) == ["resolved"]
+
+
+def test_flapping_becomes_one_alert_instead_of_many_webhooks() -> None:
+    e = engine(flap_max_cycles=3, flap_window_min=30, flap_quiet_min=10)
+    findings = [active(), clear()] * 10  # 10 cycles in 20 minutes
+    ts = run(e, findings)
+    assert names(ts) == ["opened", "resolved"] * 3 + ["flapping"]
+    flapping = ts[-1].alert
+    assert flapping.flapping and e.is_open("g1", "gas_level")
+    assert e.tick(T0 + 19 * 60 + 5 * 60) == []  # last active 19 min after start; quiet only 5 min
+    quiet = e.tick(T0 + 19 * 60 + 11 * 60)
+    assert names(quiet) == ["resolved"] and quiet[0].reason == "quiet after flapping"
+    # well outside the window the next opening is a normal one
+    assert names(run(e, [active()], start=T0 + 4 * 3600)) == ["opened"]
+
+
+def test_slow_cycles_are_not_flapping() -> None:
+    e = engine(flap_max_cycles=3, flap_window_min=30)
+    ts = run(e, [active(), clear()] * 6, step=20 * 60)  # one cycle every 40 minutes
+    assert "flapping" not in names(ts) and names(ts).count("opened") == 6
+
+
+def test_escalation_on_review_and_response_deadlines() -> None:
+    e = engine(review_deadline_h=6, response_deadline_h=15)
+    opened = run(e, [active()])[0]
+    assert opened.alert.review_deadline == T0 + 6 * 3600
+    assert e.tick(T0 + 6 * 3600 - 1) == []
+    review = e.tick(T0 + 6 * 3600)
+    assert names(review) == ["escalated"] and "review" in review[0].reason
+    assert e.tick(T0 + 7 * 3600) == []  # once
+    response = e.tick(T0 + 15 * 3600)
+    assert names(response) == ["escalated"] and "response" in response[0].reason
+    assert response[0].alert.escalations == ["review", "response"]
+
+
+def test_acknowledged_alert_escalates_only_on_response_deadline() -> None:
+    e = engine()
+    alert_id = run(e, [active()])[0].alert_id
+    ack = e.acknowledge(alert_id, "grid-worker-7", T0 + 3600)
+    assert ack.transition == "acknowledged" and ack.alert.acked_by == "grid-worker-7"
+    with pytest.raises(AlertError):
+        e.acknowledge(alert_id, "again", T0 + 3700)
+    assert e.tick(T0 + 6 * 3600) == []
+    assert names(e.tick(T0 + 15 * 3600)) == ["escalated"]
+    resolved = e.resolve(alert_id, "grid-worker-7", T0 + 16 * 3600)
+    assert resolved.alert.status == "resolved" and resolved.alert.resolved_by == "grid-worker-7"
+    with pytest.raises(AlertError):
+        e.resolve(alert_id, "again", T0 + 17 * 3600)
+
+
+def test_deadlines_by_kind_and_severity() -> None:
+    e = engine(deadlines={"gas.critical": {"review_h": 0.5, "response_h": 2}, "critical": {"review_h": 1,
+               "response_h": 4}, "water": {"review_h": 2, "response_h": 8}})
+    assert e.deadlines("gas", "critical") == (1800, 7200)
+    assert e.deadlines("lock", "critical") == (3600, 14400)
+    assert e.deadlines("water", "warning") == (7200, 28800)
+    assert e.deadlines("noise", "warning") == (6 * 3600, 15 * 3600)
+    ts = run(e, [active("warning"), active("critical")])
+    assert names(ts) == ["opened", "updated"]
+    assert ts[1].alert.review_deadline == T0 + 1800  # a raised severity tightens the deadlines
+
+
+def test_latched_alert_waits_for_a_person() -> None:
+    e = engine()
+    ts = run(e, [active(rule="lock_forced_open", latched=True), clear("lock_forced_open")])
+    assert names(ts) == ["opened"]
+    assert e.is_open("g1", "lock_forced_open")
+
+
+def test_restart_restores_open_alerts() -> None:
+    e = engine()
+    opened = run(e, [active()])[0]
+    restored = AlertEngine(AlertSettings(), [opened.alert])
+    assert names(run(restored, [active()], start=T0 + 60)) == []  # the same alert, updated
+    resolved = run(restored, [clear()], start=T0 + 120)
+    assert names(resolved) == ["resolved"] and resolved[0].alert_id == opened.alert_id
+    assert resolved[0].id == f"{opened.alert_id}.2"
