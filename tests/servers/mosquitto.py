@@ -50,6 +50,8 @@ class MosquittoServer:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # tests run as root with 0700 temp dirs: stay root so the broker can read and persist there
+            "user root\n"
             f"persistence true\npersistence_location {self.workdir}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 1000000\n"
@@ -81,3 +83,30 @@ class MosquittoServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class AuthMosquittoServer(MosquittoServer):
+    """A Mosquitto that requires a login and applies an ACL: the files `citywatch devices
+    mosquitto-auth` writes. As root, Mosquitto drops to user mosquitto before reading them, so
+    `auth_dir` must be traversable by that user (the files themselves are chowned by citywatch)."""
+
+    def __init__(self, workdir: Path, auth_dir: Path, port: int | None = None) -> None:
+        super().__init__(workdir, port=port)
+        self.auth_dir = auth_dir
+
+    def write_conf(self) -> None:
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "per_listener_settings false\n"
+            "allow_anonymous false\n"
+            f"password_file {self.auth_dir / 'passwd'}\n"
+            f"acl_file {self.auth_dir / 'acl'}\n"
+            "persistence false\n"
+            "log_dest stderr\n"
+            + self.extra + "\n"
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
