@@ -15,7 +15,7 @@ class InvalidMessage(CitywatchError):
     """A message that cannot be processed; `reason` is a stable code for dead letters.
 
     Reasons: bad_topic, unknown_kind, payload_too_large, malformed_json, not_an_object,
-    schema, not_finite, out_of_range, topic_mismatch, future_timestamp, unknown_device,
+    schema, not_finite, out_of_range, topic_mismatch, future_timestamp, unknown_device, too_deep,
     device_disabled, kind_mismatch, duplicate, bad_status.
     """
 

@@ -118,3 +118,24 @@ def test_json_schema_covers_every_kind() -> None:
     assert gas["properties"]["lel_pct"]["maximum"] == 100
     lock = schema["$defs"]["LockPayload"]
     assert "forced_open" in json.dumps(lock)
+
+
+def test_a_bug_in_a_rule_dead_letters_that_message_and_the_stream_goes_on(caplog) -> None:  # type: ignore[no-untyped-def]
+    class Broken:
+        name = "broken"
+        kinds = frozenset({"gas"})
+
+        def evaluate(self, reading, device, state):  # type: ignore[no-untyped-def]
+            if reading.values["lel_pct"] == 13:
+                raise ZeroDivisionError("boom")
+            return None
+
+    p = make_pipeline(GAS)
+    p.rules["gas"] = [Broken()]
+    out = Output()
+    for i, lel in enumerate([1, 13, 2]):
+        p.process(TOPIC, b'{"ts": %d, "lel_pct": %d}' % (T0 + i, lel), T0 + i, out)
+    assert [d.reason for d in out.dead_letters] == ["internal_error"]
+    assert "ZeroDivisionError" in out.dead_letters[0].detail
+    assert [r.values["lel_pct"] for r, _ in out.accepted][-1] == 2  # the next message went through
+    assert "internal error" in caplog.text

@@ -105,6 +105,8 @@ def decode_payload(kind: str, payload: bytes) -> Payload:
     except msgspec.ValidationError as exc:
         reason, field = _schema_error_reason(str(exc))
         raise InvalidMessage(reason, str(exc), field) from None
+    except RecursionError:
+        raise InvalidMessage("too_deep", "JSON nested too deeply") from None
     except msgspec.DecodeError as exc:
         if b"NaN" in payload or b"Infinity" in payload:
             raise InvalidMessage("not_finite", "NaN and Infinity are not allowed") from None

@@ -6,6 +6,7 @@ call `process` per message and `tick` on their clock, then commit the `Output` t
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, MutableMapping
 from typing import Protocol
@@ -24,6 +25,7 @@ from citywatch.ingest.topics import parse_topic
 from citywatch.model import Device, Finding, Reading, Transition
 
 DEAD_LETTER_PAYLOAD_LIMIT = 2048
+log = logging.getLogger(__name__)
 
 
 class DeviceLookup(Protocol):
@@ -107,6 +109,9 @@ class Pipeline:
                 self._reading(reading, device, out)
         except InvalidMessage as exc:
             self._dead_letter(topic, payload, exc.reason, exc.detail, received_at, out)
+        except Exception as exc:  # a bug of ours must not stop the stream: keep the message, say why
+            log.exception("internal error processing a message on %s", topic[:200])
+            self._dead_letter(topic, payload, "internal_error", f"{type(exc).__name__}: {exc}", received_at, out)
 
     def _dead_letter(self, topic: str, payload: bytes, reason: str, detail: str, received_at: float,
                      out: Output) -> None:
