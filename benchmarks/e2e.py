@@ -1,0 +1,227 @@
+"""(b) end to end through Mosquitto against the bare broker ceiling, and (c) publish-to-webhook latency.
+
+Usage: python benchmarks/e2e.py [--messages 100000]
+
+Each figure is measured in the same run as its reference:
+- ceiling: paho publishes (another process) -> Mosquitto -> a paho subscriber that does nothing else;
+- citywatch: the same publisher -> Mosquitto -> the embedded runner (validate, detect, commit, ack).
+Latency: one alarm message at a time at half the measured QoS 1 rate, timed from publish to the
+webhook's arrival at a local HTTP receiver (p50, p99).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from citywatch.config import load_settings  # noqa: E402
+from citywatch.devices.registry import Registry, registry_path  # noqa: E402
+from citywatch.ingest.simulator import Simulator, make_devices  # noqa: E402
+from citywatch.streams.embedded import EmbeddedRunner  # noqa: E402
+from tests.servers.mosquitto import MosquittoServer, free_port  # noqa: E402
+
+
+def _publisher(port: int, messages: list[tuple[str, bytes]], qos: int, rate: float | None, started: Any) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{time.time_ns()}")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    started.set()
+    interval = 1.0 / rate if rate else 0.0
+    t0 = time.perf_counter()
+    infos = []
+    for i, (topic, payload) in enumerate(messages):
+        if interval:
+            delay = t0 + i * interval - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        infos.append(client.publish(topic, payload, qos=qos))
+        while client._out_packet and len(client._out_packet) > 5000:  # bounded client memory
+            time.sleep(0.001)
+    for info in infos[-1000:]:
+        info.wait_for_publish(60)
+    client.disconnect()
+    client.loop_stop()
+
+
+def publish_in_process(port: int, messages: list[tuple[str, bytes]], qos: int,
+                       rate: float | None = None) -> mp.Process:
+    ctx = mp.get_context("spawn")
+    started = ctx.Event()
+    proc = ctx.Process(target=_publisher, args=(port, messages, qos, rate, started), daemon=True)
+    proc.start()
+    started.wait(30)
+    return proc
+
+
+def bare_ceiling(broker: MosquittoServer, messages: list[tuple[str, bytes]], qos: int) -> float:
+    received = 0
+    first = last = 0.0
+    done = threading.Event()
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        nonlocal received, first, last
+        if received == 0:
+            first = time.perf_counter()
+        received += 1
+        last = time.perf_counter()
+        if received >= len(messages):
+            done.set()
+
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{qos}", protocol=mqtt.MQTTv5)
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe("citywatch/#", qos=qos)
+    sub.loop_start()
+    time.sleep(0.5)
+    proc = publish_in_process(broker.port, messages, qos)
+    done.wait(300)
+    proc.join(60)
+    sub.disconnect()
+    sub.loop_stop()
+    return received / (last - first) if last > first else 0.0
+
+
+def runner_rate(broker: MosquittoServer, data_dir: Path, messages: list[tuple[str, bytes]], qos: int,
+                devices: list[Any]) -> float:
+    settings = load_settings(None, {"data_dir": data_dir, "api": {"enabled": False},
+                                    "mqtt": {"url": broker.url, "qos": qos, "client_id": f"cw-bench-{qos}"}})
+    registry = Registry(registry_path(data_dir))
+    if not registry.all():
+        for d in devices:
+            registry.add(d)
+    registry.close()
+    result: dict[str, float] = {}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        runner = EmbeddedRunner(settings)
+        task = asyncio.create_task(runner.run(stop))
+        await runner.ready.wait()
+        proc = publish_in_process(broker.port, messages, qos)
+        counters = runner.pipeline.counters
+        first = 0.0
+        while counters["received"] < len(messages):
+            if not first and counters["received"]:
+                first = time.perf_counter()
+            await asyncio.sleep(0.005)
+        result["rate"] = (counters["received"] - 1) / (time.perf_counter() - first)
+        stop.set()
+        await task
+        await asyncio.to_thread(proc.join, 60)
+
+    asyncio.run(main())
+    return result["rate"]
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.arrivals: dict[str, float] = {}
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.arrivals.setdefault(json.loads(body)["device"]["id"], time.time())
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+
+def latency(broker: MosquittoServer, data_dir: Path, rate: float, samples: int) -> tuple[float, float]:
+    """Publish-to-webhook latency of alarm messages sent one by one at `rate`/s."""
+    from citywatch.model import Device
+
+    receiver = Receiver()
+    devices = [Device(id=f"lat-{i:05d}", kind="gas") for i in range(samples)]
+    registry = Registry(registry_path(data_dir))
+    for d in devices:
+        registry.add(d)
+    registry.close()
+    settings = load_settings(None, {"data_dir": data_dir, "api": {"enabled": False},
+                                    "mqtt": {"url": broker.url, "client_id": "cw-bench-lat"},
+                                    "webhooks": {"url": receiver.url, "secret": "bench-secret"},
+                                    "ingest": {"batch_size": 1000}})
+    sent: dict[str, float] = {}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        runner = EmbeddedRunner(settings)
+        task = asyncio.create_task(runner.run(stop))
+        await runner.ready.wait()
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-lat-pub")
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        for d in devices:
+            payload = json.dumps({"ts": time.time(), "lel_pct": 60}).encode()
+            sent[d.id] = time.time()
+            pub.publish(f"citywatch/gas/{d.id}/telemetry", payload, qos=1)
+            await asyncio.sleep(1.0 / rate)
+        deadline = time.time() + 30
+        while len(receiver.arrivals) < samples and time.time() < deadline:
+            await asyncio.sleep(0.01)
+        pub.disconnect()
+        pub.loop_stop()
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    receiver.server.shutdown()
+    lat = sorted((receiver.arrivals[k] - sent[k]) * 1000 for k in receiver.arrivals)
+    return statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--latency-samples", type=int, default=2000)
+    args = parser.parse_args()
+    devices = make_devices(10_000, seed=5)
+    sim = Simulator(devices, seed=5, start=time.time() - 7200, incidents=False)
+    messages = [(t, p) for t, p, _ in sim.messages(7000)][: args.messages]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = MosquittoServer(Path(tmp) / "broker", port=free_port())
+        broker.start()
+        try:
+            for qos in (0, 1):
+                ceiling = bare_ceiling(broker, messages, qos)
+                ours = runner_rate(broker, Path(tmp) / f"data{qos}", messages, qos, devices)
+                rows.append((f"(b) end to end QoS {qos}", ours, ceiling))
+            p50, p99 = latency(broker, Path(tmp) / "lat", rate=max(50.0, rows[1][1] / 2), samples=args.latency_samples)
+        finally:
+            broker.stop()
+    print(f"{'figure':<28}{'citywatch msg/s':>18}{'bare broker msg/s':>20}{'ratio':>8}")
+    for name, ours, ceiling in rows:
+        print(f"{name:<28}{ours:>18,.0f}{ceiling:>20,.0f}{ours / ceiling:>8.2f}")
+    print(f"(c) publish->webhook latency at {max(50.0, rows[1][1] / 2):,.0f} msg/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
