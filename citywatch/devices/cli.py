@@ -1,7 +1,17 @@
-"""`citywatch devices ...`: the installers' commands for the device registry."""
+"""`citywatch devices ...`: the installers' commands for the device registry and broker accounts.
+
+Thin wrappers: parse options, call registry / credentials / importer / commissioning, print.
+Passwords are printed once (add, rotate, import) and never logged or stored in clear.
+A running `citywatch run` picks up every registry change within about a second.
+"""
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -10,57 +20,165 @@ import msgspec
 from citywatch.errors import CitywatchError
 from citywatch.model import KINDS, Device
 
+RESETTABLE = ("district", "grid", "address", "location", "interval_s", "zone_class", "tenants", "max_stay_min",
+              "no_parking", "thresholds")
 
-def _context() -> Any:
-    """The CLI context (settings) created by the top-level `citywatch` group."""
-    return click.get_current_context().find_root().obj
+
+def _settings() -> Any:
+    """The settings of the top-level `citywatch` group's context."""
+    return click.get_current_context().find_root().obj.settings
+
+
+@contextmanager
+def _registry() -> Iterator[Any]:
+    from citywatch.devices.registry import Registry, registry_path
+
+    registry = Registry(registry_path(_settings().data_dir))
+    try:
+        yield registry
+    finally:
+        registry.close()
+
+
+def _friendly(fn: Callable[..., None]) -> Callable[..., None]:
+    """Errors citywatch raises on purpose become a one-line message and exit code 1."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except CitywatchError as exc:
+            raise click.ClickException(str(exc)) from None
+    return wrapper
+
+
+def _attribute_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """The device attributes add and update share; None means 'not given'."""
+    options = [
+        click.option("--district"), click.option("--grid"), click.option("--address"),
+        click.option("--lat", type=float), click.option("--lon", type=float),
+        click.option("--interval", "interval_s", type=float, help="Expected reporting interval, s (default 60)."),
+        click.option("--zone-class", help="Noise functional zone class (rules.noise.limits: 0, 1, 2, 3, 4a, 4b)."),
+        click.option("--tenants", type=int, help="Registered tenants (locks)."),
+        click.option("--max-stay-min", type=float, help="Maximum stay (parking), minutes."),
+        click.option("--no-parking/--parking-allowed", default=None, help="Bay in a no-parking zone or fire lane."),
+        click.option("--threshold", "thresholds", multiple=True, metavar="KEY=VALUE",
+                     help="Per-device rule threshold, e.g. gas.level1_pct=20 (repeatable; KEY= removes on update)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _sync_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """Optionally rewrite the broker's files (and SIGHUP it) right after a change."""
+    fn = click.option("--pid-file", type=click.Path(path_type=Path), envvar="CITYWATCH_MOSQUITTO_PID_FILE",
+                      help="Mosquitto's pid file: send it SIGHUP after --auth-dir is rewritten.")(fn)
+    return click.option("--auth-dir", type=click.Path(path_type=Path), envvar="CITYWATCH_MOSQUITTO_AUTH_DIR",
+                        help="Rewrite the Mosquitto password/acl files in this directory after the change.")(fn)
+
+
+def _sync(registry: Any, auth_dir: Path | None, pid_file: Path | None) -> None:
+    if auth_dir is None:
+        click.echo("broker accounts change once you run `citywatch devices mosquitto-auth --out DIR --reload`",
+                   err=True)
+        return
+    _write_auth(registry, auth_dir, None, reload=pid_file is not None, pid=None, pid_file=pid_file)
+
+
+def _broker_option(fn: Callable[..., None]) -> Callable[..., None]:
+    return click.option("--broker-url", help="Broker URL devices use (default: mqtt.url).")(fn)
+
+
+def _show_config(device: Device, password: str, broker_url: str | None) -> None:
+    from citywatch.devices.credentials import device_config
+
+    s = _settings()
+    click.echo(device_config(device, password, broker_url or s.mqtt.url, s.mqtt.topic_prefix), nl=False)
+
+
+def _zone_classes() -> list[str]:
+    return list(_settings().rules.noise.limits)
 
 
 @click.group()
 def devices() -> None:
-    """Register and list devices."""
-
-
-def _registry() -> Any:
-    from citywatch.devices.registry import Registry, registry_path
-
-    return Registry(registry_path(_context().settings.data_dir))
+    """Register devices and manage their broker accounts."""
 
 
 @devices.command("add")
 @click.argument("device_id")
 @click.option("--kind", type=click.Choice(KINDS), required=True)
-@click.option("--district", default="")
-@click.option("--grid", default="")
-@click.option("--zone-class", default=None, help="Noise functional zone class: 0, 1, 2, 3, 4a, 4b.")
-@click.option("--lat", type=float, default=None)
-@click.option("--lon", type=float, default=None)
-@click.option("--address", default="")
-@click.option("--interval", "interval_s", type=float, default=60.0, show_default=True,
-              help="Expected reporting interval, seconds.")
-@click.option("--tenants", type=int, default=None, help="Registered tenants (locks).")
-@click.option("--max-stay-min", type=float, default=None, help="Maximum stay (parking), minutes.")
-@click.option("--no-parking", is_flag=True, help="Bay in a no-parking zone or fire lane.")
-def devices_add(device_id: str, kind: str, **attrs: Any) -> None:
-    """Register a device."""
-    registry = _registry()
-    try:
-        device = registry.add(Device(id=device_id, kind=kind, **attrs))
-    except CitywatchError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        registry.close()
-    click.echo(f"added {device.id} ({device.kind})")
+@_attribute_options
+@_broker_option
+@_sync_options
+@_friendly
+def devices_add(device_id: str, kind: str, thresholds: tuple[str, ...], broker_url: str | None,
+                auth_dir: Path | None, pid_file: Path | None, **attrs: Any) -> None:
+    """Register a device; print its password once, in a ready-to-paste device config."""
+    from citywatch.devices.credentials import check_username, generate_password, hash_password
+    from citywatch.devices.importer import parse_thresholds
+    from citywatch.devices.registry import validate_installation
+
+    given = {k: v for k, v in attrs.items() if v is not None}
+    device = Device(id=device_id, kind=kind, thresholds=parse_thresholds(list(thresholds)), **given)
+    validate_installation(device, _zone_classes())
+    check_username(device.id)
+    password = generate_password()
+    with _registry() as registry:
+        device = registry.add(device, hash_password(password))
+        click.echo(f"added {device.id} ({device.kind})", err=True)
+        _show_config(device, password, broker_url)
+        _sync(registry, auth_dir, pid_file)
+
+
+@devices.command("import")
+@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
+@click.option("--secrets-out", type=click.Path(path_type=Path, allow_dash=True),
+              help="Where the new passwords go: a new file (CSV, mode 0600; never overwritten), or - for stdout.")
+@click.option("--dry-run", is_flag=True, help="Only check the file.")
+@_broker_option
+@_sync_options
+@_friendly
+def devices_import(csv_file: Any, secrets_out: Path | None, dry_run: bool, broker_url: str | None,
+                   auth_dir: Path | None, pid_file: Path | None) -> None:
+    """Register every device in a CSV (all rows or none).
+
+    Columns: id,kind (required), district, grid, address, lat, lon, interval_s, zone_class, tenants,
+    max_stay_min, no_parking, thresholds (`key=value;key=value`). Each device gets a password;
+    --secrets-out is required so hundreds of passwords do not land in a terminal or a CI log.
+    """
+    from citywatch.devices.importer import import_csv, parse_csv
+
+    text = csv_file.read()
+    s = _settings()
+    with _registry() as registry:
+        if dry_run:
+            found = parse_csv(text, {d.id for d in registry.all()}, _zone_classes())
+            click.echo(f"{len(found)} devices OK; nothing written (dry run)")
+            return
+        if secrets_out is None:
+            raise click.UsageError("give --secrets-out FILE (or - to print the passwords)")
+        to_file = None if str(secrets_out) == "-" else secrets_out
+        issued = import_csv(registry, text, _zone_classes(), to_file, broker_url or s.mqtt.url, s.mqtt.topic_prefix)
+        if to_file is None:
+            click.echo("id,password")
+            for device, password in issued:
+                click.echo(f"{device.id},{password}")
+        click.echo(f"imported {len(issued)} devices" + (f"; passwords in {to_file}" if to_file else ""), err=True)
+        _sync(registry, auth_dir, pid_file)
 
 
 @devices.command("list")
-@click.option("--kind", type=click.Choice(KINDS), default=None)
+@click.option("--kind", type=click.Choice(KINDS))
+@click.option("--district")
+@click.option("--grid")
+@click.option("--status", type=click.Choice(["enabled", "disabled"]))
 @click.option("--json", "as_json", is_flag=True)
-def devices_list(kind: str | None, as_json: bool) -> None:
-    """List registered devices."""
-    registry = _registry()
-    found = [d for d in registry.all() if kind is None or d.kind == kind]
-    registry.close()
+def devices_list(kind: str | None, district: str | None, grid: str | None, status: str | None,
+                 as_json: bool) -> None:
+    """List registered devices (filters combine)."""
+    with _registry() as registry:
+        found = registry.find(kind, district, grid, None if status is None else status == "enabled")
     if as_json:
         click.echo(msgspec.json.encode(found).decode())
         return
@@ -70,3 +188,169 @@ def devices_list(kind: str | None, as_json: bool) -> None:
     click.echo(f"{len(found)} devices", err=True)
 
 
+@devices.command("show")
+@click.argument("device_id")
+@click.option("--json", "as_json", is_flag=True)
+@_friendly
+def devices_show(device_id: str, as_json: bool) -> None:
+    """Every attribute of one device (whether it has a password, never the hash)."""
+    with _registry() as registry:
+        device = registry.require(device_id)
+        info = {**msgspec.to_builtins(device), "password": registry.has_password(device_id)}
+    if as_json:
+        click.echo(msgspec.json.encode(info).decode())
+        return
+    for key, value in info.items():
+        click.echo(f"{key}: {'-' if value is None else value}")
+
+
+@devices.command("update")
+@click.argument("device_id")
+@_attribute_options
+@click.option("--unset", "unset", multiple=True, type=click.Choice(RESETTABLE), help="Reset to the default.")
+@_friendly
+def devices_update(device_id: str, thresholds: tuple[str, ...], unset: tuple[str, ...], **attrs: Any) -> None:
+    """Change attributes; the running pipeline uses them from its next registry refresh."""
+    from citywatch.devices.importer import parse_thresholds
+    from citywatch.devices.registry import validate_installation
+
+    defaults = Device(id="-", kind="gas")
+    changes = {k: v for k, v in attrs.items() if v is not None}
+    for name in unset:
+        for field in ("lat", "lon") if name == "location" else (name,):
+            changes[field] = getattr(defaults, field)
+    with _registry() as registry:
+        current = registry.require(device_id)
+        if thresholds:
+            merged = {} if "thresholds" in unset else dict(current.thresholds)
+            removed = [t[:-1].strip() for t in thresholds if t.endswith("=")]
+            merged.update(parse_thresholds([t for t in thresholds if not t.endswith("=")]))
+            changes["thresholds"] = {k: v for k, v in merged.items() if k not in removed}
+        if not changes:
+            raise click.UsageError("nothing to change")
+        validate_installation(msgspec.structs.replace(current, **changes), _zone_classes())
+        device = registry.update(device_id, changes)
+    click.echo(f"updated {device.id}: {', '.join(sorted(changes))}")
+
+
+def _toggle(device_id: str, enabled: bool, auth_dir: Path | None, pid_file: Path | None) -> None:
+    with _registry() as registry:
+        registry.set_enabled(device_id, enabled)
+        click.echo(f"{'enabled' if enabled else 'disabled'} {device_id}")
+        _sync(registry, auth_dir, pid_file)
+
+
+@devices.command("disable")
+@click.argument("device_id")
+@_sync_options
+@_friendly
+def devices_disable(device_id: str, auth_dir: Path | None, pid_file: Path | None) -> None:
+    """Stop processing its data (dead-lettered as device_disabled) and drop its broker account."""
+    _toggle(device_id, False, auth_dir, pid_file)
+
+
+@devices.command("enable")
+@click.argument("device_id")
+@_sync_options
+@_friendly
+def devices_enable(device_id: str, auth_dir: Path | None, pid_file: Path | None) -> None:
+    """Process its data again and restore its broker account."""
+    _toggle(device_id, True, auth_dir, pid_file)
+
+
+@devices.command("rotate")
+@click.argument("device_id")
+@_broker_option
+@_sync_options
+@_friendly
+def devices_rotate(device_id: str, broker_url: str | None, auth_dir: Path | None, pid_file: Path | None) -> None:
+    """Give the device a new password (printed once); the old one stops working at the broker's reload."""
+    from citywatch.devices.credentials import check_username, generate_password, hash_password
+
+    password = generate_password()
+    with _registry() as registry:
+        device = registry.require(device_id)
+        check_username(device.id)
+        registry.set_password_hash(device_id, hash_password(password))
+        click.echo(f"new password for {device_id}", err=True)
+        _show_config(device, password, broker_url)
+        _sync(registry, auth_dir, pid_file)
+
+
+@devices.command("remove")
+@click.argument("device_id")
+@click.confirmation_option(prompt="Remove the device from the registry?")
+@_sync_options
+@_friendly
+def devices_remove(device_id: str, auth_dir: Path | None, pid_file: Path | None) -> None:
+    """Delete the device (its alerts and history stay in the alert store)."""
+    with _registry() as registry:
+        registry.remove(device_id)
+        click.echo(f"removed {device_id}")
+        _sync(registry, auth_dir, pid_file)
+
+
+@devices.command("check")
+@click.argument("device_id")
+@click.option("--timeout", type=float, help="Seconds to wait (default: twice the device's interval + 5).")
+@_friendly
+def devices_check(device_id: str, timeout: float | None) -> None:
+    """Commissioning test: wait for the device's next message and show what the pipeline makes of it.
+
+    Exit code 0 accepted, 1 it would be dead-lettered, 3 nothing arrived (or the broker refused the check).
+    """
+    from citywatch.devices.commissioning import check_device, exit_code, render
+
+    s = _settings()
+    if timeout is None:
+        with _registry() as registry:
+            timeout = registry.require(device_id).interval_s * 2 + 5
+    click.echo(f"connecting to {s.mqtt.url} ...", err=True)
+    ready = functools.partial(click.echo, f"listening: waiting up to {timeout:g} s for the next message from "
+                              f"{device_id} (trigger or power-cycle it now)", err=True)
+    result = check_device(s, device_id, timeout, on_ready=ready)
+    click.echo(render(result))
+    sys.exit(exit_code(result))
+
+
+@devices.command("mosquitto-auth")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Directory for `passwd` and `acl` (point password_file and acl_file there).")
+@click.option("--collector-password-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="The collector's password (default: mqtt.password, else one generated into data_dir).")
+@click.option("--reload", is_flag=True, help="SIGHUP Mosquitto afterwards (needs --pid or --pid-file).")
+@click.option("--pid", type=int, help="Mosquitto's pid, for --reload.")
+@click.option("--pid-file", type=click.Path(path_type=Path), help="Mosquitto's pid file, for --reload.")
+@_friendly
+def devices_mosquitto_auth(out_dir: Path, collector_password_file: Path | None, reload: bool, pid: int | None,
+                           pid_file: Path | None) -> None:
+    """Write Mosquitto's password_file and acl_file from the registry.
+
+    Each enabled device with a password may write only <prefix>/<kind>/<id>/#; the collector
+    (mqtt.username, default citywatch-collector) may read <prefix>/#; anonymous clients get nothing.
+    mosquitto.conf: `allow_anonymous false`, `password_file DIR/passwd`, `acl_file DIR/acl`.
+    Files are replaced atomically, mode 0640, owned by user mosquitto when run as root.
+    """
+    with _registry() as registry:
+        _write_auth(registry, out_dir, collector_password_file, reload, pid, pid_file)
+
+
+def _write_auth(registry: Any, out_dir: Path, collector_password_file: Path | None, reload: bool,
+                pid: int | None, pid_file: Path | None) -> None:
+    from citywatch.devices.credentials import collector_secret, reload_broker, write_mosquitto_auth
+
+    s = _settings()
+    collector = collector_secret(s, collector_password_file)
+    files = write_mosquitto_auth(out_dir, registry.credentials(), collector.username, collector.password,
+                                 s.mqtt.topic_prefix)
+    click.echo(f"wrote {files.password_file} and {files.acl_file}: {files.devices} device accounts + "
+               f"collector {collector.username}", err=True)
+    if files.skipped:
+        more = f" and {len(files.skipped) - 10} more" if len(files.skipped) > 10 else ""
+        click.echo(f"{len(files.skipped)} enabled devices have no password yet (`devices rotate ID` gives one): "
+                   f"{', '.join(files.skipped[:10])}{more}", err=True)
+    if collector.generated:
+        click.echo(f"generated the collector's password into {collector.generated}; set mqtt.username: "
+                   f"{collector.username} and mqtt.password_file: {collector.generated}", err=True)
+    if reload:
+        click.echo(f"reloaded mosquitto (pid {reload_broker(pid, pid_file)})", err=True)

@@ -10,8 +10,10 @@ import json
 import math
 import sqlite3
 import time
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -47,6 +49,24 @@ def registry_path(data_dir: Path) -> Path:
     return data_dir / "registry.db"
 
 
+# Per-device overrides the rules read with `threshold(device, key, default)` (citywatch/detectors).
+THRESHOLD_KEYS: frozenset[str] = frozenset({
+    "gas.level1_pct", "gas.level2_pct", "water.light_cm", "water.moderate_cm", "water.severe_cm",
+    "noise.day_db", "noise.night_db", "battery.low_pct",
+})
+
+
+def validate_thresholds(kind: str, thresholds: dict[str, Any]) -> None:
+    """Known keys for this kind (or `battery.*`, which every kind has) with finite numeric values."""
+    for key, value in thresholds.items():
+        if key not in THRESHOLD_KEYS:
+            raise DeviceError(f"threshold {key!r}: unknown; known: {', '.join(sorted(THRESHOLD_KEYS))}")
+        if key.split(".", 1)[0] not in (kind, "battery"):
+            raise DeviceError(f"threshold {key!r}: does not apply to a {kind} device")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise DeviceError(f"threshold {key}={value!r}: must be a finite number")
+
+
 def validate_device(device: Device) -> None:
     """Raise DeviceError naming the bad attribute."""
     if not valid_device_id(device.id):
@@ -63,8 +83,25 @@ def validate_device(device: Device) -> None:
         raise DeviceError(f"interval_s {device.interval_s}: must be within 1..604800 seconds")
     if device.tenants is not None and device.tenants < 0:
         raise DeviceError(f"tenants {device.tenants}: must be >= 0")
-    if device.max_stay_min is not None and device.max_stay_min <= 0:
+    if device.max_stay_min is not None and not (math.isfinite(device.max_stay_min) and device.max_stay_min > 0):
         raise DeviceError(f"max_stay_min {device.max_stay_min}: must be > 0")
+    validate_thresholds(device.kind, device.thresholds)
+
+
+# Attributes that mean something for one kind only; an installer setting one on another kind made a mistake.
+KIND_ATTRS: dict[str, str] = {"zone_class": "noise", "tenants": "lock", "max_stay_min": "parking",
+                              "no_parking": "parking"}
+
+
+def validate_installation(device: Device, zone_classes: Collection[str]) -> None:
+    """The stricter checks for what installers enter: the base checks, kind-specific attributes
+    only on their kind, and a zone class the noise rules know (`rules.noise.limits`)."""
+    validate_device(device)
+    for name, kind in KIND_ATTRS.items():
+        if device.kind != kind and getattr(device, name) not in (None, False, ""):
+            raise DeviceError(f"{name}: applies to {kind} devices only")
+    if device.zone_class and device.zone_class not in zone_classes:
+        raise DeviceError(f"zone_class {device.zone_class!r}: must be one of {', '.join(zone_classes)}")
 
 
 def _row_to_device(row: tuple[Any, ...]) -> Device:
@@ -74,6 +111,15 @@ def _row_to_device(row: tuple[Any, ...]) -> Device:
 
 def _attrs(device: Device) -> str:
     return json.dumps({name: getattr(device, name) for name in _ATTRS})
+
+
+class Credential(NamedTuple):
+    """What the broker's password and ACL files need about one device."""
+
+    id: str
+    kind: str
+    password_hash: str | None
+    enabled: bool
 
 
 class Registry:
@@ -86,18 +132,36 @@ class Registry:
     def close(self) -> None:
         self.conn.close()
 
-    def add(self, device: Device, password_hash: str | None = None) -> Device:
-        validate_device(device)
-        now = time.time()
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it commits or none of it does."""
+        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            self.conn.execute(
-                "INSERT INTO devices (id, kind, attrs, enabled, password_hash, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (device.id, device.kind, _attrs(device), int(device.enabled), password_hash, now, now),
-            )
-        except sqlite3.IntegrityError:
-            raise DeviceError(f"device {device.id} already exists") from None
-        return msgspec.structs.replace(device, created_at=now)
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def add(self, device: Device, password_hash: str | None = None) -> Device:
+        return self.add_many([(device, password_hash)])[0]
+
+    def add_many(self, items: list[tuple[Device, str | None]]) -> list[Device]:
+        """Insert all devices in one transaction; a duplicate id rolls back every row."""
+        for device, _ in items:
+            validate_device(device)
+        now = time.time()
+        with self._transaction() as conn:
+            for device, password_hash in items:
+                try:
+                    conn.execute(
+                        "INSERT INTO devices (id, kind, attrs, enabled, password_hash, created_at, updated_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (device.id, device.kind, _attrs(device), int(device.enabled), password_hash, now, now),
+                    )
+                except sqlite3.IntegrityError:
+                    raise DeviceError(f"device {device.id} already exists") from None
+        return [msgspec.structs.replace(device, created_at=now) for device, _ in items]
 
     def get(self, device_id: str) -> Device | None:
         row = self.conn.execute(
@@ -105,15 +169,58 @@ class Registry:
         ).fetchone()
         return _row_to_device(row) if row else None
 
+    def require(self, device_id: str) -> Device:
+        device = self.get(device_id)
+        if device is None:
+            raise DeviceError(f"no device {device_id}")
+        return device
+
     def all(self) -> list[Device]:
         rows = self.conn.execute("SELECT id, kind, attrs, enabled, created_at FROM devices ORDER BY id")
         return [_row_to_device(row) for row in rows]
 
-    def set_enabled(self, device_id: str, enabled: bool) -> None:
-        cur = self.conn.execute("UPDATE devices SET enabled = ?, updated_at = ? WHERE id = ?",
-                                (int(enabled), time.time(), device_id))
+    def find(self, kind: str | None = None, district: str | None = None, grid: str | None = None,
+             enabled: bool | None = None) -> list[Device]:
+        """Devices matching every filter given (None matches all)."""
+        return [d for d in self.all()
+                if (kind is None or d.kind == kind) and (district is None or d.district == district)
+                and (grid is None or d.grid == grid) and (enabled is None or d.enabled == enabled)]
+
+    def update(self, device_id: str, changes: dict[str, Any]) -> Device:
+        """Change attributes (not id, kind or status); validated as a whole before writing."""
+        unknown = set(changes) - set(_ATTRS)
+        if unknown:
+            raise DeviceError(f"cannot update {', '.join(sorted(unknown))}")
+        with self._transaction() as conn:
+            device = msgspec.structs.replace(self.require(device_id), **changes)
+            validate_device(device)
+            conn.execute("UPDATE devices SET attrs = ?, updated_at = ? WHERE id = ?",
+                         (_attrs(device), time.time(), device_id))
+        return device
+
+    def _set(self, device_id: str, column: str, value: Any) -> None:
+        cur = self.conn.execute(f"UPDATE devices SET {column} = ?, updated_at = ? WHERE id = ?",
+                                (value, time.time(), device_id))
         if cur.rowcount == 0:
             raise DeviceError(f"no device {device_id}")
+
+    def set_enabled(self, device_id: str, enabled: bool) -> None:
+        self._set(device_id, "enabled", int(enabled))
+
+    def set_password_hash(self, device_id: str, password_hash: str) -> None:
+        self._set(device_id, "password_hash", password_hash)
+
+    def remove(self, device_id: str) -> None:
+        if self.conn.execute("DELETE FROM devices WHERE id = ?", (device_id,)).rowcount == 0:
+            raise DeviceError(f"no device {device_id}")
+
+    def has_password(self, device_id: str) -> bool:
+        row = self.conn.execute("SELECT password_hash FROM devices WHERE id = ?", (device_id,)).fetchone()
+        return bool(row and row[0])
+
+    def credentials(self) -> list[Credential]:
+        rows = self.conn.execute("SELECT id, kind, password_hash, enabled FROM devices ORDER BY id")
+        return [Credential(i, k, h, bool(e)) for i, k, h, e in rows]
 
     def data_version(self) -> int:
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
@@ -137,7 +244,12 @@ class RegistryCache:
         return True
 
     def get(self, device_id: str) -> Device | None:
-        return self._devices.get(device_id)
+        """A miss re-checks the registry (one cheap PRAGMA, only on the bad-input path), so a
+        device registered a moment ago is processed from its very next message."""
+        device = self._devices.get(device_id)
+        if device is None and self.refresh():
+            device = self._devices.get(device_id)
+        return device
 
     def __len__(self) -> int:
         return len(self._devices)

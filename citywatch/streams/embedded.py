@@ -29,7 +29,6 @@ from citywatch.streams.pipeline import Output, Pipeline
 
 log = logging.getLogger(__name__)
 
-REGISTRY_REFRESH_S = 1.0
 Listener = Callable[[Output], None]
 
 
@@ -94,7 +93,7 @@ class EmbeddedRunner:
     async def _consume(self, handoff: Handoff[Message], stop: asyncio.Event) -> None:
         tick_s = self.settings.alerts.tick_s
         batch_size = self.settings.ingest.batch_size
-        last_tick = last_refresh = 0.0
+        last_tick = 0.0
         connect_timeout = 10.0
         assert self.collector is not None
         if not await asyncio.to_thread(self.collector.wait_connected, connect_timeout):
@@ -103,9 +102,7 @@ class EmbeddedRunner:
         while not stop.is_set():
             batch = await handoff.get_batch(batch_size, timeout=min(tick_s, 0.2))
             now = self.clock()
-            if now - last_refresh >= REGISTRY_REFRESH_S:
-                last_refresh = now
-                self.devices.refresh()
+            self.devices.refresh()  # one cheap query; reloads only after another process committed
             tick = now - last_tick >= tick_s
             if tick:
                 last_tick = now

@@ -1,0 +1,167 @@
+"""`devices import CSV`: installers register a street's devices from one spreadsheet.
+
+The whole file is checked first and every problem is reported with its line number; only a
+clean file is applied, in one SQLite transaction, so a bad row never leaves half a street
+registered. The new passwords go to a secrets file (mode 0600, never overwritten) written
+before the commit and removed if the commit fails, so no registered device lacks its password.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from citywatch.devices.credentials import check_username, generate_password, hash_password
+from citywatch.devices.registry import Registry, validate_installation
+from citywatch.errors import DeviceError
+from citywatch.ingest.topics import status_topic, telemetry_topic
+from citywatch.model import KINDS, Device
+
+COLUMNS = ("id", "kind", "district", "grid", "address", "lat", "lon", "interval_s", "zone_class", "tenants",
+           "max_stay_min", "no_parking", "thresholds")
+REQUIRED = ("id", "kind")
+_TRUE = {"1", "true", "yes", "y"}
+_FALSE = {"", "0", "false", "no", "n"}
+
+
+class CsvImportError(DeviceError):
+    """The CSV has problems; `errors` lists each as `line N: ...`. Nothing was written."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__(f"{len(errors)} problem(s), nothing imported:\n" + "\n".join(errors))
+
+
+def parse_thresholds(items: list[str] | str) -> dict[str, float]:
+    """`key=value` items (a CSV cell joins them with ';'); values must be finite numbers."""
+    if isinstance(items, str):
+        items = [i for i in items.split(";") if i.strip()]
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DeviceError(f"threshold {item!r}: expected key=value")
+        out[key.strip()] = _number(f"threshold {key.strip()}", value)
+    return out
+
+
+def _number(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise DeviceError(f"{name} {text.strip()!r}: not a number") from None
+    if not math.isfinite(value):
+        raise DeviceError(f"{name} {text.strip()!r}: must be finite")
+    return value
+
+
+def _integer(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise DeviceError(f"{name} {text.strip()!r}: not a whole number") from None
+
+
+def _flag(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise DeviceError(f"{name} {text.strip()!r}: expected true or false")
+    return value in _TRUE
+
+
+def row_to_device(row: dict[str, str], zone_classes: Collection[str]) -> Device:
+    """One CSV row to a checked Device; empty cells take the defaults."""
+    cells = {k: (v or "").strip() for k, v in row.items() if k in COLUMNS}
+    for name in REQUIRED:
+        if not cells.get(name):
+            raise DeviceError(f"{name}: missing")
+    if cells["kind"] not in KINDS:
+        raise DeviceError(f"kind {cells['kind']!r}: must be one of {', '.join(KINDS)}")
+    attrs: dict[str, Any] = {k: cells[k] for k in ("district", "grid", "address") if cells.get(k)}
+    for name in ("lat", "lon", "interval_s", "max_stay_min"):
+        if cells.get(name):
+            attrs[name] = _number(name, cells[name])
+    if cells.get("tenants"):
+        attrs["tenants"] = _integer("tenants", cells["tenants"])
+    if cells.get("zone_class"):
+        attrs["zone_class"] = cells["zone_class"]
+    if cells.get("no_parking"):
+        attrs["no_parking"] = _flag("no_parking", cells["no_parking"])
+    if cells.get("thresholds"):
+        attrs["thresholds"] = parse_thresholds(cells["thresholds"])
+    device = Device(id=cells["id"], kind=cells["kind"], **attrs)
+    validate_installation(device, zone_classes)
+    check_username(device.id)
+    return device
+
+
+def parse_csv(text: str, registered: Collection[str], zone_classes: Collection[str]) -> list[Device]:
+    """Every row checked; raises CsvImportError listing all problems (duplicates included)."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    errors = [f"line 1: missing column {c!r}" for c in REQUIRED if c not in header]
+    errors += [f"line 1: unknown column {c!r} (known: {', '.join(COLUMNS)})" for c in header if c not in COLUMNS]
+    if errors:
+        raise CsvImportError(errors)
+    devices: list[Device] = []
+    first_line: dict[str, int] = {}
+    for row in reader:
+        line = reader.line_num
+        if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+            continue
+        if None in row:
+            errors.append(f"line {line}: more cells than columns")
+            continue
+        try:
+            device = row_to_device(row, zone_classes)
+        except DeviceError as exc:
+            errors.append(f"line {line}: {exc}")
+            continue
+        if device.id in first_line:
+            errors.append(f"line {line}: duplicate id {device.id} (first on line {first_line[device.id]})")
+        elif device.id in registered:
+            errors.append(f"line {line}: device {device.id} is already registered")
+        first_line.setdefault(device.id, line)
+        devices.append(device)
+    if errors:
+        raise CsvImportError(errors)
+    if not devices:
+        raise CsvImportError(["no devices in the file"])
+    return devices
+
+
+def write_secrets(path: Path, issued: list[tuple[Device, str]], broker_url: str, prefix: str) -> None:
+    """CSV of the new passwords for the installers' provisioning; mode 0600, refuses to overwrite."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise DeviceError(f"{path} exists: give a new file (an old one may hold live passwords)") from None
+    except OSError as exc:
+        raise DeviceError(f"cannot create {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["id", "kind", "username", "password", "broker_url", "telemetry_topic", "status_topic"])
+        for d, password in issued:
+            out.writerow([d.id, d.kind, d.id, password, broker_url, telemetry_topic(d.kind, d.id, prefix),
+                          status_topic(d.kind, d.id, prefix)])
+
+
+def import_csv(registry: Registry, text: str, zone_classes: Collection[str], secrets_out: Path | None,
+               broker_url: str, prefix: str) -> list[tuple[Device, str]]:
+    """Check, issue passwords, write the secrets file, then insert all rows in one transaction."""
+    devices = parse_csv(text, {d.id for d in registry.all()}, zone_classes)
+    issued = [(d, generate_password()) for d in devices]
+    if secrets_out is not None:
+        write_secrets(secrets_out, issued, broker_url, prefix)
+    try:
+        added = registry.add_many([(d, hash_password(p)) for d, p in issued])
+    except BaseException:
+        if secrets_out is not None:
+            secrets_out.unlink(missing_ok=True)
+        raise
+    return [(d, p) for d, (_, p) in zip(added, issued, strict=True)]
