@@ -122,7 +122,8 @@ class AlertStore:
                 hook(conn, out)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                conn.execute("ROLLBACK")
             raise
 
     # -- queries for the CLI and API ------------------------------------------------------

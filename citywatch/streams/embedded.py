@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ import paho.mqtt.client as mqtt
 from citywatch.config import Settings
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.devices.registry import Registry, RegistryCache, registry_path
+from citywatch.errors import AlertError
 from citywatch.ingest.collector import Collector, Message, parse_url
 from citywatch.ingest.handoff import Handoff
 from citywatch.model import Transition
@@ -30,6 +32,7 @@ from citywatch.streams.pipeline import Output, Pipeline
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Output], None]
+STORAGE_RETRY_MAX_S = 5.0
 
 
 class EmbeddedRunner:
@@ -52,6 +55,7 @@ class EmbeddedRunner:
         self.broker: Any = None
         self.batches = 0
         self.api_port: int | None = None
+        self.storage_error: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -70,7 +74,7 @@ class EmbeddedRunner:
             await self._consume(handoff, stop)
         finally:
             self.collector.stop()
-            await self._drain(handoff)
+            await self._drain(handoff, stop)
             with contextlib.suppress(asyncio.CancelledError):
                 await delivery_task
             self.delivery.close()
@@ -107,24 +111,48 @@ class EmbeddedRunner:
             if tick:
                 last_tick = now
             if batch or tick:
-                out = self._process(batch, now, tick)
-                await self._to_influx(out)
+                await self._handle(batch, now, tick, stop)
 
-    def _process(self, batch: list[Message], now: float, tick: bool) -> Output:
+    async def _handle(self, batch: list[Message], now: float, tick: bool, stop: asyncio.Event) -> None:
+        """Process a batch, store what it produced, then acknowledge it to the broker."""
         out = Output()
         process = self.pipeline.process
         for m in batch:
             process(m.topic, m.payload, m.received_at, out)
         if tick:
             self.pipeline.tick(now, out)
-        self._commit(out)
+        if not await self._store_until_written(out, stop):
+            return  # stopping while storage fails: unacknowledged, so the broker redelivers
         if batch and self.collector is not None:
             self.collector.ack(batch)
         self.batches += 1
-        return out
+        self._published(out)
+        await self._to_influx(out)
 
-    def _commit(self, out: Output) -> None:
-        self.store.commit(out, self.engine.take_dirty(), self.pipeline.take_dirty_states())
+    async def _store_until_written(self, out: Output, stop: asyncio.Event) -> bool:
+        """Commit, retrying with backoff while the data directory is full or unwritable. Meanwhile
+        nothing is acknowledged and no new batch is taken: the broker holds the backlog."""
+        alerts, states = self.engine.take_dirty(), self.pipeline.take_dirty_states()
+        delay = 0.2
+        while True:
+            try:
+                self.store.commit(out, alerts, states)
+            except (sqlite3.OperationalError, OSError) as exc:
+                if self.storage_error is None:
+                    log.error("cannot write to %s (%s): holding %d messages unacknowledged and retrying",
+                              self.settings.data_dir, exc, len(out))
+                self.storage_error = str(exc)
+                if stop.is_set():
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORAGE_RETRY_MAX_S)
+                continue
+            if self.storage_error is not None:
+                log.warning("data directory writable again; resuming")
+                self.storage_error = None
+            return True
+
+    def _published(self, out: Output) -> None:
         if out.transitions:
             self.delivery.notify()
         for listener in self.listeners:
@@ -141,11 +169,11 @@ class EmbeddedRunner:
         except InfluxBackpressure:
             await asyncio.to_thread(self.influx.add, lines)
 
-    async def _drain(self, handoff: Handoff[Message]) -> None:
+    async def _drain(self, handoff: Handoff[Message], stop: asyncio.Event) -> None:
         """Process what is already in the hand-off before stopping (unacked: redelivered anyway)."""
-        while len(handoff):
-            out = self._process(await handoff.get_batch(self.settings.ingest.batch_size, 0.0), self.clock(), False)
-            await self._to_influx(out)
+        while len(handoff) and self.storage_error is None:
+            await self._handle(await handoff.get_batch(self.settings.ingest.batch_size, 0.0), self.clock(), False,
+                               stop)
 
     # -- people's actions (API, CLI) --------------------------------------------------------
 
@@ -158,7 +186,11 @@ class EmbeddedRunner:
     def _human(self, transition: Transition) -> Transition:
         out = Output()
         out.transitions.append(transition)
-        self._commit(out)
+        try:
+            self.store.commit(out, self.engine.take_dirty(), {})
+        except (sqlite3.OperationalError, OSError) as exc:
+            raise AlertError(f"cannot store the action ({exc}); try again") from None
+        self._published(out)
         return transition
 
     def stats(self) -> dict[str, Any]:
@@ -167,6 +199,7 @@ class EmbeddedRunner:
             "counters": dict(self.pipeline.counters),
             "devices": len(self.devices),
             "open_alerts": len(self.engine.by_id),
+            "storage_error": self.storage_error,
             "mqtt": {"connected": bool(c and c.connected.is_set()), "received": c.received if c else 0,
                      "connects": c.connects if c else 0,
                      "handoff_blocked_s": round(c.handoff.blocked_s, 3) if c else 0.0},
