@@ -123,11 +123,12 @@ class EmbeddedRunner:
             self.pipeline.tick(now, out)
         if not await self._store_until_written(out, stop):
             return  # stopping while storage fails: unacknowledged, so the broker redelivers
+        self._published(out)
+        if not await self._to_influx(out, stop):
+            return
         if batch and self.collector is not None:
             self.collector.ack(batch)
         self.batches += 1
-        self._published(out)
-        await self._to_influx(out)
 
     async def _store_until_written(self, out: Output, stop: asyncio.Event) -> bool:
         """Commit, retrying with backoff while the data directory is full or unwritable. Meanwhile
@@ -158,16 +159,21 @@ class EmbeddedRunner:
         for listener in self.listeners:
             listener(out)
 
-    async def _to_influx(self, out: Output) -> None:
-        """Hand points to the InfluxDB sink; when its buffers are full, wait here (off the loop),
-        so the next MQTT batch is not taken and the broker holds the backlog."""
+    async def _to_influx(self, out: Output, stop: asyncio.Event) -> bool:
+        """Hand points to the InfluxDB sink and wait until they are in InfluxDB or its disk buffer,
+        so an acknowledged message never has points only in memory. A full buffer makes us wait
+        here (off the loop): no new batch is taken and the broker holds the backlog."""
         if self.influx is None or not len(out):
-            return
+            return True
         lines = lines_for(out)
         try:
             self.influx.add(lines, timeout=0)
         except InfluxBackpressure:
             await asyncio.to_thread(self.influx.add, lines)
+        while not await asyncio.to_thread(self.influx.flush, 1.0):
+            if stop.is_set():
+                return False
+        return True
 
     async def _drain(self, handoff: Handoff[Message], stop: asyncio.Event) -> None:
         """Process what is already in the hand-off before stopping (unacked: redelivered anyway)."""
