@@ -234,3 +234,7 @@ def entrypoint() -> None:
     except CitywatchError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    entrypoint()
