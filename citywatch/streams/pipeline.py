@@ -132,6 +132,7 @@ class Pipeline:
                 reason = "duplicate" if reading.seq == last_seq else "out_of_order"
                 raise InvalidMessage(reason, f"seq {reading.seq} after {last_seq}", "seq")
         self.counters["processed"] += 1
+        state["count"] = state.get("count", 0) + 1  # readings accepted from this device, ever
         self.dirty.add(device_id)
         out.accepted.append((reading, device))
         timeout = device.interval_s * self.offline_intervals
