@@ -12,10 +12,11 @@ Schema (precision ns; tags with an empty value are omitted; tag keys sorted):
     fields alert_id, status (string); value (float when numeric, else value_text string);
            threshold (float); count (int); open (int, 1 until resolved); age_s (float, at - opened_at)
     time   transition.at
-* `device_status`, one point per online/offline announcement
+* `device_status`, device health: one point per online/offline announcement, and one per reading
+  that reports battery and/or rssi
     tags   device, district, grid, kind
-    fields online (bool)
-    time   when the status arrived
+    fields online (bool) for announcements; battery, rssi (float) for readings
+    time   when the announcement arrived; the reading's event time
 
 Timestamps are rounded to the microsecond, so a re-sent point lands on the same (series, time)
 and InfluxDB overwrites it instead of storing it twice. Tag values cannot carry backslashes or
@@ -46,6 +47,7 @@ __all__ = ["InfluxBackpressure", "InfluxSink", "lines_for", "reading_line", "sta
 log = logging.getLogger(__name__)
 
 BACKOFF_INITIAL_S = 0.25
+DISK_FULL_LOG_S = 60.0
 BACKOFF_MAX_S = 5.0  # a down server costs one request per this; recovery is noticed within it
 RETRY_AFTER_MAX_S = 60.0
 MEMORY_BATCHES = 4  # add() blocks when this many batches' worth of lines wait in memory
@@ -108,6 +110,7 @@ class InfluxSink:
         self._backoff = BACKOFF_INITIAL_S
         self._blocked = 0
         self._disk_full = False
+        self._disk_full_logged = -DISK_FULL_LOG_S
         self._last_error: str | None = None
         self._last_warning = 0.0
         self._counts: collections.Counter[str] = collections.Counter()
@@ -305,7 +308,9 @@ class InfluxSink:
                 self._buffer.append(batch.seq, batch.data, batch.lines)
             except BufferFull:
                 with self._lock:
-                    if not self._disk_full:
+                    now = time.monotonic()
+                    if now - self._disk_full_logged >= DISK_FULL_LOG_S:  # once a minute, not per batch
+                        self._disk_full_logged = now
                         log.error("influx: disk buffer full (%d MB); add() will block until InfluxDB "
                                   "takes data again", self.settings.buffer_max_mb)
                     self._disk_full = True
@@ -439,7 +444,7 @@ class InfluxSink:
         return _OK, "", None
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "***") if self._token else text
+        return text.replace(self._token, "***") if self._token and len(self._token) >= 4 else text
 
 
 def _seconds(value: object) -> float | None:

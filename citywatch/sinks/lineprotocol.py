@@ -1,6 +1,9 @@
 """InfluxDB line protocol for pipeline output, formatted directly (this runs on the hot path).
 
-The schema is documented in `citywatch.sinks.influx`.
+The schema is documented in `citywatch.sinks.influx`. `device_status` gets a point per
+announcement (field `online`) and one per reading that reports battery and/or rssi (fields
+`battery`, `rssi`, at the reading's event time); both carry the same tags (device, district,
+grid, kind), so one series per device holds its whole health history.
 """
 
 from __future__ import annotations
@@ -55,18 +58,43 @@ def _field(key: str, v: Any) -> str | None:
     return None
 
 
-def reading_line(reading: Reading, device: Device) -> str | None:
+def _health_fields(reading: Reading) -> str:
+    """`battery=..,rssi=..` of a reading (either may be missing); '' when it reports neither."""
+    battery, rssi = reading.battery, reading.rssi
+    if battery is None:
+        if rssi is None:
+            return ""
+        return f"rssi={float(rssi)!r}" if rssi - rssi == 0 else ""
+    b = f"battery={float(battery)!r}" if battery - battery == 0 else ""
+    if rssi is None or rssi - rssi != 0:
+        return b
+    return f"{b},rssi={float(rssi)!r}" if b else f"rssi={float(rssi)!r}"
+
+
+def _reading_line(reading: Reading, device: Device, health: str, ts: int) -> str | None:
     fields = [f for k, v in reading.values.items() if (f := _field(k, v)) is not None]
-    if reading.battery is not None and (f := _field("battery", float(reading.battery))):
-        fields.append(f)
-    if reading.rssi is not None and (f := _field("rssi", float(reading.rssi))):
-        fields.append(f)
+    if health:
+        fields.append(health)
     if reading.seq is not None:
         fields.append(f"seq={reading.seq}i")
     if not fields:
         return None
     tags = _device_tags(reading.device_id, device.district, device.grid, reading.kind, device.zone_class)
-    return f"{reading.kind}{tags} {','.join(fields)} {_ns(reading.ts)}"
+    return f"{reading.kind}{tags} {','.join(fields)} {ts}"
+
+
+def reading_line(reading: Reading, device: Device) -> str | None:
+    """The kind measurement's point: reported values, battery/rssi when present, seq."""
+    return _reading_line(reading, device, _health_fields(reading), _ns(reading.ts))
+
+
+def health_line(reading: Reading, device: Device) -> str | None:
+    """The `device_status` point of a reading that reports battery and/or rssi (None if neither)."""
+    health = _health_fields(reading)
+    if not health:
+        return None
+    tags = _device_tags(reading.device_id, device.district, device.grid, reading.kind, None)
+    return f"device_status{tags} {health} {_ns(reading.ts)}"
 
 
 def transition_line(tr: Transition) -> str:
@@ -99,8 +127,18 @@ def status_line(device: Device, status: str, at: float) -> str:
 
 
 def lines_for(out: Output) -> list[str]:
-    """Everything one pipeline batch produced, as line protocol (see the module docstring)."""
-    lines = [line for r, d in out.accepted if (line := reading_line(r, d)) is not None]
+    """Everything one pipeline batch produced, as line protocol (see the module docstring).
+
+    Per reading: its kind point, then (when it reports battery or rssi) its `device_status` point."""
+    lines: list[str] = []
+    append = lines.append
+    for r, d in out.accepted:
+        health = _health_fields(r)
+        ts = _ns(r.ts)
+        if (line := _reading_line(r, d, health, ts)) is not None:
+            append(line)
+        if health:
+            append(f"device_status{_device_tags(r.device_id, d.district, d.grid, r.kind, None)} {health} {ts}")
     lines.extend(transition_line(t) for t in out.transitions)
     lines.extend(status_line(d, s, at) for d, s, at in out.statuses)
     return lines
