@@ -601,3 +601,31 @@ def test_rows_committed_without_notify_are_found_by_polling(tmp_path: Path) -> N
 def test_notify_wakes_delivery_before_the_next_poll(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(webhooks, "POLL_S", 30.0)
     asyncio.run(deliver_second_row(tmp_path, notify=True, within=3.0))
+
+
+def test_an_unreachable_endpoint_is_paused_as_a_whole_not_retried_per_alert(tmp_path: Path) -> None:
+    """Fifty alerts pending for a dead endpoint: one backoff for the lane, not fifty retry loops."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    settings = WebhookSettings(url=f"http://127.0.0.1:{closed_port}/hook", backoff_initial_s=0.05,
+                               backoff_max_s=0.4, concurrency=4)
+    store, _ = make_store(tmp_path, settings)
+    engine = AlertEngine(AlertSettings())
+    opened = [engine.apply(device(n), finding(), T0) for n in range(50)]
+    commit(store, [t for t in opened if t is not None])
+    store.close()
+
+    async def go() -> int:
+        async with delivering(tmp_path / "state.db", settings) as d:
+            d.notify()
+            # wait until the lane's backoff has reached its maximum (several rounds of failures)
+            await wait_for(lambda: d.stats()["attempts"] >= 8)
+            started = d.stats()["attempts"]
+            await asyncio.sleep(2.0)  # a fixed observation window: we count attempts made in it
+            return d.stats()["attempts"] - started
+
+    attempts = asyncio.run(go())
+    # per-alert retries would make ~50 alerts x 2 s / 0.4 s = 250 attempts; one paused lane makes
+    # at most `concurrency` per pause
+    assert attempts <= 4 * (2.0 / 0.4 + 2), attempts

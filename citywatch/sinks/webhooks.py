@@ -133,10 +133,12 @@ class _Outcome(NamedTuple):
     status: int | None = None
     error: str | None = None
     retry_after: float | None = None
+    unreachable: bool = False  # nothing answered: the whole endpoint is down, not this request
 
 
 class _Lane:
-    """One endpoint: the alerts with a request in flight, and a pause asked for by Retry-After."""
+    """One endpoint: the alerts with a request in flight, and a pause (Retry-After, or the endpoint
+    unreachable: then one backoff for the lane, not one retry storm per pending alert)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -144,6 +146,7 @@ class _Lane:
         self.tasks: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
         self.paused_until = 0.0
+        self.unreachable = 0  # consecutive connection failures
 
 
 # The oldest pending row of each (endpoint, alert) that is due: only heads are ever sent.
@@ -286,6 +289,8 @@ class WebhookDelivery:
                 status, retry_after = resp.status, resp.headers.get("Retry-After")
         except aiohttp.InvalidURL as exc:
             return _Outcome("dead", None, f"invalid url: {type(exc).__name__}")
+        except aiohttp.ClientConnectorError as exc:
+            return _Outcome("retry", None, f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT], unreachable=True)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return _Outcome("retry", None, f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT])
         if 200 <= status < 300:
@@ -301,6 +306,7 @@ class WebhookDelivery:
         common = (now, outcome.status, outcome.error)
         sql = ("UPDATE webhook_outbox SET attempts = attempts + 1, last_attempt_at = ?, last_status = ?,"
                " last_error = COALESCE(?, last_error)")  # a delivered row keeps its last failure
+        lane.unreachable = lane.unreachable + 1 if outcome.unreachable else 0
         if outcome.kind == "delivered":
             self.conn.execute(sql + ", status = 'delivered', delivered_at = ? WHERE seq = ?",
                               (*common, now, row.seq))
@@ -315,6 +321,9 @@ class WebhookDelivery:
         if outcome.retry_after is not None:
             delay = outcome.retry_after
             lane.paused_until = max(lane.paused_until, now + delay)  # the endpoint asked all of us to wait
+        elif outcome.unreachable:
+            pause = backoff_s(lane.unreachable, s.backoff_initial_s, s.backoff_max_s)
+            lane.paused_until = max(lane.paused_until, now + pause)
         log.debug("webhooks: endpoint %s: webhook %s failed (%s), retry in %.2f s",
                   lane.name, row.webhook_id, outcome.status or outcome.error, delay)
         self.conn.execute(sql + ", next_attempt_at = ? WHERE seq = ?", (*common, now + delay, row.seq))
