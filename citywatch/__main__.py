@@ -2,4 +2,5 @@
 
 from citywatch.cli import entrypoint
 
-entrypoint()
+if __name__ == "__main__":  # guarded: spawned child processes (the collector) import this module too
+    entrypoint()

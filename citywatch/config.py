@@ -40,6 +40,7 @@ class MqttSettings(Section):
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
     receive_maximum: int = Field(1000, ge=1, le=65535)
     queue_size: int = Field(5000, ge=10)
+    collector_process: bool = True  # run paho in a child process (another core); false: a thread
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     ca_file: Path | None = None

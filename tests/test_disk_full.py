@@ -75,7 +75,7 @@ def test_disk_full_holds_messages_and_recovers(tmp_path: Path, small_disk: Path,
         stuck_batches = run.runner.batches
         filler.unlink()  # space returns
         wait_until(lambda: run.runner.storage_error is None and run.runner.batches > stuck_batches, timeout=30)
-        wait_until(lambda: len(receiver.requests) >= len(DEVICES), timeout=30)
+        wait_until(lambda: run.runner.delivery.stats()["pending"] == 0, timeout=30)
     finally:
         run.stop()
         receiver.stop()

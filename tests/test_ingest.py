@@ -78,15 +78,23 @@ def test_timestamps_in_three_forms() -> None:
     assert [r.ts for r, _ in out.accepted] == [T0, T0 + 1, T0 + 2]
 
 
-def test_duplicate_and_stale_seq_are_dead_lettered_and_counter_reset_is_accepted() -> None:
+def test_seq_window_tells_late_messages_from_repeats_and_accepts_a_counter_reset() -> None:
     p = make_pipeline(GAS)
     out = Output()
-    p.process(TOPIC, b'{"ts": %d, "lel_pct": 1, "seq": 10}' % T0, T0, out)
-    p.process(TOPIC, b'{"ts": %d, "lel_pct": 1, "seq": 10}' % T0, T0, out)
-    p.process(TOPIC, b'{"ts": %d, "lel_pct": 1, "seq": 9}' % (T0 - 60), T0, out)
-    p.process(TOPIC, b'{"ts": %d, "lel_pct": 1, "seq": 0}' % (T0 + 60), T0 + 60, out)  # device rebooted
-    assert [d.reason for d in out.dead_letters] == ["duplicate", "out_of_order"]
-    assert len(out.accepted) == 2
+
+    def send(seq: int, ts: float, received: float = T0) -> None:
+        p.process(TOPIC, b'{"ts": %d, "lel_pct": 1, "seq": %d}' % (ts, seq), received, out)
+
+    send(200, T0)
+    send(200, T0)  # a redelivery
+    send(190, T0 - 600)  # delivered late, first time: kept
+    send(190, T0 - 600)  # ... and again: a repeat
+    send(100, T0 - 6000)  # further back than the window: cannot be told from a repeat
+    send(0, T0 + 60, T0 + 60)  # the device rebooted: seq restarts, time moves on
+    send(1, T0 + 120, T0 + 120)
+    assert [d.reason for d in out.dead_letters] == ["duplicate", "duplicate", "out_of_order"]
+    assert [r.seq for r, _ in out.accepted] == [200, 190, 0, 1]
+    assert p.counters["late"] == 1
 
 
 def test_late_reading_is_kept_but_does_not_drive_rules() -> None:

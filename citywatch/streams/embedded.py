@@ -22,6 +22,7 @@ from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.devices.registry import Registry, RegistryCache, registry_path
 from citywatch.errors import AlertError
 from citywatch.ingest.collector import Collector, Message, parse_url
+from citywatch.ingest.collector_process import ProcessCollector
 from citywatch.ingest.handoff import Handoff
 from citywatch.model import Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
@@ -51,7 +52,7 @@ class EmbeddedRunner:
                                  started_at=clock())
         self.delivery = WebhookDelivery(store_path(settings.data_dir), settings.webhooks)
         self.influx = InfluxSink(settings.influx, settings.data_dir) if settings.influx.url else None
-        self.collector: Collector | None = None
+        self.collector: Collector | ProcessCollector | None = None
         self.broker: Any = None
         self.batches = 0
         self.api_port: int | None = None
@@ -66,7 +67,8 @@ class EmbeddedRunner:
             self.broker = await start_embedded_broker(self.settings.mqtt.url)
             protocol = mqtt.MQTTv311  # amqtt speaks MQTT 3.1.1
         handoff: Handoff[Message] = Handoff(self.settings.mqtt.queue_size, loop)
-        self.collector = Collector(self.settings.mqtt, handoff, protocol)
+        collector_class = ProcessCollector if self.settings.mqtt.collector_process else Collector
+        self.collector = collector_class(self.settings.mqtt, handoff, protocol)
         self.collector.start()
         delivery_task = asyncio.create_task(self.delivery.run(stop), name="webhooks")
         api_runner = await self._start_api()

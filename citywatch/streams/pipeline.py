@@ -28,6 +28,33 @@ DEAD_LETTER_PAYLOAD_LIMIT = 2048
 log = logging.getLogger(__name__)
 
 
+SEQ_WINDOW = 64  # how far back a late message can still be told from a duplicate
+
+
+def check_seq(state: DeviceState, seq: int, ts: float, last_ts: float | None) -> None:
+    """Accept each seq once. A sliding window of the last SEQ_WINDOW seqs (one int bitmap in the
+    device state, like IPsec's anti-replay window) tells a late first delivery (accepted) from a
+    redelivery (duplicate). A lower seq with a newer ts is a device that restarted its counter."""
+    top = state.get("seq")
+    if top is None or seq > top:
+        shift = seq - top if top is not None else SEQ_WINDOW
+        mask = state.get("seqmask", 0)
+        state["seqmask"] = ((mask << shift) | 1) & ((1 << SEQ_WINDOW) - 1) if shift < SEQ_WINDOW else 1
+        state["seq"] = seq
+        return
+    if last_ts is not None and ts > last_ts and seq < top:
+        state["seq"], state["seqmask"] = seq, 1  # counter reset (reboot)
+        return
+    back = top - seq
+    if back >= SEQ_WINDOW:
+        raise InvalidMessage("out_of_order", f"seq {seq} is {back} behind {top}: too old to tell from a repeat",
+                             "seq")
+    mask = state.get("seqmask", 1)
+    if mask >> back & 1:
+        raise InvalidMessage("duplicate", f"seq {seq} was already processed", "seq")
+    state["seqmask"] = mask | 1 << back
+
+
 class DeviceLookup(Protocol):
     def get(self, device_id: str) -> Device | None: ...
 
@@ -126,11 +153,8 @@ class Pipeline:
         if state is None:
             state = self.states[device_id] = {}
         last_ts = state.get("ts")
-        if reading.seq is not None and last_ts is not None:
-            last_seq = state.get("seq")
-            if last_seq is not None and reading.seq <= last_seq and reading.ts <= last_ts:
-                reason = "duplicate" if reading.seq == last_seq else "out_of_order"
-                raise InvalidMessage(reason, f"seq {reading.seq} after {last_seq}", "seq")
+        if reading.seq is not None:
+            check_seq(state, reading.seq, reading.ts, last_ts)
         self.counters["processed"] += 1
         state["count"] = state.get("count", 0) + 1  # readings accepted from this device, ever
         self.dirty.add(device_id)
@@ -146,8 +170,6 @@ class Pipeline:
             self.counters["late"] += 1  # stored, but stateful rules only see time moving forward
             return
         state["ts"] = reading.ts
-        if reading.seq is not None:
-            state["seq"] = reading.seq
         for rule in self.rules[reading.kind]:
             finding = rule.evaluate(reading, device, state)
             if finding is not None:
