@@ -20,6 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from citywatch.detectors.settings import LearnedRules
 from citywatch.errors import ConfigError
 
 
@@ -177,6 +178,7 @@ class HealthRules(Section):
 
 
 class RuleSettings(Section):
+    learned: LearnedRules = LearnedRules()
     gas: GasRules = GasRules()
     noise: NoiseRules = NoiseRules()
     water: WaterRules = WaterRules()

@@ -167,3 +167,22 @@ def test_no_offline_storm_after_our_own_downtime() -> None:
     assert out.transitions == []
     restarted.tick(T0 + 3600 + 181, out)
     assert opened(out) == [("device_offline", "warning")]
+
+
+def test_an_impossible_gas_spike_is_a_sensor_fault_not_a_leak_until_confirmed() -> None:
+    glitch = make_pipeline(GAS)
+    rules = []
+    for i, lel in enumerate([1.0, 90.0, 1.0, 1.0]):  # one sample at 90 %LEL between clean-air readings
+        rules += [t.alert.rule for t in feed(glitch, GAS, T0 + 60 * i, lel_pct=lel).transitions
+                  if t.transition == "opened"]
+    assert "gas_level" not in rules and "sensor_jump" in rules
+    leak = make_pipeline(GAS)
+    feed(leak, GAS, T0, lel_pct=1.0)
+    assert "gas_level" not in [r for r, _ in opened(feed(leak, GAS, T0 + 60, lel_pct=90.0))]
+    assert ("gas_level", "critical") in opened(feed(leak, GAS, T0 + 120, lel_pct=91.0))  # confirmed: a leak
+
+
+def test_a_fast_but_possible_gas_rise_alarms_at_once() -> None:
+    p = make_pipeline(GAS)
+    feed(p, GAS, T0, lel_pct=1.0)
+    assert ("gas_level", "warning") in opened(feed(p, GAS, T0 + 60, lel_pct=30.0))

@@ -33,3 +33,14 @@ def level_with_hysteresis(value: float, current: int, thresholds: Sequence[float
 def threshold(device: Device, key: str, default: float) -> float:
     """A per-device override from the registry (`thresholds: {key: value}`) or the configured default."""
     return device.thresholds.get(key, default) if device.thresholds else default
+
+
+def implausible_rise(state: DeviceState, key: str, value: float, ts: float, max_per_min: float) -> bool:
+    """True when `value` rose from the previous reading faster than physics allows (a sensor glitch
+    until the next reading confirms it). Keeps the previous (value, ts) under `key`."""
+    prev = state.get(key)
+    state[key] = [value, ts]
+    if prev is None or max_per_min == float("inf"):
+        return False
+    minutes = max(ts - prev[1], 1.0) / 60.0
+    return value - prev[0] > max_per_min * minutes

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from citywatch.config import GasRules
-from citywatch.detectors.base import DeviceState, level_with_hysteresis, threshold
+from citywatch.detectors.base import DeviceState, implausible_rise, level_with_hysteresis, threshold
 from citywatch.model import Device, Finding, Reading
 
 _SEVERITY = ("", "warning", "critical")
@@ -15,11 +15,14 @@ class GasLevel:
     name = "gas_level"
     kinds = frozenset({"gas"})
 
-    def __init__(self, rules: GasRules) -> None:
+    def __init__(self, rules: GasRules, max_step_per_min: float = float("inf")) -> None:
         self.rules = rules
+        self.max_step_per_min = max_step_per_min
 
     def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
         lel = reading.values["lel_pct"]
+        if implausible_rise(state, "gas.prev", lel, reading.ts, self.max_step_per_min) and not state.get("gas.level"):
+            return None  # a jump no gas cloud makes: sensor_jump reports it; the next reading confirms a leak
         limits = (threshold(device, "gas.level1_pct", self.rules.level1_pct),
                   threshold(device, "gas.level2_pct", self.rules.level2_pct))
         level = level_with_hysteresis(lel, state.get("gas.level", 0), limits, self.rules.hysteresis_pct)

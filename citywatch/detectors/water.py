@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from citywatch.config import WaterRules
-from citywatch.detectors.base import DeviceState, level_with_hysteresis, threshold
+from citywatch.detectors.base import DeviceState, implausible_rise, level_with_hysteresis, threshold
 from citywatch.model import Device, Finding, Reading
 
 _LEVELS = ("", "light", "moderate", "severe")
@@ -14,11 +14,15 @@ class WaterDepth:
     name = "water_depth"
     kinds = frozenset({"water"})
 
-    def __init__(self, rules: WaterRules) -> None:
+    def __init__(self, rules: WaterRules, max_step_per_min: float = float("inf")) -> None:
         self.rules = rules
+        self.max_step_per_min = max_step_per_min
 
     def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
         depth = reading.values["depth_cm"]
+        if implausible_rise(state, "water.prev", depth, reading.ts, self.max_step_per_min) \
+                and not state.get("water.level"):
+            return None  # water does not rise this fast: sensor_jump reports it; the next reading confirms
         limits = (threshold(device, "water.light_cm", self.rules.light_cm),
                   threshold(device, "water.moderate_cm", self.rules.moderate_cm),
                   threshold(device, "water.severe_cm", self.rules.severe_cm))
