@@ -280,3 +280,25 @@ def test_slow_server_timeouts_resend_without_doubles(influx: InfluxStack, tmp_pa
         assert sink.drain(20)
     # A timed-out write may still have landed; the resend overwrites the same points.
     assert influx.bridge.accepted_lines >= len(lines) == total(influx)
+
+
+def test_device_coordinates_ride_on_status_health_and_alert_lines() -> None:
+    from citywatch.config import AlertSettings
+    from citywatch.detectors.lifecycle import AlertEngine
+    from citywatch.model import Device, Finding, Reading
+    from citywatch.streams.pipeline import Output
+
+    device = Device(id="g-9", kind="gas", district="Nanhu", grid="G9", lat=30.75, lon=120.5)
+    out = Output()
+    out.accepted.append((Reading("g-9", "gas", 1_700_000_000.0, 1_700_000_000.0, {"lel_pct": 1.0},
+                                 battery=80.0), device))
+    out.statuses.append((device, "online", 1_700_000_001.0))
+    opened = AlertEngine(AlertSettings()).apply(device, Finding("gas_level", True, "warning", 30.0, 25.0),
+                                                1_700_000_002.0)
+    assert opened is not None
+    out.transitions.append(opened)
+    lines = lines_for(out)
+    status = [line for line in lines if line.startswith("device_status")]
+    assert len(status) == 2 and all(",lat=30.75,lon=120.5 " in line for line in status)
+    alert = next(line for line in lines if line.startswith("alerts"))
+    assert "opened_at=1700000002.0" in alert and "lat=30.75,lon=120.5" in alert

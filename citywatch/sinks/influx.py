@@ -9,13 +9,15 @@ Schema (precision ns; tags with an empty value are omitted; tag keys sorted):
     time   reading.ts (event time)
 * `alerts`, one point per alert transition
     tags   device, district, grid, kind, rule, severity, transition
-    fields alert_id, status (string); value (float when numeric, else value_text string);
-           threshold (float); count (int); open (int, 1 until resolved); age_s (float, at - opened_at)
+    fields alert_id, status (string); opened_at (float, epoch s); lat, lon (float, the device's,
+           when known); value (float when numeric, else value_text string); threshold (float);
+           count (int); open (int, 1 until resolved); age_s (float, at - opened_at)
     time   transition.at
 * `device_status`, device health: one point per online/offline announcement, and one per reading
   that reports battery and/or rssi
     tags   device, district, grid, kind
-    fields online (bool) for announcements; battery, rssi (float) for readings
+    fields online (bool) for announcements; battery, rssi (float) for readings; lat, lon (float)
+           on both when the device has coordinates (the operators' map)
     time   when the announcement arrived; the reading's event time
 
 Timestamps are rounded to the microsecond, so a re-sent point lands on the same (series, time)

@@ -3,7 +3,9 @@
 The schema is documented in `citywatch.sinks.influx`. `device_status` gets a point per
 announcement (field `online`) and one per reading that reports battery and/or rssi (fields
 `battery`, `rssi`, at the reading's event time); both carry the same tags (device, district,
-grid, kind), so one series per device holds its whole health history.
+grid, kind), so one series per device holds its whole health history, and both carry the
+device's `lat`, `lon` when it has coordinates (the dashboards' map). `alerts` points carry
+`opened_at` (the age of an open alert is now - opened_at) and the device's `lat`, `lon`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ def _alert_tags(device_id: str, district: str, grid: str, kind: str, rule: str, 
 @lru_cache(maxsize=1024)
 def _key(name: str) -> str:
     return name.translate(_TAG)
+
+
+@lru_cache(maxsize=65536)
+def _location(lat: float | None, lon: float | None) -> str:
+    """`,lat=..,lon=..` of a device with coordinates (the dashboards' map), else ''."""
+    if lat is None or lon is None:
+        return ""
+    return f",lat={float(lat)!r},lon={float(lon)!r}"
 
 
 def _ns(ts: float) -> int:
@@ -94,7 +104,7 @@ def health_line(reading: Reading, device: Device) -> str | None:
     if not health:
         return None
     tags = _device_tags(reading.device_id, device.district, device.grid, reading.kind, None)
-    return f"device_status{tags} {health} {_ns(reading.ts)}"
+    return f"device_status{tags} {health}{_location(device.lat, device.lon)} {_ns(reading.ts)}"
 
 
 def transition_line(tr: Transition) -> str:
@@ -102,7 +112,11 @@ def transition_line(tr: Transition) -> str:
     where = a.device
     tags = _alert_tags(a.device_id, where.get("district") or "", where.get("grid") or "", a.kind, a.rule,
                        a.severity, tr.transition)
-    fields = [f'alert_id="{a.id.translate(_STR)}"', f'status="{a.status.translate(_STR)}"']
+    fields = [f'alert_id="{a.id.translate(_STR)}"', f"opened_at={float(a.opened_at)!r}"]
+    lat, lon = where.get("lat"), where.get("lon")
+    if isinstance(lat, int | float) and isinstance(lon, int | float):
+        fields.append(f"lat={float(lat)!r},lon={float(lon)!r}")
+    fields.append(f'status="{a.status.translate(_STR)}"')
     value = a.value
     if isinstance(value, int | float) and not isinstance(value, bool):
         f = _field("value", float(value))
@@ -123,7 +137,8 @@ def transition_line(tr: Transition) -> str:
 
 def status_line(device: Device, status: str, at: float) -> str:
     tags = _device_tags(device.id, device.district, device.grid, device.kind, None)
-    return f"device_status{tags} online={'true' if status == 'online' else 'false'} {_ns(at)}"
+    online = "true" if status == "online" else "false"
+    return f"device_status{tags} online={online}{_location(device.lat, device.lon)} {_ns(at)}"
 
 
 def lines_for(out: Output) -> list[str]:
@@ -138,7 +153,8 @@ def lines_for(out: Output) -> list[str]:
         if (line := _reading_line(r, d, health, ts)) is not None:
             append(line)
         if health:
-            append(f"device_status{_device_tags(r.device_id, d.district, d.grid, r.kind, None)} {health} {ts}")
+            tags = _device_tags(r.device_id, d.district, d.grid, r.kind, None)
+            append(f"device_status{tags} {health}{_location(d.lat, d.lon)} {ts}")
     lines.extend(transition_line(t) for t in out.transitions)
     lines.extend(status_line(d, s, at) for d, s, at in out.statuses)
     return lines

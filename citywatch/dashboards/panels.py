@@ -1,0 +1,359 @@
+"""The operators' dashboards, panel by panel, with grafana-foundation-sdk builders.
+
+Three dashboards share the template variables district / grid / kind and link to each other:
+
+* City operations: open-alert figures, the city map (devices by status, open alerts by
+  severity), the open alerts with their age against the review / response deadlines, and the
+  closed loop (time to acknowledge and resolve, share within deadlines, alerts by district, grid
+  and kind).
+* Sensors by kind: gas %LEL against the alarm levels, noise LAeq against each zone's day / night
+  limit, water depth and rise rate, parking occupancy and overstays, lock events.
+* Device health: reporting / offline / low-battery figures, battery and RSSI, last seen.
+
+Every panel's queries are `Target`s from `citywatch.dashboards.queries`, which also name the
+columns the panel reads: the tests run each one against a real InfluxDB holding pipeline output.
+Thresholds (deadlines, alarm levels, zone limits) are the defaults of `citywatch.config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from grafana_foundation_sdk.builders import barchart, bargauge, geomap, stat, table, timeseries
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders.dashboard import ThresholdsConfig
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import geomap as gm
+
+from citywatch.config import AlertSettings, GasRules, NoiseRules, WaterRules
+from citywatch.dashboards import queries as q
+from citywatch.dashboards.queries import Target
+
+REVIEW_S = AlertSettings().review_deadline_h * 3600.0
+RESPONSE_S = AlertSettings().response_deadline_h * 3600.0
+MAP_CENTRE = (30.76, 120.75)  # Jiaxing
+SEVERITY_COLOURS = {"info": "blue", "warning": "orange", "critical": "red"}
+Steps = tuple[tuple[float | None, str], ...]  # threshold steps: (from value or None for the base, colour)
+
+
+@dataclass
+class PanelSpec:
+    """A configured SDK panel builder (no targets, datasource, id or position yet) and its queries."""
+
+    builder: Any
+    targets: list[Target]
+    width: int
+    height: int
+
+
+@dataclass
+class RowSpec:
+    title: str
+    panels: list[PanelSpec]
+
+
+@dataclass
+class DashboardSpec:
+    uid: str
+    title: str
+    description: str
+    rows: list[RowSpec]
+    tags: list[str] = field(default_factory=lambda: ["citywatch"])
+
+    def targets(self) -> list[tuple[str, Target]]:
+        """(panel title, target) of every panel."""
+        return [(p.builder.build().title, t) for r in self.rows for p in r.panels for t in p.targets]
+
+
+# -- small helpers --------------------------------------------------------------------------------
+
+def _steps(*steps: tuple[float | None, str]) -> ThresholdsConfig:
+    return ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(
+        [dm.Threshold(value=v, color=c) for v, c in steps])
+
+
+def _thresholds_json(*steps: tuple[float | None, str]) -> dict[str, Any]:
+    return {"mode": "absolute", "steps": [{"value": v, "color": c} for v, c in steps]}
+
+
+def _override(**props: Any) -> list[dm.DynamicConfigValue]:
+    return [dm.DynamicConfigValue(id_val=k.replace("__", "."), value=v) for k, v in props.items()]
+
+
+def _stat(title: str, description: str, unit: str = "none", steps: Steps = ((None, "green"),),
+          fields: str | None = None) -> Any:
+    reduce = cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
+    if fields:
+        reduce = reduce.fields(fields)
+    return (stat.Panel().title(title).description(description).unit(unit).no_value("0")
+            .color_mode(cm.BigValueColorMode.BACKGROUND).graph_mode(cm.BigValueGraphMode.NONE)
+            .reduce_options(reduce).thresholds(_steps(*steps)))
+
+
+def _timeseries(title: str, description: str, unit: str, steps: Steps | None = None, bars: bool = False) -> Any:
+    panel = (timeseries.Panel().title(title).description(description).unit(unit)
+             .legend(cb.VizLegendOptions().show_legend(True).display_mode(cm.LegendDisplayMode.LIST)
+                     .placement(cm.LegendPlacement.BOTTOM).calcs([]))
+             .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING)))
+    if steps:
+        panel = (panel.thresholds(_steps(*steps))
+                 .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphTresholdsStyleMode.DASHED)))
+    if bars:
+        panel = (panel.draw_style(cm.GraphDrawStyle.BARS).fill_opacity(80)
+                 .stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL)))
+    else:
+        panel = panel.fill_opacity(10).show_points(cm.VisibilityMode.NEVER)
+    return panel
+
+
+def _table(title: str, description: str, sort_by: str | None = None, desc: bool = True) -> Any:
+    panel = table.Panel().title(title).description(description).cell_height(cm.TableCellHeight.SM)
+    if sort_by:
+        panel = panel.sort_by([cb.TableSortByFieldState().display_name(sort_by).desc(desc)])
+    return panel
+
+
+def _organize(exclude: tuple[str, ...] = (), order: tuple[str, ...] = (), rename: dict[str, str] | None = None
+              ) -> dm.DataTransformerConfig:
+    return dm.DataTransformerConfig(id_val="organize", options={
+        "excludeByName": {name: True for name in exclude},
+        "indexByName": {name: i for i, name in enumerate(order)},
+        "renameByName": rename or {},
+    })
+
+
+def _ratio(left: str, right: str, alias: str) -> list[dm.DataTransformerConfig]:
+    """Join two single-column queries on time and divide them (InfluxQL cannot join)."""
+    return [
+        dm.DataTransformerConfig(id_val="joinByField", options={"mode": "outer"}),  # on the first time field
+        dm.DataTransformerConfig(id_val="calculateField", options={
+            "mode": "binary", "alias": alias, "replaceFields": True,
+            "binary": {"left": left, "operator": "/", "right": right}}),
+    ]
+
+
+def _age_cells() -> list[dm.DynamicConfigValue]:
+    """Age in hours, coloured against the review and response deadlines."""
+    return _override(unit="h", decimals=1,
+                     thresholds=_thresholds_json((None, "green"), (REVIEW_S / 3600, "orange"),
+                                                 (RESPONSE_S / 3600, "red")),
+                     custom__cellOptions={"type": "color-background"})
+
+
+def _severity_mappings() -> list[dict[str, Any]]:
+    return [{"type": "value", "options": {
+        k: {"color": c, "index": i, "text": k} for i, (k, c) in enumerate(SEVERITY_COLOURS.items())}}]
+
+
+def _severity_cells() -> list[dm.DynamicConfigValue]:
+    return _override(mappings=_severity_mappings(), custom__cellOptions={"type": "color-text"})
+
+
+# -- City operations ------------------------------------------------------------------------------
+
+def _map() -> PanelSpec:
+    devices = (cb.MapLayerOptions().type("markers").name("Devices by status")
+               .location(cb.FrameGeometrySource().mode(cm.FrameGeometrySourceMode.COORDS)
+                         .latitude("lat").longitude("lon"))
+               .filter_data({"id": "byRefId", "options": "A"}).tooltip(True)
+               .config({"showLegend": True, "style": {
+                   "color": {"field": "online", "fixed": "green"},
+                   "opacity": 0.7, "size": {"fixed": 4},
+                   "symbol": {"fixed": "img/icons/marker/circle.svg", "mode": "fixed"}}}))
+    alerts = (cb.MapLayerOptions().type("markers").name("Open alerts by severity")
+              .location(cb.FrameGeometrySource().mode(cm.FrameGeometrySourceMode.COORDS)
+                        .latitude("lat").longitude("lon"))
+              .filter_data({"id": "byRefId", "options": "B"}).tooltip(True)
+              .config({"showLegend": True, "style": {
+                  "color": {"field": "severity", "fixed": "red"},
+                  "opacity": 0.9, "size": {"fixed": 9},
+                  "symbol": {"fixed": "img/icons/marker/triangle.svg", "mode": "fixed"},
+                  "text": {"field": "rule", "mode": "field"},
+                  "textConfig": {"fontSize": 10, "offsetY": -12, "textAlign": "center", "textBaseline": "bottom"}}}))
+    panel = (geomap.Panel().title("City map")
+             .description("Devices (dots) coloured by status: their last online/offline announcement in the "
+                          "range; open alerts (triangles) coloured by severity, labelled with the rule.")
+             .view(geomap.MapViewConfig().id("coords").lat(MAP_CENTRE[0]).lon(MAP_CENTRE[1]).zoom(11))  # type: ignore[arg-type]
+             .controls(geomap.ControlsOptions().show_zoom(True).mouse_wheel_zoom(True).show_scale(True))
+             .basemap(cb.MapLayerOptions().type("default").name("Basemap"))
+             .layers([devices, alerts])
+             .tooltip(geomap.TooltipOptions().mode(gm.TooltipMode.DETAILS))
+             .override_by_name("online", _override(mappings=[
+                 {"type": "value", "options": {"true": {"color": "green", "index": 0, "text": "online"},
+                                               "false": {"color": "dark-red", "index": 1, "text": "offline"}}},
+                 {"type": "special", "options": {"match": "null", "result": {"color": "text", "index": 2,
+                                                                                "text": "no announcement"}}}]))
+             .override_by_name("severity", _override(mappings=_severity_mappings())))
+    return PanelSpec(panel, [q.map_devices(), q.map_alerts()], 14, 16)
+
+
+def _open_alerts() -> PanelSpec:
+    panel = (_table("Open alerts: age against deadlines",
+                    f"Unresolved alerts with their age (h) against the {REVIEW_S / 3600:g} h review "
+                    f"and {RESPONSE_S / 3600:g} h response deadlines; oldest first.", "age_h")
+             .override_by_name("age_h", _age_cells())
+             .override_by_name("severity", _severity_cells())
+             .with_transformation(_organize(
+                 exclude=("Time", "alert_id"),
+                 order=("age_h", "severity", "status", "rule", "kind", "device", "district", "grid", "value",
+                        "threshold"))))
+    return PanelSpec(panel, [q.open_alerts_table()], 10, 16)
+
+
+def city_operations() -> DashboardSpec:
+    now = RowSpec("Now", [
+        PanelSpec(_stat("Open alerts", "Unresolved alerts (acknowledged included).",
+                        steps=((None, "green"), (1, "orange"))), [q.open_alerts_count()], 4, 4),
+        PanelSpec(_stat("Critical open", "Unresolved critical alerts.", steps=((None, "green"), (1, "red"))),
+                  [q.open_alerts_count(condition=q._is("severity", "critical"), alias="critical")], 4, 4),
+        PanelSpec(_stat(f"Unacknowledged past {REVIEW_S / 3600:g} h", "Open alerts nobody has acknowledged within "
+                        "the review deadline.", steps=((None, "green"), (1, "red"))),
+                  [q.overdue_count(REVIEW_S, True, "past_review")], 4, 4),
+        PanelSpec(_stat(f"Unresolved past {RESPONSE_S / 3600:g} h", "Alerts still unresolved after the response "
+                        "deadline.", steps=((None, "green"), (1, "red"))),
+                  [q.overdue_count(RESPONSE_S, False, "past_response")], 4, 4),
+        PanelSpec(_stat("Devices offline", "Open device_offline alerts (silent or last will).",
+                        steps=((None, "green"), (1, "orange"))),
+                  [q.open_alerts_count(condition=q._is("rule", "device_offline"), alias="offline")], 4, 4),
+        PanelSpec(_stat("Escalations", "Deadline escalations in the time range.",
+                        steps=((None, "green"), (1, "orange"))), [q.escalations()], 4, 4),
+        _map(),
+        _open_alerts(),
+    ])
+    ack_share = _ratio("ack_within", "ack_total", "acknowledged within deadline")
+    res_share = _ratio("resolve_within", "resolve_total", "resolved within deadline")
+    loop = RowSpec("Closed loop", [
+        PanelSpec(_stat("Time to acknowledge", "Median and 90th percentile of alert age at acknowledgement.", "s",
+                        fields="/_(median|p90)_s$/"), [q.response_times("acknowledged", "acknowledge")], 6, 5),
+        PanelSpec(_stat("Time to resolve", "Median and 90th percentile of alert age at resolution.", "s",
+                        fields="/_(median|p90)_s$/"), [q.response_times("resolved", "resolve")], 6, 5),
+        PanelSpec(_stat(f"Acknowledged within {REVIEW_S / 3600:g} h", "Share of acknowledgements in the range that "
+                        "came within the review deadline.", "percentunit",
+                        ((None, "red"), (0.8, "orange"), (0.9, "green")))
+                  .transformations(ack_share), q.within_deadline("acknowledged", REVIEW_S, "ack"), 6, 5),
+        PanelSpec(_stat(f"Resolved within {RESPONSE_S / 3600:g} h", "Share of resolutions in the range that came "
+                        "within the response deadline.", "percentunit",
+                        ((None, "red"), (0.8, "orange"), (0.9, "green")))
+                  .transformations(res_share), q.within_deadline("resolved", RESPONSE_S, "resolve"), 6, 5),
+        PanelSpec(barchart.Panel().title("Alerts by district").description("Alerts opened in the range.")
+                  .x_field("district").orientation(cm.VizOrientation.HORIZONTAL)
+                  .with_transformation(_organize(exclude=("Time",))),
+                  [q.alerts_by("district")], 8, 9),
+        PanelSpec(_table("Alerts by grid", "Alerts opened in the range per grid (most first).", "alerts")
+                  .with_transformation(_organize(exclude=("Time",), order=("district", "grid", "alerts"))),
+                  [q.alerts_by("district", "grid")], 8, 9),
+        PanelSpec(_timeseries("Alerts opened by kind", "Alerts opened per interval.", "short", bars=True),
+                  [q.alerts_over_time()], 8, 9),
+        PanelSpec(_timeseries("Time to acknowledge and resolve", "Mean alert age at acknowledgement and at "
+                              "resolution, with the deadlines.", "s",
+                              ((None, "green"), (REVIEW_S, "orange"), (RESPONSE_S, "red"))),
+                  q.response_times_over_time(), 24, 8),
+    ])
+    return DashboardSpec("citywatch-city", "citywatch: city operations",
+                         "The city on one map: open alerts, deadlines and the closed loop.", [now, loop])
+
+
+# -- Sensors by kind ------------------------------------------------------------------------------
+
+def _noise() -> PanelSpec:
+    rules = NoiseRules()
+    panel = _timeseries("Noise LAeq by zone class", "Loudest LAeq per functional zone class; dashed lines: the "
+                        "zone's night (orange) and day (red) limits, GB 3096-2008.", "dB")
+    for zone, (day, night) in sorted(rules.limits.items()):
+        panel = panel.override_by_name(f"zone {zone}", _override(
+            thresholds=_thresholds_json((None, "green"), (night, "orange"), (day, "red")),
+            custom__thresholdsStyle={"mode": "dashed"}))
+    return PanelSpec(panel, [q.noise_by_zone()], 16, 8)
+
+
+def sensors() -> DashboardSpec:
+    gas, water = GasRules(), WaterRules()
+    rows = [
+        RowSpec("Gas", [
+            PanelSpec(_timeseries("Gas %LEL by district", f"Highest %LEL per district; level-1 alarm at "
+                                  f"{gas.level1_pct:g}%, level-2 at {gas.level2_pct:g}% (GB/T 50493-2019).",
+                                  "percent", ((None, "green"), (gas.level1_pct, "orange"), (gas.level2_pct, "red"))),
+                      [q.gas_by_district()], 16, 8),
+            PanelSpec(bargauge.Panel().title("Highest gas readings").description("Top devices by %LEL in the range.")
+                      .unit("percent").min(0).max(100)
+                      .thresholds(_steps((None, "green"), (gas.level1_pct, "orange"), (gas.level2_pct, "red")))
+                      .orientation(cm.VizOrientation.HORIZONTAL).display_mode(cm.BarGaugeDisplayMode.BASIC)
+                      .reduce_options(cb.ReduceDataOptions().values(True).calcs([]).fields("/^lel_pct$/")),
+                      [q.gas_top_devices()], 8, 8),
+        ]),
+        RowSpec("Noise", [
+            _noise(),
+            PanelSpec(_table("Noise exceedances", "LAeq (or LAmax for night bursts) against the limit in force "
+                             "when the alert opened or rose.", "over_db")
+                      .override_by_name("over_db", _override(unit="dB", thresholds=_thresholds_json(
+                          (None, "orange"), (10, "red")), custom__cellOptions={"type": "color-text"})),
+                      [q.noise_exceedances()], 8, 8),
+        ]),
+        RowSpec("Water", [
+            PanelSpec(_timeseries("Water depth by district", f"Deepest ponding per district: light from "
+                                  f"{water.light_cm:g} cm, moderate {water.moderate_cm:g}, severe {water.severe_cm:g}.",
+                                  "suffix: cm",
+                                  ((None, "green"), (water.light_cm, "yellow"), (water.moderate_cm, "orange"),
+                                   (water.severe_cm, "red"))),
+                      [q.water_depth()], 12, 8),
+            PanelSpec(_timeseries("Water rise rate", "Fastest rise per district, cm per 10 min (early warning).",
+                                  "suffix: cm/10 min"), [q.water_rise()], 12, 8),
+        ]),
+        RowSpec("Parking", [
+            PanelSpec(_timeseries("Parking occupancy", "Bays reporting occupied / bays reporting, per interval.",
+                                  "percentunit").min(0).max(1)
+                      .transformations(_ratio("occupied_bays", "reporting_bays", "occupancy")),
+                      q.parking_occupancy(), 12, 8),
+            PanelSpec(_table("Overstays and no-parking", "Parking alerts opened in the range: minutes stayed "
+                             "against the bay's limit; occupied no-parking bays.")
+                      .with_transformation(_organize(exclude=("alert_id",))),
+                      [q.parking_overstays()], 12, 8),
+        ]),
+        RowSpec("Lock", [
+            PanelSpec(_timeseries("Lock events", "Failed unlocks, forced opens, tamper, door ajar, jammed.",
+                                  "short", bars=True), q.lock_events(), 12, 8),
+            PanelSpec(_table("Notable lock events", "The latest security-relevant lock events (newest first)."),
+                      [q.lock_notable()], 12, 8),
+        ]),
+    ]
+    return DashboardSpec("citywatch-sensors", "citywatch: sensors by kind",
+                         "Gas, noise, water, parking and locks against their alarm levels and limits.", rows)
+
+
+# -- Device health --------------------------------------------------------------------------------
+
+def device_health() -> DashboardSpec:
+    row = RowSpec("Device health", [
+        PanelSpec(_stat("Devices reporting", "Devices with a battery/rssi report in the range."),
+                  [q.devices_reporting()], 8, 4),
+        PanelSpec(_stat("Offline now", "Open device_offline alerts.", steps=((None, "green"), (1, "orange"))),
+                  [q.open_alerts_count(condition=q._is("rule", "device_offline"), alias="offline")], 8, 4),
+        PanelSpec(_stat("Low battery now", "Open battery_low alerts.", steps=((None, "green"), (1, "orange"))),
+                  [q.open_alerts_count(condition=q._is("rule", "battery_low"), alias="low_battery")], 8, 4),
+        PanelSpec(_timeseries("Lowest battery by district", "Lowest battery level reported per district.", "percent",
+                              ((None, "red"), (15, "orange"), (20, "green"))),
+                  [q.health_by_district("battery")], 12, 8),
+        PanelSpec(_timeseries("Weakest signal by district", "Lowest RSSI reported per district.", "dBm",
+                              ((None, "red"), (-105, "orange"), (-95, "green"))),
+                  [q.health_by_district("rssi")], 12, 8),
+        PanelSpec(_table("Offline devices", "Devices with an open device_offline alert, longest first.", "offline_h")
+                  .override_by_name("offline_h", _age_cells())
+                  .with_transformation(_organize(exclude=("Time", "alert_id"))),
+                  [q.offline_devices()], 12, 10),
+        PanelSpec(_table("Last seen, battery, signal", "Per device: its latest battery report, the signal of that "
+                         "report and when it came (last seen); lowest battery first.", "battery", desc=False)
+                  .override_by_name("Time", _override(unit="dateTimeFromNow", displayName="last seen"))
+                  .override_by_name("battery", _override(unit="percent", thresholds=_thresholds_json(
+                      (None, "red"), (15, "orange"), (20, "green")), custom__cellOptions={"type": "color-text"})),
+                  [q.device_health_table()], 12, 10),
+        PanelSpec(_timeseries("Offline announcements", "Devices announcing themselves offline (MQTT last will).",
+                              "short", bars=True), [q.offline_announcements()], 24, 6),
+    ])
+    return DashboardSpec("citywatch-health", "citywatch: device health",
+                         "Which devices are silent, offline, low on battery or weak on signal.", [row])
+
+
+def all_dashboards() -> list[DashboardSpec]:
+    return [city_operations(), sensors(), device_health()]
