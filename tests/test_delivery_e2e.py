@@ -194,7 +194,8 @@ def test_webhooks_survive_receiver_outage_and_flakiness(tmp_path: Path, mosquitt
     assert counts["transitions"] >= 2000
     assert final["webhooks"]["dead"] == 0 and final["webhooks"]["delivered"] == counts["transitions"]
     assert flaky.counts["failed"] > 100 and flaky.counts["hung"] > 10  # it really was flaky
-    assert during_outage["attempts"] > during_outage["pending"]  # retried while down, not parked
+    # kept trying while down, as one paused lane (backoff per endpoint), not a retry loop per alert
+    assert 10 <= during_outage["attempts"] < during_outage["pending"]
     assert flaky.counts["bad_signature"] == 0
     print(f"\n[outage] {counts}, receiver {dict(flaky.counts)}, attempts {final['webhooks']['attempts']}, "
           f"attempts while down {during_outage['attempts']}, all delivered {recovered_s:.1f} s after the "
