@@ -60,8 +60,10 @@ def test_disk_full_holds_messages_and_recovers(tmp_path: Path, small_disk: Path,
     now = time.time() - 100
     first = [(f"citywatch/gas/{d.id}/telemetry", json.dumps({"ts": now, "seq": 1, "lel_pct": 1}).encode())
              for d in DEVICES]
+    # two alarm readings a minute apart: a leak, not a one-sample sensor jump
     alarms = [(f"citywatch/gas/{d.id}/telemetry",
-               json.dumps({"ts": now + 10, "seq": 2, "lel_pct": 60, "pad": "x" * 2000}).encode()) for d in DEVICES]
+               json.dumps({"ts": now + 60 * k, "seq": 1 + k, "lel_pct": 60, "pad": "x" * 2000}).encode())
+              for k in (1, 2) for d in DEVICES]
     run = RunnerThread(settings).start()
     try:
         publish_all(mosquitto, first)

@@ -46,19 +46,23 @@ class Handoff(Generic[T]):
             self.loop.call_soon_threadsafe(self._event.set)
 
     def put_many(self, items: list[T]) -> None:
-        """Like put for a whole batch; the queue may exceed maxsize by at most one batch."""
-        with self._lock:
-            if len(self._items) >= self.maxsize:
-                started = time.monotonic()
-                self.blocked_puts += 1
-                while len(self._items) >= self.maxsize and not self.closed:
-                    self._not_full.wait(0.5)
-                self.blocked_s += time.monotonic() - started
-            self._items.extend(items)
-            wake = self._waiting
-            self._waiting = False
-        if wake:
-            self.loop.call_soon_threadsafe(self._event.set)
+        """Like put for a whole batch, never holding more than maxsize: blocks while full."""
+        start = 0
+        while start < len(items):
+            with self._lock:
+                if len(self._items) >= self.maxsize:
+                    started = time.monotonic()
+                    self.blocked_puts += 1
+                    while len(self._items) >= self.maxsize and not self.closed:
+                        self._not_full.wait(0.5)
+                    self.blocked_s += time.monotonic() - started
+                room = max(1, self.maxsize - len(self._items))
+                self._items.extend(items[start:start + room])
+                start += room
+                wake = self._waiting
+                self._waiting = False
+            if wake:
+                self.loop.call_soon_threadsafe(self._event.set)
 
     async def get_batch(self, max_items: int, timeout: float) -> list[T]:
         """Up to `max_items` items; waits at most `timeout` s for the first one."""

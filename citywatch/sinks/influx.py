@@ -112,6 +112,7 @@ class InfluxSink:
         self._backoff = BACKOFF_INITIAL_S
         self._blocked = 0
         self._disk_full = False
+        self._rng = random.Random()  # jitter; the global generator belongs to the application
         self._disk_full_logged = -DISK_FULL_LOG_S
         self._last_error: str | None = None
         self._last_warning = 0.0
@@ -416,7 +417,7 @@ class InfluxSink:
                 self._last_warning = 0.0
             self._failing = True
             self._warn("influx: write failed (%s); buffering to disk, retrying with backoff", reason)
-            delay = self._backoff * random.uniform(0.5, 1.0)
+            delay = self._backoff * self._rng.uniform(0.5, 1.0)
             self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
             if retry_after:
                 delay = max(delay, min(retry_after, RETRY_AFTER_MAX_S))

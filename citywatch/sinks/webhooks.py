@@ -39,6 +39,7 @@ __all__ = ["OUTBOX_SCHEMA", "Outbox", "WebhookDelivery", "backoff_s", "parse_ret
            "sign", "signing_keys", "verify"]
 
 log = logging.getLogger(__name__)
+_JITTER = random.Random()  # backoff jitter; the global generator belongs to the application
 
 USER_AGENT = "citywatch/0.1"
 POLL_S = 1.0  # rows committed by another process (CLI, API) are picked up within this
@@ -96,7 +97,7 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, tolerance_s: fl
 # -- retry policy -----------------------------------------------------------------------------
 
 def backoff_s(attempt: int, initial: float, maximum: float,
-              rand: Callable[[], float] = random.random) -> float:
+              rand: Callable[[], float] = _JITTER.random) -> float:
     """Full jitter: uniform over [0, min(maximum, initial * 2**(attempt-1))], so retries spread out."""
     return rand() * min(maximum, initial * 2.0 ** min(max(attempt - 1, 0), 60))
 

@@ -171,7 +171,13 @@ class EmbeddedRunner:
         try:
             self.influx.add(lines, timeout=0)
         except InfluxBackpressure:
-            await asyncio.to_thread(self.influx.add, lines)
+            while True:  # wait in slices, so a stop is noticed while InfluxDB stays down
+                try:
+                    await asyncio.to_thread(self.influx.add, lines, 1.0)
+                    break
+                except InfluxBackpressure:
+                    if stop.is_set():
+                        return False
         while not await asyncio.to_thread(self.influx.flush, 1.0):
             if stop.is_set():
                 return False
