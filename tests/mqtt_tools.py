@@ -23,3 +23,25 @@ def publish_all(server: MosquittoServer, messages: list[tuple[str, bytes]], qos:
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _publish_child(port: int, factory: str, args: tuple[object, ...], qos: int) -> None:
+    import importlib
+
+    module, name = factory.split(":")
+    messages = getattr(importlib.import_module(module), name)(*args)
+    server = MosquittoServer.__new__(MosquittoServer)
+    server.port = port
+    publish_all(server, messages, qos)
+
+
+def publish_from_another_process(server: MosquittoServer, factory: str, args: tuple[object, ...],
+                                 qos: int = 1) -> None:
+    """Build the messages with `module:function(*args)` and publish them from a separate process,
+    so neither the messages nor the publisher's buffers count in this process's memory."""
+    import multiprocessing as mp
+
+    proc = mp.get_context("spawn").Process(target=_publish_child, args=(server.port, factory, args, qos))
+    proc.start()
+    proc.join(300)
+    assert proc.exitcode == 0, f"publisher exited with {proc.exitcode}"

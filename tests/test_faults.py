@@ -85,3 +85,49 @@ def test_broker_restart_mid_stream_loses_no_qos1_message(tmp_path: Path, mosquit
     assert counters["processed"] == len(messages)
     # anything seen twice was a redelivery, recognised by its seq and kept as a dead letter
     assert counters.get("dead_letters", 0) == counters.get("dead_letter.duplicate", 0)
+
+
+def burst(n: int, start: float) -> list[tuple[str, bytes]]:
+    pad = "x" * 2400
+    return [(topic, payload[:-1] + f', "pad": "{pad}"}}'.encode()) for topic, payload in stream(n, start)]
+
+
+def test_a_burst_is_absorbed_by_the_broker_with_bounded_memory(tmp_path: Path, mosquitto: MosquittoServer) -> None:
+    """40,000 messages of ~2.5 KB (100 MB) published as fast as possible, 10x and more the normal
+    rate: the runner takes them through its bounded hand-off; the broker holds the rest. Memory
+    stays bounded (no in-process queue grows with the burst) and nothing is dropped."""
+    import psutil
+
+    from tests.mqtt_tools import publish_from_another_process
+
+    settings = make_settings(tmp_path / "data", mqtt={"url": mosquitto.url, "client_id": "cw-burst",
+                                                      "queue_size": 500})
+    register(settings.data_dir)
+    n = 40_000
+    process = psutil.Process()
+    run = RunnerThread(settings).start()
+    try:
+        handoff = run.runner.collector.handoff
+        peak = {"handoff": 0, "rss": process.memory_info().rss}
+        rss_before = peak["rss"]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak["handoff"] = max(peak["handoff"], len(handoff))
+                peak["rss"] = max(peak["rss"], process.memory_info().rss)
+                stop.wait(0.005)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        publish_from_another_process(mosquitto, "tests.test_faults:burst", (n, time.time() - 50_000))
+        wait_until(lambda: run.runner.pipeline.counters["received"] >= n, timeout=120)
+        stop.set()
+        sampler.join()
+        counters = dict(run.runner.pipeline.counters)
+    finally:
+        run.stop()
+    assert counters["processed"] == n and counters.get("dead_letters", 0) == 0
+    assert peak["handoff"] <= 500
+    growth_mb = (peak["rss"] - rss_before) / 2**20
+    assert growth_mb < 60, f"RSS grew {growth_mb:.0f} MB during a 100 MB burst"

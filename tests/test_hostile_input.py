@@ -90,3 +90,42 @@ def test_config_loader_gives_config_errors_not_crashes(tmp_path_factory: object,
         load_settings(path)
     except ConfigError as exc:
         assert "config" in str(exc)
+
+
+cells = st.one_of(st.text(max_size=12), st.sampled_from(["gas", "water", "lock", "smoke", "", "30.5", "200",
+                                                          "-91", "nan", "inf", "1e400", "yes", "2", "4a"]))
+csv_rows = st.lists(st.fixed_dictionaries({
+    "id": st.one_of(st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True), st.text(max_size=6)),
+    "kind": cells, "lat": cells, "lon": cells, "zone_class": cells, "tenants": cells, "no_parking": cells,
+}), min_size=1, max_size=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=csv_rows)
+def test_csv_import_applies_every_row_or_none(tmp_path_factory: object, rows: list[dict[str, str]]) -> None:
+    import csv
+    import io
+
+    from citywatch.devices.importer import CsvImportError, import_csv
+    from citywatch.devices.registry import Registry
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    registry = Registry(Path(tmp_path_factory.mktemp("reg")) / "registry.db")  # type: ignore[attr-defined]
+    try:
+        try:
+            added = import_csv(registry, buffer.getvalue(), ["0", "1", "2", "3", "4a", "4b"], None,
+                               "mqtt://127.0.0.1:1883", "citywatch")
+        except CsvImportError as exc:
+            assert registry.all() == []  # nothing applied
+            # each names its line, but for the one file-level problem
+            assert exc.errors and all(e.startswith("line ") or e == "no devices in the file" for e in exc.errors)
+            return
+        stored = registry.all()
+        assert len(stored) == len(added) == len({d.id for d, _ in added})  # all of them, once each
+        for device in stored:
+            assert device.lat is None or (-90 <= device.lat <= 90 and math.isfinite(device.lat))
+    finally:
+        registry.close()
