@@ -226,12 +226,15 @@ def deadletters(ctx: Context, limit: int, reason: str | None, as_json: bool) -> 
 from citywatch.dashboards.cli import dashboards  # noqa: E402  (commands defined in their own modules)
 from citywatch.devices.cli import devices  # noqa: E402
 from citywatch.report import report_command  # noqa: E402
+from citywatch.streams.faust_cli import bridge_command, worker_command  # noqa: E402
 from citywatch.streams.replay import replay_command  # noqa: E402
 
 main.add_command(devices)
 main.add_command(dashboards)
 main.add_command(report_command)
 main.add_command(replay_command)
+main.add_command(bridge_command)
+main.add_command(worker_command)
 
 
 def entrypoint() -> None:

@@ -121,6 +121,25 @@ class RulePolicy(Section):
     clear_readings: int = Field(1, ge=1)
 
 
+class KafkaSettings(Section):
+    """The `kafka:` section: where the Faust runner's topics live and how its workers behave."""
+
+    bootstrap: str = "127.0.0.1:9092"  # host:port[,host:port...]
+    telemetry_topic: str = "citywatch-telemetry"
+    transitions_topic: str = "citywatch-transitions"
+    deadletters_topic: str = "citywatch-deadletters"
+    partitions: int = Field(12, ge=1)  # the most workers that can share the processing
+    replication: int = Field(1, ge=1)
+    app_id: str = "citywatch"  # workers' consumer group and Table changelog prefix; sinks use <app_id>-sink
+    bridge_group: str = "citywatch-bridge"  # MQTT shared-subscription group of the bridges
+    idempotence: bool = True  # ask for an idempotent producer; falls back when the broker refuses
+    linger_ms: int = Field(5, ge=0)
+    session_timeout_s: float = Field(10.0, gt=0)  # a dead worker's partitions move after about this
+    heartbeat_s: float = Field(3.0, gt=0)
+    commit_interval_s: float = Field(1.0, gt=0)
+    standby_replicas: int = Field(1, ge=0)  # warm copies of each Table partition on other workers
+
+
 class AlertSettings(Section):
     review_deadline_h: float = Field(6.0, gt=0)
     response_deadline_h: float = Field(15.0, gt=0)
@@ -205,6 +224,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     alerts: AlertSettings = AlertSettings()
     rules: RuleSettings = RuleSettings()
+    kafka: KafkaSettings = KafkaSettings()
 
     @classmethod
     def settings_customise_sources(

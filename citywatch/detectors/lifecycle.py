@@ -10,6 +10,11 @@ Transitions: opened, updated (severity raised), flapping, acknowledged, escalate
 
 Transport-free and clock-injected: event times come from readings, `now` from the runner, so
 replay and live data give the same transitions.
+
+State per (device, rule) can leave and re-enter the engine: with `track_keys`, `take_touched()`
+names the keys that changed, `export_key()` gives their `KeyState` and `restore_key()` puts one
+back. The Faust runner keeps these in a changelog-backed Table, so a worker taking over a
+partition resumes hold streaks, clear streaks and flap counts where the previous owner left them.
 """
 
 from __future__ import annotations
@@ -17,11 +22,23 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+import msgspec
+
 from citywatch.config import AlertSettings, RulePolicy
 from citywatch.errors import AlertError
 from citywatch.model import SEVERITY_RANK, Alert, Device, Finding, Transition, device_summary
 
 AlertKey = tuple[str, str]  # (device_id, rule)
+
+
+class KeyState(msgspec.Struct, kw_only=True):
+    """Everything the engine holds for one (device, rule): the unresolved alert, the active streak
+    before it opens, the clear streak before it resolves, and recent opening times (flapping)."""
+
+    alert: Alert | None = None
+    pending: tuple[int, float] | None = None
+    clearing: int | None = None
+    cycles: list[float] = []
 
 
 def alert_id(device_id: str, rule: str, opened_at: float) -> str:
@@ -33,14 +50,17 @@ def alert_id(device_id: str, rule: str, opened_at: float) -> str:
 class AlertEngine:
     """Holds the unresolved alerts and turns findings and people's actions into transitions."""
 
-    def __init__(self, settings: AlertSettings, open_alerts: Iterable[Alert] = ()) -> None:
+    def __init__(self, settings: AlertSettings, open_alerts: Iterable[Alert] = (), *,
+                 track_keys: bool = False) -> None:
         self.settings = settings
+        self.track_keys = track_keys  # record changed keys for take_touched() (the Faust runner)
         self.by_key: dict[AlertKey, Alert] = {}
         self.by_id: dict[str, Alert] = {}
         self.dirty: dict[str, Alert] = {}
         self.pending: dict[AlertKey, tuple[int, float]] = {}  # active streak: (readings, since)
         self.clearing: dict[AlertKey, int] = {}  # clear streak of an open alert
         self.cycles: dict[AlertKey, list[float]] = {}  # recent opening times, for flapping
+        self.touched: set[AlertKey] = set()  # with track_keys: keys changed since take_touched()
         self._default_policy = RulePolicy(hold_readings=settings.hold_readings, hold_s=settings.hold_s,
                                           clear_readings=settings.clear_readings)
         for alert in open_alerts:
@@ -49,6 +69,11 @@ class AlertEngine:
     def _index(self, alert: Alert) -> None:
         self.by_key[(alert.device_id, alert.rule)] = alert
         self.by_id[alert.id] = alert
+        self._touch((alert.device_id, alert.rule))
+
+    def _touch(self, key: AlertKey) -> None:
+        if self.track_keys:
+            self.touched.add(key)
 
     def _policy(self, rule: str) -> RulePolicy:
         return self.settings.rules.get(rule, self._default_policy)
@@ -64,6 +89,7 @@ class AlertEngine:
     def _transition(self, alert: Alert, kind: str, at: float, reason: str = "") -> Transition:
         alert.transitions += 1
         self.dirty[alert.id] = alert
+        self._touch((alert.device_id, alert.rule))
         snapshot = Alert(**{f: getattr(alert, f) for f in alert.__struct_fields__})
         snapshot.escalations = list(alert.escalations)
         return Transition(id=f"{alert.id}.{alert.transitions}", alert_id=alert.id, transition=kind,
@@ -81,14 +107,17 @@ class AlertEngine:
         if finding.active:
             if alert is None:
                 return self._maybe_open(key, device, finding, at)
-            self.clearing.pop(key, None)
+            if self.clearing.pop(key, None) is not None:
+                self._touch(key)
             return self._update(alert, finding, at)
-        self.pending.pop(key, None)
+        if self.pending.pop(key, None) is not None:
+            self._touch(key)
         if alert is None or alert.latched:
             return None
         if alert.flapping:
             return None  # resolves once quiet for flap_quiet_min (see tick)
         streak = self.clearing.get(key, 0) + 1
+        self._touch(key)
         if streak < self._policy(finding.rule).clear_readings:
             self.clearing[key] = streak
             return None
@@ -97,6 +126,7 @@ class AlertEngine:
 
     def _maybe_open(self, key: AlertKey, device: Device, finding: Finding, at: float) -> Transition | None:
         policy = self._policy(finding.rule)
+        self._touch(key)
         count, since = self.pending.get(key, (0, at))
         count += 1
         if count < policy.hold_readings or at - since < policy.hold_s:
@@ -111,6 +141,7 @@ class AlertEngine:
         alert.updated_at = max(alert.updated_at, at)
         alert.last_active_at = max(alert.last_active_at, at)
         self.dirty[alert.id] = alert
+        self._touch((alert.device_id, alert.rule))
         if SEVERITY_RANK[finding.severity] <= SEVERITY_RANK[alert.severity]:
             return None
         alert.severity = finding.severity
@@ -198,3 +229,30 @@ class AlertEngine:
         dirty = list(self.dirty.values())
         self.dirty.clear()
         return dirty
+
+    # -- state in and out (the Faust runner's Tables) -----------------------------------------
+
+    def take_touched(self) -> set[AlertKey]:
+        touched = self.touched
+        self.touched = set()
+        return touched
+
+    def export_key(self, key: AlertKey) -> KeyState | None:
+        """The state of one (device, rule); None when the engine holds nothing for it."""
+        alert, pending = self.by_key.get(key), self.pending.get(key)
+        clearing, cycles = self.clearing.get(key), self.cycles.get(key)
+        if alert is None and pending is None and clearing is None and not cycles:
+            return None
+        return KeyState(alert=alert, pending=pending, clearing=clearing, cycles=list(cycles or ()))
+
+    def restore_key(self, key: AlertKey, state: KeyState) -> None:
+        """Put back what `export_key` gave (into an engine that holds nothing for `key`)."""
+        if state.alert is not None:
+            self.by_key[key] = state.alert
+            self.by_id[state.alert.id] = state.alert
+        if state.pending is not None:
+            self.pending[key] = (state.pending[0], state.pending[1])
+        if state.clearing is not None:
+            self.clearing[key] = state.clearing
+        if state.cycles:
+            self.cycles[key] = list(state.cycles)

@@ -1,0 +1,203 @@
+"""MQTT -> Kafka: the front door of the Faust runner (`citywatch bridge`).
+
+An MQTT 5 shared subscription (`$share/<bridge_group>/<prefix>/#`, QoS 1, persistent session,
+manual acks), so several bridges split the load. Each message goes to the telemetry topic as it
+came: key = the device id from the topic (the raw topic when it does not parse, so the worker
+still dead-letters it), value = the payload bytes, headers `topic` and `received_at`. A message
+is acknowledged to the MQTT broker only after Kafka acknowledged the produce (acks=all, and
+idempotence when the broker supports it): a crash in between means MQTT redelivers, and the
+worker drops the copy as a `duplicate` when the device sends `seq`. At-least-once.
+
+`KafkaSettings` is the `kafka:` section of the configuration; until config.py carries it,
+`kafka_settings(settings)` falls back to the defaults below (the CLI overlays its options).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError  # type: ignore[import-untyped]
+from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
+
+from citywatch.config import KafkaSettings, Settings
+from citywatch.errors import ConfigError, InvalidMessage
+from citywatch.ingest.collector import Collector, Message
+from citywatch.ingest.handoff import Handoff
+from citywatch.ingest.topics import parse_topic
+
+log = logging.getLogger(__name__)
+
+ACTION_HEADER = "citywatch-action"  # a person's ack/resolve travelling to the partition's owner
+RETRY_MIN_S, RETRY_MAX_S = 0.5, 10.0
+
+
+def kafka_settings(settings: Settings) -> KafkaSettings:
+    return settings.kafka
+
+
+def bootstrap_servers(kafka: KafkaSettings) -> list[str]:
+    return [s.strip() for s in kafka.bootstrap.split(",") if s.strip()]
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as Java and aiokafka) picks for `key`."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def message_key(topic: str, prefix: str) -> bytes:
+    try:
+        return parse_topic(topic, prefix).device_id.encode()
+    except InvalidMessage:
+        return topic.encode("utf-8", "replace")
+
+
+# -- Kafka plumbing ----------------------------------------------------------------------------------
+
+async def ensure_topics(kafka: KafkaSettings) -> None:
+    """Create the three topics with `kafka.partitions` partitions; refuse to run on a telemetry topic
+    with another count (the Tables' changelogs must be partitioned like it)."""
+    wanted = [kafka.telemetry_topic, kafka.transitions_topic, kafka.deadletters_topic]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(kafka))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(t, kafka.partitions, kafka.replication) for t in wanted if t not in existing]
+        if missing:
+            try:
+                response = await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                response = None  # another worker or bridge was faster
+            for name, code, *_ in getattr(response, "topic_errors", ()):
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    raise ConfigError(f"kafka: cannot create topic {name} (error {code})")
+        described = await admin.describe_topics([kafka.telemetry_topic])
+    finally:
+        await admin.close()
+    for topic in described:
+        count = len(topic.get("partitions", []))
+        if count and count != kafka.partitions:
+            raise ConfigError(f"kafka.partitions: {kafka.telemetry_topic} has {count} partitions, "
+                              f"config says {kafka.partitions}; they must match")
+
+
+async def start_producer(kafka: KafkaSettings, **extra: Any) -> AIOKafkaProducer:
+    """acks=all, idempotent if the broker supports it (tansu's memory store does not: fall back)."""
+    options: dict[str, Any] = {"bootstrap_servers": bootstrap_servers(kafka), "acks": "all",
+                               "linger_ms": kafka.linger_ms, **extra}
+    if kafka.idempotence:
+        producer = AIOKafkaProducer(enable_idempotence=True, **options)
+        try:
+            await producer.start()
+            return producer
+        except KafkaError as exc:
+            await producer.stop()
+            log.warning("kafka: idempotent producer refused (%s); acks=all without idempotence",
+                        type(exc).__name__)
+    producer = AIOKafkaProducer(**options)
+    await producer.start()
+    return producer
+
+
+async def send_action(kafka: KafkaSettings, device_id: str, alert_id: str, action: str, by: str,
+                      at: float | None = None) -> None:
+    """Ask the worker that owns `device_id` to acknowledge or resolve one of its alerts: the request
+    goes into the device's telemetry partition, so it is applied in order with its readings."""
+    if action not in ("ack", "resolve"):
+        raise ValueError(action)
+    body = json.dumps({"alert_id": alert_id, "by": by, "at": time.time() if at is None else at}).encode()
+    producer = await start_producer(kafka)
+    try:
+        await producer.send_and_wait(kafka.telemetry_topic, body, key=device_id.encode(),
+                                     headers=[(ACTION_HEADER, action.encode())])
+    finally:
+        await producer.stop()
+
+
+# -- the bridge --------------------------------------------------------------------------------------
+
+class Bridge:
+    """Shared-subscription MQTT consumer that produces to Kafka and acks MQTT after Kafka acked."""
+
+    def __init__(self, settings: Settings, kafka: KafkaSettings, client_id: str | None = None,
+                 heartbeat: Path | None = None) -> None:
+        self.settings = settings
+        self.kafka = kafka
+        self.client_id = client_id or f"{settings.mqtt.client_id}-bridge-{socket.gethostname()}"
+        # The collector subscribes to `<topic_prefix>/#`: give it the shared-subscription filter.
+        shared = f"$share/{kafka.bridge_group}/{settings.mqtt.topic_prefix}"
+        self.mqtt_settings = settings.mqtt.model_copy(update={"topic_prefix": shared,
+                                                              "client_id": self.client_id})
+        self.prefix = settings.mqtt.topic_prefix
+        self.heartbeat = heartbeat
+        self.counters: Counter[str] = Counter()
+        self.collector: Collector | None = None
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        await ensure_topics(self.kafka)
+        producer = await start_producer(self.kafka)
+        handoff: Handoff[Message] = Handoff(self.settings.mqtt.queue_size, loop)
+        self.collector = Collector(self.mqtt_settings, handoff, mqtt.MQTTv5)
+        self.collector.start()
+        try:
+            if not await asyncio.to_thread(self.collector.wait_connected, 10.0):
+                log.warning("bridge: not connected to %s yet; retrying in the background", self.settings.mqtt.url)
+            self.ready.set()
+            batch_size = self.settings.ingest.batch_size
+            last_beat = 0.0
+            while not stop.is_set():
+                batch = await handoff.get_batch(batch_size, timeout=0.2)
+                if batch:
+                    await self._forward(producer, batch, stop)
+                if self.heartbeat is not None and time.monotonic() - last_beat >= 1.0:
+                    last_beat = time.monotonic()
+                    self._beat()
+        finally:
+            self.collector.stop()  # what was not forwarded is not acked: MQTT redelivers it
+            await producer.stop()
+
+    async def _forward(self, producer: AIOKafkaProducer, batch: list[Message], stop: asyncio.Event) -> None:
+        """Produce the batch, wait for every ack, then ack MQTT; on Kafka errors retry the batch
+        (duplicates possible, loss not) with backoff until it goes through or we stop."""
+        delay = RETRY_MIN_S
+        topic = self.kafka.telemetry_topic
+        while True:
+            try:
+                futures = [await producer.send(topic, m.payload, key=message_key(m.topic, self.prefix),
+                                               headers=[("topic", m.topic.encode()),
+                                                        ("received_at", repr(m.received_at).encode())])
+                           for m in batch]
+                await asyncio.gather(*futures)
+                break
+            except KafkaError as exc:
+                self.counters["produce_errors"] += 1
+                log.warning("bridge: produce failed (%s); retrying %d messages in %.1f s",
+                            type(exc).__name__, len(batch), delay)
+                if stop.is_set():
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+        assert self.collector is not None
+        self.collector.ack(batch)
+        self.counters["forwarded"] += len(batch)
+
+    def _beat(self) -> None:
+        assert self.heartbeat is not None
+        c = self.collector
+        state = {"at": time.time(), "client_id": self.client_id, "connected": bool(c and c.connected.is_set()),
+                 "subscribed": bool(c and c.subscribed.is_set()), **self.counters}
+        self.heartbeat.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.heartbeat.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.heartbeat)

@@ -1,0 +1,467 @@
+"""The Faust runner: the pipeline core as Faust agents over Kafka (`citywatch worker`).
+
+Topics (created by `ensure_topics`, `kafka.partitions` each, keyed by device id):
+- telemetry: what the bridge forwards (value = raw payload; headers `topic`, `received_at`), plus
+  people's ack/resolve requests (header `citywatch-action`), so they reach the partition's owner.
+- transitions: every alert transition as JSON (`model.Transition`).
+- deadletters: messages the core rejected (`DeadLetter`, msgpack).
+
+Roles: `process` workers run the `process` agent and the tick timer; scale them up to
+`kafka.partitions`. One `sink` (its own consumer group `<app_id>-sink`) writes transitions and
+dead letters to the SQLite alert store + webhook outbox, delivers webhooks, writes transition
+points to InfluxDB and serves the ack/resolve API (faust_sink.py). `all` is both in one process.
+
+State: one Table (`devices`, changelog-backed, memory store) holds one record per device: its
+detector state and its alert-engine state (open alert, hold/clear streaks, flap history), so a
+successor never gets one without the other. Records are written under the device's own partition
+(`DeviceTable.partition_for_key` uses Kafka's default partitioner, as the bridge does), also from
+the timer. A worker keeps a working set (a Pipeline and AlertEngine over dicts, exactly as the
+embedded runner) for the partitions it owns, rebuilt from the Table after every rebalance.
+
+Guarantees: at-least-once. Per event: transitions are produced and acknowledged (acks=all) before
+the device's record is written, and the record before the offset is committed (Faust flushes its
+producer before committing). A worker killed at any point leaves either nothing, the transitions
+only (the successor replays the event and produces the same transitions: ids are deterministic,
+alert id = blake2b(device|rule|opened_at), transition id = <alert id>.<n>), or transitions and
+state (the replayed readings are dropped as `duplicate` by seq). The sink ignores transition ids
+it has stored (and the outbox has UNIQUE(webhook_id, endpoint)), so webhooks go out once. Not
+exactly-once: dead letters and InfluxDB points may repeat (InfluxDB overwrites identical points),
+and readings without `seq` that are replayed are applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import faust
+import msgspec
+
+from citywatch.config import Settings
+from citywatch.detectors.lifecycle import AlertEngine, KeyState
+from citywatch.detectors.registry import build_rules
+from citywatch.devices.registry import Registry, RegistryCache, registry_path
+from citywatch.errors import AlertError
+from citywatch.model import Transition
+from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
+from citywatch.streams.bridge import (
+    ACTION_HEADER,
+    KafkaSettings,
+    bootstrap_servers,
+    ensure_topics,
+    partition_for,
+)
+from citywatch.streams.faust_sink import TransitionSink, start_sink_api
+from citywatch.streams.pipeline import DeadLetter, DeviceLookup, Output, Pipeline
+
+log = logging.getLogger(__name__)
+
+ROLES = ("all", "process", "sink")
+SINK_BATCH = 500
+
+
+class DeviceRecord(msgspec.Struct, kw_only=True):
+    """What the `devices` Table holds per device: detector state and alert-engine state."""
+
+    state: dict[str, Any] = {}
+    alerts: dict[str, KeyState] = {}
+
+
+encode_record = msgspec.msgpack.Encoder().encode
+decode_record = msgspec.msgpack.Decoder(DeviceRecord).decode
+encode_transition = msgspec.json.Encoder().encode
+decode_transition = msgspec.json.Decoder(Transition).decode
+encode_dead_letter = msgspec.msgpack.Encoder().encode
+decode_dead_letter = msgspec.msgpack.Decoder(DeadLetter).decode
+
+
+class DeviceTable(faust.Table):  # type: ignore[misc]
+    """A Table keyed by device id (bytes) whose changelog partition is the device's telemetry
+    partition, computed from the key, so it can be written outside an event (the tick timer)."""
+
+    def partition_for_key(self, key: Any) -> int | None:
+        return partition_for(key, self.partitions or self.app.conf.topic_partitions)
+
+
+# -- the core over owned partitions ------------------------------------------------------------------
+
+class WorkerCore:
+    """Pipeline + AlertEngine for the partitions this worker owns, persisted in a DeviceTable."""
+
+    def __init__(self, settings: Settings, devices: DeviceLookup, table: Any, partitions: int,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.devices = devices
+        self.table = table
+        self.partitions = partitions
+        self.clock = clock
+        self.rules = build_rules(settings)
+        self.owned: set[int] | None = None  # None: every partition (tests; a lone worker)
+        self.stale = True
+        self.rebuilds = 0
+        self.counters: Counter[str] = Counter()
+        self._pipeline: Pipeline | None = None
+        self._rules_of: dict[str, set[str]] = {}  # device -> rules with engine state
+
+    def assign(self, owned: set[int] | None) -> None:
+        """The partitions changed: rebuild from the Table before the next event or tick."""
+        self.owned = owned
+        self.stale = True
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self.stale or self._pipeline is None:
+            self._rebuild()
+        assert self._pipeline is not None
+        return self._pipeline
+
+    @property
+    def engine(self) -> AlertEngine:
+        return self.pipeline.alerts
+
+    def owns(self, key: bytes) -> bool:
+        return self.owned is None or partition_for(key, self.partitions) in self.owned
+
+    def _rebuild(self) -> None:
+        engine = AlertEngine(self.settings.alerts, track_keys=True)
+        states: dict[str, dict[str, Any]] = {}
+        rules_of: dict[str, set[str]] = {}
+        for key, raw in list(self.table.items()):
+            if not self.owns(key):
+                continue  # standby copies and partitions that moved away
+            record = decode_record(raw)
+            device_id = key.decode()
+            if record.state:
+                states[device_id] = record.state
+            for rule, key_state in record.alerts.items():
+                engine.restore_key((device_id, rule), key_state)
+            if record.alerts:
+                rules_of[device_id] = set(record.alerts)
+        old = self._pipeline
+        self._pipeline = Pipeline(self.settings, self.devices, engine, states, started_at=self.clock(),
+                                  rules=self.rules)
+        if old is not None:
+            self._pipeline.counters = old.counters
+        self._rules_of = rules_of
+        self.stale = False
+        self.rebuilds += 1
+        log.info("worker: state of %d devices, %d open alerts for partitions %s", len(states),
+                 len(engine.by_id), "all" if self.owned is None else sorted(self.owned))
+
+    # -- work ------------------------------------------------------------------------------------
+
+    def process(self, topic: str, payload: bytes, received_at: float, out: Output) -> None:
+        self.pipeline.process(topic, payload, received_at, out)
+
+    def act(self, action: str, body: bytes, out: Output) -> None:
+        """A person's ack or resolve, applied by the owner of the alert's device."""
+        try:
+            request = json.loads(body)
+            alert_id, by, at = str(request["alert_id"]), str(request.get("by", "api")), float(request["at"])
+        except (ValueError, KeyError, TypeError):
+            self.counters["actions_malformed"] += 1
+            return
+        engine = self.engine
+        try:
+            if action == "ack":
+                out.transitions.append(engine.acknowledge(alert_id, by, at))
+            elif action == "resolve":
+                out.transitions.append(engine.resolve(alert_id, by, at))
+            else:
+                self.counters["actions_malformed"] += 1
+        except AlertError as exc:
+            self.counters["actions_rejected"] += 1
+            log.info("worker: %s %s rejected: %s", action, alert_id, exc)
+
+    def tick(self, now: float, out: Output) -> None:
+        self.pipeline.tick(now, out)
+
+    def commit(self) -> int:
+        """Write the record of every device whose state changed; returns how many."""
+        pipeline = self.pipeline
+        engine = pipeline.alerts
+        engine.take_dirty()  # the sink stores alerts from the transitions themselves
+        changed = set(pipeline.take_dirty_states())
+        for device_id, rule in engine.take_touched():
+            self._rules_of.setdefault(device_id, set()).add(rule)
+            changed.add(device_id)
+        for device_id in changed:
+            self._write(device_id, pipeline, engine)
+        return len(changed)
+
+    def _write(self, device_id: str, pipeline: Pipeline, engine: AlertEngine) -> None:
+        alerts = {}
+        for rule in self._rules_of.get(device_id, ()):
+            key_state = engine.export_key((device_id, rule))
+            if key_state is not None:
+                alerts[rule] = key_state
+        if alerts:
+            self._rules_of[device_id] = set(alerts)
+        else:
+            self._rules_of.pop(device_id, None)
+        state = pipeline.states.get(device_id) or {}
+        key = device_id.encode()
+        if state or alerts:
+            self.table[key] = encode_record(DeviceRecord(state=state, alerts=alerts))
+        elif key in self.table:
+            del self.table[key]
+
+
+# -- the Faust app -----------------------------------------------------------------------------------
+
+def _headers(raw: Any) -> dict[str, bytes]:
+    if not raw:
+        return {}
+    items = raw.items() if isinstance(raw, Mapping) else raw
+    return {str(k): bytes(v) if v is not None else b"" for k, v in items}
+
+
+Publisher = Callable[[Output], Awaitable[None]]
+
+
+class FaustCity:
+    """Builds the Faust app for a role: topics, the `devices` Table, agents, timer and hooks."""
+
+    def __init__(self, settings: Settings, kafka: KafkaSettings, role: str = "all",
+                 worker_id: str | None = None, devices: DeviceLookup | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        self.settings, self.kafka, self.role, self.clock = settings, kafka, role, clock
+        self.worker_id = worker_id or socket.gethostname()
+        self.workdir = settings.data_dir / "workers" / self.worker_id
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.heartbeat = settings.data_dir / "heartbeats" / f"worker-{self.worker_id}.json"
+        self.lock = asyncio.Lock()
+        self.assigned = False  # a rebalance told us our partitions (never, under test_context)
+        self.registry: Registry | None = None
+        if devices is None and role != "sink":
+            self.registry = Registry(registry_path(settings.data_dir))
+            devices = RegistryCache(self.registry)
+        self.devices = devices
+        self.influx = InfluxSink(settings.influx, self.workdir) if settings.influx.url else None
+        self.publish: Publisher = self._publish_kafka  # tests swap in a recorder
+        self.app = self._make_app()
+        app, k = self.app, kafka
+        self.telemetry, self.transitions, self.deadletters = (
+            app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                      partitions=k.partitions)
+            for name in (k.telemetry_topic, k.transitions_topic, k.deadletters_topic))
+        self.core: WorkerCore | None = None
+        self.sink: TransitionSink | None = None
+        if role in ("all", "process"):
+            self._process_role()
+        if role in ("all", "sink"):
+            self._sink_role()
+
+    def _make_app(self) -> faust.App:
+        k = self.kafka
+        app_id = k.app_id + ("-sink" if self.role == "sink" else "")
+        return faust.App(
+            app_id, broker=[f"kafka://{s}" for s in bootstrap_servers(k)], store="memory://",
+            topic_partitions=k.partitions, topic_replication_factor=k.replication,
+            datadir=str(self.workdir / "faust"), web_enabled=False, autodiscover=False,
+            broker_session_timeout=k.session_timeout_s, broker_heartbeat_interval=k.heartbeat_s,
+            broker_rebalance_timeout=max(k.session_timeout_s, 10.0),
+            broker_commit_interval=k.commit_interval_s, table_standby_replicas=k.standby_replicas,
+            producer_acks=-1, producer_linger_ms=k.linger_ms, consumer_auto_offset_reset="earliest",
+        )
+
+    # -- process role ------------------------------------------------------------------------------
+
+    def _process_role(self) -> None:
+        app = self.app
+        table = app.tables.add(DeviceTable(
+            app, name="devices", beacon=app.tables.beacon, partitions=self.kafka.partitions,
+            key_type=bytes, value_type=bytes, help="per device: detector state and alert-engine state"))
+        self.table = table
+        assert self.devices is not None
+        self.core = WorkerCore(self.settings, self.devices, table, self.kafka.partitions, self.clock)
+
+        async def process(stream: Any) -> Any:
+            async for event in stream.events():
+                yield await self.handle(event.key, event.value, _headers(event.headers),
+                                        event.message.timestamp)
+
+        self.process_agent = app.agent(self.telemetry, name="process")(process)
+
+        async def tick() -> None:
+            await self.tick()
+
+        app.timer(self.settings.alerts.tick_s, name="tick")(tick)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
+
+    def _owned_now(self) -> set[int]:
+        topic = self.kafka.telemetry_topic
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+    async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        assert self.core is not None
+        self.assigned = True
+        self.core.assign(set())
+
+    async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        assert self.core is not None
+        self.assigned = True
+        self.core.assign(self._owned_now())
+
+    async def handle(self, key: bytes | None, value: bytes | None, headers: dict[str, bytes],
+                     timestamp: float | None = None) -> Output:
+        """One telemetry-topic event through the core; returns what it produced."""
+        assert self.core is not None
+        out = Output()
+        payload = value or b""
+        async with self.lock:
+            action = headers.get(ACTION_HEADER)
+            if action is not None:
+                self.core.act(action.decode("utf-8", "replace"), payload, out)
+            else:
+                topic = headers.get("topic") or key or b""
+                try:
+                    received_at = float(headers["received_at"])
+                except (KeyError, ValueError):
+                    received_at = timestamp or self.clock()
+                self.core.process(topic.decode("utf-8", "replace"), payload, received_at, out)
+            await self.publish(out)
+            self.core.commit()
+        await self._to_influx(out, readings=True)
+        return out
+
+    async def tick(self, now: float | None = None) -> Output:
+        """Deadlines and silent devices of the owned partitions (not while partitions move)."""
+        assert self.core is not None
+        out = Output()
+        if self.assigned and self.app.rebalancing:
+            return out
+        if self.registry is not None and isinstance(self.devices, RegistryCache):
+            self.devices.refresh()
+        async with self.lock:
+            self.core.tick(self.clock() if now is None else now, out)
+            await self.publish(out)
+            self.core.commit()
+        await self._to_influx(out, readings=True)
+        self._beat()
+        return out
+
+    async def _publish_kafka(self, out: Output) -> None:
+        """Transitions first, each acknowledged by Kafka (the Table write comes after);
+        dead letters ride with the event's offset commit."""
+        if out.transitions:
+            futures = [await self.transitions.send(key=t.alert.device_id.encode(), value=encode_transition(t),
+                                                   force=True) for t in out.transitions]
+            await asyncio.gather(*futures)
+        for d in out.dead_letters:
+            await self.deadletters.send(key=d.topic.encode(), value=encode_dead_letter(d))
+
+    async def _to_influx(self, out: Output, readings: bool) -> None:
+        if self.influx is None:
+            return
+        part = Output()
+        if readings:
+            part.accepted, part.statuses = out.accepted, out.statuses
+        else:
+            part.transitions = out.transitions
+        lines = lines_for(part)
+        if not lines:
+            return
+        try:
+            self.influx.add(lines, timeout=0)
+        except InfluxBackpressure:
+            await asyncio.to_thread(self.influx.add, lines)
+
+    async def request_action(self, device_id: str, action: str, body: bytes) -> None:
+        """Put a person's ack/resolve into the device's telemetry partition; wait for Kafka's ack."""
+        fut = await self.telemetry.send(key=device_id.encode(), value=body,
+                                        headers=[(ACTION_HEADER, action.encode())], force=True)
+        await fut
+
+    def _beat(self) -> None:
+        core = self.core
+        state = {"at": time.time(), "worker_id": self.worker_id, "role": self.role,
+                 "owned": None if core is None or core.owned is None else sorted(core.owned),
+                 "rebuilds": core.rebuilds if core else 0,
+                 "counters": dict(core.pipeline.counters) if core and core._pipeline else {}}
+        write_heartbeat(self.heartbeat, state)
+
+    # -- sink role ---------------------------------------------------------------------------------
+
+    def _sink_role(self) -> None:
+        app = self.app
+        self.sink = sink = TransitionSink(self.settings)
+
+        async def deliver(stream: Any) -> Any:
+            async for values in stream.take(SINK_BATCH, within=0.2):
+                out = sink.write([decode_transition(v) for v in values])
+                await self._to_influx(out, readings=False)
+                yield len(out.transitions)
+
+        async def deadletters(stream: Any) -> Any:
+            async for values in stream.take(SINK_BATCH, within=0.5):
+                sink.write([], [decode_dead_letter(v) for v in values])
+                yield len(values)
+
+        self.deliver_agent = app.agent(self.transitions, name="deliver")(deliver)
+        self.deadletters_agent = app.agent(self.deadletters, name="deadletters")(deadletters)
+
+        async def webhooks() -> None:
+            await sink.delivery.run(asyncio.Event())  # cancelled at shutdown: pending rows stay pending
+
+        app.task(webhooks)
+
+        async def api() -> None:
+            if not self.settings.api.enabled:
+                return
+            runner = await start_sink_api(self)
+            try:
+                await asyncio.Event().wait()  # until the worker stops (cancelled)
+            finally:
+                await runner.cleanup()
+
+        app.task(api)
+
+        if self.role == "sink":
+            async def beat() -> None:
+                state = {"at": time.time(), "worker_id": self.worker_id, "role": "sink", **sink.counters,
+                         "webhooks": sink.delivery.stats()}
+                write_heartbeat(self.heartbeat, state)
+
+            app.timer(1.0, name="beat")(beat)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.influx is not None:
+            self.influx.close()
+        if self.sink is not None:
+            self.sink.close()
+        if self.registry is not None:
+            self.registry.close()
+
+
+def write_heartbeat(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)
+
+
+def run_worker(settings: Settings, kafka: KafkaSettings, role: str = "all", worker_id: str | None = None,
+               loglevel: str = "info") -> None:
+    """Create the topics if needed, then run a Faust worker until SIGINT/SIGTERM."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(kafka))
+    city = FaustCity(settings, kafka, role, worker_id)
+    try:
+        worker = faust.Worker(city.app, loop=loop, loglevel=loglevel, quiet=True)
+        worker.execute_from_commandline()
+    finally:
+        city.close()
