@@ -154,20 +154,20 @@ class Receiver:
         return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
 
-def latency(broker: MosquittoServer, data_dir: Path, rate: float, samples: int) -> tuple[float, float]:
-    """Publish-to-webhook latency of alarm messages sent one by one at `rate`/s."""
+def latency(broker: MosquittoServer, data_dir: Path, rate: float, samples: int, devices: list[Any],
+            messages: list[tuple[str, bytes]]) -> tuple[float, float]:
+    """Publish-to-webhook latency of alarms (50 per second) while normal telemetry from another
+    process runs at `rate` msg/s: the operator's view of a busy city."""
     from citywatch.model import Device
 
     receiver = Receiver()
-    devices = [Device(id=f"lat-{i:05d}", kind="gas") for i in range(samples)]
+    alarm_devices = [Device(id=f"lat-{i:05d}", kind="gas") for i in range(samples)]
     registry = Registry(registry_path(data_dir))
-    for d in devices:
-        registry.add(d)
+    registry.add_many([(d, None) for d in [*devices, *alarm_devices]])
     registry.close()
     settings = load_settings(None, {"data_dir": data_dir, "api": {"enabled": False},
                                     "mqtt": {"url": broker.url, "client_id": "cw-bench-lat"},
-                                    "webhooks": {"url": receiver.url, "secret": "bench-secret"},
-                                    "ingest": {"batch_size": 1000}})
+                                    "webhooks": {"url": receiver.url, "secret": "bench-secret"}})
     sent: dict[str, float] = {}
 
     async def main() -> None:
@@ -175,26 +175,28 @@ def latency(broker: MosquittoServer, data_dir: Path, rate: float, samples: int) 
         runner = EmbeddedRunner(settings)
         task = asyncio.create_task(runner.run(stop))
         await runner.ready.wait()
+        background = publish_in_process(broker.port, messages, 1, rate)
         pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-lat-pub")
         pub.connect("127.0.0.1", broker.port)
         pub.loop_start()
-        for d in devices:
+        for d in alarm_devices:
             payload = json.dumps({"ts": time.time(), "lel_pct": 60}).encode()
             sent[d.id] = time.time()
             pub.publish(f"citywatch/gas/{d.id}/telemetry", payload, qos=1)
-            await asyncio.sleep(1.0 / rate)
+            await asyncio.sleep(1 / 50)
         deadline = time.time() + 30
         while len(receiver.arrivals) < samples and time.time() < deadline:
             await asyncio.sleep(0.01)
         pub.disconnect()
         pub.loop_stop()
+        background.terminate()
         stop.set()
         await task
 
     asyncio.run(main())
     receiver.server.shutdown()
     lat = sorted((receiver.arrivals[k] - sent[k]) * 1000 for k in receiver.arrivals)
-    return statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
+    return statistics.median(lat), lat[max(0, int(len(lat) * 0.99) - 1)]
 
 
 def main() -> None:
@@ -214,13 +216,15 @@ def main() -> None:
                 ceiling = bare_ceiling(broker, messages, qos)
                 ours = runner_rate(broker, Path(tmp) / f"data{qos}", messages, qos, devices)
                 rows.append((f"(b) end to end QoS {qos}", ours, ceiling))
-            p50, p99 = latency(broker, Path(tmp) / "lat", rate=max(50.0, rows[1][1] / 2), samples=args.latency_samples)
+            half = max(50.0, rows[1][1] / 2)
+            p50, p99 = latency(broker, Path(tmp) / "lat", half, args.latency_samples, devices, messages)
         finally:
             broker.stop()
     print(f"{'figure':<28}{'citywatch msg/s':>18}{'bare broker msg/s':>20}{'ratio':>8}")
     for name, ours, ceiling in rows:
         print(f"{name:<28}{ours:>18,.0f}{ceiling:>20,.0f}{ours / ceiling:>8.2f}")
-    print(f"(c) publish->webhook latency at {max(50.0, rows[1][1] / 2):,.0f} msg/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    print(f"(c) publish->webhook latency of alarms amid {half:,.0f} msg/s (half the QoS 1 rate): "
+          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
 
 
 if __name__ == "__main__":
