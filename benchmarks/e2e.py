@@ -53,7 +53,8 @@ def _publisher(port: int, messages: list[tuple[str, bytes]], qos: int, rate: flo
             if delay > 0:
                 time.sleep(delay)
         infos.append(client.publish(topic, payload, qos=qos))
-        while client._out_packet and len(client._out_packet) > 5000:  # bounded client memory
+        # bounded client memory, and fewer than 65,535 QoS 1 messages in flight (message ids wrap)
+        while len(client._out_packet) > 5000 or len(client._out_messages) > 20000:
             time.sleep(0.001)
     for info in infos[-1000:]:
         info.wait_for_publish(60)
