@@ -73,11 +73,6 @@ class GasSlowRise(LearnedRule):
         self.baseline.update(value, ts, flagged, where)
         return cusum / self.p.cusum_h, excess, slope
 
-    def learn_one(self, x: Mapping[str, Any]) -> None:
-        found = field_ts(x, self.field)
-        if found is not None:
-            self.step(*found)
-
     def score_one(self, x: Mapping[str, Any]) -> float:
         found = field_ts(x, self.field)
         return self._assess(*found)[0] / self.p.cusum_h if found is not None else 0.0
@@ -147,11 +142,6 @@ class NoiseUnusualNight(LearnedRule):
         st["k"] = st["k"] + 1 if score >= 1.0 and not over else 0
         self.baseline.update(value, ts, None if score < 0.5 and not over else True, where)
         return score
-
-    def learn_one(self, x: Mapping[str, Any]) -> None:
-        found = field_ts(x, self.field)
-        if found is not None:
-            self.step(*found)
 
     def score_one(self, x: Mapping[str, Any]) -> float:
         found = field_ts(x, self.field)
@@ -241,11 +231,6 @@ class WaterFastRise(LearnedRule):
                 st["n"] = n + 1
         self.baseline.bind(st["b"]).update(value, ts, True if score >= 0.5 else None)
         return score, rate or 0.0
-
-    def learn_one(self, x: Mapping[str, Any]) -> None:
-        found = field_ts(x, self.field)
-        if found is not None:
-            self.step(*found)
 
     def score_one(self, x: Mapping[str, Any]) -> float:
         found = field_ts(x, self.field)

@@ -272,6 +272,13 @@ class LearnedRule(Bound):
     def evaluate(self, reading: Reading, device: Device, state: dict[str, Any]) -> Finding | None:
         raise NotImplementedError  # pragma: no cover - every learned rule implements it
 
+    def learn_one(self, x: Mapping[str, Any]) -> None:
+        """Learn the rule's `field` at the row's `ts` through its `step`; rules that read something
+        else (lock events, occupancy) override this."""
+        found = field_ts(x, getattr(self, "field", ""))
+        if found is not None:
+            self.step(*found)  # type: ignore[attr-defined]
+
     def bind_device(self, state: dict[str, Any]) -> dict[str, Any]:
         sub = state.get(self.key)
         if sub is None:

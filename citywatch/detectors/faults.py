@@ -74,11 +74,6 @@ class SensorStuck(LearnedRule):
                 st["n"] = n + 1
         return score
 
-    def learn_one(self, x: Mapping[str, Any]) -> None:
-        found = field_ts(x, self.field)
-        if found is not None:
-            self.step(*found)
-
     def score_one(self, x: Mapping[str, Any]) -> float:
         found = field_ts(x, self.field)
         if found is None:
@@ -140,11 +135,6 @@ class SensorJump(LearnedRule):
         elif st["q"] < self.clear_after:
             st["q"] += 1
         return score, allowed
-
-    def learn_one(self, x: Mapping[str, Any]) -> None:
-        found = field_ts(x, self.field)
-        if found is not None:
-            self.step(*found)
 
     def score_one(self, x: Mapping[str, Any]) -> float:
         found = field_ts(x, self.field)

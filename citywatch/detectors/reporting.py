@@ -146,11 +146,6 @@ class BatteryDrain(LearnedRule):
         st["t"], st["b"] = ts, battery
         return found
 
-    def learn_one(self, x: Mapping[str, Any]) -> None:
-        found = field_ts(x, self.field)
-        if found is not None:
-            self.step(*found)
-
     def score_one(self, x: Mapping[str, Any]) -> float:
         found = field_ts(x, self.field)
         assessed = self._assess(*found) if found is not None else None
