@@ -161,3 +161,37 @@ def test_health_is_open_and_stats_need_the_token(tmp_path: Path, mosquitto: Mosq
         assert stats["devices"] == 2 and stats["mqtt"]["connected"] is True
     finally:
         run.stop()
+
+
+def test_flap_history_survives_a_restart(tmp_path: Path, mosquitto: MosquittoServer,
+                                         receiver: WebhookReceiver) -> None:
+    """Two open/resolve cycles, a restart, a third opening: with flap_max_cycles 2 it is `flapping`,
+    because the engine's flap history was committed with the batch and restored."""
+    settings = make_settings(tmp_path / "data", mqtt={"url": mosquitto.url, "client_id": "cw-flap"},
+                             webhooks={"url": receiver.url, "secret": "plain-secret-for-tests",
+                                       "backoff_initial_s": 0.05},
+                             alerts={"flap_max_cycles": 2, "flap_window_min": 60})
+    registry = Registry(registry_path(settings.data_dir))
+    registry.add(GAS)
+    registry.close()
+    now = time.time() - 400  # recent: the flapping alert stays open (quiet period not reached)
+
+    def gas(i: int, lel: float) -> tuple[str, bytes]:
+        return "citywatch/gas/gas-7/telemetry", json.dumps({"ts": now + 60 * i, "seq": i, "lel_pct": lel}).encode()
+
+    run = RunnerThread(settings).start()
+    try:
+        publish_all(mosquitto, [gas(1, 30), gas(2, 2), gas(3, 30), gas(4, 2)])
+        wait_until(lambda: run.runner.pipeline.counters["processed"] == 4)
+    finally:
+        run.stop()
+    run = RunnerThread(settings).start()
+    try:
+        publish_all(mosquitto, [gas(5, 30)])
+        wait_until(lambda: run.runner.pipeline.counters["processed"] == 1)
+    finally:
+        run.stop()
+    store = AlertStore(store_path(settings.data_dir))
+    kinds = [t.transition for t in store.transitions() if t.alert.rule == "gas_level"]
+    store.close()
+    assert kinds == ["opened", "resolved", "opened", "resolved", "flapping"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from citywatch.detectors.lifecycle import KeyState
 from citywatch.model import Alert, Transition
 from citywatch.streams.pipeline import DeadLetter, Output
 
@@ -51,12 +52,19 @@ CREATE TABLE IF NOT EXISTS device_state (
     device_id TEXT PRIMARY KEY,
     body BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS alert_keys (
+    device_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (device_id, rule)
+);
 """
 
 _encode_json = msgspec.json.Encoder().encode
 _encode_state = msgspec.msgpack.Encoder().encode
 _decode_state = msgspec.msgpack.Decoder(dict[str, Any]).decode
 _decode_alert = msgspec.json.Decoder(Alert).decode
+_decode_key = msgspec.json.Decoder(KeyState).decode
 
 TxHook = Callable[[sqlite3.Connection, Output], None]
 
@@ -89,14 +97,21 @@ class AlertStore:
         rows = self.conn.execute("SELECT body FROM alerts WHERE status != 'resolved' ORDER BY opened_at")
         return [_decode_alert(body) for (body,) in rows]
 
+    def alert_keys(self) -> dict[tuple[str, str], KeyState]:
+        """The alert engine's streaks and flap history per (device, rule), as last committed."""
+        rows = self.conn.execute("SELECT device_id, rule, body FROM alert_keys")
+        return {(device_id, rule): _decode_key(body) for device_id, rule, body in rows}
+
     def device_states(self) -> dict[str, dict[str, Any]]:
         rows = self.conn.execute("SELECT device_id, body FROM device_state")
         return {device_id: _decode_state(body) for device_id, body in rows}
 
     # -- the batch commit -----------------------------------------------------------------
 
-    def commit(self, out: Output, alerts: Iterable[Alert], states: dict[str, dict[str, Any]]) -> None:
-        """Write everything one batch produced in one transaction (hooks join it: the outbox)."""
+    def commit(self, out: Output, alerts: Iterable[Alert], states: dict[str, dict[str, Any]],
+               keys: dict[tuple[str, str], KeyState | None] | None = None) -> None:
+        """Write everything one batch produced in one transaction (hooks join it: the outbox).
+        `keys`: the alert engine's per-(device, rule) streaks and flap history (None deletes)."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -118,6 +133,11 @@ class AlertStore:
                 "INSERT OR REPLACE INTO device_state VALUES (?, ?)",
                 [(device_id, _encode_state(state)) for device_id, state in states.items()],
             )
+            if keys:
+                conn.executemany("INSERT OR REPLACE INTO alert_keys VALUES (?, ?, ?)",
+                                 [(d, r, _encode_json(k)) for (d, r), k in keys.items() if k is not None])
+                conn.executemany("DELETE FROM alert_keys WHERE device_id = ? AND rule = ?",
+                                 [key for key, k in keys.items() if k is None])
             for hook in self.hooks:
                 hook(conn, out)
             conn.execute("COMMIT")

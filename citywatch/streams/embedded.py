@@ -18,7 +18,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from citywatch.config import Settings
-from citywatch.detectors.lifecycle import AlertEngine
+from citywatch.detectors.lifecycle import AlertEngine, KeyState
 from citywatch.devices.registry import Registry, RegistryCache, registry_path
 from citywatch.errors import AlertError
 from citywatch.ingest.collector import Collector, Message, parse_url
@@ -47,7 +47,9 @@ class EmbeddedRunner:
         self.devices = RegistryCache(self.registry)
         self.outbox = Outbox(settings.webhooks)
         self.store = AlertStore(store_path(settings.data_dir), hooks=[self.outbox.enqueue])
-        self.engine = AlertEngine(settings.alerts, self.store.open_alerts())
+        self.engine = AlertEngine(settings.alerts, self.store.open_alerts(), track_keys=True)
+        for key, key_state in self.store.alert_keys().items():  # hold/clear streaks, flap history
+            self.engine.restore_key(key, key_state)
         self.pipeline = Pipeline(settings, self.devices, self.engine, self.store.device_states(),
                                  started_at=clock())
         self.delivery = WebhookDelivery(store_path(settings.data_dir), settings.webhooks)
@@ -135,11 +137,11 @@ class EmbeddedRunner:
     async def _store_until_written(self, out: Output, stop: asyncio.Event) -> bool:
         """Commit, retrying with backoff while the data directory is full or unwritable. Meanwhile
         nothing is acknowledged and no new batch is taken: the broker holds the backlog."""
-        alerts, states = self.engine.take_dirty(), self.pipeline.take_dirty_states()
+        alerts, states, keys = self.engine.take_dirty(), self.pipeline.take_dirty_states(), self._touched_keys()
         delay = 0.2
         while True:
             try:
-                self.store.commit(out, alerts, states)
+                self.store.commit(out, alerts, states, keys)
             except (sqlite3.OperationalError, OSError) as exc:
                 if self.storage_error is None:
                     log.error("cannot write to %s (%s): holding %d messages unacknowledged and retrying",
@@ -154,6 +156,16 @@ class EmbeddedRunner:
                 log.warning("data directory writable again; resuming")
                 self.storage_error = None
             return True
+
+    def _touched_keys(self) -> dict[tuple[str, str], KeyState | None]:
+        """Streaks and flap history that changed, without the alert itself (stored in `alerts`)."""
+        keys: dict[tuple[str, str], KeyState | None] = {}
+        for key in self.engine.take_touched():
+            state = self.engine.export_key(key)
+            if state is not None:
+                state = KeyState(pending=state.pending, clearing=state.clearing, cycles=state.cycles)
+            keys[key] = state if state is not None and (state.pending or state.clearing or state.cycles) else None
+        return keys
 
     def _published(self, out: Output) -> None:
         if out.transitions:
