@@ -97,20 +97,18 @@ async def _actor(request: web.Request) -> str:
     return "api"
 
 
-async def _ack(request: web.Request) -> web.Response:
-    try:
-        transition = _runner(request).acknowledge(request.match_info["alert_id"], await _actor(request))
-    except AlertError as exc:
-        return _json({"error": str(exc)}, 409)
-    return _json(transition)
+def _person_action(action: str) -> Any:
+    """A handler applying `runner.<action>(alert_id, by)`: acknowledge or resolve."""
 
+    async def handler(request: web.Request) -> web.Response:
+        act = getattr(_runner(request), action)
+        try:
+            transition = act(request.match_info["alert_id"], await _actor(request))
+        except AlertError as exc:
+            return _json({"error": str(exc)}, 409)
+        return _json(transition)
 
-async def _resolve(request: web.Request) -> web.Response:
-    try:
-        transition = _runner(request).resolve(request.match_info["alert_id"], await _actor(request))
-    except AlertError as exc:
-        return _json({"error": str(exc)}, 409)
-    return _json(transition)
+    return handler
 
 
 def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
@@ -121,8 +119,8 @@ def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
     app.router.add_get("/stats", _stats)
     app.router.add_get("/alerts", _alerts)
     app.router.add_get("/alerts/{alert_id}", _alert)
-    app.router.add_post("/alerts/{alert_id}/ack", _ack)
-    app.router.add_post("/alerts/{alert_id}/resolve", _resolve)
+    app.router.add_post("/alerts/{alert_id}/ack", _person_action("acknowledge"))
+    app.router.add_post("/alerts/{alert_id}/resolve", _person_action("resolve"))
     return app
 
 

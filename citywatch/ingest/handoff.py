@@ -32,18 +32,7 @@ class Handoff(Generic[T]):
 
     def put(self, item: T) -> None:
         """Called from a producer thread; blocks while the queue is full."""
-        with self._lock:
-            if len(self._items) >= self.maxsize:
-                started = time.monotonic()
-                self.blocked_puts += 1
-                while len(self._items) >= self.maxsize and not self.closed:
-                    self._not_full.wait(0.5)
-                self.blocked_s += time.monotonic() - started
-            self._items.append(item)
-            wake = self._waiting
-            self._waiting = False
-        if wake:
-            self.loop.call_soon_threadsafe(self._event.set)
+        self.put_many([item])
 
     def put_many(self, items: list[T]) -> None:
         """Like put for a whole batch, never holding more than maxsize: blocks while full."""
