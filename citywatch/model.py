@@ -119,3 +119,24 @@ def device_summary(device: Device | None, device_id: str, kind: str) -> dict[str
         "lat": device.lat,
         "lon": device.lon,
     }
+
+
+class KeyState(msgspec.Struct, kw_only=True):
+    """Everything the engine holds for one (device, rule): the unresolved alert, the active streak
+    before it opens, the clear streak before it resolves, and recent opening times (flapping)."""
+
+    alert: Alert | None = None
+    pending: tuple[int, float] | None = None
+    clearing: int | None = None
+    cycles: list[float] = []
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A message that could not be processed, kept with the reason (payload truncated by the pipeline)."""
+
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+    received_at: float
+    size: int

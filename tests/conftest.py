@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 
 from citywatch.config import Settings, load_settings
+from citywatch.native import stale_sources
 from tests.servers.mosquitto import MosquittoServer
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    stale = stale_sources()
+    if stale:
+        raise pytest.UsageError(f"compiled modules are older than their sources {stale}: "
+                                "run `pip install -e .` again (or delete the .so files)")
 
 
 @pytest.fixture

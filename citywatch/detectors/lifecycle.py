@@ -22,23 +22,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-import msgspec
-
 from citywatch.config import AlertSettings, RulePolicy
 from citywatch.errors import AlertError
-from citywatch.model import SEVERITY_RANK, Alert, Device, Finding, Transition, device_summary
+from citywatch.model import SEVERITY_RANK, Alert, Device, Finding, KeyState, Transition, device_summary
 
 AlertKey = tuple[str, str]  # (device_id, rule)
-
-
-class KeyState(msgspec.Struct, kw_only=True):
-    """Everything the engine holds for one (device, rule): the unresolved alert, the active streak
-    before it opens, the clear streak before it resolves, and recent opening times (flapping)."""
-
-    alert: Alert | None = None
-    pending: tuple[int, float] | None = None
-    clearing: int | None = None
-    cycles: list[float] = []
 
 
 def alert_id(device_id: str, rule: str, opened_at: float) -> str:

@@ -143,8 +143,8 @@ def parse_status(payload: bytes) -> str:
             value = msgspec.json.decode(text)
         except msgspec.DecodeError:
             raise InvalidMessage("bad_status", "status must be online or offline") from None
-        text = (value.get("status") if isinstance(value, dict) else value) or ""
-        text = text.encode() if isinstance(text, str) else b""
+        found = value.get("status") if isinstance(value, dict) else value
+        text = found.encode() if isinstance(found, str) else b""
     if text in (b"online", b"offline"):
         return text.decode()
     raise InvalidMessage("bad_status", "status must be online or offline")

@@ -18,13 +18,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from citywatch.config import Settings
-from citywatch.detectors.lifecycle import AlertEngine, KeyState
+from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.devices.registry import Registry, RegistryCache, registry_path
 from citywatch.errors import AlertError
 from citywatch.ingest.collector import Collector, Message, parse_url
 from citywatch.ingest.collector_process import ProcessCollector
 from citywatch.ingest.handoff import Handoff
-from citywatch.model import Transition
+from citywatch.model import KeyState, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery

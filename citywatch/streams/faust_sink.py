@@ -20,10 +20,10 @@ import msgspec
 from aiohttp import web
 
 from citywatch.config import Settings
-from citywatch.model import Alert, Transition
+from citywatch.model import Alert, DeadLetter, Transition
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
-from citywatch.streams.pipeline import DeadLetter, Output
+from citywatch.streams.pipeline import Output
 
 if TYPE_CHECKING:
     from citywatch.streams.faust_app import FaustCity

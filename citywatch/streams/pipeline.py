@@ -11,8 +11,6 @@ from collections import Counter
 from collections.abc import Callable, MutableMapping
 from typing import Protocol
 
-import msgspec
-
 from citywatch.config import Settings
 from citywatch.detectors.base import DeviceState, Rule
 from citywatch.detectors.deadman import Deadman
@@ -22,7 +20,7 @@ from citywatch.detectors.registry import build_rules
 from citywatch.errors import InvalidMessage
 from citywatch.ingest.schemas import parse_status, parse_telemetry
 from citywatch.ingest.topics import parse_topic
-from citywatch.model import Device, Finding, Reading, Transition
+from citywatch.model import DeadLetter, Device, Finding, Reading, Transition
 
 DEAD_LETTER_PAYLOAD_LIMIT = 2048
 log = logging.getLogger(__name__)
@@ -57,15 +55,6 @@ def check_seq(state: DeviceState, seq: int, ts: float, last_ts: float | None) ->
 
 class DeviceLookup(Protocol):
     def get(self, device_id: str) -> Device | None: ...
-
-
-class DeadLetter(msgspec.Struct, frozen=True):
-    topic: str
-    payload: bytes  # truncated to DEAD_LETTER_PAYLOAD_LIMIT
-    reason: str
-    detail: str
-    received_at: float
-    size: int
 
 
 class Output:
