@@ -47,6 +47,7 @@ def one(n: int, readings: int) -> dict[str, float]:
     rss1 = psutil.Process().memory_info().rss
     import msgspec
 
+
     encoded = [len(msgspec.msgpack.encode(s)) for s in pipeline.states.values()]
     return {"devices": n, "msgs": pipeline.counters["received"], "msg_per_s": pipeline.counters["received"] / seconds,
             "rss_mb": rss1 / 2**20, "state_bytes_per_device_rss": (rss1 - rss0) / n,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 
 import msgspec
 import pytest
 
-from citywatch.detectors.baseline import LocalTime, SeasonalBaseline, squash
+from citywatch.detectors.baseline import LocalTime, SeasonalBaseline, plain_copy, plain_hook, squash
 from citywatch.ingest.simulator import Simulator, make_devices
 from citywatch.model import KINDS
 from tests.helpers import T0, make_pipeline
@@ -156,6 +157,24 @@ def test_all_learned_state_of_a_device_stays_under_4_kib(kind: str) -> None:
     state = pipeline.states[device.id]
     learned_keys = {"stuck", "jump", "gsr", "nun", "wfr", "pst", "pfl", "lmu", "luh", "luf", "rint", "bdr"}
     assert learned_keys & set(state)  # the learned detectors did keep state
-    size = len(msgspec.msgpack.encode(state))
-    assert size <= 4096, size
-    assert msgspec.msgpack.decode(msgspec.msgpack.encode(state)) == state
+    stored = msgspec.msgpack.encode(state, enc_hook=plain_hook)
+    assert len(stored) <= 4096, len(stored)
+    assert msgspec.msgpack.decode(stored) == plain_copy(state)
+    # in memory, fully warm: packed baselines keep it at 3-4.2 KiB (lists of boxed floats took 6-7 KiB)
+    in_memory = deep_size(state)
+    assert in_memory <= 4608, in_memory
+
+
+def deep_size(value: object, seen: set[int] | None = None) -> int:
+    """Bytes held by a state: containers, packed arrays and the scalars in them, each object once
+    (keys are string literals shared by every device, and small ints are cached: not counted)."""
+    seen = set() if seen is None else seen
+    if id(value) in seen or (type(value) is int and -5 <= value <= 256):
+        return 0
+    seen.add(id(value))
+    size = sys.getsizeof(value)
+    if isinstance(value, dict):
+        size += sum(deep_size(v, seen) for v in value.values())
+    elif isinstance(value, (list, tuple)):
+        size += sum(deep_size(v, seen) for v in value)
+    return size

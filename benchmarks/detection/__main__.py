@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks.detection import nab_like, scenarios
 from citywatch.config import Settings
-from citywatch.detectors.baseline import LearnedRule
+from citywatch.detectors.baseline import LearnedRule, plain_hook
 from citywatch.detectors.generic import GenericDetector
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.detectors.registry import build_rules
@@ -142,7 +142,7 @@ def print_generic() -> None:
 
 
 def costs(pipeline: Pipeline) -> None:
-    sizes = sorted(len(msgspec.msgpack.encode(st)) for st in pipeline.states.values())
+    sizes = sorted(len(msgspec.msgpack.encode(st, enc_hook=plain_hook)) for st in pipeline.states.values())
     print(f"state per device (msgpack, after the run): max {sizes[-1]} B, median {sizes[len(sizes) // 2]} B")
     devices, plan, _ = scenarios.build(100, 3, 1.5)
     msgs = list(scenarios.messages(devices, [], 1.5 * scenarios.DAY, 3))

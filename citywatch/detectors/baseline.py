@@ -17,6 +17,7 @@ The state budget is 4 KiB per device, so the baselines are robust EW statistics 
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -65,12 +66,21 @@ class Bound:
 
 
 def plain_copy(value: Any) -> Any:
-    """A deep copy of plain data (dicts, lists, scalars)."""
+    """A deep copy as plain data (dicts, lists, scalars): packed arrays become lists."""
     if isinstance(value, dict):
         return {k: plain_copy(v) for k, v in value.items()}
     if isinstance(value, list):
         return [plain_copy(v) for v in value]
+    if isinstance(value, array):
+        return value.tolist()
     return value
+
+
+def plain_hook(value: Any) -> Any:
+    """msgspec `enc_hook` for device state: packed arrays are stored as plain lists."""
+    if isinstance(value, array):
+        return value.tolist()
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
 
 
 def squash(score: float, threshold: float) -> float:
@@ -129,7 +139,9 @@ class SeasonalBaseline(Bound):
     bucket.
 
     State: {"m": means, "s": spreads, "n": counts (capped at 127)}: 48 buckets serialise to about
-    0.9 KiB of msgpack.
+    0.9 KiB of msgpack. In memory, means and spreads are float32 arrays and counts bytes
+    (about 0.6 KiB for 48 buckets; lists of boxed floats took 3.5 KiB once every bucket was warm);
+    `bind` packs lists (as stored) on first use.
     """
 
     __slots__ = ("field", "clock", "alpha", "min_count", "clip", "flagged_weight", "min_spread",
@@ -151,7 +163,13 @@ class SeasonalBaseline(Bound):
 
     def fresh(self) -> dict[str, Any]:
         n = self.buckets
-        return {"m": [0.0] * n, "s": [0.0] * n, "n": [0] * n}
+        return {"m": array("f", bytes(4 * n)), "s": array("f", bytes(4 * n)), "n": array("B", bytes(n))}
+
+    def bind(self, state: dict[str, Any]) -> SeasonalBaseline:
+        if type(state["n"]) is list:  # as stored: plain lists
+            state["m"], state["s"], state["n"] = array("f", state["m"]), array("f", state["s"]), array("B", state["n"])
+        self.state = state
+        return self
 
     # -- where in the rhythm --------------------------------------------------------------------
 

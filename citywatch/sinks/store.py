@@ -13,9 +13,9 @@ from typing import Any
 
 import msgspec
 
-from citywatch.detectors.lifecycle import KeyState
-from citywatch.model import Alert, Transition
-from citywatch.streams.pipeline import DeadLetter, Output
+from citywatch.detectors.baseline import plain_hook
+from citywatch.model import Alert, DeadLetter, KeyState, Transition
+from citywatch.streams.pipeline import Output
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS alert_keys (
 """
 
 _encode_json = msgspec.json.Encoder().encode
-_encode_state = msgspec.msgpack.Encoder().encode
+_encode_state = msgspec.msgpack.Encoder(enc_hook=plain_hook).encode
 _decode_state = msgspec.msgpack.Decoder(dict[str, Any]).decode
 _decode_alert = msgspec.json.Decoder(Alert).decode
 _decode_key = msgspec.json.Decoder(KeyState).decode

@@ -45,11 +45,12 @@ import faust
 import msgspec
 
 from citywatch.config import Settings
-from citywatch.detectors.lifecycle import AlertEngine, KeyState
+from citywatch.detectors.baseline import plain_hook
+from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.detectors.registry import build_rules
 from citywatch.devices.registry import Registry, RegistryCache, registry_path
 from citywatch.errors import AlertError
-from citywatch.model import Transition
+from citywatch.model import DeadLetter, KeyState, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.streams.bridge import (
     ACTION_HEADER,
@@ -59,7 +60,7 @@ from citywatch.streams.bridge import (
     partition_for,
 )
 from citywatch.streams.faust_sink import TransitionSink, start_sink_api
-from citywatch.streams.pipeline import DeadLetter, DeviceLookup, Output, Pipeline
+from citywatch.streams.pipeline import DeviceLookup, Output, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class DeviceRecord(msgspec.Struct, kw_only=True):
     alerts: dict[str, KeyState] = {}
 
 
-encode_record = msgspec.msgpack.Encoder().encode
+encode_record = msgspec.msgpack.Encoder(enc_hook=plain_hook).encode
 decode_record = msgspec.msgpack.Decoder(DeviceRecord).decode
 encode_transition = msgspec.json.Encoder().encode
 decode_transition = msgspec.json.Decoder(Transition).decode
