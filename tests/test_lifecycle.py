@@ -146,3 +146,20 @@ def test_restart_restores_open_alerts() -> None:
     resolved = run(restored, [clear()], start=T0 + 120)
     assert names(resolved) == ["resolved"] and resolved[0].alert_id == opened.alert_id
     assert resolved[0].id == f"{opened.alert_id}.2"
+
+
+def test_engaged_devices_cover_every_open_alert_and_streak_after_pruning() -> None:
+    """The pipeline folds a clear finding in only for an engaged device: every device with an
+    unresolved alert or an active streak must stay in the set, whatever tick prunes."""
+    e = engine(hold_readings=2)
+    others = [Device(id=f"d{i}", kind="gas") for i in range(200)]
+    for i, device in enumerate(others):
+        e.apply(device, active(), T0 + i)  # a streak of one: pending, so engaged
+        e.apply(device, clear(), T0 + i + 1)  # streak broken: nothing held any more
+    run(e, [active(), active()])  # GAS: an open alert
+    streak = Device(id="s1", kind="gas")
+    e.apply(streak, active(), T0 + 500)
+    assert len(e.engaged) >= 202
+    e.tick(T0 + 600)
+    assert e.engaged == {GAS.id, streak.id}  # pruned to what the engine holds
+    assert names(run(e, [clear()], start=T0 + 700)) == ["resolved"]

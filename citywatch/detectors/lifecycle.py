@@ -49,6 +49,9 @@ class AlertEngine:
         self.clearing: dict[AlertKey, int] = {}  # clear streak of an open alert
         self.cycles: dict[AlertKey, list[float]] = {}  # recent opening times, for flapping
         self.touched: set[AlertKey] = set()  # with track_keys: keys changed since take_touched()
+        # Devices with an unresolved alert or an active streak (a superset, pruned in tick): a
+        # clear finding of any other device changes nothing, so the pipeline need not fold it in.
+        self.engaged: set[str] = set()
         self._default_policy = RulePolicy(hold_readings=settings.hold_readings, hold_s=settings.hold_s,
                                           clear_readings=settings.clear_readings)
         for alert in open_alerts:
@@ -57,6 +60,7 @@ class AlertEngine:
     def _index(self, alert: Alert) -> None:
         self.by_key[(alert.device_id, alert.rule)] = alert
         self.by_id[alert.id] = alert
+        self.engaged.add(alert.device_id)
         self._touch((alert.device_id, alert.rule))
 
     def _touch(self, key: AlertKey) -> None:
@@ -119,6 +123,7 @@ class AlertEngine:
         count += 1
         if count < policy.hold_readings or at - since < policy.hold_s:
             self.pending[key] = (count, since)
+            self.engaged.add(key[0])
             return None
         self.pending.pop(key, None)
         return self._open(key, device, finding, since if policy.hold_s or policy.hold_readings > 1 else at, at)
@@ -201,6 +206,8 @@ class AlertEngine:
         """Escalate alerts past a deadline; resolve flapping alerts that have gone quiet."""
         out: list[Transition] = []
         quiet_s = self.settings.flap_quiet_min * 60
+        if len(self.engaged) > 2 * (len(self.by_key) + len(self.pending)) + 64:
+            self.engaged = {key[0] for key in self.by_key} | {key[0] for key in self.pending}
         for alert in list(self.by_id.values()):
             if alert.flapping and now - alert.last_active_at >= quiet_s:
                 out.append(self._close(alert, now, None, "quiet after flapping"))
@@ -238,8 +245,10 @@ class AlertEngine:
         if state.alert is not None:
             self.by_key[key] = state.alert
             self.by_id[state.alert.id] = state.alert
+            self.engaged.add(key[0])
         if state.pending is not None:
             self.pending[key] = (state.pending[0], state.pending[1])
+            self.engaged.add(key[0])
         if state.clearing is not None:
             self.clearing[key] = state.clearing
         if state.cycles:

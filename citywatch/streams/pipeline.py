@@ -153,15 +153,16 @@ class Pipeline:
             state["seen"] = reading.received_at
             state["timeout"] = timeout
             self.deadman.seen(device_id, timeout, reading.received_at)
-            if self.alerts.is_open(device_id, OFFLINE_RULE):
+            if device_id in self.alerts.engaged and self.alerts.is_open(device_id, OFFLINE_RULE):
                 self._apply(device, offline_finding(False, "reporting again"), reading.ts, out)
         if last_ts is not None and reading.ts < last_ts:
             self.counters["late"] += 1  # stored, but stateful rules only see time moving forward
             return
         state["ts"] = reading.ts
+        engaged = self.alerts.engaged
         for rule in self.rules[reading.kind]:
             finding = rule.evaluate(reading, device, state)
-            if finding is not None:
+            if finding is not None and (finding.active or device_id in engaged):
                 self._apply(device, finding, reading.ts, out)
 
     def _apply(self, device: Device, finding: Finding, at: float, out: Output) -> None:
