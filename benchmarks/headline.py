@@ -72,15 +72,9 @@ class Shared:
         self.started = ctx.Event()  # generation done, the timed phase begins
         self.finished = ctx.Event()  # last message written (QoS 0) or acknowledged (QoS 1)
         self.t0_wall = ctx.Value("d", 0.0, lock=False)
-        self.ts_lag_s = ctx.Value("d", 0.0, lock=False)  # wall clock minus the first ts when publishing starts
+        self.ts_lag_s = ctx.Value("d", 0.0, lock=False)  # the least publish time - ts over the run (by schedule)
         self.duration_s = ctx.Value("d", 0.0, lock=False)  # first to last publish call
         self.max_behind_s = ctx.Value("d", 0.0, lock=False)
-
-
-def _sim_speed(n_devices: int, rate: float, seconds: float) -> tuple[float, float]:
-    """Simulated seconds per real second, and simulated seconds in the run: all devices report at `rate`."""
-    speed = rate * 60.0 / n_devices
-    return speed, seconds * speed
 
 
 def _estimate_generation_s(devices: list[Any], rate: float, seconds: float, incident_rate: float) -> float:
@@ -110,7 +104,7 @@ def publisher(port: int, n_devices: int, rate: float, seconds: float, qos: int, 
     gc.disable()  # millions of young objects: collections would only slow generation down
     t_setup = time.perf_counter()
     devices = make_devices(n_devices, seed=SEED)  # the same list the main process registered
-    speed, sim_seconds = _sim_speed(n_devices, rate, seconds)
+    sim_seconds = seconds * rate * 60.0 / n_devices  # simulated time in which the devices send `rate` msg/s
     estimate = _estimate_generation_s(devices, rate, seconds, incident_rate)
     # start the simulation where generation should end; with speed > 1 simulated time outruns the wall
     # clock, so start that much earlier: the latest ts - i/rate is then about the predicted end either way
@@ -392,7 +386,7 @@ def main() -> None:
                           data["counters"].get("dead_letters", 0), data["mqtt"]["received"], rss, runner_cpu,
                           trees["broker"].sample()[1], trees["pub"].sample()[1], not fresh)
 
-        print(f"publishing: ts lag the wall clock by {shared.ts_lag_s.value:.2f} s at the start", flush=True)
+        print(f"publishing: timestamps trail the wall clock by at least {shared.ts_lag_s.value:.2f} s", flush=True)
         print(HEADER, flush=True)
         samples = [sample()]
         next_t = args.sample_s
