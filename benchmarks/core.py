@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
+from pathlib import Path
 
-from citywatch.config import load_settings
-from citywatch.detectors.lifecycle import AlertEngine
-from citywatch.ingest.simulator import Simulator, make_devices
-from citywatch.native import describe
-from citywatch.streams.pipeline import Output, Pipeline
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import results  # noqa: E402
+from citywatch.config import load_settings  # noqa: E402
+from citywatch.detectors.lifecycle import AlertEngine  # noqa: E402
+from citywatch.ingest.simulator import Simulator, make_devices  # noqa: E402
+from citywatch.native import describe  # noqa: E402
+from citywatch.streams.pipeline import Output, Pipeline  # noqa: E402
 
 
 class Lookup(dict):  # type: ignore[type-arg]
@@ -30,7 +35,7 @@ def build(n_devices: int, n_messages: int) -> tuple[Pipeline, list[tuple[str, by
     start = time.time() - 3 * 86400
     sim = Simulator(devices, seed=3, start=start)
     per_device_s = 60.0
-    duration = per_device_s * max(1, n_messages // n_devices)
+    duration = per_device_s * -(-n_messages // n_devices)  # enough minutes for n_messages
     messages = []
     for topic, payload, ts in sim.messages(duration):
         messages.append((topic, payload, ts + 0.5))
@@ -59,6 +64,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--messages", type=int, default=300_000)
     parser.add_argument("--warm-readings", type=int, default=3)
+    parser.add_argument("--result", help="also write the figures to this JSON file (run.py)")
     args = parser.parse_args()
     n_warm = args.devices * args.warm_readings
     pipeline, messages = build(args.devices, n_warm + args.messages)
@@ -69,6 +75,7 @@ def main() -> None:
           f"(state created): {cold:,.0f} msg/s; next {len(messages) - n_warm:,} messages (steady state): "
           f"{rate:,.0f} msg/s on one core (processed {c['processed']}, dead {c['dead_letters']}, transitions "
           f"{sum(v for k, v in c.items() if k.startswith('transitions.'))})")
+    results.save(args.result, devices=args.devices, cold=cold, steady=rate, build=describe())
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import results  # noqa: E402
 from citywatch.config import load_settings  # noqa: E402
 from citywatch.devices.registry import Registry, registry_path  # noqa: E402
 from citywatch.ingest.simulator import Simulator, make_devices  # noqa: E402
@@ -204,6 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--latency-samples", type=int, default=2000)
+    parser.add_argument("--result", help="also write the figures to this JSON file (run.py)")
     args = parser.parse_args()
     devices = make_devices(10_000, seed=5)
     sim = Simulator(devices, seed=5, start=time.time() - 7200, incidents=False)
@@ -226,6 +228,8 @@ def main() -> None:
         print(f"{name:<28}{ours:>18,.0f}{ceiling:>20,.0f}{ours / ceiling:>8.2f}")
     print(f"(c) publish->webhook latency of alarms amid {half:,.0f} msg/s (half the QoS 1 rate): "
           f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    results.save(args.result, qos0=rows[0][1], qos0_ceiling=rows[0][2], qos1=rows[1][1], qos1_ceiling=rows[1][2],
+                 latency_rate=half, p50_ms=p50, p99_ms=p99)
 
 
 if __name__ == "__main__":

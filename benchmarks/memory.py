@@ -1,8 +1,14 @@
 """(d) memory per device and (f) the cost curve: msg/s of the core and RSS per device from 1k to 1M devices.
 
 Usage: python benchmarks/memory.py [--sizes 1000,10000,100000] [--readings 3]
-Each size runs in a fresh process (RSS of one size must not include another's). Every device sends
-`readings` messages through the real pipeline core (all detectors on), so each holds real state.
+
+Each size runs in a fresh process (RSS of one size must not include another's). RSS is read with
+the registry of N devices loaded and no device state (the "0 devices' state" figure), then after
+every device has sent `readings` messages through the real pipeline core (all detectors on).
+
+A few readings leave most of a device's 48 seasonal buckets cold, so the same script also measures
+a *fully warm* state (eight simulated days of one device per kind, incidents included) and projects
+the RSS of N such devices: registry + warm state.
 """
 
 from __future__ import annotations
@@ -14,19 +20,59 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def deep_size(value: Any, seen: set[int]) -> int:
+    """Bytes held by a state: containers, packed arrays and the scalars in them, each object once
+    (keys are string literals shared by every device, and small ints are cached: not counted)."""
+    if id(value) in seen or (type(value) is int and -5 <= value <= 256):
+        return 0
+    seen.add(id(value))
+    size = sys.getsizeof(value)
+    if isinstance(value, dict):
+        size += sum(deep_size(v, seen) for v in value.values())
+    elif isinstance(value, (list, tuple)):
+        size += sum(deep_size(v, seen) for v in value)
+    return size
+
+
+def warm_state_bytes() -> float:
+    """Mean in-memory state of a fully warm device, weighted by the simulator's mix of kinds."""
+    from collections import Counter
+
+    from citywatch.ingest.simulator import Simulator, make_devices
+    from citywatch.streams.pipeline import Output
+    from tests.helpers import T0, make_pipeline
+
+    mix = Counter(d.kind for d in make_devices(10_000, seed=3))
+    sizes: dict[str, int] = {}
+    for kind in mix:
+        device = next(d for d in make_devices(50, seed=4) if d.kind == kind)
+        pipeline = make_pipeline(device)
+        out = Output()
+        for topic, payload, ts in Simulator([device], seed=4, start=T0, incident_rate=1.0,
+                                            horizon_s=7 * 86400).messages(8 * 86400):
+            pipeline.process(topic, payload, ts + 0.2, out)
+        sizes[kind] = deep_size(pipeline.states[device.id], set())
+    return sum(sizes[k] * n for k, n in mix.items()) / sum(mix.values())
+
+
 def one(n: int, readings: int) -> dict[str, float]:
+    import msgspec
     import psutil
 
     from citywatch.config import load_settings
+    from citywatch.detectors.baseline import plain_hook
     from citywatch.detectors.lifecycle import AlertEngine
     from citywatch.ingest.simulator import Simulator, make_devices
     from citywatch.streams.pipeline import Output, Pipeline
 
     settings = load_settings(None, {})
+    gc.collect()
+    rss_empty = psutil.Process().memory_info().rss
     devices = make_devices(n, seed=3)
     start = time.time() - 2 * 86400
     messages = [(t, p, ts + 0.5) for t, p, ts in Simulator(devices, seed=3, start=start).messages(60.0 * readings)]
@@ -45,12 +91,10 @@ def one(n: int, readings: int) -> dict[str, float]:
     del messages
     gc.collect()
     rss1 = psutil.Process().memory_info().rss
-    import msgspec
-
-
-    encoded = [len(msgspec.msgpack.encode(s)) for s in pipeline.states.values()]
+    encoded = [len(msgspec.msgpack.encode(s, enc_hook=plain_hook)) for s in pipeline.states.values()]
     return {"devices": n, "msgs": pipeline.counters["received"], "msg_per_s": pipeline.counters["received"] / seconds,
-            "rss_mb": rss1 / 2**20, "state_bytes_per_device_rss": (rss1 - rss0) / n,
+            "rss_mb": rss1 / 2**20, "rss0_mb": rss0 / 2**20, "registry_bytes_per_device": (rss0 - rss_empty) / n,
+            "state_bytes_per_device_rss": (rss1 - rss0) / n,
             "state_bytes_per_device_msgpack": sum(encoded) / max(1, len(encoded))}
 
 
@@ -59,17 +103,30 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--readings", type=int, default=3)
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help="also write the figures to this JSON file (run.py)")
     args = parser.parse_args()
     if args.one is not None:
         print(json.dumps(one(args.one, args.readings)))
         return
-    print(f"{'devices':>9} {'msg/s (core)':>13} {'RSS MiB':>9} {'B/device (RSS)':>15} {'B/device (stored)':>18}")
+    from benchmarks import results
+
+    print(f"{'devices':>9} {'msg/s (core)':>13} {'RSS MiB, 0 states':>18} {'RSS MiB':>9} {'B/device registry':>18}"
+          f" {'B/device state (RSS)':>21} {'B/device (stored)':>18}")
+    rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         result = subprocess.run([sys.executable, __file__, "--one", str(n), "--readings", str(args.readings)],
                                 capture_output=True, text=True, check=True, cwd=ROOT)
         r = json.loads(result.stdout.strip().splitlines()[-1])
-        print(f"{n:>9,} {r['msg_per_s']:>13,.0f} {r['rss_mb']:>9,.0f} {r['state_bytes_per_device_rss']:>15,.0f}"
+        rows.append(r)
+        print(f"{n:>9,} {r['msg_per_s']:>13,.0f} {r['rss0_mb']:>18,.0f} {r['rss_mb']:>9,.0f}"
+              f" {r['registry_bytes_per_device']:>18,.0f} {r['state_bytes_per_device_rss']:>21,.0f}"
               f" {r['state_bytes_per_device_msgpack']:>18,.0f}")
+    warm = warm_state_bytes()
+    registry = rows[-1]["registry_bytes_per_device"]
+    print(f"fully warm device state in memory (8 simulated days, mix-weighted): {warm:,.0f} B; "
+          f"with the registry entry: {warm + registry:,.0f} B per device "
+          f"= {(warm + registry) * 1e6 / 2**30:.2f} GiB for 1M devices")
+    results.save(args.result, rows=rows, warm_state=warm, registry=registry)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import results  # noqa: E402
 from citywatch.streams.replay import replay  # noqa: E402
 
 
@@ -31,13 +32,17 @@ def series(path: Path, rows: int, kind: str | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--result", help="also write the figures to this JSON file (run.py)")
     args = parser.parse_args()
+    rates: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in (None, "gas"):
             src, out = Path(tmp) / "in.csv", Path(tmp) / "out.csv"
             series(src, args.rows, kind)
             stats = replay(src, out, kind=kind)
             print(f"(e) replay {kind or 'generic':<8} {stats.rows:>9,} rows  {stats.rows_per_s:>10,.0f} rows/s")
+            rates[kind or "generic"] = stats.rows_per_s
+    results.save(args.result, **rates)
 
 
 if __name__ == "__main__":

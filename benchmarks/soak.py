@@ -6,7 +6,7 @@ Everything is real and local: Mosquitto (persistence on), the runner as a subpro
 SIGKILLed), a webhook receiver that goes down and comes back on the same port, and a publisher
 process with a persistent QoS 1 session. Faults cycle: broker restart, receiver down 20 s,
 runner SIGKILL + restart. At the end it prints:
-sent, processed (unique, from the runner's own per-device counts in state.db), dead-lettered,
+sent, processed (unique: readings committed, counted by the runner in each batch commit), dead-lettered,
 lost (= sent - processed - dead letters other than redeliveries; must be 0), alert transitions,
 webhook deliveries, unique webhook ids, duplicates beyond redelivery (the same transition under
 two different ids; must be 0) and the runner's RSS at start and end.
@@ -29,7 +29,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,8 +143,10 @@ class Runner:
 def store_figures(data_dir: Path) -> dict[str, Any]:
     conn = sqlite3.connect(data_dir / "state.db", timeout=30)
     try:
-        decode = msgspec.msgpack.Decoder(dict[str, Any]).decode
-        processed = sum(decode(body).get("count", 0) for (body,) in conn.execute("SELECT body FROM device_state"))
+        # readings committed, counted in the same transaction as the batch (device state may be
+        # checkpointed later: ingest.state_checkpoint_s)
+        row = conn.execute("SELECT value FROM counters WHERE name = 'readings'").fetchone()
+        processed = row[0] if row else 0
         dead = dict(conn.execute("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason").fetchall())
         transitions = conn.execute("SELECT id, alert_id, transition, at FROM transitions").fetchall()
         pending = conn.execute("SELECT COUNT(*) FROM webhook_outbox WHERE status = 'pending'").fetchone()[0]

@@ -61,6 +61,7 @@ class IngestSettings(Section):
     max_payload_bytes: int = Field(16384, ge=256)
     max_future_skew_s: float = Field(300.0, ge=0)
     batch_size: int = Field(1000, ge=1)
+    state_checkpoint_s: float = Field(0.0, ge=0)
 
 
 class WebhookRoute(Section):

@@ -167,3 +167,47 @@ def test_messages_published_while_stopped_are_processed_after_restart(
         assert run.runner.pipeline.counters["dead_letters"] == 0
     finally:
         run.stop()
+
+
+def stored_states(data_dir: Path) -> dict[str, dict[str, object]]:
+    store = AlertStore(store_path(data_dir))
+    try:
+        return store.device_states()
+    finally:
+        store.close()
+
+
+def test_state_checkpoint_writes_alerting_devices_at_once_and_the_rest_later(
+    tmp_path: Path, mosquitto: MosquittoServer, receiver: WebhookReceiver
+) -> None:
+    """ingest.state_checkpoint_s > 0: quiet devices' state waits for the checkpoint (here: a clock
+    moved past it, then a graceful stop), a device whose alert opens is written with its batch, and
+    the committed reading count is exact all along."""
+    clock = {"now": time.time()}
+    settings = settings_for(tmp_path, mosquitto, receiver, ingest={"state_checkpoint_s": 30})
+    register(settings.data_dir, DEVICES)
+    gas, noise, water = DEVICES[0], DEVICES[1], DEVICES[2]
+    run = RunnerThread(settings, clock=lambda: clock["now"]).start()
+    try:
+        t = time.time() - 5
+        publish_all(mosquitto, [msg(noise, t, 1, **NORMAL["noise"]), msg(water, t, 1, **NORMAL["water"]),
+                                *[msg(gas, t + i, i + 1, lel_pct=30.0) for i in range(2)]])
+        wait_until(lambda: settled(run, 4) and len(receiver.requests) >= 1)
+        store = AlertStore(store_path(settings.data_dir))
+        assert store.counters()["readings"] == 4
+        store.close()
+        assert set(stored_states(settings.data_dir)) == {gas.id}  # the alerting device only
+        assert stored_states(settings.data_dir)[gas.id]["count"] == 2
+
+        clock["now"] += 31  # past the checkpoint interval (not the offline timeout): the next batch writes the rest
+        publish_all(mosquitto, [msg(noise, t + 5, 2, **NORMAL["noise"])])
+        wait_until(lambda: settled(run, 5) and noise.id in stored_states(settings.data_dir))
+        assert water.id in stored_states(settings.data_dir)
+        assert stored_states(settings.data_dir)[noise.id]["count"] == 2
+
+        publish_all(mosquitto, [msg(water, t + 6, 2, **NORMAL["water"])])
+        wait_until(lambda: settled(run, 6))
+        assert stored_states(settings.data_dir)[water.id]["count"] == 1  # waiting for the next checkpoint
+    finally:
+        run.stop()  # a graceful stop writes everything still waiting
+    assert stored_states(settings.data_dir)[water.id]["count"] == 2

@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS device_state (
     device_id TEXT PRIMARY KEY,
     body BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS alert_keys (
     device_id TEXT NOT NULL,
     rule TEXT NOT NULL,
@@ -78,6 +82,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: a million devices' state keeps its B-tree pages cached
     conn.executescript(SCHEMA)
     return conn
 
@@ -101,6 +106,10 @@ class AlertStore:
         """The alert engine's streaks and flap history per (device, rule), as last committed."""
         rows = self.conn.execute("SELECT device_id, rule, body FROM alert_keys")
         return {(device_id, rule): _decode_key(body) for device_id, rule, body in rows}
+
+    def counters(self) -> dict[str, int]:
+        """Messages committed since the store was created: readings, statuses, dead_letters."""
+        return dict(self.conn.execute("SELECT name, value FROM counters").fetchall())
 
     def device_states(self) -> dict[str, dict[str, Any]]:
         rows = self.conn.execute("SELECT device_id, body FROM device_state")
@@ -133,6 +142,10 @@ class AlertStore:
                 "INSERT OR REPLACE INTO device_state VALUES (?, ?)",
                 [(device_id, _encode_state(state)) for device_id, state in states.items()],
             )
+            counts = [(name, n) for name, n in (("readings", len(out.accepted)), ("statuses", len(out.statuses)),
+                                                ("dead_letters", len(out.dead_letters))) if n]
+            conn.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + "
+                             "excluded.value", counts)
             if keys:
                 conn.executemany("INSERT OR REPLACE INTO alert_keys VALUES (?, ?, ?)",
                                  [(d, r, _encode_json(k)) for (d, r), k in keys.items() if k is not None])

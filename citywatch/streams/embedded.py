@@ -59,6 +59,8 @@ class EmbeddedRunner:
         self.batches = 0
         self.api_port: int | None = None
         self.storage_error: str | None = None
+        # device id -> when its state first changed without being written (ingest.state_checkpoint_s > 0)
+        self.unsaved: dict[str, float] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -79,6 +81,8 @@ class EmbeddedRunner:
         finally:
             self.collector.stop()
             await self._drain(handoff, stop)
+            if self.unsaved and self.storage_error is None:
+                await self._store_until_written(Output(), stop, flush_states=True)
             with contextlib.suppress(asyncio.CancelledError):
                 await delivery_task
             self.delivery.close()
@@ -116,6 +120,7 @@ class EmbeddedRunner:
                 last_tick = now
             if batch or tick:
                 await self._handle(batch, now, tick, stop)
+            await asyncio.sleep(0)  # with a backlog every await above returns at once: let the API answer
 
     async def _handle(self, batch: list[Message], now: float, tick: bool, stop: asyncio.Event) -> None:
         """Process a batch, store what it produced, then acknowledge it to the broker."""
@@ -134,10 +139,11 @@ class EmbeddedRunner:
             self.collector.ack(batch)
         self.batches += 1
 
-    async def _store_until_written(self, out: Output, stop: asyncio.Event) -> bool:
+    async def _store_until_written(self, out: Output, stop: asyncio.Event, flush_states: bool = False) -> bool:
         """Commit, retrying with backoff while the data directory is full or unwritable. Meanwhile
         nothing is acknowledged and no new batch is taken: the broker holds the backlog."""
-        alerts, states, keys = self.engine.take_dirty(), self.pipeline.take_dirty_states(), self._touched_keys()
+        alerts, keys = self.engine.take_dirty(), self._touched_keys()
+        states = self._states_to_write(keys, self.clock(), flush_states)
         delay = 0.2
         while True:
             try:
@@ -156,6 +162,37 @@ class EmbeddedRunner:
                 log.warning("data directory writable again; resuming")
                 self.storage_error = None
             return True
+
+    def _states_to_write(self, keys: dict[tuple[str, str], KeyState | None], now: float,
+                         flush: bool) -> dict[str, dict[str, Any]]:
+        """Device states to commit with this batch. With ingest.state_checkpoint_s = 0, every one that
+        changed. Otherwise those of devices whose alert streaks or alerts changed (detector and engine
+        state stay consistent across a crash), and the others once they have waited that long: each
+        device is written at most once per checkpoint interval, oldest first, in a steady trickle."""
+        dirty = self.pipeline.take_dirty_states()
+        every_s = self.settings.ingest.state_checkpoint_s
+        if every_s <= 0:
+            return dirty
+        alerting = {device_id for device_id, _ in keys}
+        now_states: dict[str, dict[str, Any]] = {}
+        for device_id, state in dirty.items():
+            if device_id in alerting:
+                now_states[device_id] = state
+                self.unsaved.pop(device_id, None)
+            elif device_id not in self.unsaved:
+                self.unsaved[device_id] = now
+        due = list(self.unsaved) if flush else []
+        if not flush:
+            for device_id, since in self.unsaved.items():  # oldest first
+                if now - since < every_s:
+                    break
+                due.append(device_id)
+        states = self.pipeline.states
+        for device_id in due:
+            del self.unsaved[device_id]
+            if device_id in states:
+                now_states[device_id] = states[device_id]
+        return now_states
 
     def _touched_keys(self) -> dict[tuple[str, str], KeyState | None]:
         """Streaks and flap history that changed, without the alert itself (stored in `alerts`)."""
