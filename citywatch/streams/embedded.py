@@ -168,7 +168,9 @@ class EmbeddedRunner:
         """Device states to commit with this batch. With ingest.state_checkpoint_s = 0, every one that
         changed. Otherwise those of devices whose alert streaks or alerts changed (detector and engine
         state stay consistent across a crash), and the others once they have waited that long: each
-        device is written at most once per checkpoint interval, oldest first, in a steady trickle."""
+        device is written at most once per checkpoint interval, oldest first, in a steady trickle of
+        at most a quarter of a batch's size per batch (devices first seen together, as at start-up,
+        are spread out rather than written in one burst)."""
         dirty = self.pipeline.take_dirty_states()
         every_s = self.settings.ingest.state_checkpoint_s
         if every_s <= 0:
@@ -183,8 +185,9 @@ class EmbeddedRunner:
                 self.unsaved[device_id] = now
         due = list(self.unsaved) if flush else []
         if not flush:
+            budget = max(64, self.settings.ingest.batch_size // 4)
             for device_id, since in self.unsaved.items():  # oldest first
-                if now - since < every_s:
+                if now - since < every_s or len(due) >= budget:
                     break
                 due.append(device_id)
         states = self.pipeline.states
