@@ -28,6 +28,7 @@ from citywatch.model import KeyState, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
+from citywatch.streams.gcpolicy import FreezeAfterFullCollections
 from citywatch.streams.pipeline import Output, Pipeline
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class EmbeddedRunner:
     async def _consume(self, handoff: Handoff[Message], stop: asyncio.Event) -> None:
         tick_s = self.settings.alerts.tick_s
         batch_size = self.settings.ingest.batch_size
+        gc_policy = FreezeAfterFullCollections()
         last_tick = 0.0
         connect_timeout = 10.0
         assert self.collector is not None
@@ -120,6 +122,7 @@ class EmbeddedRunner:
                 last_tick = now
             if batch or tick:
                 await self._handle(batch, now, tick, stop)
+            gc_policy.check()
             await asyncio.sleep(0)  # with a backlog every await above returns at once: let the API answer
 
     async def _handle(self, batch: list[Message], now: float, tick: bool, stop: asyncio.Event) -> None:
