@@ -22,23 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def deep_size(value: Any, seen: set[int]) -> int:
-    """Bytes held by a state: containers, packed arrays and the scalars in them, each object once
-    (keys are string literals shared by every device, and small ints are cached: not counted)."""
-    if id(value) in seen or (type(value) is int and -5 <= value <= 256):
-        return 0
-    seen.add(id(value))
-    size = sys.getsizeof(value)
-    if isinstance(value, dict):
-        size += sum(deep_size(v, seen) for v in value.values())
-    elif isinstance(value, (list, tuple)):
-        size += sum(deep_size(v, seen) for v in value)
-    return size
 
 
 def warm_state_bytes() -> float:
@@ -47,7 +32,7 @@ def warm_state_bytes() -> float:
 
     from citywatch.ingest.simulator import Simulator, make_devices
     from citywatch.streams.pipeline import Output
-    from tests.helpers import T0, make_pipeline
+    from tests.helpers import T0, deep_size, make_pipeline
 
     mix = Counter(d.kind for d in make_devices(10_000, seed=3))
     sizes: dict[str, int] = {}
@@ -58,7 +43,7 @@ def warm_state_bytes() -> float:
         for topic, payload, ts in Simulator([device], seed=4, start=T0, incident_rate=1.0,
                                             horizon_s=7 * 86400).messages(8 * 86400):
             pipeline.process(topic, payload, ts + 0.2, out)
-        sizes[kind] = deep_size(pipeline.states[device.id], set())
+        sizes[kind] = deep_size(pipeline.states[device.id])
     return sum(sizes[k] * n for k, n in mix.items()) / sum(mix.values())
 
 

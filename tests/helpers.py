@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from citywatch.config import Settings, load_settings
@@ -38,3 +39,18 @@ def feed(pipeline: Pipeline, device: Device, ts: float, **fields: Any) -> Output
     topic = f"citywatch/{device.kind}/{device.id}/telemetry"
     pipeline.process(topic, payload(ts, **fields), ts, out)
     return out
+
+
+def deep_size(value: object, seen: set[int] | None = None) -> int:
+    """Bytes held by a state: containers, packed arrays and the scalars in them, each object once
+    (keys are string literals shared by every device, and small ints are cached: not counted)."""
+    seen = set() if seen is None else seen
+    if id(value) in seen or (type(value) is int and -5 <= value <= 256):
+        return 0
+    seen.add(id(value))
+    size = sys.getsizeof(value)
+    if isinstance(value, dict):
+        size += sum(deep_size(v, seen) for v in value.values())
+    elif isinstance(value, (list, tuple)):
+        size += sum(deep_size(v, seen) for v in value)
+    return size

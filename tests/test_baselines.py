@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 
 import msgspec
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from citywatch.detectors.baseline import LocalTime, SeasonalBaseline, plain_copy, plain_hook, squash
 from citywatch.ingest.simulator import Simulator, make_devices
 from citywatch.model import KINDS
-from tests.helpers import T0, make_pipeline
+from tests.helpers import T0, deep_size, make_pipeline
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -164,17 +163,3 @@ def test_all_learned_state_of_a_device_stays_under_4_kib(kind: str) -> None:
     in_memory = deep_size(state)
     assert in_memory <= 4608, in_memory
 
-
-def deep_size(value: object, seen: set[int] | None = None) -> int:
-    """Bytes held by a state: containers, packed arrays and the scalars in them, each object once
-    (keys are string literals shared by every device, and small ints are cached: not counted)."""
-    seen = set() if seen is None else seen
-    if id(value) in seen or (type(value) is int and -5 <= value <= 256):
-        return 0
-    seen.add(id(value))
-    size = sys.getsizeof(value)
-    if isinstance(value, dict):
-        size += sum(deep_size(v, seen) for v in value.values())
-    elif isinstance(value, (list, tuple)):
-        size += sum(deep_size(v, seen) for v in value)
-    return size
