@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from zoneinfo import ZoneInfo
-
 from citywatch.config import NoiseRules
 from citywatch.detectors.base import DeviceState, threshold
+from citywatch.detectors.baseline import LocalTime
 from citywatch.model import Device, Finding, Reading
-
-
-class LocalClock:
-    """Local hour of an epoch time, caching the UTC offset per hour (the hot path calls it often)."""
-
-    def __init__(self, timezone: str) -> None:
-        self.zone = ZoneInfo(timezone)
-        self._offsets: dict[int, float] = {}
-
-    def hour(self, ts: float) -> int:
-        bucket = int(ts // 3600)
-        offset = self._offsets.get(bucket)
-        if offset is None:
-            delta = datetime.fromtimestamp(bucket * 3600, self.zone).utcoffset()
-            offset = delta.total_seconds() if delta else 0.0
-            if len(self._offsets) > 10000:
-                self._offsets.clear()
-            self._offsets[bucket] = offset
-        return int(((ts + offset) % 86400) // 3600)
 
 
 class NoiseLimit:
@@ -35,7 +14,7 @@ class NoiseLimit:
     name = "noise_limit"
     kinds = frozenset({"noise"})
 
-    def __init__(self, rules: NoiseRules, clock: LocalClock) -> None:
+    def __init__(self, rules: NoiseRules, clock: LocalTime) -> None:
         self.rules = rules
         self.clock = clock
 

@@ -11,7 +11,7 @@ from citywatch.detectors.faults import SensorJump, SensorStuck
 from citywatch.detectors.gas import GasLevel
 from citywatch.detectors.health import BatteryLow
 from citywatch.detectors.lock import lock_rules
-from citywatch.detectors.noise import LocalClock, NoiseLimit, NoiseNightBurst
+from citywatch.detectors.noise import NoiseLimit, NoiseNightBurst
 from citywatch.detectors.occupancy import ParkingFlapping, ParkingStuck
 from citywatch.detectors.parking import ParkingForbidden, ParkingOverstay
 from citywatch.detectors.reporting import BatteryDrain, ReportingInterval
@@ -31,7 +31,7 @@ def build_rules(settings: Settings) -> dict[str, list[Rule]]:
     r = settings.rules
     learned = learned_settings(settings)
     steps = learned.faults.max_step_per_min if learned.enabled else {}
-    noise = NoiseLimit(r.noise, LocalClock(settings.timezone))
+    noise = NoiseLimit(r.noise, LocalTime(settings.timezone))
     rules: list[Rule] = [
         GasLevel(r.gas, steps.get("gas", float("inf"))), noise, NoiseNightBurst(r.noise, noise),
         WaterDepth(r.water, steps.get("water", float("inf"))),
