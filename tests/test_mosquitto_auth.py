@@ -194,8 +194,9 @@ def test_usernames_mosquitto_cannot_parse_or_that_clash_are_refused() -> None:
 
 def test_files_are_replaced_atomically_readable_by_the_broker_user_only(tmp_path: Path) -> None:
     out = tmp_path / "auth"
-    files = write_mosquitto_auth(out, CREDS, COLLECTOR, "pw", "citywatch")
-    files = write_mosquitto_auth(out, CREDS, COLLECTOR, "pw", "citywatch")  # again: replaces
+    password = "collector!pw"  # '!' is outside base64: it can be in the file only as the password itself
+    files = write_mosquitto_auth(out, CREDS, COLLECTOR, password, "citywatch")
+    files = write_mosquitto_auth(out, CREDS, COLLECTOR, password, "citywatch")  # again: replaces
     assert sorted(p.name for p in out.iterdir()) == ["acl", "passwd"]  # no temp files left
     assert files.devices == 1 and files.skipped == ["lock-1"]
     for path in (files.password_file, files.acl_file):
@@ -203,7 +204,7 @@ def test_files_are_replaced_atomically_readable_by_the_broker_user_only(tmp_path
         assert st.st_mode & 0o777 == 0o640
         if os.geteuid() == 0:
             assert st.st_uid == pwd.getpwnam("mosquitto").pw_uid
-    assert "pw" not in files.password_file.read_text()
+    assert password not in files.password_file.read_text() and "!" not in files.password_file.read_text()
 
 
 def test_collector_password_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
