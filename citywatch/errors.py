@@ -32,3 +32,8 @@ class DeviceError(CitywatchError):
 
 class AlertError(CitywatchError):
     """An alert operation failed (unknown id, already resolved)."""
+
+
+class StorageError(CitywatchError):
+    """A database file cannot be used (corrupt, read-only, not a database); the message names the
+    file and what to do. Fatal: retrying does not help, a person must act."""
