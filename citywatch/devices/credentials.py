@@ -177,15 +177,37 @@ def _read_secret(path: Path) -> str:
     return value
 
 
-def reload_broker(pid: int | None = None, pid_file: Path | None = None) -> int:
-    """SIGHUP makes Mosquitto re-read password_file and acl_file; returns the pid signalled."""
+def broker_pid(pid: int | None = None, pid_file: Path | None = None) -> int:
+    """The pid to SIGHUP, checked: kill(0) signals our whole process group and kill(-1) every
+    process we may signal (as root: the whole machine), so only one real process (> 1) qualifies,
+    and where /proc tells, it must be a mosquitto."""
+    source = "--pid"
     if pid is None:
         if pid_file is None:
             raise CredentialError("--reload needs --pid or --pid-file")
+        source = str(pid_file)
         try:
             pid = int(pid_file.read_text().strip())
         except (OSError, ValueError) as exc:
             raise CredentialError(f"cannot read a pid from {pid_file}: {exc}") from None
+    if pid <= 1:
+        raise CredentialError(f"{source}: pid {pid} is not one broker process (a pid must be above 1)")
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        if Path("/proc/self").exists():
+            raise CredentialError(f"{source}: no process with pid {pid}") from None
+        return pid  # no /proc here: kill() itself will say whether it exists
+    except OSError:
+        return pid
+    if "mosquitto" not in name:
+        raise CredentialError(f"{source}: pid {pid} is {name!r}, not mosquitto; not signalled")
+    return pid
+
+
+def reload_broker(pid: int | None = None, pid_file: Path | None = None) -> int:
+    """SIGHUP makes Mosquitto re-read password_file and acl_file; returns the pid signalled."""
+    pid = broker_pid(pid, pid_file)
     try:
         os.kill(pid, signal.SIGHUP)
     except OSError as exc:
