@@ -1,44 +1,79 @@
 """People's actions on alerts (acknowledge, resolve) from the CLI.
 
-When `citywatch run` is up, the action goes through its HTTP API so the running engine stays
-the single owner of alert state. When it is not, the action is applied to the store directly
-(and its webhook waits in the outbox for the next run).
+One owner per data dir: when `citywatch run` holds the data dir's lock, the action goes through
+its HTTP API (at the address it recorded in the lock file), so the running engine stays the
+single owner of alert state. If that API is disabled or unreachable the action is refused: it is
+never written to the store behind the runner's back (the runner would overwrite it). Only when no
+runner holds the lock is the action applied to the store directly, holding the lock meanwhile
+(its webhook then waits in the outbox for the next run).
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 from citywatch.api import api_token
 from citywatch.config import Settings
+from citywatch.datalock import DataDirBusy, DataDirLock
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.errors import AlertError
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.sinks.webhooks import Outbox
 from citywatch.streams.pipeline import Output
 
+RUNNER = "citywatch run"
+
 
 def act(settings: Settings, alert_id: str, action: str, by: str) -> dict[str, Any]:
     """Acknowledge or resolve; returns the transition as a dict. Raises AlertError."""
     if action not in ("ack", "resolve"):
         raise ValueError(action)
-    via_api = _via_api(settings, alert_id, action, by)
-    if via_api is not None:
-        return via_api
-    return _direct(settings, alert_id, action, by)
+    lock = DataDirLock(settings.data_dir, f"citywatch alerts {action}")
+    try:
+        lock.acquire()
+    except DataDirBusy as busy:
+        return _via_owner(settings, busy.holder, alert_id, action, by)
+    try:
+        return _direct(settings, alert_id, action, by)
+    finally:
+        lock.release()
 
 
-def _via_api(settings: Settings, alert_id: str, action: str, by: str) -> dict[str, Any] | None:
-    if not settings.api.enabled:
-        return None
-    token = api_token(settings.api, settings.data_dir, create=False)
+def _api_url(address: str) -> str:
+    """http://host:port for the address a runner recorded; a wildcard bind is reached on loopback."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _via_owner(settings: Settings, holder: dict[str, Any], alert_id: str, action: str,
+               by: str) -> dict[str, Any]:
+    data_dir = settings.data_dir
+    pid = holder.get("pid", "?")
+    command = holder.get("command") or "another citywatch process"
+    refuse = "the store is not written behind its back"
+    if command != RUNNER:
+        raise AlertError(f"{data_dir} is busy ({command}, pid {pid}); try again in a moment")
+    if not holder.get("api"):
+        raise AlertError(f"{RUNNER} (pid {pid}) owns {data_dir} but serves no API (api.enabled: false, or still "
+                         f"starting), so the {action} cannot go through it and {refuse}: enable its API or "
+                         "stop it, then try again")
+    base = _api_url(str(holder["api"]))
+    token = api_token(settings.api, data_dir, create=False)
     if token is None:
-        return None
-    url = f"http://{settings.api.host}:{settings.api.port}/alerts/{alert_id}/{action}"
+        raise AlertError(f"no API token to reach {RUNNER} (pid {pid}) at {base}: set api.token or api.token_file "
+                         f"as the runner has it ({data_dir}/api-token is missing)")
+    url = f"{base}/alerts/{urllib.parse.quote(alert_id, safe='')}/{action}"
     request = urllib.request.Request(url, data=json.dumps({"by": by}).encode(), method="POST",
                                      headers={"Authorization": f"Bearer {token}",
                                               "Content-Type": "application/json"})
@@ -47,20 +82,38 @@ def _via_api(settings: Settings, alert_id: str, action: str, by: str) -> dict[st
             result: dict[str, Any] = json.loads(response.read())
             return result
     except urllib.error.HTTPError as exc:
-        raise AlertError(json.loads(exc.read() or b"{}").get("error", str(exc))) from None
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return None  # not running: act on the store
+        raise AlertError(_http_error(exc)) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise AlertError(f"{RUNNER} (pid {pid}) owns {data_dir} but its API at {base} does not answer "
+                         f"({reason}); {refuse}: try again, or stop the runner first") from None
+
+
+def _http_error(exc: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(exc.read() or b"{}")
+    except (ValueError, OSError):
+        body = {}
+    message = body.get("error") if isinstance(body, dict) else None
+    if exc.code == 401:
+        return "the running API refused our token: api.token (or api.token_file) differs from the runner's"
+    return str(message) if message else f"the running API answered {exc.code} {exc.reason}"
 
 
 def _direct(settings: Settings, alert_id: str, action: str, by: str) -> dict[str, Any]:
-    store = AlertStore(store_path(settings.data_dir), hooks=[Outbox(settings.webhooks).enqueue])
+    path = store_path(settings.data_dir)
     try:
-        engine = AlertEngine(settings.alerts, store.open_alerts())
-        now = time.time()
-        transition = engine.acknowledge(alert_id, by, now) if action == "ack" else engine.resolve(alert_id, by, now)
-        out = Output()
-        out.transitions.append(transition)
-        store.commit(out, engine.take_dirty(), {})
-    finally:
-        store.close()
+        store = AlertStore(path, hooks=[Outbox(settings.webhooks).enqueue])
+        try:
+            engine = AlertEngine(settings.alerts, store.open_alerts())
+            now = time.time()
+            transition = (engine.acknowledge(alert_id, by, now) if action == "ack"
+                          else engine.resolve(alert_id, by, now))
+            out = Output()
+            out.transitions.append(transition)
+            store.commit(out, engine.take_dirty(), {})
+        finally:
+            store.close()
+    except sqlite3.Error as exc:
+        raise AlertError(f"cannot {action} {alert_id}: {path.name} ({path}): {exc}") from None
     return {"id": transition.id, "alert_id": transition.alert_id, "transition": transition.transition}

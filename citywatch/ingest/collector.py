@@ -3,6 +3,9 @@
 QoS 1 with a persistent session and manual acknowledgements: a message is acknowledged to
 the broker only after the runner has committed what it produced, so a crash redelivers it.
 Reconnection uses paho's loop with exponential backoff (reconnect_min_s .. reconnect_max_s).
+CONNECT carries MQTT 5 Maximum Packet Size (mqtt.max_packet_bytes): a broker then drops larger
+publishes for us instead of sending them, so they are never buffered in our process (Mosquitto
+logs "Dropping too large outgoing PUBLISH"; citywatch never sees them).
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ class Message(NamedTuple):
     topic: str
     payload: bytes
     received_at: float
+
+
+def message_size(m: Message) -> int:
+    """Bytes a message holds in the hand-off (payload and topic), for its byte bound."""
+    return len(m.payload) + len(m.topic)
 
 
 class BrokerAddress(NamedTuple):
@@ -93,6 +101,8 @@ class Collector:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.settings.session_expiry_s
             props.ReceiveMaximum = self.settings.receive_maximum
+            if self.settings.max_packet_bytes:
+                props.MaximumPacketSize = self.settings.max_packet_bytes
         kwargs = {"clean_start": False, "properties": props} if self.protocol == mqtt.MQTTv5 else {}
         self.client.connect_async(self.address.host, self.address.port, self.settings.keepalive_s, **kwargs)
         self.client.loop_start()
@@ -137,8 +147,24 @@ class Collector:
             if m.qos > 0 and m.generation == generation:
                 self.client.ack(m.mid, m.qos)
 
+    def alive(self) -> bool:
+        """paho's network thread still runs (it dies if a callback raises)."""
+        thread = getattr(self.client, "_thread", None)
+        return self.stopping or thread is None or thread.is_alive()
+
     def stop(self) -> None:
         self.stopping = True
         self.handoff.close()
         self.client.disconnect()
         self.client.loop_stop()
+
+
+PACKET_HEADROOM = 4096  # topic, properties and MQTT headers around the largest payload we accept
+
+
+def with_packet_limit(settings: MqttSettings, max_payload_bytes: int) -> MqttSettings:
+    """Settings with max_packet_bytes resolved: unset means max_payload_bytes plus headroom, so
+    every payload we would process fits and everything far larger stays at the broker."""
+    if settings.max_packet_bytes is not None:
+        return settings
+    return settings.model_copy(update={"max_packet_bytes": max_payload_bytes + PACKET_HEADROOM})

@@ -3,6 +3,13 @@
 Per batch: process every message, commit alerts + transitions + dead letters + detector state +
 webhook outbox in one SQLite transaction, then acknowledge the MQTT messages. A crash before
 the commit means the broker redelivers; after it, nothing is lost. Sinks run beside it.
+
+Fail loudly or recover, never hang: the runner owns its data dir (an exclusive lock), and every
+background task (consume loop, webhook delivery, collector supervision) is watched. A full or
+read-only disk is retried with backoff (nothing acknowledged, reported as not ready); any other
+failure, such as a corrupt state.db, stops the runner with one line naming the cause and `run`
+raises RunnerFailed, so `citywatch run` exits non-zero and a supervisor restarts it.
+`health()` is what /health and /ready report.
 """
 
 from __future__ import annotations
@@ -12,16 +19,18 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from citywatch.config import Settings
+from citywatch.datalock import DataDirLock
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.devices.registry import Registry, RegistryCache, registry_path
-from citywatch.errors import AlertError
-from citywatch.ingest.collector import Collector, Message, parse_url
+from citywatch.errors import AlertError, CitywatchError
+from citywatch.ingest.collector import Collector, Message, message_size, parse_url, with_packet_limit
 from citywatch.ingest.collector_process import ProcessCollector
 from citywatch.ingest.handoff import Handoff
 from citywatch.model import KeyState, Transition
@@ -35,6 +44,36 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[Output], None]
 STORAGE_RETRY_MAX_S = 5.0
+TASK_NAMES = {"consume": "the consume loop", "webhooks": "the webhook delivery task",
+              "collector": "the MQTT collector supervision"}
+
+
+class RunnerFailed(CitywatchError):
+    """The runner stopped on a fatal error; the message is the one line it logged."""
+
+
+class StorageFailure(CitywatchError):
+    """A database file is corrupt (or cannot be opened): retrying cannot help."""
+
+    def __init__(self, path: Path, exc: sqlite3.Error) -> None:
+        self.path = path
+        if isinstance(exc, sqlite3.OperationalError):
+            text = f"fatal: cannot open {path.name} ({path}): {exc}"
+        else:
+            text = f"fatal: {path.name} ({path}) is corrupt: {exc}; restore from a backup or move it aside"
+        super().__init__(text)
+
+
+@contextlib.contextmanager
+def naming(path: Path, transient: bool = False) -> Iterator[None]:
+    """Turn an SQLite error about `path` into StorageFailure naming the file. With `transient`, the
+    errors of a full or read-only disk (OperationalError) pass through for the caller to retry."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if transient and isinstance(exc, sqlite3.OperationalError):
+            raise
+        raise StorageFailure(path, exc) from exc
 
 
 class EmbeddedRunner:
@@ -42,66 +81,167 @@ class EmbeddedRunner:
         self.settings = settings
         self.clock = clock
         self.listeners: list[Listener] = []
-        self.ready = asyncio.Event()
+        self.ready = asyncio.Event()  # set once started (and also when the start failed)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.registry = Registry(registry_path(settings.data_dir))
-        self.devices = RegistryCache(self.registry)
-        self.outbox = Outbox(settings.webhooks)
-        self.store = AlertStore(store_path(settings.data_dir), hooks=[self.outbox.enqueue])
-        self.engine = AlertEngine(settings.alerts, self.store.open_alerts(), track_keys=True)
-        for key, key_state in self.store.alert_keys().items():  # hold/clear streaks, flap history
-            self.engine.restore_key(key, key_state)
-        self.pipeline = Pipeline(settings, self.devices, self.engine, self.store.device_states(),
-                                 started_at=clock())
-        self.delivery = WebhookDelivery(store_path(settings.data_dir), settings.webhooks)
-        self.influx = InfluxSink(settings.influx, settings.data_dir) if settings.influx.url else None
+        self.lock = DataDirLock(settings.data_dir, "citywatch run").acquire()  # DataDirBusy: one line
+        try:
+            self._open(settings, clock)
+        except BaseException:
+            self.lock.release()
+            raise
         self.collector: Collector | ProcessCollector | None = None
+        self.handoff: Handoff[Message] | None = None
         self.broker: Any = None
         self.batches = 0
         self.api_port: int | None = None
         self.storage_error: str | None = None
+        self.fatal: str | None = None  # the one line logged when a fatal error stopped the runner
+        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.stale_after_s = max(30.0, 10 * settings.alerts.tick_s)  # no loop turn for this long: stalled
+        self.last_loop_mono = time.monotonic()
+        self.last_loop_at: float | None = None  # wall time of the consume loop's last turn
+        self.last_batch_at: float | None = None  # wall time of the last acknowledged batch of messages
+        self.unacked = 0  # messages taken from the hand-off and not yet acknowledged
         # device id -> when its state first changed without being written (ingest.state_checkpoint_s > 0)
         self.unsaved: dict[str, float] = {}
+
+    def _open(self, settings: Settings, clock: Callable[[], float]) -> None:
+        """Open the registry and the alert store; an unreadable file stops the start, naming it."""
+        with naming(registry_path(settings.data_dir)):
+            self.registry = Registry(registry_path(settings.data_dir))
+            self.devices = RegistryCache(self.registry)
+        self.outbox = Outbox(settings.webhooks)
+        with naming(store_path(settings.data_dir)):
+            self.store = AlertStore(store_path(settings.data_dir), hooks=[self.outbox.enqueue])
+            self.engine = AlertEngine(settings.alerts, self.store.open_alerts(), track_keys=True)
+            for key, key_state in self.store.alert_keys().items():  # hold/clear streaks, flap history
+                self.engine.restore_key(key, key_state)
+            self.pipeline = Pipeline(settings, self.devices, self.engine, self.store.device_states(),
+                                     started_at=clock())
+            self.delivery = WebhookDelivery(store_path(settings.data_dir), settings.webhooks)
+        self.influx = InfluxSink(settings.influx, settings.data_dir) if settings.influx.url else None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set (returns) or a fatal error (raises RunnerFailed, already logged)."""
+        try:
+            await self._run(stop)
+        finally:
+            self.ready.set()  # wake whoever waits for the start, also when it failed
+            self.lock.release()
+        if self.fatal is not None:
+            raise RunnerFailed(self.fatal)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         protocol = mqtt.MQTTv5
         if self.settings.mqtt.embedded:
             self.broker = await start_embedded_broker(self.settings.mqtt.url)
             protocol = mqtt.MQTTv311  # amqtt speaks MQTT 3.1.1
-        handoff: Handoff[Message] = Handoff(self.settings.mqtt.queue_size, loop)
-        collector_class = ProcessCollector if self.settings.mqtt.collector_process else Collector
-        self.collector = collector_class(self.settings.mqtt, handoff, protocol)
+        mqtt_settings = with_packet_limit(self.settings.mqtt, self.settings.ingest.max_payload_bytes)
+        handoff: Handoff[Message] = Handoff(mqtt_settings.queue_size, loop, mqtt_settings.queue_bytes,
+                                            message_size)
+        self.handoff = handoff
+        collector_class = ProcessCollector if mqtt_settings.collector_process else Collector
+        self.collector = collector_class(mqtt_settings, handoff, protocol)
         self.collector.start()
-        delivery_task = asyncio.create_task(self.delivery.run(stop), name="webhooks")
-        api_runner = await self._start_api()
+        self.last_loop_mono = time.monotonic()
+        api_runner = None
         try:
-            await self._consume(handoff, stop)
+            api_runner = await self._start_api()
+            if api_runner is not False:
+                self.tasks = {"consume": asyncio.create_task(self._consume(handoff, stop), name="consume"),
+                              "webhooks": asyncio.create_task(self.delivery.run(stop), name="webhooks"),
+                              "collector": asyncio.create_task(self._watch_collector(stop), name="collector")}
+                await self._supervise(stop)
         finally:
-            self.collector.stop()
-            await self._drain(handoff, stop)
-            if self.unsaved and self.storage_error is None:
-                await self._store_until_written(Output(), stop, flush_states=True)
-            with contextlib.suppress(asyncio.CancelledError):
-                await delivery_task
-            self.delivery.close()
-            if api_runner is not None:
-                await api_runner.cleanup()
-            if self.influx is not None:
-                await asyncio.to_thread(self.influx.close)
-            self.store.close()
-            self.registry.close()
-            if self.broker is not None:
-                await self.broker.shutdown()
+            await self._shutdown(handoff, stop, api_runner if api_runner is not False else None)
+
+    async def _supervise(self, stop: asyncio.Event) -> None:
+        """Wait for the stop or for the first task to end; a task ending by itself is fatal."""
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait({stopped, *self.tasks.values()}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        for name, task in self.tasks.items():
+            if task in done and not stop.is_set():
+                self._fail(name, task)
+                break
+        stop.set()
+
+    def _fail(self, name: str, task: asyncio.Task[Any]) -> None:
+        """Log the one line that says why the runner stops, and keep it for the exit."""
+        exc = None if task.cancelled() else task.exception()
+        what = TASK_NAMES[name]
+        if isinstance(exc, StorageFailure):
+            self.fatal = str(exc)
+            log.critical("%s", self.fatal)
+        elif exc is not None:
+            self.fatal = f"fatal: {what} failed: {type(exc).__name__}: {exc}; stopping (a bug: please report it)"
+            log.critical("%s", self.fatal, exc_info=exc)
+        else:
+            self.fatal = f"fatal: {what} stopped unexpectedly; stopping"
+            log.critical("%s", self.fatal)
+
+    async def _shutdown(self, handoff: Handoff[Message], stop: asyncio.Event, api_runner: Any) -> None:
+        stop.set()
+        assert self.collector is not None
+        await asyncio.to_thread(self.collector.stop)
+        consume = self.tasks.get("consume")
+        if consume is not None and not consume.done():
+            await asyncio.wait({consume})
+        if consume is not None and self.fatal is None and not consume.cancelled() and consume.exception():
+            self._fail("consume", consume)  # failed on its last turn, after the stop
+        if self.fatal is None:
+            try:
+                await self._drain(handoff, stop)
+                if self.unsaved and self.storage_error is None:
+                    await self._store_until_written(Output(), stop, flush_states=True)
+            except StorageFailure as exc:  # met while draining: still one clear line, still non-zero
+                self.fatal = str(exc)
+                log.critical("%s", self.fatal)
+        for task in self.tasks.values():
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        for close in (self.delivery.close, self.store.close, self.registry.close):
+            with contextlib.suppress(sqlite3.Error):
+                close()
+        if api_runner is not None:
+            await api_runner.cleanup()
+        if self.influx is not None:
+            await asyncio.to_thread(self.influx.close)
+        if self.broker is not None:
+            await self.broker.shutdown()
 
     async def _start_api(self) -> Any:
+        """The API's runner; None when disabled; False when it cannot listen (fatal, logged)."""
         if not self.settings.api.enabled:
             return None
         from citywatch.api import start_api
 
-        return await start_api(self, self.settings.api)
+        api = self.settings.api
+        try:
+            app_runner = await start_api(self, api)
+        except OSError as exc:
+            self.fatal = f"fatal: cannot serve the API on {api.host}:{api.port}: {exc.strerror or exc}"
+            log.critical("%s", self.fatal)
+            return False
+        self.lock.set_api(f"{api.host}:{self.api_port}")
+        return app_runner
+
+    async def _watch_collector(self, stop: asyncio.Event) -> None:
+        """Ends (fatally) if the collector can no longer recover by itself: a thread collector whose
+        paho thread died, or the process collector's supervisor thread. Its child process dying is
+        recovered inside ProcessCollector (restarted with backoff)."""
+        while not stop.is_set():
+            collector = self.collector
+            if collector is not None and not collector.alive():
+                raise RuntimeError("the MQTT collector's network thread died")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
     async def _consume(self, handoff: Handoff[Message], stop: asyncio.Event) -> None:
         tick_s = self.settings.alerts.tick_s
@@ -113,10 +253,13 @@ class EmbeddedRunner:
         if not await asyncio.to_thread(self.collector.wait_connected, connect_timeout):
             log.warning("not connected to %s yet; retrying in the background", self.settings.mqtt.url)
         self.ready.set()
+        registry_file = registry_path(self.settings.data_dir)
         while not stop.is_set():
+            self._heartbeat()
             batch = await handoff.get_batch(batch_size, timeout=min(tick_s, 0.2))
             now = self.clock()
-            self.devices.refresh()  # one cheap query; reloads only after another process committed
+            with naming(registry_file, transient=True):
+                self.devices.refresh()  # one cheap query; reloads only after another process committed
             tick = now - last_tick >= tick_s
             if tick:
                 last_tick = now
@@ -129,6 +272,7 @@ class EmbeddedRunner:
         """Process a batch, store what it produced, then acknowledge it to the broker."""
         out = Output()
         process = self.pipeline.process
+        self.unacked = len(batch)
         for m in batch:
             process(m.topic, m.payload, m.received_at, out)
         if tick:
@@ -140,17 +284,27 @@ class EmbeddedRunner:
             return
         if batch and self.collector is not None:
             self.collector.ack(batch)
+            self.last_batch_at = time.time()
+        self.unacked = 0
         self.batches += 1
+
+    def _heartbeat(self) -> None:
+        """The consume loop is alive and turning (also while it waits for storage or InfluxDB)."""
+        self.last_loop_mono = time.monotonic()
+        self.last_loop_at = time.time()
 
     async def _store_until_written(self, out: Output, stop: asyncio.Event, flush_states: bool = False) -> bool:
         """Commit, retrying with backoff while the data directory is full or unwritable. Meanwhile
-        nothing is acknowledged and no new batch is taken: the broker holds the backlog."""
+        nothing is acknowledged and no new batch is taken: the broker holds the backlog. Any other
+        database error (a corrupt file) raises StorageFailure naming the file: retrying cannot help."""
         alerts, keys = self.engine.take_dirty(), self._touched_keys()
         states = self._states_to_write(keys, self.clock(), flush_states)
         delay = 0.2
         while True:
+            self._heartbeat()
             try:
-                self.store.commit(out, alerts, states, keys)
+                with naming(self.store.path, transient=True):
+                    self.store.commit(out, alerts, states, keys)
             except (sqlite3.OperationalError, OSError) as exc:
                 if self.storage_error is None:
                     log.error("cannot write to %s (%s): holding %d messages unacknowledged and retrying",
@@ -227,6 +381,7 @@ class EmbeddedRunner:
             self.influx.add(lines, timeout=0)
         except InfluxBackpressure:
             while True:  # wait in slices, so a stop is noticed while InfluxDB stays down
+                self._heartbeat()
                 try:
                     await asyncio.to_thread(self.influx.add, lines, 1.0)
                     break
@@ -234,6 +389,7 @@ class EmbeddedRunner:
                     if stop.is_set():
                         return False
         while not await asyncio.to_thread(self.influx.flush, 1.0):
+            self._heartbeat()
             if stop.is_set():
                 return False
         return True
@@ -264,16 +420,74 @@ class EmbeddedRunner:
 
     def stats(self) -> dict[str, Any]:
         c = self.collector
+        health = self.health()
         return {
             "counters": dict(self.pipeline.counters),
             "devices": len(self.devices),
             "open_alerts": len(self.engine.by_id),
             "storage_error": self.storage_error,
-            "mqtt": {"connected": bool(c and c.connected.is_set()), "received": c.received if c else 0,
+            "health": health,
+            "mqtt": {"connected": health["mqtt_connected"], "received": c.received if c else 0,
                      "connects": c.connects if c else 0,
-                     "handoff_blocked_s": round(c.handoff.blocked_s, 3) if c else 0.0},
-            "webhooks": self.delivery.stats(),
+                     "handoff_blocked_s": round(c.handoff.blocked_s, 3) if c else 0.0,
+                     "collector_restarts": health["collector_restarts"],
+                     "collector_last_gap_s": getattr(c, "last_gap_s", None),
+                     "collector_down_since": getattr(c, "down_since", None),
+                     "stale_acks": getattr(c, "stale_acks", 0)},
+            "webhooks": self._webhook_stats(),
             "influx": self.influx.stats() if self.influx else None,
+        }
+
+    def _webhook_stats(self) -> dict[str, int] | None:
+        try:
+            return self.delivery.stats()
+        except sqlite3.Error:
+            return None  # the store is failing: health() says so
+
+    def health(self) -> dict[str, Any]:
+        """The facts /health (liveness) and /ready (readiness) report, with short problem codes.
+
+        live: no fatal error, and the consume loop task runs and turned within stale_after_s.
+        ready: live, MQTT connected and subscribed, storage writable, the hand-off not full."""
+        problems: list[str] = []
+        consume = self.tasks.get("consume")
+        alive = consume is not None and not consume.done()
+        if self.fatal is not None:
+            problems.append("fatal")
+        if not alive:
+            problems.append("consume_loop_dead")
+        elif time.monotonic() - self.last_loop_mono > self.stale_after_s:
+            problems.append("consume_loop_stalled")
+        live = not problems
+        c = self.collector
+        subscribed = getattr(c, "subscribed", None)
+        connected = bool(c is not None and c.connected.is_set() and (subscribed is None or subscribed.is_set()))
+        if getattr(c, "down_since", None) is not None:
+            problems.append("collector_down")
+        if not connected:
+            problems.append("mqtt_disconnected")
+        if self.storage_error is not None:
+            problems.append("storage_error")
+        handoff = self.handoff
+        full = handoff is not None and handoff.full()
+        if full:
+            problems.append("backlog_full")
+        webhooks = self._webhook_stats()
+        return {
+            "live": live,
+            "ready": not problems,
+            "problems": problems,
+            "consume_loop_alive": alive,
+            "last_loop_at": self.last_loop_at,
+            "last_batch_at": self.last_batch_at,
+            "mqtt_connected": connected,
+            "collector_restarts": getattr(c, "restarts", 0),
+            "storage_error": self.storage_error,
+            "fatal": self.fatal,
+            "backlog": {"handoff": len(handoff) if handoff is not None else 0,
+                        "handoff_bytes": handoff.nbytes if handoff is not None else 0,
+                        "handoff_full": full, "unacked": self.unacked},
+            "webhooks_pending": webhooks["pending"] if webhooks is not None else None,
         }
 
 
