@@ -1,6 +1,6 @@
 """The HTTP API served by `citywatch run`: health, stats, alerts, and people's ack/resolve.
 
-Every endpoint but /health needs `Authorization: Bearer <api token>`. Without a configured
+Every endpoint but /health and /ready needs `Authorization: Bearer <api token>`. Without a configured
 token, one is generated at start into data_dir/api-token (mode 0600) for the CLI to use.
 """
 
@@ -47,7 +47,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 @web.middleware
 async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.path == "/health":
+    if request.path in ("/health", "/ready"):  # facts for supervisors, no secrets: open
         return await handler(request)
     header = request.headers.get("Authorization", "")
     expected = "Bearer " + request.app[TOKEN_KEY]
@@ -61,9 +61,17 @@ def _runner(request: web.Request) -> EmbeddedRunner:
 
 
 async def _health(request: web.Request) -> web.Response:
-    stats = _runner(request).stats()
-    ok = stats["mqtt"]["connected"]
-    return _json({"status": "ok" if ok else "degraded", "mqtt_connected": ok}, 200 if ok else 503)
+    """Liveness: 200 while the consume loop runs and turns, with no fatal error; else 503 (restart me)."""
+    facts = _runner(request).health()
+    status = "ok" if facts["ready"] else "not_ready" if facts["live"] else "failing"
+    return _json({"status": status, **facts}, 200 if facts["live"] else 503)
+
+
+async def _ready(request: web.Request) -> web.Response:
+    """Readiness: live, and MQTT connected and subscribed, storage writable, backlog under its bound."""
+    facts = _runner(request).health()
+    status = "ok" if facts["ready"] else "not_ready" if facts["live"] else "failing"
+    return _json({"status": status, **facts}, 200 if facts["ready"] else 503)
 
 
 async def _stats(request: web.Request) -> web.Response:
@@ -116,6 +124,7 @@ def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
     app[RUNNER_KEY] = runner
     app[TOKEN_KEY] = token
     app.router.add_get("/health", _health)
+    app.router.add_get("/ready", _ready)
     app.router.add_get("/stats", _stats)
     app.router.add_get("/alerts", _alerts)
     app.router.add_get("/alerts/{alert_id}", _alert)

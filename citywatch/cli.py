@@ -61,9 +61,12 @@ def main(ctx: click.Context, config: Path | None, data_dir: Path | None) -> None
 @main.command()
 @pass_ctx
 def run(ctx: Context) -> None:
-    """Run the pipeline: collect MQTT, detect, alert, deliver. Stops on SIGINT/SIGTERM."""
+    """Run the pipeline: collect MQTT, detect, alert, deliver. Stops on SIGINT/SIGTERM.
+
+    Exits non-zero on a fatal error (one line says why: a corrupt state.db, a crashed task, the data
+    dir owned by another runner), so a supervisor restarts it."""
     from citywatch.logs import setup_logging
-    from citywatch.streams.embedded import EmbeddedRunner
+    from citywatch.streams.embedded import EmbeddedRunner, RunnerFailed
 
     settings = ctx.settings
     setup_logging(settings)
@@ -76,7 +79,12 @@ def run(ctx: Context) -> None:
         runner = EmbeddedRunner(settings)
         await runner.run(stop)
 
-    asyncio.run(_main())
+    try:
+        asyncio.run(_main())
+    except RunnerFailed:
+        sys.exit(1)  # the runner has logged the one line saying why
+    except CitywatchError as exc:  # refused at start: data dir in use, a database that cannot be opened
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

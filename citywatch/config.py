@@ -41,6 +41,9 @@ class MqttSettings(Section):
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
     receive_maximum: int = Field(1000, ge=1, le=65535)
     queue_size: int = Field(5000, ge=10)
+    queue_bytes: int = Field(64 * 2**20, ge=2**16)  # the hand-off's byte bound (with queue_size, whichever first)
+    # MQTT 5 Maximum Packet Size sent in CONNECT; None: ingest.max_payload_bytes + 4096; 0: not sent
+    max_packet_bytes: int | None = Field(None, ge=0)
     collector_process: bool = True  # run paho in a child process (another core); false: a thread
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
