@@ -29,7 +29,7 @@ from citywatch.config import Settings
 from citywatch.datalock import DataDirLock
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.devices.registry import Registry, RegistryCache, registry_path
-from citywatch.errors import AlertError, CitywatchError
+from citywatch.errors import AlertError, CitywatchError, StorageError
 from citywatch.ingest.collector import Collector, Message, message_size, parse_url, with_packet_limit
 from citywatch.ingest.collector_process import ProcessCollector
 from citywatch.ingest.handoff import Handoff
@@ -52,7 +52,7 @@ class RunnerFailed(CitywatchError):
     """The runner stopped on a fatal error; the message is the one line it logged."""
 
 
-class StorageFailure(CitywatchError):
+class StorageFailure(StorageError):
     """A database file is corrupt (or cannot be opened): retrying cannot help."""
 
     def __init__(self, path: Path, exc: sqlite3.Error) -> None:
@@ -175,8 +175,8 @@ class EmbeddedRunner:
         """Log the one line that says why the runner stops, and keep it for the exit."""
         exc = None if task.cancelled() else task.exception()
         what = TASK_NAMES[name]
-        if isinstance(exc, StorageFailure):
-            self.fatal = str(exc)
+        if isinstance(exc, StorageError):
+            self.fatal = str(exc) if str(exc).startswith("fatal: ") else f"fatal: {exc}"
             log.critical("%s", self.fatal)
         elif exc is not None:
             self.fatal = f"fatal: {what} failed: {type(exc).__name__}: {exc}; stopping (a bug: please report it)"
@@ -199,8 +199,8 @@ class EmbeddedRunner:
                 await self._drain(handoff, stop)
                 if self.unsaved and self.storage_error is None:
                     await self._store_until_written(Output(), stop, flush_states=True)
-            except StorageFailure as exc:  # met while draining: still one clear line, still non-zero
-                self.fatal = str(exc)
+            except StorageError as exc:  # met while draining: still one clear line, still non-zero
+                self.fatal = str(exc) if str(exc).startswith("fatal: ") else f"fatal: {exc}"
                 log.critical("%s", self.fatal)
         for task in self.tasks.values():
             if not task.done():
