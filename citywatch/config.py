@@ -8,8 +8,10 @@ Secrets are SecretStr: they never print. Each secret can also come from a file (
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -22,6 +24,9 @@ from pydantic_settings import (
 
 from citywatch.detectors.settings import LearnedRules
 from citywatch.errors import ConfigError
+from citywatch.ingest.topics import TOPIC_PREFIX_PATTERN, valid_topic_prefix
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Section(BaseModel):
@@ -59,12 +64,32 @@ class MqttSettings(Section):
             raise ValueError("must start with mqtt:// or mqtts://")
         return url
 
+    @field_validator("topic_prefix")
+    @classmethod
+    def _safe_prefix(cls, prefix: str) -> str:
+        """Written into Mosquitto's acl_file: a newline there would add rules for every account."""
+        if not valid_topic_prefix(prefix):
+            raise ValueError(f"{prefix!r} must match {TOPIC_PREFIX_PATTERN} (at most 128 characters): "
+                             "no wildcards (+ #), no leading $ or /, no spaces or control characters")
+        return prefix
+
 
 class IngestSettings(Section):
     max_payload_bytes: int = Field(16384, ge=256)
     max_future_skew_s: float = Field(300.0, ge=0)
     batch_size: int = Field(1000, ge=1)
     state_checkpoint_s: float = Field(0.0, ge=0)
+    # Readings stamped earlier are dead-lettered (bad_timestamp): InfluxDB's time starts in 1677.
+    min_timestamp: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+
+    @field_validator("min_timestamp")
+    @classmethod
+    def _floor(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("needs a UTC offset, e.g. 2000-01-01T00:00:00Z")
+        if not datetime(1678, 1, 1, tzinfo=UTC) <= value <= datetime.now(UTC):
+            raise ValueError("must be between 1678-01-01T00:00:00Z (InfluxDB's earliest time) and now")
+        return value
 
 
 class WebhookRoute(Section):
@@ -229,6 +254,22 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     rules: RuleSettings = RuleSettings()
     kafka: KafkaSettings = KafkaSettings()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {name!r}: use an IANA name such as Asia/Shanghai") from None
+        return name
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        if level.upper() not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {level!r}: one of {', '.join(LOG_LEVELS)}")
+        return level.upper()
 
     @classmethod
     def settings_customise_sources(

@@ -7,7 +7,8 @@ at a few microseconds per message. Every failure becomes an InvalidMessage with 
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -19,9 +20,16 @@ from citywatch.model import Reading
 LOCK_EVENTS = ("unlock_ok", "unlock_fail", "forced_open", "tamper", "door_ajar", "door_closed",
                "jammed", "low_battery")
 
+# The default of ingest.min_timestamp. Older readings are dead-lettered (bad_timestamp): InfluxDB's
+# nanosecond timestamps start in 1677, and one reading stamped year 1 made it refuse a whole batch.
+DEFAULT_MIN_TIMESTAMP = 946684800.0  # 2000-01-01T00:00:00Z
+
+# Bounds are checked after decoding (parse_telemetry), against the configured floor and clock skew.
 Timestamp = Annotated[
-    Annotated[datetime, Meta(tz=True)] | Annotated[float, Meta(ge=0, le=1e14)],
-    Meta(description="event time: RFC 3339 with offset, or epoch seconds, or epoch milliseconds"),
+    Annotated[datetime, Meta(tz=True)] | float,
+    Meta(description="event time: RFC 3339 with offset, or epoch seconds, or epoch milliseconds; not before "
+                     "ingest.min_timestamp (default 2000-01-01T00:00:00Z) nor more than "
+                     "ingest.max_future_skew_s (default 300 s) ahead of the collector's clock"),
 ]
 Percent = Annotated[float, Meta(ge=0, le=100)]
 
@@ -113,9 +121,15 @@ def decode_payload(kind: str, payload: bytes) -> Payload:
         raise InvalidMessage("malformed_json", str(exc)) from None
 
 
+@lru_cache(maxsize=8)
+def _utc_text(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def parse_telemetry(kind: str, device_id: str, payload: bytes, received_at: float,
-                    max_future_skew_s: float = 300.0) -> Reading:
-    """Bytes of a telemetry message to a validated Reading, or InvalidMessage."""
+                    max_future_skew_s: float = 300.0, min_ts: float = DEFAULT_MIN_TIMESTAMP) -> Reading:
+    """Bytes of a telemetry message to a validated Reading, or InvalidMessage. `min_ts` is the
+    floor (ingest.min_timestamp, epoch s): an older `ts` is a dead letter `bad_timestamp`."""
     decoded = decode_payload(kind, payload)
     if decoded.device_id is not None and decoded.device_id != device_id:
         raise InvalidMessage("topic_mismatch", "payload device_id differs from the topic", "device_id")
@@ -124,6 +138,9 @@ def parse_telemetry(kind: str, device_id: str, payload: bytes, received_at: floa
     ts = epoch_seconds(decoded.ts)
     if not math.isfinite(ts):
         raise InvalidMessage("not_finite", "ts is not finite", "ts")
+    if ts < min_ts:
+        raise InvalidMessage("bad_timestamp", f"ts {ts:.10g} (epoch s) is before {_utc_text(min_ts)}, "
+                             "the earliest accepted (ingest.min_timestamp)", "ts")
     if ts > received_at + max_future_skew_s:
         raise InvalidMessage("future_timestamp",
                              f"ts is {ts - received_at:.0f} s ahead of the collector clock", "ts")
@@ -154,6 +171,10 @@ def json_schema() -> dict[str, Any]:
     """The device contract as JSON Schema, one definition per kind."""
     _, components = msgspec.json.schema_components(list(PAYLOAD_TYPES.values()),
                                                    ref_template="#/$defs/{name}")
+    for definition in components.values():  # the default floor, which the decoder checks after decoding
+        for branch in definition["properties"]["ts"]["anyOf"]:
+            if branch.get("type") == "number":
+                branch["minimum"] = DEFAULT_MIN_TIMESTAMP
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "citywatch device telemetry",

@@ -1,4 +1,8 @@
-"""The topic contract: `<prefix>/<kind>/<device_id>/telemetry` and `.../status`."""
+"""The topic contract: `<prefix>/<kind>/<device_id>/telemetry` and `.../status`.
+
+The prefix may have several levels (`jx/city`); it is written into Mosquitto's ACL file, so
+only names without wildcards, whitespace or control characters are allowed (TOPIC_PREFIX_PATTERN).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 _KINDS = frozenset(KINDS)
 MAX_TOPIC_LENGTH = 256
+TOPIC_PREFIX_PATTERN = r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*"
+_TOPIC_PREFIX = re.compile(TOPIC_PREFIX_PATTERN)
+MAX_PREFIX_LENGTH = 128
 
 
 class Topic(NamedTuple):
@@ -24,11 +31,17 @@ def valid_device_id(device_id: str) -> bool:
     return _DEVICE_ID.fullmatch(device_id) is not None
 
 
+def valid_topic_prefix(prefix: str) -> bool:
+    """Letters, digits, `_`, `-` in one or more `/`-separated levels: no `+`/`#` wildcards, no
+    `$` (broker-internal topics), no empty level, whitespace or control character."""
+    return len(prefix) <= MAX_PREFIX_LENGTH and _TOPIC_PREFIX.fullmatch(prefix) is not None
+
+
 def parse_topic(topic: str, prefix: str = "citywatch") -> Topic:
     """Split a topic into (kind, device_id, channel) or raise InvalidMessage."""
     if len(topic) > MAX_TOPIC_LENGTH:
         raise InvalidMessage("bad_topic", f"topic longer than {MAX_TOPIC_LENGTH} characters")
-    parts = topic.split("/")
+    parts = topic.rsplit("/", 3)  # the prefix may have levels of its own
     if len(parts) != 4 or parts[0] != prefix or parts[3] not in ("telemetry", "status"):
         raise InvalidMessage("bad_topic", f"expected {prefix}/<kind>/<device_id>/telemetry|status")
     kind, device_id = parts[1], parts[2]
