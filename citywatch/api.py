@@ -6,6 +6,7 @@ token, one is generated at start into data_dir/api-token (mode 0600) for the CLI
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 import secrets
@@ -17,12 +18,29 @@ from aiohttp import web
 
 from citywatch.config import ApiSettings
 from citywatch.errors import AlertError
+from citywatch.httpserve import serve
+from citywatch.sinks.alertreader import AlertReader
+from citywatch.sinks.store import store_path
 
 if TYPE_CHECKING:
     from citywatch.streams.embedded import EmbeddedRunner
 
 RUNNER_KEY = web.AppKey("runner", object)
 TOKEN_KEY = web.AppKey("token", str)
+READER_KEY = web.AppKey("reader", AlertReader)
+
+
+class _ActionBody(msgspec.Struct):
+    """The optional JSON body of ack/resolve: who did it."""
+
+    by: str | None = None
+
+
+_decode_action = msgspec.json.Decoder(_ActionBody).decode
+
+
+class _BadBody(Exception):
+    """The request body is not what the endpoint takes: 400 with this message."""
 
 
 def api_token(settings: ApiSettings, data_dir: Path, create: bool = True) -> str | None:
@@ -49,11 +67,16 @@ def _json(data: Any, status: int = 200) -> web.Response:
 async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
     if request.path in ("/health", "/ready"):  # facts for supervisors, no secrets: open
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    expected = "Bearer " + request.app[TOKEN_KEY]
-    if not hmac.compare_digest(header.encode(), expected.encode()):
+    if not _bearer_ok(request.headers.get("Authorization", ""), request.app[TOKEN_KEY]):
         return _json({"error": "missing or invalid bearer token"}, 401)
     return await handler(request)
+
+
+def _bearer_ok(header: str, token: str) -> bool:
+    """`Bearer <token>`; the scheme is case-insensitive (RFC 7235), the token compared in constant time."""
+    scheme, _, given = header.strip().partition(" ")
+    given_bytes = given.strip().encode("utf-8", "replace")  # a header may carry undecodable bytes
+    return hmac.compare_digest(given_bytes, token.encode()) and scheme.lower() == "bearer"
 
 
 def _runner(request: web.Request) -> EmbeddedRunner:
@@ -82,37 +105,62 @@ async def _alerts(request: web.Request) -> web.Response:
     return _json(sorted(_runner(request).engine.by_id.values(), key=lambda a: a.opened_at))
 
 
+async def _stored(request: web.Request, alert_id: str) -> Any:
+    """The alert as stored (closed ones are only there): one primary-key read, off the event loop."""
+    return await asyncio.to_thread(request.app[READER_KEY].alert, alert_id)
+
+
 async def _alert(request: web.Request) -> web.Response:
-    runner = _runner(request)
     alert_id = request.match_info["alert_id"]
-    alert = runner.engine.by_id.get(alert_id)
+    alert = _runner(request).engine.by_id.get(alert_id)
     if alert is None:
-        matches = [a for a in runner.store.alerts(None) if a.id == alert_id]
-        if not matches:
+        alert = await _stored(request, alert_id)
+        if alert is None:
             return _json({"error": f"no alert {alert_id}"}, 404)
-        alert = matches[0]
     return _json(alert)
 
 
 async def _actor(request: web.Request) -> str:
-    if request.can_read_body:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = {}
-        if isinstance(body, dict) and isinstance(body.get("by"), str) and body["by"].strip():
-            return body["by"].strip()[:128]
-    return "api"
+    """Who acts: `by` of an optional JSON object body, else "api". A body that is not such an
+    object (malformed, nested past the decoder's depth, `by` not text) is refused."""
+    body = await request.read()
+    if not body.strip():
+        return "api"
+    try:
+        by = _decode_action(body).by
+    except msgspec.DecodeError as exc:  # ValidationError included
+        raise _BadBody(f"body must be a JSON object like {{\"by\": \"name\"}}: {exc}") from None
+    except RecursionError:
+        raise _BadBody("body must be a JSON object like {\"by\": \"name\"}: nested too deeply") from None
+    if by is None or not by.strip():
+        return "api"
+    if not by.isprintable():
+        raise _BadBody("by: must be printable text (no control characters or line breaks)")
+    return by.strip()[:128]
 
 
 def _person_action(action: str) -> Any:
-    """A handler applying `runner.<action>(alert_id, by)`: acknowledge or resolve."""
+    """A handler applying `runner.<action>(alert_id, by)`: acknowledge or resolve. An id never
+    seen answers 404; an alert in a state that does not allow it (already acknowledged, already
+    resolved) 409."""
 
     async def handler(request: web.Request) -> web.Response:
-        act = getattr(_runner(request), action)
+        runner = _runner(request)
+        alert_id = request.match_info["alert_id"]
         try:
-            transition = act(request.match_info["alert_id"], await _actor(request))
+            by = await _actor(request)
+        except _BadBody as exc:
+            return _json({"error": str(exc)}, 400)
+        try:
+            transition = getattr(runner, action)(alert_id, by)
         except AlertError as exc:
+            if alert_id in runner.engine.by_id:
+                return _json({"error": str(exc)}, 409)
+            stored = await _stored(request, alert_id)
+            if stored is None:
+                return _json({"error": f"no alert {alert_id}"}, 404)
+            if stored.status == "resolved":
+                return _json({"error": f"alert {alert_id} is already resolved"}, 409)
             return _json({"error": str(exc)}, 409)
         return _json(transition)
 
@@ -123,6 +171,12 @@ def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
     app = web.Application(middlewares=[_auth], client_max_size=64 * 1024)
     app[RUNNER_KEY] = runner
     app[TOKEN_KEY] = token
+    reader = app[READER_KEY] = AlertReader(store_path(runner.settings.data_dir))
+
+    async def close_reader(app: web.Application) -> None:
+        reader.close()
+
+    app.on_cleanup.append(close_reader)
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _ready)
     app.router.add_get("/stats", _stats)
@@ -136,10 +190,5 @@ def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
 async def start_api(runner: EmbeddedRunner, settings: ApiSettings) -> web.AppRunner:
     token = api_token(settings, runner.settings.data_dir)
     assert token is not None
-    app_runner = web.AppRunner(make_app(runner, token), access_log=None)
-    await app_runner.setup()
-    site = web.TCPSite(app_runner, settings.host, settings.port)
-    await site.start()
-    server = getattr(site, "_server", None)
-    runner.api_port = server.sockets[0].getsockname()[1] if server and server.sockets else settings.port
+    app_runner, _, runner.api_port = await serve(make_app(runner, token), settings)
     return app_runner

@@ -92,6 +92,22 @@ class IngestSettings(Section):
         return value
 
 
+def _http_url(url: str) -> str:
+    """An absolute http(s) URL with a host and no whitespace: refused at start, not at the first send."""
+    from urllib.parse import urlsplit
+
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return url
+
+
 class WebhookRoute(Section):
     """Send matching alert transitions to `url`. Empty lists match everything."""
 
@@ -104,6 +120,8 @@ class WebhookRoute(Section):
     min_severity: str = Field("info", pattern="^(info|warning|critical)$")
     secret: SecretStr | None = None  # defaults to webhooks.secret
 
+    _url = field_validator("url")(_http_url)
+
 
 class WebhookSettings(Section):
     url: str | None = None  # the default route: gets every transition no other route claims
@@ -114,7 +132,13 @@ class WebhookSettings(Section):
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)
     concurrency: int = Field(4, ge=1)
+    client_error_attempts: int = Field(5, ge=1)  # a 4xx refusal (not 408/409/425/429) is dead after this many
     public_url: str = "http://127.0.0.1:8087"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        return None if url is None else _http_url(url)
 
 
 class InfluxSettings(Section):
@@ -127,6 +151,7 @@ class InfluxSettings(Section):
     flush_interval_ms: int = Field(1000, ge=10)
     timeout_ms: int = Field(10000, ge=100)
     buffer_max_mb: int = Field(512, ge=1)  # on-disk buffer while InfluxDB is unreachable
+    rejected_max_mb: int = Field(64, ge=1)  # lines InfluxDB refused, kept in influx-rejected/ for replay
 
 
 class ApiSettings(Section):
@@ -135,6 +160,9 @@ class ApiSettings(Section):
     port: int = Field(8087, ge=0, le=65535)
     token: SecretStr | None = None
     token_file: Path | None = None
+    header_timeout_s: float = Field(10.0, gt=0)  # connect (or last response) to complete request headers
+    request_timeout_s: float = Field(30.0, gt=0)  # request headers to response, body included
+    max_connections: int = Field(256, ge=1)  # open HTTP connections; idle ones are closed first when full
 
 
 class Deadlines(Section):
