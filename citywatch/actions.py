@@ -28,6 +28,7 @@ from citywatch.sinks.webhooks import Outbox
 from citywatch.streams.pipeline import Output
 
 RUNNER = "citywatch run"
+API_TIMEOUT_S = 10.0
 
 
 def act(settings: Settings, alert_id: str, action: str, by: str) -> dict[str, Any]:
@@ -78,13 +79,17 @@ def _via_owner(settings: Settings, holder: dict[str, Any], alert_id: str, action
                                      headers={"Authorization": f"Bearer {token}",
                                               "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=API_TIMEOUT_S) as response:
             result: dict[str, Any] = json.loads(response.read())
             return result
     except urllib.error.HTTPError as exc:
         raise AlertError(_http_error(exc)) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError):  # sent, unanswered: the owner may still apply it
+            raise AlertError(f"{RUNNER} (pid {pid}) owns {data_dir} but its API at {base} did not answer within "
+                             f"{API_TIMEOUT_S:g} s; the {action} may still be applied when it does (see "
+                             f"`citywatch alerts list`); {refuse}") from None
         raise AlertError(f"{RUNNER} (pid {pid}) owns {data_dir} but its API at {base} does not answer "
                          f"({reason}); {refuse}: try again, or stop the runner first") from None
 
