@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
+from urllib.parse import urlsplit
 
 from citywatch.config import Settings
+
+# scheme://user:PASSWORD@host: the password runs to the last '@' before the path (urlsplit's rule).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:)(?P<password>[^\s/]*)@")
+log = logging.getLogger("citywatch")
+
+
+def mask_url_credentials(text: str) -> str:
+    """`mqtt://user:secret@host` -> `mqtt://user:***@host`, wherever URLs appear in `text`."""
+    return _URL_PASSWORD.sub(r"\g<head>***@", text) if "://" in text else text
 
 
 class RedactSecrets(logging.Filter):
@@ -13,19 +25,44 @@ class RedactSecrets(logging.Filter):
         self.secrets = [s for s in secrets if len(s) >= 4]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            if any(s in message for s in self.secrets):
-                for s in self.secrets:
-                    message = message.replace(s, "***")
-                record.msg, record.args = message, None
+        message = record.getMessage()
+        masked = mask_url_credentials(message)
+        if self.secrets and any(s in masked for s in self.secrets):
+            for s in self.secrets:
+                masked = masked.replace(s, "***")
+        if masked != message:
+            record.msg, record.args = masked, None
         return True
+
+
+def _url_passwords(urls: list[str | None]) -> list[str]:
+    found = []
+    for url in urls:
+        try:
+            password = urlsplit(url).password if url else None
+        except ValueError:
+            password = None
+        if password:
+            found.append(password)
+    return found
 
 
 def configured_secrets(settings: Settings) -> list[str]:
     values = [settings.mqtt.password, settings.webhooks.secret, settings.influx.token, settings.api.token]
     values += [route.secret for route in settings.webhooks.routes]
-    return [v.get_secret_value() for v in values if v is not None]
+    urls = [settings.mqtt.url, settings.influx.url, settings.webhooks.url]
+    urls += [route.url for route in settings.webhooks.routes]
+    return [v.get_secret_value() for v in values if v is not None] + _url_passwords(urls)
+
+
+def reachable_from_network(host: str) -> bool:
+    """True unless `host` is a loopback address or `localhost` (0.0.0.0 and :: are every interface)."""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # "", "*" and host names: other machines may reach them
 
 
 def setup_logging(settings: Settings) -> None:
@@ -37,3 +74,7 @@ def setup_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level.upper())
     for noisy in ("amqtt", "transitions", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if settings.api.enabled and reachable_from_network(settings.api.host):
+        log.warning("api.host %s: the HTTP API is reachable from the network (plain HTTP, guarded only by its "
+                    "bearer token); bind 127.0.0.1, or put a firewall and a TLS proxy in front",
+                    settings.api.host)
