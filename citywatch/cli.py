@@ -25,12 +25,6 @@ def _ts(value: float | None) -> str:
     return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-class ConfigProblem(click.ClickException):
-    """Bad configuration: one line naming the key, exit code 2 (like a usage error), no traceback."""
-
-    exit_code = 2
-
-
 class Context:
     def __init__(self, config: Path | None, data_dir: Path | None) -> None:
         self.config = config
@@ -44,7 +38,7 @@ class Context:
             try:
                 self._settings = load_settings(self.config, overrides)
             except CitywatchError as exc:
-                raise ConfigProblem(str(exc)) from None
+                raise click.ClickException(str(exc)) from None
         return self._settings
 
 
@@ -150,26 +144,18 @@ def schema() -> None:
 @main.command("config")
 @pass_ctx
 def show_config(ctx: Context) -> None:
-    """Print the effective configuration (secrets masked, passwords in URLs too)."""
-    from citywatch.logs import mask_url_credentials
-
-    def masked(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: masked(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [masked(v) for v in value]
-        return mask_url_credentials(value) if isinstance(value, str) else value
-
-    click.echo(json.dumps(masked(ctx.settings.model_dump(mode="json")), indent=2))
+    """Print the effective configuration (secrets masked)."""
+    click.echo(json.dumps(ctx.settings.model_dump(mode="json"), indent=2))
 
 
 # -- alerts and dead letters ------------------------------------------------------------------
 
 
-def _store(ctx: Context) -> Any:
+def _store(ctx: Context, tables: tuple[str, ...] = ()) -> Any:
+    """The alert store; with `tables`, only those are integrity-checked at open (fast on a big file)."""
     from citywatch.sinks.store import AlertStore, store_path
 
-    return AlertStore(store_path(ctx.settings.data_dir))
+    return AlertStore(store_path(ctx.settings.data_dir), check=tables or True)
 
 
 @main.group()
@@ -183,7 +169,7 @@ def alerts() -> None:
 @pass_ctx
 def alerts_list(ctx: Context, show_all: bool, as_json: bool) -> None:
     """Open alerts (newest first)."""
-    store = _store(ctx)
+    store = _store(ctx, ("alerts",))
     found = store.alerts(None if show_all else "open")
     store.close()
     if as_json:
@@ -230,9 +216,10 @@ def alerts_resolve(ctx: Context, alert_id: str, by: str) -> None:
 @pass_ctx
 def deadletters(ctx: Context, limit: int, reason: str | None, as_json: bool) -> None:
     """Messages that could not be processed, with the reason (newest first)."""
-    store = _store(ctx)
+    store = _store(ctx, ("dead_letters", "counters"))
     found = store.dead_letters(limit, reason)
-    counts = store.dead_letter_counts()
+    counts = store.dead_letter_counts()  # every dead letter ever, by reason (exact: counters, not rows)
+    sampled = store.sampled_out_counts()
     store.close()
     if as_json:
         click.echo(json.dumps([{"topic": d.topic, "reason": d.reason, "detail": d.detail, "size": d.size,
@@ -242,8 +229,73 @@ def deadletters(ctx: Context, limit: int, reason: str | None, as_json: bool) -> 
     for d in found:
         payload = d.payload[:80].decode("utf-8", "replace").replace("\n", " ")
         click.echo(f"{_ts(d.received_at)}\t{d.reason}\t{d.topic}\t{payload}")
-    summary = ", ".join(f"{r}: {n}" for r, n in counts.items()) or "none"
+    summary = ", ".join(f"{r}: {n}" + (f" ({sampled[r]} not stored: sampled)" if sampled.get(r) else "")
+                        for r, n in counts.items()) or "none"
     click.echo(f"dead letters by reason: {summary}", err=True)
+
+
+# -- storage, backup and restore -------------------------------------------------------------
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} MB"
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def storage(ctx: Context, as_json: bool) -> None:
+    """Disk use of the data directory and what the live store holds (see `retention:` in config.yaml)."""
+    from citywatch.sinks.retention import disk_usage
+
+    data_dir = ctx.settings.data_dir
+    store = _store(ctx)
+    summary = store.summary()
+    store.close()
+    report = {"data_dir": str(data_dir), "disk": disk_usage(data_dir), **summary}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    disk = report["disk"]
+    click.echo(f"data dir {data_dir}: {_mb(disk['data_dir_total'])} used, {_mb(disk['fs_free'])} free "
+               f"of {_mb(disk['fs_size'])}")
+    for key in ("state_db", "state_wal", "registry_db", "registry_wal", "archive", "influx_buffer", "influx_rejected"):
+        click.echo(f"  {key:<16}{_mb(disk[key]):>12}")
+    dead = summary["dead_letters"]
+    click.echo(f"alerts: {summary['alerts']['open']} open, {summary['alerts']['resolved']} resolved, "
+               f"{summary['alerts_archived']} archived; transitions: {summary['transitions']}; "
+               f"device states: {summary['device_states']}")
+    click.echo(f"webhook outbox: {', '.join(f'{k} {v}' for k, v in summary['outbox'].items()) or 'empty'}")
+    click.echo(f"dead letters: {dead['counted']} counted, {dead['stored']} stored, {dead['sampled_out']} sampled out,"
+               f" {dead['purged']} purged")
+
+
+@main.command("backup")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The backup file to write (tar.gz, mode 0600).")
+@pass_ctx
+def backup_command(ctx: Context, out: Path) -> None:
+    """Back up registry.db and state.db (SQLite online backup: safe while `citywatch run` runs)."""
+    from citywatch.backup import backup
+
+    manifest = backup(ctx.settings.data_dir, out)
+    sizes = ", ".join(f"{name} {_mb(f['bytes'])}" for name, f in manifest["files"].items())
+    click.echo(f"backup written to {out} ({sizes}; {manifest['created_at']})")
+
+
+@main.command("restore")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data-dir", "target", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Restore into this directory (default: data_dir).")
+@click.option("--force", is_flag=True, help="Replace the databases of a data directory that is not empty.")
+@pass_ctx
+def restore_command(ctx: Context, archive: Path, target: Path | None, force: bool) -> None:
+    """Restore a backup's databases (refused while a runner holds the data directory)."""
+    from citywatch.backup import restore
+
+    data_dir = target or ctx.data_dir or ctx.settings.data_dir
+    manifest = restore(archive, data_dir, force=force)
+    click.echo(f"restored {', '.join(manifest['files'])} from {manifest['created_at']} into {data_dir}")
 
 
 from citywatch.dashboards.cli import dashboards  # noqa: E402  (commands defined in their own modules)

@@ -20,6 +20,7 @@ import msgspec
 from citywatch.errors import DeviceError
 from citywatch.ingest.topics import DEVICE_ID_PATTERN, valid_device_id
 from citywatch.model import KINDS, Device
+from citywatch.sinks.database import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -36,13 +37,10 @@ _ATTRS = ("district", "grid", "address", "lat", "lon", "zone_class", "interval_s
           "max_stay_min", "no_parking", "thresholds")
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
-    return conn
+def connect(path: Path, check: bool = True) -> sqlite3.Connection:
+    """Open registry.db (password hashes: mode 0600, quick integrity check); StorageError names the
+    file when it is corrupt or cannot be written."""
+    return open_database(path, SCHEMA, check=check)
 
 
 def registry_path(data_dir: Path) -> Path:

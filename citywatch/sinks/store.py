@@ -2,19 +2,25 @@
 detector state and the webhook outbox, so one transaction commits all a batch produced.
 
 The runner acknowledges MQTT messages only after `commit` returns: at-least-once end to end.
+Dead letters are counted per reason in `counters` (kept forever) and stored only as a sample
+(sampling.py); retention.py deletes old rows and archives resolved alerts.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from citywatch.config import RetentionSettings
 from citywatch.detectors.baseline import plain_hook
 from citywatch.model import Alert, DeadLetter, KeyState, Transition
+from citywatch.sinks.database import open_database
+from citywatch.sinks.sampling import DeadLetterSampler
 from citywatch.streams.pipeline import Output
 
 SCHEMA = """
@@ -30,6 +36,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status);
+CREATE INDEX IF NOT EXISTS alerts_closed ON alerts (status, updated_at);
 CREATE TABLE IF NOT EXISTS transitions (
     id TEXT PRIMARY KEY,
     alert_id TEXT NOT NULL,
@@ -62,7 +69,19 @@ CREATE TABLE IF NOT EXISTS alert_keys (
     body BLOB NOT NULL,
     PRIMARY KEY (device_id, rule)
 );
+CREATE TABLE IF NOT EXISTS archive_pending (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    file TEXT NOT NULL,
+    size_before INTEGER NOT NULL,
+    alert_ids TEXT NOT NULL
+);
 """
+# Counter names (table `counters`): readings, statuses, dead_letters (all), dead_letter.<reason> (all of
+# that reason), sampled_out.<reason> and dead_letters.sampled_out (counted, not stored), dead_letters.purged.
+REASON_PREFIX = "dead_letter."
+SAMPLED_PREFIX = "sampled_out."
+# PRAGMA user_version: 1 = per-reason dead-letter counters exist (older files are counted once from the rows).
+SCHEMA_VERSION = 1
 
 _encode_json = msgspec.json.Encoder().encode
 _encode_state = msgspec.msgpack.Encoder(enc_hook=plain_hook).encode
@@ -77,21 +96,42 @@ def store_path(data_dir: Path) -> Path:
     return data_dir / "state.db"
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: a million devices' state keeps its B-tree pages cached
-    conn.executescript(SCHEMA)
+def connect(path: Path, check: bool | Sequence[str] = True, wal_max_mb: int = 64) -> sqlite3.Connection:
+    """Open state.db (mode 0600, quick integrity check): StorageError naming the file if unusable."""
+    # 64 MiB cache: a million devices' state keeps its B-tree pages cached
+    conn = open_database(path, SCHEMA, cache_kib=65536, check=check, wal_max_bytes=wal_max_mb * 1024 * 1024)
+    _count_old_dead_letters(conn)
     return conn
 
 
+def _count_old_dead_letters(conn: sqlite3.Connection) -> None:
+    """A file from before per-reason counters: count its stored dead letters once."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            conn.execute("INSERT INTO counters SELECT ? || reason, COUNT(*) FROM dead_letters GROUP BY reason"
+                         " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (REASON_PREFIX,))
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 class AlertStore:
-    def __init__(self, path: Path, hooks: Iterable[TxHook] = ()) -> None:
+    """`retention` sets the dead-letter sampling (defaults when None: sampling is always on). `check`: a
+    quick integrity check of the whole file at open (True), or only of the tables named (CLI reads)."""
+
+    def __init__(self, path: Path, hooks: Iterable[TxHook] = (), retention: RetentionSettings | None = None,
+                 check: bool | Sequence[str] = True) -> None:
         self.path = path
-        self.conn = connect(path)
+        retention = retention or RetentionSettings()
+        self.conn = connect(path, check=check, wal_max_mb=retention.wal_max_mb)
         self.hooks = list(hooks)
+        self.sampler = DeadLetterSampler(retention.dead_letters)
 
     def close(self) -> None:
         self.conn.close()
@@ -108,7 +148,8 @@ class AlertStore:
         return {(device_id, rule): _decode_key(body) for device_id, rule, body in rows}
 
     def counters(self) -> dict[str, int]:
-        """Messages committed since the store was created: readings, statuses, dead_letters."""
+        """Messages committed since the store was created: readings, statuses, dead_letters (and per
+        reason, sampled out, purged: see the names above)."""
         return dict(self.conn.execute("SELECT name, value FROM counters").fetchall())
 
     def device_states(self) -> dict[str, dict[str, Any]]:
@@ -133,17 +174,22 @@ class AlertStore:
                 "INSERT OR IGNORE INTO transitions VALUES (?, ?, ?, ?, ?)",
                 [(t.id, t.alert_id, t.transition, t.at, _encode_json(t)) for t in out.transitions],
             )
+            kept, dropped = self.sampler.split(out.dead_letters) if out.dead_letters else ([], [])
             conn.executemany(
                 "INSERT INTO dead_letters (topic, payload, size, reason, detail, received_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                [(d.topic, d.payload, d.size, d.reason, d.detail, d.received_at) for d in out.dead_letters],
+                [(d.topic, d.payload, d.size, d.reason, d.detail, d.received_at) for d in kept],
             )
             conn.executemany(
                 "INSERT OR REPLACE INTO device_state VALUES (?, ?)",
                 [(device_id, _encode_state(state)) for device_id, state in states.items()],
             )
             counts = [(name, n) for name, n in (("readings", len(out.accepted)), ("statuses", len(out.statuses)),
-                                                ("dead_letters", len(out.dead_letters))) if n]
+                                                ("dead_letters", len(out.dead_letters)),
+                                                ("dead_letters.sampled_out", len(dropped))) if n]
+            if out.dead_letters:
+                counts += [(REASON_PREFIX + r, n) for r, n in Counter(d.reason for d in out.dead_letters).items()]
+                counts += [(SAMPLED_PREFIX + r, n) for r, n in Counter(d.reason for d in dropped).items()]
             conn.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + "
                              "excluded.value", counts)
             if keys:
@@ -192,5 +238,36 @@ class AlertStore:
         return [DeadLetter(*row) for row in rows]
 
     def dead_letter_counts(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason ORDER BY 2 DESC")
+        """Every dead letter ever committed, by reason (most first): exact, whatever was sampled or purged."""
+        return self._prefixed(REASON_PREFIX)
+
+    def sampled_out_counts(self) -> dict[str, int]:
+        """Dead letters counted but not stored (rate limited per source), by reason."""
+        return self._prefixed(SAMPLED_PREFIX)
+
+    def _prefixed(self, prefix: str) -> dict[str, int]:
+        rows = self.conn.execute("SELECT substr(name, ?), value FROM counters WHERE name >= ? AND name < ?"
+                                 " AND value > 0 ORDER BY value DESC, name",
+                                 (len(prefix) + 1, prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)))
         return dict(rows.fetchall())
+
+    def summary(self) -> dict[str, Any]:
+        """What the live store holds (row counts) and the dead-letter counters, for `citywatch storage`."""
+        conn = self.conn
+        closed = dict(conn.execute("SELECT status = 'resolved', COUNT(*) FROM alerts GROUP BY 1").fetchall())
+        has_outbox = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'webhook_outbox'").fetchone()
+        outbox = dict(conn.execute("SELECT status, COUNT(*) FROM webhook_outbox GROUP BY status").fetchall()
+                      if has_outbox else [])
+        counters = self.counters()
+        return {
+            "alerts": {"open": closed.get(0, 0), "resolved": closed.get(1, 0)},
+            "transitions": conn.execute("SELECT COUNT(*) FROM transitions").fetchone()[0],
+            "device_states": conn.execute("SELECT COUNT(*) FROM device_state").fetchone()[0],
+            "outbox": outbox,
+            "dead_letters": {"stored": conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0],
+                             "counted": counters.get("dead_letters", 0),
+                             "sampled_out": counters.get("dead_letters.sampled_out", 0),
+                             "purged": counters.get("dead_letters.purged", 0),
+                             "by_reason": self.dead_letter_counts()},
+            "alerts_archived": counters.get("alerts.archived", 0),
+        }
