@@ -35,6 +35,7 @@ from citywatch.ingest.collector_process import ProcessCollector
 from citywatch.ingest.handoff import Handoff
 from citywatch.model import KeyState, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
+from citywatch.sinks.retention import Retention
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
 from citywatch.streams.gcpolicy import FreezeAfterFullCollections
@@ -112,7 +113,8 @@ class EmbeddedRunner:
             self.devices = RegistryCache(self.registry)
         self.outbox = Outbox(settings.webhooks)
         with naming(store_path(settings.data_dir)):
-            self.store = AlertStore(store_path(settings.data_dir), hooks=[self.outbox.enqueue])
+            self.store = AlertStore(store_path(settings.data_dir), hooks=[self.outbox.enqueue],
+                                    retention=settings.retention)
             self.engine = AlertEngine(settings.alerts, self.store.open_alerts(), track_keys=True)
             for key, key_state in self.store.alert_keys().items():  # hold/clear streaks, flap history
                 self.engine.restore_key(key, key_state)
@@ -120,6 +122,7 @@ class EmbeddedRunner:
                                      started_at=clock())
             self.delivery = WebhookDelivery(store_path(settings.data_dir), settings.webhooks)
         self.influx = InfluxSink(settings.influx, settings.data_dir) if settings.influx.url else None
+        self.retention = Retention(settings.retention, settings.data_dir)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -206,6 +209,7 @@ class EmbeddedRunner:
             if not task.done():
                 task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self.retention.stop()
         for close in (self.delivery.close, self.store.close, self.registry.close):
             with contextlib.suppress(sqlite3.Error):
                 close()
@@ -265,6 +269,8 @@ class EmbeddedRunner:
                 last_tick = now
             if batch or tick:
                 await self._handle(batch, now, tick, stop)
+            if tick:
+                self.retention.start_if_due(now)  # a bounded purge/archive pass, in a worker thread
             gc_policy.check()
             await asyncio.sleep(0)  # with a backlog every await above returns at once: let the API answer
 
@@ -436,6 +442,7 @@ class EmbeddedRunner:
                      "stale_acks": getattr(c, "stale_acks", 0)},
             "webhooks": self._webhook_stats(),
             "influx": self.influx.stats() if self.influx else None,
+            "storage": self.retention.stats(),
         }
 
     def _webhook_stats(self) -> dict[str, int] | None:
