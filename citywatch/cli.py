@@ -25,6 +25,12 @@ def _ts(value: float | None) -> str:
     return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+class ConfigProblem(click.ClickException):
+    """Bad configuration: one line naming the key, exit code 2 (like a usage error), no traceback."""
+
+    exit_code = 2
+
+
 class Context:
     def __init__(self, config: Path | None, data_dir: Path | None) -> None:
         self.config = config
@@ -38,7 +44,7 @@ class Context:
             try:
                 self._settings = load_settings(self.config, overrides)
             except CitywatchError as exc:
-                raise click.ClickException(str(exc)) from None
+                raise ConfigProblem(str(exc)) from None
         return self._settings
 
 
@@ -144,8 +150,17 @@ def schema() -> None:
 @main.command("config")
 @pass_ctx
 def show_config(ctx: Context) -> None:
-    """Print the effective configuration (secrets masked)."""
-    click.echo(json.dumps(ctx.settings.model_dump(mode="json"), indent=2))
+    """Print the effective configuration (secrets masked, passwords in URLs too)."""
+    from citywatch.logs import mask_url_credentials
+
+    def masked(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: masked(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [masked(v) for v in value]
+        return mask_url_credentials(value) if isinstance(value, str) else value
+
+    click.echo(json.dumps(masked(ctx.settings.model_dump(mode="json")), indent=2))
 
 
 # -- alerts and dead letters ------------------------------------------------------------------

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_core.core_schema import ValidationInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -151,6 +152,11 @@ class InfluxSettings(Section):
     flush_interval_ms: int = Field(1000, ge=10)
     timeout_ms: int = Field(10000, ge=100)
     buffer_max_mb: int = Field(512, ge=1)  # on-disk buffer while InfluxDB is unreachable
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        return None if url is None else _http_url(url)
     rejected_max_mb: int = Field(64, ge=1)  # lines InfluxDB refused, kept in influx-rejected/ for replay
 
 
@@ -213,10 +219,23 @@ class AlertSettings(Section):
     tick_s: float = Field(1.0, gt=0)
 
 
+def _below(section: str, low_name: str, info: ValidationInfo, high_name: str, high: float) -> None:
+    """Cross-field check (fields validate in order, so the lower one is already in info.data)."""
+    low = info.data.get(low_name)
+    if low is not None and not low < high:
+        raise ValueError(f"{section}.{low_name} ({low:g}) must be below {section}.{high_name} ({high:g})")
+
+
 class GasRules(Section):
     level1_pct: float = Field(25.0, gt=0, le=100)
-    level2_pct: float = Field(50.0, gt=0, le=100)
+    level2_pct: float = Field(50.0, gt=0, le=100, validate_default=True)  # checked against the field above
     hysteresis_pct: float = Field(5.0, ge=0)
+
+    @field_validator("level2_pct")
+    @classmethod
+    def _levels_rise(cls, value: float, info: ValidationInfo) -> float:
+        _below("rules.gas", "level1_pct", info, "level2_pct", value)
+        return value
 
 
 class NoiseRules(Section):
@@ -226,16 +245,37 @@ class NoiseRules(Section):
     }
     default_zone_class: str = "2"
     day_start_hour: int = Field(6, ge=0, le=23)
-    night_start_hour: int = Field(22, ge=0, le=23)
+    night_start_hour: int = Field(22, ge=0, le=23, validate_default=True)  # checked against the field above
     hysteresis_db: float = Field(3.0, ge=0)
     night_burst_db: float = Field(15.0, ge=0)
+
+    @field_validator("night_start_hour")
+    @classmethod
+    def _day_and_night(cls, value: int, info: ValidationInfo) -> int:
+        day = info.data.get("day_start_hour")
+        if day == value:
+            raise ValueError(f"rules.noise.day_start_hour ({day}) must differ from rules.noise.night_start_hour "
+                             f"({value}): otherwise there is no day or no night")
+        return value
 
 
 class WaterRules(Section):
     light_cm: float = Field(3.0, ge=0)
-    moderate_cm: float = Field(10.0, ge=0)
-    severe_cm: float = Field(25.0, ge=0)
+    moderate_cm: float = Field(10.0, ge=0, validate_default=True)  # checked against the field above
+    severe_cm: float = Field(25.0, ge=0, validate_default=True)  # checked against the field above
     hysteresis_cm: float = Field(1.0, ge=0)
+
+    @field_validator("moderate_cm")
+    @classmethod
+    def _moderate_above_light(cls, value: float, info: ValidationInfo) -> float:
+        _below("rules.water", "light_cm", info, "moderate_cm", value)
+        return value
+
+    @field_validator("severe_cm")
+    @classmethod
+    def _severe_above_moderate(cls, value: float, info: ValidationInfo) -> float:
+        _below("rules.water", "moderate_cm", info, "severe_cm", value)
+        return value
 
 
 class ParkingRules(Section):
@@ -249,8 +289,14 @@ class LockRules(Section):
 
 class HealthRules(Section):
     battery_low_pct: float = Field(15.0, ge=0, le=100)
-    battery_clear_pct: float = Field(20.0, ge=0, le=100)
+    battery_clear_pct: float = Field(20.0, ge=0, le=100, validate_default=True)  # checked against the field above
     offline_intervals: float = Field(3.0, ge=1)
+
+    @field_validator("battery_clear_pct")
+    @classmethod
+    def _clears_above_low(cls, value: float, info: ValidationInfo) -> float:
+        _below("rules.health", "battery_low_pct", info, "battery_clear_pct", value)
+        return value
 
 
 class DeadLetterRetention(Section):
@@ -383,7 +429,8 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
         settings: Settings = _FromFile(**(overrides or {}))
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
     return _resolve_secrets(settings)
