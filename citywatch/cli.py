@@ -241,9 +241,11 @@ def deadletters(ctx: Context, limit: int, reason: str | None, as_json: bool) -> 
                                 "received_at": d.received_at,
                                 "payload": d.payload.decode("utf-8", "replace")} for d in found]))
         return
+    from citywatch.terminal import for_terminal  # payloads and topics may carry terminal escape sequences
+
     for d in found:
-        payload = d.payload[:80].decode("utf-8", "replace").replace("\n", " ")
-        click.echo(f"{_ts(d.received_at)}\t{d.reason}\t{d.topic}\t{payload}")
+        payload = d.payload[:80].decode("utf-8", "replace")
+        click.echo(f"{_ts(d.received_at)}\t{d.reason}\t{for_terminal(d.topic)}\t{for_terminal(payload)}")
     summary = ", ".join(f"{r}: {n}" + (f" ({sampled[r]} not stored: sampled)" if sampled.get(r) else "")
                         for r, n in counts.items()) or "none"
     click.echo(f"dead letters by reason: {summary}", err=True)

@@ -19,6 +19,7 @@ import msgspec
 
 from citywatch.errors import CitywatchError
 from citywatch.model import KINDS, Device
+from citywatch.terminal import for_terminal
 
 RESETTABLE = ("district", "grid", "address", "location", "interval_s", "zone_class", "tenants", "max_stay_min",
               "no_parking", "thresholds")
@@ -184,7 +185,8 @@ def devices_list(kind: str | None, district: str | None, grid: str | None, statu
         return
     for d in found:
         state = "enabled" if d.enabled else "disabled"
-        click.echo(f"{d.id}\t{d.kind}\t{d.district}\t{d.grid}\t{d.zone_class or '-'}\t{state}\t{d.address}")
+        fields = (d.id, d.kind, d.district, d.grid, d.zone_class or "-", state, d.address)
+        click.echo("\t".join(for_terminal(f) for f in fields))
     click.echo(f"{len(found)} devices", err=True)
 
 
@@ -201,7 +203,7 @@ def devices_show(device_id: str, as_json: bool) -> None:
         click.echo(msgspec.json.encode(info).decode())
         return
     for key, value in info.items():
-        click.echo(f"{key}: {'-' if value is None else value}")
+        click.echo(f"{key}: {'-' if value is None else for_terminal(str(value))}")
 
 
 @devices.command("update")

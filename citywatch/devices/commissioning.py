@@ -24,6 +24,7 @@ from citywatch.ingest.collector import make_client, parse_url
 from citywatch.model import Alert, Device, Reading
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.terminal import for_terminal
 
 CONFIRM_S = 3.0  # how long to wait for a running pipeline to record the message
 
@@ -218,7 +219,7 @@ def render(r: CheckResult) -> str:
             lines.append(f"pipeline: DEAD LETTER {r.reason}: {r.detail}")
     lines.append(f"open alerts: {len(r.open_alerts)}")
     lines += [f"  {a.id} {a.rule} {a.severity} {a.status}: {a.message}" for a in r.open_alerts]
-    return "\n".join(lines)
+    return "\n".join(for_terminal(line) for line in lines)  # the device's own bytes may hold escape sequences
 
 
 def exit_code(r: CheckResult) -> int:
