@@ -287,3 +287,24 @@ def test_a_killed_collector_process_is_restarted_and_nothing_is_lost(
     opened = {a.device_id for a in store.alerts("open") if a.rule == "gas_level"}
     store.close()
     assert opened == {d.id for d in GAS}
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # paho's thread, on purpose
+def test_a_dead_mqtt_thread_stops_the_runner(tmp_path: Path, mosquitto: MosquittoServer,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the collector as a thread (mqtt.collector_process: false), paho's network thread ends when
+    a callback raises: the runner must not go on without it."""
+    from citywatch.ingest.collector import Collector
+
+    def boom(*args: Any) -> None:
+        raise RuntimeError("injected failure in on_message")
+
+    monkeypatch.setattr(Collector, "_on_message", boom)
+    settings = make_settings(tmp_path / "data", mqtt={"url": mosquitto.url, "client_id": "cw-thread",
+                                                      "collector_process": False})
+    run = RunnerThread(settings).start()
+    publish_all(mosquitto, [reading(GAS[0], 1, time.time() - 5, 1)])
+    run.thread.join(30)
+    assert not run.thread.is_alive()
+    assert isinstance(run.error, RunnerFailed)
+    assert str(run.error) == "fatal: the MQTT collector's network thread died (see the error above); stopping"

@@ -14,7 +14,7 @@ import logging
 import ssl
 import threading
 import time
-from typing import NamedTuple
+from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -57,9 +57,13 @@ def parse_url(url: str) -> BrokerAddress:
 def make_client(settings: MqttSettings, client_id: str, protocol: int = mqtt.MQTTv5,
                 manual_ack: bool = False) -> mqtt.Client:
     """A paho client configured from settings (auth, TLS with CA verification on by default)."""
-    kwargs = {"clean_session": False} if protocol != mqtt.MQTTv5 else {}
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
-                         manual_ack=manual_ack, **kwargs)
+    version = mqtt.MQTTProtocolVersion(protocol)
+    if version == mqtt.MQTTv5:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
+                             manual_ack=manual_ack)
+    else:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
+                             manual_ack=manual_ack, clean_session=False)
     if settings.username:
         password = settings.password.get_secret_value() if settings.password else None
         client.username_pw_set(settings.username, password)
@@ -93,6 +97,7 @@ class Collector:
         self.connects = 0
         self.disconnects = 0
         self.stopping = False
+        self.started = False
         self.received = 0
 
     def start(self) -> None:
@@ -103,9 +108,13 @@ class Collector:
             props.ReceiveMaximum = self.settings.receive_maximum
             if self.settings.max_packet_bytes:
                 props.MaximumPacketSize = self.settings.max_packet_bytes
-        kwargs = {"clean_start": False, "properties": props} if self.protocol == mqtt.MQTTv5 else {}
-        self.client.connect_async(self.address.host, self.address.port, self.settings.keepalive_s, **kwargs)
+        if self.protocol == mqtt.MQTTv5:
+            self.client.connect_async(self.address.host, self.address.port, self.settings.keepalive_s,
+                                      clean_start=False, properties=props)
+        else:
+            self.client.connect_async(self.address.host, self.address.port, self.settings.keepalive_s)
         self.client.loop_start()
+        self.started = True
 
     def wait_connected(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -138,7 +147,8 @@ class Collector:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "replace")
-        self.handoff.put(Message(self.generation, msg.mid, msg.qos, topic, msg.payload, time.time()))
+        payload = cast(bytes, msg.payload)  # paho gives bytes (typed bytes | bytearray)
+        self.handoff.put(Message(self.generation, msg.mid, msg.qos, topic, payload, time.time()))
 
     def ack(self, messages: list[Message]) -> None:
         """Acknowledge committed messages of the current connection (older ones are redelivered)."""
@@ -148,9 +158,10 @@ class Collector:
                 self.client.ack(m.mid, m.qos)
 
     def alive(self) -> bool:
-        """paho's network thread still runs (it dies if a callback raises)."""
+        """paho's network thread still runs once started (it ends if a callback raises; paho then
+        sets it to None)."""
         thread = getattr(self.client, "_thread", None)
-        return self.stopping or thread is None or thread.is_alive()
+        return self.stopping or not self.started or (thread is not None and thread.is_alive())
 
     def stop(self) -> None:
         self.stopping = True

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import threading
 import time
 from multiprocessing.connection import Connection, wait
@@ -98,6 +99,9 @@ def _child(settings: MqttSettings, protocol: int, data: Connection, control: Con
     def send() -> None:
         while not stopping.is_set():
             batch = buffer.take()
+            if not collector.alive():  # paho's thread died: end this process, the parent restarts it
+                log.error("MQTT collector: paho's network thread died; exiting for a restart")
+                os._exit(3)
             ready = collector.connected.is_set() and collector.subscribed.is_set()
             status = (ready, collector.connects, collector.received, collector.generation)
             try:

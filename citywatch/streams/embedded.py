@@ -53,6 +53,10 @@ class RunnerFailed(CitywatchError):
     """The runner stopped on a fatal error; the message is the one line it logged."""
 
 
+class CollectorDied(CitywatchError):
+    """The MQTT collector cannot recover by itself (its network thread ended)."""
+
+
 class StorageFailure(StorageError):
     """A database file is corrupt (or cannot be opened): retrying cannot help."""
 
@@ -178,7 +182,7 @@ class EmbeddedRunner:
         """Log the one line that says why the runner stops, and keep it for the exit."""
         exc = None if task.cancelled() else task.exception()
         what = TASK_NAMES[name]
-        if isinstance(exc, StorageError):
+        if isinstance(exc, StorageError | CollectorDied):
             self.fatal = str(exc) if str(exc).startswith("fatal: ") else f"fatal: {exc}"
             log.critical("%s", self.fatal)
         elif exc is not None:
@@ -243,7 +247,7 @@ class EmbeddedRunner:
         while not stop.is_set():
             collector = self.collector
             if collector is not None and not collector.alive():
-                raise RuntimeError("the MQTT collector's network thread died")
+                raise CollectorDied("the MQTT collector's network thread died (see the error above); stopping")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
 
@@ -252,9 +256,8 @@ class EmbeddedRunner:
         batch_size = self.settings.ingest.batch_size
         gc_policy = FreezeAfterFullCollections()
         last_tick = 0.0
-        connect_timeout = 10.0
         assert self.collector is not None
-        if not await asyncio.to_thread(self.collector.wait_connected, connect_timeout):
+        if not await self._wait_connected(stop, timeout=10.0):
             log.warning("not connected to %s yet; retrying in the background", self.settings.mqtt.url)
         self.ready.set()
         registry_file = registry_path(self.settings.data_dir)
@@ -273,6 +276,16 @@ class EmbeddedRunner:
                 self.retention.start_if_due(now)  # a bounded purge/archive pass, in a worker thread
             gc_policy.check()
             await asyncio.sleep(0)  # with a backlog every await above returns at once: let the API answer
+
+    async def _wait_connected(self, stop: asyncio.Event, timeout: float) -> bool:
+        """Wait for the first connection in short slices, so a stop meanwhile ends the wait."""
+        assert self.collector is not None
+        deadline = time.monotonic() + timeout
+        while not stop.is_set() and time.monotonic() < deadline:
+            self._heartbeat()
+            if await asyncio.to_thread(self.collector.wait_connected, 0.25):
+                return True
+        return False
 
     async def _handle(self, batch: list[Message], now: float, tick: bool, stop: asyncio.Event) -> None:
         """Process a batch, store what it produced, then acknowledge it to the broker."""
