@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core.core_schema import ValidationInfo
 from pydantic_settings import (
     BaseSettings,
@@ -26,6 +26,7 @@ from pydantic_settings import (
 from citywatch.detectors.settings import LearnedRules
 from citywatch.errors import ConfigError
 from citywatch.ingest.topics import TOPIC_PREFIX_PATTERN, valid_topic_prefix
+from citywatch.model import SAFETY_RULES
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -78,6 +79,10 @@ class MqttSettings(Section):
 class IngestSettings(Section):
     max_payload_bytes: int = Field(16384, ge=256)
     max_future_skew_s: float = Field(300.0, ge=0)
+    # A reading stamped ahead of our clock by more than this (up to max_future_skew_s) is a device
+    # clock running fast: it is processed at its arrival time, so one bad stamp cannot make the
+    # device's later readings look late.
+    clock_lead_tolerance_s: float = Field(5.0, ge=0)
     batch_size: int = Field(1000, ge=1)
     state_checkpoint_s: float = Field(0.0, ge=0)
     # Readings stamped earlier are dead-lettered (bad_timestamp): InfluxDB's time starts in 1677.
@@ -177,11 +182,16 @@ class Deadlines(Section):
 
 
 class RulePolicy(Section):
-    """How long a condition must hold before an alert opens, and clear before it resolves."""
+    """How long a condition must hold before an alert opens, and clear before it resolves.
+
+    `safety: true` makes a rule life-safety (fail safe): its alert opens at the first reading at
+    the level, whatever the hold settings, and a suspected sensor fault only annotates it. The
+    built-in safety rules (model.SAFETY_RULES) cannot be demoted."""
 
     hold_readings: int = Field(1, ge=1)
     hold_s: float = Field(0.0, ge=0)
     clear_readings: int = Field(1, ge=1)
+    safety: bool | None = None
 
 
 class KafkaSettings(Section):
@@ -217,6 +227,21 @@ class AlertSettings(Section):
     flap_window_min: float = Field(30.0, gt=0)
     flap_quiet_min: float = Field(30.0, gt=0)
     tick_s: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _safety_never_waits(self) -> AlertSettings:
+        for rule, policy in self.rules.items():
+            if rule in SAFETY_RULES and policy.safety is False:
+                raise ValueError(f"rules.{rule}.safety: {rule} is a life-safety rule and cannot be demoted")
+            if (rule in SAFETY_RULES or policy.safety) and (policy.hold_readings > 1 or policy.hold_s > 0):
+                raise ValueError(f"rules.{rule}: a life-safety rule opens at the first reading at the level "
+                                 "(fail safe); hold_readings must be 1 and hold_s 0")
+        return self
+
+    @property
+    def safety_rules(self) -> frozenset[str]:
+        """The built-in life-safety rules and those the city marked `safety: true`."""
+        return SAFETY_RULES | {rule for rule, policy in self.rules.items() if policy.safety}
 
 
 def _below(section: str, low_name: str, info: ValidationInfo, high_name: str, high: float) -> None:
@@ -299,6 +324,24 @@ class HealthRules(Section):
         return value
 
 
+class PlausibilityRules(Section):
+    """How fast each measured quantity can really change. A faster step is a suspected sensor fault
+    (`sensor_jump`), reported beside any alarm on the same reading and never instead of it. A kind
+    without a limit (noise: a pile driver starts within a second) has no jump fault."""
+
+    max_step_per_min: dict[str, float] = {"gas": 40.0, "water": 50.0}
+    min_elapsed_s: float = Field(60.0, gt=0)  # a step is judged over at least this long (sensor response)
+    jump_clear_after: int = Field(10, ge=1)  # plausible readings in a row that clear a sensor_jump alert
+
+    @field_validator("max_step_per_min")
+    @classmethod
+    def _positive(cls, steps: dict[str, float]) -> dict[str, float]:
+        for kind, step in steps.items():
+            if not step > 0:
+                raise ValueError(f"{kind}: must be > 0 (leave the kind out for no limit)")
+        return steps
+
+
 class DeadLetterRetention(Section):
     """Dead letters kept for inspection: sampled per source, bounded by age, rows and size.
     Every dead letter is counted per reason (counters are kept forever), stored or not."""
@@ -336,6 +379,7 @@ class RetentionSettings(Section):
 
 class RuleSettings(Section):
     learned: LearnedRules = LearnedRules()
+    plausibility: PlausibilityRules = PlausibilityRules()
     gas: GasRules = GasRules()
     noise: NoiseRules = NoiseRules()
     water: WaterRules = WaterRules()

@@ -13,6 +13,9 @@ import msgspec
 KINDS: tuple[str, ...] = ("gas", "noise", "water", "parking", "lock")
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
+# Life-safety rules (fail safe): a reading at the level opens the alert at once; nothing holds it back.
+SAFETY_RULES: frozenset[str] = frozenset({"gas_level", "water_depth", "lock_forced_open", "lock_tamper",
+                                          "lock_brute_force"})
 
 Value = float | int | bool | str | None
 
@@ -54,6 +57,8 @@ class Finding(msgspec.Struct, frozen=True, gc=False):
     """What a rule says about one reading: the condition is active (open/update) or not (clear).
 
     `latched` findings (forced open, tamper, brute force) stay open until a person resolves them.
+    `suspect` names a suspected sensor fault seen on the same reading (an impossible jump, a stuck
+    sensor): information on the alarm, never a reason to withhold it (fail safe).
     """
 
     rule: str
@@ -63,6 +68,7 @@ class Finding(msgspec.Struct, frozen=True, gc=False):
     threshold: float | None = None
     message: str = ""
     latched: bool = False
+    suspect: str = ""
 
 
 class Alert(msgspec.Struct, kw_only=True):
@@ -93,6 +99,9 @@ class Alert(msgspec.Struct, kw_only=True):
     flapping: bool = False  # opened as a flapping alert: resolves only after a quiet period
     condition_since: float = 0.0  # event time the condition started (before any hold period)
     last_active_at: float = 0.0  # event time of the latest active finding
+    safety: bool = False  # a life-safety rule: opened at the first reading at the level, never held back
+    suspect: str = ""  # "sensor_fault" while a suspected fault casts doubt on the reading (the alert stays)
+    suspect_reason: str = ""  # what made it suspect (the fault finding's message)
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):

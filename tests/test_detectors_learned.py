@@ -194,14 +194,17 @@ def test_rest_values_and_naturally_repetitive_sensors_are_not_stuck() -> None:
 
 
 def test_an_impossible_jump_is_a_fault_and_a_fast_leak_is_not() -> None:
-    n = Feeder(Device(id="n3", kind="noise", zone_class="4a"))
-    n.run(T0, T0 + HOUR, MIN, lambda t: {"laeq_db": 50.0 + (t % 7) / 10})
-    jump = n.one(T0 + HOUR, laeq_db=130.0)
-    assert "sensor_jump" in opened(jump)
+    w = Feeder(Device(id="w9", kind="water"))
+    w.run(T0, T0 + HOUR, MIN, lambda t: {"depth_cm": 0.5 + (t % 7) / 10})
+    jump = w.one(T0 + HOUR, depth_cm=400.0)  # 4 m of water in a minute: a broken gauge (50 cm/min)
+    assert "sensor_jump" in opened(jump) and "water_depth" in opened(jump)  # the alarm is not withheld
     alert = next(t.alert for t in jump if t.alert.rule == "sensor_jump")
     assert alert.message.startswith("sensor fault")
-    back = n.run(T0 + HOUR + MIN, T0 + HOUR + 12 * MIN, MIN, lambda t: {"laeq_db": 50.0 + (t % 7) / 10})
-    assert "sensor_jump" in resolved(back)
+    back = w.run(T0 + HOUR + MIN, T0 + HOUR + 12 * MIN, MIN, lambda t: {"depth_cm": 0.5 + (t % 7) / 10})
+    assert "sensor_jump" in resolved(back) and "water_depth" in resolved(back)
+    n = Feeder(Device(id="n3", kind="noise", zone_class="4a"))  # noise has no jump fault: a pile driver
+    n.run(T0, T0 + HOUR, MIN, lambda t: {"laeq_db": 38.0 + (t % 7) / 10})
+    assert "sensor_jump" not in opened(n.one(T0 + HOUR, laeq_db=85.0))
     g = Feeder(Device(id="g6", kind="gas"))
     g.run(T0, T0 + HOUR, MIN, lambda t: {"lel_pct": 1.0})
     leak = g.run(T0 + HOUR, T0 + HOUR + 8 * MIN, MIN, lambda t: {"lel_pct": 1.0 + 10 * (t - T0 - HOUR) / MIN})

@@ -97,12 +97,22 @@ def test_seq_window_tells_late_messages_from_repeats_and_accepts_a_counter_reset
     assert p.counters["late"] == 1
 
 
-def test_late_reading_is_kept_but_does_not_drive_rules() -> None:
+def test_a_late_reading_can_open_an_alarm_but_never_clear_one_nor_teach_the_learned_series() -> None:
     p = make_pipeline(GAS)
     out = Output()
     p.process(TOPIC, b'{"ts": %d, "lel_pct": 1}' % T0, T0, out)
+    jump_state = dict(p.states["g1"]["jump"])
     p.process(TOPIC, b'{"ts": %d, "lel_pct": 60}' % (T0 - 600), T0, out)
-    assert len(out.accepted) == 2 and out.transitions == [] and p.counters["late"] == 1
+    assert len(out.accepted) == 2 and p.counters["late"] == 1
+    assert [(t.alert.rule, t.transition, t.alert.severity) for t in out.transitions] == [
+        ("gas_level", "opened", "critical")]  # time cannot blind a threshold rule
+    assert p.states["g1"]["jump"] == jump_state and p.states["g1"]["ts"] == T0  # in-order series untouched
+    late_clear = Output()
+    p.process(TOPIC, b'{"ts": %d, "lel_pct": 0}' % (T0 - 300), T0, late_clear)
+    assert late_clear.transitions == [] and p.alerts.is_open("g1", "gas_level")
+    in_order = Output()
+    p.process(TOPIC, b'{"ts": %d, "lel_pct": 0}' % (T0 + 60), T0 + 60, in_order)
+    assert [t.transition for t in in_order.transitions] == ["resolved"]
 
 
 def test_extra_fields_are_ignored() -> None:

@@ -51,16 +51,35 @@ def test_open_update_resolve_and_ids() -> None:
 
 def test_hold_readings_and_hold_seconds_before_opening() -> None:
     e = engine(hold_readings=3)
-    assert names(run(e, [active(), active(), clear(), active(), active()])) == []
-    assert names(run(e, [active()], start=T0 + 300)) == ["opened"]
+    rule = "battery_low"  # holds apply to rules that are not life-safety
+    assert names(run(e, [active(rule=rule), active(rule=rule), clear(rule), active(rule=rule),
+                         active(rule=rule)])) == []
+    assert names(run(e, [active(rule=rule)], start=T0 + 300)) == ["opened"]
     timed = engine(hold_s=120)
-    assert names(run(timed, [active(), active(), active()], step=50)) == []  # 100 s so far
-    assert names(run(timed, [active()], start=T0 + 130)) == ["opened"]
+    assert names(run(timed, [active(rule=rule)] * 3, step=50)) == []  # 100 s so far
+    assert names(run(timed, [active(rule=rule)], start=T0 + 130)) == ["opened"]
+
+
+def test_a_safety_rule_opens_at_the_first_reading_whatever_the_global_hold() -> None:
+    e = engine(hold_readings=3, hold_s=600)
+    first = e.apply(GAS, active(), T0)  # gas_level: life-safety
+    assert first is not None and first.transition == "opened" and first.alert.safety
+    marked = engine(hold_readings=3, rules={"battery_low": {"safety": True}})
+    opened = marked.apply(GAS, active(rule="battery_low"), T0)
+    assert opened is not None and opened.transition == "opened" and opened.alert.safety
+
+
+@pytest.mark.parametrize("rules", [{"gas_level": {"hold_readings": 2}}, {"lock_tamper": {"hold_s": 10}},
+                                   {"water_depth": {"safety": False}},
+                                   {"noise_limit": {"safety": True, "hold_readings": 2}}])
+def test_config_refuses_to_hold_back_or_demote_a_safety_rule(rules: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="life-safety"):
+        AlertSettings(rules=rules)
 
 
 def test_per_rule_policy_overrides_default() -> None:
-    e = engine(rules={"gas_level": {"hold_readings": 2}})
-    assert names(run(e, [active()])) == []
+    e = engine(rules={"noise_limit": {"hold_readings": 2}})
+    assert names(run(e, [active(rule="noise_limit")])) == []
     other = e.apply(GAS, active(rule="battery_low"), T0)
     assert other is not None and other.transition == "opened"
 

@@ -126,12 +126,13 @@ def test_kind_replay_runs_the_real_rules_and_marks_where_alerts_open(tmp_path: P
 
 
 def test_kind_replay_reports_a_sensor_fault_with_a_learned_score(tmp_path: Path) -> None:
-    rows = [(f"{T0 + 60 * i:.0f}", 45.0 + (i % 5) / 10) for i in range(120)] + [(f"{T0 + 60 * 120:.0f}", 130.0)]
-    src = write(tmp_path / "noise.csv", "timestamp,laeq_db", rows)
-    replay(src, tmp_path / "out.csv", kind="noise")
+    rows = [(f"{T0 + 60 * i:.0f}", 0.5 + (i % 5) / 10) for i in range(120)] + [(f"{T0 + 60 * 120:.0f}", 400.0)]
+    src = write(tmp_path / "water.csv", "timestamp,depth_cm", rows)
+    replay(src, tmp_path / "out.csv", kind="water")
     out = read(tmp_path / "out.csv")
     assert out[-1]["is_alert"] == "1" and float(out[-1]["anomaly_score"]) > 0.5
-    assert all(r["is_alert"] == "0" for r in out[:-1])
+    assert set(out[-1]["rules"].split(";")) == {"sensor_jump", "water_depth"}  # the fault beside the alarm
+    assert all(r["is_alert"] == "0" and r["rules"] == "" for r in out[:-1])
 
 
 def test_kind_replay_of_locks_and_bad_rows(tmp_path: Path) -> None:

@@ -12,12 +12,25 @@ DeviceState = dict[str, Any]
 
 class Rule(Protocol):
     """A domain rule: `evaluate` may read and update `state`, a per-device mapping shared by
-    all rules of that device (each rule uses its own keys, prefixed with its name)."""
+    all rules of that device (each rule uses its own keys, prefixed with its name).
+
+    Every accepted reading reaches every rule, late ones included (event time older than a reading
+    already seen: `is_late`), except rules with `in_order_only` (learned series, which need time to
+    move forward). A late reading may open or raise an alert, never clear one: rules keep their
+    state as the newest reading left it."""
 
     name: str
     kinds: frozenset[str]
+    in_order_only: bool
 
     def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None: ...
+
+
+def is_late(reading: Reading, state: DeviceState) -> bool:
+    """True when a reading with a later event time was already processed for this device. The
+    pipeline moves `state["ts"]` to a reading's event time only after the rules have seen it."""
+    last = state.get("ts")
+    return last is not None and reading.ts < last
 
 
 def level_with_hysteresis(value: float, current: int, thresholds: Sequence[float], hysteresis: float) -> int:
@@ -30,17 +43,18 @@ def level_with_hysteresis(value: float, current: int, thresholds: Sequence[float
     return level
 
 
+def track_level(reading: Reading, state: DeviceState, key: str, value: float, thresholds: Sequence[float],
+                hysteresis: float) -> int | None:
+    """The alarm level of `value`, kept under `key`; None for a late reading that would lower the
+    level a newer reading set (a late reading may raise the level: fail safe)."""
+    current: int = state.get(key, 0)
+    level = level_with_hysteresis(value, current, thresholds, hysteresis)
+    if level < current and is_late(reading, state):
+        return None
+    state[key] = level
+    return level
+
+
 def threshold(device: Device, key: str, default: float) -> float:
     """A per-device override from the registry (`thresholds: {key: value}`) or the configured default."""
     return device.thresholds.get(key, default) if device.thresholds else default
-
-
-def implausible_rise(state: DeviceState, key: str, value: float, ts: float, max_per_min: float) -> bool:
-    """True when `value` rose from the previous reading faster than physics allows (a sensor glitch
-    until the next reading confirms it). Keeps the previous (value, ts) under `key`."""
-    prev = state.get(key)
-    state[key] = [value, ts]
-    if prev is None or max_per_min == float("inf"):
-        return False
-    minutes = max(ts - prev[1], 1.0) / 60.0
-    return value - prev[0] > max_per_min * minutes

@@ -286,6 +286,7 @@ class LearnedRule(Bound):
     kinds: frozenset[str]
     key: str
     last_score: float = 0.0
+    in_order_only = True  # learned series need event time to move forward: late readings skip them
 
     def evaluate(self, reading: Reading, device: Device, state: dict[str, Any]) -> Finding | None:
         raise NotImplementedError  # pragma: no cover - every learned rule implements it

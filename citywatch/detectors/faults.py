@@ -9,6 +9,7 @@ from typing import Any
 
 from citywatch.detectors.base import DeviceState
 from citywatch.detectors.baseline import LearnedRule, field_ts
+from citywatch.detectors.plausibility import Plausibility
 from citywatch.model import Device, Finding, Reading
 
 _P_MIN, _P_MAX = 1e-3, 0.999
@@ -90,7 +91,7 @@ class SensorStuck(LearnedRule):
         self.last_score = score / (score + 1.0)
         if score >= 1.0:
             return Finding(self.name, True, "warning", value, None,
-                           f"sensor fault: {self.field} stuck at {value:g} for {st['r']} readings "
+                           f"sensor fault suspected: {self.field} stuck at {value:g} for {st['r']} readings "
                            f"({(reading.ts - st['t']) / 60:.0f} min)")
         if st["r"] == 1:
             return Finding(self.name, False, value=value)
@@ -98,17 +99,20 @@ class SensorStuck(LearnedRule):
 
 
 class SensorJump(LearnedRule):
-    """A change larger than `max_step_per_min` per minute of elapsed time (at least one minute):
-    not something the measured world does, so a sensor fault. Clears after `clear_after`
-    plausible readings. State: last value and time, plausible readings since the last jump."""
+    """A change faster than the kind's plausibility limit (plausibility.py): not something the
+    measured world does, so a suspected sensor fault. Always on, learned detectors or not: it is
+    physics, not learning. Clears after `clear_after` plausible readings. State: last value and
+    time, plausible readings since the last jump, whether a jump is open."""
 
     name = "sensor_jump"
     key = "jump"
 
-    def __init__(self, kind: str, field: str, *, max_step_per_min: float, clear_after: int = 10) -> None:
+    def __init__(self, kind: str, field: str, plausibility: Plausibility, *, clear_after: int = 10) -> None:
         self.kinds = frozenset({kind})
         self.field = field
-        self.max_step = max_step_per_min
+        self.plausibility = plausibility
+        limit = plausibility.limit(kind)
+        self.max_step = limit if limit is not None else math.inf
         self.clear_after = clear_after
         self.state = self.fresh()
 
@@ -120,9 +124,7 @@ class SensorJump(LearnedRule):
         st = self.state
         if st["v"] is None:
             return 0.0, 0.0
-        minutes = (ts - st["t"]) / 60.0
-        allowed = self.max_step * (minutes if minutes > 1.0 else 1.0)
-        return abs(value - st["v"]) / allowed, allowed
+        return self.plausibility.step_ratio(self.max_step, st["v"], st["t"], value, ts)
 
     def step(self, value: float, ts: float) -> tuple[float, float]:
         st = self.state
@@ -150,7 +152,7 @@ class SensorJump(LearnedRule):
         self.last_score = score / (score + 1.0)
         if score > 1.0:
             return Finding(self.name, True, "warning", value, allowed,
-                           f"sensor fault: {self.field} jumped from {last:g} to {value:g}, "
+                           f"sensor fault suspected: {self.field} jumped from {last:g} to {value:g}, "
                            f"more than the {allowed:g} physically plausible")
         if st["j"] and st["q"] >= self.clear_after:
             st["j"] = 0

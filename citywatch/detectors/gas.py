@@ -1,9 +1,13 @@
-"""Gas detector alarm levels (GB/T 50493-2019): level-1 (low) and level-2 (high), in %LEL."""
+"""Gas detector alarm levels (GB/T 50493-2019): level-1 (low) and level-2 (high), in %LEL.
+
+A life-safety rule: a reading at a level opens (or raises) the alarm at once. A step faster than
+physics allows marks the alarm suspect (see pipeline and plausibility.py); it never withholds it.
+"""
 
 from __future__ import annotations
 
 from citywatch.config import GasRules
-from citywatch.detectors.base import DeviceState, implausible_rise, level_with_hysteresis, threshold
+from citywatch.detectors.base import DeviceState, threshold, track_level
 from citywatch.model import Device, Finding, Reading
 
 _SEVERITY = ("", "warning", "critical")
@@ -14,19 +18,18 @@ class GasLevel:
 
     name = "gas_level"
     kinds = frozenset({"gas"})
+    in_order_only = False
 
-    def __init__(self, rules: GasRules, max_step_per_min: float = float("inf")) -> None:
+    def __init__(self, rules: GasRules) -> None:
         self.rules = rules
-        self.max_step_per_min = max_step_per_min
 
     def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
         lel = reading.values["lel_pct"]
-        if implausible_rise(state, "gas.prev", lel, reading.ts, self.max_step_per_min) and not state.get("gas.level"):
-            return None  # a jump no gas cloud makes: sensor_jump reports it; the next reading confirms a leak
         limits = (threshold(device, "gas.level1_pct", self.rules.level1_pct),
                   threshold(device, "gas.level2_pct", self.rules.level2_pct))
-        level = level_with_hysteresis(lel, state.get("gas.level", 0), limits, self.rules.hysteresis_pct)
-        state["gas.level"] = level
+        level = track_level(reading, state, "gas.level", lel, limits, self.rules.hysteresis_pct)
+        if level is None:
+            return None
         if level == 0:
             return Finding(self.name, False, value=lel)
         return Finding(self.name, True, _SEVERITY[level], lel, limits[level - 1],

@@ -12,6 +12,7 @@ OFFLINE_RULE = "device_offline"
 class BatteryLow:
     name = "battery_low"
     kinds = frozenset(KINDS)
+    in_order_only = False
 
     def __init__(self, rules: HealthRules) -> None:
         self.rules = rules
@@ -30,9 +31,12 @@ class BatteryLow:
         return None
 
 
+LAST_WILL = "last_will"  # the value of a device_offline alert opened by the device's own last will
+
+
 def offline_finding(active: bool, reason: str, silent_s: float | None = None,
-                    limit_s: float | None = None) -> Finding:
+                    limit_s: float | None = None, last_will: bool = False) -> Finding:
     if not active:
         return Finding(OFFLINE_RULE, False)
-    return Finding(OFFLINE_RULE, True, "warning", round(silent_s, 1) if silent_s is not None else None,
-                   limit_s, reason)
+    value: float | str | None = LAST_WILL if last_will else round(silent_s, 1) if silent_s is not None else None
+    return Finding(OFFLINE_RULE, True, "warning", value, limit_s, reason)

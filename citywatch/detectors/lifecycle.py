@@ -1,8 +1,13 @@
 """The alert lifecycle: one unresolved alert per (device, rule), with the city's closed loop.
 
-Transitions: opened, updated (severity raised), flapping, acknowledged, escalated, resolved.
+Transitions: opened, updated (severity raised, suspicion confirmed), flapping, acknowledged,
+escalated, resolved.
 - A condition must hold for `hold_readings` readings and `hold_s` seconds before an alert opens,
   and clear for `clear_readings` readings before it resolves (rules add value hysteresis).
+- Life-safety rules (`AlertSettings.safety_rules`) never wait: the first active finding opens the
+  alert, whatever the hold settings (fail safe). A finding marked `suspect` (a sensor fault seen on
+  the same reading) opens or raises the alert all the same, with `suspect: sensor_fault`; a later
+  plausible active reading clears the suspicion (an `updated` transition).
 - More than `flap_max_cycles` open/resolve cycles within `flap_window_min` turn the next opening
   into one `flapping` alert that stays open until the condition has been quiet for `flap_quiet_min`.
 - Review (acknowledge) and response (resolve) deadlines come per kind and severity; passing one
@@ -35,6 +40,11 @@ def alert_id(device_id: str, rule: str, opened_at: float) -> str:
     return f"al_{digest}"
 
 
+def _suspicion(finding: Finding) -> tuple[str, str]:
+    """(suspect code, reason) an alert carries for this finding: a suspected sensor fault or nothing."""
+    return ("sensor_fault", finding.suspect) if finding.suspect else ("", "")
+
+
 class AlertEngine:
     """Holds the unresolved alerts and turns findings and people's actions into transitions."""
 
@@ -52,6 +62,7 @@ class AlertEngine:
         # Devices with an unresolved alert or an active streak (a superset, pruned in tick): a
         # clear finding of any other device changes nothing, so the pipeline need not fold it in.
         self.engaged: set[str] = set()
+        self.safety: frozenset[str] = settings.safety_rules
         self._default_policy = RulePolicy(hold_readings=settings.hold_readings, hold_s=settings.hold_s,
                                           clear_readings=settings.clear_readings)
         for alert in open_alerts:
@@ -117,8 +128,11 @@ class AlertEngine:
         return self._close(alert, at, None, "condition cleared")
 
     def _maybe_open(self, key: AlertKey, device: Device, finding: Finding, at: float) -> Transition | None:
-        policy = self._policy(finding.rule)
         self._touch(key)
+        if finding.rule in self.safety:
+            self.pending.pop(key, None)
+            return self._open(key, device, finding, at, at)  # fail safe: no hold for a life-safety rule
+        policy = self._policy(finding.rule)
         count, since = self.pending.get(key, (0, at))
         count += 1
         if count < policy.hold_readings or at - since < policy.hold_s:
@@ -136,14 +150,19 @@ class AlertEngine:
         self.dirty[alert.id] = alert
         self._touch((alert.device_id, alert.rule))
         if SEVERITY_RANK[finding.severity] <= SEVERITY_RANK[alert.severity]:
+            if alert.suspect and not finding.suspect:
+                alert.suspect, alert.suspect_reason = "", ""
+                return self._transition(alert, "updated", at, "confirmed by a plausible reading")
             return None
         alert.severity = finding.severity
         alert.threshold = finding.threshold
         alert.message = finding.message
+        alert.suspect, alert.suspect_reason = _suspicion(finding)
         review, response = self.deadlines(alert.kind, alert.severity)
         alert.review_deadline = min(alert.review_deadline, alert.opened_at + review)
         alert.response_deadline = min(alert.response_deadline, alert.opened_at + response)
-        return self._transition(alert, "updated", at, "severity raised")
+        return self._transition(alert, "updated", at, "severity raised" + ("; sensor fault suspected"
+                                                                           if alert.suspect else ""))
 
     def _open(self, key: AlertKey, device: Device, finding: Finding, started: float, at: float) -> Transition:
         cycles = self._recent_cycles(key, at)
@@ -155,15 +174,16 @@ class AlertEngine:
             threshold=finding.threshold, message=finding.message, latched=finding.latched,
             review_deadline=at + review, response_deadline=at + response,
             device=device_summary(device, device.id, device.kind), flapping=flapping,
-            condition_since=started, last_active_at=at,
+            condition_since=started, last_active_at=at, safety=finding.rule in self.safety,
         )
+        alert.suspect, alert.suspect_reason = _suspicion(finding)
         self._index(alert)
         cycles.append(at)
         del cycles[: max(0, len(cycles) - self.settings.flap_max_cycles)]
         if flapping:
             return self._transition(alert, "flapping", at, f"opened and resolved {len(cycles) - 1} times within "
                                                            f"{self.settings.flap_window_min:g} min")
-        return self._transition(alert, "opened", at)
+        return self._transition(alert, "opened", at, alert.suspect_reason)
 
     def _recent_cycles(self, key: AlertKey, at: float) -> list[float]:
         cycles = self.cycles.setdefault(key, [])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+
 from citywatch.config import LockRules
 from citywatch.detectors.base import DeviceState
 from citywatch.model import Device, Finding, Reading
@@ -12,6 +14,7 @@ class LockEventAlarm:
     the others clear on the event named in `clear_on`."""
 
     kinds = frozenset({"lock"})
+    in_order_only = False
 
     def __init__(self, name: str, event: str, severity: str, message: str,
                  clear_on: frozenset[str] = frozenset()) -> None:
@@ -32,11 +35,17 @@ class LockEventAlarm:
 
 
 class LockBruteForce:
-    """`fail_count` failed unlocks within `fail_window_s` (event time). Keeps only the last
-    `fail_count` failure times, so state stays bounded."""
+    """`fail_count` failed unlocks within `fail_window_s` (event time), whatever order they arrive in.
+
+    Keeps the failure times of the last `LATE_HORIZON_S` before the newest one (at most
+    `MAX_KEPT`), sorted, so a failure delivered late still completes the burst it belongs to; state
+    stays bounded."""
 
     name = "lock_brute_force"
     kinds = frozenset({"lock"})
+    in_order_only = False
+    LATE_HORIZON_S = 3600.0
+    MAX_KEPT = 64
 
     def __init__(self, rules: LockRules) -> None:
         self.rules = rules
@@ -45,12 +54,20 @@ class LockBruteForce:
         if reading.values["event"] != "unlock_fail":
             return None
         fails: list[float] = state.setdefault("lock.fails", [])
-        fails.append(reading.ts)
-        fails.sort()
-        del fails[: max(0, len(fails) - self.rules.fail_count)]
-        if len(fails) >= self.rules.fail_count and fails[-1] - fails[0] <= self.rules.fail_window_s:
-            return Finding(self.name, True, "critical", len(fails), float(self.rules.fail_count),
-                           f"{len(fails)} failed unlocks within {self.rules.fail_window_s:g} s", latched=True)
+        at = reading.ts
+        bisect.insort(fails, at)
+        horizon = fails[-1] - max(self.LATE_HORIZON_S, self.rules.fail_window_s)
+        drop = max(bisect.bisect_left(fails, horizon), len(fails) - self.MAX_KEPT)
+        if drop > 0:
+            del fails[:drop]
+        n, window = self.rules.fail_count, self.rules.fail_window_s
+        i = bisect.bisect_left(fails, at)
+        if i >= len(fails) or fails[i] != at:
+            return None  # older than everything kept
+        for start in range(max(0, i - n + 1), min(i, len(fails) - n) + 1):
+            if fails[start + n - 1] - fails[start] <= window:
+                return Finding(self.name, True, "critical", n, float(n),
+                               f"{n} failed unlocks within {window:g} s", latched=True)
         return None
 
 

@@ -13,6 +13,7 @@ class NoiseLimit:
 
     name = "noise_limit"
     kinds = frozenset({"noise"})
+    in_order_only = False
 
     def __init__(self, rules: NoiseRules, clock: LocalTime) -> None:
         self.rules = rules
@@ -47,6 +48,7 @@ class NoiseNightBurst:
 
     name = "noise_night_burst"
     kinds = frozenset({"noise"})
+    in_order_only = False
 
     def __init__(self, rules: NoiseRules, limit_rule: NoiseLimit) -> None:
         self.rules = rules

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 from citywatch.config import ParkingRules
-from citywatch.detectors.base import DeviceState
+from citywatch.detectors.base import DeviceState, is_late
 from citywatch.model import Device, Finding, Reading
 
 
 def track_occupancy(reading: Reading, state: DeviceState) -> float | None:
-    """Event time since which the bay is occupied (None when free); kept in state once per reading."""
-    if not reading.values["occupied"]:
-        state.pop("parking.since", None)
-        return None
+    """Event time since which the bay is occupied (None when free); kept in state once per reading.
+
+    A late reading (older than one already seen) does not undo what a newer one said: a late
+    "free" inside the current occupancy moves its start to the newest reading (the bay was free
+    after `since`, so the stay is at most that long); a late "occupied" before it extends it back."""
     since: float | None = state.get("parking.since")
-    if since is None or reading.ts < since:
+    late = is_late(reading, state)
+    if not reading.values["occupied"]:
+        if not late:
+            state.pop("parking.since", None)
+            return None
+        if since is not None and reading.ts >= since:
+            since = state["ts"]
+            state["parking.since"] = since
+        return since
+    if since is None:
+        if late:
+            return None  # a newer reading said free
+        since = reading.ts
+        state["parking.since"] = since
+    elif reading.ts < since:
         since = reading.ts
         state["parking.since"] = since
     return since
@@ -22,6 +37,7 @@ def track_occupancy(reading: Reading, state: DeviceState) -> float | None:
 class ParkingOverstay:
     name = "parking_overstay"
     kinds = frozenset({"parking"})
+    in_order_only = False
 
     def __init__(self, rules: ParkingRules) -> None:
         self.rules = rules
@@ -43,6 +59,7 @@ class ParkingForbidden:
 
     name = "parking_forbidden"
     kinds = frozenset({"parking"})
+    in_order_only = False
 
     def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
         if not device.no_parking:

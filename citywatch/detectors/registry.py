@@ -14,6 +14,7 @@ from citywatch.detectors.lock import lock_rules
 from citywatch.detectors.noise import NoiseLimit, NoiseNightBurst
 from citywatch.detectors.occupancy import ParkingFlapping, ParkingStuck
 from citywatch.detectors.parking import ParkingForbidden, ParkingOverstay
+from citywatch.detectors.plausibility import Plausibility
 from citywatch.detectors.reporting import BatteryDrain, ReportingInterval
 from citywatch.detectors.settings import LearnedRules, learned_settings
 from citywatch.detectors.water import WaterDepth
@@ -26,19 +27,28 @@ NUMERIC_FIELDS: dict[str, tuple[str, float]] = {
 }
 
 
+# Fault rules run first on each reading, so the pipeline can mark an alarm found on the same
+# reading as suspect (fail safe: a suspected fault is information on the alarm, never a veto).
+FAULT_RULES = frozenset({"sensor_jump", "sensor_stuck"})
+
+
 def build_rules(settings: Settings) -> dict[str, list[Rule]]:
-    """Rules per kind, in evaluation order: the fixed thresholds, then the learned detectors."""
+    """Rules per kind, in evaluation order: sensor faults, the fixed thresholds, the learned detectors."""
     r = settings.rules
     learned = learned_settings(settings)
-    steps = learned.faults.max_step_per_min if learned.enabled else {}
+    plausibility = Plausibility(r.plausibility.max_step_per_min, r.plausibility.min_elapsed_s)
     noise = NoiseLimit(r.noise, LocalTime(settings.timezone))
     rules: list[Rule] = [
-        GasLevel(r.gas, steps.get("gas", float("inf"))), noise, NoiseNightBurst(r.noise, noise),
-        WaterDepth(r.water, steps.get("water", float("inf"))),
+        SensorJump(kind, field, plausibility, clear_after=r.plausibility.jump_clear_after)
+        for kind, (field, _) in NUMERIC_FIELDS.items() if plausibility.limit(kind) is not None
+    ]
+    rules += [
+        GasLevel(r.gas), noise, NoiseNightBurst(r.noise, noise), WaterDepth(r.water),
         ParkingOverstay(r.parking), ParkingForbidden(), *lock_rules(r.lock), BatteryLow(r.health),
     ]
     if learned.enabled:
         rules += learned_rules(settings, learned, noise)
+    rules.sort(key=lambda rule: rule.name not in FAULT_RULES)  # stable: faults first, order kept
     return {kind: [rule for rule in rules if kind in rule.kinds] for kind in KINDS}
 
 
@@ -54,8 +64,6 @@ def learned_rules(settings: Settings, learned: LearnedRules, noise: NoiseLimit) 
 
     out: list[LearnedRule] = []
     for kind, (field, _) in NUMERIC_FIELDS.items():
-        out.append(SensorJump(kind, field, max_step_per_min=f.max_step_per_min.get(kind, float("inf")),
-                              clear_after=f.jump_clear_after))
         out.append(SensorStuck(kind, field, rest=f.rest_value.get(kind), min_run=f.stuck_min_run,
                                min_duration_s=f.stuck_min_duration_s, p_tail=f.stuck_p_tail,
                                warmup=f.stuck_warmup))

@@ -32,9 +32,6 @@ class FaultParams(_Section):
     stuck_min_duration_s: float = Field(1800.0, ge=0)  # ... over at least this long ...
     stuck_p_tail: float = Field(1e-6, gt=0, lt=1)  # ... and this unlikely for this device
     stuck_warmup: int = Field(60, ge=1)  # readings before the stuck detector may alert
-    # Largest physically plausible change per minute; a bigger one is a sensor fault.
-    max_step_per_min: dict[str, float] = {"gas": 40.0, "noise": 40.0, "water": 50.0}
-    jump_clear_after: int = Field(10, ge=1)  # plausible readings that clear a jump alert
     # At the rest value (0 %LEL in clean air, a dry road) a constant reading is normal.
     rest_value: dict[str, float] = {"gas": 0.0, "water": 0.0}
 

@@ -1,9 +1,13 @@
-"""Road waterlogging levels: light, moderate, severe (vehicles stall above ~25 cm)."""
+"""Road waterlogging levels: light, moderate, severe (vehicles stall above ~25 cm).
+
+A life-safety rule: a reading at a level opens (or raises) the alert at once. A step faster than
+water rises marks the alert suspect (see pipeline and plausibility.py); it never withholds it.
+"""
 
 from __future__ import annotations
 
 from citywatch.config import WaterRules
-from citywatch.detectors.base import DeviceState, implausible_rise, level_with_hysteresis, threshold
+from citywatch.detectors.base import DeviceState, threshold, track_level
 from citywatch.model import Device, Finding, Reading
 
 _LEVELS = ("", "light", "moderate", "severe")
@@ -13,21 +17,19 @@ _SEVERITY = ("", "info", "warning", "critical")
 class WaterDepth:
     name = "water_depth"
     kinds = frozenset({"water"})
+    in_order_only = False
 
-    def __init__(self, rules: WaterRules, max_step_per_min: float = float("inf")) -> None:
+    def __init__(self, rules: WaterRules) -> None:
         self.rules = rules
-        self.max_step_per_min = max_step_per_min
 
     def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
         depth = reading.values["depth_cm"]
-        if implausible_rise(state, "water.prev", depth, reading.ts, self.max_step_per_min) \
-                and not state.get("water.level"):
-            return None  # water does not rise this fast: sensor_jump reports it; the next reading confirms
         limits = (threshold(device, "water.light_cm", self.rules.light_cm),
                   threshold(device, "water.moderate_cm", self.rules.moderate_cm),
                   threshold(device, "water.severe_cm", self.rules.severe_cm))
-        level = level_with_hysteresis(depth, state.get("water.level", 0), limits, self.rules.hysteresis_cm)
-        state["water.level"] = level
+        level = track_level(reading, state, "water.level", depth, limits, self.rules.hysteresis_cm)
+        if level is None:
+            return None
         if level == 0:
             return Finding(self.name, False, value=depth)
         return Finding(self.name, True, _SEVERITY[level], depth, limits[level - 1],

@@ -86,6 +86,7 @@ def render_payload(transition: Transition, public_url: str) -> bytes:
             "resolved_at": rfc3339(a.resolved_at), "resolved_by": a.resolved_by,
             "review_deadline": rfc3339(a.review_deadline), "response_deadline": rfc3339(a.response_deadline),
             "escalations": list(a.escalations),
+            "safety": a.safety, "suspect": a.suspect or None, "suspect_reason": a.suspect_reason or None,
         },
         "device": a.device,
         "links": {"ack": f"{base}/ack", "resolve": f"{base}/resolve", "self": base},

@@ -11,12 +11,14 @@ from collections import Counter
 from collections.abc import Callable, MutableMapping
 from typing import Protocol
 
+import msgspec
+
 from citywatch.config import Settings
 from citywatch.detectors.base import DeviceState, Rule
 from citywatch.detectors.deadman import Deadman
-from citywatch.detectors.health import OFFLINE_RULE, offline_finding
+from citywatch.detectors.health import LAST_WILL, OFFLINE_RULE, offline_finding
 from citywatch.detectors.lifecycle import AlertEngine
-from citywatch.detectors.registry import build_rules
+from citywatch.detectors.registry import FAULT_RULES, build_rules
 from citywatch.errors import InvalidMessage
 from citywatch.ingest.schemas import parse_status, parse_telemetry
 from citywatch.ingest.topics import parse_topic
@@ -94,6 +96,7 @@ class Pipeline:
         self.max_payload = settings.ingest.max_payload_bytes
         self.max_skew = settings.ingest.max_future_skew_s
         self.offline_intervals = settings.rules.health.offline_intervals
+        self.clock_lead = settings.ingest.clock_lead_tolerance_s
         self.counters: Counter[str] = Counter()
         self.deadman = Deadman(grace_from=started_at)
         for device_id, state in self.states.items():
@@ -141,6 +144,10 @@ class Pipeline:
         state = self.states.get(device_id)
         if state is None:
             state = self.states[device_id] = {}
+        if reading.ts > reading.received_at + self.clock_lead:
+            # A fast device clock: processed at arrival, so it cannot make later readings look late.
+            reading = msgspec.structs.replace(reading, ts=reading.received_at)
+            self.counters["clock_ahead"] += 1
         last_ts = state.get("ts")
         if reading.seq is not None:
             check_seq(state, reading.seq, reading.ts, last_ts)
@@ -150,20 +157,44 @@ class Pipeline:
         out.accepted.append((reading, device))
         timeout = device.interval_s * self.offline_intervals
         if reading.ts >= reading.received_at - timeout:  # backfill does not prove the device is alive
-            state["seen"] = reading.received_at
-            state["timeout"] = timeout
-            self.deadman.seen(device_id, timeout, reading.received_at)
-            if device_id in self.alerts.engaged and self.alerts.is_open(device_id, OFFLINE_RULE):
-                self._apply(device, offline_finding(False, "reporting again"), reading.ts, out)
-        if last_ts is not None and reading.ts < last_ts:
-            self.counters["late"] += 1  # stored, but stateful rules only see time moving forward
-            return
-        state["ts"] = reading.ts
+            self._alive(device, state, timeout, reading.received_at, reading.ts, out)
+        late = last_ts is not None and reading.ts < last_ts
+        if late:
+            self.counters["late"] += 1
+        self._evaluate(reading, device, state, late, out)
+        if not late:
+            state["ts"] = reading.ts
+
+    def _evaluate(self, reading: Reading, device: Device, state: DeviceState, late: bool, out: Output) -> None:
+        """Every rule sees the reading (late ones: all but the in-order-only learned series). Fault
+        rules run first: an alarm on the same reading is marked suspect, never withheld (fail safe).
+        A late reading may open or raise an alert; only readings in order clear one."""
         engaged = self.alerts.engaged
+        device_id = device.id
+        suspect = ""
         for rule in self.rules[reading.kind]:
+            if late and rule.in_order_only:
+                continue
             finding = rule.evaluate(reading, device, state)
-            if finding is not None and (finding.active or device_id in engaged):
+            if finding is None:
+                continue
+            if finding.active:
+                if finding.rule in FAULT_RULES:
+                    suspect = finding.message
+                elif suspect:
+                    finding = msgspec.structs.replace(finding, suspect=suspect)
                 self._apply(device, finding, reading.ts, out)
+            elif not late and device_id in engaged:
+                self._apply(device, finding, reading.ts, out)
+
+    def _alive(self, device: Device, state: DeviceState, timeout: float, received_at: float, at: float,
+               out: Output) -> None:
+        """The device proved it is alive at `received_at`: re-arm its offline timer from then."""
+        state["seen"] = received_at
+        state["timeout"] = timeout
+        self.deadman.seen(device.id, timeout, received_at)
+        if device.id in self.alerts.engaged and self.alerts.is_open(device.id, OFFLINE_RULE):
+            self._apply(device, offline_finding(False, "reporting again"), at, out)
 
     def _apply(self, device: Device, finding: Finding, at: float, out: Output) -> None:
         transition = self.alerts.apply(device, finding, at)
@@ -172,13 +203,26 @@ class Pipeline:
             out.transitions.append(transition)
 
     def _status(self, device: Device, status: str, received_at: float, out: Output) -> None:
+        """`offline` (the last will) opens device_offline at once. `online` re-arms the offline timer
+        from now, as one reading would, and resolves an offline alert the last will opened; an alert
+        opened by silence waits for data. `online` never counts as data beyond one timeout."""
         self.counters["processed"] += 1
         self.counters["status." + status] += 1
         out.statuses.append((device, status, received_at))
         if status == "offline":
             self.deadman.forget(device.id)
-            self._apply(device, offline_finding(True, "device announced offline (last will)"), received_at, out)
-        elif self.alerts.is_open(device.id, OFFLINE_RULE):
+            self._apply(device, offline_finding(True, "device announced offline (last will)", last_will=True),
+                        received_at, out)
+            return
+        state = self.states.get(device.id)
+        if state is None:
+            state = self.states[device.id] = {}
+        self.dirty.add(device.id)
+        state["seen"] = received_at
+        state["timeout"] = timeout = device.interval_s * self.offline_intervals
+        self.deadman.seen(device.id, timeout, received_at)
+        alert = self.alerts.by_key.get((device.id, OFFLINE_RULE))
+        if alert is not None and alert.value == LAST_WILL:
             self._apply(device, offline_finding(False, "device announced online"), received_at, out)
 
     # -- clock ------------------------------------------------------------------------------

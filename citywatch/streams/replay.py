@@ -7,11 +7,12 @@ kind's rows run through the real pipeline core (validation, threshold rules, lea
 alert lifecycle) as one synthetic device. Timestamps: epoch seconds (or milliseconds), or ISO
 8601 (without an offset: UTC).
 
-Output: one row per input row, `timestamp,is_alert,anomaly_score`. is_alert is 1 on the row where
-an alert opens (for a kind: any rule's alert opened by that row) and 0 while it stays open;
-anomaly_score is in [0, 1], higher for more anomalous (for a kind: the highest learned
-detector's score, 0.5 at its alert threshold). A kind's row that fails validation scores 0.
-Silence (offline) and deadlines need a clock and are not replayed.
+Output: one row per input row, `timestamp,is_alert,anomaly_score` and, with a kind, `rules`.
+is_alert is 1 on the row where an alert opens (for a kind: any rule's alert opened by that row,
+flapping openings included) and 0 while it stays open; `rules` names the rules whose alerts that
+row opened (`;`-separated, empty otherwise); anomaly_score is in [0, 1], higher for more anomalous
+(for a kind: the highest learned detector's score, 0.5 at its alert threshold). A kind's row that
+fails validation scores 0. Silence (offline) and deadlines need a clock and are not replayed.
 """
 
 from __future__ import annotations
@@ -121,10 +122,16 @@ def read_columns(handle: TextIO) -> tuple[list[str], list[list[str]]]:
     return header, columns
 
 
-def write_rows(handle: TextIO, stamps: Sequence[str], alerts: Sequence[int], scores: Sequence[float]) -> None:
+def write_rows(handle: TextIO, stamps: Sequence[str], alerts: Sequence[int], scores: Sequence[float],
+               rules: Sequence[str] | None = None) -> None:
     writer = csv.writer(handle, lineterminator="\n")
-    writer.writerow(("timestamp", "is_alert", "anomaly_score"))
-    writer.writerows(zip(stamps, alerts, (f"{s:.6f}" for s in scores), strict=True))
+    formatted = (f"{s:.6f}" for s in scores)
+    if rules is None:
+        writer.writerow(("timestamp", "is_alert", "anomaly_score"))
+        writer.writerows(zip(stamps, alerts, formatted, strict=True))
+    else:
+        writer.writerow(("timestamp", "is_alert", "anomaly_score", "rules"))
+        writer.writerows(zip(stamps, alerts, formatted, rules, strict=True))
 
 
 # -- the generic signal -------------------------------------------------------------------------
@@ -190,8 +197,11 @@ def _kind_payloads(kind: str, header: list[str], columns: list[list[str]]) -> It
         yield payload
 
 
+_OPENINGS = ("opened", "flapping")
+
+
 def replay_kind(kind: str, header: list[str], columns: list[list[str]], settings: Settings,
-                device: Device) -> tuple[list[int], list[float], int]:
+                device: Device) -> tuple[list[int], list[float], list[str], int]:
     registry = {device.id: device}
     pipeline = Pipeline(settings, registry, AlertEngine(settings.alerts))
     learned = [r for r in pipeline.rules[kind] if isinstance(r, LearnedRule)]
@@ -199,6 +209,7 @@ def replay_kind(kind: str, header: list[str], columns: list[list[str]], settings
     encode = msgspec.json.Encoder().encode
     alerts: list[int] = []
     scores: list[float] = []
+    opened_rules: list[str] = []
     invalid = 0
     for payload in _kind_payloads(kind, header, columns):
         for rule in learned:
@@ -207,9 +218,11 @@ def replay_kind(kind: str, header: list[str], columns: list[list[str]], settings
         pipeline.process(topic, encode(payload), payload["ts"], out)
         if out.dead_letters:
             invalid += 1
-        alerts.append(1 if any(t.transition == "opened" for t in out.transitions) else 0)
+        opened = ";".join(t.alert.rule for t in out.transitions if t.transition in _OPENINGS)
+        alerts.append(1 if opened else 0)
+        opened_rules.append(opened)
         scores.append(max((r.last_score for r in learned), default=0.0))
-    return alerts, scores, invalid
+    return alerts, scores, opened_rules, invalid
 
 
 def replay_device(kind: str, tenants: int | None = None, zone_class: str | None = None,
@@ -230,22 +243,23 @@ def replay(input_path: Path, output_path: Path, kind: str | None = None, setting
         raise ReplayError(f"cannot read {input_path}: {exc.strerror}") from None
     stamps = columns[header.index("timestamp")] if "timestamp" in header else []
     invalid = 0
+    rules: list[str] | None = None
     if kind is None:
         alerts, scores = replay_generic(header, columns)
     else:
         if kind not in KINDS:
             raise ReplayError(f"unknown kind {kind}")
-        alerts, scores, invalid = replay_kind(kind, header, columns, settings or load_settings(None),
-                                              device or replay_device(kind))
+        alerts, scores, rules, invalid = replay_kind(kind, header, columns, settings or load_settings(None),
+                                                     device or replay_device(kind))
     with open(output_path, "w", newline="") as handle:
-        write_rows(handle, stamps, alerts, scores)
+        write_rows(handle, stamps, alerts, scores, rules)
     return ReplayStats(len(alerts), sum(alerts), invalid, time.perf_counter() - started)
 
 
 @click.command("replay")
 @click.argument("input_path", metavar="INPUT.csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write timestamp,is_alert,anomaly_score.")
+              help="Where to write timestamp,is_alert,anomaly_score (and, with --kind, rules).")
 @click.option("--kind", type=click.Choice(KINDS), default=None,
               help="Device kind of the rows (default: a generic numeric signal, timestamp,value).")
 @click.option("--tenants", type=int, default=None, help="lock: registered tenants.")
