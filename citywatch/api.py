@@ -20,6 +20,7 @@ from citywatch.config import ApiSettings
 from citywatch.errors import AlertError
 from citywatch.httpserve import serve
 from citywatch.sinks.alertreader import AlertReader
+from citywatch.sinks.database import make_private
 from citywatch.sinks.store import store_path
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def api_token(settings: ApiSettings, data_dir: Path, create: bool = True) -> str
         return settings.token.get_secret_value()
     path = data_dir / "api-token"
     if path.exists():
+        make_private(path)  # a secret: 0600, also when an older version or a person made it wider
         return path.read_text().strip()
     if not create:
         return None

@@ -3,8 +3,8 @@ state.db (alerts, transitions, webhook outbox, device state, counters).
 
 `backup` copies each with SQLite's online backup API (a consistent snapshot, safe while a runner
 writes: WAL readers do not block it) into one tar.gz with a manifest (format, versions, time,
-sizes, sha256, row counts), written 0600 and atomically. `restore` refuses a data directory that
-a runner holds (its flock on citywatch.lock) or that is not empty (unless forced), checks every
+sizes, sha256, row counts), written 0600 and atomically. `restore` takes the data directory's lock
+(datalock.py: refused while a runner holds it) and refuses one that is not empty (unless forced), checks every
 file against the manifest and with PRAGMA integrity_check before it replaces anything, and
 removes the old -wal/-shm files (a stale WAL replayed onto another database corrupts it).
 
@@ -14,8 +14,6 @@ after it, with the same webhook-id (receivers drop repeats); those delivered the
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -23,19 +21,18 @@ import os
 import sqlite3
 import tarfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from citywatch import __version__
+from citywatch.datalock import LOCK_NAME, DataDirLock
 from citywatch.errors import CitywatchError, StorageError
 from citywatch.sinks.database import PRIVATE_MODE, SIDE_FILES, create_private
 
 FORMAT = 1
 DATABASES = ("registry.db", "state.db")
 MANIFEST = "manifest.json"
-LOCK_NAME = "citywatch.lock"  # held (flock) by `citywatch run` for its whole life
 
 
 class BackupError(CitywatchError):
@@ -149,29 +146,6 @@ def _private(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-@contextlib.contextmanager
-def holding(data_dir: Path, command: str) -> Iterator[None]:
-    """Hold data_dir's lock (as `citywatch run` does) for the block; BackupError if a runner holds it."""
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_MODE)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except ValueError:
-                holder = {}
-            who = f"{holder.get('command', 'a citywatch process')} (pid {holder.get('pid', '?')})"
-            raise BackupError(f"{data_dir} is in use by {who}: stop it before restoring") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": command, "api": None,
-                                  "since": time.time()}).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the flock
-
-
 def read_manifest(archive: Path) -> dict[str, Any]:
     try:
         with tarfile.open(archive, "r:gz") as tar:
@@ -190,7 +164,8 @@ def restore(archive: Path, data_dir: Path, force: bool = False) -> dict[str, Any
     """Put the backup's databases into `data_dir`; returns the manifest. Nothing is replaced unless
     every file matches the manifest and passes PRAGMA integrity_check."""
     manifest = read_manifest(archive)
-    with holding(data_dir, "citywatch restore"):
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with DataDirLock(data_dir, "citywatch restore"):  # DataDirBusy while a runner holds it
         found = sorted(p.name for p in data_dir.iterdir() if p.name != LOCK_NAME)
         if found and not force:
             raise BackupError(f"{data_dir} is not empty ({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}):"

@@ -53,14 +53,16 @@ def test_backup_while_running_then_restore_carries_on_without_repeating_a_webhoo
     registry.close()
     t0 = time.time() - 600
     run = RunnerThread(first).start()
+    original = run.runner
+    assert original is not None
     try:
         # five devices alarm (the sixth stays quiet for later); one alert is acknowledged by a person
         publish_all(mosquitto, [reading(d, t0, 1, 1.0) for d in DEVICES] + [reading(d, t0 + 60, 2, 30.0)
                                                                             for d in DEVICES[:5]])
-        wait_until(lambda: len(run.runner.engine.by_id) == 5)
-        run.call(lambda: run.runner.acknowledge(sorted(run.runner.engine.by_id)[0], "ops"))
-        wait_until(lambda: run.runner.delivery.stats()["delivered"] == 6)
-        open_before = {a.id: a.status for a in run.runner.engine.by_id.values()}
+        wait_until(lambda: len(original.engine.by_id) == 5)
+        run.call(lambda: original.acknowledge(sorted(original.engine.by_id)[0], "ops"))
+        wait_until(lambda: original.delivery.stats()["delivered"] == 6)
+        open_before = {a.id: a.status for a in original.engine.by_id.values()}
         out = tmp_path / "backups" / "city.tar.gz"
         done = cli("--data-dir", str(first.data_dir), "backup", "--out", str(out))  # while the runner runs
         assert done.returncode == 0, done.stderr
@@ -85,16 +87,18 @@ def test_backup_while_running_then_restore_carries_on_without_repeating_a_webhoo
         "registry.db": 0o600, "state.db": 0o600}
     sent_before = Counter(receiver.ids())
     run = RunnerThread(second).start()
+    restored = run.runner
+    assert restored is not None
     try:
-        assert {a.id: a.status for a in run.runner.engine.by_id.values()} == open_before
+        assert {a.id: a.status for a in restored.engine.by_id.values()} == open_before
         # a runner holds the restored dir now: restoring over it is refused, even with --force
         busy = cli("restore", str(out), "--data-dir", str(second.data_dir), "--force")
         assert busy.returncode == 2 and "in use by" in busy.stderr, busy.stderr
         # new alarms: the quiet device opens one, an open alert rises to critical
         publish_all(mosquitto, [reading(DEVICES[5], t0 + 120, 2, 30.0), reading(DEVICES[1], t0 + 120, 3, 60.0)])
         wait_until(lambda: len(receiver.ids()) >= len(sent_before) + 2)
-        wait_until(lambda: run.runner.delivery.stats()["pending"] == 0)
-        assert len(run.runner.engine.by_id) == 6
+        wait_until(lambda: restored.delivery.stats()["pending"] == 0)
+        assert len(restored.engine.by_id) == 6
     finally:
         run.stop()
         receiver.stop()

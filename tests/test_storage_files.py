@@ -135,3 +135,13 @@ def test_a_read_only_database_is_one_clear_error_naming_the_file(read_only_dir: 
         Registry(registry_path(read_only_dir))
     assert_one_clear_line(cli(read_only_dir, "alerts", "list"), read_only_dir / "state.db", "read-only")
     assert_one_clear_line(cli(read_only_dir, "devices", "list"), read_only_dir / "registry.db", "read-only")
+
+
+def test_an_existing_api_token_file_is_tightened_when_read(tmp_path: Path) -> None:
+    from citywatch.api import api_token
+    from citywatch.config import ApiSettings
+
+    (tmp_path / "api-token").write_text("a-token-written-by-hand\n")
+    os.chmod(tmp_path / "api-token", 0o644)
+    assert api_token(ApiSettings(), tmp_path, create=False) == "a-token-written-by-hand"
+    assert mode(tmp_path / "api-token") == 0o600

@@ -25,13 +25,17 @@ BUSY_TIMEOUT_S = 30.0
 
 
 def make_private(path: Path) -> None:
-    """Drop group and other permissions of an existing file (missing files are fine)."""
+    """Drop group and other permissions of an existing file (missing files are fine; a file we may
+    use but not chmod, owned by another user, is left as it is, with a warning)."""
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         return
     if mode & 0o077:
-        os.chmod(path, mode & 0o700)
+        try:
+            os.chmod(path, mode & 0o700)
+        except PermissionError:
+            log.warning("%s is mode %o and holds secrets; its owner should make it 0600", path, mode)
 
 
 def create_private(path: Path) -> None:
