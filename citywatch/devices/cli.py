@@ -97,8 +97,21 @@ def _show_config(device: Device, password: str, broker_url: str | None) -> None:
     click.echo(device_config(device, password, broker_url or s.mqtt.url, s.mqtt.topic_prefix), nl=False)
 
 
-def _zone_classes() -> list[str]:
-    return list(_settings().rules.noise.limits)
+def _install() -> Any:
+    """What devices are checked against (attributes.InstallRules from the settings)."""
+    from citywatch.devices.attributes import InstallRules
+
+    return InstallRules.from_settings(_settings())
+
+
+def _csv_text(data: bytes, name: str) -> str:
+    """The CSV as text: UTF-8 (a BOM, as spreadsheets write, is fine); else the line of the first bad byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise click.ClickException(f"{name}: line {line}: not UTF-8 (byte 0x{data[exc.start]:02x}); save the sheet "
+                                   "as CSV UTF-8") from None
 
 
 @click.group()
@@ -116,14 +129,13 @@ def devices() -> None:
 def devices_add(device_id: str, kind: str, thresholds: tuple[str, ...], broker_url: str | None,
                 auth_dir: Path | None, pid_file: Path | None, **attrs: Any) -> None:
     """Register a device; print its password once, in a ready-to-paste device config."""
-    from citywatch.devices.credentials import check_username, generate_password, hash_password
+    from citywatch.devices.attributes import check_install
+    from citywatch.devices.credentials import generate_password, hash_password
     from citywatch.devices.importer import parse_thresholds
-    from citywatch.devices.registry import validate_installation
 
     given = {k: v for k, v in attrs.items() if v is not None}
     device = Device(id=device_id, kind=kind, thresholds=parse_thresholds(list(thresholds)), **given)
-    validate_installation(device, _zone_classes())
-    check_username(device.id)
+    check_install(device, _install())
     password = generate_password()
     with _registry() as registry:
         device = registry.add(device, hash_password(password))
@@ -133,7 +145,7 @@ def devices_add(device_id: str, kind: str, thresholds: tuple[str, ...], broker_u
 
 
 @devices.command("import")
-@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
+@click.argument("csv_file", type=click.File("rb"))
 @click.option("--secrets-out", type=click.Path(path_type=Path, allow_dash=True),
               help="Where the new passwords go: a new file (CSV, mode 0600; never overwritten), or - for stdout.")
 @click.option("--dry-run", is_flag=True, help="Only check the file.")
@@ -150,17 +162,17 @@ def devices_import(csv_file: Any, secrets_out: Path | None, dry_run: bool, broke
     """
     from citywatch.devices.importer import import_csv, parse_csv
 
-    text = csv_file.read()
+    text = _csv_text(csv_file.read(), csv_file.name)
     s = _settings()
     with _registry() as registry:
         if dry_run:
-            found = parse_csv(text, {d.id for d in registry.all()}, _zone_classes())
+            found = parse_csv(text, {d.id for d in registry.all()}, _install())
             click.echo(f"{len(found)} devices OK; nothing written (dry run)")
             return
         if secrets_out is None:
             raise click.UsageError("give --secrets-out FILE (or - to print the passwords)")
         to_file = None if str(secrets_out) == "-" else secrets_out
-        issued = import_csv(registry, text, _zone_classes(), to_file, broker_url or s.mqtt.url, s.mqtt.topic_prefix)
+        issued = import_csv(registry, text, _install(), to_file, broker_url or s.mqtt.url, s.mqtt.topic_prefix)
         if to_file is None:
             click.echo("id,password")
             for device, password in issued:
@@ -213,8 +225,8 @@ def devices_show(device_id: str, as_json: bool) -> None:
 @_friendly
 def devices_update(device_id: str, thresholds: tuple[str, ...], unset: tuple[str, ...], **attrs: Any) -> None:
     """Change attributes; the running pipeline uses them from its next registry refresh."""
+    from citywatch.devices.attributes import check_install
     from citywatch.devices.importer import parse_thresholds
-    from citywatch.devices.registry import validate_installation
 
     defaults = Device(id="-", kind="gas")
     changes = {k: v for k, v in attrs.items() if v is not None}
@@ -230,7 +242,7 @@ def devices_update(device_id: str, thresholds: tuple[str, ...], unset: tuple[str
             changes["thresholds"] = {k: v for k, v in merged.items() if k not in removed}
         if not changes:
             raise click.UsageError("nothing to change")
-        validate_installation(msgspec.structs.replace(current, **changes), _zone_classes())
+        check_install(msgspec.structs.replace(current, **changes), _install(), new=False)
         device = registry.update(device_id, changes)
     click.echo(f"updated {device.id}: {', '.join(sorted(changes))}")
 
@@ -302,12 +314,13 @@ def devices_check(device_id: str, timeout: float | None) -> None:
     Exit code 0 accepted, 1 it would be dead-lettered, 3 nothing arrived (or the broker refused the check).
     """
     from citywatch.devices.commissioning import check_device, exit_code, render
+    from citywatch.logs import mask_url_credentials
 
     s = _settings()
     if timeout is None:
         with _registry() as registry:
             timeout = registry.require(device_id).interval_s * 2 + 5
-    click.echo(f"connecting to {s.mqtt.url} ...", err=True)
+    click.echo(f"connecting to {mask_url_credentials(s.mqtt.url)} ...", err=True)
     ready = functools.partial(click.echo, f"listening: waiting up to {timeout:g} s for the next message from "
                               f"{device_id} (trigger or power-cycle it now)", err=True)
     result = check_device(s, device_id, timeout, on_ready=ready)

@@ -16,8 +16,9 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from citywatch.devices.credentials import check_username, generate_password, hash_password
-from citywatch.devices.registry import Registry, validate_installation
+from citywatch.devices.attributes import InstallRules, check_install
+from citywatch.devices.credentials import device_broker_url, generate_password, hash_password
+from citywatch.devices.registry import Registry
 from citywatch.errors import DeviceError
 from citywatch.ingest.topics import status_topic, telemetry_topic
 from citywatch.model import KINDS, Device
@@ -74,7 +75,12 @@ def _flag(name: str, text: str) -> bool:
     return value in _TRUE
 
 
-def row_to_device(row: dict[str, str], zone_classes: Collection[str]) -> Device:
+def _install(rules: Collection[str] | InstallRules) -> InstallRules:
+    """The checks to apply: from the settings (InstallRules), or just the zone classes."""
+    return rules if isinstance(rules, InstallRules) else InstallRules(rules)
+
+
+def row_to_device(row: dict[str, str], zone_classes: Collection[str] | InstallRules) -> Device:
     """One CSV row to a checked Device; empty cells take the defaults."""
     cells = {k: (v or "").strip() for k, v in row.items() if k in COLUMNS}
     for name in REQUIRED:
@@ -95,37 +101,54 @@ def row_to_device(row: dict[str, str], zone_classes: Collection[str]) -> Device:
     if cells.get("thresholds"):
         attrs["thresholds"] = parse_thresholds(cells["thresholds"])
     device = Device(id=cells["id"], kind=cells["kind"], **attrs)
-    validate_installation(device, zone_classes)
-    check_username(device.id)
+    check_install(device, _install(zone_classes))
     return device
 
 
-def parse_csv(text: str, registered: Collection[str], zone_classes: Collection[str]) -> list[Device]:
+def _lines(first: int, last: int) -> str:
+    """Where a record is: a quoted cell may span lines."""
+    return f"line {first}" if last <= first else f"line {first}-{last}"
+
+
+def parse_csv(text: str, registered: Collection[str], zone_classes: Collection[str] | InstallRules) -> list[Device]:
     """Every row checked; raises CsvImportError listing all problems (duplicates included)."""
+    install = _install(zone_classes)
     reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        raise CsvImportError([f"line 1: not a CSV header ({exc})"]) from None
     errors = [f"line 1: missing column {c!r}" for c in REQUIRED if c not in header]
     errors += [f"line 1: unknown column {c!r} (known: {', '.join(COLUMNS)})" for c in header if c not in COLUMNS]
     if errors:
         raise CsvImportError(errors)
     devices: list[Device] = []
     first_line: dict[str, int] = {}
-    for row in reader:
-        line = reader.line_num
+    rows = iter(reader)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # e.g. a cell over the csv module's field limit: the rest cannot be read
+            errors.append(f"{_lines(start, reader.line_num)}: {exc}; nothing after it was read")
+            break
+        line, where = reader.line_num, _lines(start, reader.line_num)
         if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
             continue
         if None in row:
-            errors.append(f"line {line}: more cells than columns")
+            errors.append(f"{where}: more cells than columns")
             continue
         try:
-            device = row_to_device(row, zone_classes)
+            device = row_to_device(row, install)
         except DeviceError as exc:
-            errors.append(f"line {line}: {exc}")
+            errors.append(f"{where}: {exc}")
             continue
         if device.id in first_line:
-            errors.append(f"line {line}: duplicate id {device.id} (first on line {first_line[device.id]})")
+            errors.append(f"{where}: duplicate id {device.id} (first on line {first_line[device.id]})")
         elif device.id in registered:
-            errors.append(f"line {line}: device {device.id} is already registered")
+            errors.append(f"{where}: device {device.id} is already registered")
         first_line.setdefault(device.id, line)
         devices.append(device)
     if errors:
@@ -143,6 +166,7 @@ def write_secrets(path: Path, issued: list[tuple[Device, str]], broker_url: str,
         raise DeviceError(f"{path} exists: give a new file (an old one may hold live passwords)") from None
     except OSError as exc:
         raise DeviceError(f"cannot create {path}: {exc.strerror}") from None
+    broker_url = device_broker_url(broker_url)
     with os.fdopen(fd, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["id", "kind", "username", "password", "broker_url", "telemetry_topic", "status_topic"])
@@ -151,7 +175,7 @@ def write_secrets(path: Path, issued: list[tuple[Device, str]], broker_url: str,
                           status_topic(d.kind, d.id, prefix)])
 
 
-def import_csv(registry: Registry, text: str, zone_classes: Collection[str], secrets_out: Path | None,
+def import_csv(registry: Registry, text: str, zone_classes: Collection[str] | InstallRules, secrets_out: Path | None,
                broker_url: str, prefix: str) -> list[tuple[Device, str]]:
     """Check, issue passwords, write the secrets file, then insert all rows in one transaction."""
     devices = parse_csv(text, {d.id for d in registry.all()}, zone_classes)
