@@ -166,3 +166,13 @@ def test_cli_reload_refuses_pid_minus_one(tmp_path: Path, no_signals: list[Any])
     result = _cli(config, "devices", "mosquitto-auth", "--out", str(tmp_path / "auth"), "--reload", "--pid", "-1")
     assert result.exit_code == 1 and "above 1" in result.output
     assert no_signals == []
+
+
+def test_a_bad_reload_target_is_refused_before_the_files_are_replaced(tmp_path: Path, no_signals: list[Any]) -> None:
+    config = _config(tmp_path)
+    out = tmp_path / "auth"
+    for extra in ((), ("--pid", "0"), ("--pid", str(os.getpid()))):
+        result = _cli(config, "devices", "mosquitto-auth", "--out", str(out), "--reload", *extra)
+        assert result.exit_code == 1, result.output
+        assert not out.exists()
+    assert no_signals == []

@@ -352,9 +352,11 @@ def devices_mosquitto_auth(out_dir: Path, collector_password_file: Path | None, 
 
 def _write_auth(registry: Any, out_dir: Path, collector_password_file: Path | None, reload: bool,
                 pid: int | None, pid_file: Path | None) -> None:
-    from citywatch.devices.credentials import collector_secret, reload_broker, write_mosquitto_auth
+    from citywatch.devices.credentials import broker_pid, collector_secret, reload_broker, write_mosquitto_auth
 
     s = _settings()
+    if reload:
+        pid = broker_pid(pid, pid_file)  # a bad pid is refused before any file is replaced
     collector = collector_secret(s, collector_password_file)
     files = write_mosquitto_auth(out_dir, registry.credentials(), collector.username, collector.password,
                                  s.mqtt.topic_prefix)
@@ -368,4 +370,4 @@ def _write_auth(registry: Any, out_dir: Path, collector_password_file: Path | No
         click.echo(f"generated the collector's password into {collector.generated}; set mqtt.username: "
                    f"{collector.username} and mqtt.password_file: {collector.generated}", err=True)
     if reload:
-        click.echo(f"reloaded mosquitto (pid {reload_broker(pid, pid_file)})", err=True)
+        click.echo(f"reloaded mosquitto (pid {reload_broker(pid)})", err=True)
