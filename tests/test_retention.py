@@ -66,6 +66,9 @@ def test_a_flood_from_one_device_stores_a_sample_and_counts_every_message(tmp_pa
     assert stored_rows(store.path) == 5 + 1 + 1 + 1
     assert store.dead_letter_counts() == {"malformed_json": 2101, "out_of_range": 1}
     store.close()
+    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "deadletters"])
+    assert result.exit_code == 0, result.output
+    assert "malformed_json: 2101 (2094 not stored: sampled), out_of_range: 1" in result.output
 
 
 def test_spoofed_device_ids_are_bounded_by_the_shared_rate(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ DAY_S = 86400.0
 ARCHIVE_DIR = "archive"
 ARCHIVE_BATCH_MAX = 2000  # alerts per archive batch (each one gzip member)
 BUSY_TIMEOUT_S = 5.0
+CHECKPOINT_WAIT_MS = 500
 EXTRA_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS dead_letters_received ON dead_letters (received_at)",
     "CREATE INDEX IF NOT EXISTS webhook_outbox_done ON webhook_outbox (status, delivered_at)",
@@ -310,6 +311,8 @@ class Retention:
                 conn.executescript(f"PRAGMA incremental_vacuum({min(free, pages)})")
                 report.pages_vacuumed = free - conn.execute("PRAGMA freelist_count").fetchone()[0]
                 report.more |= report.pages_vacuumed >= pages
+        # TRUNCATE waits for readers while holding off writers: wait briefly, else leave it to the next pass
+        conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         report.wal_bytes_after = _file_size(self.path.with_name(self.path.name + "-wal"))
 
