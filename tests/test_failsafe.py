@@ -79,3 +79,19 @@ def test_an_event_driven_device_alarms_at_once_then_goes_offline() -> None:
     out = Output()
     p.tick(T0 + 181, out)
     assert opened(out) == ["device_offline"] and p.alerts.is_open("g1", "gas_level")
+
+
+def test_flapping_groups_cycles_of_a_safety_alarm_but_sends_its_opening_and_every_rise() -> None:
+    p = make_pipeline(GAS)
+    sent = []
+    t = T0
+    for _ in range(6):  # six open/clear cycles within half an hour
+        for lel in (30.0, 1.0):
+            sent += [(tr.transition, tr.alert.severity) for tr in feed(p, GAS, t, lel_pct=lel).transitions
+                     if tr.alert.rule == "gas_level"]
+            t += 60
+    assert sent[:6] == [("opened", "warning"), ("resolved", "warning")] * 3
+    assert sent[6:] == [("flapping", "warning")]  # the fourth opening is sent, as one flapping alert
+    rise = [(tr.transition, tr.alert.severity) for tr in feed(p, GAS, t, lel_pct=60.0).transitions
+            if tr.alert.rule == "gas_level"]
+    assert rise == [("updated", "critical")]
