@@ -59,8 +59,12 @@ class DataDirLock:
         self.info: dict[str, Any] = {}
 
     def acquire(self) -> DataDirLock:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise CitywatchError(f"cannot open the data dir lock {self.path}: {exc.strerror or exc} (run as the "
+                                 "user that owns the data dir)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
