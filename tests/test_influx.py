@@ -96,14 +96,14 @@ def test_alert_lines() -> None:
 
 
 def test_disk_buffer_keeps_order_and_cuts_a_torn_tail(tmp_path: Path) -> None:
-    buf = LineBuffer(tmp_path / "buf", 10_000, segment_lines=3, rejected=tmp_path / "rej")
+    buf = LineBuffer(tmp_path / "buf", 10_000, segment_lines=3)
     buf.append(5, b"a\nb\n", 2)
     buf.append(6, b"c\n", 1)  # joins the open segment 5
     buf.append(7, b"d\n", 1)  # segment 5 is full: a new one
     buf.append(3, b"z\n", 1)  # a batch that failed in flight: older than what is on disk, so first
     with open(tmp_path / "buf" / f"{7:020d}.lp", "ab") as f:
         f.write(b"half a li")  # a crash mid-append
-    reopened = LineBuffer(tmp_path / "buf", 10_000, segment_lines=3, rejected=tmp_path / "rej")
+    reopened = LineBuffer(tmp_path / "buf", 10_000, segment_lines=3)
     assert (reopened.lines, reopened.segments, reopened.next_seq) == (5, 3, 8)
     sent = []
     while (seg := reopened.oldest()) is not None:

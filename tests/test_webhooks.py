@@ -432,7 +432,8 @@ def test_429_retry_after_pauses_the_endpoint(tmp_path: Path) -> None:
     assert min(r.at for r in later) - first.at >= 0.99
 
 
-def test_400_is_dead_with_the_body_and_later_transitions_still_go(tmp_path: Path) -> None:
+def test_400_is_dead_after_client_error_attempts_with_the_body_and_later_transitions_still_go(
+        tmp_path: Path) -> None:
     def behave(req: Request) -> web.Response:
         if req.json["transition"] == "updated":
             return web.Response(status=400, text="rejected: " + "x" * 5000)
@@ -440,7 +441,7 @@ def test_400_is_dead_with_the_body_and_later_transitions_still_go(tmp_path: Path
 
     async def go() -> list[Request]:
         async with Receiver(behave) as rx:
-            settings = WebhookSettings(url=rx.url("hook"), **FAST)
+            settings = WebhookSettings(url=rx.url("hook"), client_error_attempts=2, **FAST)
             store, _ = make_store(tmp_path, settings)
             commit(store, lifecycle(AlertEngine(AlertSettings()), device(1)))
             async with delivering(tmp_path / "state.db", settings) as d:
@@ -454,9 +455,9 @@ def test_400_is_dead_with_the_body_and_later_transitions_still_go(tmp_path: Path
 
     reqs = asyncio.run(go())
     assert [(r.json["transition"], r.status) for r in reqs] == [
-        ("opened", 200), ("updated", 400), ("acknowledged", 200), ("resolved", 200)]
+        ("opened", 200), ("updated", 400), ("updated", 400), ("acknowledged", 200), ("resolved", 200)]
     (dead,) = rows(tmp_path / "state.db")
-    assert dead["status"] == "dead" and dead["last_status"] == 400 and dead["attempts"] == 1
+    assert dead["status"] == "dead" and dead["last_status"] == 400 and dead["attempts"] == 2
     assert dead["last_error"].startswith("rejected: xxx") and len(dead["last_error"].encode()) == 2048
 
 

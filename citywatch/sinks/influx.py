@@ -23,6 +23,11 @@ Schema (precision ns; tags with an empty value are omitted; tag keys sorted):
 Timestamps are rounded to the microsecond, so a re-sent point lands on the same (series, time)
 and InfluxDB overwrites it instead of storing it twice. Tag values cannot carry backslashes or
 line breaks reliably, so those become '/' and ' '.
+
+Nothing good is lost for something bad: a batch InfluxDB refuses is isolated down to the lines it
+refuses (influxwrite.py), which go to `<data_dir>/influx-rejected/` with the reason while the rest
+is written; points whose time InfluxDB cannot store are never sent, they go there directly.
+`citywatch influx replay-rejected` sends that directory again (influxrejected.py).
 """
 
 from __future__ import annotations
@@ -35,13 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from influxdb_client import InfluxDBClient, WritePrecision
-from influxdb_client.client.write_api import SYNCHRONOUS
-from influxdb_client.rest import ApiException
-
 from citywatch.config import InfluxSettings
 from citywatch.errors import CitywatchError, ConfigError
-from citywatch.sinks.linebuffer import BufferFull, LineBuffer, Segment, write_rejected
+from citywatch.sinks.influxrejected import OUT_OF_RANGE, RejectedDir
+from citywatch.sinks.influxwrite import RETRY, InfluxWriter
+from citywatch.sinks.linebuffer import BufferFull, LineBuffer, Segment
 from citywatch.sinks.lineprotocol import lines_for, reading_line, status_line, transition_line
 
 __all__ = ["InfluxBackpressure", "InfluxSink", "lines_for", "reading_line", "status_line", "transition_line"]
@@ -54,7 +57,6 @@ BACKOFF_MAX_S = 5.0  # a down server costs one request per this; recovery is not
 RETRY_AFTER_MAX_S = 60.0
 MEMORY_BATCHES = 4  # add() blocks when this many batches' worth of lines wait in memory
 QUEUED_BATCHES = 2  # batches waiting for the sender in memory; more go to disk (a slow server)
-RETRY_STATUSES = frozenset({401, 403, 404, 408, 429})  # 401/403/404: our config, not the data
 
 class InfluxBackpressure(CitywatchError):
     """add() waited `timeout` for room: memory and the disk buffer are full; try again later."""
@@ -71,9 +73,6 @@ class _Batch:
         self.seq, self.data, self.lines = seq, data, lines
 
 
-_OK, _REJECT, _RETRY = "ok", "reject", "retry"
-
-
 class InfluxSink:
     """Batches lines to InfluxDB from two threads; while it fails, batches wait on disk, in order.
 
@@ -88,13 +87,11 @@ class InfluxSink:
         self.settings = settings
         self._batch_size = settings.batch_size
         self._interval = settings.flush_interval_ms / 1000
-        self._token = settings.token.get_secret_value() if settings.token is not None else ""
         self.rejected_dir = data_dir / "influx-rejected"
+        self._rejected = RejectedDir(self.rejected_dir, settings.rejected_max_mb * 1024 * 1024)
         self._buffer = LineBuffer(data_dir / "influx-buffer", settings.buffer_max_mb * 1024 * 1024,
-                                  settings.batch_size, self.rejected_dir)
-        self._client = InfluxDBClient(url=settings.url, token=self._token, org=settings.org,
-                                      timeout=settings.timeout_ms)
-        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+                                  settings.batch_size)
+        self._writer = InfluxWriter(settings)
         self._lock = threading.Lock()
         self._cut_cv = threading.Condition(self._lock)  # cutter: lines arrived, flush, close, disk room
         self._send_cv = threading.Condition(self._lock)  # sender: a batch is ready, close
@@ -129,6 +126,10 @@ class InfluxSink:
     def add(self, lines: list[str], timeout: float | None = None) -> None:
         """Queue lines. Returns at once unless memory and disk buffer are full: then it blocks
         (or raises InfluxBackpressure after `timeout` s) until the sender has made room."""
+        aside = getattr(lines, "out_of_range", None)
+        if aside:  # rare: validation keeps such times out; this is the last guard before InfluxDB
+            self._set_aside([(line.encode("utf-8", "replace"), OUT_OF_RANGE) for line in aside], "out_of_range")
+            aside.clear()  # taken: a retried add() after InfluxBackpressure must not keep them twice
         if not lines:
             return
         with self._lock:
@@ -209,7 +210,7 @@ class InfluxSink:
             self._done_cv.notify_all()
         for thread in self._threads:
             thread.join(self.settings.timeout_ms / 1000 + 10)
-        self._client.close()
+        self._writer.close()
         if self._mem_lines:
             log.error("influx: %d lines could not be stored on close (disk buffer full or failing)",
                       self._mem_lines)
@@ -230,6 +231,8 @@ class InfluxSink:
                 "failed_attempts": self._counts["failed_attempts"],
                 "rejected_lines": self._counts["rejected_lines"],
                 "rejected_batches": self._counts["rejected_batches"],
+                "out_of_range_lines": self._counts["out_of_range_lines"],
+                "rejected_dropped_lines": self._counts["rejected_dropped_lines"],
                 "buffered_on_disk": self._buffer.lines,
                 "buffered_bytes": self._buffer.bytes,
                 "buffered_segments": self._buffer.segments,
@@ -347,7 +350,7 @@ class InfluxSink:
                     self._deliver(None, seg)
             except Exception as exc:  # keep the thread alive: the data is still queued or on disk
                 log.exception("influx: sender error")
-                self._retry(self._scrub(f"{type(exc).__name__}: {exc}"), None)
+                self._retry(self._writer.scrub(f"{type(exc).__name__}: {exc}"), None)
         self._store(leftover)
         with self._lock:
             self._done_cv.notify_all()
@@ -364,42 +367,32 @@ class InfluxSink:
 
     def _deliver(self, batch: _Batch | None, seg: Segment | None) -> None:
         if batch is not None:
-            data, lines = batch.data, batch.lines
+            data, lines, seq = batch.data, batch.lines, batch.seq
         else:
             assert seg is not None
             try:
-                data, lines = self._buffer.read(seg), seg.lines
+                data, lines, seq = self._buffer.read(seg), seg.lines, seg.seq
             except OSError as exc:
                 self._retry(f"cannot read {seg.path.name}: {exc}", None)
                 return
-        outcome, reason, retry_after = self._post(data)
-        if outcome == _RETRY:
-            self._retry(reason, retry_after)
+        result = self._writer.write(data)
+        if result.outcome == RETRY:
+            self._retry(result.reason, result.retry_after)
             return
-        if outcome == _REJECT:
-            log.error("influx: InfluxDB rejected a batch of %d lines (%s); moved to %s", lines, reason,
-                      self.rejected_dir)
-            try:
-                if seg is not None:
-                    self._buffer.reject(seg, reason)
-                else:
-                    assert batch is not None
-                    write_rejected(self.rejected_dir, batch.seq, batch.data, reason)
-            except OSError as exc:
-                log.error("influx: cannot keep the rejected batch in %s: %s", self.rejected_dir, exc)
-                if seg is not None:
-                    self._buffer.remove(seg)
-        elif seg is not None:
+        if result.rejected:
+            log.error("influx: InfluxDB rejected a batch of %d lines (%s): %d line(s) set aside in %s, "
+                      "%d written", lines, result.reason, len(result.rejected), self.rejected_dir, result.written)
+            self._set_aside(result.rejected, "rejected", seq)
+        if seg is not None:
             self._buffer.remove(seg)
         with self._lock:
             if batch is not None:
                 self._queue.popleft()
                 self._mem_lines -= lines
-            kind = "written" if outcome == _OK else "rejected"
-            self._counts[kind + "_lines"] += lines
-            self._counts[kind + "_batches"] += 1
-            if seg is not None and outcome == _OK:
-                self._counts["replayed_batches"] += 1
+            self._counts["written_lines"] += result.written
+            self._counts["written_batches"] += result.written > 0
+            self._counts["rejected_batches"] += bool(result.rejected)
+            self._counts["replayed_batches"] += seg is not None and result.written > 0
             if self._failing:
                 log.info("influx: InfluxDB takes writes again; %d lines still on disk", self._buffer.lines)
             self._failing = False
@@ -407,6 +400,27 @@ class InfluxSink:
             self._retry_at = 0.0
             self._done_cv.notify_all()
             self._cut_cv.notify()
+
+    def _set_aside(self, lines: list[tuple[bytes, str]], kind: str, seq: int | None = None) -> None:
+        """Keep lines InfluxDB refused (kind `rejected`) or cannot store (`out_of_range`) in
+        influx-rejected/; counted either way, and dropped with an error when that directory is full."""
+        if seq is None:
+            with self._lock:
+                self._seq += 1
+                seq = self._seq
+        try:
+            kept = self._rejected.keep(seq, lines)
+        except OSError as exc:
+            kept = False
+            log.error("influx: cannot keep %d refused line(s) in %s: %s", len(lines), self.rejected_dir, exc)
+        else:
+            if not kept:
+                self._warn("influx: %s is full (influx.rejected_max_mb %d): dropping refused lines",
+                           self.rejected_dir, self.settings.rejected_max_mb)
+        with self._lock:
+            self._counts[f"{kind}_lines"] += len(lines)
+            if not kept:
+                self._counts["rejected_dropped_lines"] += len(lines)
 
     def _retry(self, reason: str, retry_after: float | None) -> None:
         """A failed attempt: back off, and move the memory queue to disk so nothing waits in RAM."""
@@ -430,28 +444,3 @@ class InfluxSink:
             with self._lock:
                 self._queue.extendleft(reversed(moved[stored:]))
 
-    def _post(self, data: bytes) -> tuple[str, str, float | None]:
-        """One write; (outcome, reason without the token, Retry-After seconds)."""
-        try:
-            self._write_api.write(bucket=self.settings.bucket, org=self.settings.org, record=data,
-                                  write_precision=WritePrecision.NS)  # type: ignore[arg-type]
-        except ApiException as exc:
-            status = exc.status or 0
-            body = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else str(exc.body or "")
-            reason = self._scrub(f"HTTP {status}: {(body or str(exc.reason))[:300]}")
-            if 400 <= status < 500 and status not in RETRY_STATUSES:
-                return _REJECT, reason, None
-            return _RETRY, reason, _seconds(exc.retry_after)
-        except Exception as exc:  # refused, reset, timed out: the server may or may not have it
-            return _RETRY, self._scrub(f"{type(exc).__name__}: {exc}"[:300]), None
-        return _OK, "", None
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "***") if self._token and len(self._token) >= 4 else text
-
-
-def _seconds(value: object) -> float | None:
-    try:
-        return float(value) if value is not None else None  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None

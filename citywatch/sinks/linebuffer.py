@@ -43,9 +43,8 @@ class BufferFull(Exception):
 class LineBuffer:
     """Thread-safe; appends go to the newest (open) segment until it holds `segment_lines` lines."""
 
-    def __init__(self, root: Path, max_bytes: int, segment_lines: int, rejected: Path) -> None:
+    def __init__(self, root: Path, max_bytes: int, segment_lines: int) -> None:
         self.root = root
-        self.rejected = rejected
         self.max_bytes = max_bytes
         self.segment_lines = segment_lines
         self._lock = threading.Lock()
@@ -154,18 +153,3 @@ class LineBuffer:
         with self._lock:
             self._forget(seg)
             seg.path.unlink(missing_ok=True)
-
-    def reject(self, seg: Segment, reason: str) -> None:
-        """InfluxDB refused the data itself: keep it aside for a person, out of the queue."""
-        with self._lock:
-            self.rejected.mkdir(parents=True, exist_ok=True)
-            (self.rejected / f"{seg.path.stem}.err").write_text(reason + "\n")
-            os.replace(seg.path, self.rejected / seg.path.name)
-            self._forget(seg)
-
-
-def write_rejected(rejected: Path, seq: int, data: bytes, reason: str) -> None:
-    """Same as LineBuffer.reject, for a batch that never reached the disk buffer."""
-    rejected.mkdir(parents=True, exist_ok=True)
-    (rejected / f"{seq:020d}{SUFFIX}").write_bytes(data)
-    (rejected / f"{seq:020d}.err").write_text(reason + "\n")

@@ -6,6 +6,10 @@ announcement (field `online`) and one per reading that reports battery and/or rs
 grid, kind), so one series per device holds its whole health history, and both carry the
 device's `lat`, `lon` when it has coordinates (the dashboards' map). `alerts` points carry
 `opened_at` (the age of an open alert is now - opened_at) and the device's `lat`, `lon`.
+
+InfluxDB stores times from 1677-09-21 to 2262-04-11 (int64 ns) and InfluxDB 2.x refuses a whole
+batch for one point outside that: `lines_for` renders such points into `Lines.out_of_range`, which
+the sink keeps in influx-rejected/ instead of sending.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from typing import Any
 
 from citywatch.model import Device, Reading, Transition
 from citywatch.streams.pipeline import Output
+
+# InfluxDB's time range (ns since the epoch): 1677-09-21T00:12:43.145224194Z .. 2262-04-11T23:47:16.854775806Z
+MIN_NS = -9223372036854775806
+MAX_NS = 9223372036854775806
 
 _TAG = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\\": "/", "\n": r"\ ", "\r": r"\ "})
 _STR = str.maketrans({'"': r"\"", "\\": r"\\"})
@@ -141,22 +149,36 @@ def status_line(device: Device, status: str, at: float) -> str:
     return f"device_status{tags} online={online}{_location(device.lat, device.lon)} {_ns(at)}"
 
 
-def lines_for(out: Output) -> list[str]:
+class Lines(list[str]):
+    """What `lines_for` renders: the lines to send, and `out_of_range`, points whose time InfluxDB
+    cannot store (the sink keeps them aside, counted, instead of losing the batch they are in)."""
+
+    __slots__ = ("out_of_range",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out_of_range: list[str] = []
+
+
+def lines_for(out: Output) -> Lines:
     """Everything one pipeline batch produced, as line protocol (see the module docstring).
 
     Per reading: its kind point, then (when it reports battery or rssi) its `device_status` point."""
-    lines: list[str] = []
-    append = lines.append
+    lines = Lines()
+    ok, aside = lines.append, lines.out_of_range.append
     for r, d in out.accepted:
         health = _health_fields(r)
         ts = _ns(r.ts)
+        append = ok if MIN_NS <= ts <= MAX_NS else aside
         if (line := _reading_line(r, d, health, ts)) is not None:
             append(line)
         if health:
             tags = _device_tags(r.device_id, d.district, d.grid, r.kind, None)
             append(f"device_status{tags} {health}{_location(d.lat, d.lon)} {ts}")
-    lines.extend(transition_line(t) for t in out.transitions)
-    lines.extend(status_line(d, s, at) for d, s, at in out.statuses)
+    for t in out.transitions:
+        (ok if MIN_NS <= _ns(t.at) <= MAX_NS else aside)(transition_line(t))
+    for d, s, at in out.statuses:
+        (ok if MIN_NS <= _ns(at) <= MAX_NS else aside)(status_line(d, s, at))
     return lines
 
 

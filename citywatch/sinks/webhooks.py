@@ -4,6 +4,22 @@ Each endpoint is a lane with its own concurrency limit and Retry-After pause, so
 receiver only delays itself. Within a lane, one alert's transitions leave strictly in order:
 n+1 is sent only after n was delivered (or declared dead). State lives in SQLite, not in memory,
 so a kill -9 loses nothing: pending rows go out again on restart with the same webhook-id.
+
+Which answers end a delivery (the policy, in `_classify`):
+
+* 2xx: delivered.
+* 410 Gone: dead at once (the receiver says the endpoint is gone for good).
+* other 4xx but 408/409/425/429: the receiver refuses this payload or our credentials; retried with
+  backoff, dead after `webhooks.client_error_attempts` attempts (a receiver being redeployed may
+  404 for a while; one with a wrong secret will not heal by itself).
+* 3xx: not followed (a redirect could turn the POST into a GET or leak the signature elsewhere);
+  retried with backoff, and the Location is logged (rate-limited) and kept in last_error, so a
+  person fixes the url; pending rows go to the endpoint's url as configured at send time.
+* 5xx, 408, 409, 425, 429, timeouts and connection errors: retried for ever with backoff capped
+  at `backoff_max_s`, honouring Retry-After.
+
+Dead rows keep last_status and last_error; `citywatch webhooks resend` sets them pending again
+(same webhook-id, so receivers deduplicate) and a running runner picks them up at its next poll.
 """
 
 from __future__ import annotations
@@ -14,7 +30,7 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -26,6 +42,7 @@ from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookV
 
 from citywatch.config import WebhookSettings
 from citywatch.errors import ConfigError
+from citywatch.ratelog import LogLimiter
 from citywatch.sinks.outbox import (
     OUTBOX_SCHEMA,
     Outbox,
@@ -45,6 +62,8 @@ USER_AGENT = "citywatch/0.1"
 POLL_S = 1.0  # rows committed by another process (CLI, API) are picked up within this
 ERROR_LIMIT = 2048  # bytes of a rejecting response kept in last_error
 RETRY_AFTER_MAX_S = 86400.0  # a buggy Retry-After must not park an endpoint for years
+PERMANENT = frozenset({410})  # refusals that end a delivery at the first answer
+TRANSIENT_4XX = frozenset({408, 409, 425, 429})  # client errors that say "later", retried for ever
 LIBRARY_TOLERANCE_S = 300  # standardwebhooks' Webhook.verify window, fixed in the library
 
 
@@ -130,7 +149,7 @@ class _Row(NamedTuple):
 
 
 class _Outcome(NamedTuple):
-    kind: str  # delivered | retry | dead
+    kind: str  # delivered | retry | refused (dead after client_error_attempts) | dead
     status: int | None = None
     error: str | None = None
     retry_after: float | None = None
@@ -169,7 +188,10 @@ class WebhookDelivery:
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock
-        self.configured = [r.name for r in endpoints(settings)]
+        routes = endpoints(settings)
+        self.configured = [r.name for r in routes]
+        self._urls = {r.name: r.url for r in routes}  # rows of a configured endpoint go to its url of now
+        self._limiter = LogLimiter(60.0)
         self._keys = {name: signing_keys(route_secret(settings, name)) for name in self.configured}
         self._lanes: dict[str, _Lane] = {}
         self._wake = asyncio.Event()
@@ -284,23 +306,27 @@ class WebhookDelivery:
 
     async def _send(self, lane: _Lane, session: aiohttp.ClientSession, row: _Row) -> _Outcome:
         try:
-            async with session.post(row.url, data=row.body, headers=self._headers(lane, row),
-                                    allow_redirects=False) as resp:
+            async with session.post(self._urls.get(lane.name, row.url), data=row.body,
+                                    headers=self._headers(lane, row), allow_redirects=False) as resp:
                 text = (await resp.content.read(ERROR_LIMIT)).decode("utf-8", "replace")
-                status, retry_after = resp.status, resp.headers.get("Retry-After")
-        except aiohttp.InvalidURL as exc:
+                status, headers = resp.status, resp.headers
+        except aiohttp.InvalidURL as exc:  # only rows of an endpoint no longer configured: urls are checked at start
             return _Outcome("dead", None, f"invalid url: {type(exc).__name__}")
         except aiohttp.ClientConnectorError as exc:
             return _Outcome("retry", None, f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT], unreachable=True)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return _Outcome("retry", None, f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT])
-        if 200 <= status < 300:
-            return _Outcome("delivered", status)
-        if status in (408, 429) or status >= 500:
-            return _Outcome("retry", status, text, parse_retry_after(retry_after, self.clock()))
+        kind = _classify(status)
+        if kind == "delivered":
+            return _Outcome(kind, status)
         if 300 <= status < 400:
-            return _Outcome("dead", status, "redirect not followed: fix the endpoint url")
-        return _Outcome("dead", status, text)
+            location = headers.get("Location", "")[:512]
+            text = f"redirect (HTTP {status}) to {location!r} not followed: fix the endpoint url"
+            ok, held = self._limiter.allow((lane.name, "redirect"))
+            if ok:
+                log.warning("webhooks: endpoint %s answers HTTP %s with Location %r: not followed, retrying; "
+                            "fix its url%s", lane.name, status, location, f" ({held} similar)" if held else "")
+        return _Outcome(kind, status, text, parse_retry_after(headers.get("Retry-After"), self.clock()))
 
     def _record(self, lane: _Lane, row: _Row, outcome: _Outcome) -> None:
         now = self.clock()
@@ -312,13 +338,18 @@ class WebhookDelivery:
             self.conn.execute(sql + ", status = 'delivered', delivered_at = ? WHERE seq = ?",
                               (*common, now, row.seq))
             return
-        if outcome.kind == "dead":
-            log.warning("webhooks: endpoint %s rejected webhook %s (HTTP %s): dead, not retried",
-                        lane.name, row.webhook_id, outcome.status)
+        s = self.settings
+        attempts = row.attempts + 1
+        if outcome.kind == "dead" or (outcome.kind == "refused" and attempts >= s.client_error_attempts):
+            ok, held = self._limiter.allow((lane.name, "dead"))
+            if ok:  # one line a minute per endpoint: a receiver refusing everything must not flood the log
+                log.warning("webhooks: endpoint %s refused webhook %s (HTTP %s) %s: dead (%d more since the "
+                            "last such line); `citywatch webhooks resend` sends dead ones again", lane.name,
+                            row.webhook_id, outcome.status,
+                            "at once" if outcome.kind == "dead" else f"{attempts} times", held)
             self.conn.execute(sql + ", status = 'dead' WHERE seq = ?", (*common, row.seq))
             return
-        s = self.settings
-        delay = backoff_s(row.attempts + 1, s.backoff_initial_s, s.backoff_max_s)
+        delay = backoff_s(attempts, s.backoff_initial_s, s.backoff_max_s)
         if outcome.retry_after is not None:
             delay = outcome.retry_after
             lane.paused_until = max(lane.paused_until, now + delay)  # the endpoint asked all of us to wait
@@ -348,3 +379,52 @@ class WebhookDelivery:
         cur = self.conn.execute("DELETE FROM webhook_outbox WHERE status = 'delivered' AND delivered_at < ?",
                                 (self.clock() - older_than_s,))
         return cur.rowcount
+
+
+def _classify(status: int) -> str:
+    """delivered, dead (a permanent refusal), refused (dead after client_error_attempts), or retry."""
+    if 200 <= status < 300:
+        return "delivered"
+    if status in PERMANENT:
+        return "dead"
+    if 400 <= status < 500 and status not in TRANSIENT_4XX:
+        return "refused"
+    return "retry"  # 3xx, 5xx, 408/409/425/429, and anything else a receiver should not answer
+
+
+# -- people's tools (CLI): list and resend -----------------------------------------------------------
+
+class OutboxRow(NamedTuple):
+    webhook_id: str
+    endpoint: str
+    alert_id: str
+    status: str
+    attempts: int
+    created_at: float
+    last_attempt_at: float | None
+    last_status: int | None
+    last_error: str | None
+
+
+def undelivered(conn: sqlite3.Connection, dead_only: bool = False, limit: int = 100) -> list[OutboxRow]:
+    """Rows not delivered (pending and dead, or dead only), oldest first."""
+    where = "status = 'dead'" if dead_only else "status != 'delivered'"
+    rows = conn.execute(
+        "SELECT webhook_id, endpoint, alert_id, status, attempts, created_at, last_attempt_at, last_status,"
+        f" last_error FROM webhook_outbox WHERE {where} ORDER BY seq LIMIT ?", (limit,))
+    return [OutboxRow(*row) for row in rows]
+
+
+def resend(conn: sqlite3.Connection, webhook_ids: Sequence[str] = (), alert_ids: Sequence[str] = (),
+           endpoints_: Sequence[str] = ()) -> int:
+    """Set dead rows matching every given filter back to pending, due now, attempts from zero (the
+    bounded 4xx policy counts afresh); last_status and last_error stay until the next attempt.
+    Returns how many. The webhook-id does not change, so a receiver that did get it drops it."""
+    where, args = ["status = 'dead'"], []
+    for column, values in (("webhook_id", webhook_ids), ("alert_id", alert_ids), ("endpoint", endpoints_)):
+        if values:
+            where.append(f"{column} IN ({', '.join('?' * len(values))})")
+            args += list(values)
+    cur = conn.execute("UPDATE webhook_outbox SET status = 'pending', attempts = 0, next_attempt_at = 0"
+                       f" WHERE {' AND '.join(where)}", args)
+    return cur.rowcount
