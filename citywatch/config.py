@@ -83,6 +83,9 @@ class IngestSettings(Section):
     # clock running fast: it is processed at its arrival time, so one bad stamp cannot make the
     # device's later readings look late.
     clock_lead_tolerance_s: float = Field(5.0, ge=0)
+    # A registered device sending more unusable messages than this within a minute is flooding: a
+    # device_flooding health alert (one per episode), cleared after a quiet minute.
+    flood_dead_letters_per_min: int = Field(60, ge=1)
     batch_size: int = Field(1000, ge=1)
     state_checkpoint_s: float = Field(0.0, ge=0)
     # Readings stamped earlier are dead-lettered (bad_timestamp): InfluxDB's time starts in 1677.

@@ -16,6 +16,7 @@ import msgspec
 from citywatch.config import Settings
 from citywatch.detectors.base import DeviceState, Rule
 from citywatch.detectors.deadman import Deadman
+from citywatch.detectors.flooding import FLOODING_RULE, FloodWatch
 from citywatch.detectors.health import LAST_WILL, OFFLINE_RULE, offline_finding
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.detectors.registry import FAULT_RULES, build_rules
@@ -97,6 +98,7 @@ class Pipeline:
         self.max_skew = settings.ingest.max_future_skew_s
         self.offline_intervals = settings.rules.health.offline_intervals
         self.clock_lead = settings.ingest.clock_lead_tolerance_s
+        self.flood_watch = FloodWatch(settings.ingest.flood_dead_letters_per_min)
         self.counters: Counter[str] = Counter()
         self.deadman = Deadman(grace_from=started_at)
         for device_id, state in self.states.items():
@@ -110,11 +112,12 @@ class Pipeline:
     def process(self, topic: str, payload: bytes, received_at: float, out: Output) -> None:
         """Process one message; a bad one becomes a dead letter, never an exception."""
         self.counters["received"] += 1
+        device: Device | None = None
         try:
-            if len(payload) > self.max_payload:
-                raise InvalidMessage("payload_too_large", f"{len(payload)} bytes > {self.max_payload}")
             kind, device_id, channel = parse_topic(topic, self.prefix)
             device = self.devices.get(device_id)
+            if len(payload) > self.max_payload:
+                raise InvalidMessage("payload_too_large", f"{len(payload)} bytes > {self.max_payload}")
             if device is None:
                 raise InvalidMessage("unknown_device", f"device {device_id} is not registered", "device_id")
             if not device.enabled:
@@ -128,9 +131,16 @@ class Pipeline:
                 self._reading(reading, device, out)
         except InvalidMessage as exc:
             self._dead_letter(topic, payload, exc.reason, exc.detail, received_at, out)
+            if device is not None and device.enabled:
+                self._flood(device, received_at, out)
         except Exception as exc:  # a bug of ours must not stop the stream: keep the message, say why
             log.exception("internal error processing a message on %s", topic[:200])
             self._dead_letter(topic, payload, "internal_error", f"{type(exc).__name__}: {exc}", received_at, out)
+
+    def _flood(self, device: Device, received_at: float, out: Output) -> None:
+        finding = self.flood_watch.dead_letter(device.id, received_at)
+        if finding is not None:
+            self._apply(device, finding, received_at, out)
 
     def _dead_letter(self, topic: str, payload: bytes, reason: str, detail: str, received_at: float,
                      out: Output) -> None:
@@ -236,6 +246,10 @@ class Pipeline:
             finding = offline_finding(True, f"no data for {silent:.0f} s (expected every {device.interval_s:g} s)",
                                       silent, timeout)
             self._apply(device, finding, now, out)
+        for device_id in self.flood_watch.quiet(now):
+            device = self.devices.get(device_id)
+            if device is not None and self.alerts.is_open(device_id, FLOODING_RULE):
+                self._apply(device, Finding(FLOODING_RULE, False), now, out)
         for transition in self.alerts.tick(now):
             self.counters["transitions." + transition.transition] += 1
             out.transitions.append(transition)
