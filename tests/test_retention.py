@@ -21,11 +21,12 @@ from citywatch.model import Alert, DeadLetter, Device, Finding, Transition
 from citywatch.sinks import retention as retention_module
 from citywatch.sinks.outbox import Outbox
 from citywatch.sinks.retention import Retention, archive_file, disk_usage, read_archive
-from citywatch.sinks.store import AlertStore, store_path
+from citywatch.sinks.store import STORED_BYTES, AlertStore, store_path
 from citywatch.streams.pipeline import Output
 from tests.helpers import T0
 
 DAY = 86400.0
+NO_CONFIG = {"CITYWATCH_CONFIG": os.devnull}  # not ./config.yaml of the working directory
 UNSAMPLED = {"sample_burst": 10**9, "total_burst": 10**9}  # store every dead letter (purge tests)
 
 
@@ -66,7 +67,7 @@ def test_a_flood_from_one_device_stores_a_sample_and_counts_every_message(tmp_pa
     assert stored_rows(store.path) == 5 + 1 + 1 + 1
     assert store.dead_letter_counts() == {"malformed_json": 2101, "out_of_range": 1}
     store.close()
-    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "deadletters"])
+    result = CliRunner(env=NO_CONFIG).invoke(main, ["--data-dir", str(tmp_path), "deadletters"])
     assert result.exit_code == 0, result.output
     assert "malformed_json: 2101 (2094 not stored: sampled), out_of_range: 1" in result.output
 
@@ -88,13 +89,14 @@ def test_older_files_get_their_per_reason_counts_once(tmp_path: Path) -> None:
     commit_dead(store, [dead("gas-1", T0), dead("gas-2", T0, reason="out_of_range")])
     store.close()
     conn = sqlite3.connect(path)  # as a file written before the per-reason counters existed
-    conn.execute("DELETE FROM counters WHERE name LIKE 'dead_letter.%'")
+    conn.execute("DELETE FROM counters WHERE name LIKE 'dead_letter%'")
     conn.execute("PRAGMA user_version=0")
     conn.commit()
     conn.close()
     for _ in range(2):
         store = AlertStore(path)
         assert store.dead_letter_counts() == {"malformed_json": 1, "out_of_range": 1}
+        assert store.counters()[STORED_BYTES] == 2 * len(dead("gas-1", T0).topic) + 2 * len("{oops") + 2 * len("detail")
         store.close()
 
 
@@ -117,8 +119,9 @@ def test_dead_letters_are_purged_by_age_rows_and_size_and_the_counts_stay_exact(
     assert stored_rows(store.path, "SELECT MIN(topic) FROM dead_letters").startswith("citywatch/gas/big-")
     assert store.dead_letter_counts() == {"malformed_json": 1400}
     assert store.counters()["dead_letters.purged"] == 1400 - stored_rows(store.path)
+    assert store.counters()[STORED_BYTES] == size  # kept by commit and purge, never by scanning
     store.close()
-    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "deadletters", "--limit", "1"])
+    result = CliRunner(env=NO_CONFIG).invoke(main, ["--data-dir", str(tmp_path), "deadletters", "--limit", "1"])
     assert result.exit_code == 0, result.output
     assert "malformed_json: 1400" in result.output
 
@@ -305,7 +308,7 @@ def test_disk_use_names_every_part_and_the_free_space(tmp_path: Path) -> None:
     stats = ret.stats()
     assert stats["last_pass"]["alerts_archived"] == 2 and stats["totals"]["passes"] == 1
     store.close()
-    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "storage", "--json"])
+    result = CliRunner(env=NO_CONFIG).invoke(main, ["--data-dir", str(tmp_path), "storage", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["disk"]["archive"] == usage["archive"]

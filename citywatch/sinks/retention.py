@@ -21,6 +21,7 @@ import contextlib
 import gzip
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -35,7 +36,7 @@ from citywatch.config import RetentionSettings
 from citywatch.devices.registry import registry_path
 from citywatch.sinks.database import PRIVATE_MODE
 from citywatch.sinks.outbox import ensure_schema as ensure_outbox_schema
-from citywatch.sinks.store import store_path
+from citywatch.sinks.store import ROW_BYTES, STORED_BYTES, store_path
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ class RetentionReport:
     seconds: float = 0.0
     more: bool = False
     errors: list[str] = field(default_factory=list)
+
+
+def _counter(conn: sqlite3.Connection, name: str) -> int:
+    row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def archive_dir(data_dir: Path) -> Path:
@@ -210,26 +216,41 @@ class Retention:
         return cur.rowcount
 
     def _dead_letters(self, conn: sqlite3.Connection, now: float, report: RetentionReport) -> None:
+        """Stored dead letters past their age, then the oldest beyond max_rows, then the oldest beyond
+        max_mb (the store keeps their size in the counter `dead_letters.stored_bytes`): each step is
+        O(rows deleted), so the write lock is held only briefly."""
         s = self.settings.dead_letters
-        limit = self.settings.batch_rows
+        budget = self.settings.batch_rows
         conn.execute("BEGIN IMMEDIATE")
-        n = self._delete(conn, "dead_letters", "received_at < ?", (now - s.max_age_days * DAY_S,), "received_at")
-        row = conn.execute("SELECT seq FROM dead_letters ORDER BY seq DESC LIMIT 1 OFFSET ?", (s.max_rows,)).fetchone()
-        if row is not None and n < limit:  # the newest beyond max_rows: it and everything older go
-            n += self._delete(conn, "dead_letters", "seq <= ?", (row[0],))
-        if n < limit:
-            row = conn.execute(
-                "SELECT seq FROM (SELECT seq, SUM(length(payload) + length(topic) + length(detail))"
-                " OVER (ORDER BY seq DESC) AS newer FROM dead_letters) WHERE newer > ? LIMIT 1",
-                (int(s.max_mb * 1e6),)).fetchone()
-            if row is not None:
-                n += self._delete(conn, "dead_letters", "seq <= ?", (row[0],))
+        n, freed = self._delete_dead(conn, "received_at < ?", (now - s.max_age_days * DAY_S,), "received_at",
+                                     budget)
+        (rows,) = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
+        if rows > s.max_rows and n < budget:
+            deleted, size = self._delete_dead(conn, "1", (), "seq", min(rows - s.max_rows, budget - n))
+            n, freed, rows = n + deleted, freed + size, rows - deleted
+        stored = _counter(conn, STORED_BYTES) - freed
+        limit = int(s.max_mb * 1e6)
+        while stored > limit and rows and n < budget:  # oldest first, about as many as the excess needs
+            need = min(budget - n, max(1, math.ceil((stored - limit) / (stored / rows))))
+            deleted, size = self._delete_dead(conn, "1", (), "seq", need)
+            if not deleted:
+                break
+            n, freed, rows, stored = n + deleted, freed + size, rows - deleted, stored - size
         if n:
-            conn.execute("INSERT INTO counters VALUES ('dead_letters.purged', ?) ON CONFLICT (name)"
-                         " DO UPDATE SET value = value + excluded.value", (n,))
+            conn.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT (name)"
+                             " DO UPDATE SET value = value + excluded.value",
+                             [("dead_letters.purged", n), (STORED_BYTES, -freed)])
         conn.execute("COMMIT")
         report.dead_letters_purged = n
-        report.more |= n >= limit
+        report.more |= n >= budget
+
+    @staticmethod
+    def _delete_dead(conn: sqlite3.Connection, where: str, args: tuple[Any, ...], order: str,
+                     limit: int) -> tuple[int, int]:
+        """Delete up to `limit` dead letters; returns (rows, their size as the store counts it)."""
+        sizes = conn.execute(f"DELETE FROM dead_letters WHERE seq IN (SELECT seq FROM dead_letters WHERE {where}"
+                             f" ORDER BY {order} LIMIT ?) RETURNING {ROW_BYTES}", (*args, limit)).fetchall()
+        return len(sizes), sum(size for (size,) in sizes)
 
     def _outbox(self, conn: sqlite3.Connection, now: float, report: RetentionReport) -> None:
         s = self.settings.outbox

@@ -77,10 +77,14 @@ CREATE TABLE IF NOT EXISTS archive_pending (
 );
 """
 # Counter names (table `counters`): readings, statuses, dead_letters (all), dead_letter.<reason> (all of
-# that reason), sampled_out.<reason> and dead_letters.sampled_out (counted, not stored), dead_letters.purged.
+# that reason), sampled_out.<reason> and dead_letters.sampled_out (counted, not stored), dead_letters.purged,
+# dead_letters.stored_bytes (the size of the stored rows, as ROW_BYTES counts it: retention's size bound).
 REASON_PREFIX = "dead_letter."
 SAMPLED_PREFIX = "sampled_out."
-# PRAGMA user_version: 1 = per-reason dead-letter counters exist (older files are counted once from the rows).
+STORED_BYTES = "dead_letters.stored_bytes"
+ROW_BYTES = "length(payload) + length(topic) + length(detail)"
+# PRAGMA user_version: 1 = per-reason dead-letter counters and the stored size exist (older files are
+# counted once from their rows).
 SCHEMA_VERSION = 1
 
 _encode_json = msgspec.json.Encoder().encode
@@ -113,6 +117,8 @@ def _count_old_dead_letters(conn: sqlite3.Connection) -> None:
         if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             conn.execute("INSERT INTO counters SELECT ? || reason, COUNT(*) FROM dead_letters GROUP BY reason"
                          " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (REASON_PREFIX,))
+            conn.execute(f"INSERT OR REPLACE INTO counters SELECT ?, COALESCE(SUM({ROW_BYTES}), 0)"
+                         " FROM dead_letters", (STORED_BYTES,))
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -186,7 +192,9 @@ class AlertStore:
             )
             counts = [(name, n) for name, n in (("readings", len(out.accepted)), ("statuses", len(out.statuses)),
                                                 ("dead_letters", len(out.dead_letters)),
-                                                ("dead_letters.sampled_out", len(dropped))) if n]
+                                                ("dead_letters.sampled_out", len(dropped)),
+                                                (STORED_BYTES, sum(len(d.payload) + len(d.topic) + len(d.detail)
+                                                                   for d in kept))) if n]
             if out.dead_letters:
                 counts += [(REASON_PREFIX + r, n) for r, n in Counter(d.reason for d in out.dead_letters).items()]
                 counts += [(SAMPLED_PREFIX + r, n) for r, n in Counter(d.reason for d in dropped).items()]
