@@ -83,9 +83,9 @@ REASON_PREFIX = "dead_letter."
 SAMPLED_PREFIX = "sampled_out."
 STORED_BYTES = "dead_letters.stored_bytes"
 ROW_BYTES = "length(payload) + length(topic) + length(detail)"
-# PRAGMA user_version: 1 = per-reason dead-letter counters and the stored size exist (older files are
-# counted once from their rows).
-SCHEMA_VERSION = 1
+# PRAGMA user_version: 1 = per-reason dead-letter counters exist, 2 = and the stored size (older files
+# are counted once from their rows).
+SCHEMA_VERSION = 2
 
 _encode_json = msgspec.json.Encoder().encode
 _encode_state = msgspec.msgpack.Encoder(enc_hook=plain_hook).encode
@@ -109,17 +109,19 @@ def connect(path: Path, check: bool | Sequence[str] = True, wal_max_mb: int = 64
 
 
 def _count_old_dead_letters(conn: sqlite3.Connection) -> None:
-    """A file from before per-reason counters: count its stored dead letters once."""
+    """A file from before the dead-letter counters: count its stored dead letters (and their size) once."""
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < 1:
             conn.execute("INSERT INTO counters SELECT ? || reason, COUNT(*) FROM dead_letters GROUP BY reason"
                          " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (REASON_PREFIX,))
+        if version < 2:
             conn.execute(f"INSERT OR REPLACE INTO counters SELECT ?, COALESCE(SUM({ROW_BYTES}), 0)"
                          " FROM dead_letters", (STORED_BYTES,))
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
