@@ -18,7 +18,6 @@ traceback. Here:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import resource
 import socket
@@ -204,13 +203,13 @@ class _Site(web.BaseSite):
     next: asyncio's own server accepts up to `backlog` sockets in one go, before any of them can be
     counted, so a burst would overshoot the cap (up to the open-file limit) before eviction ran."""
 
-    __slots__ = ("_host", "_port", "_guard", "_sock", "_task")
+    __slots__ = ("_host", "_port", "_guard", "_socks", "_tasks")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: Guard) -> None:
         super().__init__(runner, backlog=64)
         self._host, self._port, self._guard = host, port, guard
-        self._sock: socket.socket | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._socks: list[socket.socket] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def name(self) -> str:
@@ -218,24 +217,29 @@ class _Site(web.BaseSite):
 
     @property
     def port(self) -> int:
-        return int(self._sock.getsockname()[1]) if self._sock is not None else self._port
+        return int(self._socks[0].getsockname()[1]) if self._socks else self._port
 
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
-        family, kind, proto, _, address = (await loop.getaddrinfo(
-            self._host or None, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE))[0]
-        sock = socket.socket(family, kind, proto)
+        infos = await loop.getaddrinfo(self._host or None, self._port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(self._backlog)
-            sock.setblocking(False)
+            for family, kind, proto, _, address in dict.fromkeys(infos):  # every address, as asyncio binds
+                sock = socket.socket(family, kind, proto)
+                self._socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(self._backlog)
+                sock.setblocking(False)
         except OSError:
-            sock.close()
+            for sock in self._socks:
+                sock.close()
+            self._socks.clear()
             raise
-        self._sock = sock
-        self._task = asyncio.create_task(self._accept(sock), name="api-accept")
+        self._tasks = [asyncio.create_task(self._accept(sock), name="api-accept") for sock in self._socks]
 
     async def _accept(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -255,12 +259,12 @@ class _Site(web.BaseSite):
                 conn.close()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._sock is not None:
-            self._sock.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sock in self._socks:
+            sock.close()
+        self._tasks, self._socks = [], []
         await super().stop()
 
 

@@ -99,17 +99,18 @@ def open_lock_alert(run: RunnerThread, mosquitto: MosquittoServer, seq: int = 1)
 def fill_resolved_alerts(path: Path, n: int) -> list[str]:
     """n resolved alerts in the store, as the runner writes them (inserted in one executemany)."""
     engine = AlertEngine(make_settings(path.parent).alerts)
-    t = engine.apply(LOCK, Finding("lock_forced_open", True, severity="critical", message="forced"), 1.7e9)
+    start = time.time() - n * 0.01 - 3600  # recent: closed alerts stay in the live store for days
+    t = engine.apply(LOCK, Finding("lock_forced_open", True, severity="critical", message="forced"), start)
     assert t is not None
-    closed = engine.resolve(t.alert_id, "ops", 1.7e9 + 60).alert
+    closed = engine.resolve(t.alert_id, "ops", start + 60).alert
     template = msgspec.json.encode(closed)
     ids = [f"al_{i:016x}" for i in range(n)]
     store = AlertStore(path)
     store.conn.execute("BEGIN")
     store.conn.executemany(
         "INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        ((i, closed.device_id, closed.kind, closed.rule, closed.severity, "resolved", 1.7e9 + k, 1.7e9 + k,
-          template.replace(closed.id.encode(), i.encode())) for k, i in enumerate(ids)))
+        ((i, closed.device_id, closed.kind, closed.rule, closed.severity, "resolved", start + k * 0.01,
+          start + k * 0.01, template.replace(closed.id.encode(), i.encode())) for k, i in enumerate(ids)))
     store.conn.execute("COMMIT")
     store.close()
     return ids
