@@ -157,6 +157,19 @@ def test_latched_alert_waits_for_a_person() -> None:
     assert e.is_open("g1", "lock_forced_open")
 
 
+def test_a_persons_transition_id_can_never_be_the_engines_own() -> None:
+    """Finding: an ack written by a second engine took id <alert>.N, and the owner's next transition
+    (a rise to critical) got the same id and was dropped as a repeat."""
+    owner, other = engine(), engine()
+    opened = run(owner, [active()])[0]
+    other_copy = AlertEngine(AlertSettings(), [opened.alert.__copy__()])
+    ack = other_copy.acknowledge(opened.alert_id, "cli", T0 + 60)
+    rise = owner.apply(GAS, active("critical"), T0 + 61)
+    assert rise is not None and rise.transition == "updated"
+    assert ack.id == f"{opened.alert_id}.2.acknowledged" and rise.id == f"{opened.alert_id}.2" and ack.id != rise.id
+    assert owner.resolve(opened.alert_id, "ops", T0 + 120).id == f"{opened.alert_id}.3.resolved"
+
+
 def test_restart_restores_open_alerts() -> None:
     e = engine()
     opened = run(e, [active()])[0]

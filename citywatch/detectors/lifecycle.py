@@ -89,14 +89,17 @@ class AlertEngine:
                 return table[key].review_h * 3600, table[key].response_h * 3600
         return self.settings.review_deadline_h * 3600, self.settings.response_deadline_h * 3600
 
-    def _transition(self, alert: Alert, kind: str, at: float, reason: str = "") -> Transition:
+    def _transition(self, alert: Alert, kind: str, at: float, reason: str = "", person: bool = False) -> Transition:
+        """The next transition of `alert`. Its id is `<alert id>.<n>`; a person's action adds `.<kind>`,
+        so an id can never name both a person's act and the engine's own (should two engines ever
+        count the same alert, the webhook-id of one could otherwise drop the other as a repeat)."""
         alert.transitions += 1
         self.dirty[alert.id] = alert
         self._touch((alert.device_id, alert.rule))
         snapshot = Alert(**{f: getattr(alert, f) for f in alert.__struct_fields__})
         snapshot.escalations = list(alert.escalations)
-        return Transition(id=f"{alert.id}.{alert.transitions}", alert_id=alert.id, transition=kind,
-                          at=at, alert=snapshot, reason=reason)
+        transition_id = f"{alert.id}.{alert.transitions}.{kind}" if person else f"{alert.id}.{alert.transitions}"
+        return Transition(id=transition_id, alert_id=alert.id, transition=kind, at=at, alert=snapshot, reason=reason)
 
     def is_open(self, device_id: str, rule: str) -> bool:
         return (device_id, rule) in self.by_key
@@ -191,7 +194,7 @@ class AlertEngine:
         cycles[:] = [t for t in cycles if at - t <= window_s]
         return cycles
 
-    def _close(self, alert: Alert, at: float, by: str | None, reason: str) -> Transition:
+    def _close(self, alert: Alert, at: float, by: str | None, reason: str, person: bool = False) -> Transition:
         alert.status = "resolved"
         alert.resolved_at = at
         alert.resolved_by = by
@@ -199,7 +202,7 @@ class AlertEngine:
         del self.by_key[(alert.device_id, alert.rule)]
         del self.by_id[alert.id]
         self.clearing.pop((alert.device_id, alert.rule), None)
-        return self._transition(alert, "resolved", at, reason)
+        return self._transition(alert, "resolved", at, reason, person)
 
     # -- people -----------------------------------------------------------------------------
 
@@ -212,13 +215,13 @@ class AlertEngine:
         alert.status = "acknowledged"
         alert.acked_at = at
         alert.acked_by = by
-        return self._transition(alert, "acknowledged", at, f"acknowledged by {by}")
+        return self._transition(alert, "acknowledged", at, f"acknowledged by {by}", person=True)
 
     def resolve(self, alert_id: str, by: str, at: float) -> Transition:
         alert = self.by_id.get(alert_id)
         if alert is None:
             raise AlertError(f"no open alert {alert_id}")
-        return self._close(alert, at, by, f"resolved by {by}")
+        return self._close(alert, at, by, f"resolved by {by}", person=True)
 
     # -- clock ------------------------------------------------------------------------------
 
