@@ -31,7 +31,7 @@ from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 
 from citywatch.config import KafkaSettings, Settings
 from citywatch.errors import ConfigError, InvalidMessage
-from citywatch.ingest.collector import Collector, Message
+from citywatch.ingest.collector import Collector, Message, with_packet_limit
 from citywatch.ingest.handoff import Handoff
 from citywatch.ingest.topics import parse_topic
 
@@ -135,8 +135,8 @@ class Bridge:
         self.client_id = client_id or f"{settings.mqtt.client_id}-bridge-{socket.gethostname()}"
         # The collector subscribes to `<topic_prefix>/#`: give it the shared-subscription filter.
         shared = f"$share/{kafka.bridge_group}/{settings.mqtt.topic_prefix}"
-        self.mqtt_settings = settings.mqtt.model_copy(update={"topic_prefix": shared,
-                                                              "client_id": self.client_id})
+        mqtt_settings = with_packet_limit(settings.mqtt, settings.ingest.max_payload_bytes)  # oversize stays at the broker
+        self.mqtt_settings = mqtt_settings.model_copy(update={"topic_prefix": shared, "client_id": self.client_id})
         self.prefix = settings.mqtt.topic_prefix
         self.heartbeat = heartbeat
         self.counters: Counter[str] = Counter()
