@@ -135,7 +135,8 @@ class Bridge:
         self.client_id = client_id or f"{settings.mqtt.client_id}-bridge-{socket.gethostname()}"
         # The collector subscribes to `<topic_prefix>/#`: give it the shared-subscription filter.
         shared = f"$share/{kafka.bridge_group}/{settings.mqtt.topic_prefix}"
-        mqtt_settings = with_packet_limit(settings.mqtt, settings.ingest.max_payload_bytes)  # oversize stays at the broker
+        # Maximum Packet Size announced: oversized publishes stay at the broker.
+        mqtt_settings = with_packet_limit(settings.mqtt, settings.ingest.max_payload_bytes)
         self.mqtt_settings = mqtt_settings.model_copy(update={"topic_prefix": shared, "client_id": self.client_id})
         self.prefix = settings.mqtt.topic_prefix
         self.heartbeat = heartbeat
