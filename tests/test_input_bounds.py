@@ -62,8 +62,6 @@ def test_the_floor_is_configurable() -> None:
     assert parse_telemetry("gas", "g1", b'{"ts": 1577836800, "lel_pct": 1}', T0, min_ts=floor).ts == floor
 
 
-@pytest.mark.xfail(strict=True, reason="Pipeline passes settings.ingest.min_timestamp to parse_telemetry "
-                                       "once the lead wires it in streams/pipeline.py (then drop this mark)")
 def test_the_pipeline_uses_the_configured_floor() -> None:
     p = make_pipeline(GAS, ingest={"min_timestamp": "2020-01-01T00:00:00Z"})
     out = Output()

@@ -96,6 +96,7 @@ class Pipeline:
         self.prefix = settings.mqtt.topic_prefix
         self.max_payload = settings.ingest.max_payload_bytes
         self.max_skew = settings.ingest.max_future_skew_s
+        self.min_ts = settings.ingest.min_timestamp.timestamp()
         self.offline_intervals = settings.rules.health.offline_intervals
         self.clock_lead = settings.ingest.clock_lead_tolerance_s
         self.flood_watch = FloodWatch(settings.ingest.flood_dead_letters_per_min)
@@ -127,7 +128,7 @@ class Pipeline:
             if channel == "status":
                 self._status(device, parse_status(payload), received_at, out)
             else:
-                reading = parse_telemetry(kind, device_id, payload, received_at, self.max_skew)
+                reading = parse_telemetry(kind, device_id, payload, received_at, self.max_skew, self.min_ts)
                 self._reading(reading, device, out)
         except InvalidMessage as exc:
             self._dead_letter(topic, payload, exc.reason, exc.detail, received_at, out)
