@@ -190,9 +190,11 @@ def alerts_list(ctx: Context, show_all: bool, as_json: bool) -> None:
     if as_json:
         click.echo(msgspec.json.encode(found).decode())
         return
-    for a in found:
-        click.echo(f"{a.id}\t{a.status}\t{a.severity}\t{a.rule}\t{a.device_id}\t"
-                   f"opened {_ts(a.opened_at)}\t{a.message}")
+    from citywatch.terminal import for_terminal
+
+    for a in found:  # device text escaped: a device cannot drive the operator's terminal
+        fields = (a.id, a.status, a.severity, a.rule, a.device_id, f"opened {_ts(a.opened_at)}", a.message)
+        click.echo("\t".join(for_terminal(f) for f in fields))
     click.echo(f"{len(found)} alerts", err=True)
 
 
@@ -225,7 +227,7 @@ def alerts_resolve(ctx: Context, alert_id: str, by: str) -> None:
 
 
 @main.command()
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--reason", default=None)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
