@@ -216,6 +216,26 @@ class KafkaSettings(Section):
     standby_replicas: int = Field(1, ge=0)  # warm copies of each Table partition on other workers
 
 
+class VerificationSettings(Section):
+    """Follow up and close: after `rectified`, the device's own readings must stay clear this long
+    (minutes, per rule) before the alert closes as verified."""
+
+    default_min: float = Field(30.0, gt=0)
+    rules: dict[str, float] = {"gas_level": 30.0, "water_depth": 120.0, "noise_limit": 1440.0,
+                               "noise_night_burst": 1440.0, "device_offline": 30.0}
+
+    def window_s(self, rule: str) -> float:
+        return self.rules.get(rule, self.default_min) * 60.0
+
+
+class EscalationSettings(Section):
+    """Up the grid hierarchy: each missed deadline (review, response, then every `repeat_h` without
+    closure) moves an alert one level up; routes with `level:` receive the alerts at their level."""
+
+    levels: list[str] = Field(["grid", "community", "district", "city"], min_length=1)
+    repeat_h: float = Field(6.0, gt=0)
+
+
 class AlertSettings(Section):
     review_deadline_h: float = Field(6.0, gt=0)
     response_deadline_h: float = Field(15.0, gt=0)
@@ -230,6 +250,8 @@ class AlertSettings(Section):
     flap_window_min: float = Field(30.0, gt=0)
     flap_quiet_min: float = Field(30.0, gt=0)
     tick_s: float = Field(1.0, gt=0)
+    verification: VerificationSettings = VerificationSettings()
+    escalation: EscalationSettings = EscalationSettings()
 
     @model_validator(mode="after")
     def _safety_never_waits(self) -> AlertSettings:

@@ -71,8 +71,18 @@ class Finding(msgspec.Struct, frozen=True, gc=False):
     suspect: str = ""
 
 
+# Where an alert stands in the city's closed loop (discover, dispatch, rectify, follow up and close).
+# Terminal: `resolved` (the condition cleared before anyone was dispatched, or a person resolved it)
+# and `closed` (rectified, then verified by the device's own readings or confirmed by a person).
+ALERT_STATUSES: tuple[str, ...] = ("open", "acknowledged", "assigned", "on_site", "rectified", "verifying",
+                                   "verification_overdue", "resolved", "closed")
+TERMINAL_STATUSES: frozenset[str] = frozenset({"resolved", "closed"})
+# Actions the dispatch system (or a person) reports on an alert; each becomes a stored transition.
+DISPATCH_ACTIONS: tuple[str, ...] = ("assigned", "on_site", "rectified", "rejected", "closed")
+
+
 class Alert(msgspec.Struct, kw_only=True):
-    """The current state of one case: one per (device, rule) while not resolved."""
+    """The current state of one case: one per (device, rule) while not resolved or closed."""
 
     id: str
     device_id: str
@@ -102,6 +112,21 @@ class Alert(msgspec.Struct, kw_only=True):
     safety: bool = False  # a life-safety rule: opened at the first reading at the level, never held back
     suspect: str = ""  # "sensor_fault" while a suspected fault casts doubt on the reading (the alert stays)
     suspect_reason: str = ""  # what made it suspect (the fault finding's message)
+    # the closed loop (dispatch, rectification, verification, escalation up the grid hierarchy)
+    assignee: str | None = None  # team or person the dispatch system assigned
+    assigned_at: float | None = None
+    on_site_at: float | None = None
+    rectified_at: float | None = None
+    rectified_by: str | None = None
+    rectify_note: str = ""
+    evidence: list[str] = []  # links the field team gave with `rectified`
+    verify_until: float | None = None  # verifying: closes then if the readings stayed clear
+    verified_clear: int = 0  # clear readings seen in the current verification window
+    closed_at: float | None = None
+    closed_by: str | None = None
+    reopened: int = 0  # failed rectifications: the condition came back during verification
+    rejected_reason: str = ""
+    escalation_level: int = 0  # 0 = grid; each missed deadline moves it one level up (alerts.escalation)
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,7 +1,8 @@
 """The alert lifecycle: one unresolved alert per (device, rule), with the city's closed loop.
 
 Transitions: opened, updated (severity raised, suspicion confirmed), flapping, acknowledged,
-escalated, resolved.
+escalated, resolved; and the rest of the closed loop: assigned, on_site, rectified, rejected,
+verifying, reopened, verification_overdue, closed.
 - A condition must hold for `hold_readings` readings and `hold_s` seconds before an alert opens,
   and clear for `clear_readings` readings before it resolves (rules add value hysteresis).
 - Life-safety rules (`AlertSettings.safety_rules`) never wait: the first active finding opens the
@@ -10,8 +11,15 @@ escalated, resolved.
   plausible active reading clears the suspicion (an `updated` transition).
 - More than `flap_max_cycles` open/resolve cycles within `flap_window_min` turn the next opening
   into one `flapping` alert that stays open until the condition has been quiet for `flap_quiet_min`.
-- Review (acknowledge) and response (resolve) deadlines come per kind and severity; passing one
-  is an `escalated` transition.
+- Review and response deadlines come per kind and severity. Review is met by acknowledgement or
+  assignment, response by closure; each missed one (then every `escalation.repeat_h`) is an
+  `escalated` transition one level up the grid hierarchy (`escalation_level`).
+- Dispatch (`dispatch`): assigned -> on_site -> rectified; `rejected` sends it back to open. Once a
+  team holds it, clear readings no longer resolve it. After `rectified`, a rule with a measurable
+  condition is `verifying`: closed (verified) when its follow-up window ends with clear readings and
+  no return of the condition; `reopened` (a failed rectification) if the condition returns;
+  `verification_overdue` if the device sent nothing. Latched rules (nothing to measure) wait in
+  `rectified` for a person's `closed`.
 
 Transport-free and clock-injected: event times come from readings, `now` from the runner, so
 replay and live data give the same transitions.
@@ -38,6 +46,18 @@ def alert_id(device_id: str, rule: str, opened_at: float) -> str:
     """Deterministic, so every runner (embedded, Faust, replay) names the same alert the same way."""
     digest = hashlib.blake2b(f"{device_id}|{rule}|{opened_at:.3f}".encode(), digest_size=8).hexdigest()
     return f"al_{digest}"
+
+
+_IN_HAND = frozenset({"assigned", "on_site", "rectified"})  # dispatched: clear readings do not resolve
+_FOLLOWING_UP = frozenset({"verifying", "verification_overdue"})  # rectified; the readings decide
+
+
+class AlertNotFound(AlertError):
+    """No unresolved alert with that id in this engine (unknown, or already resolved or closed)."""
+
+
+class IllegalTransition(AlertError):
+    """The action does not fit where the alert stands (e.g. rectified before assigned)."""
 
 
 def _suspicion(finding: Finding) -> tuple[str, str]:
@@ -115,11 +135,17 @@ class AlertEngine:
                 return self._maybe_open(key, device, finding, at)
             if self.clearing.pop(key, None) is not None:
                 self._touch(key)
+            if alert.status in _FOLLOWING_UP:
+                return self._reopen(alert, finding, at)
             return self._update(alert, finding, at)
         if self.pending.pop(key, None) is not None:
             self._touch(key)
         if alert is None or alert.latched:
             return None
+        if alert.status in _FOLLOWING_UP:
+            return self._verified_clear(alert, at)
+        if alert.status in _IN_HAND:
+            return None  # a team is on it: the loop closes by rectification and verification
         if alert.flapping:
             return None  # resolves once quiet for flap_quiet_min (see tick)
         streak = self.clearing.get(key, 0) + 1
@@ -199,49 +225,175 @@ class AlertEngine:
         alert.resolved_at = at
         alert.resolved_by = by
         alert.updated_at = max(alert.updated_at, at)
+        self._forget(alert)
+        return self._transition(alert, "resolved", at, reason, person)
+
+    def _forget(self, alert: Alert) -> None:
         del self.by_key[(alert.device_id, alert.rule)]
         del self.by_id[alert.id]
         self.clearing.pop((alert.device_id, alert.rule), None)
-        return self._transition(alert, "resolved", at, reason, person)
 
-    # -- people -----------------------------------------------------------------------------
+    # -- people and the dispatch system ----------------------------------------------------
 
-    def acknowledge(self, alert_id: str, by: str, at: float) -> Transition:
+    def _get(self, alert_id: str) -> Alert:
         alert = self.by_id.get(alert_id)
         if alert is None:
-            raise AlertError(f"no open alert {alert_id}")
-        if alert.status == "acknowledged":
-            raise AlertError(f"alert {alert_id} is already acknowledged")
+            raise AlertNotFound(f"no open alert {alert_id}")
+        return alert
+
+    def acknowledge(self, alert_id: str, by: str, at: float) -> Transition:
+        alert = self._get(alert_id)
+        if alert.status != "open":
+            raise IllegalTransition(f"alert {alert_id} is already {alert.status}")
         alert.status = "acknowledged"
         alert.acked_at = at
         alert.acked_by = by
         return self._transition(alert, "acknowledged", at, f"acknowledged by {by}", person=True)
 
     def resolve(self, alert_id: str, by: str, at: float) -> Transition:
-        alert = self.by_id.get(alert_id)
-        if alert is None:
-            raise AlertError(f"no open alert {alert_id}")
-        return self._close(alert, at, by, f"resolved by {by}", person=True)
+        return self._close(self._get(alert_id), at, by, f"resolved by {by}", person=True)
+
+    def dispatch(self, alert_id: str, action: str, by: str, at: float, *, assignee: str = "", note: str = "",
+                 evidence: Iterable[str] = (), reason: str = "") -> Transition:
+        """What the dispatch system (or a person) reports: `assigned` (to `assignee`), `on_site`,
+        `rectified` (with `note` and `evidence` links), `rejected` (with `reason`: back to open for
+        re-dispatch) or `closed` (a person confirms a rectification no sensor can verify).
+
+        `rectified` on a rule with a measurable condition starts verification: the alert closes once
+        the device's readings stayed clear for the rule's follow-up window (see `tick`)."""
+        alert = self._get(alert_id)
+        status = alert.status
+        if action == "assigned":
+            if not assignee.strip():
+                raise IllegalTransition("assigned needs an assignee (team or person)")
+            if status not in ("open", "acknowledged", "assigned", "on_site"):
+                raise IllegalTransition(f"cannot assign alert {alert_id}: it is {status}")
+            alert.status, alert.assignee, alert.assigned_at = "assigned", assignee.strip(), at
+            alert.rejected_reason = ""
+            return self._transition(alert, "assigned", at, f"assigned to {alert.assignee} by {by}", person=True)
+        if action == "on_site":
+            if status != "assigned":
+                raise IllegalTransition(f"on_site needs an assigned alert; {alert_id} is {status}")
+            alert.status, alert.on_site_at = "on_site", at
+            return self._transition(alert, "on_site", at, f"{alert.assignee} on site", person=True)
+        if action == "rectified":
+            if status not in ("assigned", "on_site"):
+                raise IllegalTransition(f"rectified needs an assigned alert; {alert_id} is {status}")
+            alert.rectified_at, alert.rectified_by = at, by
+            alert.rectify_note, alert.evidence = note, [str(link) for link in evidence]
+            if alert.latched:  # nothing to measure (a forced door): a person confirms the closure
+                alert.status = "rectified"
+                return self._transition(alert, "rectified", at, "rectified; awaiting confirmation", person=True)
+            self._start_verification(alert, at)
+            return self._transition(alert, "rectified", at, "rectified; verifying against the device's readings "
+                                    f"for {self._verify_s(alert) / 60:g} min", person=True)
+        if action == "rejected":
+            if not reason.strip():
+                raise IllegalTransition("rejected needs a reason")
+            if status not in ("open", "acknowledged", "assigned", "on_site"):
+                raise IllegalTransition(f"cannot reject alert {alert_id}: it is {status}")
+            alert.status, alert.assignee, alert.rejected_reason = "open", None, reason.strip()
+            return self._transition(alert, "rejected", at, f"rejected by {by}: {alert.rejected_reason}", person=True)
+        if action == "closed":
+            if status not in ("rectified", "verification_overdue"):
+                raise IllegalTransition(f"only a rectified alert awaiting confirmation can be closed by a person; "
+                                        f"{alert_id} is {status}")
+            return self._finish(alert, at, by, f"closed: confirmed by {by}", person=True)
+        raise IllegalTransition(f"unknown action {action!r}")
+
+    # -- follow up and close ------------------------------------------------------------------
+
+    def _verify_s(self, alert: Alert) -> float:
+        return self.settings.verification.window_s(alert.rule)
+
+    def _start_verification(self, alert: Alert, at: float) -> None:
+        alert.status = "verifying"
+        alert.verify_until = at + self._verify_s(alert)
+        alert.verified_clear = 0
+        self.dirty[alert.id] = alert
+
+    def _verified_clear(self, alert: Alert, at: float) -> Transition | None:
+        """A clear reading while following up: evidence for closure (a silent device's restarts it)."""
+        self.dirty[alert.id] = alert
+        if alert.status == "verification_overdue":
+            self._start_verification(alert, at)
+            alert.verified_clear = 1
+            return self._transition(alert, "verifying", at, "readings resumed; verifying again")
+        alert.verified_clear += 1
+        return None
+
+    def _reopen(self, alert: Alert, finding: Finding, at: float) -> Transition:
+        """The condition came back during follow-up: the rectification failed."""
+        alert.reopened += 1
+        alert.status = "assigned" if alert.assignee else "open"
+        alert.verify_until, alert.verified_clear = None, 0
+        alert.count += 1
+        alert.value, alert.last_active_at = finding.value, max(alert.last_active_at, at)
+        alert.updated_at = max(alert.updated_at, at)
+        if SEVERITY_RANK[finding.severity] > SEVERITY_RANK[alert.severity]:
+            alert.severity, alert.threshold, alert.message = finding.severity, finding.threshold, finding.message
+        return self._transition(alert, "reopened", at, f"condition returned during verification: {finding.message}")
+
+    def _finish(self, alert: Alert, at: float, by: str | None, reason: str, person: bool = False) -> Transition:
+        """Closed: rectified and verified (or confirmed). Leaves the engine like a resolved alert."""
+        alert.status = "closed"
+        alert.closed_at, alert.closed_by = at, by
+        alert.updated_at = max(alert.updated_at, at)
+        self._forget(alert)
+        return self._transition(alert, "closed", at, reason, person)
 
     # -- clock ------------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[Transition]:
-        """Escalate alerts past a deadline; resolve flapping alerts that have gone quiet."""
+        """Close or flag alerts whose follow-up window ended; escalate alerts past a deadline (one
+        level up the grid hierarchy each time); resolve flapping alerts that have gone quiet."""
         out: list[Transition] = []
         quiet_s = self.settings.flap_quiet_min * 60
         if len(self.engaged) > 2 * (len(self.by_key) + len(self.pending)) + 64:
             self.engaged = {key[0] for key in self.by_key} | {key[0] for key in self.pending}
         for alert in list(self.by_id.values()):
-            if alert.flapping and now - alert.last_active_at >= quiet_s:
+            if alert.status == "verifying" and alert.verify_until is not None and now >= alert.verify_until:
+                out.append(self._verification_ended(alert, now))
+                if alert.status == "closed":
+                    continue
+            if alert.flapping and alert.status in ("open", "acknowledged") and now - alert.last_active_at >= quiet_s:
                 out.append(self._close(alert, now, None, "quiet after flapping"))
                 continue
-            if alert.status == "open" and now >= alert.review_deadline and "review" not in alert.escalations:
-                alert.escalations.append("review")
-                out.append(self._transition(alert, "escalated", now, "not acknowledged within the review deadline"))
-            if now >= alert.response_deadline and "response" not in alert.escalations:
-                alert.escalations.append("response")
-                out.append(self._transition(alert, "escalated", now, "not resolved within the response deadline"))
+            escalation = self._due_escalation(alert, now)
+            if escalation is not None:
+                step, reason = escalation
+                alert.escalations.append(step)
+                alert.escalation_level = min(alert.escalation_level + 1, len(self.settings.escalation.levels) - 1)
+                level = self.settings.escalation.levels[alert.escalation_level]
+                out.append(self._transition(alert, "escalated", now, f"{reason}; escalated to the {level} level"))
         return out
+
+    def _verification_ended(self, alert: Alert, now: float) -> Transition:
+        minutes = self._verify_s(alert) / 60
+        if alert.verified_clear > 0:
+            return self._finish(alert, now, None, f"verified: the device's readings stayed clear for {minutes:g} min "
+                                                  f"({alert.verified_clear} readings)")
+        alert.status, alert.verify_until = "verification_overdue", None
+        return self._transition(alert, "verification_overdue", now,
+                                f"no reading from the device during the {minutes:g} min follow-up window")
+
+    def _due_escalation(self, alert: Alert, now: float) -> tuple[str, str] | None:
+        """The next missed deadline, if any: review (met by acknowledgement or assignment), response
+        (met by closure), then every `escalation.repeat_h` without closure."""
+        done = alert.escalations
+        if alert.status == "open" and alert.acked_at is None and alert.assigned_at is None \
+                and now >= alert.review_deadline and "review" not in done:
+            return "review", "not acknowledged or assigned within the review deadline"
+        if now < alert.response_deadline:
+            return None
+        if "response" not in done:
+            return "response", "not closed within the response deadline"
+        repeats = sum(1 for step in done if step.startswith("response+"))
+        repeat_h = self.settings.escalation.repeat_h
+        if now >= alert.response_deadline + (repeats + 1) * repeat_h * 3600:
+            late_h = (repeats + 1) * repeat_h
+            return f"response+{repeats + 1}", f"still not closed {late_h:g} h after the response deadline"
+        return None
 
     def take_dirty(self) -> list[Alert]:
         dirty = list(self.dirty.values())
