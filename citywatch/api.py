@@ -18,7 +18,7 @@ from aiohttp import web
 
 from citywatch.config import ApiSettings
 from citywatch.errors import AlertError
-from citywatch.httpserve import serve
+from citywatch.httpserve import GUARD_KEY, serve
 from citywatch.sinks.alertreader import AlertReader
 from citywatch.sinks.database import make_private
 from citywatch.sinks.store import store_path
@@ -100,7 +100,10 @@ async def _ready(request: web.Request) -> web.Response:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    return _json(_runner(request).stats())
+    stats = _runner(request).stats()
+    if GUARD_KEY in request.app:
+        stats["api"] = request.app[GUARD_KEY].stats()  # connections open, evicted, refused, timed out
+    return _json(stats)
 
 
 async def _alerts(request: web.Request) -> web.Response:

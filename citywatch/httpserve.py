@@ -116,7 +116,8 @@ class Guard:
         self.counts: Counter[str] = Counter()  # accepted, evicted, refused, timed_out
         self._limiter = LogLimiter(LOG_INTERVAL_S)
 
-    def _warn(self, key: str, msg: str, *args: Any) -> None:
+    def warn(self, key: str, msg: str, *args: Any) -> None:
+        """A warning at most once per LOG_INTERVAL_S per key."""
         ok, held = self._limiter.allow(key)
         if ok:
             log.warning(msg + (f" ({held} similar suppressed)" if held else ""), *args)
@@ -127,7 +128,7 @@ class Guard:
             idle = [c for c in self.conns.values() if not c.busy]
             if not idle:
                 self.counts["refused"] += 1
-                self._warn("refused", "api: %d connections, all busy (api.max_connections): refusing new ones",
+                self.warn("refused", "api: %d connections, all busy (api.max_connections): refusing new ones",
                            len(self.conns))
                 _Refused().connection_made(transport)
                 return False
@@ -135,11 +136,16 @@ class Guard:
             del self.conns[victim.transport]  # counted out now; its connection_lost follows
             victim.transport.close()
             self.counts["evicted"] += 1
-            self._warn("evicted", "api: %d connections open (api.max_connections): closing the longest idle ones",
+            self.warn("evicted", "api: %d connections open (api.max_connections): closing the longest idle ones",
                        self.max_connections)
         self.conns[transport] = _Conn(transport, now)
         self.counts["accepted"] += 1
         return True
+
+    def stats(self) -> dict[str, int]:
+        """For /stats: connections open, the cap, and accepted/evicted/refused/timed_out so far."""
+        return {"connections": len(self.conns), "max_connections": self.max_connections,
+                **{k: self.counts[k] for k in ("accepted", "evicted", "refused", "timed_out")}}
 
     def release(self, transport: asyncio.BaseTransport) -> None:
         self.conns.pop(transport, None)  # gone already if it was evicted
@@ -161,7 +167,7 @@ class Guard:
             if not timeout.expired():
                 raise
             self.counts["timed_out"] += 1
-            self._warn("timeout", "api: a request took over %g s (api.request_timeout_s); answered 408",
+            self.warn("timeout", "api: a request took over %g s (api.request_timeout_s); answered 408",
                        self.request_timeout_s)
             out = web.json_response({"error": "request timed out"}, status=408)
             out.force_close()
@@ -250,7 +256,7 @@ class _Site(web.BaseSite):
             try:
                 conn, _ = await loop.sock_accept(sock)
             except OSError as exc:  # out of file descriptors, or the peer gave up: wait a little
-                guard._warn("accept", "api: accept failed: %s", exc)
+                guard.warn("accept", "api: accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
             try:  # returns once connection_made ran: the guard counted (or refused) it
@@ -268,10 +274,13 @@ class _Site(web.BaseSite):
         await super().stop()
 
 
+GUARD_KEY = web.AppKey("guard", Guard)
+
+
 async def serve(app: web.Application, settings: ApiSettings) -> tuple[web.AppRunner, Guard, int]:
     """Start `app` on api.host:api.port behind the guard; returns the runner (cleanup() stops it),
     the guard (its counts) and the bound port."""
-    guard = Guard(settings)
+    guard = app[GUARD_KEY] = Guard(settings)
     app.middlewares.insert(0, guard.middleware)
     limit_logger("asyncio", LOG_INTERVAL_S)  # a repeated loop error, once per interval
     runner = web.AppRunner(app, access_log=None,  # the rest goes to each connection's RequestHandler

@@ -365,6 +365,7 @@ def test_slow_header_clients_are_cut_off_and_capped_while_a_real_request_answers
                     closed[s] = time.monotonic()
             fds.append(fd_count(proc.pid))
         log_growth = log_path.stat().st_size - base_log
+        status, stats = request(f"http://127.0.0.1:{port}/stats")
     finally:
         for s in sockets:
             s.close()
@@ -381,6 +382,7 @@ def test_slow_header_clients_are_cut_off_and_capped_while_a_real_request_answers
     assert real and real[0][0] == 200 and real[0][1] < 2  # (b) a real request answered during the flood
     assert max(fds) <= base_fds + MAX_CONNECTIONS + 5  # (c) bounded by the cap, not by the rlimit
     assert log_growth < 2048, log_path.read_text()[-3000:]  # (d) a few rate-limited lines at most
+    assert status == 200 and stats["api"]["evicted"] >= SLOW_CLIENTS - MAX_CONNECTIONS, stats.get("api")
     assert proc.returncode == 0, log_path.read_text()[-3000:]
 
 
