@@ -5,7 +5,10 @@ while gas detectors raise alarms; the data dir lives on a small tmpfs (root need
 --no-tmpfs uses a plain temporary directory). Prints the data dir's size as it goes, then garbage
 msg/s achieved, the largest data dir size, alarms delivered/sent and publish-to-webhook p50/p99.
 
-    python benchmarks/flood.py --seconds 300 [--alarms 100] [--garbage-qos 0] [--tmpfs-mb 48]
+    python benchmarks/flood.py --seconds 300 [--alarms 100] [--garbage-qos 0] [--tmpfs-mb 48] [--dead-letters-max-mb 8]
+
+The data dir stays under: the live data + retention.dead_letters.max_mb + the WAL between checkpoints
+(about 4 MB) + one retention interval of stored samples (total_per_s x interval_s rows).
 """
 
 from __future__ import annotations
@@ -34,10 +37,13 @@ def main() -> None:
     parser.add_argument("--tmpfs-mb", type=int, default=48)
     parser.add_argument("--no-tmpfs", action="store_true", help="do not mount a tmpfs (no root needed)")
     parser.add_argument("--sample-s", type=float, default=5.0, help="how often the data dir size is printed")
+    parser.add_argument("--dead-letters-max-mb", type=float, default=8.0,
+                        help="retention.dead_letters.max_mb (the default 64 is for a real disk, not a 48 MB tmpfs)")
     args = parser.parse_args()
     cfg = FloodConfig(seconds=args.seconds, alarms=args.alarms, city_devices=args.city_devices,
                       city_rate=args.city_rate, garbage_bytes=args.garbage_bytes, garbage_qos=args.garbage_qos,
-                      sample_s=args.sample_s, drain_timeout_s=120.0)
+                      sample_s=args.sample_s, drain_timeout_s=120.0,
+                      env={"CITYWATCH_RETENTION__DEAD_LETTERS__MAX_MB": str(args.dead_letters_max_mb)})
     with tempfile.TemporaryDirectory(prefix="citywatch-flood-") as tmp:
         mount = Path(tmp) / "small"
         mount.mkdir()

@@ -296,9 +296,10 @@ def run_flood(mount: Path, work: Path, cfg: FloodConfig, log: Any = None) -> Flo
         for d in alarms:  # a normal reading first, two minutes earlier in event time
             body = json.dumps({"ts": round(time.time() - 120, 3), "seq": 1, "lel_pct": 1.0}).encode()
             alarm_client.publish(f"citywatch/gas/{d.id}/telemetry", body, qos=1).wait_for_publish(30)
-        sim = Simulator(city, seed=17, start=time.time() - 7200)
         n_city = int(cfg.city_rate * cfg.seconds)
-        city_messages = [(t, p) for t, p, _ in sim.messages(7200)][:n_city]
+        history_s = 60.0 * (n_city // cfg.city_devices + 2)  # one reading a minute per device, in the past
+        sim = Simulator(city, seed=17, start=time.time() - history_s)
+        city_messages = [(t, p) for t, p, _ in sim.messages(history_s)][:n_city]
         go, ready = ctx.Event(), ctx.Event()
         garbage_out, city_out = ctx.Queue(), ctx.Queue()
         city_topics = sorted({t.rsplit("/", 1)[0].split("/", 1)[1] for t, _ in city_messages[:2000]})
