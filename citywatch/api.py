@@ -19,6 +19,7 @@ from aiohttp import web
 from citywatch.config import ApiSettings
 from citywatch.errors import AlertError
 from citywatch.httpserve import GUARD_KEY, serve
+from citywatch.model import TERMINAL_STATUSES
 from citywatch.sinks.alertreader import AlertReader
 from citywatch.sinks.database import make_private
 from citywatch.sinks.store import store_path
@@ -164,8 +165,8 @@ def _person_action(action: str) -> Any:
             stored = await _stored(request, alert_id)
             if stored is None:
                 return _json({"error": f"no alert {alert_id}"}, 404)
-            if stored.status == "resolved":
-                return _json({"error": f"alert {alert_id} is already resolved"}, 409)
+            if stored.status in TERMINAL_STATUSES:
+                return _json({"error": f"alert {alert_id} is already {stored.status}"}, 409)
             return _json({"error": str(exc)}, 409)
         return _json(transition)
 

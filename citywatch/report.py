@@ -124,7 +124,7 @@ def collect(settings: Settings, since_s: float, now: float | None = None, use_in
         decode_alert = msgspec.json.Decoder(Alert).decode
         decode_transition = msgspec.json.Decoder(Transition).decode
         open_alerts = [decode_alert(body) for (body,) in store.conn.execute(
-            "SELECT body FROM alerts WHERE status != 'resolved' ORDER BY opened_at")]
+            "SELECT body FROM alerts WHERE status NOT IN ('resolved', 'closed') ORDER BY opened_at")]
         transitions = [decode_transition(body) for (body,) in store.conn.execute(
             "SELECT body FROM transitions WHERE at >= ? AND at <= ? ORDER BY at, id", (start, end))]
         last_seen = {device_id: float(state["seen"]) for device_id, state in store.device_states().items()

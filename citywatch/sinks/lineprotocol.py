@@ -17,7 +17,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from citywatch.model import Device, Reading, Transition
+from citywatch.model import TERMINAL_STATUSES, Device, Reading, Transition
 from citywatch.streams.pipeline import Output
 
 # InfluxDB's time range (ns since the epoch): 1677-09-21T00:12:43.145224194Z .. 2262-04-11T23:47:16.854775806Z
@@ -137,7 +137,7 @@ def transition_line(tr: Transition) -> str:
     if a.threshold is not None and (f := _field("threshold", float(a.threshold))):
         fields.append(f)
     fields.append(f"count={a.count}i")
-    fields.append(f"open={0 if a.status == 'resolved' else 1}i")
+    fields.append(f"open={0 if a.status in TERMINAL_STATUSES else 1}i")
     if (f := _field("age_s", float(tr.at - a.opened_at))) is not None:
         fields.append(f)
     return f"alerts{tags} {','.join(fields)} {_ns(tr.at)}"

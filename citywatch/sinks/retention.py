@@ -281,7 +281,7 @@ class Retention:
                 write_atomically(path, path if size_before else None, self._member(conn, ids_json))
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM transitions WHERE alert_id IN (SELECT value FROM json_each(?))", (ids_json,))
-            n = conn.execute("DELETE FROM alerts WHERE status = 'resolved' AND id IN"
+            n = conn.execute("DELETE FROM alerts WHERE status IN ('resolved', 'closed') AND id IN"
                              " (SELECT value FROM json_each(?))", (ids_json,)).rowcount
             conn.execute("DELETE FROM archive_pending")
             conn.execute("INSERT INTO counters VALUES ('alerts.archived', ?) ON CONFLICT (name)"
@@ -293,7 +293,7 @@ class Retention:
 
     def _next_batch(self, conn: sqlite3.Connection, cutoff: float, limit: int) -> tuple[str, int, str] | None:
         """The oldest resolved alerts of one UTC day (before `cutoff`), recorded in archive_pending."""
-        first = conn.execute("SELECT updated_at FROM alerts WHERE status = 'resolved' AND updated_at < ?"
+        first = conn.execute("SELECT updated_at FROM alerts WHERE status IN ('resolved', 'closed') AND updated_at < ?"
                              " ORDER BY updated_at LIMIT 1", (cutoff,)).fetchone()
         if first is None:
             return None
@@ -301,7 +301,7 @@ class Retention:
         start = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
         end = min(cutoff, (datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)).timestamp())
         ids = [row[0] for row in conn.execute(
-            "SELECT id FROM alerts WHERE status = 'resolved' AND updated_at >= ? AND updated_at < ?"
+            "SELECT id FROM alerts WHERE status IN ('resolved', 'closed') AND updated_at >= ? AND updated_at < ?"
             " ORDER BY updated_at, id LIMIT ?", (start, end, limit))]
         path = archive_file(self.data_dir, day.isoformat())
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -319,8 +319,8 @@ class Retention:
             transitions.setdefault(alert_id, []).append(bytes(body))
         lines = [b'{"alert":' + bytes(body) + b',"transitions":[' + b",".join(transitions.get(alert_id, ())) + b"]}\n"
                  for alert_id, body in conn.execute(
-                     "SELECT id, body FROM alerts WHERE status = 'resolved' AND id IN (SELECT value FROM json_each(?))"
-                     " ORDER BY updated_at, id", (ids_json,))]
+                     "SELECT id, body FROM alerts WHERE status IN ('resolved', 'closed')"
+                     " AND id IN (SELECT value FROM json_each(?)) ORDER BY updated_at, id", (ids_json,))]
         return gzip.compress(b"".join(lines), compresslevel=6, mtime=0)
 
     def _reclaim(self, conn: sqlite3.Connection, now: float, report: RetentionReport) -> None:

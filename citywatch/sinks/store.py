@@ -147,7 +147,9 @@ class AlertStore:
     # -- loading at start -----------------------------------------------------------------
 
     def open_alerts(self) -> list[Alert]:
-        rows = self.conn.execute("SELECT body FROM alerts WHERE status != 'resolved' ORDER BY opened_at")
+        """Alerts not yet resolved or closed (model.TERMINAL_STATUSES), oldest first."""
+        rows = self.conn.execute(
+            "SELECT body FROM alerts WHERE status NOT IN ('resolved', 'closed') ORDER BY opened_at")
         return [_decode_alert(body) for (body,) in rows]
 
     def alert_keys(self) -> dict[tuple[str, str], KeyState]:
@@ -220,7 +222,7 @@ class AlertStore:
     def alerts(self, status: str | None = "open") -> list[Alert]:
         if status == "open":
             rows = self.conn.execute(
-                "SELECT body FROM alerts WHERE status != 'resolved' ORDER BY opened_at DESC")
+                "SELECT body FROM alerts WHERE status NOT IN ('resolved', 'closed') ORDER BY opened_at DESC")
         elif status is None:
             rows = self.conn.execute("SELECT body FROM alerts ORDER BY opened_at DESC")
         else:
@@ -264,13 +266,14 @@ class AlertStore:
     def summary(self) -> dict[str, Any]:
         """What the live store holds (row counts) and the dead-letter counters, for `citywatch storage`."""
         conn = self.conn
-        closed = dict(conn.execute("SELECT status = 'resolved', COUNT(*) FROM alerts GROUP BY 1").fetchall())
+        closed = dict(conn.execute(
+            "SELECT status IN ('resolved', 'closed'), COUNT(*) FROM alerts GROUP BY 1").fetchall())
         has_outbox = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'webhook_outbox'").fetchone()
         outbox = dict(conn.execute("SELECT status, COUNT(*) FROM webhook_outbox GROUP BY status").fetchall()
                       if has_outbox else [])
         counters = self.counters()
         return {
-            "alerts": {"open": closed.get(0, 0), "resolved": closed.get(1, 0)},
+            "alerts": {"open": closed.get(0, 0), "resolved": closed.get(1, 0)},  # resolved: resolved or closed
             "transitions": conn.execute("SELECT COUNT(*) FROM transitions").fetchone()[0],
             "device_states": conn.execute("SELECT COUNT(*) FROM device_state").fetchone()[0],
             "outbox": outbox,

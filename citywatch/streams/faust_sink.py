@@ -20,7 +20,7 @@ import msgspec
 from aiohttp import web
 
 from citywatch.config import Settings
-from citywatch.model import Alert, DeadLetter, Transition
+from citywatch.model import TERMINAL_STATUSES, Alert, DeadLetter, Transition
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
 from citywatch.streams.pipeline import Output
@@ -123,8 +123,8 @@ async def start_sink_api(city: FaustCity) -> web.AppRunner:
         found = find(alert_id)
         if found is None:
             return _json({"error": f"no alert {alert_id}"}, 404)
-        if found.status == "resolved":
-            return _json({"error": f"alert {alert_id} is already resolved"}, 409)
+        if found.status in TERMINAL_STATUSES:
+            return _json({"error": f"alert {alert_id} is already {found.status}"}, 409)
         try:
             body = await request.json() if request.can_read_body else {}
         except ValueError:
