@@ -40,6 +40,8 @@ class Device(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
     district: str = ""
     grid: str = ""
+    community: str = ""  # community or street: the level between grid and district (escalation, KPIs)
+    city: str = ""
     address: str = ""
     lat: float | None = None
     lon: float | None = None
@@ -149,6 +151,8 @@ def device_summary(device: Device | None, device_id: str, kind: str) -> dict[str
         "kind": device.kind,
         "district": device.district,
         "grid": device.grid,
+        "community": device.community,
+        "city": device.city,
         "address": device.address,
         "lat": device.lat,
         "lon": device.lon,
