@@ -339,8 +339,8 @@ def test_readings_and_alerts_are_enriched_from_the_registry(registry: Registry) 
     reading, device = out.accepted[0]
     line = reading_line(reading, device)
     assert line is not None and line.startswith("gas,device=g1,district=Nanhu,grid=G1,kind=gas ")
-    place = {"id": "g1", "kind": "gas", "district": "Nanhu", "grid": "G1", "address": "1 Main St",
-             "lat": 30.75, "lon": 120.75}
+    place = {"id": "g1", "kind": "gas", "district": "Nanhu", "grid": "G1", "community": "", "city": "",
+             "address": "1 Main St", "lat": 30.75, "lon": 120.75}
     [opened] = out.transitions
     assert opened.alert.device == place
     body: dict[str, Any] = json.loads(render_payload(opened, "http://cw.test"))

@@ -317,8 +317,8 @@ def test_payload_carries_the_alert_device_and_links(tmp_path: Path) -> None:
         "response_deadline": rfc3339(alert.response_deadline),
         "escalations": [], "safety": False, "suspect": None, "suspect_reason": None,
     }
-    assert body["device"] == {"id": "gas-7", "kind": "gas", "district": "north", "grid": "G1",
-                              "address": "7 Main St", "lat": 30.0, "lon": 120.0}
+    assert body["device"] == {"id": "gas-7", "kind": "gas", "district": "north", "grid": "G1", "community": "",
+                              "city": "", "address": "7 Main St", "lat": 30.0, "lon": 120.0}
     base = f"https://city.example/alerts/{alert.id}"
     assert body["links"] == {"ack": f"{base}/ack", "resolve": f"{base}/resolve", "self": base}
     store.close()

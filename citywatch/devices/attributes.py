@@ -1,6 +1,6 @@
 """What installers may enter for a device, beyond the registry's own checks (devices add/update/import).
 
-Free text (district, grid, address) travels into webhooks, dispatch systems, CSV exports, the
+Free text (district, grid, community, city, address) travels into webhooks, dispatch systems, CSV exports, the
 situation report and operators' terminals: one line of printable text, no control characters.
 A device id may not be the collector's MQTT username or client id (the broker would have one
 account with two passwords, or the device would take over the collector's session). Per-device
@@ -19,7 +19,7 @@ from citywatch.errors import DeviceError
 from citywatch.model import Device
 from citywatch.terminal import for_terminal, is_plain
 
-FREE_TEXT = ("district", "grid", "address")
+FREE_TEXT = ("district", "grid", "community", "city", "address")
 MAX_TEXT = 200  # characters
 
 

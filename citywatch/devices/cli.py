@@ -21,8 +21,8 @@ from citywatch.errors import CitywatchError
 from citywatch.model import KINDS, Device
 from citywatch.terminal import for_terminal
 
-RESETTABLE = ("district", "grid", "address", "location", "interval_s", "zone_class", "tenants", "max_stay_min",
-              "no_parking", "thresholds")
+RESETTABLE = ("district", "grid", "community", "city", "address", "location", "interval_s", "zone_class",
+              "tenants", "max_stay_min", "no_parking", "thresholds")
 
 
 def _settings() -> Any:
@@ -55,7 +55,9 @@ def _friendly(fn: Callable[..., None]) -> Callable[..., None]:
 def _attribute_options(fn: Callable[..., None]) -> Callable[..., None]:
     """The device attributes add and update share; None means 'not given'."""
     options = [
-        click.option("--district"), click.option("--grid"), click.option("--address"),
+        click.option("--district"), click.option("--grid"),
+        click.option("--community", help="Community or street: the level between grid and district."),
+        click.option("--city"), click.option("--address"),
         click.option("--lat", type=float), click.option("--lon", type=float),
         click.option("--interval", "interval_s", type=float, help="Expected reporting interval, s (default 60)."),
         click.option("--zone-class", help="Noise functional zone class (rules.noise.limits: 0, 1, 2, 3, 4a, 4b)."),
@@ -157,8 +159,9 @@ def devices_import(csv_file: Any, secrets_out: Path | None, dry_run: bool, broke
     """Register every device in a CSV (all rows or none).
 
     Columns: id,kind (required), district, grid, address, lat, lon, interval_s, zone_class, tenants,
-    max_stay_min, no_parking, thresholds (`key=value;key=value`). Each device gets a password;
-    --secrets-out is required so hundreds of passwords do not land in a terminal or a CI log.
+    max_stay_min, no_parking, thresholds (`key=value;key=value`), community, city (optional). Each
+    device gets a password; --secrets-out is required so hundreds of passwords do not land in a
+    terminal or a CI log.
     """
     from citywatch.devices.importer import import_csv, parse_csv
 
@@ -185,19 +188,24 @@ def devices_import(csv_file: Any, secrets_out: Path | None, dry_run: bool, broke
 @click.option("--kind", type=click.Choice(KINDS))
 @click.option("--district")
 @click.option("--grid")
+@click.option("--community")
+@click.option("--city")
 @click.option("--status", type=click.Choice(["enabled", "disabled"]))
 @click.option("--json", "as_json", is_flag=True)
-def devices_list(kind: str | None, district: str | None, grid: str | None, status: str | None,
-                 as_json: bool) -> None:
-    """List registered devices (filters combine)."""
+def devices_list(kind: str | None, district: str | None, grid: str | None, community: str | None, city: str | None,
+                 status: str | None, as_json: bool) -> None:
+    """List registered devices (filters combine). Columns: id, kind, city, district, community, grid,
+    zone class, status, address."""
     with _registry() as registry:
-        found = registry.find(kind, district, grid, None if status is None else status == "enabled")
+        found = registry.find(kind, district, grid, None if status is None else status == "enabled",
+                              community=community, city=city)
     if as_json:
         click.echo(msgspec.json.encode(found).decode())
         return
     for d in found:
         state = "enabled" if d.enabled else "disabled"
-        fields = (d.id, d.kind, d.district, d.grid, d.zone_class or "-", state, d.address)
+        fields = (d.id, d.kind, d.city or "-", d.district, d.community or "-", d.grid, d.zone_class or "-", state,
+                  d.address)
         click.echo("\t".join(for_terminal(f) for f in fields))
     click.echo(f"{len(found)} devices", err=True)
 

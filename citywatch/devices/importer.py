@@ -24,7 +24,7 @@ from citywatch.ingest.topics import status_topic, telemetry_topic
 from citywatch.model import KINDS, Device
 
 COLUMNS = ("id", "kind", "district", "grid", "address", "lat", "lon", "interval_s", "zone_class", "tenants",
-           "max_stay_min", "no_parking", "thresholds")
+           "max_stay_min", "no_parking", "thresholds", "community", "city")
 REQUIRED = ("id", "kind")
 _TRUE = {"1", "true", "yes", "y"}
 _FALSE = {"", "0", "false", "no", "n"}
@@ -88,7 +88,7 @@ def row_to_device(row: dict[str, str], zone_classes: Collection[str] | InstallRu
             raise DeviceError(f"{name}: missing")
     if cells["kind"] not in KINDS:
         raise DeviceError(f"kind {cells['kind']!r}: must be one of {', '.join(KINDS)}")
-    attrs: dict[str, Any] = {k: cells[k] for k in ("district", "grid", "address") if cells.get(k)}
+    attrs: dict[str, Any] = {k: cells[k] for k in ("district", "grid", "community", "city", "address") if cells.get(k)}
     for name in ("lat", "lon", "interval_s", "max_stay_min"):
         if cells.get(name):
             attrs[name] = _number(name, cells[name])

@@ -33,8 +33,11 @@ CREATE TABLE IF NOT EXISTS devices (
     updated_at REAL NOT NULL
 );
 """
-_ATTRS = ("district", "grid", "address", "lat", "lon", "zone_class", "interval_s", "tenants",
+# Attributes live in the JSON `attrs` column, so a new one needs no schema change: a row written
+# before it existed reads with the default (e.g. community and city, added for the grid hierarchy).
+_ATTRS = ("district", "grid", "community", "city", "address", "lat", "lon", "zone_class", "interval_s", "tenants",
           "max_stay_min", "no_parking", "thresholds")
+_KNOWN = frozenset(_ATTRS)
 
 
 def connect(path: Path, check: bool = True) -> sqlite3.Connection:
@@ -103,8 +106,10 @@ def validate_installation(device: Device, zone_classes: Collection[str]) -> None
 
 
 def _row_to_device(row: tuple[Any, ...]) -> Device:
+    """Attributes this version does not know (written by a newer one sharing the file) are ignored."""
     device_id, kind, attrs, enabled, created_at = row
-    return Device(id=device_id, kind=kind, enabled=bool(enabled), created_at=created_at, **json.loads(attrs))
+    known = {k: v for k, v in json.loads(attrs).items() if k in _KNOWN}
+    return Device(id=device_id, kind=kind, enabled=bool(enabled), created_at=created_at, **known)
 
 
 def _attrs(device: Device) -> str:
@@ -178,11 +183,12 @@ class Registry:
         return [_row_to_device(row) for row in rows]
 
     def find(self, kind: str | None = None, district: str | None = None, grid: str | None = None,
-             enabled: bool | None = None) -> list[Device]:
+             enabled: bool | None = None, community: str | None = None, city: str | None = None) -> list[Device]:
         """Devices matching every filter given (None matches all)."""
         return [d for d in self.all()
                 if (kind is None or d.kind == kind) and (district is None or d.district == district)
-                and (grid is None or d.grid == grid) and (enabled is None or d.enabled == enabled)]
+                and (grid is None or d.grid == grid) and (enabled is None or d.enabled == enabled)
+                and (community is None or d.community == community) and (city is None or d.city == city)]
 
     def update(self, device_id: str, changes: dict[str, Any]) -> Device:
         """Change attributes (not id, kind or status); validated as a whole before writing."""
