@@ -178,3 +178,55 @@ class DeadLetter(msgspec.Struct, frozen=True):
     detail: str
     received_at: float
     size: int
+
+
+# -- incidents (unified classification): related alerts grouped, citywatch/loop/incidents.py -----------
+
+# open: grouping; assigned, on_site, rectified: what dispatch last did to the whole incident; closed:
+# every member alert is resolved or closed (terminal: a closed incident never reopens).
+INCIDENT_STATUSES: tuple[str, ...] = ("open", "assigned", "on_site", "rectified", "closed")
+
+
+class IncidentMember(msgspec.Struct, kw_only=True):
+    """One alert of an incident, as of its latest transition."""
+
+    alert_id: str
+    device_id: str
+    kind: str
+    rule: str
+    severity: str
+    status: str
+    joined_at: float  # the alert's opening (event time)
+    device: dict[str, Any] = {}  # the alert's dispatch block (district, grid, address, lat, lon, ...)
+
+
+class Incident(msgspec.Struct, kw_only=True):
+    """Related alerts as one case: same hazard group and key (default: grid) within a time window.
+    Its severity is the highest of its members'; it closes when every member is resolved or closed."""
+
+    id: str
+    group: str  # hazard group (incidents.groups), e.g. water
+    key: dict[str, str]  # the grouping key's fields and values, e.g. {"group": "water", "grid": "G001"}
+    status: str  # INCIDENT_STATUSES
+    severity: str
+    opened_at: float  # event time of the first member's opening
+    updated_at: float
+    last_joined_at: float  # the latest member's opening: the window runs from here
+    closed_at: float | None = None
+    assignee: str | None = None  # set when dispatch assigned the whole incident
+    lat: float | None = None  # the first located member: the centre for incidents.radius_m
+    lon: float | None = None
+    members: list[IncidentMember] = []
+    transitions: int = 0
+
+
+class IncidentTransition(msgspec.Struct, frozen=True, kw_only=True):
+    """One change in an incident's life (opened, updated: severity raised, closed, and dispatch's
+    assigned, on_site, rectified, rejected); `id` is stable and doubles as the webhook-id."""
+
+    id: str
+    incident_id: str
+    transition: str
+    at: float
+    incident: Incident
+    reason: str = ""
