@@ -19,7 +19,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from citywatch.ingest.handoff import Handoff
 from citywatch.model import KeyState, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.sinks.retention import Retention
-from citywatch.sinks.store import AlertStore, store_path
+from citywatch.sinks.store import AlertStore, TxHook, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
 from citywatch.streams.gcpolicy import FreezeAfterFullCollections
 from citywatch.streams.pipeline import Output, Pipeline
@@ -427,13 +427,27 @@ class EmbeddedRunner:
     def resolve(self, alert_id: str, by: str) -> Transition:
         return self._human(self.engine.resolve(alert_id, by, self.clock()))
 
-    def _human(self, transition: Transition) -> Transition:
+    def dispatch(self, alert_id: str, action: str, by: str, *, assignee: str = "", note: str = "",
+                 evidence: Iterable[str] = (), reason: str = "", also: TxHook | None = None) -> Transition:
+        """What the dispatch system (or a person) reports: assigned, on_site, rectified, rejected, closed
+        (engine.dispatch; AlertNotFound, IllegalTransition). `also` writes in the same transaction as the
+        transition: the inbound message's receipt, so a repeat finds it exactly when the action is stored."""
+        transition = self.engine.dispatch(alert_id, action, by, self.clock(), assignee=assignee, note=note,
+                                          evidence=evidence, reason=reason)
+        return self._human(transition, also)
+
+    def _human(self, transition: Transition, also: TxHook | None = None) -> Transition:
         out = Output()
         out.transitions.append(transition)
+        if also is not None:
+            self.store.hooks.append(also)
         try:
             self.store.commit(out, self.engine.take_dirty(), {})
         except (sqlite3.OperationalError, OSError) as exc:
             raise AlertError(f"cannot store the action ({exc}); try again") from None
+        finally:
+            if also is not None:
+                self.store.hooks.remove(also)
         self._published(out)
         return transition
 
