@@ -150,6 +150,23 @@ class WebhookSettings(Section):
         return None if url is None else _http_url(url)
 
 
+class DispatchSettings(Section):
+    """The dispatch system's messages to us (POST /dispatch/events), signed per Standard Webhooks with
+    the dispatch side's own secret (never webhooks.secret: a leaked outbound key must not let anyone
+    close cases). Several space-separated whsec_ secrets are all accepted (key rotation)."""
+
+    secret: SecretStr | None = None  # null: the endpoint answers 503 (not configured)
+    secret_file: Path | None = None
+    tolerance_s: float = Field(300.0, gt=0, le=3600)  # webhook-timestamp this far from our clock, either way
+    receipts_days: float = Field(7.0, gt=0)  # message ids remembered this long (repeats: the first answer)
+
+    @model_validator(mode="after")
+    def _remember_beyond_tolerance(self) -> DispatchSettings:
+        if self.receipts_days * 86400 <= self.tolerance_s:
+            raise ValueError("receipts_days must outlast tolerance_s, or a repeat could be applied twice")
+        return self
+
+
 class InfluxSettings(Section):
     url: str | None = None
     token: SecretStr | None = None
@@ -427,6 +444,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     ingest: IngestSettings = IngestSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    dispatch: DispatchSettings = DispatchSettings()
     influx: InfluxSettings = InfluxSettings()
     api: ApiSettings = ApiSettings()
     alerts: AlertSettings = AlertSettings()
@@ -513,4 +531,26 @@ def _resolve_secrets(s: Settings) -> Settings:
     influx = s.influx.model_copy(update={"token": _read_secret(s.influx.token, s.influx.token_file,
                                                                 "influx.token_file")})
     api = s.api.model_copy(update={"token": _read_secret(s.api.token, s.api.token_file, "api.token_file")})
-    return s.model_copy(update={"mqtt": mqtt, "webhooks": hooks, "influx": influx, "api": api})
+    dispatch = s.dispatch.model_copy(update={"secret": _read_secret(s.dispatch.secret, s.dispatch.secret_file,
+                                                                    "dispatch.secret_file")})
+    _own_dispatch_secret(dispatch, hooks)
+    return s.model_copy(update={"mqtt": mqtt, "webhooks": hooks, "influx": influx, "api": api, "dispatch": dispatch})
+
+
+def _own_dispatch_secret(dispatch: DispatchSettings, hooks: WebhookSettings) -> None:
+    """The inbound secret must be the dispatch side's own: sharing one with an outbound route would let
+    whoever receives our webhooks forge dispatch messages."""
+    if dispatch.secret is None:
+        return
+    inbound = _secret_values(dispatch.secret)
+    for secret in [hooks.secret, *(route.secret for route in hooks.routes)]:
+        if secret is not None and inbound & _secret_values(secret):
+            raise ConfigError("dispatch.secret: must be the dispatch system's own secret, not one of webhooks' "
+                              "(secret or a route's secret)")
+
+
+def _secret_values(secret: SecretStr) -> set[str]:
+    """The keys in a secret: several space-separated whsec_ values (a rotation), else the whole string."""
+    value = secret.get_secret_value()
+    parts = value.split()
+    return set(parts) if len(parts) > 1 and all(p.startswith("whsec_") for p in parts) else {value}
