@@ -129,6 +129,7 @@ class Alert(msgspec.Struct, kw_only=True):
     reopened: int = 0  # failed rectifications: the condition came back during verification
     rejected_reason: str = ""
     escalation_level: int = 0  # 0 = grid; each missed deadline moves it one level up (alerts.escalation)
+    responded_at: float | None = None  # the first acknowledgement or assignment (the loop's figures)
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):

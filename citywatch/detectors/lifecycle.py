@@ -248,6 +248,7 @@ class AlertEngine:
         alert.status = "acknowledged"
         alert.acked_at = at
         alert.acked_by = by
+        alert.responded_at = at if alert.responded_at is None else alert.responded_at
         return self._transition(alert, "acknowledged", at, f"acknowledged by {by}", person=True)
 
     def resolve(self, alert_id: str, by: str, at: float) -> Transition:
@@ -270,6 +271,7 @@ class AlertEngine:
                 raise IllegalTransition(f"cannot assign alert {alert_id}: it is {status}")
             alert.status, alert.assignee, alert.assigned_at = "assigned", assignee.strip(), at
             alert.rejected_reason = ""
+            alert.responded_at = at if alert.responded_at is None else alert.responded_at
             return self._transition(alert, "assigned", at, f"assigned to {alert.assignee} by {by}", person=True)
         if action == "on_site":
             if status != "assigned":
