@@ -20,6 +20,7 @@ import msgspec
 from aiohttp import web
 
 from citywatch.config import Settings
+from citywatch.httpserve import serve
 from citywatch.model import TERMINAL_STATUSES, Alert, DeadLetter, Transition
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
@@ -140,7 +141,5 @@ async def start_sink_api(city: FaustCity) -> web.AppRunner:
     app.router.add_get("/alerts", alerts)
     app.router.add_get("/alerts/{alert_id}", alert)
     app.router.add_post(r"/alerts/{alert_id}/{action:(ack|resolve)}", act)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.api.host, settings.api.port).start()
+    runner, _, _ = await serve(app, settings.api)  # the same timeouts and connection cap as the runner's API
     return runner
