@@ -117,6 +117,17 @@ def _http_url(url: str) -> str:
     return url
 
 
+WEBHOOK_STREAMS = ("alerts", "incidents")
+
+
+def _receive_streams(streams: list[str]) -> list[str]:
+    """What a webhook route receives: `alerts` (alert transitions), `incidents` (incident transitions)."""
+    unknown = [s for s in streams if s not in WEBHOOK_STREAMS]
+    if unknown or not streams or len(set(streams)) != len(streams):
+        raise ValueError(f"must be a non-empty list of distinct values from {list(WEBHOOK_STREAMS)}, got {streams}")
+    return streams
+
+
 class WebhookRoute(Section):
     """Send matching alert transitions to `url`. Empty lists match everything."""
 
@@ -128,8 +139,10 @@ class WebhookRoute(Section):
     rules: list[str] = []
     min_severity: str = Field("info", pattern="^(info|warning|critical)$")
     secret: SecretStr | None = None  # defaults to webhooks.secret
+    receive: list[str] = ["alerts"]  # alert transitions, incident transitions (citywatch/loop/incidents.py), or both
 
     _url = field_validator("url")(_http_url)
+    _receive = field_validator("receive")(_receive_streams)
 
 
 class WebhookSettings(Section):
@@ -143,11 +156,14 @@ class WebhookSettings(Section):
     concurrency: int = Field(4, ge=1)
     client_error_attempts: int = Field(5, ge=1)  # a 4xx refusal (not 408/409/425/429) is dead after this many
     public_url: str = "http://127.0.0.1:8087"
+    receive: list[str] = ["alerts"]  # what the default route (`url`) receives: alerts, incidents or both
 
     @field_validator("url")
     @classmethod
     def _url(cls, url: str | None) -> str | None:
         return None if url is None else _http_url(url)
+
+    _receive = field_validator("receive")(_receive_streams)
 
 
 class DispatchSettings(Section):
@@ -284,6 +300,47 @@ class AlertSettings(Section):
     def safety_rules(self) -> frozenset[str]:
         """The built-in life-safety rules and those the city marked `safety: true`."""
         return SAFETY_RULES | {rule for rule, policy in self.rules.items() if policy.safety}
+
+
+INCIDENT_KEY_FIELDS = ("group", "kind", "rule", "device_id", "grid", "community", "district", "city")
+
+
+class IncidentSettings(Section):
+    """Unified classification: related alerts grouped into one incident (citywatch/loop/incidents.py).
+
+    An alert joins the open incident with the same key (its fields from INCIDENT_KEY_FIELDS: the
+    hazard group, the alert's kind, rule or device, or a level of its device's place) if that
+    incident opened or last grew within `window_min` of the alert's opening (event time) and, with
+    `radius_m`, its first located member lies within that many metres; else it opens a new one."""
+
+    enabled: bool = True
+    key: list[str] = ["group", "grid"]
+    window_min: float = Field(60.0, gt=0)
+    radius_m: float | None = Field(None, gt=0)
+    # hazard group -> rule names or fnmatch patterns; an exact name beats a pattern, then the first
+    # group listing a matching pattern wins; a rule no group names is a group of its own (its name)
+    groups: dict[str, list[str]] = {
+        "gas": ["gas_*"], "water": ["water_*"], "noise": ["noise_*"], "parking": ["parking_*"],
+        "security": ["lock_*"],
+        "device_health": ["device_offline", "device_flooding", "battery_*", "sensor_*", "reporting_interval"],
+    }
+
+    @field_validator("key")
+    @classmethod
+    def _known_fields(cls, key: list[str]) -> list[str]:
+        unknown = [f for f in key if f not in INCIDENT_KEY_FIELDS]
+        if unknown or not key or len(set(key)) != len(key):
+            raise ValueError(f"must be a non-empty list of distinct fields from {list(INCIDENT_KEY_FIELDS)}, "
+                             f"got {key}")
+        return key
+
+    @field_validator("groups")
+    @classmethod
+    def _patterns(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, patterns in groups.items():
+            if not name.strip() or not patterns or any(not p.strip() for p in patterns):
+                raise ValueError(f"{name!r}: a group needs a name and at least one non-empty rule or pattern")
+        return groups
 
 
 def _below(section: str, low_name: str, info: ValidationInfo, high_name: str, high: float) -> None:
@@ -451,6 +508,7 @@ class Settings(BaseSettings):
     rules: RuleSettings = RuleSettings()
     kafka: KafkaSettings = KafkaSettings()
     retention: RetentionSettings = RetentionSettings()
+    incidents: IncidentSettings = IncidentSettings()
 
     @field_validator("timezone")
     @classmethod
