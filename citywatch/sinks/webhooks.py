@@ -374,6 +374,11 @@ class WebhookDelivery:
                 out["retrying"] += count
         return out
 
+    def pending_count(self) -> int:
+        """Rows not yet delivered nor dead: a range of the (status, ...) index, cheap enough for every
+        health probe (stats() groups the whole outbox)."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM webhook_outbox WHERE status = 'pending'").fetchone()[0])
+
     def purge_delivered(self, older_than_s: float) -> int:
         """Drop delivered rows older than this (the audit trail's horizon); returns how many."""
         cur = self.conn.execute("DELETE FROM webhook_outbox WHERE status = 'delivered' AND delivered_at < ?",

@@ -506,7 +506,10 @@ class EmbeddedRunner:
         full = handoff is not None and handoff.full()
         if full:
             problems.append("backlog_full")
-        webhooks = self._webhook_stats()
+        try:
+            pending: int | None = self.delivery.pending_count()
+        except sqlite3.Error:
+            pending = None  # the store is failing: the problems above say so
         return {
             "live": live,
             "ready": not problems,
@@ -521,7 +524,7 @@ class EmbeddedRunner:
             "backlog": {"handoff": len(handoff) if handoff is not None else 0,
                         "handoff_bytes": handoff.nbytes if handoff is not None else 0,
                         "handoff_full": full, "unacked": self.unacked},
-            "webhooks_pending": webhooks["pending"] if webhooks is not None else None,
+            "webhooks_pending": pending,
         }
 
 
