@@ -1,4 +1,5 @@
-"""People's actions on alerts (acknowledge, resolve) from the CLI.
+"""People's actions on alerts from the CLI: acknowledge, resolve, and the dispatch actions (assign,
+on-site, rectify, reject, close).
 
 One owner per data dir: when `citywatch run` holds the data dir's lock, the action goes through
 its HTTP API (at the address it recorded in the lock file), so the running engine stays the
@@ -21,8 +22,9 @@ from typing import Any
 from citywatch.api import api_token
 from citywatch.config import Settings
 from citywatch.datalock import DataDirBusy, DataDirLock
-from citywatch.detectors.lifecycle import AlertEngine
+from citywatch.detectors.lifecycle import AlertEngine, AlertNotFound
 from citywatch.errors import AlertError
+from citywatch.loop.dispatch import Refused, parse_detail
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.sinks.webhooks import Outbox
 from citywatch.streams.pipeline import Output
@@ -31,17 +33,32 @@ RUNNER = "citywatch run"
 API_TIMEOUT_S = 10.0
 
 
-def act(settings: Settings, alert_id: str, action: str, by: str) -> dict[str, Any]:
-    """Acknowledge or resolve; returns the transition as a dict. Raises AlertError."""
-    if action not in ("ack", "resolve"):
+# The CLI's (and the API path's) names of the dispatch actions -> model.DISPATCH_ACTIONS
+DISPATCH = {"assign": "assigned", "on-site": "on_site", "rectify": "rectified", "reject": "rejected",
+            "close": "closed"}
+ACTIONS = ("ack", "resolve", *DISPATCH)
+
+
+def act(settings: Settings, alert_id: str, action: str, by: str, **detail: Any) -> dict[str, Any]:
+    """Acknowledge, resolve or a dispatch action (`detail`: assignee, note, evidence, reason); returns
+    the transition as a dict. Raises AlertError."""
+    if action not in ACTIONS:
         raise ValueError(action)
+    if action in DISPATCH:  # the API's own checks, also when applied directly
+        try:
+            checked = parse_detail(DISPATCH[action], json.dumps({**detail, "by": by}).encode())
+        except Refused as exc:
+            raise AlertError(str(exc)) from None
+        detail = {"assignee": checked.assignee, "note": checked.note, "evidence": checked.evidence,
+                  "reason": checked.reason}
+        by = checked.by
     lock = DataDirLock(settings.data_dir, f"citywatch alerts {action}")
     try:
         lock.acquire()
     except DataDirBusy as busy:
-        return _via_owner(settings, busy.holder, alert_id, action, by)
+        return _via_owner(settings, busy.holder, alert_id, action, by, detail)
     try:
-        return _direct(settings, alert_id, action, by)
+        return _direct(settings, alert_id, action, by, detail)
     finally:
         lock.release()
 
@@ -58,7 +75,7 @@ def _api_url(address: str) -> str:
 
 
 def _via_owner(settings: Settings, holder: dict[str, Any], alert_id: str, action: str,
-               by: str) -> dict[str, Any]:
+               by: str, detail: dict[str, Any]) -> dict[str, Any]:
     data_dir = settings.data_dir
     pid = holder.get("pid", "?")
     command = holder.get("command") or "another citywatch process"
@@ -75,7 +92,7 @@ def _via_owner(settings: Settings, holder: dict[str, Any], alert_id: str, action
         raise AlertError(f"no API token to reach {RUNNER} (pid {pid}) at {base}: set api.token or api.token_file "
                          f"as the runner has it ({data_dir}/api-token is missing)")
     url = f"{base}/alerts/{urllib.parse.quote(alert_id, safe='')}/{action}"
-    request = urllib.request.Request(url, data=json.dumps({"by": by}).encode(), method="POST",
+    request = urllib.request.Request(url, data=json.dumps({**detail, "by": by}).encode(), method="POST",
                                      headers={"Authorization": f"Bearer {token}",
                                               "Content-Type": "application/json"})
     try:
@@ -105,15 +122,23 @@ def _http_error(exc: urllib.error.HTTPError) -> str:
     return str(message) if message else f"the running API answered {exc.code} {exc.reason}"
 
 
-def _direct(settings: Settings, alert_id: str, action: str, by: str) -> dict[str, Any]:
+def _direct(settings: Settings, alert_id: str, action: str, by: str, detail: dict[str, Any]) -> dict[str, Any]:
     path = store_path(settings.data_dir)
     try:
         store = AlertStore(path, hooks=[Outbox(settings.webhooks).enqueue])
         try:
             engine = AlertEngine(settings.alerts, store.open_alerts())
             now = time.time()
-            transition = (engine.acknowledge(alert_id, by, now) if action == "ack"
-                          else engine.resolve(alert_id, by, now))
+            try:
+                if action in DISPATCH:
+                    transition = engine.dispatch(alert_id, DISPATCH[action], by, now, **detail)
+                else:
+                    transition = (engine.acknowledge(alert_id, by, now) if action == "ack"
+                                  else engine.resolve(alert_id, by, now))
+            except AlertNotFound:
+                known = store.conn.execute("SELECT status FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+                raise AlertError(f"no open alert {alert_id}: it is already {known[0]}" if known
+                                 else f"no alert {alert_id}") from None
             out = Output()
             out.transitions.append(transition)
             store.commit(out, engine.take_dirty(), {})
@@ -121,4 +146,5 @@ def _direct(settings: Settings, alert_id: str, action: str, by: str) -> dict[str
             store.close()
     except sqlite3.Error as exc:
         raise AlertError(f"cannot {action} {alert_id}: {path.name} ({path}): {exc}") from None
-    return {"id": transition.id, "alert_id": transition.alert_id, "transition": transition.transition}
+    return {"id": transition.id, "alert_id": transition.alert_id, "transition": transition.transition,
+            "status": transition.alert.status}

@@ -1,6 +1,7 @@
 """The HTTP API served by `citywatch run`: health, stats, alerts, and people's ack/resolve.
 
-Every endpoint but /health and /ready needs `Authorization: Bearer <api token>`. Without a configured
+Every endpoint but /health, /ready and /dispatch/events (signed by the dispatch system instead:
+citywatch/loop/dispatch_api.py) needs `Authorization: Bearer <api token>`. Without a configured
 token, one is generated at start into data_dir/api-token (mode 0600) for the CLI to use.
 """
 
@@ -69,6 +70,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
 @web.middleware
 async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
     if request.path in ("/health", "/ready"):  # facts for supervisors, no secrets: open
+        return await handler(request)
+    if request.path == "/dispatch/events":  # the dispatch system signs each message instead (loop/dispatch_api.py)
         return await handler(request)
     if not _bearer_ok(request.headers.get("Authorization", ""), request.app[TOKEN_KEY]):
         return _json({"error": "missing or invalid bearer token"}, 401)
@@ -190,6 +193,8 @@ def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
     app.router.add_get("/alerts/{alert_id}", _alert)
     app.router.add_post("/alerts/{alert_id}/ack", _person_action("acknowledge"))
     app.router.add_post("/alerts/{alert_id}/resolve", _person_action("resolve"))
+    from citywatch.loop import dispatch_api  # noqa: PLC0415 (it imports this module)
+    dispatch_api.register(app)
     return app
 
 
