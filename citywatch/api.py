@@ -195,6 +195,8 @@ def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
     app.router.add_post("/alerts/{alert_id}/resolve", _person_action("resolve"))
     from citywatch.loop import dispatch_api  # noqa: PLC0415 (it imports this module)
     dispatch_api.register(app)
+    from citywatch.loop import kpis_api  # noqa: PLC0415 (the loop's figures: GET /kpis)
+    kpis_api.register(app)
     return app
 
 
