@@ -193,6 +193,8 @@ def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
     app.router.add_get("/alerts/{alert_id}", _alert)
     app.router.add_post("/alerts/{alert_id}/ack", _person_action("acknowledge"))
     app.router.add_post("/alerts/{alert_id}/resolve", _person_action("resolve"))
+    from citywatch.loop import incidents_api  # noqa: PLC0415 (it imports this module)
+    incidents_api.register(app)
     from citywatch.loop import dispatch_api  # noqa: PLC0415 (it imports this module)
     dispatch_api.register(app)
     from citywatch.loop import kpis_api  # noqa: PLC0415 (the loop's figures: GET /kpis)

@@ -320,6 +320,7 @@ def restore_command(ctx: Context, archive: Path, target: Path | None, force: boo
 from citywatch.dashboards.cli import dashboards  # noqa: E402  (commands defined in their own modules)
 from citywatch.devices.cli import devices  # noqa: E402
 from citywatch.loop.dispatch_cli import add_commands as add_dispatch_commands  # noqa: E402
+from citywatch.loop.incidents_cli import incidents  # noqa: E402
 from citywatch.report import report_command  # noqa: E402
 from citywatch.sinks.cli import influx, webhooks  # noqa: E402
 from citywatch.streams.faust_cli import bridge_command, worker_command  # noqa: E402
@@ -333,6 +334,7 @@ main.add_command(bridge_command)
 main.add_command(worker_command)
 main.add_command(webhooks)
 main.add_command(influx)
+main.add_command(incidents)
 add_dispatch_commands(alerts)  # alerts assign / on-site / rectify / reject / close
 
 

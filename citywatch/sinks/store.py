@@ -18,7 +18,7 @@ import msgspec
 
 from citywatch.config import RetentionSettings
 from citywatch.detectors.baseline import plain_hook
-from citywatch.model import Alert, DeadLetter, KeyState, Transition
+from citywatch.model import Alert, DeadLetter, Incident, IncidentTransition, KeyState, Transition
 from citywatch.sinks.database import open_database
 from citywatch.sinks.sampling import DeadLetterSampler
 from citywatch.streams.pipeline import Output
@@ -69,6 +69,29 @@ CREATE TABLE IF NOT EXISTS alert_keys (
     body BLOB NOT NULL,
     PRIMARY KEY (device_id, rule)
 );
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    opened_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_status ON incidents (status);
+CREATE TABLE IF NOT EXISTS incident_members (
+    alert_id TEXT PRIMARY KEY,  -- every alert belongs to exactly one incident: a second row is refused
+    incident_id TEXT NOT NULL,
+    joined_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incident_members_incident ON incident_members (incident_id);
+CREATE TABLE IF NOT EXISTS incident_transitions (
+    id TEXT PRIMARY KEY,
+    incident_id TEXT NOT NULL,
+    transition TEXT NOT NULL,
+    at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incident_transitions_incident ON incident_transitions (incident_id);
 CREATE TABLE IF NOT EXISTS archive_pending (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     file TEXT NOT NULL,
@@ -92,6 +115,7 @@ _encode_state = msgspec.msgpack.Encoder(enc_hook=plain_hook).encode
 _decode_state = msgspec.msgpack.Decoder(dict[str, Any]).decode
 _decode_alert = msgspec.json.Decoder(Alert).decode
 _decode_key = msgspec.json.Decoder(KeyState).decode
+_decode_incident = msgspec.json.Decoder(Incident).decode
 
 TxHook = Callable[[sqlite3.Connection, Output], None]
 
@@ -169,9 +193,12 @@ class AlertStore:
     # -- the batch commit -----------------------------------------------------------------
 
     def commit(self, out: Output, alerts: Iterable[Alert], states: dict[str, dict[str, Any]],
-               keys: dict[tuple[str, str], KeyState | None] | None = None) -> None:
+               keys: dict[tuple[str, str], KeyState | None] | None = None, *,
+               incidents: Iterable[Incident] = (), members: Iterable[tuple[str, str, float]] = ()) -> None:
         """Write everything one batch produced in one transaction (hooks join it: the outbox).
-        `keys`: the alert engine's per-(device, rule) streaks and flap history (None deletes)."""
+        `keys`: the alert engine's per-(device, rule) streaks and flap history (None deletes).
+        `incidents` changed and `members` (alert id, incident id, joined at) new: the incident grouping
+        (citywatch/loop/incidents.py); an alert already in an incident makes the commit fail."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -209,6 +236,7 @@ class AlertStore:
                                  [(d, r, _encode_json(k)) for (d, r), k in keys.items() if k is not None])
                 conn.executemany("DELETE FROM alert_keys WHERE device_id = ? AND rule = ?",
                                  [key for key, k in keys.items() if k is None])
+            self._write_incidents(out.incident_transitions, incidents, members)
             for hook in self.hooks:
                 hook(conn, out)
             conn.execute("COMMIT")
@@ -216,6 +244,62 @@ class AlertStore:
             if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
                 conn.execute("ROLLBACK")
             raise
+
+    def _write_incidents(self, transitions: list[IncidentTransition], incidents: Iterable[Incident],
+                         members: Iterable[tuple[str, str, float]]) -> None:
+        conn = self.conn
+        conn.executemany("INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?, ?, ?)",
+                         [(i.id, i.status, i.severity, i.opened_at, i.updated_at, _encode_json(i)) for i in incidents])
+        conn.executemany("INSERT INTO incident_members VALUES (?, ?, ?)", members)  # plain INSERT: never twice
+        conn.executemany("INSERT OR IGNORE INTO incident_transitions VALUES (?, ?, ?, ?, ?)",
+                         [(t.id, t.incident_id, t.transition, t.at, _encode_json(t)) for t in transitions])
+
+    # -- incidents -------------------------------------------------------------------------
+
+    def open_incidents(self) -> list[Incident]:
+        """Incidents not closed, oldest first (the grouping resumes from them at start)."""
+        rows = self.conn.execute("SELECT body FROM incidents WHERE status != 'closed' ORDER BY opened_at, id")
+        return [_decode_incident(body) for (body,) in rows]
+
+    def incidents(self, open_only: bool = True, limit: int | None = None) -> list[Incident]:
+        """Open incidents (or all), newest first."""
+        sql = "SELECT body FROM incidents" + (" WHERE status != 'closed'" if open_only else "")
+        sql += " ORDER BY opened_at DESC, id" + (" LIMIT ?" if limit is not None else "")
+        rows = self.conn.execute(sql, (limit,) if limit is not None else ())
+        return [_decode_incident(body) for (body,) in rows]
+
+    def incident(self, incident_id: str) -> Incident | None:
+        row = self.conn.execute("SELECT body FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        return _decode_incident(row[0]) if row else None
+
+    def incident_of(self, alert_id: str) -> str | None:
+        """The incident an alert belongs to (None: in none yet)."""
+        row = self.conn.execute("SELECT incident_id FROM incident_members WHERE alert_id = ?", (alert_id,)).fetchone()
+        return row[0] if row else None
+
+    def alerts_without_incident(self) -> list[Alert]:
+        """Open alerts in no incident (stored before incidents existed), oldest first."""
+        rows = self.conn.execute(
+            "SELECT body FROM alerts WHERE status NOT IN ('resolved', 'closed')"
+            " AND id NOT IN (SELECT alert_id FROM incident_members) ORDER BY opened_at, id")
+        return [_decode_alert(body) for (body,) in rows]
+
+    def alert_statuses(self, alert_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """(status, severity) of the alerts named that are still in the store (archived ones are not)."""
+        ids = list(alert_ids)
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(f"SELECT id, status, severity FROM alerts WHERE id IN ({marks})", chunk)
+            found.update((alert_id, (status, severity)) for alert_id, status, severity in rows)
+        return found
+
+    def incident_transitions(self, incident_id: str) -> list[IncidentTransition]:
+        decode = msgspec.json.Decoder(IncidentTransition).decode
+        rows = self.conn.execute("SELECT body FROM incident_transitions WHERE incident_id = ? ORDER BY at, id",
+                                 (incident_id,))
+        return [decode(body) for (body,) in rows]
 
     # -- queries for the CLI and API ------------------------------------------------------
 

@@ -33,6 +33,7 @@ from citywatch.errors import AlertError, CitywatchError, StorageError
 from citywatch.ingest.collector import Collector, Message, message_size, parse_url, with_packet_limit
 from citywatch.ingest.collector_process import ProcessCollector
 from citywatch.ingest.handoff import Handoff
+from citywatch.loop.incidents import IncidentDispatch, dispatch_incident, open_book
 from citywatch.model import KeyState, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.sinks.retention import Retention
@@ -124,6 +125,11 @@ class EmbeddedRunner:
                 self.engine.restore_key(key, key_state)
             self.pipeline = Pipeline(settings, self.devices, self.engine, self.store.device_states(),
                                      started_at=clock())
+            # incidents: the open ones as committed, brought up to date (and open alerts grouped) at start
+            self.incidents, start = open_book(settings.incidents, self.store, clock())
+            changes = self.incidents.take_changes()
+            if start.incident_transitions or changes.incidents or changes.members:
+                self.store.commit(start, [], {}, incidents=changes.incidents, members=changes.members)
             self.delivery = WebhookDelivery(store_path(settings.data_dir), settings.webhooks)
         self.influx = InfluxSink(settings.influx, settings.data_dir) if settings.influx.url else None
         self.retention = Retention(settings.retention, settings.data_dir)
@@ -296,6 +302,7 @@ class EmbeddedRunner:
             process(m.topic, m.payload, m.received_at, out)
         if tick:
             self.pipeline.tick(now, out)
+        self.incidents.group(out)  # per batch, on its transitions only: the per-reading path is untouched
         if not await self._store_until_written(out, stop):
             return  # stopping while storage fails: unacknowledged, so the broker redelivers
         self._published(out)
@@ -318,12 +325,14 @@ class EmbeddedRunner:
         database error (a corrupt file) raises StorageFailure naming the file: retrying cannot help."""
         alerts, keys = self.engine.take_dirty(), self._touched_keys()
         states = self._states_to_write(keys, self.clock(), flush_states)
+        incidents = self.incidents.take_changes()
         delay = 0.2
         while True:
             self._heartbeat()
             try:
                 with naming(self.store.path, transient=True):
-                    self.store.commit(out, alerts, states, keys)
+                    self.store.commit(out, alerts, states, keys, incidents=incidents.incidents,
+                                      members=incidents.members)
             except (sqlite3.OperationalError, OSError) as exc:
                 if self.storage_error is None:
                     log.error("cannot write to %s (%s): holding %d messages unacknowledged and retrying",
@@ -384,7 +393,7 @@ class EmbeddedRunner:
         return keys
 
     def _published(self, out: Output) -> None:
-        if out.transitions:
+        if out.transitions or out.incident_transitions:
             self.delivery.notify()
         for listener in self.listeners:
             listener(out)
@@ -439,17 +448,40 @@ class EmbeddedRunner:
     def _human(self, transition: Transition, also: TxHook | None = None) -> Transition:
         out = Output()
         out.transitions.append(transition)
+        self.incidents.group(out)
+        self._commit_human(out, also)
+        return transition
+
+    def _commit_human(self, out: Output, also: TxHook | None = None) -> None:
+        """Commit one person's action (its alert and incident transitions) as one transaction."""
         if also is not None:
             self.store.hooks.append(also)
+        incidents = self.incidents.take_changes()
         try:
-            self.store.commit(out, self.engine.take_dirty(), {})
+            self.store.commit(out, self.engine.take_dirty(), {}, incidents=incidents.incidents,
+                              members=incidents.members)
         except (sqlite3.OperationalError, OSError) as exc:
+            self.incidents.give_back(incidents)
             raise AlertError(f"cannot store the action ({exc}); try again") from None
         finally:
             if also is not None:
                 self.store.hooks.remove(also)
         self._published(out)
-        return transition
+
+    def dispatch_incident(self, incident_id: str, action: str, by: str, *, assignee: str = "", note: str = "",
+                          evidence: Iterable[str] = (), reason: str = "",
+                          also: TxHook | None = None) -> IncidentDispatch:
+        """Dispatch on a whole incident: the action (assigned, on_site, rectified, rejected, closed)
+        goes to every member alert that can take it (resolved or closed members, and those where it
+        is illegal, are skipped: `skipped` says why), the incident's status follows, and all of it is
+        committed as one action (with `also`, like `dispatch`). Raises IncidentNotFound (404),
+        IncidentConflict (409: closed, or no member could take it), BadIncidentAction (400); each
+        carries `http_status`. See citywatch/loop/incidents.py."""
+        result, out = dispatch_incident(self.incidents, self.engine, incident_id, action, by, self.clock(),
+                                        stored=self.store.incident, assignee=assignee, note=note,
+                                        evidence=evidence, reason=reason)
+        self._commit_human(out, also)
+        return result
 
     def stats(self) -> dict[str, Any]:
         c = self.collector

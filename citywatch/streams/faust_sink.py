@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from citywatch.config import Settings
 from citywatch.httpserve import serve
+from citywatch.loop.incidents import open_book
 from citywatch.model import TERMINAL_STATUSES, Alert, DeadLetter, Transition
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
@@ -43,6 +45,12 @@ class TransitionSink:
         self.store = AlertStore(path, hooks=[self.outbox.enqueue])
         self.delivery = WebhookDelivery(path, settings.webhooks)
         self.counters: Counter[str] = Counter()
+        # Incidents are grouped here: this is the one consumer of every partition's transitions (its own
+        # consumer group, one sink), and it owns the store the grouping commits with.
+        self.incidents, start = open_book(settings.incidents, self.store, time.time())
+        changes = self.incidents.take_changes()
+        if start.incident_transitions or changes.incidents or changes.members:
+            self.store.commit(start, [], {}, incidents=changes.incidents, members=changes.members)
 
     def _unseen(self, transitions: list[Transition]) -> list[Transition]:
         ids = list({t.id for t in transitions})
@@ -68,10 +76,16 @@ class TransitionSink:
         if not out.transitions and not out.dead_letters:
             return out
         latest = {t.alert.id: t.alert for t in out.transitions}  # in order: the last snapshot wins
-        self.store.commit(out, latest.values(), {})
+        self.incidents.group(out)
+        changes = self.incidents.take_changes()
+        try:
+            self.store.commit(out, latest.values(), {}, incidents=changes.incidents, members=changes.members)
+        except BaseException:
+            self.incidents.give_back(changes)
+            raise
         self.counters["transitions"] += len(out.transitions)
         self.counters["dead_letters"] += len(out.dead_letters)
-        if out.transitions:
+        if out.transitions or out.incident_transitions:
             self.delivery.notify()
         return out
 
