@@ -20,6 +20,7 @@ from aiohttp import web
 from citywatch.config import ApiSettings
 from citywatch.errors import AlertError
 from citywatch.httpserve import GUARD_KEY, serve
+from citywatch.loop import silences_api
 from citywatch.model import TERMINAL_STATUSES
 from citywatch.sinks.alertreader import AlertReader
 from citywatch.sinks.database import make_private
@@ -111,7 +112,9 @@ async def _stats(request: web.Request) -> web.Response:
 
 
 async def _alerts(request: web.Request) -> web.Response:
-    return _json(sorted(_runner(request).engine.by_id.values(), key=lambda a: a.opened_at))
+    runner = _runner(request)
+    alerts = sorted(runner.engine.by_id.values(), key=lambda a: a.opened_at)
+    return _json(silences_api.mark(alerts, runner.silences.in_force(), runner.clock(), runner.engine.safety))
 
 
 async def _stored(request: web.Request, alert_id: str) -> Any:
@@ -126,7 +129,8 @@ async def _alert(request: web.Request) -> web.Response:
         alert = await _stored(request, alert_id)
         if alert is None:
             return _json({"error": f"no alert {alert_id}"}, 404)
-    return _json(alert)
+    runner = _runner(request)
+    return _json(silences_api.mark([alert], runner.silences.in_force(), runner.clock(), runner.engine.safety)[0])
 
 
 async def _actor(request: web.Request) -> str:
@@ -199,6 +203,7 @@ def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
     dispatch_api.register(app)
     from citywatch.loop import kpis_api  # noqa: PLC0415 (the loop's figures: GET /kpis)
     kpis_api.register(app)
+    silences_api.register(app)
     return app
 
 

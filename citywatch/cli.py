@@ -183,17 +183,23 @@ def alerts() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def alerts_list(ctx: Context, show_all: bool, as_json: bool) -> None:
-    """Open alerts (newest first)."""
-    store = _store(ctx, ("alerts",))
+    """Open alerts (newest first); those a silence in force covers end with `silenced by <id>`."""
+    from citywatch.loop.silences import in_force
+    from citywatch.loop.silences_api import mark
+
+    store = _store(ctx, ("alerts", "silences"))
     found = store.alerts(None if show_all else "open")
+    now = time.time()
+    marked = mark(found, in_force(store.conn, now), now, ctx.settings.alerts.safety_rules)  # with silenced, silence_id
     store.close()
     if as_json:
-        click.echo(msgspec.json.encode(found).decode())
+        click.echo(msgspec.json.encode(marked).decode())
         return
     from citywatch.terminal import for_terminal
 
-    for a in found:  # device text escaped: a device cannot drive the operator's terminal
-        fields = (a.id, a.status, a.severity, a.rule, a.device_id, f"opened {_ts(a.opened_at)}", a.message)
+    for a, m in zip(found, marked, strict=True):  # device text escaped: a device cannot drive the operator's terminal
+        fields = (a.id, a.status, a.severity, a.rule, a.device_id, f"opened {_ts(a.opened_at)}", a.message,
+                  *((f"silenced by {m['silence_id']}",) if m["silenced"] else ()))
         click.echo("\t".join(for_terminal(f) for f in fields))
     click.echo(f"{len(found)} alerts", err=True)
 
@@ -321,6 +327,7 @@ from citywatch.dashboards.cli import dashboards  # noqa: E402  (commands defined
 from citywatch.devices.cli import devices  # noqa: E402
 from citywatch.loop.dispatch_cli import add_commands as add_dispatch_commands  # noqa: E402
 from citywatch.loop.incidents_cli import incidents  # noqa: E402
+from citywatch.loop.silences_cli import silences  # noqa: E402
 from citywatch.report import report_command  # noqa: E402
 from citywatch.sinks.cli import influx, webhooks  # noqa: E402
 from citywatch.streams.faust_cli import bridge_command, worker_command  # noqa: E402
@@ -334,6 +341,7 @@ main.add_command(bridge_command)
 main.add_command(worker_command)
 main.add_command(webhooks)
 main.add_command(influx)
+main.add_command(silences)
 main.add_command(incidents)
 add_dispatch_commands(alerts)  # alerts assign / on-site / rectify / reject / close
 

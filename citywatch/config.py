@@ -140,6 +140,11 @@ class WebhookRoute(Section):
     min_severity: str = Field("info", pattern="^(info|warning|critical)$")
     secret: SecretStr | None = None  # defaults to webhooks.secret
     receive: list[str] = ["alerts"]  # alert transitions, incident transitions (citywatch/loop/incidents.py), or both
+    # Escalation up the grid hierarchy: with a level (one of alerts.escalation.levels), the route gets the
+    # transitions of alerts at that level (from the `escalated` that took them there); None: any level.
+    level: str | None = None
+    communities: list[str] = []
+    cities: list[str] = []
 
     _url = field_validator("url")(_http_url)
     _receive = field_validator("receive")(_receive_streams)
@@ -343,6 +348,13 @@ class IncidentSettings(Section):
         return groups
 
 
+class SilenceSettings(Section):
+    """Silences and maintenance windows (citywatch/loop/silences.py): the longest allowed."""
+
+    max_safety_h: float = Field(24.0, gt=0)  # a life-safety rule: per device only, at most this long
+    max_days: float = Field(90.0, gt=0)  # any silence
+
+
 def _below(section: str, low_name: str, info: ValidationInfo, high_name: str, high: float) -> None:
     """Cross-field check (fields validate in order, so the lower one is already in info.data)."""
     low = info.data.get(low_name)
@@ -509,6 +521,16 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     retention: RetentionSettings = RetentionSettings()
     incidents: IncidentSettings = IncidentSettings()
+    silences: SilenceSettings = SilenceSettings()
+
+    @model_validator(mode="after")
+    def _route_levels(self) -> Settings:
+        levels = self.alerts.escalation.levels
+        for route in self.webhooks.routes:
+            if route.level is not None and route.level not in levels:
+                raise ConfigError(f"invalid configuration: webhooks.routes[{route.name}].level: {route.level!r} "
+                                  f"is not one of alerts.escalation.levels {levels}")
+        return self
 
     @field_validator("timezone")
     @classmethod

@@ -3,6 +3,10 @@
 Writing the webhook in the same commit as the alert means a transition is never lost between
 "stored" and "sent" (a crash leaves a pending row) and never announced before it is stored.
 `WebhookDelivery` (webhooks.py) drains the rows; this module does no I/O but SQL.
+
+A transition a silence in force covers (citywatch/loop/silences.py) is written `held` with the
+silence id instead of `pending`; when the silence ends its rows are released (`pending`, same
+webhook-id, original order) or `suppressed` (the alert ended unseen).
 """
 
 from __future__ import annotations
@@ -10,22 +14,24 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from pydantic import SecretStr
 
-from citywatch.config import WebhookRoute, WebhookSettings
+from citywatch.config import EscalationSettings, WebhookRoute, WebhookSettings
 from citywatch.errors import ConfigError
+from citywatch.loop.silences import Holds
 from citywatch.model import SEVERITY_RANK, Transition
 from citywatch.streams.pipeline import Output
 
 DEFAULT_ROUTE = "default"
 
-# One row per (transition, endpoint). status: pending -> delivered | dead. Rows of one
-# (endpoint, alert) are sent in `seq` order; delivered rows stay as the audit trail.
+# One row per (transition, endpoint). status: pending -> delivered | dead; held (silence_id: a silence
+# keeps it back) -> pending | suppressed (never sent). Rows of one (endpoint, alert) are sent in `seq`
+# order; delivered rows stay as the audit trail.
 OUTBOX_SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS webhook_outbox (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -42,6 +48,7 @@ OUTBOX_SCHEMA: tuple[str, ...] = (
         last_attempt_at REAL,
         last_status INTEGER,
         last_error TEXT,
+        silence_id TEXT,
         UNIQUE (webhook_id, endpoint)
     )""",
     "CREATE INDEX IF NOT EXISTS webhook_outbox_lane ON webhook_outbox (status, endpoint, alert_id, seq)",
@@ -50,7 +57,7 @@ OUTBOX_SCHEMA: tuple[str, ...] = (
 
 _INSERT = (
     "INSERT OR IGNORE INTO webhook_outbox (webhook_id, endpoint, url, alert_id, body, created_at,"
-    " attempts, next_attempt_at, status) VALUES (?, ?, ?, ?, ?, ?, 0, 0, 'pending')"
+    " attempts, next_attempt_at, status, silence_id) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?)"
 )
 
 _encode = msgspec.json.Encoder().encode
@@ -60,6 +67,9 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
     """Create the outbox table; safe inside an open transaction (no executescript, which commits)."""
     for statement in OUTBOX_SCHEMA:
         conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(webhook_outbox)")}
+    if "silence_id" not in columns:  # a file from before silences
+        conn.execute("ALTER TABLE webhook_outbox ADD COLUMN silence_id TEXT")
 
 
 def rfc3339(ts: float | None) -> str | None:
@@ -115,22 +125,38 @@ def route_secret(settings: WebhookSettings, name: str) -> SecretStr | None:
     return settings.secret
 
 
-def matches(route: WebhookRoute, transition: Transition) -> bool:
-    """Every non-empty filter must contain the alert's value, and the severity must reach the floor."""
+DEFAULT_LEVELS: tuple[str, ...] = tuple(EscalationSettings().levels)
+
+
+def level_name(escalation_level: int, levels: Sequence[str] = DEFAULT_LEVELS) -> str:
+    """The name of an alert's escalation level (capped at the top one)."""
+    return levels[max(0, min(escalation_level, len(levels) - 1))]
+
+
+def matches(route: WebhookRoute, transition: Transition, levels: Sequence[str] = DEFAULT_LEVELS) -> bool:
+    """Every non-empty filter must contain the alert's value, the severity must reach the floor, and a
+    route with a `level` takes only alerts escalated to that level (alerts.escalation.levels)."""
     a = transition.alert
+    place = a.device
     return (
         (not route.kinds or a.kind in route.kinds)
-        and (not route.districts or a.device.get("district") in route.districts)
-        and (not route.grids or a.device.get("grid") in route.grids)
+        and (not route.districts or place.get("district") in route.districts)
+        and (not route.grids or place.get("grid") in route.grids)
+        and (not route.communities or place.get("community") in route.communities)
+        and (not route.cities or place.get("city") in route.cities)
         and (not route.rules or a.rule in route.rules)
         and SEVERITY_RANK.get(a.severity, -1) >= SEVERITY_RANK[route.min_severity]
+        and (route.level is None or level_name(a.escalation_level, levels) == route.level)
     )
 
 
 class Outbox:
     """The store's tx hook: `AlertStore(path, hooks=[outbox.enqueue])`."""
 
-    def __init__(self, settings: WebhookSettings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: WebhookSettings, clock: Callable[[], float] = time.time,
+                 levels: Sequence[str] = DEFAULT_LEVELS, safety_rules: frozenset[str] = frozenset()) -> None:
+        self.levels = tuple(levels)  # alerts.escalation.levels: what a route's `level` names
+        self.safety_rules = safety_rules  # alerts.safety_rules: only a per-device silence holds them
         self.public_url = settings.public_url
         self.routes = list(settings.routes)
         self.default = WebhookRoute(name=DEFAULT_ROUTE, url=settings.url) if settings.url else None
@@ -139,7 +165,7 @@ class Outbox:
         self.counters: Counter[str] = Counter()  # enqueued, unrouted
 
     def route(self, transition: Transition) -> list[WebhookRoute]:
-        hits = [r for r in self.routes if matches(r, transition)]
+        hits = [r for r in self.routes if matches(r, transition, self.levels)]
         if not hits and self.default is not None:
             hits = [self.default]
         return hits
@@ -150,6 +176,7 @@ class Outbox:
             return
         ensure_schema(conn)
         now = self.clock()
+        holds = Holds(conn, now, self.safety_rules)  # silences in force (citywatch/loop/silences.py)
         rows = []
         for t in out.transitions:
             targets = self.route(t)
@@ -157,6 +184,10 @@ class Outbox:
                 self.counters["unrouted"] += 1
                 continue
             body = render_payload(t, self.public_url)
-            rows += [(t.id, r.name, r.url, t.alert_id, body, now) for r in targets]
+            silence = holds.for_alert(t.alert)
+            for r in targets:
+                held = holds.hold(r.name, t.alert_id, silence)
+                rows.append((t.id, r.name, r.url, t.alert_id, body, now, "held" if held else "pending", held))
         conn.executemany(_INSERT, rows)
         self.counters["enqueued"] += len(rows)
+        self.counters["held"] += sum(1 for row in rows if row[-1] is not None)

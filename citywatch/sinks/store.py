@@ -18,6 +18,7 @@ import msgspec
 
 from citywatch.config import RetentionSettings
 from citywatch.detectors.baseline import plain_hook
+from citywatch.loop.silences import SILENCES_SCHEMA
 from citywatch.model import Alert, DeadLetter, Incident, IncidentTransition, KeyState, Transition
 from citywatch.sinks.database import open_database
 from citywatch.sinks.sampling import DeadLetterSampler
@@ -99,6 +100,7 @@ CREATE TABLE IF NOT EXISTS archive_pending (
     alert_ids TEXT NOT NULL
 );
 """
+SCHEMA += SILENCES_SCHEMA  # silences and maintenance windows (citywatch/loop/silences.py)
 # Counter names (table `counters`): readings, statuses, dead_letters (all), dead_letter.<reason> (all of
 # that reason), sampled_out.<reason> and dead_letters.sampled_out (counted, not stored), dead_letters.purged,
 # dead_letters.stored_bytes (the size of the stored rows, as ROW_BYTES counts it: retention's size bound).

@@ -34,6 +34,7 @@ from citywatch.ingest.collector import Collector, Message, message_size, parse_u
 from citywatch.ingest.collector_process import ProcessCollector
 from citywatch.ingest.handoff import Handoff
 from citywatch.loop.incidents import IncidentDispatch, dispatch_incident, open_book
+from citywatch.loop.silence_book import SilenceBook
 from citywatch.model import KeyState, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.sinks.retention import Retention
@@ -116,7 +117,7 @@ class EmbeddedRunner:
         with naming(registry_path(settings.data_dir)):
             self.registry = Registry(registry_path(settings.data_dir))
             self.devices = RegistryCache(self.registry)
-        self.outbox = Outbox(settings.webhooks)
+        self.outbox = Outbox(settings.webhooks, clock, settings.alerts.escalation.levels, settings.alerts.safety_rules)
         with naming(store_path(settings.data_dir)):
             self.store = AlertStore(store_path(settings.data_dir), hooks=[self.outbox.enqueue],
                                     retention=settings.retention)
@@ -133,6 +134,9 @@ class EmbeddedRunner:
             self.delivery = WebhookDelivery(store_path(settings.data_dir), settings.webhooks)
         self.influx = InfluxSink(settings.influx, settings.data_dir) if settings.influx.url else None
         self.retention = Retention(settings.retention, settings.data_dir)
+        self.silences = SilenceBook(self.store.conn, settings, clock, influx=self.influx,
+                                    on_release=self.delivery.notify)  # citywatch/loop/silences.py
+        self.silences.start()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -305,6 +309,8 @@ class EmbeddedRunner:
         self.incidents.group(out)  # per batch, on its transitions only: the per-reading path is untouched
         if not await self._store_until_written(out, stop):
             return  # stopping while storage fails: unacknowledged, so the broker redelivers
+        if tick:
+            self.silences.tick(now)  # silences whose end passed release their held webhooks
         self._published(out)
         if not await self._to_influx(out, stop):
             return
