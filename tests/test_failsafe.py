@@ -95,3 +95,17 @@ def test_flapping_groups_cycles_of_a_safety_alarm_but_sends_its_opening_and_ever
     rise = [(tr.transition, tr.alert.severity) for tr in feed(p, GAS, t, lel_pct=60.0).transitions
             if tr.alert.rule == "gas_level"]
     assert rise == [("updated", "critical")]
+
+
+def test_an_online_status_re_arms_the_offline_timer_across_a_restart() -> None:
+    from citywatch.detectors.lifecycle import AlertEngine
+    from citywatch.streams.pipeline import Pipeline
+
+    p = make_pipeline(GAS, started_at=T0)
+    out = Output()
+    p.process("citywatch/gas/g1/status", b"online", T0, out)
+    assert "seen" not in p.states["g1"]  # `seen` stays the last data (devices check reads it)
+    restarted = Pipeline(p.settings, p.devices, AlertEngine(p.settings.alerts), dict(p.states), started_at=T0 + 1)
+    late = Output()
+    restarted.tick(T0 + 182, late)
+    assert opened(late) == ["device_offline"]  # armed from the online status, not forgotten by the restart

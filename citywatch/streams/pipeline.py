@@ -105,7 +105,7 @@ class Pipeline:
         self.counters: Counter[str] = Counter()
         self.deadman = Deadman(grace_from=started_at)
         for device_id, state in self.states.items():
-            seen = state.get("seen")
+            seen = max(state.get("seen", 0.0), state.get("online_at", 0.0)) or None
             timeout = state.get("timeout")
             if seen is not None and timeout is not None and not self.alerts.is_open(device_id, OFFLINE_RULE):
                 self.deadman.seen(device_id, timeout, seen)
@@ -231,7 +231,7 @@ class Pipeline:
         if state is None:
             state = self.states[device.id] = {}
         self.dirty.add(device.id)
-        state["seen"] = received_at
+        state["online_at"] = received_at  # not `seen`: that is the last data (devices check reads it)
         state["timeout"] = timeout = device.interval_s * self.offline_intervals
         self.deadman.seen(device.id, timeout, received_at)
         alert = self.alerts.by_key.get((device.id, OFFLINE_RULE))
