@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from citywatch.config import EscalationSettings, WebhookRoute, WebhookSettings
 from citywatch.errors import ConfigError
 from citywatch.loop.silences import Holds
-from citywatch.model import SEVERITY_RANK, Transition
+from citywatch.model import SEVERITY_RANK, TERMINAL_STATUSES, IncidentTransition, Transition
 from citywatch.streams.pipeline import Output
 
 DEFAULT_ROUTE = "default"
@@ -104,6 +104,37 @@ def render_payload(transition: Transition, public_url: str) -> bytes:
     return _encode(body)
 
 
+def render_incident_payload(transition: IncidentTransition, public_url: str) -> bytes:
+    """An incident transition (`type: incident.<transition>`): the incident as it was then, with every
+    member alert (its status and severity at that moment, its device and a link), and links."""
+    i = transition.incident
+    base = public_url.rstrip("/")
+    members = i.members
+    body: dict[str, Any] = {
+        "id": transition.id,
+        "type": f"incident.{transition.transition}",
+        "transition": transition.transition,
+        "reason": transition.reason,
+        "at": rfc3339(transition.at),
+        "incident": {
+            "id": i.id, "group": i.group, "key": i.key, "status": i.status, "severity": i.severity,
+            "opened_at": rfc3339(i.opened_at), "updated_at": rfc3339(i.updated_at),
+            "last_joined_at": rfc3339(i.last_joined_at), "closed_at": rfc3339(i.closed_at), "assignee": i.assignee,
+            "location": {"lat": i.lat, "lon": i.lon} if i.lat is not None else None,
+            "member_count": len(members),
+            "open_member_count": sum(1 for m in members if m.status not in TERMINAL_STATUSES),
+            "kinds": sorted({m.kind for m in members}), "rules": sorted({m.rule for m in members}),
+            "districts": sorted({str(m.device.get("district") or "") for m in members} - {""}),
+            "grids": sorted({str(m.device.get("grid") or "") for m in members} - {""}),
+            "members": [{"alert_id": m.alert_id, "device_id": m.device_id, "kind": m.kind, "rule": m.rule,
+                         "severity": m.severity, "status": m.status, "opened_at": rfc3339(m.joined_at),
+                         "device": m.device, "link": f"{base}/alerts/{m.alert_id}"} for m in members],
+        },
+        "links": {"self": f"{base}/incidents/{i.id}"},
+    }
+    return _encode(body)
+
+
 def endpoints(settings: WebhookSettings) -> list[WebhookRoute]:
     """The configured routes plus the default one (when `url` is set), names checked unique."""
     routes = list(settings.routes)
@@ -150,6 +181,30 @@ def matches(route: WebhookRoute, transition: Transition, levels: Sequence[str] =
     )
 
 
+def matches_incident(route: WebhookRoute, transition: IncidentTransition,
+                     levels: Sequence[str] = DEFAULT_LEVELS) -> bool:
+    """A filter matches an incident when any member matches it; the severity floor is compared with
+    the incident's severity. Incidents are at the grid level (escalation is per alert), so a route
+    with a `level` above the first gets none."""
+    i = transition.incident
+    members = i.members
+
+    def has(values: list[str], get: Callable[[Any], Any]) -> bool:
+        return not values or any(get(m) in values for m in members)
+
+    level = getattr(route, "level", None)
+    return (
+        has(route.kinds, lambda m: m.kind)
+        and has(route.rules, lambda m: m.rule)
+        and has(route.districts, lambda m: m.device.get("district"))
+        and has(route.grids, lambda m: m.device.get("grid"))
+        and has(getattr(route, "communities", []), lambda m: m.device.get("community"))
+        and has(getattr(route, "cities", []), lambda m: m.device.get("city"))
+        and SEVERITY_RANK.get(i.severity, -1) >= SEVERITY_RANK[route.min_severity]
+        and (level is None or (bool(levels) and level == levels[0]))
+    )
+
+
 class Outbox:
     """The store's tx hook: `AlertStore(path, hooks=[outbox.enqueue])`."""
 
@@ -159,20 +214,45 @@ class Outbox:
         self.safety_rules = safety_rules  # alerts.safety_rules: only a per-device silence holds them
         self.public_url = settings.public_url
         self.routes = list(settings.routes)
-        self.default = WebhookRoute(name=DEFAULT_ROUTE, url=settings.url) if settings.url else None
+        self.default = (WebhookRoute(name=DEFAULT_ROUTE, url=settings.url, receive=list(settings.receive))
+                        if settings.url else None)
         endpoints(settings)  # validates the names
         self.clock = clock
         self.counters: Counter[str] = Counter()  # enqueued, unrouted
 
     def route(self, transition: Transition) -> list[WebhookRoute]:
-        hits = [r for r in self.routes if matches(r, transition, self.levels)]
-        if not hits and self.default is not None:
+        hits = [r for r in self.routes if "alerts" in r.receive and matches(r, transition, self.levels)]
+        if not hits and self.default is not None and "alerts" in self.default.receive:
             hits = [self.default]
         return hits
 
+    def route_incident(self, transition: IncidentTransition) -> list[WebhookRoute]:
+        """Routes with `receive: [incidents]` (or both) matching the incident, else the default route
+        if it receives incidents."""
+        hits = [r for r in self.routes if "incidents" in r.receive and matches_incident(r, transition, self.levels)]
+        if not hits and self.default is not None and "incidents" in self.default.receive:
+            hits = [self.default]
+        return hits
+
+    def _incident_rows(self, out: Output, now: float, holds: Holds) -> list[tuple[Any, ...]]:
+        """Outbox rows of the batch's incident transitions; the incident id is the ordering lane
+        (column alert_id), so one incident's transitions reach each endpoint in order."""
+        rows: list[tuple[Any, ...]] = []
+        for t in out.incident_transitions:
+            targets = self.route_incident(t)
+            if not targets:
+                self.counters["unrouted_incidents"] += 1
+                continue
+            body = render_incident_payload(t, self.public_url)
+            silence = None  # incident silences: citywatch/loop/silences.py
+            for r in targets:
+                held = holds.hold(r.name, t.incident_id, silence)
+                rows.append((t.id, r.name, r.url, t.incident_id, body, now, "held" if held else "pending", held))
+        return rows
+
     def enqueue(self, conn: sqlite3.Connection, out: Output) -> None:
         """Insert one row per (transition, endpoint) in the caller's open transaction."""
-        if not out.transitions:
+        if not out.transitions and not out.incident_transitions:
             return
         ensure_schema(conn)
         now = self.clock()
@@ -188,6 +268,7 @@ class Outbox:
             for r in targets:
                 held = holds.hold(r.name, t.alert_id, silence)
                 rows.append((t.id, r.name, r.url, t.alert_id, body, now, "held" if held else "pending", held))
+        rows += self._incident_rows(out, now, holds)
         conn.executemany(_INSERT, rows)
         self.counters["enqueued"] += len(rows)
         self.counters["held"] += sum(1 for row in rows if row[-1] is not None)
