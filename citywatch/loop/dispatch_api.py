@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -142,7 +141,7 @@ class Inbound:
     def _incident(self, event: DispatchEvent, writer: Any) -> None:
         """An incident-level action: fanned out to the member alerts by the runner (incidents.py)."""
         dispatch_incident = getattr(self.runner, "dispatch_incident", None)
-        if dispatch_incident is None or "also" not in inspect.signature(dispatch_incident).parameters:
+        if dispatch_incident is None:
             raise Refused(501, "not_implemented", "this runner does not dispatch incidents yet: act on the member "
                                                   "alerts (alert.<action> with alert_id)")
         try:

@@ -134,6 +134,7 @@ class DispatchSystem:
         self._wake = threading.Condition(self.lock)
         self._stopping = False
         self._busy = False
+        self._held = False
         system = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -209,8 +210,8 @@ class DispatchSystem:
             return
         case.events.append(transition)
         status = str((payload.get(scope) or {}).get("status", ""))
-        if transition == "rectified" and status == "rectified" and case.plan != "never":
-            case.latched = True  # nothing to measure: a person confirms
+        if transition == "rectified" and status == "rectified" and scope == "alert" and case.plan != "never":
+            case.latched = True  # nothing to measure: a person confirms (an incident closes with its members)
             self._later(self.delays.confirm, case, "closed")
         elif transition == "reopened" and case.plan != "never":  # back on site, properly this time
             self._later(self.delays.retry_after_reopen, case, "on_site")
@@ -263,8 +264,8 @@ class DispatchSystem:
     def _work(self) -> None:
         while True:
             with self._wake:
-                while not self._stopping and (not self._queue or self._queue[0][0] > time.monotonic()):
-                    timeout = self._queue[0][0] - time.monotonic() if self._queue else None
+                while not self._stopping and (self._held or not self._queue or self._queue[0][0] > time.monotonic()):
+                    timeout = self._queue[0][0] - time.monotonic() if self._queue and not self._held else None
                     self._wake.wait(timeout)
                 if self._stopping:
                     return
@@ -277,6 +278,16 @@ class DispatchSystem:
             finally:
                 with self.lock:
                     self._busy = False
+
+    def hold(self) -> None:
+        """Keep queued messages back until `release()` (the dispatch centre is busy: cases pile up)."""
+        with self._wake:
+            self._held = True
+
+    def release(self) -> None:
+        with self._wake:
+            self._held = False
+            self._wake.notify_all()
 
     def idle(self) -> bool:
         """Nothing queued or being sent (delayed steps included)."""
