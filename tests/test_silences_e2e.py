@@ -109,6 +109,7 @@ def test_a_maintenance_window_on_a_grid_holds_its_webhooks_until_it_ends(
     settings = setup(tmp_path, mosquitto, receiver)
     clock = {"now": time.time()}
     run = RunnerThread(settings, clock=lambda: clock["now"]).start()
+    assert run.runner is not None
     try:
         # set through the CLI: a runner owns the data dir, so it goes through its API
         added = cli(settings, "silences", "add", "--grid", "G7", "--kind", "noise", "--kind", "water", "--for", "2h",
@@ -168,6 +169,7 @@ def test_a_maintenance_window_on_a_grid_holds_its_webhooks_until_it_ends(
 
     # a restart during the silence keeps it: new G7 alerts are held too
     run = RunnerThread(settings, clock=lambda: clock["now"]).start()
+    assert run.runner is not None
     try:
         base = f"http://127.0.0.1:{run.runner.api_port}"
         status, listed = http("GET", f"{base}/silences", token)

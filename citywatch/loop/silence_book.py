@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 from citywatch.config import Settings
 from citywatch.loop import silences as sil
 from citywatch.loop.silences import Policy, Released, Silence, SilenceNotFound, SilenceRequest
+from citywatch.sinks.outbox import ensure_schema
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class SilenceBook:
     def __init__(self, conn: sqlite3.Connection, settings: Settings, clock: Callable[[], float] = time.time, *,
                  rules: frozenset[str] | None = None, influx: Any = None,
                  on_release: Callable[[], None] | None = None) -> None:
+        ensure_schema(conn)  # the outbox table, which release reads (a store that never sent anything has none)
         self.conn = conn
         self.policy = policy(settings, rules)
         self.local = ZoneInfo(settings.timezone)
@@ -113,7 +115,7 @@ class SilenceBook:
             if silence is None:
                 raise SilenceNotFound(f"no silence {silence_id}")
             sil.mark_ended(self.conn, silence, by, now)
-            released = sil.release(self.conn, [silence], now)
+            released = sil.release(self.conn, [silence], now, self.policy.safety_rules)
         log.info("silence %s ended early by %s: %d webhooks released, %d suppressed, %d still held by another",
                  silence.id, by, *released)
         self._changed(silence)
@@ -149,7 +151,7 @@ class SilenceBook:
                 self._write_points()
                 return None
             with transaction(self.conn):
-                released = sil.release(self.conn, over, now)
+                released = sil.release(self.conn, over, now, self.policy.safety_rules)
         except sqlite3.OperationalError as exc:
             if self._storage_error is None:
                 log.error("silences: cannot release held webhooks (%s); retrying", exc)

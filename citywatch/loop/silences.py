@@ -29,14 +29,14 @@ import json
 import re
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from typing import Any, NamedTuple
 
 import msgspec
 
 from citywatch.errors import CitywatchError
-from citywatch.model import KINDS, TERMINAL_STATUSES, Alert
+from citywatch.model import KINDS, TERMINAL_STATUSES, Alert, Incident, IncidentMember
 
 # Matchers a silence may combine, most specific first. community and city are devices' places
 # above the grid (model.Device); a scope without one of them never matches a silence naming it.
@@ -342,16 +342,39 @@ def is_safety(alert: Alert, safety_rules: frozenset[str] = frozenset()) -> bool:
     return alert.safety or alert.rule in safety_rules
 
 
+def member_scope(member: IncidentMember) -> dict[str, Any]:
+    """The matcher values of one member alert of an incident."""
+    place = member.device
+    return {"device": member.device_id, "kind": member.kind, "rule": member.rule, "grid": place.get("grid"),
+            "community": place.get("community"), "district": place.get("district"), "city": place.get("city")}
+
+
+Scopes = Sequence[tuple[Mapping[str, Any], bool]]  # (matcher values, is a life-safety alarm) per alert
+
+
+def incident_scopes(incident: Incident, safety_rules: frozenset[str]) -> Scopes:
+    """An incident's scope is its members': a silence covers it only if it covers every member."""
+    return [(member_scope(m), m.rule in safety_rules) for m in incident.members]
+
+
 def silence_for(silences: Iterable[Silence], scope: Mapping[str, Any], *, safety: bool,
                 now: float) -> Silence | None:
     """The silence in force at `now` that covers `scope` (the one lasting longest), or None.
 
-    `scope`: matcher values of the subject (alert_scope, or an incident's place and kind); a key
-    missing from it never matches a silence naming that key. `safety`: the subject is (or holds) a
-    life-safety alarm, which only a per-device safety silence covers."""
+    `scope`: matcher values of the subject (alert_scope); a key missing from it never matches a
+    silence naming that key. `safety`: the subject is a life-safety alarm, which only a per-device
+    safety silence covers."""
+    return silence_for_all(silences, [(scope, safety)], now)
+
+
+def silence_for_all(silences: Iterable[Silence], scopes: Scopes, now: float) -> Silence | None:
+    """The silence in force covering every one of `scopes` (an incident's members), or None."""
+    if not scopes:
+        return None
     best: Silence | None = None
     for silence in silences:
-        if silence.in_force(now) and silence.covers(scope, safety) and (best is None or silence.ends_at > best.ends_at):
+        if (silence.in_force(now) and all(silence.covers(scope, safety) for scope, safety in scopes)
+                and (best is None or silence.ends_at > best.ends_at)):
             best = silence
     return best
 
@@ -376,9 +399,12 @@ class Holds:
             return None
         return silence_for(self.silences, alert_scope(alert), safety=is_safety(alert, self.safety_rules), now=self.now)
 
-    def for_scope(self, scope: Mapping[str, Any], safety: bool) -> Silence | None:
-        """For other subjects (incidents): their scope and whether they hold a safety alarm."""
-        return silence_for(self.silences, scope, safety=safety, now=self.now) if self.silences else None
+    def for_incident(self, incident: Incident) -> Silence | None:
+        """An incident is held only by a silence covering all its members (a grid silence never holds
+        an incident with a life-safety member)."""
+        if not self.silences:
+            return None
+        return silence_for_all(self.silences, incident_scopes(incident, self.safety_rules), self.now)
 
     def hold(self, endpoint: str, subject_id: str, silence: Silence | None) -> str | None:
         """The silence id the row of `subject_id` to `endpoint` is held under, or None (send it)."""
@@ -402,28 +428,42 @@ class Subject(NamedTuple):
     """What release needs to know about the alert (or incident) a held lane belongs to."""
 
     terminal: bool
-    scope: dict[str, Any]
-    safety: bool
+    scopes: Scopes  # one per alert (an incident: its members)
 
 
-SubjectLookup = Callable[[sqlite3.Connection, Sequence[str]], dict[str, Subject]]
+SubjectLookup = Callable[[sqlite3.Connection, Sequence[str], frozenset[str]], dict[str, Subject]]
 _decode_alert = msgspec.json.Decoder(Alert).decode
+_decode_incident = msgspec.json.Decoder(Incident).decode
 
 
-def alert_subjects(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, Subject]:
-    found: dict[str, Subject] = {}
+def _by_id(conn: sqlite3.Connection, table: str, ids: Sequence[str]) -> Iterator[tuple[str, str, bytes]]:
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
+        return
     for start in range(0, len(ids), 500):
         chunk = list(ids[start:start + 500])
-        rows = conn.execute(f"SELECT id, status, body FROM alerts WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-        for alert_id, status, body in rows:
-            alert = _decode_alert(body)
-            found[alert_id] = Subject(status in TERMINAL_STATUSES, alert_scope(alert), alert.safety)
+        yield from conn.execute(f"SELECT id, status, body FROM {table} WHERE id IN ({','.join('?' * len(chunk))})",
+                                chunk)
+
+
+def alert_subjects(conn: sqlite3.Connection, ids: Sequence[str], safety_rules: frozenset[str]) -> dict[str, Subject]:
+    found: dict[str, Subject] = {}
+    for alert_id, status, body in _by_id(conn, "alerts", ids):
+        alert = _decode_alert(body)
+        found[alert_id] = Subject(status in TERMINAL_STATUSES, [(alert_scope(alert), is_safety(alert, safety_rules))])
     return found
 
 
-# Where release looks up the subjects of held lanes, in order; a subject none of them knows is sent
-# (fail safe). The incidents module appends its own lookup for incident lanes.
-SUBJECT_LOOKUPS: list[SubjectLookup] = [alert_subjects]
+def incident_subjects(conn: sqlite3.Connection, ids: Sequence[str],
+                      safety_rules: frozenset[str]) -> dict[str, Subject]:
+    found: dict[str, Subject] = {}
+    for incident_id, status, body in _by_id(conn, "incidents", ids):
+        found[incident_id] = Subject(status == "closed", incident_scopes(_decode_incident(body), safety_rules))
+    return found
+
+
+# Where release looks up the subjects of held lanes (an outbox lane is an alert id or an incident
+# id); a subject none of them knows is sent (fail safe).
+SUBJECT_LOOKUPS: list[SubjectLookup] = [alert_subjects, incident_subjects]
 OPENINGS = frozenset({"opened", "flapping"})
 
 
@@ -434,7 +474,7 @@ class Released(NamedTuple):
 
 
 def release(conn: sqlite3.Connection, over: Sequence[Silence], now: float,
-            lookups: Sequence[SubjectLookup] | None = None) -> Released:
+            safety_rules: frozenset[str] = frozenset(), lookups: Sequence[SubjectLookup] | None = None) -> Released:
     """In the caller's transaction: decide the held rows of the silences `over` (see the module
     docstring) and mark those silences released."""
     ids = [s.id for s in over]
@@ -449,13 +489,13 @@ def release(conn: sqlite3.Connection, over: Sequence[Silence], now: float,
     subjects: dict[str, Subject] = {}
     wanted = list({subject_id for _, subject_id in lanes})
     for lookup in (SUBJECT_LOOKUPS if lookups is None else lookups):
-        subjects.update(lookup(conn, [i for i in wanted if i not in subjects]))
+        subjects.update(lookup(conn, [i for i in wanted if i not in subjects], safety_rules))
     remaining = [s for s in in_force(conn, now) if s.id not in ids]
     counts = {"pending": 0, "suppressed": 0, "reheld": 0}
     for (_endpoint, subject_id), held in lanes.items():
         seqs = [seq for seq, _ in held]
         subject = subjects.get(subject_id)
-        other = None if subject is None else silence_for(remaining, subject.scope, safety=subject.safety, now=now)
+        other = None if subject is None else silence_for_all(remaining, subject.scopes, now)
         if subject is not None and subject.terminal and _opening(held[0][1]):
             _set(conn, seqs, "status = 'suppressed'")
             counts["suppressed"] += len(seqs)
