@@ -179,6 +179,7 @@ class IncidentBook:
         self.by_key: dict[tuple[str, ...], list[Incident]] = {}
         self.members: dict[str, tuple[Incident, IncidentMember]] = {}
         self._keys: dict[str, tuple[str, ...]] = {}
+        self._open: dict[str, int] = {}  # per open incident: members not yet resolved or closed
         self._dirty: dict[str, Incident] = {}
         self._new_members: list[MemberRow] = []
         for incident in open_incidents:
@@ -191,10 +192,12 @@ class IncidentBook:
         self.by_key.setdefault(key, []).append(incident)
         for member in incident.members:
             self.members[member.alert_id] = (incident, member)
+        self._open[incident.id] = sum(1 for m in incident.members if not _terminal(m.status))
 
     def _forget(self, incident: Incident) -> None:
         del self.by_id[incident.id]
         key = self._keys.pop(incident.id)
+        del self._open[incident.id]
         bucket = self.by_key[key]
         bucket.remove(incident)
         if not bucket:
@@ -265,6 +268,7 @@ class IncidentBook:
             return
         incident.members.append(member)
         self.members[alert.id] = (incident, member)
+        self._open[incident.id] += not _terminal(member.status)
         incident.last_joined_at = max(incident.last_joined_at, at)
         incident.updated_at = max(incident.updated_at, at)
         if incident.lat is None and lat is not None:
@@ -293,6 +297,7 @@ class IncidentBook:
 
     def _member_changed(self, incident: Incident, member: IncidentMember, status: str, severity: str, at: float,
                         sink: list[IncidentTransition]) -> None:
+        self._open[incident.id] += _terminal(member.status) - _terminal(status)
         member.status, member.severity = status, severity
         incident.updated_at = max(incident.updated_at, at)
         self._dirty[incident.id] = incident
@@ -300,7 +305,7 @@ class IncidentBook:
             incident.severity = severity
             sink.append(self._transition(incident, "updated", at, f"severity raised to {severity} by "
                                                                   f"{member.rule} on {member.device_id}"))
-        if _terminal(status) and all(_terminal(m.status) for m in incident.members):
+        if self._open[incident.id] == 0:
             incident.status, incident.closed_at = "closed", at
             self._forget(incident)
             sink.append(self._transition(incident, "closed", at, f"all {len(incident.members)} member alerts "
