@@ -244,3 +244,16 @@ def test_an_incident_is_dispatched_as_one_and_its_members_close_by_their_own_rea
     wait_until(lambda: sum(t == "alert.closed" for t in loop.dispatch.types()) == len(gauges), timeout=20)
     wait_until(lambda: "incident.closed" in loop.dispatch.types(case.target))
     assert all(loop.stored(a).status == "closed" for a in alert_ids)
+
+
+def test_a_forced_door_has_nothing_to_measure_and_closes_on_a_persons_confirmation(
+        loop_factory: Callable[..., Loop]) -> None:
+    door = Device(id="lock-door", kind="lock", district="Nanhu", grid="G001", tenants=2, interval_s=DAY)
+    loop = loop_factory([door], {"lock-door": "proper"})
+    loop.publish(door, event="forced_open")
+    alert_id = loop.alert_of(door)
+    loop.wait_types(alert_id, "opened", "assigned", "on_site", "rectified", "closed")
+    assert loop.body(alert_id, "rectified")["alert"]["status"] == "rectified"  # awaiting confirmation
+    closed = loop.body(alert_id, "closed")
+    assert closed["reason"] == "closed: confirmed by dispatch-sim"
+    assert loop.stored(alert_id).closed_by == "dispatch-sim"

@@ -7,12 +7,13 @@ own signed messages, as a dispatch centre and its field teams would:
 
 * `proper`: assigned, on_site, then rectified once the team had time to fix it;
 * `early`: assigned and rectified at once, while the sensor may still alarm (citywatch answers with
-  `reopened`; the team then comes back and rectifies properly);
+  `reopened`; the team then goes back to that device, on_site and rectified, alert by alert);
 * `reject`: the first team rejects it (not theirs), another team is assigned and handles it properly;
 * `never`: nothing at all (citywatch escalates it up the grid hierarchy).
 
-A latched case (nothing to measure: `rectified` leaves it awaiting confirmation) is confirmed with
-`closed`. The plan of each case is drawn from a random generator seeded with `seed` and the case's
+A latched alert (nothing to measure: `alert.rectified` leaves it `rectified`, awaiting confirmation)
+is confirmed with `alert.closed`; with `level="incident"` the alert webhooks are still read for that
+and for `reopened`, so a route should send this system both (`receive: [alerts, incidents]`). The plan of each case is drawn from a random generator seeded with `seed` and the case's
 own key (device and rule, or the incident's key), so the same seed gives every case the same plan
 whatever the order in which cases arrive. Messages go out one at a time, in order; a 5xx or a
 connection error is retried with the same webhook-id (as a real sender does). Everything sent and
@@ -56,6 +57,10 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
+def subject_rule(payload: dict[str, Any]) -> str:
+    return str((payload.get("alert") or {}).get("rule", ""))
+
+
 def _key(secret: str) -> Webhook:
     return Webhook(secret) if secret.startswith("whsec_") else Webhook(secret.encode())
 
@@ -94,7 +99,6 @@ class Case:
     target: str  # alert id or incident id
     key: str  # device/rule or incident key: what the plan's random draw is seeded with
     plan: str
-    latched: bool = False
     events: list[str] = field(default_factory=list)  # webhook types received for it, in order
     team: str = ""
 
@@ -194,63 +198,63 @@ class DispatchSystem:
 
     def _react(self, payload: dict[str, Any]) -> None:
         """Called with the lock held: open a case, or move one on."""
-        kind = str(payload.get("type", ""))
-        scope = kind.partition(".")[0]
+        scope, _, transition = str(payload.get("type", "")).partition(".")
+        subject = payload.get(scope) or {}
+        target = str(subject.get("id", ""))
+        if scope == "alert" and transition == "rectified" and subject.get("status") == "rectified":
+            # nothing to measure (a forced door): a person checks and confirms the closure
+            self._later(self.delays.confirm, "alert", target, "closed")
+        elif scope == "alert" and transition == "reopened":  # the team goes back to that device
+            self._later(self.delays.retry_after_reopen, "alert", target, "on_site")
+            self._later(self.delays.retry_after_reopen + self.delays.rectify, "alert", target, "rectified",
+                        note="rectified again after the condition returned")
         if scope != self.level:
             return
-        target = str((payload.get(scope) or {}).get("id", ""))
         case = self.cases.get(target)
-        transition = kind.partition(".")[2]
-        if case is None:
-            if transition not in ("opened", "flapping"):
-                return
+        if case is None and transition in ("opened", "flapping"):
             case = self.cases[target] = self._open_case(scope, target, payload)
-            case.events.append(transition)
             self._start(case)
-            return
-        case.events.append(transition)
-        status = str((payload.get(scope) or {}).get("status", ""))
-        if transition == "rectified" and status == "rectified" and scope == "alert" and case.plan != "never":
-            case.latched = True  # nothing to measure: a person confirms (an incident closes with its members)
-            self._later(self.delays.confirm, case, "closed")
-        elif transition == "reopened" and case.plan != "never":  # back on site, properly this time
-            self._later(self.delays.retry_after_reopen, case, "on_site")
-            self._later(self.delays.retry_after_reopen + self.delays.rectify, case, "rectified",
-                        note="rectified again after the condition returned")
+        if case is not None:
+            case.events.append(transition)
+
+    def draw(self, key: str) -> tuple[str, str]:
+        """(plan, team) of the case with this key: seeded by `seed` and the key alone."""
+        rng = random.Random(f"citywatch-dispatch-sim/{self.seed}/{key}")
+        return rng.choices(PLANS, self.weights)[0], rng.choice(TEAMS)
 
     def _open_case(self, scope: str, target: str, payload: dict[str, Any]) -> Case:
         if scope == "alert":
-            alert = payload.get("alert") or {}
-            key = f"{(payload.get('device') or {}).get('id', '')}/{alert.get('rule', '')}"
+            key = f"{(payload.get('device') or {}).get('id', '')}/{subject_rule(payload)}"
         else:
             key = json.dumps((payload.get("incident") or {}).get("key", {}), sort_keys=True)
-        rng = random.Random(f"citywatch-dispatch-sim/{self.seed}/{key}")
-        plan = self.choose(key, payload) if self.choose is not None else None
-        if plan is None:
-            plan = rng.choices(PLANS, self.weights)[0]
-        if plan not in PLANS:
-            raise ValueError(f"unknown plan {plan!r}")
-        return Case(scope=scope, target=target, key=key, plan=plan, team=rng.choice(TEAMS))
+        plan, team = self.draw(key)
+        chosen = self.choose(key, payload) if self.choose is not None else None
+        if chosen is not None:
+            if chosen not in PLANS:
+                raise ValueError(f"unknown plan {chosen!r}")
+            plan = chosen
+        return Case(scope=scope, target=target, key=key, plan=plan, team=team)
 
     def _start(self, case: Case) -> None:
-        d = self.delays
+        d, scope, target = self.delays, case.scope, case.target
         if case.plan == "never":
             return
         if case.plan == "reject":
-            self._later(d.assign, case, "assigned", assignee=case.team)
-            self._later(d.assign, case, "rejected", reason="not in our area: please re-dispatch")
+            self._later(d.assign, scope, target, "assigned", assignee=case.team)
+            self._later(d.assign, scope, target, "rejected", reason="not in our area: please re-dispatch")
             case.team = next(t for t in TEAMS if t != case.team)
-        self._later(d.assign, case, "assigned", assignee=case.team)
+        self._later(d.assign, scope, target, "assigned", assignee=case.team)
         if case.plan == "early":
-            self._later(d.assign + d.early, case, "rectified", note="fixed (reported before the sensor cleared)")
+            self._later(d.assign + d.early, scope, target, "rectified",
+                        note="fixed (reported before the sensor cleared)")
             return
-        self._later(d.assign + d.on_site, case, "on_site")
-        self._later(d.assign + d.on_site + d.rectify, case, "rectified", note="fixed on site",
-                    evidence=[f"https://dispatch.example/cases/{case.target}/photo-1.jpg"])
+        self._later(d.assign + d.on_site, scope, target, "on_site")
+        self._later(d.assign + d.on_site + d.rectify, scope, target, "rectified", note="fixed on site",
+                    evidence=[f"https://dispatch.example/cases/{target}/photo-1.jpg"])
 
-    def _later(self, delay: float, case: Case, action: str, **detail: Any) -> None:
+    def _later(self, delay: float, scope: str, target: str, action: str, **detail: Any) -> None:
         """Queue a message (lock held). Equal delays keep the order they were queued in."""
-        event = {"type": f"{case.scope}.{action}", f"{case.scope}_id": case.target, "by": "dispatch-sim", **detail}
+        event = {"type": f"{scope}.{action}", f"{scope}_id": target, "by": "dispatch-sim", **detail}
         due = time.monotonic() + delay
 
         def job() -> None:
