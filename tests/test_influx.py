@@ -88,11 +88,13 @@ def test_alert_lines() -> None:
     resolved = engine.apply(device, Finding("gas_level", False, value=2.0), 1700000090.0)
     out = Output()
     out.transitions += [t for t in (opened, resolved) if t is not None]
-    first, second = lines_for(out)
+    first, second, case = lines_for(out)
     assert first.startswith("alerts,device=g-1,district=Minhang,grid=G7,kind=gas,rule=gas_level,"
                             "severity=critical,transition=opened ")
     assert ',status="open",value=55.5,threshold=50.0,count=1i,open=1i,age_s=0.0 1700000000000000000' in first
     assert "transition=resolved " in second and "open=0i,age_s=90.0 1700000090000000000" in second
+    assert case.startswith("cases,device=g-1,district=Minhang,grid=G7,kind=gas,outcome=resolved_condition_cleared,"
+                           "rule=gas_level ") and case.endswith(" 1700000090000000000")  # the finished case
 
 
 def test_disk_buffer_keeps_order_and_cuts_a_torn_tail(tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 Three dashboards share the template variables district / grid / kind and link to each other:
 
 * City operations: open-alert figures, the city map (devices by status, open alerts by
-  severity), the open alerts with their age against the review / response deadlines, and the
+  severity), the open alerts with their age against the review / response deadlines, the
   closed loop (time to acknowledge and resolve, share within deadlines, alerts by district, grid
+  and kind) and the loop's figures over finished cases (`loop_figures`: closed at grid level,
+  deadlines met, reopened, times to acknowledge, rectify and verified closure, per district, grid
   and kind).
 * Sensors by kind: gas %LEL against the alarm levels, noise LAeq against each zone's day / night
   limit, water depth and rise rate, parking occupancy and overstays, lock events.
@@ -203,6 +205,8 @@ def _open_alerts() -> PanelSpec:
 
 
 def city_operations() -> DashboardSpec:
+    from citywatch.dashboards.silences_panel import silences_panel  # it builds on this module's helpers
+
     now = RowSpec("Now", [
         PanelSpec(_stat("Open alerts", "Unresolved alerts (acknowledged included).",
                         steps=((None, "green"), (1, "orange"))), [q.open_alerts_count()], 4, 4),
@@ -221,6 +225,7 @@ def city_operations() -> DashboardSpec:
                         steps=((None, "green"), (1, "orange"))), [q.escalations()], 4, 4),
         _map(),
         _open_alerts(),
+        silences_panel(),
     ])
     ack_share = _ratio("ack_within", "ack_total", "acknowledged within deadline")
     res_share = _ratio("resolve_within", "resolve_total", "resolved within deadline")
@@ -251,8 +256,10 @@ def city_operations() -> DashboardSpec:
                               ((None, "green"), (REVIEW_S, "orange"), (RESPONSE_S, "red"))),
                   q.response_times_over_time(), 24, 8),
     ])
+    from citywatch.dashboards.loop_figures import loop_row  # it builds on this module's helpers
+
     return DashboardSpec("citywatch-city", "citywatch: city operations",
-                         "The city on one map: open alerts, deadlines and the closed loop.", [now, loop])
+                         "The city on one map: open alerts, deadlines and the closed loop.", [now, loop, loop_row()])
 
 
 # -- Sensors by kind ------------------------------------------------------------------------------

@@ -13,6 +13,13 @@ Schema (precision ns; tags with an empty value are omitted; tag keys sorted):
            when known); value (float when numeric, else value_text string); threshold (float);
            count (int); open (int, 1 until resolved); age_s (float, at - opened_at)
     time   transition.at
+* `cases`, one point per finished case (its closed or resolved transition): the loop's figures
+    tags   city, community, device, district, grid, kind, outcome, rule
+    fields alert_id (string); time_to_close_s, time_to_ack_s, time_to_rectify_s (float, s from opening;
+           the last two when the case has them); escalation_level, reopened, dispatched (int); 0/1
+           ints only where they apply: within_review, within_response, closed_at_grid,
+           reopened_after_rectification (definitions in citywatch.loop.cases)
+    time   the closed or resolved transition
 * `device_status`, device health: one point per online/offline announcement, and one per reading
   that reports battery and/or rssi
     tags   device, district, grid, kind

@@ -7,6 +7,14 @@ grid, kind), so one series per device holds its whole health history, and both c
 device's `lat`, `lon` when it has coordinates (the dashboards' map). `alerts` points carry
 `opened_at` (the age of an open alert is now - opened_at) and the device's `lat`, `lon`.
 
+`cases` gets one point per finished case (its `closed` or `resolved` transition), at that time: the
+loop's figures for that case as `citywatch.loop.cases` defines them, so Grafana's panels and GET /kpis
+agree. Tags: city, community, device, district, grid, kind, outcome (closed_verified,
+closed_confirmed, resolved_by_person, resolved_condition_cleared), rule. Fields: alert_id, time_to_close_s,
+time_to_ack_s and time_to_rectify_s (when the case has them), escalation_level, reopened, dispatched
+(0/1), and 0/1 flags present only where they apply: within_review, within_response, closed_at_grid,
+reopened_after_rectification (so their mean is the share).
+
 InfluxDB stores times from 1677-09-21 to 2262-04-11 (int64 ns) and InfluxDB 2.x refuses a whole
 batch for one point outside that: `lines_for` renders such points into `Lines.out_of_range`, which
 the sink keeps in influx-rejected/ instead of sending.
@@ -17,6 +25,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from citywatch.loop.cases import case_figures, place
 from citywatch.model import TERMINAL_STATUSES, Device, Reading, Transition
 from citywatch.streams.pipeline import Output
 
@@ -143,6 +152,36 @@ def transition_line(tr: Transition) -> str:
     return f"alerts{tags} {','.join(fields)} {_ns(tr.at)}"
 
 
+@lru_cache(maxsize=65536)
+def _case_tags(device_id: str, city: str, district: str, community: str, grid: str, kind: str, rule: str,
+               outcome: str) -> str:
+    return _tags((("city", city), ("community", community), ("device", device_id), ("district", district),
+                  ("grid", grid), ("kind", kind), ("outcome", outcome), ("rule", rule)))
+
+
+def _flag(key: str, value: bool | None) -> str:
+    return "" if value is None else f",{key}={int(value)}i"
+
+
+def case_line(tr: Transition) -> str | None:
+    """The `cases` point of a finished case (None for any other transition)."""
+    a = tr.alert
+    case = case_figures(a) if tr.transition in TERMINAL_STATUSES else None
+    if case is None:
+        return None
+    tags = _case_tags(a.device_id, *place(a.device), a.kind, a.rule, case.outcome)
+    fields = f'alert_id="{a.id.translate(_STR)}",time_to_close_s={float(case.time_to_close_s)!r}'
+    if case.time_to_ack_s is not None:
+        fields += f",time_to_ack_s={float(case.time_to_ack_s)!r}"
+    if case.time_to_rectify_s is not None:
+        fields += f",time_to_rectify_s={float(case.time_to_rectify_s)!r}"
+    fields += (f",escalation_level={a.escalation_level}i,reopened={a.reopened}i,dispatched={int(case.dispatched)}i"
+               + _flag("within_review", case.within_review) + _flag("within_response", case.within_response)
+               + _flag("closed_at_grid", case.closed_at_grid)
+               + _flag("reopened_after_rectification", case.reopened_after_rectification))
+    return f"cases{tags} {fields} {_ns(case.finished_at)}"
+
+
 def status_line(device: Device, status: str, at: float) -> str:
     tags = _device_tags(device.id, device.district, device.grid, device.kind, None)
     online = "true" if status == "online" else "false"
@@ -176,7 +215,10 @@ def lines_for(out: Output) -> Lines:
             tags = _device_tags(r.device_id, d.district, d.grid, r.kind, None)
             append(f"device_status{tags} {health}{_location(d.lat, d.lon)} {ts}")
     for t in out.transitions:
-        (ok if MIN_NS <= _ns(t.at) <= MAX_NS else aside)(transition_line(t))
+        append = ok if MIN_NS <= _ns(t.at) <= MAX_NS else aside
+        append(transition_line(t))
+        if t.transition in TERMINAL_STATUSES and (line := case_line(t)) is not None:
+            append(line)
     for d, s, at in out.statuses:
         (ok if MIN_NS <= _ns(at) <= MAX_NS else aside)(status_line(d, s, at))
     return lines
