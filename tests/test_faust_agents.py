@@ -276,7 +276,7 @@ def test_sink_api_lists_alerts_and_forwards_actions_to_the_owner(tmp_path: Path,
 
     async def go() -> list[tuple[int, Any]]:
         runner = await start_sink_api(sink_city)
-        host, port = runner.addresses[0][:2]
+        host, port = "127.0.0.1", next(iter(runner.sites)).port  # type: ignore[attr-defined]  # httpserve's site
         calls = [("/health", "GET", ""), ("/alerts", "GET", "t0ken-t0ken"), ("/alerts", "GET", "wrong"),
                  (f"/alerts/{alert_id}/ack", "POST", "t0ken-t0ken"), ("/alerts/al_nope/ack", "POST", "t0ken-t0ken")]
         try:
