@@ -7,6 +7,9 @@
   storm water, parking overstay and no-parking, forced open / tamper / brute force / door ajar /
   jammed locks, a device going silent, low battery) listed in `incidents_log` together with the
   rules that should fire. Same seed and start, same messages, however the run is chunked.
+- scenarios over many devices at once: `Storm` (a district's water gauges rising within minutes of
+  each other) and `RoadWorks` (a street's noise monitors loud in working hours for days), with
+  `storm_gauges` and `street_monitors` to make devices for them.
 - `bad_messages(devices, seed, now)`: one message per kind of bad input, with the dead-letter
   reason the pipeline gives it.
 - publishing to a broker lives in `citywatch.ingest.publisher`.
@@ -22,6 +25,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,7 +37,8 @@ from citywatch.ingest.topics import status_topic, telemetry_topic
 from citywatch.model import KINDS, Device
 
 __all__ = [
-    "INCIDENT_TYPES", "Simulator", "bad_messages", "make_devices", "payload_bytes", "status_messages",
+    "INCIDENT_TYPES", "RoadWorks", "Simulator", "Storm", "bad_messages", "make_devices", "payload_bytes",
+    "status_messages", "storm_gauges", "street_monitors",
 ]
 
 # -- devices ---------------------------------------------------------------------------------------
@@ -164,6 +169,70 @@ class _Incident:
         self.detail: dict[str, Any] = {}
 
 
+# -- scenarios: many devices at once ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Storm:
+    """A cloudburst over one district: each of its water gauges starts rising at a moment drawn within
+    `spread_s` after `start_s` (seconds after the simulator's start), rises for `rise_s`, holds its
+    peak (drawn from `peak_cm`) for `hold_s`, then drains over `drain_s` (each drawn from its range)."""
+
+    district: str
+    start_s: float = 600.0
+    spread_s: float = 1200.0
+    peak_cm: tuple[float, float] = (12.0, 45.0)
+    rise_s: tuple[float, float] = (300.0, 900.0)
+    hold_s: tuple[float, float] = (600.0, 1800.0)
+    drain_s: tuple[float, float] = (1200.0, 3600.0)
+
+
+@dataclass(frozen=True)
+class RoadWorks:
+    """A road crew on one street for `days` days from `start_s`: the street's noise monitors (devices
+    whose `community` is the street) read `over_db` above their day limit during the local working
+    `hours` (start, end; end past 24 runs into the night), and normally otherwise."""
+
+    street: str
+    days: float = 5.0
+    start_s: float = 0.0
+    hours: tuple[float, float] = (8.0, 18.0)
+    over_db: tuple[float, float] = (6.0, 14.0)
+
+
+Scenario = Storm | RoadWorks
+
+
+def storm_gauges(n: int, district: str = "Nanhu", grids: int = 8, prefix: str = "storm", seed: int = 1,
+                 interval_s: float = 60.0) -> list[Device]:
+    """`n` water gauges spread evenly over `grids` grids of `district` (ids `<prefix>-water-<i:06d>`,
+    grids `S<district initial><g:03d>`), with coordinates around the district's centre."""
+    rng = random.Random(f"citywatch-sim/storm-gauges/{seed}")
+    _, clat, clon = next((d for d in _DISTRICTS if d[0] == district), (district, *JIAXING))
+    out = []
+    for i in range(n):
+        g = i % max(1, grids)
+        street = _STREETS[g % len(_STREETS)]
+        underpass = "Underpass near " if rng.random() < 0.4 else ""
+        out.append(Device(
+            id=f"{prefix}-water-{i:06d}", kind="water", district=district, grid=f"S{district[:1]}{g:03d}",
+            community=street, address=f"{underpass}No. {rng.randrange(1, 400)} {street}, {district} District, Jiaxing",
+            lat=round(clat + rng.gauss(0, 0.01), 6), lon=round(clon + rng.gauss(0, 0.01), 6), interval_s=interval_s))
+    return out
+
+
+def street_monitors(n: int, street: str = "Jianguo Rd", district: str = "Nanhu", grid: str = "W0001",
+                    prefix: str = "works", seed: int = 1, zone_class: str = "2",
+                    interval_s: float = 60.0) -> list[Device]:
+    """`n` noise monitors along one street (its name is their `community`), in one grid."""
+    rng = random.Random(f"citywatch-sim/street-monitors/{seed}")
+    _, clat, clon = next((d for d in _DISTRICTS if d[0] == district), (district, *JIAXING))
+    return [Device(id=f"{prefix}-noise-{i:06d}", kind="noise", district=district, grid=grid, community=street,
+                   address=f"No. {10 + 20 * i} {street}, {district} District, Jiaxing", zone_class=zone_class,
+                   lat=round(clat + 0.001 * i, 6), lon=round(clon + rng.uniform(-0.0005, 0.0005), 6),
+                   interval_s=interval_s) for i in range(n)]
+
+
 # -- the simulator ---------------------------------------------------------------------------------
 
 _GAS, _NOISE, _WATER, _PARKING, _LOCK = range(5)
@@ -175,14 +244,16 @@ class Simulator:
 
     Each device reports every `interval_s` at its own phase; incidents start between about five
     intervals after `start` and `horizon_s` after it, on roughly `incident_rate` of the devices (and
-    at least one device per incident type that has a device to happen on). The simulator is
+    at least one device per incident type that has a device to happen on). `scenarios` (Storm,
+    RoadWorks) script every device they cover, which then takes no other incident. The simulator is
     stateful: `readings_at` and `messages` continue where the previous call stopped.
     """
 
     def __init__(self, devices: Sequence[Device], seed: int = 1, start: float | None = None,
                  incidents: bool = True, incident_rate: float = 0.01, *, horizon_s: float = 3600.0,
                  rules: RuleSettings | None = None, timezone: str = "Asia/Shanghai",
-                 topic_prefix: str = "citywatch", spread: bool = True) -> None:
+                 topic_prefix: str = "citywatch", spread: bool = True,
+                 scenarios: Sequence[Scenario] = ()) -> None:
         self.devices = list(devices)
         self.seed = seed
         self.start = float(time.time() if start is None else start)
@@ -232,9 +303,11 @@ class Simulator:
         self._incident: list[_Incident | None] = [None] * n
         # heap of (event time, device index, step); step < 0 marks an extra (burst) reading
         self._heap: list[tuple[float, int, int]] = [(self._base[i], i, 0) for i in range(n)]
+        scripted = self._schedule_scenarios(scenarios, random.Random(f"citywatch-sim/scenarios/{seed}"))
         if incidents and n:
             self._schedule_incidents(random.Random(f"citywatch-sim/incidents/{seed}"), incident_rate,
-                                     horizon_s)
+                                     horizon_s, scripted)
+        self.incidents_log.sort(key=lambda e: (e["start"], e["device_id"]))
         heapq.heapify(self._heap)
         self._fields: list[Callable[[int, float], dict[str, Any]]] = [
             self._gas, self._noise, self._water, self._parking, self._lock]
@@ -433,8 +506,10 @@ class Simulator:
 
     # -- incident scripts ------------------------------------------------------------------------
 
-    def _schedule_incidents(self, rng: random.Random, rate: float, horizon_s: float) -> None:
-        order = list(range(len(self.devices)))
+    def _schedule_incidents(self, rng: random.Random, rate: float, horizon_s: float,
+                            exclude: Iterable[int] = ()) -> None:
+        skip = set(exclude)
+        order = [i for i in range(len(self.devices)) if i not in skip]
         rng.shuffle(order)
         candidates: dict[str, list[int]] = {}
         for name in _SCRIPTS:
@@ -458,7 +533,7 @@ class Simulator:
                     return i
             return None
 
-        wanted = max(0, round(rate * len(self.devices)))
+        wanted = max(0, round(rate * len(order)))
         chosen: list[tuple[str, int]] = []
         for name in _SCRIPTS:  # at least one of each type that can happen here
             i = pick(name)
@@ -481,6 +556,73 @@ class Simulator:
             entry.update(inc.detail)
             self.incidents_log.append(entry)
         self.incidents_log.sort(key=lambda e: (e["start"], e["device_id"]))
+
+    def _schedule_scenarios(self, scenarios: Sequence[Scenario], rng: random.Random) -> set[int]:
+        """Script every device each scenario covers; returns their indices."""
+        scripted: set[int] = set()
+        for scenario in scenarios:
+            if isinstance(scenario, Storm):
+                covered = [i for i, d in enumerate(self.devices)
+                           if d.kind == "water" and d.district == scenario.district and i not in scripted]
+                scripts = [self._storm(i, scenario, rng) for i in covered]
+            else:
+                covered = [i for i, d in enumerate(self.devices)
+                           if d.kind == "noise" and d.community == scenario.street and i not in scripted]
+                scripts = [self._road_works(i, scenario, rng) for i in covered]
+            for i, inc in zip(covered, scripts, strict=True):
+                self._incident[i] = inc
+                device = self.devices[i]
+                entry = {"device_id": device.id, "kind": device.kind, "incident": inc.name,
+                         "start": round(inc.start, 3), "end": round(inc.end, 3), "rules": list(inc.rules),
+                         "district": device.district, "grid": device.grid}
+                entry.update(inc.detail)
+                self.incidents_log.append(entry)
+            scripted.update(covered)
+        return scripted
+
+    def _first_step(self, i: int, t: float) -> int:
+        """The first regular step of device `i` at or after time `t`."""
+        return max(0, int(math.ceil((t - self._base[i]) / self._iv[i] - 1e-9)))
+
+    def _storm(self, i: int, storm: Storm, rng: random.Random) -> _Incident:
+        iv = self._iv[i]
+        k0 = self._first_step(i, self.start + storm.start_s + rng.uniform(0.0, storm.spread_s))
+        rise, hold, drain = (max(1, round(rng.uniform(*span) / iv)) for span in (storm.rise_s, storm.hold_s,
+                                                                                   storm.drain_s))
+        inc = _Incident("storm", i, k0, rise + hold + drain)
+        peak = rng.uniform(*storm.peak_cm)
+        for s in range(inc.n):
+            if s < rise:
+                v = peak * ((s + 1) / rise) ** 1.2
+            elif s < rise + hold:
+                v = peak + rng.uniform(-1.0, 1.0)
+            else:
+                v = peak * (1.0 - (s - rise - hold + 1) / drain) ** 1.5
+            inc.values[s] = {"depth_cm": round(_clamp(v, 0.0, 1000.0), 1)}
+        inc.rules = ("water_depth",)
+        inc.start, inc.end = self._t(i, k0), self._t(i, k0 + inc.n)
+        inc.detail = {"peak": max(v["depth_cm"] for v in inc.values if v)}
+        return inc
+
+    def _road_works(self, i: int, works: RoadWorks, rng: random.Random) -> _Incident:
+        iv = self._iv[i]
+        k0 = self._first_step(i, self.start + works.start_s)
+        inc = _Incident("road_works", i, k0, max(1, int(math.ceil(works.days * 86400.0 / iv))))
+        day_limit, night_limit = self._noise_limits(self.devices[i])
+        h0, h1 = works.hours
+        at_night = False
+        for s in range(inc.n):
+            t = self._t(i, k0 + s)
+            hour = self._local_hour(t)
+            if not (h0 <= hour < h1 or h0 <= hour + 24.0 < h1):
+                continue  # the crew is off: a normal reading
+            laeq = day_limit + rng.uniform(*works.over_db)
+            inc.values[s] = {"laeq_db": round(laeq, 1), "lamax_db": round(laeq + rng.uniform(6.0, 12.0), 1)}
+            at_night = at_night or self._is_night(t)
+        inc.rules = ("noise_limit", "noise_night_burst") if at_night else ("noise_limit",)
+        inc.start, inc.end = self._t(i, k0), self._t(i, k0 + inc.n)
+        inc.detail = {"street": works.street, "hours": list(works.hours), "night_limit": night_limit}
+        return inc
 
     def _script(self, name: str, i: int, rng: random.Random, horizon_s: float) -> _Incident:
         device = self.devices[i]
