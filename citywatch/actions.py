@@ -125,7 +125,9 @@ def _http_error(exc: urllib.error.HTTPError) -> str:
 def _direct(settings: Settings, alert_id: str, action: str, by: str, detail: dict[str, Any]) -> dict[str, Any]:
     path = store_path(settings.data_dir)
     try:
-        store = AlertStore(path, hooks=[Outbox(settings.webhooks).enqueue])
+        outbox = Outbox(settings.webhooks, levels=settings.alerts.escalation.levels,
+                        safety_rules=settings.alerts.safety_rules)  # level routes, silences
+        store = AlertStore(path, hooks=[outbox.enqueue])
         try:
             engine = AlertEngine(settings.alerts, store.open_alerts())
             now = time.time()

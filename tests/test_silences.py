@@ -312,3 +312,53 @@ def test_the_cli_writes_directly_when_no_runner_owns_the_data_dir(tmp_path: Path
         store.close()
     assert stored is not None and stored.ended_by == "ops" and stored.released_at is not None
     assert json.loads(run("list", "--all", "--json").output)[0]["state"] == "ended"
+
+
+def test_the_kafka_sink_holds_and_its_tick_releases(tmp_path: Path) -> None:
+    """The Faust runner's sink writes the outbox too: silences set with the CLI (it holds no data-dir
+    lock) hold there, and its timer's tick releases them."""
+    import time
+
+    from citywatch.streams.faust_sink import TransitionSink
+
+    settings = make_settings(tmp_path / "data", webhooks={"url": "http://127.0.0.1:9/hook"})
+    sink = TransitionSink(settings)
+    try:
+        works = sink.silences.add(ask(grid="G7", duration="1h"))
+        engine = AlertEngine(AlertSettings(rules={}))
+        opened = engine.apply(NOISE, loud(), time.time())
+        assert opened is not None
+        sink.write([opened])
+        held = sink.store.conn.execute("SELECT status, silence_id FROM webhook_outbox").fetchall()
+        assert held == [("held", works.id)]
+        assert sink.silences.tick(time.time() + 2 * H) == sil.Released(pending=1, suppressed=0, reheld=0)
+        assert sink.store.conn.execute("SELECT status FROM webhook_outbox").fetchall() == [("pending",)]
+    finally:
+        sink.close()
+
+
+def test_incident_webhooks_are_held_like_their_members(tmp_path: Path) -> None:
+    from citywatch.model import IncidentTransition
+
+    settings = WebhookSettings(url="http://127.0.0.1:9/hook", receive=["incidents"])
+    outbox = Outbox(settings, clock=lambda: T0, safety_rules=SAFETY)
+    store = AlertStore(tmp_path / "state.db", hooks=[outbox.enqueue])
+    book = SilenceBook(store.conn, Settings(), clock=lambda: T0)
+    works = book.add(ask(grid="G7", duration="1h"))
+
+    def opening(incident_id: str, device: Device, rule: str) -> IncidentTransition:
+        member = IncidentMember(alert_id=f"al_{incident_id}", device_id=device.id, kind=device.kind, rule=rule,
+                                severity="warning", status="open", joined_at=T0, device={"grid": device.grid})
+        incident = Incident(id=incident_id, group=device.kind, key={"grid": device.grid}, status="open",
+                            severity="warning", opened_at=T0, updated_at=T0, last_joined_at=T0, members=[member])
+        return IncidentTransition(id=f"{incident_id}.1", incident_id=incident_id, transition="opened", at=T0,
+                                  incident=incident)
+
+    out = Output()
+    out.incident_transitions += [opening("in_noise", NOISE, "noise_limit"), opening("in_gas", GAS, "gas_level"),
+                                 opening("in_other", OTHER, "noise_limit")]
+    store.commit(out, [], {})
+    rows = {lane: (status, silence) for lane, status, silence in
+            store.conn.execute("SELECT alert_id, status, silence_id FROM webhook_outbox")}
+    assert rows == {"in_noise": ("held", works.id), "in_gas": ("pending", None), "in_other": ("pending", None)}
+    store.close()

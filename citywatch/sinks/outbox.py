@@ -244,7 +244,7 @@ class Outbox:
                 self.counters["unrouted_incidents"] += 1
                 continue
             body = render_incident_payload(t, self.public_url)
-            silence = None  # incident silences: citywatch/loop/silences.py
+            silence = holds.for_incident(t.incident)  # held only if a silence covers every member
             for r in targets:
                 held = holds.hold(r.name, t.incident_id, silence)
                 rows.append((t.id, r.name, r.url, t.incident_id, body, now, "held" if held else "pending", held))

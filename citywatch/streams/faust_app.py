@@ -417,6 +417,11 @@ class FaustCity:
 
         app.task(webhooks)
 
+        async def silences() -> None:  # silences whose end passed release their held webhooks
+            sink.silences.tick(time.time())
+
+        app.timer(self.settings.alerts.tick_s, name="silences")(silences)
+
         async def api() -> None:
             if not self.settings.api.enabled:
                 return

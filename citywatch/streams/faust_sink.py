@@ -23,6 +23,7 @@ from aiohttp import web
 from citywatch.config import Settings
 from citywatch.httpserve import serve
 from citywatch.loop.incidents import open_book
+from citywatch.loop.silence_book import SilenceBook
 from citywatch.model import TERMINAL_STATUSES, Alert, DeadLetter, Transition
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
@@ -41,9 +42,12 @@ class TransitionSink:
 
     def __init__(self, settings: Settings) -> None:
         path = store_path(settings.data_dir)
-        self.outbox = Outbox(settings.webhooks)
+        self.outbox = Outbox(settings.webhooks, levels=settings.alerts.escalation.levels,
+                             safety_rules=settings.alerts.safety_rules)  # level routes, silences
         self.store = AlertStore(path, hooks=[self.outbox.enqueue])
         self.delivery = WebhookDelivery(path, settings.webhooks)
+        # silences (set with `citywatch silences`, direct: the sink holds no data-dir lock) release on tick()
+        self.silences = SilenceBook(self.store.conn, settings, on_release=self.delivery.notify)
         self.counters: Counter[str] = Counter()
         # Incidents are grouped here: this is the one consumer of every partition's transitions (its own
         # consumer group, one sink), and it owns the store the grouping commits with.
