@@ -469,7 +469,7 @@ class DeadLetterRetention(Section):
 
 class OutboxRetention(Section):
     delivered_days: float = Field(3.0, gt=0)  # delivered webhook rows (the audit trail) kept this long
-    dead_days: float = Field(30.0, gt=0)  # dead rows (refused, not resent) kept this long
+    dead_days: float = Field(30.0, gt=0)  # dead (refused, not resent) and suppressed (silenced) rows kept this long
 
 
 class AlertRetention(Section):

@@ -362,3 +362,22 @@ def test_incident_webhooks_are_held_like_their_members(tmp_path: Path) -> None:
             store.conn.execute("SELECT alert_id, status, silence_id FROM webhook_outbox")}
     assert rows == {"in_noise": ("held", works.id), "in_gas": ("pending", None), "in_other": ("pending", None)}
     store.close()
+
+
+def test_suppressed_rows_are_purged_like_dead_ones_and_held_ones_never(tmp_path: Path) -> None:
+    from citywatch.config import RetentionSettings
+    from citywatch.sinks.retention import Retention
+
+    city = City(tmp_path)
+    works = city.book.add(ask(grid="G7", duration="1h"))
+    city.apply(NOISE, loud())
+    city.now += 60
+    city.apply(NOISE, quiet())  # opened and cleared under the silence: suppressed when it ends
+    still = city.apply(Device(id="noise-4", kind="noise", grid="G7"), loud())
+    city.book.end(works.id, "ops")
+    city.book.add(ask(grid="G7", duration="80d"))
+    kept = city.apply(Device(id="noise-5", kind="noise", grid="G7"), loud())
+    assert [s for w, _, s, _ in city.rows()] == ["suppressed", "suppressed", "pending", "held"]
+    report = Retention(RetentionSettings(outbox={"dead_days": 30}), tmp_path).run_once(T0 + 31 * 86400)
+    assert report.outbox_purged == 2
+    assert [(w, s) for w, _, s, _ in city.rows()] == [(still.id, "pending"), (kept.id, "held")]

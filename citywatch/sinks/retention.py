@@ -257,8 +257,8 @@ class Retention:
         conn.execute("BEGIN IMMEDIATE")
         n = self._delete(conn, "webhook_outbox", "status = 'delivered' AND delivered_at < ?",
                          (now - s.delivered_days * DAY_S,))
-        n += self._delete(conn, "webhook_outbox", "status = 'dead' AND COALESCE(last_attempt_at, created_at) < ?",
-                          (now - s.dead_days * DAY_S,))
+        n += self._delete(conn, "webhook_outbox", "status IN ('dead', 'suppressed')"  # suppressed: silenced, never sent
+                          " AND COALESCE(last_attempt_at, created_at) < ?", (now - s.dead_days * DAY_S,))
         conn.execute("COMMIT")
         report.outbox_purged = n
         report.more |= n >= self.settings.batch_rows
