@@ -2,9 +2,10 @@
 
 One self-contained HTML file (inline CSS and SVG; no script, no network) with the figures of the
 dashboards: open alerts against their deadlines, the city map, the closed loop (time to
-acknowledge and resolve, share within deadlines, alerts by district, grid and kind), device
-health and, when InfluxDB is configured and reachable, the per-kind sensor charts, computed with
-the dashboards' own InfluxQL (`citywatch.dashboards.queries`).
+acknowledge and resolve, share within deadlines, alerts by district, grid and kind), the loop's
+figures over the cases finished in the period per district and grid (`citywatch.loop.kpis`, as
+GET /kpis), device health and, when InfluxDB is configured and reachable, the per-kind sensor
+charts, computed with the dashboards' own InfluxQL (`citywatch.dashboards.queries`).
 
 Sources: the alert store and device registry under data_dir (always there: alerts, transitions,
 last seen, coordinates) and InfluxDB (optional: readings, battery and signal over time).
@@ -35,6 +36,7 @@ import msgspec
 from citywatch.config import Settings
 from citywatch.dashboards import queries as q
 from citywatch.errors import CitywatchError
+from citywatch.loop import kpis
 from citywatch.model import KINDS, SEVERITY_RANK, Alert, Device, Transition
 
 SEVERITY_COLOURS = {"info": "#2563eb", "warning": "#f59e0b", "critical": "#dc2626"}
@@ -75,6 +77,7 @@ class ReportData:
     transitions: list[Transition]  # in the range
     influx: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     influx_note: str = ""
+    loop: dict[str, dict[str, Any]] = field(default_factory=dict)  # the loop's figures by district and by grid
 
     # derived figures ---------------------------------------------------------------------------
 
@@ -129,12 +132,14 @@ def collect(settings: Settings, since_s: float, now: float | None = None, use_in
             "SELECT body FROM transitions WHERE at >= ? AND at <= ? ORDER BY at, id", (start, end))]
         last_seen = {device_id: float(state["seen"]) for device_id, state in store.device_states().items()
                      if isinstance(state.get("seen"), int | float)}
+        loop = {by: kpis.compute(store.conn, start, end, [by], data_dir) for by in ("district", "grid")}
     finally:
         store.close()
         registry.close()
     data = ReportData(generated_at=time.time(), start=start, end=end, timezone=settings.timezone,
                       review_h=settings.alerts.review_deadline_h, response_h=settings.alerts.response_deadline_h,
-                      devices=devices, last_seen=last_seen, open_alerts=open_alerts, transitions=transitions)
+                      devices=devices, last_seen=last_seen, open_alerts=open_alerts, transitions=transitions,
+                      loop=loop)
     if not use_influx:
         data.influx_note = "InfluxDB not used (--no-influx): sensor charts omitted."
     elif not settings.influx.url:
@@ -461,6 +466,74 @@ def _series(rows: list[dict[str, Any]], value: str, by: str | None = None, ref: 
     return dict(out)
 
 
+def _share_of(figure: dict[str, Any]) -> str:
+    """`{n, count, share}` as "75% (3/4)", or "-" when it applies to no case."""
+    return "-" if not figure["n"] else f"{100 * figure['share']:.0f}% ({figure['count']}/{figure['n']})"
+
+
+def _pct(figure: dict[str, Any]) -> str:
+    return "-" if not figure["n"] else f"{100 * figure['share']:.0f}%"
+
+
+def _median(figure: dict[str, Any]) -> str:
+    return "-" if figure["median"] is None else _fmt_age(figure["median"])
+
+
+LOOP_HEADERS = ("opened", "finished", "closed at grid level", "ack/assigned within review",
+                "closed within response", "reopened after rectification", "resolved without dispatch",
+                "median to ack/assign", "median to rectify", "median to verified closure")
+MAX_GRID_ROWS = 40
+
+
+def _loop_cells(g: dict[str, Any]) -> tuple[Any, ...]:
+    return (g["opened"], g["finished"], _share_of(g["closed_at_grid_level"]), _share_of(g["within_review"]),
+            _share_of(g["within_response"]), _share_of(g["reopened_after_rectification"]),
+            g["resolved_without_dispatch"], _median(g["time_to_ack_s"]), _median(g["time_to_rectify_s"]),
+            _median(g["time_to_verified_close_s"]))
+
+
+def _loop_section(data: ReportData) -> list[str]:
+    """The loop's figures over the cases finished in the period: city tiles, then per district and grid."""
+    if not data.loop:
+        return []
+    total, districts = data.loop["district"]["total"], data.loop["district"]["groups"]
+    grid_share = total["closed_at_grid_level"]
+    tone = "" if not grid_share["n"] else "good" if grid_share["share"] >= 0.9 else "warn"
+    tiles = "".join([
+        _kpi(f"closed at grid level ({grid_share['n']} closed)", _pct(grid_share), tone),
+        _kpi("ack/assigned within review deadline", _pct(total["within_review"])),
+        _kpi("closed within response deadline", _pct(total["within_response"])),
+        _kpi("reopened after rectification", _pct(total["reopened_after_rectification"])),
+        _kpi("median time to ack/assign", _median(total["time_to_ack_s"])),
+        _kpi("median time to rectify", _median(total["time_to_rectify_s"])),
+        _kpi("median time to verified closure", _median(total["time_to_verified_close_s"])),
+        _kpi("cases finished", total["finished"]),
+        _kpi("resolved without dispatch", total["resolved_without_dispatch"]),
+    ])
+    shares = [(g["key"]["district"] or "-", 100 * g["closed_at_grid_level"]["share"]) for g in districts
+              if g["closed_at_grid_level"]["n"]]
+    grids = sorted((g for g in data.loop["grid"]["groups"] if g["finished"] or g["opened"]),
+                   key=lambda g: (-g["finished"], -g["opened"], tuple(g["key"].values())))
+    more = len(grids) - MAX_GRID_ROWS
+    return [
+        '<p class="muted">Cases (alerts) finished in the period, closed or resolved; shares count only the cases '
+        "each applies to (see GET /kpis). The city's aim: over 90% closed at the grid level.</p>",
+        f'<div class="kpis">{tiles}</div>',
+        "<h3>Closed at grid level by district</h3>",
+        bar_chart("chart-grid-level", "Closed at grid level by district", shares, "% of closed cases",
+                  [OK_COLOUR if v >= 90 else SEVERITY_COLOURS["warning"] if v >= 80 else SEVERITY_COLOURS["critical"]
+                   for _, v in shares], lines=[(90.0, "90%", "#16a34a")]),
+        "<h3>By district</h3>",
+        _table(("district", *LOOP_HEADERS), [(g["key"]["district"] or "-", *_loop_cells(g)) for g in districts])
+        if districts else '<p class="muted">No cases in this period.</p>',
+        f"<h3>By grid (most cases first{f', top {MAX_GRID_ROWS}' if more > 0 else ''})</h3>",
+        _table(("district", "community", "grid", *LOOP_HEADERS),
+               [(g["key"]["district"] or "-", g["key"]["community"] or "-", g["key"]["grid"] or "-", *_loop_cells(g))
+                for g in grids[:MAX_GRID_ROWS]]) if grids else '<p class="muted">No cases in this period.</p>',
+        f'<p class="muted">{more} more grids: GET /kpis?by=grid lists them all.</p>' if more > 0 else "",
+    ]
+
+
 def _sensor_section(data: ReportData, settings: Settings, tz: ZoneInfo) -> list[str]:
     rows = data.influx
     rules = settings.rules
@@ -620,6 +693,9 @@ def render_html(data: ReportData, settings: Settings) -> str:
         "<h3>Alerts opened by kind</h3>",
         bar_chart("chart-by-kind", "Alerts by kind", [(k, float(kinds[k])) for k in KINDS if kinds[k]], "alerts"),
         _table(("kind", "rule", "opened"), [(k, r, n) for (k, r), n in sorted(rules_count.items())]),
+        "</section>",
+        '<section id="loop-figures"><h2>The loop\'s figures</h2>',
+        *_loop_section(data),
         "</section>",
         '<section id="sensors"><h2>Sensors by kind</h2>',
         *_sensor_section(data, settings, tz),

@@ -9,6 +9,7 @@ its shapes have a non-empty box into the DOM it dumps.
 
 from __future__ import annotations
 
+import html as html_lib
 import re
 import shutil
 import struct
@@ -31,7 +32,7 @@ from tests.servers.mosquitto import free_port
 
 TOKEN = "test-token"
 CORE_CHARTS = ("chart-map", "chart-open-ages", "chart-ack-times", "chart-resolve-times", "chart-timeline",
-               "chart-by-district", "chart-by-grid", "chart-by-kind")
+               "chart-by-district", "chart-by-grid", "chart-by-kind", "chart-grid-level")
 SENSOR_CHARTS = ("chart-gas", "chart-noise", "chart-water", "chart-water-rise", "chart-parking", "chart-lock",
                  "chart-battery", "chart-rssi")
 MEASURE = """<script>
@@ -162,6 +163,55 @@ def test_report_figures_come_from_the_store_registry_and_influx(city: tuple[Infl
     assert run.planted["late_tamper"] in {a.device_id for a in response} - {a.device_id for a in review}
     offline = {a.device_id for a in data.open_alerts if a.rule == "device_offline"}
     assert offline == {run.planted["silent"], run.planted["last_will"]}
+
+
+def _cells(table: str) -> list[list[str]]:
+    return [[html_lib.unescape(c) for c in re.findall(r"<td>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", table) if "<td>" in row]
+
+
+def test_report_shows_the_loops_figures_per_district_and_grid(city: tuple[InfluxStack, CityRun, Path],
+                                                             tmp_path: Path) -> None:
+    """The section agrees with the InfluxDB `cases` points the same run wrote (another path from the
+    engine: the sink's lines, not the store), and Chromium draws its chart."""
+    _, run, config = city
+    out = tmp_path / "report.html"
+    report(config, out, "--no-influx")
+    data = collect(load_settings(config), 24 * 3600, use_influx=False)
+    page = out.read_text()
+    section = page[page.index('<section id="loop-figures">'):]
+    section = section[:section.index("</section>")]
+    cases = []
+    for line in run.lines:
+        if line.startswith("cases,"):
+            tags, fields, ts = line.rsplit(" ", 2)
+            if data.start <= int(ts) / 1e9 <= data.end:
+                cases.append((dict(t.split("=", 1) for t in tags.replace("\\ ", " ").split(",")[1:]), fields))
+    assert len(cases) >= 20
+    closed = [(tags, fields) for tags, fields in cases if tags["outcome"].startswith("closed_")]
+    at_grid = sum("closed_at_grid=1i" in fields for _, fields in closed)
+    assert 0 < at_grid < len(closed)  # the late dispatch escalated before it closed
+    district_table = section[section.index("<h3>By district</h3>"):section.index("<h3>By grid")]
+    rows = {row[0]: row for row in _cells(district_table)}
+    for district in {tags["district"] for tags, _ in cases}:
+        mine = [(tags, fields) for tags, fields in cases if tags["district"] == district]
+        finished = len(mine)
+        closed_here = [f for t, f in mine if t["outcome"].startswith("closed_")]
+        row = rows[district]
+        assert int(row[2]) == finished, (district, row)
+        grid_ok = sum("closed_at_grid=1i" in f for f in closed_here)
+        expected = f"{100 * grid_ok / len(closed_here):.0f}% ({grid_ok}/{len(closed_here)})" if closed_here else "-"
+        assert row[3] == expected, (district, row)
+        without = sum("dispatched=0i" in f and t["outcome"].startswith("resolved_") for t, f in mine)
+        assert int(row[7]) == without
+    assert sum(int(row[2]) for row in rows.values()) == len(cases) == data.loop["district"]["total"]["finished"]
+    grid_rows = _cells(section[section.index("<h3>By grid"):])
+    late = next(d for d in run.devices if d.id == run.planted["late_dispatch"])
+    [late_grid] = [row for row in grid_rows if row[2] == late.grid]
+    assert late_grid[0] == late.district and late_grid[1] == late.community and late_grid[5].startswith("0%")
+    charts = render(out, tmp_path)
+    with_closed = {t["district"] for t, _ in closed}
+    assert charts["chart-grid-level"][2] == len(with_closed)
 
 
 def test_report_without_influx_keeps_the_alert_figures(city: tuple[InfluxStack, CityRun, Path],
