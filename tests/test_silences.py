@@ -381,3 +381,18 @@ def test_suppressed_rows_are_purged_like_dead_ones_and_held_ones_never(tmp_path:
     report = Retention(RetentionSettings(outbox={"dead_days": 30}), tmp_path).run_once(T0 + 31 * 86400)
     assert report.outbox_purged == 2
     assert [(w, s) for w, _, s, _ in city.rows()] == [(still.id, "pending"), (kept.id, "held")]
+
+
+def test_a_lane_held_under_two_silences_is_released_whole(tmp_path: Path) -> None:
+    """The opening held under one silence, a later rise under another: whichever ends first, the
+    receiver never gets the rise before the opening."""
+    city = City(tmp_path)
+    first = city.book.add(ask(grid="G7", duration="1h"))
+    opened = city.apply(NOISE, loud())
+    second = city.book.add(ask(kind="noise", duration="3h"))
+    city.now += 60
+    raised = city.apply(NOISE, Finding("noise_limit", True, "critical", 99.0, 60.0, "very loud"))
+    assert city.status(opened.id) == [("held", first.id)] and city.status(raised.id) == [("held", second.id)]
+    city.now = first.ends_at + 1  # the first is over, but no tick has released it yet
+    city.book.end(second.id, "ops")
+    assert [(w, s) for w, _, s, _ in city.rows()] == [(opened.id, "pending"), (raised.id, "pending")]

@@ -481,11 +481,15 @@ def release(conn: sqlite3.Connection, over: Sequence[Silence], now: float,
     if not ids:
         return Released(0, 0, 0)
     marks = ",".join("?" * len(ids))
-    rows = conn.execute(f"SELECT seq, endpoint, alert_id, body FROM webhook_outbox WHERE status = 'held'"
-                        f" AND silence_id IN ({marks}) ORDER BY seq", ids).fetchall()
+    # Whole lanes: a lane's held rows may be under several silences (the one in force when each was
+    # written); deciding them together keeps the lane's order whichever silence ends first.
+    touched = conn.execute(f"SELECT DISTINCT endpoint, alert_id FROM webhook_outbox WHERE status = 'held'"
+                           f" AND silence_id IN ({marks})", ids).fetchall()
     lanes: dict[tuple[str, str], list[tuple[int, bytes]]] = {}
-    for seq, endpoint, subject_id, body in rows:
-        lanes.setdefault((endpoint, subject_id), []).append((seq, body))
+    for endpoint, subject_id in touched:
+        lanes[(endpoint, subject_id)] = conn.execute(
+            "SELECT seq, body FROM webhook_outbox WHERE status = 'held' AND endpoint = ? AND alert_id = ?"
+            " ORDER BY seq", (endpoint, subject_id)).fetchall()
     subjects: dict[str, Subject] = {}
     wanted = list({subject_id for _, subject_id in lanes})
     for lookup in (SUBJECT_LOOKUPS if lookups is None else lookups):

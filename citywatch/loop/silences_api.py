@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,8 @@ def register(app: web.Application) -> None:
             silence = book.add(wanted)
         except SilenceRefused as exc:
             return _json({"error": str(exc)}, 422)
+        except sqlite3.OperationalError as exc:  # a full or read-only disk: nothing was stored
+            return _json({"error": f"cannot store the silence ({exc}); try again"}, 503)
         return _json(silence.to_json(book.clock()), 201)
 
     async def listing(request: web.Request) -> web.Response:
@@ -109,6 +112,8 @@ def register(app: web.Application) -> None:
             return _json({"error": str(exc)}, 404)
         except SilenceOver as exc:
             return _json({"error": str(exc)}, 409)
+        except sqlite3.OperationalError as exc:  # a full or read-only disk: it did not end
+            return _json({"error": f"cannot store the end of the silence ({exc}); try again"}, 503)
         return _json({**silence.to_json(book.clock()), "released": released._asdict()})
 
     app.router.add_post("/silences", create)
