@@ -43,17 +43,27 @@ from typing import Any
 import msgspec
 
 from citywatch.errors import CitywatchError
-from citywatch.loop.cases import OUTCOMES, CaseFigures, case_figures, place
-from citywatch.model import TERMINAL_STATUSES
+from citywatch.loop.cases import OUTCOMES, CaseFigures, case_figures
+from citywatch.model import ALERT_STATUSES, TERMINAL_STATUSES
 
 HIERARCHY: tuple[str, ...] = ("city", "district", "community", "grid")
 DIMENSIONS: tuple[str, ...] = ("grid", "community", "district", "city", "kind")
-TERMINAL_SQL = "('resolved', 'closed')"
+TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES)) + ")"
+UNFINISHED_SQL = "(" + ", ".join(f"'{s}'" for s in ALERT_STATUSES if s not in TERMINAL_STATUSES) + ")"
 ARCHIVE_GLOB = "alerts-*.jsonl.gz"
 
 
 class KpiError(CitywatchError):
     """A request the figures cannot answer (unknown grouping, bad period): a clear message."""
+
+
+class Place(msgspec.Struct, frozen=True):
+    """The levels of an alert's device block (the rest of the block is skipped unparsed)."""
+
+    city: str | None = None
+    district: str | None = None
+    community: str | None = None
+    grid: str | None = None
 
 
 class CaseView(msgspec.Struct, kw_only=True):
@@ -76,7 +86,7 @@ class CaseView(msgspec.Struct, kw_only=True):
     closed_by: str | None = None
     reopened: int = 0
     escalation_level: int = 0
-    device: dict[str, Any] = {}
+    device: Place = Place()
 
 
 class _ArchiveLine(msgspec.Struct):
@@ -108,9 +118,8 @@ def key_fields(dims: Sequence[str]) -> tuple[str, ...]:
 
 
 def _key(case: CaseView, fields: tuple[str, ...]) -> tuple[str, ...]:
-    city, district, community, grid = place(case.device)
-    values = {"city": city, "district": district, "community": community, "grid": grid, "kind": case.kind}
-    return tuple(values[f] for f in fields)
+    d = case.device
+    return tuple((case.kind if f == "kind" else getattr(d, f)) or "" for f in fields)
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -119,7 +128,7 @@ def stored_cases(conn: sqlite3.Connection, start: float) -> Iterator[CaseView]:
     """Alerts that may have opened or finished since `start`: every unfinished one, and finished ones
     last updated since then (a case's updated_at is at or after its opening and its finish). Both
     queries go by an index (status; status, updated_at)."""
-    for (body,) in conn.execute(f"SELECT body FROM alerts WHERE status NOT IN {TERMINAL_SQL}"):
+    for (body,) in conn.execute(f"SELECT body FROM alerts WHERE status IN {UNFINISHED_SQL}"):
         yield _decode_case(body)
     for (body,) in conn.execute(f"SELECT body FROM alerts WHERE status IN {TERMINAL_SQL} AND updated_at >= ?",
                                 (start,)):
