@@ -278,14 +278,17 @@ def test_sink_api_lists_alerts_and_forwards_actions_to_the_owner(tmp_path: Path,
         runner = await start_sink_api(sink_city)
         host, port = "127.0.0.1", next(iter(runner.sites)).port  # type: ignore[attr-defined]  # httpserve's site
         calls = [("/health", "GET", ""), ("/alerts", "GET", "t0ken-t0ken"), ("/alerts", "GET", "wrong"),
-                 (f"/alerts/{alert_id}/ack", "POST", "t0ken-t0ken"), ("/alerts/al_nope/ack", "POST", "t0ken-t0ken")]
+                 (f"/alerts/{alert_id}/ack", "POST", "t0ken-t0ken"), ("/alerts/al_nope/ack", "POST", "t0ken-t0ken"),
+                 ("/kpis?by=kind&since=3650d", "GET", "t0ken-t0ken"), ("/kpis", "GET", "wrong")]
         try:
             return [await asyncio.to_thread(call, f"http://{host}:{port}", path, method, token)
                     for path, method, token in calls]
         finally:
             await runner.cleanup()
 
-    health, listed, unauthorized, acked, unknown = asyncio.run(go())
+    health, listed, unauthorized, acked, unknown, figures, figures_denied = asyncio.run(go())
+    assert figures[0] == 200 and figures[1]["total"]["opened"] == 1 and figures_denied[0] == 401
+    assert [g["key"] for g in figures[1]["groups"]] == [{"kind": "lock"}]
     assert health[0] == 200 and listed[0] == 200 and [a["id"] for a in listed[1]] == [alert_id]
     assert unauthorized[0] == 401 and unknown[0] == 404
     assert acked == (202, {"accepted": "ack", "alert_id": alert_id, "device_id": LOCK.id})

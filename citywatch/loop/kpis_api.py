@@ -1,4 +1,5 @@
-"""GET /kpis: the loop's figures over the HTTP API (bearer token, like every endpoint but /health).
+"""GET /kpis: the loop's figures over the HTTP API (bearer token, like every endpoint but /health), on
+the embedded runner's API and on the Faust sink's.
 
     GET /kpis?by=grid|community|district|city|kind[,...]&since=24h[&archive=0]
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,12 @@ from citywatch.sinks.store import store_path
 
 
 class KpiReader:
-    """A read-only connection to state.db, opened on first use; one computation at a time."""
+    """A read-only connection to state.db, opened on first use; one computation at a time. `clock`
+    says what "now" is (the runner's: tests inject one)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, clock: Callable[[], float] = time.time) -> None:
         self.data_dir = data_dir
+        self.clock = clock
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
 
@@ -63,7 +68,6 @@ def _flag(text: str) -> bool:
 
 
 async def _kpis(request: web.Request) -> web.Response:
-    from citywatch.api import RUNNER_KEY
     from citywatch.report import parse_duration
 
     query = request.query
@@ -73,19 +77,24 @@ async def _kpis(request: web.Request) -> web.Response:
         archive = _flag(query.get("archive", "1"))
     except CitywatchError as exc:
         return _json({"error": str(exc)}, 400)
-    now = request.app[RUNNER_KEY].clock()  # type: ignore[attr-defined]
+    reader = request.app[KPI_READER_KEY]
+    now = reader.clock()
     try:
-        body = await asyncio.to_thread(request.app[KPI_READER_KEY].compute, now - since_s, now, by, archive)
+        body = await asyncio.to_thread(reader.compute, now - since_s, now, by, archive)
     except kpis.KpiError as exc:
         return _json({"error": str(exc)}, 400)
     return _json(body)
 
 
-def register(app: web.Application) -> None:
-    """Add GET /kpis to the API app (its runner, and so its data dir, is already set)."""
-    from citywatch.api import RUNNER_KEY
+def register(app: web.Application, data_dir: Path | None = None, clock: Callable[[], float] | None = None) -> None:
+    """Add GET /kpis to an API app: the embedded runner's (its data dir and clock by default) or the
+    Faust sink's (which passes its own)."""
+    if data_dir is None or clock is None:
+        from citywatch.api import RUNNER_KEY
 
-    reader = app[KPI_READER_KEY] = KpiReader(app[RUNNER_KEY].settings.data_dir)  # type: ignore[attr-defined]
+        runner: Any = app[RUNNER_KEY]
+        data_dir, clock = data_dir or runner.settings.data_dir, clock or runner.clock
+    reader = app[KPI_READER_KEY] = KpiReader(data_dir, clock or time.time)
 
     async def close(app: web.Application) -> None:
         reader.close()

@@ -108,6 +108,7 @@ async def start_sink_api(city: FaustCity) -> web.AppRunner:
     """/health, /alerts, /alerts/{id} from the alert store; POST /alerts/{id}/ack|resolve goes to
     the device's telemetry partition (202): its owner applies it and the transition follows."""
     from citywatch.api import api_token
+    from citywatch.loop import kpis_api
 
     sink, settings = city.sink, city.settings
     assert sink is not None
@@ -159,5 +160,6 @@ async def start_sink_api(city: FaustCity) -> web.AppRunner:
     app.router.add_get("/alerts", alerts)
     app.router.add_get("/alerts/{alert_id}", alert)
     app.router.add_post(r"/alerts/{alert_id}/{action:(ack|resolve)}", act)
+    kpis_api.register(app, settings.data_dir, city.clock)  # GET /kpis: the loop's figures from the sink's store
     runner, _, _ = await serve(app, settings.api)  # the same timeouts and connection cap as the runner's API
     return runner
