@@ -67,7 +67,8 @@ def test_kpis_over_http(tmp_path: Path, mosquitto: MosquittoServer) -> None:
         assert status == 200 and late["total"]["finished"] == 1 and late["groups"][0]["key"] == {"city": "Jiaxing"}
 
         for query, message in (("by=street", "unknown 'street'"), ("since=yesterday", "duration"),
-                               ("archive=maybe", "archive"), ("by=grid,grid", "twice")):
+                               ("archive=maybe", "archive"), ("by=grid,grid", "twice"),
+                               ("since=99999999w", "at most 3660d")):
             status, error = get(f"{base}?{query}", token)
             assert status == 400 and message in error["error"], (query, error)
     finally:

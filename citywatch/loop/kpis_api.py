@@ -52,6 +52,7 @@ class KpiReader:
 
 
 KPI_READER_KEY = web.AppKey("kpi_reader", KpiReader)
+MAX_SINCE_S = 3660 * 86400.0  # ten years and a bit: beyond, the period is not a question for this store
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -74,6 +75,8 @@ async def _kpis(request: web.Request) -> web.Response:
     try:
         by = kpis.parse_by(query.get("by", "district"))
         since_s = parse_duration(query.get("since", "24h"))
+        if since_s > MAX_SINCE_S:
+            raise kpis.KpiError(f"since: at most {MAX_SINCE_S / 86400:g}d")
         archive = _flag(query.get("archive", "1"))
     except CitywatchError as exc:
         return _json({"error": str(exc)}, 400)
