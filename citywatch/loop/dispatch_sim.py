@@ -7,15 +7,18 @@ own signed messages, as a dispatch centre and its field teams would:
 
 * `proper`: assigned, on_site, then rectified once the team had time to fix it;
 * `early`: assigned and rectified at once, while the sensor may still alarm (citywatch answers with
-  `reopened`; the team then goes back to that device, on_site and rectified, alert by alert);
+  `reopened`; the team then goes back to that device, on_site and rectified, alert by alert, waiting
+  twice as long after each reopening);
 * `reject`: the first team rejects it (not theirs), another team is assigned and handles it properly;
 * `never`: nothing at all (citywatch escalates it up the grid hierarchy).
 
 A latched alert (nothing to measure: `alert.rectified` leaves it `rectified`, awaiting confirmation)
 is confirmed with `alert.closed`; with `level="incident"` the alert webhooks are still read for that
-and for `reopened`, so a route should send this system both (`receive: [alerts, incidents]`). The plan of each case is drawn from a random generator seeded with `seed` and the case's
-own key (device and rule, or the incident's key), so the same seed gives every case the same plan
-whatever the order in which cases arrive. Messages go out one at a time, in order; a 5xx or a
+and for `reopened`, so a route should send this system both (`receive: [alerts, incidents]`).
+
+The plan of each case is drawn from a random generator seeded with `seed` and the case's own key
+(device and rule, or the incident's key), so the same seed gives every case the same plan whatever
+the order in which cases arrive. Messages go out one at a time, in order; a 5xx or a
 connection error is retried with the same webhook-id (as a real sender does). Everything sent and
 received is recorded for the caller to inspect.
 """
@@ -73,7 +76,7 @@ class Delays:
     on_site: float = 0.0
     rectify: float = 0.0  # a proper rectification, after on_site
     early: float = 0.0  # an early rectification, after assigned
-    retry_after_reopen: float = 0.0  # back on site after citywatch reopened the case
+    retry_after_reopen: float = 0.0  # back on site after citywatch reopened an alert (doubling each time)
     confirm: float = 0.0  # a person's `closed` for a latched case
 
 
@@ -132,6 +135,7 @@ class DispatchSystem:
         self.received: list[dict[str, Any]] = []  # every verified webhook body, in arrival order
         self.received_ids: Counter[str] = Counter()  # webhook-id -> deliveries (redeliveries counted)
         self.forged = 0  # webhooks whose signature did not verify (answered 401)
+        self.reopened: dict[str, int] = {}  # alert id -> times citywatch reopened it
         self.sent: list[Sent] = []
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
@@ -204,10 +208,12 @@ class DispatchSystem:
         if scope == "alert" and transition == "rectified" and subject.get("status") == "rectified":
             # nothing to measure (a forced door): a person checks and confirms the closure
             self._later(self.delays.confirm, "alert", target, "closed")
-        elif scope == "alert" and transition == "reopened":  # the team goes back to that device
-            self._later(self.delays.retry_after_reopen, "alert", target, "on_site")
-            self._later(self.delays.retry_after_reopen + self.delays.rectify, "alert", target, "rectified",
-                        note="rectified again after the condition returned")
+        elif scope == "alert" and transition == "reopened":  # the team goes back to that device, later each time
+            tries = self.reopened[target] = self.reopened.get(target, 0) + 1
+            back = self.delays.retry_after_reopen * 2 ** (tries - 1)
+            self._later(back, "alert", target, "on_site")
+            self._later(back + self.delays.rectify, "alert", target, "rectified",
+                        note=f"rectified again after the condition returned ({tries})")
         if scope != self.level:
             return
         case = self.cases.get(target)
