@@ -237,6 +237,11 @@ def test_an_incident_is_dispatched_as_one_and_its_members_close_by_their_own_rea
     [case] = loop.dispatch.cases.values()
     assert case.scope == "incident" and {s.status for s in loop.dispatch.sent} == {200}
     assert [s.type for s in loop.dispatch.sent] == ["incident.assigned", "incident.on_site", "incident.rectified"]
+    assigned = loop.dispatch.sent[0]
+    assert {t["alert_id"] for t in assigned.response["transitions"] if "alert_id" in t} == alert_ids
+    again = loop.dispatch.resend(assigned)  # a repeat of the incident-level message changes nothing
+    assert again.status == 200 and again.repeat and again.response == assigned.response
+    assert all(runner.engine.by_id[a].status == "verifying" for a in alert_ids)
     for gauge in gauges:
         loop.publish(gauge, depth_cm=0.0)  # drained
     wait_until(lambda: all(runner.engine.by_id[a].verified_clear >= 1 for a in alert_ids))
@@ -244,6 +249,9 @@ def test_an_incident_is_dispatched_as_one_and_its_members_close_by_their_own_rea
     wait_until(lambda: sum(t == "alert.closed" for t in loop.dispatch.types()) == len(gauges), timeout=20)
     wait_until(lambda: "incident.closed" in loop.dispatch.types(case.target))
     assert all(loop.stored(a).status == "closed" for a in alert_ids)
+    late = loop.dispatch.send(json.dumps({"type": "incident.on_site", "incident_id": case.target}).encode(),
+                              retry=False)
+    assert late.status == 409 and late.response["code"] == "illegal_transition"  # anything after closed
 
 
 def test_a_forced_door_has_nothing_to_measure_and_closes_on_a_persons_confirmation(
