@@ -32,6 +32,7 @@ from citywatch.devices.registry import Registry, registry_path
 from citywatch.ingest.publisher import publish
 from citywatch.ingest.simulator import (
     RoadWorks,
+    Scenario,
     Simulator,
     Storm,
     bad_messages,
@@ -179,8 +180,9 @@ async def run_demo(data_dir: Path | None, duration: float, n_devices: int, speed
     summary.silence = f"{silence.id} {silence.scope_text()} ({WORKS_REASON})"
 
     start = time.time() - sim_seconds - 60
-    scenarios = [Storm(STORM_DISTRICT, start_s=0.2 * sim_seconds, spread_s=min(1200.0, 0.2 * sim_seconds)),
-                 RoadWorks(WORKS_STREET, days=3, hours=work_hours(start, sim_seconds, settings.timezone))]
+    scenarios: list[Scenario] = [
+        Storm(STORM_DISTRICT, start_s=0.2 * sim_seconds, spread_s=min(1200.0, 0.2 * sim_seconds)),
+        RoadWorks(WORKS_STREET, days=3, hours=work_hours(start, sim_seconds, settings.timezone))]
     sim = Simulator(devices, seed=7, start=start, horizon_s=max(600.0, sim_seconds * 0.4), scenarios=scenarios)
     messages = [(topic, payload) for topic, payload, _ in sim.messages(sim_seconds)]
     bad = [(topic, payload) for topic, payload, _ in bad_messages(devices, seed=7, now=time.time())]

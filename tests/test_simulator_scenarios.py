@@ -8,7 +8,15 @@ from collections import Counter, defaultdict
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from citywatch.ingest.simulator import RoadWorks, Simulator, Storm, make_devices, storm_gauges, street_monitors
+from citywatch.ingest.simulator import (
+    RoadWorks,
+    Scenario,
+    Simulator,
+    Storm,
+    make_devices,
+    storm_gauges,
+    street_monitors,
+)
 from citywatch.model import Device, Transition
 from citywatch.streams.pipeline import Output
 from tests.helpers import T0, make_pipeline
@@ -86,7 +94,7 @@ def test_road_works_are_loud_in_working_hours_every_day_and_only_on_that_street(
 
 def test_scenario_devices_take_no_other_incident_and_the_run_is_deterministic() -> None:
     devices = make_devices(100, seed=4) + storm_gauges(30, district="Xiuzhou", grids=3)
-    scenarios = [Storm("Xiuzhou"), RoadWorks("Hongbo Rd")]
+    scenarios: list[Scenario] = [Storm("Xiuzhou"), RoadWorks("Hongbo Rd")]
     one = Simulator(devices, seed=4, start=T0, scenarios=scenarios)
     by_device = Counter(e["device_id"] for e in one.incidents_log)
     assert max(by_device.values()) == 1  # one script per device

@@ -37,7 +37,7 @@ from citywatch.ingest.topics import status_topic, telemetry_topic
 from citywatch.model import KINDS, Device
 
 __all__ = [
-    "INCIDENT_TYPES", "RoadWorks", "Simulator", "Storm", "bad_messages", "make_devices", "payload_bytes",
+    "INCIDENT_TYPES", "RoadWorks", "Scenario", "Simulator", "Storm", "bad_messages", "make_devices", "payload_bytes",
     "status_messages", "storm_gauges", "street_monitors",
 ]
 
