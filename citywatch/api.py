@@ -1,14 +1,15 @@
 """The HTTP API served by `citywatch run`: health, stats, alerts, and people's ack/resolve.
 
 Every endpoint but /health, /ready and /dispatch/events (signed by the dispatch system instead:
-citywatch/loop/dispatch_api.py) needs `Authorization: Bearer <api token>`. Without a configured
-token, one is generated at start into data_dir/api-token (mode 0600) for the CLI to use.
+citywatch/loop/dispatch_api.py) needs `Authorization: Bearer <token>`: an account's token
+(`citywatch users add`), or the bootstrap admin's (the configured `api.token`, else one generated at
+start into data_dir/api-token, mode 0600, for the CLI to use). Who may do what, and the audit of
+it, is citywatch/people/api.py's middleware and route table.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
 import secrets
 from pathlib import Path
@@ -22,6 +23,9 @@ from citywatch.errors import AlertError
 from citywatch.httpserve import GUARD_KEY, serve
 from citywatch.loop import silences_api
 from citywatch.model import TERMINAL_STATUSES
+from citywatch.people import api as access
+from citywatch.people.throttle import Throttle
+from citywatch.people.users import UserBook, registry_db
 from citywatch.sinks.alertreader import AlertReader
 from citywatch.sinks.database import make_private
 from citywatch.sinks.store import store_path
@@ -68,24 +72,6 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json")
 
 
-@web.middleware
-async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.path in ("/health", "/ready"):  # facts for supervisors, no secrets: open
-        return await handler(request)
-    if request.path == "/dispatch/events":  # the dispatch system signs each message instead (loop/dispatch_api.py)
-        return await handler(request)
-    if not _bearer_ok(request.headers.get("Authorization", ""), request.app[TOKEN_KEY]):
-        return _json({"error": "missing or invalid bearer token"}, 401)
-    return await handler(request)
-
-
-def _bearer_ok(header: str, token: str) -> bool:
-    """`Bearer <token>`; the scheme is case-insensitive (RFC 7235), the token compared in constant time."""
-    scheme, _, given = header.strip().partition(" ")
-    given_bytes = given.strip().encode("utf-8", "replace")  # a header may carry undecodable bytes
-    return hmac.compare_digest(given_bytes, token.encode()) and scheme.lower() == "bearer"
-
-
 def _runner(request: web.Request) -> EmbeddedRunner:
     return request.app[RUNNER_KEY]  # type: ignore[return-value]
 
@@ -108,6 +94,8 @@ async def _stats(request: web.Request) -> web.Response:
     stats = _runner(request).stats()
     if GUARD_KEY in request.app:
         stats["api"] = request.app[GUARD_KEY].stats()  # connections open, evicted, refused, timed out
+    if access.ACCESS_KEY in request.app:
+        stats["auth"] = request.app[access.ACCESS_KEY].stats()  # failed tokens, 429s, blocks, addresses
     return _json(stats)
 
 
@@ -134,8 +122,9 @@ async def _alert(request: web.Request) -> web.Response:
 
 
 async def _actor(request: web.Request) -> str:
-    """Who acts: `by` of an optional JSON object body, else "api". A body that is not such an
-    object (malformed, nested past the decoder's depth, `by` not text) is refused."""
+    """Who the body says acts: `by` of an optional JSON object body, else "api" (people/api.py's
+    `acting_name` decides what is recorded). A body that is not such an object (malformed, nested
+    past the decoder's depth, `by` not text) is refused."""
     body = await request.read()
     if not body.strip():
         return "api"
@@ -161,11 +150,11 @@ def _person_action(action: str) -> Any:
         runner = _runner(request)
         alert_id = request.match_info["alert_id"]
         try:
-            by = await _actor(request)
+            by = access.acting_name(request, await _actor(request))
         except _BadBody as exc:
             return _json({"error": str(exc)}, 400)
         try:
-            transition = getattr(runner, action)(alert_id, by)
+            transition = getattr(runner, action)(alert_id, by, also=access.tx_hook(request))
         except AlertError as exc:
             if alert_id in runner.engine.by_id:
                 return _json({"error": str(exc)}, 409)
@@ -181,13 +170,18 @@ def _person_action(action: str) -> Any:
 
 
 def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
-    app = web.Application(middlewares=[_auth], client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024)
     app[RUNNER_KEY] = runner
     app[TOKEN_KEY] = token
     reader = app[READER_KEY] = AlertReader(store_path(runner.settings.data_dir))
+    s = runner.settings.api
+    users = UserBook(registry_db(runner.settings.data_dir))  # accounts, read live (people/users.py)
+    access.setup(app, token, users, runner.store.conn, Throttle(s.auth_failures, s.auth_window_s, s.auth_block_s,
+                                                                 s.auth_block_max_s, s.auth_addresses))
 
     async def close_reader(app: web.Application) -> None:
         reader.close()
+        users.close()
 
     app.on_cleanup.append(close_reader)
     app.router.add_get("/health", _health)

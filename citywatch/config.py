@@ -215,6 +215,13 @@ class ApiSettings(Section):
     header_timeout_s: float = Field(10.0, gt=0)  # connect (or last response) to complete request headers
     request_timeout_s: float = Field(30.0, gt=0)  # request headers to response, body included
     max_connections: int = Field(256, ge=1)  # open HTTP connections; idle ones are closed first when full
+    # failed bearer tokens from one address (citywatch/people/throttle.py): after auth_failures within
+    # auth_window_s it gets 429 for auth_block_s, doubling per block up to auth_block_max_s
+    auth_failures: int = Field(5, ge=1)
+    auth_window_s: float = Field(60.0, gt=0)
+    auth_block_s: float = Field(10.0, gt=0)
+    auth_block_max_s: float = Field(900.0, gt=0)
+    auth_addresses: int = Field(4096, ge=16)  # addresses tracked (least recently seen forgotten first)
 
 
 class Deadlines(Section):
@@ -476,6 +483,10 @@ class AlertRetention(Section):
     archive_after_days: float = Field(30.0, gt=0)  # resolved alerts move to data_dir/archive/ after this
 
 
+class AuditRetention(Section):
+    archive_after_days: float = Field(365.0, gt=0)  # state.db audit records move to data_dir/archive/ after this
+
+
 class RetentionSettings(Section):
     """What the runner keeps, for how long, and how much work each pass may do."""
 
@@ -486,6 +497,7 @@ class RetentionSettings(Section):
     dead_letters: DeadLetterRetention = DeadLetterRetention()
     outbox: OutboxRetention = OutboxRetention()
     alerts: AlertRetention = AlertRetention()
+    audit: AuditRetention = AuditRetention()
 
 
 class RuleSettings(Section):

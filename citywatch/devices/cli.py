@@ -32,10 +32,13 @@ def _settings() -> Any:
 
 @contextmanager
 def _registry() -> Iterator[Any]:
+    """The registry; every change is audited (the local admin, for this OS user: citywatch/people/audit.py)."""
     from citywatch.devices.registry import Registry, registry_path
+    from citywatch.people.audit import Actor, device_hook, ensure_schema
 
-    registry = Registry(registry_path(_settings().data_dir))
+    registry = Registry(registry_path(_settings().data_dir), on_change=device_hook(Actor.cli()))
     try:
+        ensure_schema(registry.conn)
         yield registry
     finally:
         registry.close()
@@ -175,6 +178,9 @@ def devices_import(csv_file: Any, secrets_out: Path | None, dry_run: bool, broke
         if secrets_out is None:
             raise click.UsageError("give --secrets-out FILE (or - to print the passwords)")
         to_file = None if str(secrets_out) == "-" else secrets_out
+        from citywatch.people.audit import Actor, device_hook
+
+        registry.on_change = device_hook(Actor.cli(), {"add": "import"}, f"from {csv_file.name}")
         issued = import_csv(registry, text, _install(), to_file, broker_url or s.mqtt.url, s.mqtt.topic_prefix)
         if to_file is None:
             click.echo("id,password")

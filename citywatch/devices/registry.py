@@ -10,7 +10,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -125,12 +125,27 @@ class Credential(NamedTuple):
     enabled: bool
 
 
-class Registry:
-    """CRUD on the registry file. One instance per process; cheap to open."""
+# (connection, verb: add|update|enable|disable|rotate|remove, device id, before, after), called inside the
+# change's transaction: the audit trail (citywatch/people/audit.py) records it atomically with the change.
+ChangeHook = Callable[[sqlite3.Connection, str, str, dict[str, Any] | None, dict[str, Any] | None], None]
 
-    def __init__(self, path: Path) -> None:
+
+def _public(device: Device | None) -> dict[str, Any] | None:
+    """A device as the audit records it (never its password hash)."""
+    return None if device is None else msgspec.to_builtins(device)
+
+
+class Registry:
+    """CRUD on the registry file. One instance per process; cheap to open. `on_change`: see ChangeHook."""
+
+    def __init__(self, path: Path, on_change: ChangeHook | None = None) -> None:
         self.path = path
         self.conn = connect(path)
+        self.on_change = on_change
+
+    def _changed(self, verb: str, device_id: str, before: Device | None, after: Device | None) -> None:
+        if self.on_change is not None:
+            self.on_change(self.conn, verb, device_id, _public(before), _public(after))
 
     def close(self) -> None:
         self.conn.close()
@@ -164,6 +179,7 @@ class Registry:
                     )
                 except sqlite3.IntegrityError:
                     raise DeviceError(f"device {device.id} already exists") from None
+                self._changed("add", device.id, None, msgspec.structs.replace(device, created_at=now))
         return [msgspec.structs.replace(device, created_at=now) for device, _ in items]
 
     def get(self, device_id: str) -> Device | None:
@@ -196,27 +212,35 @@ class Registry:
         if unknown:
             raise DeviceError(f"cannot update {', '.join(sorted(unknown))}")
         with self._transaction() as conn:
-            device = msgspec.structs.replace(self.require(device_id), **changes)
+            before = self.require(device_id)
+            device = msgspec.structs.replace(before, **changes)
             validate_device(device)
             conn.execute("UPDATE devices SET attrs = ?, updated_at = ? WHERE id = ?",
                          (_attrs(device), time.time(), device_id))
+            self._changed("update", device_id, before, device)
         return device
 
-    def _set(self, device_id: str, column: str, value: Any) -> None:
-        cur = self.conn.execute(f"UPDATE devices SET {column} = ?, updated_at = ? WHERE id = ?",
-                                (value, time.time(), device_id))
-        if cur.rowcount == 0:
-            raise DeviceError(f"no device {device_id}")
+    def _set(self, device_id: str, column: str, value: Any, verb: str) -> None:
+        with self._transaction() as conn:
+            before = self.get(device_id)
+            cur = conn.execute(f"UPDATE devices SET {column} = ?, updated_at = ? WHERE id = ?",
+                               (value, time.time(), device_id))
+            if cur.rowcount == 0:
+                raise DeviceError(f"no device {device_id}")
+            self._changed(verb, device_id, before, self.get(device_id))
 
     def set_enabled(self, device_id: str, enabled: bool) -> None:
-        self._set(device_id, "enabled", int(enabled))
+        self._set(device_id, "enabled", int(enabled), "enable" if enabled else "disable")
 
     def set_password_hash(self, device_id: str, password_hash: str) -> None:
-        self._set(device_id, "password_hash", password_hash)
+        self._set(device_id, "password_hash", password_hash, "rotate")
 
     def remove(self, device_id: str) -> None:
-        if self.conn.execute("DELETE FROM devices WHERE id = ?", (device_id,)).rowcount == 0:
-            raise DeviceError(f"no device {device_id}")
+        with self._transaction() as conn:
+            before = self.get(device_id)
+            if conn.execute("DELETE FROM devices WHERE id = ?", (device_id,)).rowcount == 0:
+                raise DeviceError(f"no device {device_id}")
+            self._changed("remove", device_id, before, None)
 
     def has_password(self, device_id: str) -> bool:
         row = self.conn.execute("SELECT password_hash FROM devices WHERE id = ?", (device_id,)).fetchone()

@@ -35,6 +35,7 @@ from citywatch.loop.dispatch import (
     verify_signature,
 )
 from citywatch.model import TERMINAL_STATUSES
+from citywatch.people import api as access
 from citywatch.ratelog import LogLimiter
 from citywatch.sinks.webhooks import signing_keys
 
@@ -105,6 +106,7 @@ class Inbound:
             refused = await _not_open(request, not_open.alert_id, not_open.exc)
         except Refused as exc:
             refused = exc
+        access.inbound_refused(request, refused.status, f"{refused.code}: {refused}")  # authentic ones only
         self._log_refusal(refused, request)
         headers = {"Retry-After": "5"} if refused.status == 503 else None
         return _refusal(refused, headers)
@@ -124,12 +126,13 @@ class Inbound:
         event = parse_event(body)
         writer = self.receipts.writer(webhook_id, body_digest, now,
                                       lambda out: accepted(webhook_id, event.type, out))
+        audited = access.inbound_hook(request, event, writer)  # the receipt, then the audit record
         if event.scope == "incident":
-            self._incident(event, writer)
+            self._incident(event, audited)
         else:
             try:
                 runner.dispatch(event.target, event.action, event.by, assignee=event.assignee, note=event.note,
-                                evidence=event.evidence, reason=event.reason, also=writer)
+                                evidence=event.evidence, reason=event.reason, also=audited)
             except (AlertNotFound, IllegalTransition) as exc:
                 raise _NotOpen(event.target, exc) from None
             except AlertError as exc:  # the store could not take it: nothing committed, try again
@@ -175,9 +178,10 @@ async def _person(request: web.Request) -> web.Response:
         detail = parse_detail(action, await request.read())
     except Refused as exc:
         return _refusal(exc)
+    by = access.acting_name(request, detail.by)  # the account's name; a shared credential's person
     try:
-        transition = runner.dispatch(alert_id, action, detail.by, assignee=detail.assignee, note=detail.note,
-                                     evidence=detail.evidence, reason=detail.reason)
+        transition = runner.dispatch(alert_id, action, by, assignee=detail.assignee, note=detail.note,
+                                     evidence=detail.evidence, reason=detail.reason, also=access.tx_hook(request))
     except (AlertNotFound, IllegalTransition) as exc:
         return _refusal(await _not_open(request, alert_id, exc))
     except AlertError as exc:

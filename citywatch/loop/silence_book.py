@@ -31,6 +31,8 @@ from citywatch.sinks.outbox import ensure_schema
 
 log = logging.getLogger(__name__)
 
+Also = Callable[[sqlite3.Connection, Silence], None]
+
 REWRITE_DAYS = 30.0  # at start, points of silences that ended within this are written again
 _TAG = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\\": "/", "\n": r"\ ", "\r": r"\ "})
 _STR = str.maketrans({'"': r"\"", "\\": r"\\", "\n": " ", "\r": " "})
@@ -95,20 +97,23 @@ class SilenceBook:
 
     # -- people's actions ----------------------------------------------------------------------------
 
-    def add(self, request: SilenceRequest, local: bool = False) -> Silence:
+    def add(self, request: SilenceRequest, local: bool = False, also: Also | None = None) -> Silence:
         """Check and store a new silence (SilenceRefused says why not). `local`: times without an
-        offset are the city's local time (the CLI), else refused (the API)."""
+        offset are the city's local time (the CLI), else refused (the API). `also(conn, silence)`
+        writes in the same transaction (the audit record: citywatch/people/audit.py)."""
         now = self.clock()
         silence = sil.build(request, self.policy, now, self.local if local else None)
         with transaction(self.conn):
             sil.insert(self.conn, silence)
+            if also is not None:
+                also(self.conn, silence)
         log.info("silence %s set by %s: %s until %s (%s)", silence.id, silence.author, silence.scope_text(),
                  sil.rfc3339(silence.ends_at), silence.reason)
         self._changed(silence)
         return silence
 
-    def end(self, silence_id: str, by: str) -> tuple[Silence, Released]:
-        """End a silence now and release what it held. SilenceNotFound, SilenceOver."""
+    def end(self, silence_id: str, by: str, also: Also | None = None) -> tuple[Silence, Released]:
+        """End a silence now and release what it held. SilenceNotFound, SilenceOver. `also` as for add."""
         now = self.clock()
         with transaction(self.conn):
             silence = sil.get(self.conn, silence_id)
@@ -116,6 +121,8 @@ class SilenceBook:
                 raise SilenceNotFound(f"no silence {silence_id}")
             sil.mark_ended(self.conn, silence, by, now)
             released = sil.release(self.conn, [silence], now, self.policy.safety_rules)
+            if also is not None:
+                also(self.conn, silence)
         log.info("silence %s ended early by %s: %d webhooks released, %d suppressed, %d still held by another",
                  silence.id, by, *released)
         self._changed(silence)

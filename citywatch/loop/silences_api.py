@@ -23,6 +23,7 @@ from aiohttp import web
 from citywatch.loop import silences as sil
 from citywatch.loop.silences import Silence, SilenceNotFound, SilenceOver, SilenceRefused, SilenceRequest
 from citywatch.model import Alert
+from citywatch.people import api as access
 
 if TYPE_CHECKING:
     from citywatch.streams.embedded import EmbeddedRunner
@@ -71,9 +72,10 @@ def register(app: web.Application) -> None:
             return _json({"error": f"body must be a JSON silence object: {exc}"}, 400)
         except RecursionError:
             return _json({"error": "body must be a JSON silence object: nested too deeply"}, 400)
+        wanted.by = access.acting_name(request, wanted.by)  # the account, not whatever the body says
         book = runner(request).silences
         try:
-            silence = book.add(wanted)
+            silence = book.add(wanted, also=access.tx_hook(request, access.silence_state, lambda s: s.id))
         except SilenceRefused as exc:
             return _json({"error": str(exc)}, 422)
         except sqlite3.OperationalError as exc:  # a full or read-only disk: nothing was stored
@@ -106,8 +108,10 @@ def register(app: web.Application) -> None:
                 if not given.isprintable():
                     return _json({"error": "by: must be printable text"}, 400)
                 by = given.strip()[:128]
+        by = access.acting_name(request, by)
         try:
-            silence, released = book.end(request.match_info["silence_id"], by)
+            silence, released = book.end(request.match_info["silence_id"], by,
+                                         also=access.tx_hook(request, access.silence_state))
         except SilenceNotFound as exc:
             return _json({"error": str(exc)}, 404)
         except SilenceOver as exc:

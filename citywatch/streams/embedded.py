@@ -436,11 +436,12 @@ class EmbeddedRunner:
 
     # -- people's actions (API, CLI) --------------------------------------------------------
 
-    def acknowledge(self, alert_id: str, by: str) -> Transition:
-        return self._human(self.engine.acknowledge(alert_id, by, self.clock()))
+    def acknowledge(self, alert_id: str, by: str, also: TxHook | None = None) -> Transition:
+        """`also` writes in the action's transaction (the audit record: citywatch/people/api.py)."""
+        return self._human(self.engine.acknowledge(alert_id, by, self.clock()), also)
 
-    def resolve(self, alert_id: str, by: str) -> Transition:
-        return self._human(self.engine.resolve(alert_id, by, self.clock()))
+    def resolve(self, alert_id: str, by: str, also: TxHook | None = None) -> Transition:
+        return self._human(self.engine.resolve(alert_id, by, self.clock()), also)
 
     def dispatch(self, alert_id: str, action: str, by: str, *, assignee: str = "", note: str = "",
                  evidence: Iterable[str] = (), reason: str = "", also: TxHook | None = None) -> Transition:
