@@ -521,6 +521,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./data")
     timezone: str = "Asia/Shanghai"
+    language: str = "zh-CN"  # human-facing text (CLI, report, console, notifications): zh-CN or en
     log_level: str = "INFO"
     mqtt: MqttSettings = MqttSettings()
     ingest: IngestSettings = IngestSettings()
@@ -552,6 +553,13 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {name!r}: use an IANA name such as Asia/Shanghai") from None
         return name
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, language: str) -> str:
+        from citywatch.i18n import check_language
+
+        return check_language(language)
 
     @field_validator("log_level")
     @classmethod

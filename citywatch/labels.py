@@ -1,0 +1,83 @@
+"""Human names for the stable English codes (statuses, severities, kinds, rules, reasons, transitions).
+
+Codes stay codes in machine payloads; people see `label(t, "status", "open")` ("待处理" in zh-CN).
+Each table marks its entries for extraction (`NP_`: context, message id); the context keeps the same
+English word apart where it means different things ("open" as a status, "opened" as a transition).
+An unknown code (a rule added later, a custom one) is shown as itself.
+"""
+
+from __future__ import annotations
+
+from citywatch.i18n import Translator
+
+
+def NP_(context: str, msgid: str) -> str:  # noqa: N802 (gettext convention; extracted as NP_:1c,2)
+    """Mark (context, message id) for extraction; returns the id unchanged."""
+    return msgid
+
+
+_TABLES: dict[str, frozenset[str]] = {}
+
+
+def _table(context: str, *codes: str) -> None:
+    _TABLES[context] = frozenset(codes)
+
+
+_table("alert status",
+       NP_("alert status", "open"), NP_("alert status", "acknowledged"), NP_("alert status", "assigned"),
+       NP_("alert status", "on_site"), NP_("alert status", "rectified"), NP_("alert status", "verifying"),
+       NP_("alert status", "verification_overdue"), NP_("alert status", "resolved"),
+       NP_("alert status", "closed"))
+_table("severity", NP_("severity", "info"), NP_("severity", "warning"), NP_("severity", "critical"))
+_table("kind", NP_("kind", "gas"), NP_("kind", "noise"), NP_("kind", "water"), NP_("kind", "parking"),
+       NP_("kind", "lock"))
+_table("transition",
+       NP_("transition", "opened"), NP_("transition", "updated"), NP_("transition", "flapping"),
+       NP_("transition", "acknowledged"), NP_("transition", "escalated"), NP_("transition", "resolved"),
+       NP_("transition", "assigned"), NP_("transition", "on_site"), NP_("transition", "rectified"),
+       NP_("transition", "rejected"), NP_("transition", "verifying"), NP_("transition", "reopened"),
+       NP_("transition", "verification_overdue"), NP_("transition", "closed"))
+_table("rule",
+       NP_("rule", "gas_level"), NP_("rule", "noise_limit"), NP_("rule", "noise_night_burst"),
+       NP_("rule", "water_depth"), NP_("rule", "parking_overstay"), NP_("rule", "parking_forbidden"),
+       NP_("rule", "lock_forced_open"), NP_("rule", "lock_tamper"), NP_("rule", "lock_brute_force"),
+       NP_("rule", "lock_door_ajar"), NP_("rule", "lock_jammed"), NP_("rule", "battery_low"),
+       NP_("rule", "device_offline"), NP_("rule", "device_flooding"), NP_("rule", "sensor_jump"),
+       NP_("rule", "sensor_stuck"), NP_("rule", "gas_slow_rise"), NP_("rule", "noise_unusual_night"),
+       NP_("rule", "water_fast_rise"), NP_("rule", "parking_stuck"), NP_("rule", "parking_flapping"),
+       NP_("rule", "lock_many_users"), NP_("rule", "lock_unusual_hour"), NP_("rule", "lock_unusual_failures"),
+       NP_("rule", "reporting_interval"), NP_("rule", "battery_drain"))
+_table("dead letter reason",
+       NP_("dead letter reason", "malformed_json"), NP_("dead letter reason", "not_an_object"),
+       NP_("dead letter reason", "missing_field"), NP_("dead letter reason", "wrong_type"),
+       NP_("dead letter reason", "not_finite"), NP_("dead letter reason", "out_of_range"),
+       NP_("dead letter reason", "bad_value"), NP_("dead letter reason", "bad_timestamp"),
+       NP_("dead letter reason", "payload_too_large"), NP_("dead letter reason", "bad_topic"),
+       NP_("dead letter reason", "unknown_kind"), NP_("dead letter reason", "topic_mismatch"),
+       NP_("dead letter reason", "future_timestamp"), NP_("dead letter reason", "unknown_device"),
+       NP_("dead letter reason", "device_disabled"), NP_("dead letter reason", "kind_mismatch"),
+       NP_("dead letter reason", "duplicate"), NP_("dead letter reason", "out_of_order"),
+       NP_("dead letter reason", "bad_status"), NP_("dead letter reason", "too_deep"),
+       NP_("dead letter reason", "internal_error"))
+_table("device status", NP_("device status", "enabled"), NP_("device status", "disabled"))
+_table("delivery status",
+       NP_("delivery status", "pending"), NP_("delivery status", "held"), NP_("delivery status", "delivered"),
+       NP_("delivery status", "dead"), NP_("delivery status", "suppressed"))
+_table("escalation level", NP_("escalation level", "grid"), NP_("escalation level", "community"),
+       NP_("escalation level", "district"), NP_("escalation level", "city"))
+
+CONTEXTS: tuple[str, ...] = tuple(_TABLES)
+
+
+def label(t: Translator, context: str, code: str | None) -> str:
+    """The human name of `code` in `context` (one of CONTEXTS); an unknown code as itself, None as "-"."""
+    if code is None or code == "":
+        return "-"
+    if code in _TABLES.get(context, ()):
+        return t.pgettext(context, code)
+    return code
+
+
+def codes(context: str) -> frozenset[str]:
+    """The codes a context knows (tests: every one has a label)."""
+    return _TABLES[context]
