@@ -7,6 +7,10 @@ single owner of alert state. If that API is disabled or unreachable the action i
 never written to the store behind the runner's back (the runner would overwrite it). Only when no
 runner holds the lock is the action applied to the store directly, holding the lock meanwhile
 (its webhook then waits in the outbox for the next run).
+
+Who: through the API, the account of the token presented (people/client.py: --token,
+$CITYWATCH_TOKEN, else the bootstrap admin's); directly, the local admin acting for `by` (whoever
+can write the data dir's files is an admin already). Both are audited (people/audit.py).
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from citywatch.api import api_token
 from citywatch.config import Settings
 from citywatch.datalock import DataDirBusy, DataDirLock
 from citywatch.detectors.lifecycle import AlertEngine, AlertNotFound
 from citywatch.errors import AlertError
 from citywatch.loop.dispatch import Refused, parse_detail
+from citywatch.people import audit
+from citywatch.people.client import cli_token, refusal
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.sinks.webhooks import Outbox
 from citywatch.streams.pipeline import Output
@@ -87,7 +92,7 @@ def _via_owner(settings: Settings, holder: dict[str, Any], alert_id: str, action
                          f"starting), so the {action} cannot go through it and {refuse}: enable its API or "
                          "stop it, then try again")
     base = _api_url(str(holder["api"]))
-    token = api_token(settings.api, data_dir, create=False)
+    token = cli_token(settings)  # --token, $CITYWATCH_TOKEN, else the bootstrap admin's
     if token is None:
         raise AlertError(f"no API token to reach {RUNNER} (pid {pid}) at {base}: set api.token or api.token_file "
                          f"as the runner has it ({data_dir}/api-token is missing)")
@@ -117,9 +122,15 @@ def _http_error(exc: urllib.error.HTTPError) -> str:
     except (ValueError, OSError):
         body = {}
     message = body.get("error") if isinstance(body, dict) else None
-    if exc.code == 401:
-        return "the running API refused our token: api.token (or api.token_file) differs from the runner's"
+    if exc.code in (401, 403, 429):
+        return refusal(exc.code, str(message) if message else None)
     return str(message) if message else f"the running API answered {exc.code} {exc.reason}"
+
+
+def _state(alert: Any) -> dict[str, Any]:
+    from citywatch.people.api import alert_state
+
+    return alert_state(alert)
 
 
 def _direct(settings: Settings, alert_id: str, action: str, by: str, detail: dict[str, Any]) -> dict[str, Any]:
@@ -131,18 +142,28 @@ def _direct(settings: Settings, alert_id: str, action: str, by: str, detail: dic
         try:
             engine = AlertEngine(settings.alerts, store.open_alerts())
             now = time.time()
+            audit.ensure_schema(store.conn)  # the local admin acts for `by` (the OS user by default): audited
+            current = engine.by_id.get(alert_id)
+            entry = audit.Entry(audit.Actor.cli(by), action.replace("-", "_"), "alert", alert_id,
+                                None if current is None else _state(current), at=now)
             try:
-                if action in DISPATCH:
-                    transition = engine.dispatch(alert_id, DISPATCH[action], by, now, **detail)
-                else:
-                    transition = (engine.acknowledge(alert_id, by, now) if action == "ack"
-                                  else engine.resolve(alert_id, by, now))
-            except AlertNotFound:
-                known = store.conn.execute("SELECT status FROM alerts WHERE id = ?", (alert_id,)).fetchone()
-                raise AlertError(f"no open alert {alert_id}: it is already {known[0]}" if known
-                                 else f"no alert {alert_id}") from None
+                try:
+                    if action in DISPATCH:
+                        transition = engine.dispatch(alert_id, DISPATCH[action], by, now, **detail)
+                    else:
+                        transition = (engine.acknowledge(alert_id, by, now) if action == "ack"
+                                      else engine.resolve(alert_id, by, now))
+                except AlertNotFound:
+                    known = store.conn.execute("SELECT status FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+                    raise AlertError(f"no open alert {alert_id}: it is already {known[0]}" if known
+                                     else f"no alert {alert_id}") from None
+            except AlertError as exc:
+                audit.record(store.conn, audit.Entry(entry.actor, entry.action, "alert", alert_id, entry.before,
+                                                     outcome="error", reason=str(exc), at=now))
+                raise
             out = Output()
             out.transitions.append(transition)
+            store.hooks.append(audit.hook(entry, lambda out: _state(out.transitions[-1].alert)))
             store.commit(out, engine.take_dirty(), {})
         finally:
             store.close()

@@ -32,9 +32,10 @@ class ConfigProblem(click.ClickException):
 
 
 class Context:
-    def __init__(self, config: Path | None, data_dir: Path | None) -> None:
+    def __init__(self, config: Path | None, data_dir: Path | None, token: str | None = None) -> None:
         self.config = config
         self.data_dir = data_dir
+        self.token = token  # for the running owner's API (citywatch/people/client.py)
         self._settings: Settings | None = None
 
     @property
@@ -55,10 +56,13 @@ pass_ctx = click.make_pass_decorator(Context)
 @click.option("--config", "config", type=click.Path(path_type=Path), envvar="CITYWATCH_CONFIG",
               help="config.yaml to use (default: ./config.yaml if present).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Override data_dir.")
+@click.option("--token", envvar="CITYWATCH_TOKEN", default=None, show_envvar=True,
+              help="Your account's token for commands that go through a running `citywatch run` (default: the "
+                   "bootstrap admin's, api.token or <data_dir>/api-token).")
 @click.pass_context
-def main(ctx: click.Context, config: Path | None, data_dir: Path | None) -> None:
+def main(ctx: click.Context, config: Path | None, data_dir: Path | None, token: str | None) -> None:
     """citywatch: real-time IoT sensing and alerts for city governance."""
-    ctx.obj = Context(config, data_dir)
+    ctx.obj = Context(config, data_dir, token)
 
 
 # -- run --------------------------------------------------------------------------------------
@@ -125,7 +129,10 @@ def simulate(ctx: Context, url: str | None, n_devices: int, duration: float, rat
     settings = ctx.settings
     devices = make_devices(n_devices, seed=seed)
     if register:
-        registry = Registry(registry_path(settings.data_dir))
+        from citywatch.people.audit import Actor, device_hook, ensure_schema
+
+        registry = Registry(registry_path(settings.data_dir), on_change=device_hook(Actor.cli()))  # audited
+        ensure_schema(registry.conn)
         added = 0
         for device in devices:
             if registry.get(device.id) is None:
@@ -328,6 +335,7 @@ from citywatch.devices.cli import devices  # noqa: E402
 from citywatch.loop.dispatch_cli import add_commands as add_dispatch_commands  # noqa: E402
 from citywatch.loop.incidents_cli import incidents  # noqa: E402
 from citywatch.loop.silences_cli import silences  # noqa: E402
+from citywatch.people.cli import audit, users  # noqa: E402
 from citywatch.report import report_command  # noqa: E402
 from citywatch.sinks.cli import influx, webhooks  # noqa: E402
 from citywatch.streams.faust_cli import bridge_command, worker_command  # noqa: E402
@@ -343,6 +351,8 @@ main.add_command(webhooks)
 main.add_command(influx)
 main.add_command(silences)
 main.add_command(incidents)
+main.add_command(users)
+main.add_command(audit)
 add_dispatch_commands(alerts)  # alerts assign / on-site / rectify / reject / close
 
 

@@ -30,7 +30,7 @@ API_TIMEOUT_S = 10.0
 def _owner(settings: Settings, holder: dict[str, Any], method: str, path: str, body: dict[str, Any] | None) -> Any:
     """Ask the running owner's API; CitywatchError with its answer when it refuses."""
     from citywatch.actions import RUNNER, _api_url, _http_error
-    from citywatch.api import api_token
+    from citywatch.people.client import cli_token
 
     data_dir, pid = settings.data_dir, holder.get("pid", "?")
     command = holder.get("command") or "another citywatch process"
@@ -40,7 +40,7 @@ def _owner(settings: Settings, holder: dict[str, Any], method: str, path: str, b
         raise CitywatchError(f"{RUNNER} (pid {pid}) owns {data_dir} but serves no API (api.enabled: false, or still "
                              "starting): enable its API or stop it, then try again")
     base = _api_url(str(holder["api"]))
-    token = api_token(settings.api, data_dir, create=False)
+    token = cli_token(settings)  # --token, $CITYWATCH_TOKEN, else the bootstrap admin's
     if token is None:
         raise CitywatchError(f"no API token to reach {RUNNER} (pid {pid}) at {base}: set api.token or "
                              "api.token_file as the runner has it")
@@ -68,10 +68,12 @@ def _call(settings: Settings, what: str, method: str, path: str, body: dict[str,
         return _owner(settings, busy.holder, method, path, body)
     try:
         from citywatch.loop.silence_book import SilenceBook
+        from citywatch.people.audit import ensure_schema
         from citywatch.sinks.store import AlertStore, store_path
 
         store = AlertStore(store_path(settings.data_dir), check=("silences", "webhook_outbox"))
         try:
+            ensure_schema(store.conn)  # the local admin's changes are audited (direct(book) passes the hook)
             return direct(SilenceBook(store.conn, settings))
         except sqlite3.Error as exc:
             raise CitywatchError(f"cannot {what} the silence: {store.path}: {exc}") from None
@@ -79,6 +81,14 @@ def _call(settings: Settings, what: str, method: str, path: str, body: dict[str,
             store.close()
     finally:
         lock.release()
+
+
+def _audited(action: str, by: str) -> Any:
+    """The audit hook of the local admin's silence change, acting for `by` (direct mode only)."""
+    from citywatch.people.api import silence_state
+    from citywatch.people.audit import Actor, Entry, hook
+
+    return hook(Entry(Actor.cli(by), action, "silence"), silence_state, lambda s: str(s.id))
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -146,7 +156,8 @@ def silences_add(ctx: click.Context, start: str | None, end: str | None, duratio
             raise _fail(exc) from None
     try:
         result = _call(settings, "add", "POST", "/silences", body,
-                       lambda book: book.add(request, local=True).to_json(book.clock()))
+                       lambda book: book.add(request, local=True, also=_audited("silence", by)).to_json(
+                           book.clock()))
     except CitywatchError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -188,7 +199,7 @@ def silences_end(ctx: click.Context, silence_id: str, by: str) -> None:
     settings = _settings(ctx)
 
     def direct(book: Any) -> dict[str, Any]:
-        silence, released = book.end(silence_id, by)
+        silence, released = book.end(silence_id, by, also=_audited("silence", by))
         return {**silence.to_json(book.clock()), "released": released._asdict()}
 
     try:

@@ -317,6 +317,7 @@ class Verdict:
     head_hash: str = GENESIS
     broken_seq: int | None = None
     problem: str = ""
+    note: str = ""
 
     @property
     def ok(self) -> bool:
@@ -325,7 +326,7 @@ class Verdict:
     def to_json(self) -> dict[str, Any]:
         return {"chain": self.name, "ok": self.ok, "checked": self.checked, "archived": self.archived,
                 "head": {"seq": self.head_seq, "hash": self.head_hash}, "broken_seq": self.broken_seq,
-                "problem": self.problem}
+                "problem": self.problem, "note": self.note}
 
 
 def _check(rows: Iterable[dict[str, Any]], verdict: Verdict, seq: int, prev: str, where: str) -> tuple[int, str]:
@@ -372,6 +373,8 @@ def verify(conn: sqlite3.Connection, name: str, archives: Iterable[Path] = ()) -
                                "an archive file is missing or was changed")
             verdict.broken_seq = seq + 1
             return verdict
+        if not verdict.archived:  # moved to cold storage, or lost: say so, the rest is still checked
+            verdict.note = f"records 1-{anchor[0]} were archived; no archive files found to check them"
         seq, prev = int(anchor[0]), str(anchor[1])
     columns = COLUMNS
     rows = (dict(zip(columns, r, strict=True)) for r in records(conn, 0))

@@ -3,7 +3,8 @@
 `Retention.run_once(now)` is one pass of bounded work (at most `batch_rows` rows per kind): stored
 dead letters beyond their age, row count or size are deleted (their counters stay); delivered and
 dead webhook outbox rows past their age are deleted; resolved alerts past their age move with their
-transitions into `data_dir/archive/alerts-YYYY-MM-DD.jsonl.gz`; free pages are handed back to the
+transitions into `data_dir/archive/alerts-YYYY-MM-DD.jsonl.gz` (audit records into
+`audit-YYYY-MM-DD.jsonl.gz`: citywatch/people/archive.py); free pages are handed back to the
 file system and the WAL is checkpointed and truncated. Device state is never touched.
 
 Archiving is crash safe and idempotent: the batch (alert ids, file, the file's size before) is
@@ -59,6 +60,7 @@ class RetentionReport:
     dead_letters_purged: int = 0
     outbox_purged: int = 0
     alerts_archived: int = 0
+    audit_archived: int = 0
     pages_vacuumed: int = 0
     wal_bytes_after: int = 0
     seconds: float = 0.0
@@ -181,7 +183,7 @@ class Retention:
             report = RetentionReport(at=now)
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             try:
-                for step in (self._schema, self._dead_letters, self._outbox, self._archive, self._reclaim):
+                for step in (self._schema, self._dead_letters, self._outbox, self._archive, self._audit, self._reclaim):
                     try:
                         step(conn, now, report)
                     except (sqlite3.Error, OSError) as exc:
@@ -195,7 +197,7 @@ class Retention:
             report.seconds = round(time.monotonic() - started, 4)
             self.next_at = now + (min(1.0, self.settings.interval_s) if report.more else self.settings.interval_s)
             self.last = report
-            for name in ("dead_letters_purged", "outbox_purged", "alerts_archived", "pages_vacuumed"):
+            for name in ("dead_letters_purged", "outbox_purged", "alerts_archived", "audit_archived", "pages_vacuumed"):
                 self.totals[name] += getattr(report, name)
             self.totals["passes"] += 1
             return report
@@ -322,6 +324,16 @@ class Retention:
                      "SELECT id, body FROM alerts WHERE status IN ('resolved', 'closed')"
                      " AND id IN (SELECT value FROM json_each(?)) ORDER BY updated_at, id", (ids_json,))]
         return gzip.compress(b"".join(lines), compresslevel=6, mtime=0)
+
+    def _audit(self, conn: sqlite3.Connection, now: float, report: RetentionReport) -> None:
+        """Audit records past their age into archive/audit-YYYY-MM-DD.jsonl.gz, the chain kept
+        verifiable across the boundary (citywatch/people/archive.py)."""
+        from citywatch.people.archive import archive_old
+
+        budget = min(self.settings.batch_rows, ARCHIVE_BATCH_MAX)
+        report.audit_archived = archive_old(conn, self.data_dir, now - self.settings.audit.archive_after_days * DAY_S,
+                                            budget)
+        report.more |= report.audit_archived >= budget
 
     def _reclaim(self, conn: sqlite3.Connection, now: float, report: RetentionReport) -> None:
         """Hand free pages back to the file system (incremental vacuum) and truncate the WAL."""
