@@ -1,0 +1,137 @@
+"""Alert messages in the reader's language, rendered at presentation time from the stored alert.
+
+Rules build their English message on the per-reading hot path (`Finding.message`) and it is stored
+as is; nothing there is translated. Each message has the shape of one template below (an English
+message id with named fields): `message_key` recognises the template and takes the fields back out
+of the stored text, and `localize` renders the same template's translation with those fields. So the
+key and fields come from data every alert already carries (rule and message, in the store, the
+archive, webhooks and the Kafka changelog), and old alerts render too.
+
+tests/test_alert_text.py reads every message the code can build (each `Finding(...)` message and the
+messages handed to lock alarms and offline findings, from the source) and checks that each has its
+template here, so a rule's new or changed wording fails a test until it is added. A message that
+matches no template is shown in English, as stored: never lost, never an error.
+
+Field values that are words (the noise period, a water level, a sensor field) are translated too;
+numbers keep the digits the rule wrote.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from citywatch.i18n import N_, Translator
+from citywatch.labels import NP_
+
+# key -> English template. The key is the rule, or rule.variant where a rule says different things.
+TEMPLATES: dict[str, str] = {
+    "gas_level": N_("combustible gas at {value}% LEL (level-{level} alarm at {threshold}%)"),
+    "gas_slow_rise": N_("gas rising below the alarm level: {value}% LEL, {excess} above this detector's "
+                        "normal for the hour"),
+    "noise_limit": N_("LAeq {value} dB(A) over the {period} limit {threshold} dB(A)"),
+    "noise_night_burst": N_("night burst LAmax {value} dB(A) over {threshold} dB(A)"),
+    "noise_unusual_night": N_("LAeq {value} dB(A) at night: far above this street's normal for the hour, "
+                              "under the limit {limit} dB(A)"),
+    "water_depth": N_("{level} waterlogging: {value} cm (from {threshold} cm)"),
+    "water_fast_rise": N_("water rising fast: {value} cm, up {rate} cm per 10 min"),
+    "parking_overstay": N_("bay occupied for {value} min (allowed {threshold} min)"),
+    "parking_forbidden": N_("vehicle in a no-parking bay or fire lane"),
+    "parking_stuck": N_("sensor fault: parking sensor reported {state} without a change for {hours} h, "
+                        "unusual for this bay"),
+    "parking_flapping": N_("sensor fault: parking sensor flapping, {changes} changes within {minutes} min"),
+    "lock_forced_open": N_("door forced open"),
+    "lock_tamper": N_("lock tampered with (escutcheon removed)"),
+    "lock_jammed": N_("lock jammed"),
+    "lock_door_ajar": N_("door left open"),
+    "lock_brute_force": N_("{count} failed unlocks within {window} s"),
+    "lock_many_users": N_("{count} distinct users within {days} days for {tenants} registered tenants"),
+    "lock_unusual_hour": N_("door opened at {hour}:00-{hour}:59, an unusual hour for this door "
+                            "({share}% of its unlocks)"),
+    "lock_unusual_failures": N_("{count} failed unlocks this hour, far above this door's normal"),
+    "battery_low": N_("battery at {value}%"),
+    "battery_low.lock": N_("lock reports low battery"),
+    "battery_drain": N_("battery draining {drain}%/day, usually {usual}%/day"),
+    "reporting_interval": N_("reporting about every {every} s, usually every {usual} s"),
+    "device_offline": N_("no data for {silent} s (expected every {interval} s)"),
+    "device_offline.last_will": N_("device announced offline (last will)"),
+    "device_offline.online": N_("device announced online"),
+    "device_offline.reporting": N_("reporting again"),
+    "device_flooding": N_("more than {limit} unusable messages within {window} s (see citywatch deadletters)"),
+    "sensor_jump": N_("sensor fault suspected: {field} jumped from {last} to {value}, more than the {allowed} "
+                      "physically plausible"),
+    "sensor_stuck": N_("sensor fault suspected: {field} stuck at {value} for {readings} readings ({minutes} min)"),
+}
+
+# Fields whose values are words: (pgettext context, the words).
+_WORDS: dict[str, tuple[str, frozenset[str]]] = {
+    "period": ("noise period", frozenset({NP_("noise period", "day"), NP_("noise period", "night")})),
+    "level": ("water level", frozenset({NP_("water level", "light"), NP_("water level", "moderate"),
+                                        NP_("water level", "severe")})),
+    "state": ("parking state", frozenset({NP_("parking state", "occupied"), NP_("parking state", "free")})),
+    "field": ("reading field", frozenset({NP_("reading field", "lel_pct"), NP_("reading field", "co_ppm"),
+                                          NP_("reading field", "laeq_db"), NP_("reading field", "lamax_db"),
+                                          NP_("reading field", "depth_cm"), NP_("reading field", "battery")})),
+}
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+@functools.cache
+def _pattern(template: str) -> re.Pattern[str]:
+    """The template as an anchored regex: each field a lazy group, a repeated field a back-reference."""
+    out, seen, pos = [], set(), 0
+    for m in _PLACEHOLDER.finditer(template):
+        out.append(re.escape(template[pos:m.start()]))
+        name = m.group(1)
+        out.append(f"(?P={name})" if name in seen else f"(?P<{name}>.+?)")
+        seen.add(name)
+        pos = m.end()
+    out.append(re.escape(template[pos:]))
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _candidates(rule: str | None) -> list[str]:
+    if rule:
+        own = [k for k in TEMPLATES if k == rule or k.startswith(rule + ".")]
+        if own:
+            return own
+    return list(TEMPLATES)
+
+
+def message_key(message: str, rule: str | None = None) -> tuple[str, dict[str, str]] | None:
+    """(template key, fields) of a stored English message, or None when no template has its shape.
+    `rule` narrows the search to that rule's templates (and settles which one when shapes overlap)."""
+    for key in _candidates(rule):
+        m = _pattern(TEMPLATES[key]).fullmatch(message)
+        if m:
+            return key, m.groupdict()
+    return None
+
+
+def render(t: Translator, key: str, fields: Mapping[str, Any]) -> str:
+    """The template `key` in `t`'s language with `fields` (word values translated)."""
+    words = {name: t.pgettext(_WORDS[name][0], str(value))
+             if name in _WORDS and str(value) in _WORDS[name][1] else value for name, value in fields.items()}
+    return t.gettext(TEMPLATES[key], **words)
+
+
+def localize(t: Translator, message: str, rule: str | None = None) -> str:
+    """A rule's stored English message in `t`'s language; as stored when no template fits."""
+    if not message:
+        return message
+    found = message_key(message, rule)
+    return render(t, *found) if found else message
+
+
+def alert_message(t: Translator, alert: Any) -> str:
+    """An alert's message (a model.Alert or its JSON dict) in `t`'s language."""
+    if isinstance(alert, Mapping):
+        return localize(t, str(alert.get("message") or ""), alert.get("rule"))
+    return localize(t, alert.message, alert.rule)
+
+
+def suspect_reason(t: Translator, reason: str) -> str:
+    """An alarm's suspicion (the fault rule's message) in `t`'s language."""
+    return localize(t, reason)
