@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,10 @@ import pytest
 from citywatch.config import Settings, load_settings
 from citywatch.native import stale_sources
 from tests.servers.mosquitto import MosquittoServer
+
+# The suite's human-facing text is English (what most tests read); the shipped default is zh-CN, which
+# tests/test_i18n.py and the other language tests set explicitly (settings or CITYWATCH_LANGUAGE).
+os.environ.setdefault("CITYWATCH_LANGUAGE", "en")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

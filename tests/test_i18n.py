@@ -80,7 +80,8 @@ def test_every_code_has_a_label_in_each_language() -> None:
     assert label(zh, "severity", None) == "-"
 
 
-def test_language_setting() -> None:
+def test_language_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CITYWATCH_LANGUAGE", raising=False)  # the suite's English (conftest) aside
     assert load_settings(None, {}).language == "zh-CN"
     assert load_settings(None, {"language": "en"}).language == "en"
     assert load_settings(None, {"language": "zh_CN"}).language == "zh-CN"
