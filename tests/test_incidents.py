@@ -438,3 +438,24 @@ def test_incident_payload_is_utc_with_stable_codes_members_and_links(tmp_path: P
 def test_bad_incident_and_receive_settings_are_named(overrides: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_settings(None, overrides)
+
+
+def test_an_alert_joining_a_dispatched_incident_goes_to_its_team_and_dispatch_hears_of_it(tmp_path: Path) -> None:
+    b = Book(tmp_path / "state.db")
+    first, _ = b.open(gauge(1), T0)
+    incident_id = b.incident_of(first)
+    assert incident_id is not None
+    _, out = dispatch_incident(b.book, b.engine, incident_id, "assigned", "dispatch", T0 + MIN, assignee="drainage 2")
+    b.commit(out)
+    out = Output()
+    joined = b.engine.apply(gauge(2), water(12.0), T0 + 10 * MIN)
+    assert joined is not None
+    out.transitions.append(joined)
+    b.book.group(out)
+    b.book.assign_joiners(b.engine, T0 + 10 * MIN, out)
+    b.commit(out)
+    assert b.incident_of(joined.alert_id) == incident_id
+    assert b.engine.by_id[joined.alert_id].status == "assigned"
+    assert b.engine.by_id[joined.alert_id].assignee == "drainage 2"
+    said = [(t.transition, t.reason) for t in out.incident_transitions]
+    assert any(kind == "updated" and "joined the incident while it was assigned" in why for kind, why in said)

@@ -182,6 +182,7 @@ class IncidentBook:
         self._open: dict[str, int] = {}  # per open incident: members not yet resolved or closed
         self._dirty: dict[str, Incident] = {}
         self._new_members: list[MemberRow] = []
+        self.joiners: list[tuple[str, str, str]] = []  # (alert, incident, its team): to assign_joiners
         for incident in open_incidents:
             self._index(incident)
 
@@ -275,6 +276,26 @@ class IncidentBook:
             incident.lat, incident.lon = lat, lon
         self._new_members.append((alert.id, incident.id, at))
         self._dirty[incident.id] = incident
+        if incident.status != "open":
+            # Dispatch already works this incident: a new alert must not join it silently. It goes to
+            # the incident's team (see assign_joiners) and the dispatch side hears of it.
+            if incident.assignee and incident.status in ("assigned", "on_site") and not _terminal(member.status):
+                self.joiners.append((alert.id, incident.id, incident.assignee))
+            sink.append(self._transition(incident, "updated", at, f"{alert.rule} on {alert.device_id} joined "
+                                                                  f"the incident while it was {incident.status}"))
+
+    def assign_joiners(self, engine: AlertEngine, at: float, out: Output) -> None:
+        """Alerts that joined an incident its team already holds are assigned to that team too (a
+        dispatched incident's new member would otherwise wait unassigned). Embedded runner only: the
+        Kafka sink holds no alert engine."""
+        while self.joiners:
+            alert_id, incident_id, assignee = self.joiners.pop(0)
+            try:
+                transition = engine.dispatch(alert_id, "assigned", f"incident {incident_id}", at, assignee=assignee)
+            except AlertError:
+                continue  # it moved on meanwhile (e.g. resolved in the same batch)
+            out.transitions.append(transition)
+            self.fold(transition, out.incident_transitions)
 
     def _candidate(self, key: tuple[str, ...], at: float, lat: float | None, lon: float | None) -> Incident | None:
         """The open incident of this key the alert joins: within the window (and radius), nearest

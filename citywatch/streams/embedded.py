@@ -307,6 +307,7 @@ class EmbeddedRunner:
         if tick:
             self.pipeline.tick(now, out)
         self.incidents.group(out)  # per batch, on its transitions only: the per-reading path is untouched
+        self.incidents.assign_joiners(self.engine, now, out)
         if not await self._store_until_written(out, stop):
             return  # stopping while storage fails: unacknowledged, so the broker redelivers
         if tick:
