@@ -167,8 +167,8 @@ def test_users_lifecycle_tokens_shown_once_and_stored_only_hashed(tmp_path: Path
                           (("bootstrap-admin", "--role", "admin"), "reserved"),
                           (("two words", "--role", "operator"), "no spaces"),
                           (("x", "--role", "operator", "--team", "t1"), "field")):
-        refused = cli(data, "users", "add", *args)
-        assert refused.exit_code == 1 and message in refused.output, refused.output
+        failed = cli(data, "users", "add", *args)
+        assert failed.exit_code == 1 and message in failed.output, failed.output
 
     trail = json.loads(cli(data, "audit", "--json").stdout)
     assert [r["action"] for r in trail] == ["user.add", "user.update", "user.disable", "user.enable", "user.rotate",

@@ -399,7 +399,8 @@ class Access:
     def _filtered(self, response: Any, user: User, action: str, each: Callable[[Any], Target]) -> Any:
         """A list answer without the items the user may not see."""
         reach = GRANTS.get(user.role, {}).get(action)
-        if reach is Reach.ANY or (reach is Reach.SCOPE and not user.scope) or response.status != 200:
+        if reach is Reach.ANY or (reach in (Reach.SCOPE, Reach.SCOPE_OR_ASSIGNED) and not user.scope) \
+                or response.status != 200:
             return response
         body = response.body if isinstance(response, web.Response) else None
         try:
