@@ -66,7 +66,8 @@ def _clamp(value: float, low: float, high: float) -> float:
 
 def make_devices(n: int, seed: int = 1, prefix: str = "sim", interval_s: float = 60.0) -> list[Device]:
     """`n` devices of all five kinds (gas 25%, noise 15%, water 15%, parking 30%, lock 15%), ids
-    `<prefix>-<kind>-<i:06d>`, spread over a handful of districts around Jiaxing. Deterministic."""
+    `<prefix>-<kind>-<i:06d>`, spread over a handful of districts around Jiaxing, each in the grid
+    hierarchy (grid, community: its street, district, city). Deterministic."""
     rng = random.Random(f"citywatch-sim/devices/{seed}")
     zone_names = [z for z, _ in _ZONE_CLASSES]
     zone_weights = [w for _, w in _ZONE_CLASSES]
@@ -101,7 +102,7 @@ def make_devices(n: int, seed: int = 1, prefix: str = "sim", interval_s: float =
             attrs["no_parking"] = no_parking
             attrs["max_stay_min"] = None if no_parking else rng.choice(_MAX_STAYS)
         devices.append(Device(
-            id=f"{prefix}-{kind}-{i:06d}", kind=kind, district=district, grid=grid,
+            id=f"{prefix}-{kind}-{i:06d}", kind=kind, district=district, grid=grid, community=street, city="Jiaxing",
             address=f"{address}, {district} District, Jiaxing", lat=round(lat, 6), lon=round(lon, 6),
             interval_s=interval_s, **attrs,
         ))
