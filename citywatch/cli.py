@@ -8,21 +8,23 @@ import os
 import signal
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 import msgspec
 
+from citywatch import i18n
 from citywatch.config import Settings, load_settings
 from citywatch.errors import CitywatchError
+from citywatch.i18n import _, ngettext, pgettext
+from citywatch.labels import label
 
 
 def _ts(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    """A time for people: the city's zone (settings.timezone) with its offset, e.g.
+    "2026-11-28 09:30:05 (UTC+08:00)"; --json output keeps epoch seconds (UTC)."""
+    return i18n.local_time(value, seconds=True)
 
 
 class ConfigProblem(click.ClickException):
@@ -46,6 +48,7 @@ class Context:
                 self._settings = load_settings(self.config, overrides)
             except CitywatchError as exc:
                 raise ConfigProblem(str(exc)) from None
+            i18n.use_settings(self._settings)  # human text in settings.language, times in settings.timezone
         return self._settings
 
 
@@ -139,11 +142,11 @@ def simulate(ctx: Context, url: str | None, n_devices: int, duration: float, rat
                 registry.add(device)
                 added += 1
         registry.close()
-        click.echo(f"registered {added} devices")
+        click.echo(ngettext("registered {n} device", "registered {n} devices", added, n=added))
     sim = Simulator(devices, seed=seed, start=time.time() - duration)
     messages = [(topic, payload) for topic, payload, _ in sim.messages(duration)]
     sent = publish_sync(url or settings.mqtt.url, messages, qos=1, rate=rate)
-    click.echo(f"published {sent} messages from {len(devices)} devices")
+    click.echo(_("published {n} messages from {devices} devices", n=sent, devices=len(devices)))
 
 
 @main.command()
@@ -202,13 +205,20 @@ def alerts_list(ctx: Context, show_all: bool, as_json: bool) -> None:
     if as_json:
         click.echo(msgspec.json.encode(marked).decode())
         return
+    from citywatch.alert_text import alert_message
     from citywatch.terminal import for_terminal
 
+    t = i18n.current()
+    # the heading and the count go to stderr: stdout stays one tab-separated row per alert
+    click.echo("\t".join((pgettext("column", "id"), pgettext("column", "status"), pgettext("column", "severity"),
+                          pgettext("column", "rule"), pgettext("column", "device"), pgettext("column", "opened"),
+                          pgettext("column", "message"))), err=True)
     for a, m in zip(found, marked, strict=True):  # device text escaped: a device cannot drive the operator's terminal
-        fields = (a.id, a.status, a.severity, a.rule, a.device_id, f"opened {_ts(a.opened_at)}", a.message,
-                  *((f"silenced by {m['silence_id']}",) if m["silenced"] else ()))
+        fields = (a.id, label(t, "alert status", a.status), label(t, "severity", a.severity), label(t, "rule", a.rule),
+                  a.device_id, _("opened {time}", time=_ts(a.opened_at)), alert_message(t, a),
+                  *((_("silenced by {silence}", silence=m["silence_id"]),) if m["silenced"] else ()))
         click.echo("\t".join(for_terminal(f) for f in fields))
-    click.echo(f"{len(found)} alerts", err=True)
+    click.echo(ngettext("{n} alert", "{n} alerts", len(found), n=len(found)), err=True)
 
 
 def _act(ctx: Context, alert_id: str, action: str, by: str) -> None:
@@ -218,7 +228,8 @@ def _act(ctx: Context, alert_id: str, action: str, by: str) -> None:
         result = act(ctx.settings, alert_id, action, by)
     except CitywatchError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{result.get('transition', action)}: {alert_id}")
+    transition = label(i18n.current(), "transition", result.get("transition", action))
+    click.echo(_("{transition}: {alert}", transition=transition, alert=alert_id))
 
 
 @alerts.command("ack")
@@ -258,12 +269,18 @@ def deadletters(ctx: Context, limit: int, reason: str | None, as_json: bool) -> 
         return
     from citywatch.terminal import for_terminal  # payloads and topics may carry terminal escape sequences
 
+    t = i18n.current()
+    click.echo("\t".join((pgettext("column", "received"), pgettext("column", "reason"), pgettext("column", "topic"),
+                          pgettext("column", "payload"))), err=True)  # stderr: stdout stays the rows
     for d in found:
         payload = d.payload[:80].decode("utf-8", "replace")
-        click.echo(f"{_ts(d.received_at)}\t{d.reason}\t{for_terminal(d.topic)}\t{for_terminal(payload)}")
-    summary = ", ".join(f"{r}: {n}" + (f" ({sampled[r]} not stored: sampled)" if sampled.get(r) else "")
-                        for r, n in counts.items()) or "none"
-    click.echo(f"dead letters by reason: {summary}", err=True)
+        click.echo(f"{_ts(d.received_at)}\t{label(t, 'dead letter reason', d.reason)}\t{for_terminal(d.topic)}\t"
+                   f"{for_terminal(payload)}")
+    summary = _(", ").join(
+        _("{reason}: {n}", reason=label(t, "dead letter reason", r), n=n)
+        + (_(" ({n} not stored: sampled)", n=sampled[r]) if sampled.get(r) else "")
+        for r, n in counts.items()) or _("none")
+    click.echo(_("dead letters by reason: {summary}", summary=summary), err=True)
 
 
 # -- storage, backup and restore -------------------------------------------------------------
@@ -289,17 +306,20 @@ def storage(ctx: Context, as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2))
         return
     disk = report["disk"]
-    click.echo(f"data dir {data_dir}: {_mb(disk['data_dir_total'])} used, {_mb(disk['fs_free'])} free "
-               f"of {_mb(disk['fs_size'])}")
+    t = i18n.current()
+    click.echo(_("data dir {dir}: {used} used, {free} free of {size}", dir=data_dir, used=_mb(disk["data_dir_total"]),
+                 free=_mb(disk["fs_free"]), size=_mb(disk["fs_size"])))
     for key in ("state_db", "state_wal", "registry_db", "registry_wal", "archive", "influx_buffer", "influx_rejected"):
         click.echo(f"  {key:<16}{_mb(disk[key]):>12}")
     dead = summary["dead_letters"]
-    click.echo(f"alerts: {summary['alerts']['open']} open, {summary['alerts']['resolved']} resolved, "
-               f"{summary['alerts_archived']} archived; transitions: {summary['transitions']}; "
-               f"device states: {summary['device_states']}")
-    click.echo(f"webhook outbox: {', '.join(f'{k} {v}' for k, v in summary['outbox'].items()) or 'empty'}")
-    click.echo(f"dead letters: {dead['counted']} counted, {dead['stored']} stored, {dead['sampled_out']} sampled out,"
-               f" {dead['purged']} purged")
+    click.echo(_("alerts: {open} open, {resolved} resolved, {archived} archived; transitions: {transitions}; "
+                 "device states: {states}", open=summary["alerts"]["open"], resolved=summary["alerts"]["resolved"],
+                 archived=summary["alerts_archived"], transitions=summary["transitions"],
+                 states=summary["device_states"]))
+    outbox = _(", ").join(f"{label(t, 'delivery status', k)} {v}" for k, v in summary["outbox"].items())
+    click.echo(_("webhook outbox: {counts}", counts=outbox or _("empty")))
+    click.echo(_("dead letters: {counted} counted, {stored} stored, {sampled} sampled out, {purged} purged",
+                 counted=dead["counted"], stored=dead["stored"], sampled=dead["sampled_out"], purged=dead["purged"]))
 
 
 @main.command("backup")
@@ -312,7 +332,7 @@ def backup_command(ctx: Context, out: Path) -> None:
 
     manifest = backup(ctx.settings.data_dir, out)
     sizes = ", ".join(f"{name} {_mb(f['bytes'])}" for name, f in manifest["files"].items())
-    click.echo(f"backup written to {out} ({sizes}; {manifest['created_at']})")
+    click.echo(_("backup written to {out} ({sizes}; {created})", out=out, sizes=sizes, created=manifest["created_at"]))
 
 
 @main.command("restore")
@@ -327,9 +347,11 @@ def restore_command(ctx: Context, archive: Path, target: Path | None, force: boo
 
     data_dir = target or ctx.data_dir or ctx.settings.data_dir
     manifest = restore(archive, data_dir, force=force)
-    click.echo(f"restored {', '.join(manifest['files'])} from {manifest['created_at']} into {data_dir}")
+    click.echo(_("restored {files} from {created} into {dir}", files=", ".join(manifest["files"]),
+                 created=manifest["created_at"], dir=data_dir))
 
 
+from citywatch.cli_help import localize_help  # noqa: E402
 from citywatch.dashboards.cli import dashboards  # noqa: E402  (commands defined in their own modules)
 from citywatch.devices.cli import devices  # noqa: E402
 from citywatch.loop.dispatch_cli import add_commands as add_dispatch_commands  # noqa: E402
@@ -354,13 +376,14 @@ main.add_command(incidents)
 main.add_command(users)
 main.add_command(audit)
 add_dispatch_commands(alerts)  # alerts assign / on-site / rectify / reject / close
+localize_help(main)  # help in the configured language (last: after every command is added)
 
 
 def entrypoint() -> None:
     try:
         main()
     except CitywatchError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(_("error: {message}", message=exc), err=True)
         sys.exit(2)
 
 

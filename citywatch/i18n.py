@@ -83,17 +83,18 @@ class Translator:
         self.babel_locale = _BABEL_LOCALES[self.language]
         self._t = _compile(catalog_path(self.language))
 
-    def gettext(self, msgid: str, **fields: Any) -> str:
+    def gettext(self, msgid: str, /, **fields: Any) -> str:
         """The translation of `msgid`, then `str.format(**fields)` when fields are given."""
         text = self._t.gettext(msgid)
         return text.format(**fields) if fields else text
 
-    def ngettext(self, singular: str, plural: str, n: int, **fields: Any) -> str:
-        """The form for `n` (the language's plural rule), formatted with `fields` (`n` is not added)."""
-        text = self._t.ngettext(singular, plural, n)
+    def ngettext(self, singular: str, plural: str, count: int, /, **fields: Any) -> str:
+        """The form for `count` (the language's plural rule), formatted with `fields` (give the count
+        as a field too when the message shows it: `ngettext("{n} alert", "{n} alerts", k, n=k)`)."""
+        text = self._t.ngettext(singular, plural, count)
         return text.format(**fields) if fields else text
 
-    def pgettext(self, context: str, msgid: str, **fields: Any) -> str:
+    def pgettext(self, context: str, msgid: str, /, **fields: Any) -> str:
         """A message in a context: the same English word may need different translations."""
         text = self._t.pgettext(context, msgid)
         return text.format(**fields) if fields else text
@@ -199,16 +200,16 @@ def configured_timezone() -> str:
     return _configured[1]
 
 
-def _(msgid: str, **fields: Any) -> str:
+def _(msgid: str, /, **fields: Any) -> str:
     """`gettext` in the configured language."""
     return current().gettext(msgid, **fields)
 
 
-def ngettext(singular: str, plural: str, n: int, **fields: Any) -> str:
+def ngettext(singular: str, plural: str, count: int, /, **fields: Any) -> str:
     """`ngettext` in the configured language."""
-    return current().ngettext(singular, plural, n, **fields)
+    return current().ngettext(singular, plural, count, **fields)
 
 
-def pgettext(context: str, msgid: str, **fields: Any) -> str:
+def pgettext(context: str, msgid: str, /, **fields: Any) -> str:
     """`pgettext` in the configured language."""
     return current().pgettext(context, msgid, **fields)

@@ -12,10 +12,15 @@ while one is empty. No location comments: the catalogs change only when messages
 
 from __future__ import annotations
 
+import ast
+import inspect
+import io
 import re
 import sys
 import tempfile
+from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 from babel.messages.catalog import Catalog
 from babel.messages.frontend import CommandLineInterface
@@ -26,6 +31,36 @@ from citywatch.i18n import _CATALOG_DIRS, DOMAIN, LANGUAGES, LOCALE_DIR, catalog
 ROOT = Path(__file__).resolve().parent.parent
 BABEL_CFG = ROOT / "babel.cfg"
 _FIELD = re.compile(r"(?<!\{)\{([A-Za-z_][A-Za-z0-9_]*)(?:[:!][^{}]*)?\}")
+
+
+_CLICK_DECORATORS = frozenset({"command", "group"})
+_CLICK_HELP_CALLS = frozenset({"option", "Option", "command", "group"})
+
+
+def extract_click(fileobj: IO[bytes], keywords: Collection[str], comment_tags: Collection[str],
+                  options: dict[str, Any]) -> Iterator[tuple[int, str | None, str, list[str]]]:
+    """Babel extraction method (babel.cfg): the usual Python messages, plus the help of click commands
+    (the docstring of a function decorated with `.command(...)`/`.group(...)`, cleaned as click shows
+    it) and `help=`/`short_help=` texts of options and commands (citywatch.cli_help translates them)."""
+    from babel.messages.extract import extract_python
+
+    source = fileobj.read()
+    yield from extract_python(io.BytesIO(source), keywords, comment_tags, options)
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef) and any(_is_click(d, _CLICK_DECORATORS) for d in node.decorator_list):
+            doc = ast.get_docstring(node, clean=False)
+            if doc:
+                yield node.lineno, None, inspect.cleandoc(doc).partition("\f")[0], ["click help"]
+        if isinstance(node, ast.Call) and _is_click(node, _CLICK_HELP_CALLS):
+            for kw in node.keywords:
+                if kw.arg in ("help", "short_help") and isinstance(kw.value, ast.Constant) \
+                        and isinstance(kw.value.value, str) and kw.value.value:
+                    yield kw.value.lineno, None, kw.value.value, ["click help"]
+
+
+def _is_click(node: ast.expr, names: frozenset[str]) -> bool:
+    call = node.func if isinstance(node, ast.Call) else node
+    return isinstance(call, ast.Attribute) and call.attr in names or isinstance(call, ast.Name) and call.id in names
 
 
 def _pybabel(*args: str) -> None:

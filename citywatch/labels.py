@@ -66,6 +66,16 @@ _table("delivery status",
 _table("escalation level", NP_("escalation level", "grid"), NP_("escalation level", "community"),
        NP_("escalation level", "district"), NP_("escalation level", "city"))
 
+_table("device attribute",
+       NP_("device attribute", "id"), NP_("device attribute", "kind"), NP_("device attribute", "district"),
+       NP_("device attribute", "grid"), NP_("device attribute", "community"), NP_("device attribute", "city"),
+       NP_("device attribute", "address"), NP_("device attribute", "lat"), NP_("device attribute", "lon"),
+       NP_("device attribute", "zone_class"), NP_("device attribute", "interval_s"),
+       NP_("device attribute", "tenants"), NP_("device attribute", "max_stay_min"),
+       NP_("device attribute", "no_parking"), NP_("device attribute", "thresholds"),
+       NP_("device attribute", "enabled"), NP_("device attribute", "created_at"),
+       NP_("device attribute", "password"))
+
 CONTEXTS: tuple[str, ...] = tuple(_TABLES)
 
 

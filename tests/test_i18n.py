@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
 from citywatch import i18n
+from citywatch.cli import main
 from citywatch.config import load_settings
 from citywatch.errors import ConfigError
 from citywatch.i18n import LANGUAGES, Translator, local_time, translator
 from citywatch.i18n_catalog import fields, problems, read
 from citywatch.labels import CONTEXTS, codes, label
+from citywatch.model import Device
+from tests.helpers import feed, make_pipeline
 
 # 2026-11-28 01:30:05 UTC = 09:30:05 in Shanghai
 TS = 1795829405.0
@@ -37,11 +44,17 @@ def test_every_message_id_translated_in_each_language() -> None:
 
 
 def test_chinese_catalog_is_a_translation_not_a_copy() -> None:
-    """zh-CN is the full translation: its strings are not the English ids (a copy would pass the
-    completeness test). Codes-as-words aside, each one has Chinese characters."""
-    untranslated = [m.id for m in read("zh-CN") if m.id and not any("\u4e00" <= ch <= "\u9fff" for ch in
-                                                                    (m.string if isinstance(m.string, str)
-                                                                     else "".join(m.string)))]
+    """zh-CN is the full translation, not a copy of the English ids (which would pass the completeness
+    test): every message with English words in it has Chinese characters in its translation."""
+    def words(text: str) -> str:
+        return re.sub(r"\{[^{}]*\}", "", text)
+
+    untranslated = []
+    for m in read("zh-CN"):
+        english = m.id if isinstance(m.id, str) else m.id[0]
+        chinese = m.string if isinstance(m.string, str) else "".join(m.string)
+        if english and re.search("[A-Za-z]{2,}", words(english)) and not re.search("[\u4e00-\u9fff]", chinese):
+            untranslated.append(english)
     assert untranslated == []
 
 
@@ -116,3 +129,106 @@ def test_module_level_convenience_follows_use() -> None:
         assert i18n.local_time(TS) == "2026-11-28 01:30 (UTC+00:00)"
     finally:
         i18n.use(i18n.DEFAULT_LANGUAGE, i18n.DEFAULT_TIMEZONE)
+
+
+# -- the CLI in both languages ----------------------------------------------------------------------
+
+
+def _cli(data_dir: Path, language: str, *args: str) -> Result:
+    runner = CliRunner(env={"CITYWATCH_LANGUAGE": language, "CITYWATCH_TIMEZONE": "Asia/Shanghai",
+                            "CITYWATCH_CONFIG": None})
+    result = runner.invoke(main, ["--data-dir", str(data_dir), *args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+@pytest.fixture
+def city(tmp_path: Path) -> Path:
+    """A data dir with a registered gas detector, its level-2 alarm and a dead letter, all at TS
+    (09:30:05 in Shanghai, 01:30:05 UTC) through the real pipeline core and SQLite store."""
+    from citywatch.devices.registry import Registry, registry_path
+    from citywatch.sinks.store import AlertStore, store_path
+
+    registry = Registry(registry_path(tmp_path))
+    registry.add(Device(id="gas-1", kind="gas", district="南湖区", grid="G1", address="中山路 12 号"))
+    registry.conn.execute("UPDATE devices SET created_at = ?", (TS,))
+    registry.conn.commit()
+    registry.close()
+    gas = Device(id="gas-1", kind="gas")
+    pipeline = make_pipeline(gas, started_at=TS)
+    out = feed(pipeline, gas, TS, lel_pct=55.5)
+    pipeline.process("citywatch/gas/gas-1/telemetry", b"{not json", TS, out)
+    store = AlertStore(store_path(tmp_path))
+    store.commit(out, [t.alert for t in out.transitions], {})
+    store.close()
+    return tmp_path
+
+
+def test_alerts_list_in_chinese_with_local_times(city: Path) -> None:
+    result = _cli(city, "zh-CN", "alerts", "list")
+    (row,) = result.stdout.splitlines()
+    fields = row.split("\t")
+    assert fields[1:5] == ["待处理", "紧急", "可燃气体浓度超限", "gas-1"]
+    assert fields[5] == "发生于 2026-11-28 09:30:05 (UTC+08:00)"
+    assert fields[6] == "可燃气体浓度 55.5% LEL（2级报警值 50%）"
+    assert result.stderr.splitlines() == ["编号\t状态\t级别\t规则\t设备\t发生时间\t内容", "1 条告警"]
+
+
+def test_alerts_list_in_english_with_local_times(city: Path) -> None:
+    result = _cli(city, "en", "alerts", "list")
+    fields = result.stdout.splitlines()[0].split("\t")
+    assert fields[1:6] == ["open", "critical", "gas_level", "gas-1", "opened 2026-11-28 09:30:05 (UTC+08:00)"]
+    assert fields[6] == "combustible gas at 55.5% LEL (level-2 alarm at 50%)"
+    assert result.stderr.splitlines() == ["id\tstatus\tseverity\trule\tdevice\topened\tmessage", "1 alert"]
+
+
+def test_times_follow_the_configured_zone(city: Path) -> None:
+    runner = CliRunner(env={"CITYWATCH_LANGUAGE": "en", "CITYWATCH_TIMEZONE": "Europe/Berlin",
+                            "CITYWATCH_CONFIG": None})
+    result = runner.invoke(main, ["--data-dir", str(city), "alerts", "list"])
+    assert "opened 2026-11-28 02:30:05 (UTC+01:00)" in result.stdout
+
+
+def test_devices_list_and_show_in_both_languages(city: Path) -> None:
+    zh = _cli(city, "zh-CN", "devices", "list")
+    assert zh.stdout.splitlines() == ["gas-1\t燃气\t-\t南湖区\t-\tG1\t-\t启用\t中山路 12 号\t"
+                                      "2026-11-28 09:30 (UTC+08:00)"]
+    assert zh.stderr.splitlines() == ["编号\t类型\t市\t区\t社区\t网格\t声环境功能区\t状态\t地址\t登记时间", "1 台设备"]
+    en = _cli(city, "en", "devices", "list")
+    assert en.stdout.splitlines()[0].split("\t")[:2] == ["gas-1", "gas"]
+    assert en.stdout.splitlines()[0].endswith("\tenabled\t中山路 12 号\t2026-11-28 09:30 (UTC+08:00)")
+    assert en.stderr.splitlines()[-1] == "1 device"
+    shown = _cli(city, "zh-CN", "devices", "show", "gas-1").stdout.splitlines()
+    assert "类型：燃气" in shown and "登记时间：2026-11-28 09:30:05 (UTC+08:00)" in shown
+    assert "created_at: 2026-11-28 09:30:05 (UTC+08:00)" in _cli(city, "en", "devices", "show", "gas-1").stdout
+
+
+def test_deadletters_in_both_languages(city: Path) -> None:
+    zh = _cli(city, "zh-CN", "deadletters")
+    (row,) = zh.stdout.splitlines()
+    assert row.startswith("2026-11-28 09:30:05 (UTC+08:00)\tJSON 格式错误\tcitywatch/gas/gas-1/telemetry\t")
+    assert zh.stderr.splitlines() == ["接收时间\t原因\t主题\t消息内容", "死信按原因：JSON 格式错误：1"]
+    en = _cli(city, "en", "deadletters")
+    assert en.stdout.startswith("2026-11-28 09:30:05 (UTC+08:00)\tmalformed_json\t")
+    assert en.stderr.splitlines()[-1] == "dead letters by reason: malformed_json: 1"
+    # --json stays machine output: epoch seconds and the English code
+    assert json.loads(_cli(city, "zh-CN", "deadletters", "--json").stdout)[0]["reason"] == "malformed_json"
+
+
+def test_help_lists_commands_in_the_configured_language() -> None:
+    for language, usage, listed in (("zh-CN", "用法：", "查看和处理告警。"),
+                                    ("en", "Usage: ", "Show and handle alerts.")):
+        result = CliRunner(env={"CITYWATCH_LANGUAGE": language, "CITYWATCH_CONFIG": None}).invoke(main, ["--help"])
+        assert result.exit_code == 0
+        assert result.output.startswith(usage) and listed in result.output
+    zh = CliRunner(env={"CITYWATCH_LANGUAGE": "zh-CN", "CITYWATCH_CONFIG": None}).invoke(
+        main, ["alerts", "ack", "--help"])
+    assert "确认告警（停止审核时限升级）。" in zh.output and "确认人。" in zh.output
+    assert "显示本帮助并退出。" in zh.output
+
+
+def test_help_prints_despite_a_broken_config(tmp_path: Path) -> None:
+    bad = tmp_path / "config.yaml"
+    bad.write_text("language: fr\n")
+    result = CliRunner(env={"CITYWATCH_LANGUAGE": None}).invoke(main, ["--config", str(bad), "--help"])
+    assert result.exit_code == 0 and "alerts" in result.output

@@ -17,7 +17,10 @@ from typing import Any
 import click
 import msgspec
 
+from citywatch import i18n
 from citywatch.errors import CitywatchError
+from citywatch.i18n import _, ngettext, pgettext
+from citywatch.labels import label
 from citywatch.model import KINDS, Device
 from citywatch.terminal import for_terminal
 
@@ -85,7 +88,7 @@ def _sync_options(fn: Callable[..., None]) -> Callable[..., None]:
 
 def _sync(registry: Any, auth_dir: Path | None, pid_file: Path | None) -> None:
     if auth_dir is None:
-        click.echo("broker accounts change once you run `citywatch devices mosquitto-auth --out DIR --reload`",
+        click.echo(_("broker accounts change once you run `citywatch devices mosquitto-auth --out DIR --reload`"),
                    err=True)
         return
     _write_auth(registry, auth_dir, None, reload=pid_file is not None, pid=None, pid_file=pid_file)
@@ -114,9 +117,9 @@ def _csv_text(data: bytes, name: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise click.ClickException(f"{name}: line {line}: not UTF-8 (byte 0x{data[exc.start]:02x}); save the sheet "
-                                   "as CSV UTF-8") from None
+        line, byte = data[:exc.start].count(b"\n") + 1, format(data[exc.start], "02x")
+        raise click.ClickException(_("{file}: line {line}: not UTF-8 (byte 0x{byte}); save the sheet as CSV UTF-8",
+                                     file=name, line=line, byte=byte)) from None
 
 
 @click.group()
@@ -144,7 +147,8 @@ def devices_add(device_id: str, kind: str, thresholds: tuple[str, ...], broker_u
     password = generate_password()
     with _registry() as registry:
         device = registry.add(device, hash_password(password))
-        click.echo(f"added {device.id} ({device.kind})", err=True)
+        click.echo(_("added {device} ({kind})", device=device.id, kind=label(i18n.current(), "kind", device.kind)),
+                   err=True)
         _show_config(device, password, broker_url)
         _sync(registry, auth_dir, pid_file)
 
@@ -173,10 +177,11 @@ def devices_import(csv_file: Any, secrets_out: Path | None, dry_run: bool, broke
     with _registry() as registry:
         if dry_run:
             found = parse_csv(text, {d.id for d in registry.all()}, _install())
-            click.echo(f"{len(found)} devices OK; nothing written (dry run)")
+            click.echo(ngettext("{n} device OK; nothing written (dry run)", "{n} devices OK; nothing written (dry run)",
+                                len(found), n=len(found)))
             return
         if secrets_out is None:
-            raise click.UsageError("give --secrets-out FILE (or - to print the passwords)")
+            raise click.UsageError(_("give --secrets-out FILE (or - to print the passwords)"))
         to_file = None if str(secrets_out) == "-" else secrets_out
         from citywatch.people.audit import Actor, device_hook
 
@@ -186,7 +191,8 @@ def devices_import(csv_file: Any, secrets_out: Path | None, dry_run: bool, broke
             click.echo("id,password")
             for device, password in issued:
                 click.echo(f"{device.id},{password}")
-        click.echo(f"imported {len(issued)} devices" + (f"; passwords in {to_file}" if to_file else ""), err=True)
+        imported = ngettext("imported {n} device", "imported {n} devices", len(issued), n=len(issued))
+        click.echo(imported + (_("; passwords in {file}", file=to_file) if to_file else ""), err=True)
         _sync(registry, auth_dir, pid_file)
 
 
@@ -208,12 +214,18 @@ def devices_list(kind: str | None, district: str | None, grid: str | None, commu
     if as_json:
         click.echo(msgspec.json.encode(found).decode())
         return
+    t = i18n.current()
+    # the heading and the count go to stderr: stdout stays one tab-separated row per device
+    click.echo("\t".join((pgettext("column", "id"), pgettext("column", "kind"), pgettext("column", "city"),
+                          pgettext("column", "district"), pgettext("column", "community"), pgettext("column", "grid"),
+                          pgettext("column", "zone class"), pgettext("column", "status"),
+                          pgettext("column", "address"), pgettext("column", "registered"))), err=True)
     for d in found:
-        state = "enabled" if d.enabled else "disabled"
-        fields = (d.id, d.kind, d.city or "-", d.district, d.community or "-", d.grid, d.zone_class or "-", state,
-                  d.address)
+        state = label(t, "device status", "enabled" if d.enabled else "disabled")
+        fields = (d.id, label(t, "kind", d.kind), d.city or "-", d.district, d.community or "-", d.grid,
+                  d.zone_class or "-", state, d.address, i18n.local_time(d.created_at or None))
         click.echo("\t".join(for_terminal(f) for f in fields))
-    click.echo(f"{len(found)} devices", err=True)
+    click.echo(ngettext("{n} device", "{n} devices", len(found), n=len(found)), err=True)
 
 
 @devices.command("show")
@@ -228,8 +240,14 @@ def devices_show(device_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(msgspec.json.encode(info).decode())
         return
+    t = i18n.current()
     for key, value in info.items():
-        click.echo(f"{key}: {'-' if value is None else for_terminal(str(value))}")
+        if key == "created_at":
+            value = i18n.local_time(value or None, seconds=True)
+        elif key == "kind":
+            value = label(t, "kind", value)
+        name = label(t, "device attribute", key)
+        click.echo(_("{key}: {value}", key=name, value="-" if value is None else for_terminal(str(value))))
 
 
 @devices.command("update")
@@ -255,16 +273,16 @@ def devices_update(device_id: str, thresholds: tuple[str, ...], unset: tuple[str
             merged.update(parse_thresholds([t for t in thresholds if not t.endswith("=")]))
             changes["thresholds"] = {k: v for k, v in merged.items() if k not in removed}
         if not changes:
-            raise click.UsageError("nothing to change")
+            raise click.UsageError(_("nothing to change"))
         check_install(msgspec.structs.replace(current, **changes), _install(), new=False)
         device = registry.update(device_id, changes)
-    click.echo(f"updated {device.id}: {', '.join(sorted(changes))}")
+    click.echo(_("updated {device}: {changes}", device=device.id, changes=", ".join(sorted(changes))))
 
 
 def _toggle(device_id: str, enabled: bool, auth_dir: Path | None, pid_file: Path | None) -> None:
     with _registry() as registry:
         registry.set_enabled(device_id, enabled)
-        click.echo(f"{'enabled' if enabled else 'disabled'} {device_id}")
+        click.echo(_("enabled {device}", device=device_id) if enabled else _("disabled {device}", device=device_id))
         _sync(registry, auth_dir, pid_file)
 
 
@@ -300,7 +318,7 @@ def devices_rotate(device_id: str, broker_url: str | None, auth_dir: Path | None
         device = registry.require(device_id)
         check_username(device.id)
         registry.set_password_hash(device_id, hash_password(password))
-        click.echo(f"new password for {device_id}", err=True)
+        click.echo(_("new password for {device}", device=device_id), err=True)
         _show_config(device, password, broker_url)
         _sync(registry, auth_dir, pid_file)
 
@@ -314,7 +332,7 @@ def devices_remove(device_id: str, auth_dir: Path | None, pid_file: Path | None)
     """Delete the device (its alerts and history stay in the alert store)."""
     with _registry() as registry:
         registry.remove(device_id)
-        click.echo(f"removed {device_id}")
+        click.echo(_("removed {device}", device=device_id))
         _sync(registry, auth_dir, pid_file)
 
 
@@ -334,9 +352,11 @@ def devices_check(device_id: str, timeout: float | None) -> None:
     if timeout is None:
         with _registry() as registry:
             timeout = registry.require(device_id).interval_s * 2 + 5
-    click.echo(f"connecting to {mask_url_credentials(s.mqtt.url)} ...", err=True)
-    ready = functools.partial(click.echo, f"listening: waiting up to {timeout:g} s for the next message from "
-                              f"{device_id} (trigger or power-cycle it now)", err=True)
+    click.echo(_("connecting to {url} ...", url=mask_url_credentials(s.mqtt.url)), err=True)
+    wait = format(timeout, "g")
+    listening = _("listening: waiting up to {timeout} s for the next message from {device} (trigger or power-cycle "
+                  "it now)", timeout=wait, device=device_id)
+    ready = functools.partial(click.echo, listening, err=True)
     result = check_device(s, device_id, timeout, on_ready=ready)
     click.echo(render(result))
     sys.exit(exit_code(result))
@@ -374,14 +394,14 @@ def _write_auth(registry: Any, out_dir: Path, collector_password_file: Path | No
     collector = collector_secret(s, collector_password_file)
     files = write_mosquitto_auth(out_dir, registry.credentials(), collector.username, collector.password,
                                  s.mqtt.topic_prefix)
-    click.echo(f"wrote {files.password_file} and {files.acl_file}: {files.devices} device accounts + "
-               f"collector {collector.username}", err=True)
+    click.echo(_("wrote {passwd} and {acl}: {n} device accounts + collector {collector}", passwd=files.password_file,
+                 acl=files.acl_file, n=files.devices, collector=collector.username), err=True)
     if files.skipped:
-        more = f" and {len(files.skipped) - 10} more" if len(files.skipped) > 10 else ""
-        click.echo(f"{len(files.skipped)} enabled devices have no password yet (`devices rotate ID` gives one): "
-                   f"{', '.join(files.skipped[:10])}{more}", err=True)
+        more = _(" and {n} more", n=len(files.skipped) - 10) if len(files.skipped) > 10 else ""
+        click.echo(_("{n} enabled devices have no password yet (`devices rotate ID` gives one): {ids}{more}",
+                     n=len(files.skipped), ids=", ".join(files.skipped[:10]), more=more), err=True)
     if collector.generated:
-        click.echo(f"generated the collector's password into {collector.generated}; set mqtt.username: "
-                   f"{collector.username} and mqtt.password_file: {collector.generated}", err=True)
+        click.echo(_("generated the collector's password into {file}; set mqtt.username: {user} and "
+                     "mqtt.password_file: {file}", file=collector.generated, user=collector.username), err=True)
     if reload:
-        click.echo(f"reloaded mosquitto (pid {reload_broker(pid)})", err=True)
+        click.echo(_("reloaded mosquitto (pid {pid})", pid=reload_broker(pid)), err=True)
