@@ -153,6 +153,8 @@ def test_a_district_operator_sees_and_acts_only_in_its_district_and_refusals_are
     finally:
         conn.close()
     assert stored is not None and ack["after"]["transition_id"] == stored[0]
+    shown = json.loads(cli(city.settings, "users", "show", "op-nanhu", "--json").stdout)
+    assert shown["last_used_at"] is not None and "token_hash" not in shown and "token_id" not in shown
 
 
 def test_incidents_and_figures_follow_the_scope(city: City) -> None:
@@ -321,3 +323,22 @@ def test_the_trail_survives_a_restart_and_repeated_bad_tokens_get_429(tmp_path: 
         assert status == 200 and stats["auth"]["blocks"] == 1 and stats["auth"]["failures"] == 5
     finally:
         run.stop()
+
+
+def test_every_route_of_the_api_has_an_access_rule(city: City) -> None:
+    """A route someone adds without a line in people/api.py ROUTES would be admin-only: list it there."""
+    from citywatch.api import make_app
+    from citywatch.people.api import ACCESS_KEY, OPEN_PATHS, ROUTES, SIGNED_PATHS
+
+    runner = city.run.runner
+    app = city.run.call(lambda: make_app(runner, "unused"))  # type: ignore[arg-type]
+    try:
+        routes = {("GET" if r.method == "HEAD" else r.method, r.resource.canonical)
+                  for r in app.router.routes() if r.resource is not None}
+        ruled = set(app[ACCESS_KEY].routes)  # ROUTES and what modules declared
+    finally:
+        app[ACCESS_KEY].users.close()
+    assert set(ROUTES) <= ruled
+    unlisted = {route for route in routes if route[1] not in OPEN_PATHS | SIGNED_PATHS and route not in ruled}
+    assert not unlisted, f"routes without an access rule in citywatch/people/api.py ROUTES: {sorted(unlisted)}"
+    assert len(routes) >= 14

@@ -48,7 +48,7 @@ from citywatch.people.policy import (
     silence_target,
 )
 from citywatch.people.throttle import Throttle
-from citywatch.people.users import BOOTSTRAP, DISPATCH_SYSTEM, User, UserBook
+from citywatch.people.users import BOOTSTRAP, DISPATCH_SYSTEM, Activity, User, UserBook
 from citywatch.ratelog import LogLimiter
 
 log = logging.getLogger("citywatch.api.auth")
@@ -162,6 +162,7 @@ def _dispatch_action(request: web.Request) -> str:
 
 ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/stats"): Rule("view_stats"),
+    ("GET", "/metrics"): Rule("view_stats"),  # when api.metrics_auth; else answered before auth (metrics.py)
     ("GET", "/alerts"): Rule("view_alert", each=alert_target),
     ("GET", "/alerts/{alert_id}"): Rule("view_alert", _alert),
     ("POST", "/alerts/{alert_id}/ack"): Rule("ack", _alert, change=True),
@@ -283,6 +284,7 @@ class Access:
         self.bootstrap = bootstrap_token.encode() if bootstrap_token else None
         self.users = users
         self.audit_conn = audit_conn
+        self.activity = Activity(audit_conn)  # last use per account, in state.db
         self.throttle = throttle
         self.routes: dict[tuple[str, str], Rule] = dict(ROUTES)
         self.limiter = LogLimiter(60.0)
@@ -304,7 +306,7 @@ class Access:
             return BOOTSTRAP
         result = self.users.authenticate(given)
         if result.user is not None:
-            self.users.touch(result.user, _now(request))
+            self.activity.touch(result.user.name, _now(request))
             return result.user
         self.throttle.failed(address)
         self._warn("refused", "api: refused a bearer token from %s: %s", address, result.reason)

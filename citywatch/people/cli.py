@@ -40,6 +40,17 @@ def _friendly(fn: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+def _used(found: list[User]) -> list[User]:
+    """The accounts with their last use (kept by the runner in state.db)."""
+    import msgspec
+
+    from citywatch.people.users import last_used
+    from citywatch.sinks.store import store_path
+
+    used = last_used(store_path(_settings().data_dir))
+    return [msgspec.structs.replace(u, last_used_at=used.get(u.name)) for u in found]
+
+
 @contextmanager
 def _book() -> Iterator[Any]:
     from citywatch.people.users import UserBook, registry_db
@@ -110,7 +121,7 @@ def users_add(name: str, role: str | None, scopes: tuple[str, ...], teams: tuple
 def users_list(as_json: bool) -> None:
     """Every account: name, role, scope, teams, status, last use."""
     with _book() as book:
-        found = book.all()
+        found = _used(book.all())
     if as_json:
         click.echo(json.dumps([u.public() for u in found]))
         return
@@ -126,7 +137,7 @@ def users_list(as_json: bool) -> None:
 def users_show(name: str, as_json: bool) -> None:
     """One account (never its token)."""
     with _book() as book:
-        user = book.require(name)
+        (user,) = _used([book.require(name)])
     if as_json:
         click.echo(json.dumps(user.public()))
         return

@@ -42,7 +42,7 @@ from citywatch.sinks.database import open_database
 ROLES = ("admin", "operator", "field", "installer", "dispatch")
 SCOPE_KEYS = ("city", "district", "community", "grid")  # the grid hierarchy, widest first
 TOKEN_PREFIX = "cwt"
-TOUCH_EVERY_S = 60.0  # last_used_at is written at most this often per account
+TOUCH_EVERY_S = 60.0  # user_activity is written at most this often per account
 NAME_RE = re.compile(r"[\w.@-]{1,64}")  # letters (any script), digits, _ . @ -
 
 SCHEMA = """
@@ -56,8 +56,15 @@ CREATE TABLE IF NOT EXISTS users (
     disabled INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     created_by TEXT NOT NULL,
-    updated_at REAL NOT NULL,
-    last_used_at REAL
+    updated_at REAL NOT NULL
+);
+"""
+# When each account was last used: in state.db, which the runner writes anyway. Writing it into
+# registry.db would make every runner's registry cache reload all devices (data_version changes).
+ACTIVITY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS user_activity (
+    name TEXT PRIMARY KEY,
+    last_used_at REAL NOT NULL
 );
 """
 
@@ -197,13 +204,13 @@ _DUMMY_HASH = hash_secret("not a real secret")
 # -- the book ------------------------------------------------------------------------------------
 
 
-_COLUMNS = "name, role, scope, teams, disabled, created_at, created_by, last_used_at, token_id"
+_COLUMNS = "name, role, scope, teams, disabled, created_at, created_by, token_id"
 
 
 def _row(row: tuple[Any, ...]) -> User:
-    name, role, scope, teams, disabled, created_at, created_by, last_used_at, token_id = row
+    name, role, scope, teams, disabled, created_at, created_by, token_id = row
     return User(name=name, role=role, scope=json.loads(scope), teams=json.loads(teams), disabled=bool(disabled),
-                created_at=created_at, created_by=created_by, last_used_at=last_used_at, token_id=token_id)
+                created_at=created_at, created_by=created_by, token_id=token_id)
 
 
 class AuthResult(msgspec.Struct, frozen=True):
@@ -229,7 +236,6 @@ class UserBook:
         self.path = path
         self.conn = open_database(path, SCHEMA, check=check)
         audit.ensure_schema(self.conn)
-        self._touched: dict[str, float] = {}
 
     def close(self) -> None:
         self.conn.close()
@@ -346,18 +352,40 @@ class UserBook:
             return AuthResult(None, f"user {user.name} is disabled", user)
         return AuthResult(user)
 
-    def touch(self, user: User, now: float) -> None:
-        """Note when an account was last used, at most once a TOUCH_EVERY_S; best effort (a busy
-        registry is skipped, never waited for on the event loop)."""
-        last = self._touched.get(user.name, user.last_used_at or 0.0)
-        if now - last < TOUCH_EVERY_S:
+
+class Activity:
+    """When accounts were last used (`user_activity` in state.db, on the runner's connection)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        conn.executescript(ACTIVITY_SCHEMA)
+        self.conn = conn
+        self._touched: dict[str, float] = {}
+
+    def touch(self, name: str, now: float) -> None:
+        """At most once a TOUCH_EVERY_S per account; best effort: a busy database is skipped, never
+        waited for on the event loop."""
+        if now - self._touched.get(name, 0.0) < TOUCH_EVERY_S or self.conn.in_transaction:
             return
-        self._touched[user.name] = now
+        self._touched[name] = now
         busy = self.conn.execute("PRAGMA busy_timeout").fetchone()[0]
         try:
             self.conn.execute("PRAGMA busy_timeout=50")
-            self.conn.execute("UPDATE users SET last_used_at = ? WHERE name = ?", (now, user.name))
+            self.conn.execute("INSERT INTO user_activity VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET"
+                              " last_used_at = MAX(last_used_at, excluded.last_used_at)", (name, now))
         except sqlite3.OperationalError:
             pass
         finally:
             self.conn.execute(f"PRAGMA busy_timeout={int(busy)}")
+
+
+def last_used(state_db: Path) -> dict[str, float]:
+    """Account name -> last use, read only (empty when the runner never served anyone)."""
+    if not state_db.exists():
+        return {}
+    conn = sqlite3.connect(state_db.resolve().as_uri() + "?mode=ro", uri=True, timeout=10)
+    try:
+        return dict(conn.execute("SELECT name, last_used_at FROM user_activity").fetchall())
+    except sqlite3.OperationalError:  # no such table yet
+        return {}
+    finally:
+        conn.close()
