@@ -38,7 +38,7 @@ _CLICK_HELP_CALLS = frozenset({"option", "Option", "command", "group"})
 
 
 def extract_click(fileobj: IO[bytes], keywords: Any, comment_tags: Collection[str],
-                  options: Any) -> Iterator[tuple[int, Any, Any, list[str]]]:
+                  options: Any) -> Iterator[tuple[Any, ...]]:
     """Babel extraction method (babel.cfg): the usual Python messages, plus the help of click commands
     (the docstring of a function decorated with `.command(...)`/`.group(...)`, cleaned as click shows
     it) and `help=`/`short_help=` texts of options and commands (citywatch.cli_help translates them)."""
