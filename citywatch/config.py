@@ -117,6 +117,14 @@ def _http_url(url: str) -> str:
     return url
 
 
+def _iana_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}: use an IANA name such as Asia/Shanghai") from None
+    return name
+
+
 WEBHOOK_STREAMS = ("alerts", "incidents")
 
 
@@ -129,10 +137,19 @@ def _receive_streams(streams: list[str]) -> list[str]:
 
 
 class WebhookRoute(Section):
-    """Send matching alert transitions to `url`. Empty lists match everything."""
+    """Send matching alert transitions to `url` (a system: signed JSON webhooks) or, with `apprise`
+    instead, to people (notifications through Apprise: citywatch/sinks/notify.py). Empty lists match
+    everything."""
 
     name: str
-    url: str
+    url: str | None = None
+    # Notifications to people: Apprise URLs (mailto://, wecombot://, dingtalk://, feishu://, json://...),
+    # secrets like any token; each one its own outbox endpoint `<name>#<n>` (n from 1, in list order)
+    apprise: list[SecretStr] = []
+    apprise_file: Path | None = None  # or/and one Apprise URL per line of this file ('#' starts a comment)
+    language: str | None = None  # the notifications' language (zh-CN | en); null: the city's `language`
+    timezone: str | None = None  # their times' zone; null: the city's `timezone`
+    assignees: list[str] = []  # only alerts (incidents) assigned to one of these people (Alert.assignee)
     kinds: list[str] = []
     districts: list[str] = []
     grids: list[str] = []
@@ -146,8 +163,42 @@ class WebhookRoute(Section):
     communities: list[str] = []
     cities: list[str] = []
 
-    _url = field_validator("url")(_http_url)
     _receive = field_validator("receive")(_receive_streams)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        return None if url is None else _http_url(url)
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, language: str | None) -> str | None:
+        if language is None:
+            return None
+        from citywatch.i18n import check_language
+
+        return check_language(language)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, name: str | None) -> str | None:
+        return None if name is None else _iana_zone(name)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> WebhookRoute:
+        people = bool(self.apprise) or self.apprise_file is not None
+        if (self.url is None) == (not people):
+            raise ValueError(f"route {self.name!r}: give either url (a system's webhook) or apprise / apprise_file "
+                             "(notifications to people), not both or neither")
+        if people and self.secret is not None:
+            raise ValueError(f"route {self.name!r}: secret signs webhooks; an apprise route has none "
+                             "(its credentials are in its Apprise URLs)")
+        return self
+
+    @property
+    def notifies(self) -> bool:
+        """A route to people (Apprise), not to a system."""
+        return self.url is None
 
 
 class WebhookSettings(Section):
@@ -620,7 +671,7 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
             for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
-    return _resolve_secrets(settings)
+    return _resolve_notify_routes(_resolve_secrets(settings))
 
 
 def _resolve_secrets(s: Settings) -> Settings:
@@ -635,6 +686,41 @@ def _resolve_secrets(s: Settings) -> Settings:
                                                                     "dispatch.secret_file")})
     _own_dispatch_secret(dispatch, hooks)
     return s.model_copy(update={"mqtt": mqtt, "webhooks": hooks, "influx": influx, "api": api, "dispatch": dispatch})
+
+
+def _read_apprise_file(path: Path, key: str) -> list[SecretStr]:
+    """One Apprise URL per line; blank lines and lines starting with '#' are skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
+    return [SecretStr(line.strip()) for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def _resolve_notify_routes(s: Settings) -> Settings:
+    """Routes to people (Apprise): their URLs from `apprise_file` too, the city's language and zone where
+    the route names none, and every URL checked now (an unusable one stops the start, naming the key)."""
+    if not any(route.notifies for route in s.webhooks.routes):
+        return s
+    from citywatch.sinks.notify import check_apprise_url
+
+    routes = []
+    for route in s.webhooks.routes:
+        if route.notifies:
+            key = f"webhooks.routes[{route.name}]"
+            urls = list(route.apprise)
+            if route.apprise_file is not None:
+                urls += _read_apprise_file(route.apprise_file, f"{key}.apprise_file")
+            if not urls:
+                raise ConfigError(f"{key}: no Apprise URL (apprise is empty and apprise_file has none)")
+            for n, url in enumerate(urls, 1):
+                problem = check_apprise_url(url.get_secret_value())
+                if problem:
+                    raise ConfigError(f"{key}.apprise #{n}: {problem}")
+            route = route.model_copy(update={"apprise": urls, "language": route.language or s.language,
+                                             "timezone": route.timezone or s.timezone})
+        routes.append(route)
+    return s.model_copy(update={"webhooks": s.webhooks.model_copy(update={"routes": routes})})
 
 
 def _own_dispatch_secret(dispatch: DispatchSettings, hooks: WebhookSettings) -> None:

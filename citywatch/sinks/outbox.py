@@ -7,6 +7,11 @@ Writing the webhook in the same commit as the alert means a transition is never 
 A transition a silence in force covers (citywatch/loop/silences.py) is written `held` with the
 silence id instead of `pending`; when the silence ends its rows are released (`pending`, same
 webhook-id, original order) or `suppressed` (the alert ended unseen).
+
+Routes to people (`apprise:` instead of `url`, citywatch/sinks/notify.py) get rows here too, one per
+Apprise URL (endpoint `<route>#<n>`), whose body is the notification rendered in the route's language
+(notify_text.py) rather than the JSON payload. They do not claim a transition: the default route
+still gets every transition no system route (`url`) matched.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -23,8 +29,11 @@ from pydantic import SecretStr
 
 from citywatch.config import EscalationSettings, WebhookRoute, WebhookSettings
 from citywatch.errors import ConfigError
-from citywatch.loop.silences import Holds
+from citywatch.i18n import DEFAULT_LANGUAGE, DEFAULT_TIMEZONE
+from citywatch.loop.silences import Holds, Silence
 from citywatch.model import SEVERITY_RANK, TERMINAL_STATUSES, IncidentTransition, Transition
+from citywatch.sinks.notify import Target, encode_notification, row_url, targets
+from citywatch.sinks.notify_text import alert_notification, incident_notification
 from citywatch.streams.pipeline import Output
 
 DEFAULT_ROUTE = "default"
@@ -135,12 +144,17 @@ def render_incident_payload(transition: IncidentTransition, public_url: str) -> 
     return _encode(body)
 
 
+def route_endpoints(route: WebhookRoute) -> list[str]:
+    """A system route is one endpoint (its name); a route to people one per Apprise URL (`<name>#<n>`)."""
+    return [t.endpoint for t in targets(route)] if route.notifies else [route.name]
+
+
 def endpoints(settings: WebhookSettings) -> list[WebhookRoute]:
-    """The configured routes plus the default one (when `url` is set), names checked unique."""
+    """The configured routes plus the default one (when `url` is set), endpoint names checked unique."""
     routes = list(settings.routes)
     if settings.url:
         routes.append(WebhookRoute(name=DEFAULT_ROUTE, url=settings.url))
-    names = [r.name for r in routes]
+    names = [name for r in routes for name in route_endpoints(r)]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"webhooks.routes: duplicate endpoint name(s) {duplicates}"
@@ -178,6 +192,7 @@ def matches(route: WebhookRoute, transition: Transition, levels: Sequence[str] =
         and (not route.rules or a.rule in route.rules)
         and SEVERITY_RANK.get(a.severity, -1) >= SEVERITY_RANK[route.min_severity]
         and (route.level is None or level_name(a.escalation_level, levels) == route.level)
+        and (not route.assignees or a.assignee in route.assignees)
     )
 
 
@@ -193,6 +208,7 @@ def matches_incident(route: WebhookRoute, transition: IncidentTransition,
         return not values or any(get(m) in values for m in members)
 
     level = getattr(route, "level", None)
+    assignees = getattr(route, "assignees", [])
     return (
         has(route.kinds, lambda m: m.kind)
         and has(route.rules, lambda m: m.rule)
@@ -202,6 +218,7 @@ def matches_incident(route: WebhookRoute, transition: IncidentTransition,
         and has(getattr(route, "cities", []), lambda m: m.device.get("city"))
         and SEVERITY_RANK.get(i.severity, -1) >= SEVERITY_RANK[route.min_severity]
         and (level is None or (bool(levels) and level == levels[0]))
+        and (not assignees or i.assignee in assignees)
     )
 
 
@@ -217,38 +234,71 @@ class Outbox:
         self.default = (WebhookRoute(name=DEFAULT_ROUTE, url=settings.url, receive=list(settings.receive))
                         if settings.url else None)
         endpoints(settings)  # validates the names
+        self.targets: dict[str, list[Target]] = {r.name: targets(r) for r in self.routes if r.notifies}
         self.clock = clock
         self.counters: Counter[str] = Counter()  # enqueued, unrouted
 
     def route(self, transition: Transition) -> list[WebhookRoute]:
         hits = [r for r in self.routes if "alerts" in r.receive and matches(r, transition, self.levels)]
-        if not hits and self.default is not None and "alerts" in self.default.receive:
-            hits = [self.default]
-        return hits
+        return self._with_default(hits, "alerts")
 
     def route_incident(self, transition: IncidentTransition) -> list[WebhookRoute]:
         """Routes with `receive: [incidents]` (or both) matching the incident, else the default route
         if it receives incidents."""
         hits = [r for r in self.routes if "incidents" in r.receive and matches_incident(r, transition, self.levels)]
-        if not hits and self.default is not None and "incidents" in self.default.receive:
-            hits = [self.default]
+        return self._with_default(hits, "incidents")
+
+    def _with_default(self, hits: list[WebhookRoute], stream: str) -> list[WebhookRoute]:
+        """The default route gets what no system route claimed (routes to people claim nothing)."""
+        if self.default is not None and stream in self.default.receive and all(r.notifies for r in hits):
+            hits = [*hits, self.default]
         return hits
+
+    def _rows(self, hits: list[WebhookRoute], transition_id: str, subject_id: str, payload: Callable[[], bytes],
+              note: Callable[[WebhookRoute], bytes], silence: Silence | None, holds: Holds,
+              now: float) -> list[tuple[Any, ...]]:
+        """One row per endpoint: a system route's gets the JSON payload, each Apprise URL of a route to
+        people the notification in that route's language (rendered once per language and zone)."""
+        rows: list[tuple[Any, ...]] = []
+        body: bytes | None = None
+        for r in hits:
+            if r.notifies:
+                text = note(r)
+                sends = [(t.endpoint, row_url(t), text) for t in self.targets[r.name]]
+            else:
+                body = payload() if body is None else body
+                sends = [(r.name, str(r.url), body)]
+            for endpoint, url, data in sends:
+                held = holds.hold(endpoint, subject_id, silence)
+                rows.append((transition_id, endpoint, url, subject_id, data, now, "held" if held else "pending", held))
+        return rows
 
     def _incident_rows(self, out: Output, now: float, holds: Holds) -> list[tuple[Any, ...]]:
         """Outbox rows of the batch's incident transitions; the incident id is the ordering lane
         (column alert_id), so one incident's transitions reach each endpoint in order."""
         rows: list[tuple[Any, ...]] = []
         for t in out.incident_transitions:
-            targets = self.route_incident(t)
-            if not targets:
+            hits = self.route_incident(t)
+            if not hits:
                 self.counters["unrouted_incidents"] += 1
                 continue
-            body = render_incident_payload(t, self.public_url)
             silence = holds.for_incident(t.incident)  # held only if a silence covers every member
-            for r in targets:
-                held = holds.hold(r.name, t.incident_id, silence)
-                rows.append((t.id, r.name, r.url, t.incident_id, body, now, "held" if held else "pending", held))
+            rows += self._rows(hits, t.id, t.incident_id, partial(render_incident_payload, t, self.public_url),
+                               self._note(partial(incident_notification, t, public_url=self.public_url)),
+                               silence, holds, now)
         return rows
+
+    @staticmethod
+    def _note(render: Callable[[str, str], Any]) -> Callable[[WebhookRoute], bytes]:
+        """A route's notification body, rendered once per (language, zone) of the transition's routes."""
+        cache: dict[tuple[str, str], bytes] = {}
+
+        def note(route: WebhookRoute) -> bytes:
+            key = (route.language or DEFAULT_LANGUAGE, route.timezone or DEFAULT_TIMEZONE)
+            if key not in cache:
+                cache[key] = encode_notification(render(*key))
+            return cache[key]
+        return note
 
     def enqueue(self, conn: sqlite3.Connection, out: Output) -> None:
         """Insert one row per (transition, endpoint) in the caller's open transaction."""
@@ -259,15 +309,13 @@ class Outbox:
         holds = Holds(conn, now, self.safety_rules)  # silences in force (citywatch/loop/silences.py)
         rows = []
         for t in out.transitions:
-            targets = self.route(t)
-            if not targets:
+            hits = self.route(t)
+            if not hits:
                 self.counters["unrouted"] += 1
                 continue
-            body = render_payload(t, self.public_url)
-            silence = holds.for_alert(t.alert)
-            for r in targets:
-                held = holds.hold(r.name, t.alert_id, silence)
-                rows.append((t.id, r.name, r.url, t.alert_id, body, now, "held" if held else "pending", held))
+            rows += self._rows(hits, t.id, t.alert_id, partial(render_payload, t, self.public_url),
+                               self._note(partial(alert_notification, t, public_url=self.public_url)),
+                               holds.for_alert(t.alert), holds, now)
         rows += self._incident_rows(out, now, holds)
         conn.executemany(_INSERT, rows)
         self.counters["enqueued"] += len(rows)

@@ -20,6 +20,13 @@ Which answers end a delivery (the policy, in `_classify`):
 
 Dead rows keep last_status and last_error; `citywatch webhooks resend` sets them pending again
 (same webhook-id, so receivers deduplicate) and a running runner picks them up at its next poll.
+
+Notifications to people (routes with `apprise:`, citywatch/sinks/notify.py) are rows of the same
+outbox, one endpoint per Apprise URL, and go through the same lanes, order, backoff and dead/resend;
+only the send differs (Apprise in a worker thread) and what counts as an answer: an HTTP status
+Apprise reports is classified as above; a target no longer configured is dead at once; anything else
+(connection refused, SMTP errors, timeouts) is retried for ever with backoff. A stop waits for the
+notifications in flight and records them (an Apprise send cannot be taken back).
 """
 
 from __future__ import annotations
@@ -43,12 +50,14 @@ from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookV
 from citywatch.config import WebhookSettings
 from citywatch.errors import ConfigError
 from citywatch.ratelog import LogLimiter
+from citywatch.sinks.notify import URL_PREFIX, Attempt, Notifier
 from citywatch.sinks.outbox import (
     OUTBOX_SCHEMA,
     Outbox,
     endpoints,
     ensure_schema,
     render_payload,
+    route_endpoints,
     route_secret,
 )
 
@@ -189,10 +198,13 @@ class WebhookDelivery:
         self.settings = settings
         self.clock = clock
         routes = endpoints(settings)
-        self.configured = [r.name for r in routes]
-        self._urls = {r.name: r.url for r in routes}  # rows of a configured endpoint go to its url of now
+        self.configured = [name for r in routes for name in route_endpoints(r)]
+        systems = [r for r in routes if r.url is not None]
+        # rows of a configured endpoint go to its url of now
+        self._urls = {r.name: r.url for r in systems if r.url is not None}
         self._limiter = LogLimiter(60.0)
-        self._keys = {name: signing_keys(route_secret(settings, name)) for name in self.configured}
+        self._keys = {r.name: signing_keys(route_secret(settings, r.name)) for r in systems}
+        self._notifier = Notifier(routes)  # routes to people: Apprise
         self._lanes: dict[str, _Lane] = {}
         self._wake = asyncio.Event()
         db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,6 +317,8 @@ class WebhookDelivery:
         return headers
 
     async def _send(self, lane: _Lane, session: aiohttp.ClientSession, row: _Row) -> _Outcome:
+        if self._notifier.has(lane.name) or row.url.startswith(URL_PREFIX):
+            return await self._notify(lane, row)
         try:
             async with session.post(self._urls.get(lane.name, row.url), data=row.body,
                                     headers=self._headers(lane, row), allow_redirects=False) as resp:
@@ -327,6 +341,20 @@ class WebhookDelivery:
                 log.warning("webhooks: endpoint %s answers HTTP %s with Location %r: not followed, retrying; "
                             "fix its url%s", lane.name, status, location, f" ({held} similar)" if held else "")
         return _Outcome(kind, status, text, parse_retry_after(headers.get("Retry-After"), self.clock()))
+
+    async def _notify(self, lane: _Lane, row: _Row) -> _Outcome:
+        """Send a notification row through Apprise. A stop does not abandon it: the worker thread would
+        send it anyway and the next start would send it again, so it is waited for and recorded."""
+        task = asyncio.ensure_future(self._notifier.send(lane.name, row.body))
+        try:
+            return _notification_outcome(await asyncio.shield(task))
+        except asyncio.CancelledError:
+            while not task.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(task)
+            if not task.cancelled() and task.exception() is None:
+                self._record(lane, row, _notification_outcome(task.result()))
+            raise
 
     def _record(self, lane: _Lane, row: _Row, outcome: _Outcome) -> None:
         now = self.clock()
@@ -384,6 +412,19 @@ class WebhookDelivery:
         cur = self.conn.execute("DELETE FROM webhook_outbox WHERE status = 'delivered' AND delivered_at < ?",
                                 (self.clock() - older_than_s,))
         return cur.rowcount
+
+
+def _notification_outcome(attempt: Attempt) -> _Outcome:
+    """An Apprise send as a delivery outcome: an HTTP status Apprise reported is judged like a webhook's
+    answer; a target that cannot be sent to is dead; anything else is retried."""
+    if attempt.ok:
+        return _Outcome("delivered")
+    if attempt.unusable:
+        return _Outcome("dead", None, attempt.error)
+    if attempt.status is not None:
+        kind = _classify(attempt.status)
+        return _Outcome("retry" if kind == "delivered" else kind, attempt.status, attempt.error)
+    return _Outcome("retry", None, attempt.error, unreachable=attempt.unreachable)
 
 
 def _classify(status: int) -> str:
