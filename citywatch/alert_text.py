@@ -93,11 +93,11 @@ def _pattern(template: str) -> re.Pattern[str]:
 
 
 def _candidates(rule: str | None) -> list[str]:
+    """The templates to try, most specific (most literal text) first."""
+    keys = list(TEMPLATES)
     if rule:
-        own = [k for k in TEMPLATES if k == rule or k.startswith(rule + ".")]
-        if own:
-            return own
-    return list(TEMPLATES)
+        keys = [k for k in TEMPLATES if k == rule or k.startswith(rule + ".")] or keys
+    return sorted(keys, key=lambda k: -len(_PLACEHOLDER.sub("", TEMPLATES[k])))
 
 
 def message_key(message: str, rule: str | None = None) -> tuple[str, dict[str, str]] | None:
@@ -135,3 +135,86 @@ def alert_message(t: Translator, alert: Any) -> str:
 def suspect_reason(t: Translator, reason: str) -> str:
     """An alarm's suspicion (the fault rule's message) in `t`'s language."""
     return localize(t, reason)
+
+
+# -- transition reasons -----------------------------------------------------------------------------
+# Why an alert or incident changed (Transition.reason, IncidentTransition.reason), as the alert engine
+# (detectors/lifecycle.py) and the incident book (loop/incidents.py) write them. Fields named
+# `message` hold a rule's message, `reason` a nested reason, `rule`/`severity`/`status`/`level` codes;
+# `by`, `assignee` and `why` are people's words, shown as given.
+REASONS: dict[str, str] = {
+    "cleared": N_("condition cleared"),
+    "confirmed": N_("confirmed by a plausible reading"),
+    "raised": N_("severity raised"),
+    "raised_suspect": N_("severity raised; sensor fault suspected"),
+    "flapping": N_("opened and resolved {count} times within {minutes} min"),
+    "acknowledged": N_("acknowledged by {by}"),
+    "resolved": N_("resolved by {by}"),
+    "assigned": N_("assigned to {assignee} by {by}"),
+    "on_site": N_("{assignee} on site"),
+    "rectified_confirm": N_("rectified; awaiting confirmation"),
+    "rectified_verify": N_("rectified; verifying against the device's readings for {minutes} min"),
+    "rejected": N_("rejected by {by}: {why}"),
+    "closed_confirmed": N_("closed: confirmed by {by}"),
+    "verifying_again": N_("readings resumed; verifying again"),
+    "reopened": N_("condition returned during verification: {message}"),
+    "quiet": N_("quiet after flapping"),
+    "escalated": N_("{reason}; escalated to the {level} level"),
+    "review_missed": N_("not acknowledged or assigned within the review deadline"),
+    "response_missed": N_("not closed within the response deadline"),
+    "response_repeat": N_("still not closed {hours} h after the response deadline"),
+    "verified": N_("verified: the device's readings stayed clear for {minutes} min ({count} readings)"),
+    "overdue": N_("no reading from the device during the {minutes} min follow-up window"),
+    "incident_opened": N_("{rule} on {device}: first alert of this incident"),
+    "incident_joined": N_("{rule} on {device} joined the incident while it was {status}"),
+    "incident_raised": N_("severity raised to {severity} by {rule} on {device}"),
+    "incident_closed": N_("all {count} member alerts resolved or closed"),
+    "incident_dispatch": N_("{reason} by {by} ({count} of {total} member alerts)"),
+    "incident_assigned": N_("assigned to {assignee}"),
+    "incident_on_site": N_("on site"),
+    "incident_rectified": N_("rectified"),
+    "incident_rejected": N_("rejected: {why}"),
+}
+_CODE_FIELDS = {"rule": "rule", "severity": "severity", "status": "alert status", "level": "escalation level"}
+
+
+def _literal_length(template: str) -> int:
+    return len(_PLACEHOLDER.sub("", template))
+
+
+# Most specific first: "assigned to X by Y (2 of 3 member alerts)" is the incident's wording, not
+# "assigned to X by Y" with a long Y.
+_REASON_ORDER = sorted(REASONS, key=lambda k: -_literal_length(REASONS[k]))
+
+
+def reason_key(reason: str) -> tuple[str, dict[str, str]] | None:
+    """(REASONS key, fields) of a stored transition reason, or None when none has its shape."""
+    for key in _REASON_ORDER:
+        m = _pattern(REASONS[key]).fullmatch(reason)
+        if m:
+            return key, m.groupdict()
+    return None
+
+
+def transition_reason(t: Translator, reason: str) -> str:
+    """A transition's reason in `t`'s language: the engine's and the incident book's own wording,
+    the rule messages inside them, and a suspicion (a fault rule's message); else as stored."""
+    if not reason:
+        return reason
+    found = reason_key(reason)
+    if found is None:
+        return localize(t, reason)  # an `opened` transition's reason is the fault message, if any
+    key, fields = found
+    out: dict[str, str] = {}
+    for name, value in fields.items():
+        if name == "message":
+            out[name] = localize(t, value)
+        elif name == "reason":
+            out[name] = transition_reason(t, value)
+        elif name in _CODE_FIELDS:
+            from citywatch.labels import label
+
+            out[name] = label(t, _CODE_FIELDS[name], value)
+        else:
+            out[name] = value
+    return t.gettext(REASONS[key], **out)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 
+from citywatch import i18n
 from citywatch.httpserve import printable
+from citywatch.i18n import _, pgettext
+from citywatch.labels import label
 
 
 def _settings() -> Any:
@@ -19,7 +21,8 @@ def _settings() -> Any:
 
 
 def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    """Local time in the city's zone with the offset (the settings are loaded by then)."""
+    return i18n.local_time(ts, seconds=True)
 
 
 def _outbox(read_only: bool) -> sqlite3.Connection:
@@ -27,7 +30,8 @@ def _outbox(read_only: bool) -> sqlite3.Connection:
 
     path = store_path(_settings().data_dir)
     if not path.exists():
-        raise click.ClickException(f"no alert store at {path}: has `citywatch run` ever run with this data_dir?")
+        raise click.ClickException(_("no alert store at {path}: has `citywatch run` ever run with this data_dir?",
+                                     path=path))
     if read_only:
         return sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)
@@ -66,11 +70,18 @@ def webhooks_list(dead_only: bool, limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(msgspec.json.encode([row._asdict() for row in rows]).decode())
         return
+    t = i18n.current()
+    click.echo("\t".join((pgettext("column", "webhook"), pgettext("column", "endpoint"), pgettext("column", "status"),
+                          pgettext("column", "attempts"), pgettext("column", "last attempt"),
+                          pgettext("column", "last error"))), err=True)  # stderr: stdout stays the rows
     for r in rows:
         error = printable((r.last_error or "").replace("\n", " "), 120)
-        click.echo(f"{r.webhook_id}\t{r.endpoint}\t{r.status}\tattempts {r.attempts}\t"
-                   f"last {_when(r.last_attempt_at)} HTTP {r.last_status or '-'}\t{error}")
-    click.echo(f"{len(rows)} webhook(s) {'dead' if dead_only else 'not delivered'}", err=True)
+        attempts = _("attempts {n}", n=r.attempts)
+        last = _("last {time} HTTP {status}", time=_when(r.last_attempt_at), status=r.last_status or "-")
+        status = label(t, "delivery status", r.status)
+        click.echo(f"{r.webhook_id}\t{r.endpoint}\t{status}\t{attempts}\t{last}\t{error}")
+    click.echo(_("{n} webhook(s) dead", n=len(rows)) if dead_only else _("{n} webhook(s) not delivered", n=len(rows)),
+               err=True)
 
 
 @webhooks.command("resend")
@@ -87,16 +98,16 @@ def webhooks_resend(webhook_ids: tuple[str, ...], alert_ids: tuple[str, ...], en
     from citywatch.sinks.webhooks import resend
 
     if not (webhook_ids or alert_ids or endpoint_names or all_dead):
-        raise click.UsageError("say which: --id, --alert, --endpoint, or --dead for every dead webhook")
+        raise click.UsageError(_("say which: --id, --alert, --endpoint, or --dead for every dead webhook"))
     conn = _outbox(read_only=False)
     try:
         n = resend(conn, webhook_ids, alert_ids, endpoint_names)
     finally:
         conn.close()
     if not n:
-        click.echo("no dead webhook matches", err=True)
+        click.echo(_("no dead webhook matches"), err=True)
         return
-    click.echo(f"{n} webhook(s) set back to pending; a running `citywatch run` sends them within a second")
+    click.echo(_("{n} webhook(s) set back to pending; a running `citywatch run` sends them within a second", n=n))
 
 
 # -- influx ---------------------------------------------------------------------------------------
@@ -118,7 +129,7 @@ def influx_replay_rejected(dry_run: bool) -> None:
     root = settings.data_dir / "influx-rejected"
     if dry_run:
         report = replay(root, None)
-        click.echo(f"{report.files} file(s), {report.lines} line(s) in {root}")
+        click.echo(_("{files} file(s), {lines} line(s) in {dir}", files=report.files, lines=report.lines, dir=root))
         reasons: dict[str, int] = {}
         for path in rejected_files(root):
             err = path.with_suffix(".err")
@@ -129,19 +140,19 @@ def influx_replay_rejected(dry_run: bool) -> None:
             click.echo(f"  {n}\t{printable(why)}")
         return
     if not settings.influx.url:
-        raise click.ClickException("influx.url is not set: nowhere to send the lines")
+        raise click.ClickException(_("influx.url is not set: nowhere to send the lines"))
     writer = InfluxWriter(settings.influx)
     try:
         report = replay(root, writer)
     finally:
         writer.close()
-    click.echo(f"{report.files} file(s), {report.lines} line(s): written {report.written} line(s), "
-               f"{report.files_done} file(s) done")
+    click.echo(_("{files} file(s), {lines} line(s): written {written} line(s), {done} file(s) done",
+                 files=report.files, lines=report.lines, written=report.written, done=report.files_done))
     if report.unreachable:
-        click.echo(f"InfluxDB did not take the writes ({printable(report.unreachable)}): stopped there; "
-                   "the rest is left as it was")
+        click.echo(_("InfluxDB did not take the writes ({error}): stopped there; the rest is left as it was",
+                     error=printable(report.unreachable)))
     if report.failing:
-        click.echo(f"still refused: {report.failing} line(s), kept in {root}")
+        click.echo(_("still refused: {n} line(s), kept in {dir}", n=report.failing, dir=root))
         for why, n in sorted(report.still_failing.items(), key=lambda item: -item[1]):
             click.echo(f"  {n}\t{printable(why)}")
     if report.unreachable or report.failing:
