@@ -3,6 +3,7 @@ rows in the real outbox, silences), and what is secret in an Apprise URL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -252,3 +253,22 @@ def test_what_is_secret_in_an_apprise_url_is_masked_in_apprise_log_records(caplo
     logging.getLogger("apprise").debug("JSON POST URL: http://127.0.0.1:9/hooks/pathtoken0123456789abc with %s",
                                        "Bearer hdrtok-123456")
     assert "JSON POST URL: http://127.0.0.1:9/hooks/*** with ***" in caplog.text
+
+
+def test_what_a_send_comes_to_decides_the_rows_fate() -> None:
+    """A target removed from the configuration cannot be sent to (dead at once, resendable once it is
+    back); an HTTP status Apprise reports is judged like a webhook's answer; anything else is retried."""
+    from citywatch.sinks.notify import Attempt, Notifier
+    from citywatch.sinks.webhooks import _notification_outcome
+
+    body = b'{"id": "t.1", "type": "alert.opened", "transition": "opened", "subject": "a", "language": "en",' \
+           b' "title": "t", "body": "b", "link": "l"}'
+    gone = asyncio.run(Notifier([]).send("duty#3", body))
+    assert gone.unusable and "no Apprise target 'duty#3'" in str(gone.error)
+    assert _notification_outcome(gone).kind == "dead"
+    assert _notification_outcome(Attempt(False, 410, "error=410")).kind == "dead"
+    assert _notification_outcome(Attempt(False, 404, "error=404")).kind == "refused"  # dead after N attempts
+    assert _notification_outcome(Attempt(False, 503, "error=503")).kind == "retry"
+    down = _notification_outcome(Attempt(False, None, "Connection error while submitting email", unreachable=True))
+    assert down.kind == "retry" and down.unreachable
+    assert _notification_outcome(Attempt(True)).kind == "delivered"
