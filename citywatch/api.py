@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
+from citywatch import metrics
 from citywatch.config import ApiSettings
 from citywatch.errors import AlertError
 from citywatch.httpserve import GUARD_KEY, serve
@@ -198,6 +199,7 @@ def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
     from citywatch.loop import kpis_api  # noqa: PLC0415 (the loop's figures: GET /kpis)
     kpis_api.register(app)
     silences_api.register(app)
+    metrics.register(app, runner)  # GET /metrics (Prometheus), open unless api.metrics_auth
     return app
 
 

@@ -273,6 +273,20 @@ class ApiSettings(Section):
     auth_block_s: float = Field(10.0, gt=0)
     auth_block_max_s: float = Field(900.0, gt=0)
     auth_addresses: int = Field(4096, ge=16)  # addresses tracked (least recently seen forgotten first)
+    metrics_auth: bool = False  # GET /metrics needs a bearer token too (false: open like /health; no secrets in it)
+
+
+class MetricsSettings(Section):
+    """Prometheus /metrics of the processes that serve no API: `citywatch bridge` and `citywatch worker
+    --role process` (the runner and the sink serve it on their API port)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9187, ge=0, le=65535)  # 0: any free port
+
+
+class LoggingSettings(Section):
+    format: str = Field("text", pattern="^(text|json)$")  # json: one JSON object per line
 
 
 class Deadlines(Section):
@@ -310,6 +324,13 @@ class KafkaSettings(Section):
     heartbeat_s: float = Field(3.0, gt=0)
     commit_interval_s: float = Field(1.0, gt=0)
     standby_replicas: int = Field(1, ge=0)  # warm copies of each Table partition on other workers
+    # Authentication and encryption towards the brokers (citywatch/streams/kafka_auth.py)
+    security_protocol: str = Field("PLAINTEXT", pattern="^(PLAINTEXT|SASL_PLAINTEXT|SASL_SSL|SSL)$")
+    sasl_mechanism: str = Field("SCRAM-SHA-512", pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$")
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None  # SSL, SASL_SSL: the CA of the brokers' certificates (default: the system's)
 
 
 class VerificationSettings(Section):
@@ -586,6 +607,8 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     incidents: IncidentSettings = IncidentSettings()
     silences: SilenceSettings = SilenceSettings()
+    logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
     def _route_levels(self) -> Settings:
@@ -682,10 +705,16 @@ def _resolve_secrets(s: Settings) -> Settings:
     influx = s.influx.model_copy(update={"token": _read_secret(s.influx.token, s.influx.token_file,
                                                                 "influx.token_file")})
     api = s.api.model_copy(update={"token": _read_secret(s.api.token, s.api.token_file, "api.token_file")})
+    kafka = s.kafka.model_copy(update={"password": _read_secret(s.kafka.password, s.kafka.password_file,
+                                                                "kafka.password_file")})
+    if kafka.security_protocol.startswith("SASL_") and (not kafka.username or kafka.password is None):
+        raise ConfigError(f"kafka.username and kafka.password (or password_file): required with "
+                          f"security_protocol {kafka.security_protocol}")
     dispatch = s.dispatch.model_copy(update={"secret": _read_secret(s.dispatch.secret, s.dispatch.secret_file,
                                                                     "dispatch.secret_file")})
     _own_dispatch_secret(dispatch, hooks)
-    return s.model_copy(update={"mqtt": mqtt, "webhooks": hooks, "influx": influx, "api": api, "dispatch": dispatch})
+    return s.model_copy(update={"mqtt": mqtt, "webhooks": hooks, "influx": influx, "api": api, "dispatch": dispatch,
+                                "kafka": kafka})
 
 
 def _read_apprise_file(path: Path, key: str) -> list[SecretStr]:

@@ -111,6 +111,7 @@ class EmbeddedRunner:
         self.unacked = 0  # messages taken from the hand-off and not yet acknowledged
         # device id -> when its state first changed without being written (ingest.state_checkpoint_s > 0)
         self.unsaved: dict[str, float] = {}
+        self.on_batch: Callable[[float], None] | None = None  # seconds per batch, taken to acknowledged (metrics.py)
 
     def _open(self, settings: Settings, clock: Callable[[], float]) -> None:
         """Open the registry and the alert store; an unreadable file stops the start, naming it."""
@@ -299,6 +300,7 @@ class EmbeddedRunner:
 
     async def _handle(self, batch: list[Message], now: float, tick: bool, stop: asyncio.Event) -> None:
         """Process a batch, store what it produced, then acknowledge it to the broker."""
+        started = time.perf_counter()
         out = Output()
         process = self.pipeline.process
         self.unacked = len(batch)
@@ -320,6 +322,8 @@ class EmbeddedRunner:
             self.last_batch_at = time.time()
         self.unacked = 0
         self.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(time.perf_counter() - started)
 
     def _heartbeat(self) -> None:
         """The consume loop is alive and turning (also while it waits for storage or InfluxDB)."""

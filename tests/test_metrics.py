@@ -1,0 +1,179 @@
+"""Prometheus /metrics: a real Prometheus (Debian `prometheus`) scrapes a running `citywatch run`;
+the figures are what the runner counted; the endpoint is open like /health unless api.metrics_auth;
+the Faust worker, the sink and the bridge export theirs too."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from citywatch.api import api_token
+from citywatch.devices.registry import Registry, registry_path
+from citywatch.model import Device
+from tests.conftest import RunnerThread, make_settings, wait_until
+from tests.mqtt_tools import publish_all
+from tests.servers.mosquitto import MosquittoServer, free_port, wait_port
+
+GAS = Device(id="gas-m1", kind="gas", district="Nanhu", grid="G1")
+PROMETHEUS = shutil.which("prometheus")
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition, by (name, sorted labels); also checks that the text parses."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def get(url: str, token: str | None = None) -> tuple[int, str, str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers.get("Content-Type", ""), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, "", exc.read().decode()
+
+
+def city(tmp_path: Path, mosquitto: MosquittoServer, **sections: Any) -> Any:
+    settings = make_settings(tmp_path / "data", mqtt={"url": mosquitto.url, "client_id": "cw-metrics"}, **sections)
+    registry = Registry(registry_path(settings.data_dir))
+    registry.add(GAS)
+    registry.close()
+    return settings
+
+
+def traffic(now: float) -> list[tuple[str, bytes]]:
+    """6 readings (the last over gas level 1: an alarm opens), 3 malformed, 1 from an unknown device."""
+    topic = f"citywatch/gas/{GAS.id}/telemetry"
+    readings = [(topic, json.dumps({"ts": now - 10 + i, "seq": i, "lel_pct": 2.0}).encode()) for i in range(5)]
+    readings.append((topic, json.dumps({"ts": now - 4, "seq": 5, "lel_pct": 30.0}).encode()))
+    bad = [(topic, b"{not json") for _ in range(3)]
+    stranger = [("citywatch/gas/nobody/telemetry", json.dumps({"ts": now, "lel_pct": 1.0}).encode())]
+    return readings + bad + stranger
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Any]:
+    if PROMETHEUS is None:
+        pytest.fail("prometheus is not installed: apt-get install -y prometheus (.ci/run does this)")
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(target: str) -> str:
+        port = free_port()
+        conf = tmp_path / "prometheus.yml"
+        conf.write_text(f"global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n"
+                        f"  - job_name: citywatch\n    static_configs:\n      - targets: ['{target}']\n")
+        log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 (closed with the process)
+        started.append(subprocess.Popen(
+            [PROMETHEUS, f"--config.file={conf}", f"--web.listen-address=127.0.0.1:{port}",
+             f"--storage.tsdb.path={tmp_path / 'tsdb'}"], stdout=log, stderr=log))
+        wait_port(port, timeout=30)
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: get(f"{base}/-/ready")[0] == 200, timeout=30, interval=0.1)  # TSDB open: API answers
+        return base
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(20)
+
+
+def prom_api(base: str, path: str, **params: str) -> Any:
+    url = f"{base}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body = json.loads(response.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def query(base: str, promql: str) -> float | None:
+    result = prom_api(base, "query", query=promql)["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def test_a_real_prometheus_scrapes_the_runner(tmp_path: Path, mosquitto: MosquittoServer, prometheus: Any) -> None:
+    settings = city(tmp_path, mosquitto)
+    run = RunnerThread(settings).start()
+    try:
+        runner = run.runner
+        publish_all(mosquitto, traffic(time.time()))
+        wait_until(lambda: runner.pipeline.counters["received"] == 10 and runner.batches > 0)
+        wait_until(lambda: len(runner.engine.by_id) == 1)
+        base = f"http://127.0.0.1:{runner.api_port}"
+
+        status, content_type, text = get(f"{base}/metrics")  # no token: open like /health
+        assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
+        got = samples(text)
+        assert got[("citywatch_messages_received_total", ())] == 10
+        assert got[("citywatch_messages_processed_total", ())] == 6
+        assert got[("citywatch_dead_letters_total", (("reason", "malformed_json"),))] == 3
+        assert got[("citywatch_dead_letters_total", (("reason", "unknown_device"),))] == 1
+        assert got[("citywatch_transitions_total", (("kind", "gas"), ("transition", "opened")))] == 1
+        assert got[("citywatch_devices", (("state", "online"),))] == 1
+        assert got[("citywatch_devices", (("state", "offline"),))] == 0
+        assert got[("citywatch_open_alerts", ())] == 1
+        assert got[("citywatch_outbox_rows", (("status", "pending"),))] >= 0  # no receiver: stays pending
+        assert got[("citywatch_disk_bytes", (("part", "state_db"),))] > 0
+        assert got[("citywatch_filesystem_free_bytes", ())] > 0
+        assert got[("citywatch_batch_duration_seconds_count", ())] >= 1
+        assert got[("citywatch_collector_restarts_total", ())] == 0
+        assert got[("citywatch_mqtt_connected", ())] == 1
+        assert got[("citywatch_api_connections", ())] >= 1  # this very scrape
+        assert got[("process_resident_memory_bytes", ())] > 0
+
+        server = prometheus(f"127.0.0.1:{runner.api_port}")
+        wait_until(lambda: any(t["health"] == "up" for t in prom_api(server, "targets")["activeTargets"]),
+                   timeout=30, interval=0.2)
+        assert wait_until(lambda: query(server, "citywatch_messages_received_total") == 10, timeout=30,
+                          interval=0.2)
+        assert query(server, 'sum(citywatch_dead_letters_total)') == 4
+        assert query(server, 'citywatch_transitions_total{kind="gas",transition="opened"}') == 1
+    finally:
+        run.stop()
+
+
+def test_metrics_can_require_the_token(tmp_path: Path, mosquitto: MosquittoServer) -> None:
+    settings = city(tmp_path, mosquitto, api={"port": 0, "metrics_auth": True})
+    run = RunnerThread(settings).start()
+    try:
+        base = f"http://127.0.0.1:{run.runner.api_port}"
+        assert get(f"{base}/metrics")[0] == 401
+        assert get(f"{base}/metrics", "wrong-token")[0] == 401
+        status, _, text = get(f"{base}/metrics", api_token(settings.api, settings.data_dir, create=False))
+        assert status == 200 and ("citywatch_messages_received_total", ()) in samples(text)
+        assert get(f"{base}/health")[0] == 200  # still open
+    finally:
+        run.stop()
+
+
+def test_a_scrape_runs_no_group_by_on_the_event_loop(tmp_path: Path, mosquitto: MosquittoServer) -> None:
+    """The outbox depth is counted on the exporter's own read-only connection in a worker thread: the
+    event loop's connections (the store's, the webhook delivery's) see no GROUP BY and no outbox count
+    from a scrape beyond the indexed pending count /health makes anyway."""
+    settings = city(tmp_path, mosquitto)
+    run = RunnerThread(settings).start()
+    try:
+        runner = run.runner
+        statements: list[str] = []
+        loop_connections = (runner.store.conn, runner.delivery.conn)
+        run.call(lambda: [conn.set_trace_callback(statements.append) for conn in loop_connections])
+        status, _, text = get(f"http://127.0.0.1:{runner.api_port}/metrics")
+        run.call(lambda: [conn.set_trace_callback(None) for conn in loop_connections])
+        assert status == 200 and ("citywatch_outbox_rows", (("status", "held"),)) in samples(text)
+        assert not [s for s in statements if "GROUP BY" in s.upper()]
+        assert all("status = 'pending'" in s for s in statements if "webhook_outbox" in s), statements
+    finally:
+        run.stop()
