@@ -293,10 +293,21 @@ class Access:
     # -- who ------------------------------------------------------------------------------------
 
     def identify(self, request: web.Request) -> User | web.Response:
+        """The caller: a user a middleware in front of this one already set (request[USER_KEY], e.g.
+        the console's session cookie), else the bearer token's (`check_token`)."""
+        preset = request.get(USER_KEY)
+        if preset is not None:
+            return preset
         scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
         given = given.strip()
         if scheme.lower() != "bearer" or not given:
             return _json({"error": "missing or invalid bearer token"}, 401)
+        return self.check_token(request, given)
+
+    def check_token(self, request: web.Request, given: str) -> User | web.Response:
+        """The account a presented token belongs to, or the answer refusing it (401, or 429 while the
+        caller's address is blocked). Failures count toward the block; a known account's refusal is
+        audited. For a sign-in form too (the console exchanging a token for a session)."""
         address = request.remote or "unknown"
         wait = self.throttle.retry_after(address)
         if wait is not None:
