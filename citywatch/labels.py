@@ -76,6 +76,13 @@ _table("device attribute",
        NP_("device attribute", "enabled"), NP_("device attribute", "created_at"),
        NP_("device attribute", "password"))
 
+_table("silence state", NP_("silence state", "active"), NP_("silence state", "scheduled"),
+       NP_("silence state", "ended"), NP_("silence state", "expired"))
+_table("hazard group", NP_("hazard group", "gas"), NP_("hazard group", "water"), NP_("hazard group", "noise"),
+       NP_("hazard group", "parking"), NP_("hazard group", "security"), NP_("hazard group", "device_health"))
+_table("incident status", NP_("incident status", "open"), NP_("incident status", "assigned"),
+       NP_("incident status", "on_site"), NP_("incident status", "rectified"), NP_("incident status", "closed"))
+
 CONTEXTS: tuple[str, ...] = tuple(_TABLES)
 
 

@@ -26,9 +26,16 @@ def _act(alert_id: str, action: str, by: str, **detail: Any) -> None:
         result = act(settings, alert_id, action, by, **detail)
     except CitywatchError as exc:
         raise click.ClickException(str(exc)) from None
+    from citywatch import i18n
+    from citywatch.i18n import _
+    from citywatch.labels import label
+
+    t = i18n.current()
     alert = result.get("alert")
     status = alert.get("status") if isinstance(alert, dict) else result.get("status")
-    click.echo(f"{result.get('transition', action)}: {alert_id}" + (f" (now {status})" if status else ""))
+    transition = label(t, "transition", result.get("transition", action))
+    done = _("{transition}: {alert}", transition=transition, alert=alert_id)
+    click.echo(done + (_(" (now {status})", status=label(t, "alert status", status)) if status else ""))
 
 
 _by = click.option("--by", default=_who, help="Who reports it (default: $USER).")

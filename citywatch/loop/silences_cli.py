@@ -14,14 +14,18 @@ import sqlite3
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
 
+from citywatch import i18n
 from citywatch.config import Settings
 from citywatch.datalock import DataDirBusy, DataDirLock
 from citywatch.errors import CitywatchError
+from citywatch.i18n import _, ngettext
+from citywatch.labels import label
 from citywatch.loop.silences import MATCHER_KEYS, SilenceRequest, parse_time, rfc3339
 
 API_TIMEOUT_S = 10.0
@@ -101,15 +105,17 @@ def _fail(exc: CitywatchError) -> click.ClickException:
 
 
 def _when(value: str | None) -> str:
-    return value or "-"
+    """An RFC 3339 time of the API as a local time with its offset (the city's zone)."""
+    return i18n.local_time(datetime.fromisoformat(value).timestamp() if value else None)
 
 
 def _show(s: dict[str, Any]) -> str:
     from citywatch.terminal import for_terminal
 
     return "\t".join(for_terminal(str(f)) for f in (
-        s["id"], s["state"], s["scope"], f"{_when(s['starts_at'])} .. {_when(s['ended_at'] or s['ends_at'])}",
-        f"by {s['author']}", s["reason"]))
+        s["id"], label(i18n.current(), "silence state", s["state"]), s["scope"],
+        f"{_when(s['starts_at'])} .. {_when(s['ended_at'] or s['ends_at'])}", _("by {author}", author=s["author"]),
+        s["reason"]))
 
 
 @click.group()
@@ -163,11 +169,11 @@ def silences_add(ctx: click.Context, start: str | None, end: str | None, duratio
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"silenced: {_show(result)}")
+    click.echo(_("silenced: {silence}", silence=_show(result)))
     if not result.get("covers_safety_rules"):
-        click.echo("note: life-safety alarms in this scope (gas_level, water_depth, lock_forced_open, lock_tamper, "
-                   "lock_brute_force) are still sent: only a silence of one device, at most silences.max_safety_h "
-                   "long, holds them", err=True)
+        click.echo(_("note: life-safety alarms in this scope (gas_level, water_depth, lock_forced_open, lock_tamper, "
+                     "lock_brute_force) are still sent: only a silence of one device, at most silences.max_safety_h "
+                     "long, holds them"), err=True)
 
 
 @silences.command("list")
@@ -187,7 +193,7 @@ def silences_list(ctx: click.Context, everything: bool, as_json: bool) -> None:
         return
     for s in found:
         click.echo(_show(s))
-    click.echo(f"{len(found)} silences", err=True)
+    click.echo(ngettext("{n} silence", "{n} silences", len(found), n=len(found)), err=True)
 
 
 @silences.command("end")
@@ -208,6 +214,7 @@ def silences_end(ctx: click.Context, silence_id: str, by: str) -> None:
     except CitywatchError as exc:
         raise _fail(exc) from None
     released = result.get("released", {})
-    click.echo(f"ended: {silence_id}: {released.get('pending', 0)} held webhooks released, "
-               f"{released.get('suppressed', 0)} suppressed (alert ended unseen), "
-               f"{released.get('reheld', 0)} still held by another silence")
+    click.echo(_("ended: {silence}: {released} held webhooks released, {suppressed} suppressed (alert ended "
+                 "unseen), {reheld} still held by another silence", silence=silence_id,
+                 released=released.get("pending", 0), suppressed=released.get("suppressed", 0),
+                 reheld=released.get("reheld", 0)))
