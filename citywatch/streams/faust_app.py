@@ -50,6 +50,7 @@ from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.detectors.registry import build_rules
 from citywatch.devices.registry import Registry, RegistryCache, registry_path
 from citywatch.errors import AlertError
+from citywatch.logs import faust_logging
 from citywatch.model import DeadLetter, KeyState, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.streams.bridge import (
@@ -467,7 +468,8 @@ def run_worker(settings: Settings, kafka: KafkaSettings, role: str = "all", work
     loop.run_until_complete(ensure_topics(kafka))
     city = FaustCity(settings, kafka, role, worker_id)
     try:
-        worker = faust.Worker(city.app, loop=loop, loglevel=loglevel, quiet=True)
+        # our handler (logging.format, secrets masked) instead of mode's colour logger
+        worker = faust.Worker(city.app, loop=loop, loglevel=loglevel, quiet=True, **faust_logging(settings, loglevel))
         worker.execute_from_commandline()
     finally:
         city.close()
