@@ -129,7 +129,9 @@ def test_a_gas_leak_is_dispatched_rectified_verified_by_the_sensor_and_closed(
     loop.publish(leak, lel_pct=32.0)  # level-1 alarm
     alert_id = loop.alert_of(leak)
     loop.wait_types(alert_id, "opened", "assigned", "on_site", "rectified")
-    assert loop.body(alert_id, "rectified")["alert"]["status"] == "verifying"
+    rectified = loop.body(alert_id, "rectified")["alert"]
+    assert rectified["status"] == "verifying"
+    assert rectified["loop"]["assignee"] and rectified["loop"]["rectified_at"] and rectified["loop"]["verify_until"]
     assert {s.status for s in loop.dispatch.sent} == {200}  # every message accepted the first time
 
     # a repeat of the dispatch system's message changes nothing and is answered as before
@@ -181,6 +183,7 @@ def test_a_rectification_too_early_is_reopened_at_once_then_verified(loop_factor
     loop.wait_types(alert_id, "opened", "assigned", "rectified", "reopened", "on_site", "rectified", "closed")
     alert = loop.stored(alert_id)
     assert alert.status == "closed" and alert.reopened == 1  # counted as a failed rectification
+    assert loop.body(alert_id, "closed")["alert"]["loop"]["reopened"] == 1  # the dispatch side is told too
 
 
 def test_a_device_silent_during_verification_makes_it_overdue(loop_factory: Callable[..., Loop]) -> None:

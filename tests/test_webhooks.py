@@ -316,6 +316,9 @@ def test_payload_carries_the_alert_device_and_links(tmp_path: Path) -> None:
         "review_deadline": rfc3339(alert.review_deadline),
         "response_deadline": rfc3339(alert.response_deadline),
         "escalations": [], "safety": False, "suspect": None, "suspect_reason": None,
+        "loop": {"assignee": None, "assigned_at": None, "on_site_at": None, "rectified_at": None,
+                 "rectified_by": None, "rectify_note": None, "evidence": [], "verify_until": None, "reopened": 0,
+                 "rejected_reason": None, "escalation_level": 0, "closed_at": None, "closed_by": None},
     }
     assert body["device"] == {"id": "gas-7", "kind": "gas", "district": "north", "grid": "G1", "community": "",
                               "city": "", "address": "7 Main St", "lat": 30.0, "lon": 120.0}

@@ -31,7 +31,7 @@ from citywatch.config import EscalationSettings, WebhookRoute, WebhookSettings
 from citywatch.errors import ConfigError
 from citywatch.i18n import DEFAULT_LANGUAGE, DEFAULT_TIMEZONE
 from citywatch.loop.silences import Holds, Silence
-from citywatch.model import SEVERITY_RANK, TERMINAL_STATUSES, IncidentTransition, Transition
+from citywatch.model import SEVERITY_RANK, TERMINAL_STATUSES, Alert, IncidentTransition, Transition
 from citywatch.sinks.notify import Target, encode_notification, row_url, targets
 from citywatch.sinks.notify_text import alert_notification, incident_notification
 from citywatch.streams.pipeline import Output
@@ -106,11 +106,24 @@ def render_payload(transition: Transition, public_url: str) -> bytes:
             "review_deadline": rfc3339(a.review_deadline), "response_deadline": rfc3339(a.response_deadline),
             "escalations": list(a.escalations),
             "safety": a.safety, "suspect": a.suspect or None, "suspect_reason": a.suspect_reason or None,
+            "loop": _loop_block(a),
         },
         "device": a.device,
         "links": {"ack": f"{base}/ack", "resolve": f"{base}/resolve", "self": base},
     }
     return _encode(body)
+
+
+def _loop_block(a: Alert) -> dict[str, Any]:
+    """Where the case stands in the closed loop: dispatch, rectification, verification, escalation."""
+    return {
+        "assignee": a.assignee, "assigned_at": rfc3339(a.assigned_at), "on_site_at": rfc3339(a.on_site_at),
+        "rectified_at": rfc3339(a.rectified_at), "rectified_by": a.rectified_by,
+        "rectify_note": a.rectify_note or None, "evidence": list(a.evidence),
+        "verify_until": rfc3339(a.verify_until), "reopened": a.reopened,
+        "rejected_reason": a.rejected_reason or None, "escalation_level": a.escalation_level,
+        "closed_at": rfc3339(a.closed_at), "closed_by": a.closed_by,
+    }
 
 
 def render_incident_payload(transition: IncidentTransition, public_url: str) -> bytes:
