@@ -177,3 +177,112 @@ def test_a_scrape_runs_no_group_by_on_the_event_loop(tmp_path: Path, mosquitto: 
         assert all("status = 'pending'" in s for s in statements if "webhook_outbox" in s), statements
     finally:
         run.stop()
+
+
+# -- the Kafka runner: process worker, sink, bridge -------------------------------------------------
+
+
+def render(exporter: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    import asyncio
+
+    return samples(asyncio.run(exporter.render()).decode())
+
+
+def test_a_process_worker_exports_its_pipeline(tmp_path: Path) -> None:
+    from citywatch.metrics import worker_exporter
+    from tests.test_faust_agents import GAS as WORKER_GAS
+    from tests.test_faust_agents import T0, city_for, feed, telemetry
+    from tests.test_faust_agents import settings as worker_settings
+
+    city, rec = city_for(worker_settings(tmp_path))
+    try:
+        feed(city, [telemetry(WORKER_GAS, T0, 1, lel_pct=30.0), telemetry(WORKER_GAS, T0 + 60, 2, lel_pct=60.0),
+                    ("citywatch/gas/gas-7/telemetry", b"{nope", T0 + 61)])
+        got = render(worker_exporter(city))
+    finally:
+        city.close()
+    assert got[("citywatch_messages_received_total", ())] == 3
+    assert got[("citywatch_messages_processed_total", ())] == 2
+    assert got[("citywatch_dead_letters_total", (("reason", "malformed_json"),))] == 1
+    assert got[("citywatch_transitions_total", (("kind", "gas"), ("transition", "opened")))] == 1
+    assert got[("citywatch_transitions_total", (("kind", "gas"), ("transition", "updated")))] == 1
+    assert got[("citywatch_devices", (("state", "online"),))] == 1
+    assert got[("citywatch_open_alerts", ())] == 1
+    assert ("citywatch_outbox_rows", (("status", "pending"),)) not in got  # the sink's, not a process worker's
+
+
+def test_the_sink_serves_its_metrics_on_its_api(tmp_path: Path) -> None:
+    import asyncio
+
+    from citywatch.streams.faust_sink import start_sink_api
+    from tests.test_faust_agents import LOCK, T0, city_for, feed, telemetry
+    from tests.test_faust_agents import settings as worker_settings
+
+    s = worker_settings(tmp_path, api={"enabled": True, "port": 0, "token": "t0ken-t0ken"},
+                        webhooks={"url": "http://127.0.0.1:9/hook"})
+    city, rec = city_for(s)
+    sink_city, _ = city_for(s, worker_id="sink", role="sink")
+    try:
+        feed(city, [telemetry(LOCK, T0, 1, event="forced_open")])
+        assert sink_city.sink is not None
+        sink_city.sink.write(rec.transitions + rec.transitions)  # a redelivery: dropped
+
+        async def go() -> tuple[int, str, str]:
+            runner = await start_sink_api(sink_city)
+            port = next(iter(runner.sites)).port  # type: ignore[attr-defined]  # httpserve's site
+            try:
+                return await asyncio.to_thread(get, f"http://127.0.0.1:{port}/metrics")  # no token
+            finally:
+                await runner.cleanup()
+
+        status, _, text = asyncio.run(go())
+    finally:
+        city.close()
+        sink_city.close()
+    assert status == 200
+    got = samples(text)
+    assert got[("citywatch_sink_transitions_total", ())] == 1
+    assert got[("citywatch_sink_duplicates_total", ())] == 1
+    assert got[("citywatch_outbox_rows", (("status", "pending"),))] == 1  # the receiver is down
+    assert got[("citywatch_api_connections", ())] >= 1
+
+
+def test_the_bridge_exports_what_it_forwarded(tmp_path: Path, mosquitto: MosquittoServer) -> None:
+    """A real bridge: Mosquitto in, a real Kafka-protocol broker (tansu) out, /metrics on metrics.port."""
+    import asyncio
+
+    from citywatch.streams.bridge import Bridge
+    from tests.servers.tansu import TansuServer
+
+    tansu = TansuServer(tmp_path / "tansu").start()
+    try:
+        port = free_port()
+        s = make_settings(tmp_path / "data", mqtt={"url": mosquitto.url, "client_id": "cw-m-bridge"},
+                          metrics={"port": port}, kafka={"bootstrap": tansu.bootstrap, "partitions": 2,
+                                                         "idempotence": False})
+        bridge = Bridge(s, s.kafka, client_id="cw-m-bridge-1")
+        topic = f"citywatch/gas/{GAS.id}/telemetry"
+
+        async def go() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            stop = asyncio.Event()
+            task = asyncio.create_task(bridge.run(stop))
+            try:
+                await asyncio.wait_for(bridge.ready.wait(), 30)
+                await asyncio.to_thread(publish_all, mosquitto, [(topic, b'{"ts": 1}')] * 5)
+                deadline = time.monotonic() + 20
+                while bridge.counters["forwarded"] < 5 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                status, _, text = await asyncio.to_thread(get, f"http://127.0.0.1:{port}/metrics")
+                assert status == 200
+                return samples(text)
+            finally:
+                stop.set()
+                await task
+
+        got = asyncio.run(go())
+    finally:
+        tansu.stop()
+    assert got[("citywatch_bridge_forwarded_total", ())] == 5
+    assert got[("citywatch_mqtt_received_total", ())] == 5
+    assert got[("citywatch_batch_duration_seconds_count", ())] >= 1
+    assert got[("citywatch_mqtt_connected", ())] == 1

@@ -20,6 +20,7 @@ import logging
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from citywatch.errors import ConfigError, InvalidMessage
 from citywatch.ingest.collector import Collector, Message, with_packet_limit
 from citywatch.ingest.handoff import Handoff
 from citywatch.ingest.topics import parse_topic
+from citywatch.streams.kafka_auth import client_options
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ async def ensure_topics(kafka: KafkaSettings) -> None:
     """Create the three topics with `kafka.partitions` partitions; refuse to run on a telemetry topic
     with another count (the Tables' changelogs must be partitioned like it)."""
     wanted = [kafka.telemetry_topic, kafka.transitions_topic, kafka.deadletters_topic]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(kafka))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(kafka), **client_options(kafka))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -93,7 +95,7 @@ async def ensure_topics(kafka: KafkaSettings) -> None:
 async def start_producer(kafka: KafkaSettings, **extra: Any) -> AIOKafkaProducer:
     """acks=all, idempotent if the broker supports it (tansu's memory store does not: fall back)."""
     options: dict[str, Any] = {"bootstrap_servers": bootstrap_servers(kafka), "acks": "all",
-                               "linger_ms": kafka.linger_ms, **extra}
+                               "linger_ms": kafka.linger_ms, **client_options(kafka), **extra}
     if kafka.idempotence:
         producer = AIOKafkaProducer(enable_idempotence=True, **options)
         try:
@@ -143,12 +145,18 @@ class Bridge:
         self.counters: Counter[str] = Counter()
         self.collector: Collector | None = None
         self.ready = asyncio.Event()
+        self.handoff: Handoff[Message] | None = None
+        self.on_batch: Callable[[float], None] | None = None  # seconds per forwarded batch (metrics.py)
 
     async def run(self, stop: asyncio.Event) -> None:
+        from citywatch.metrics import bridge_exporter, serve_metrics
+
         loop = asyncio.get_running_loop()
         await ensure_topics(self.kafka)
         producer = await start_producer(self.kafka)
+        metrics = await serve_metrics(bridge_exporter(self), self.settings)  # GET /metrics on metrics.port
         handoff: Handoff[Message] = Handoff(self.settings.mqtt.queue_size, loop)
+        self.handoff = handoff
         self.collector = Collector(self.mqtt_settings, handoff, mqtt.MQTTv5)
         self.collector.start()
         try:
@@ -167,12 +175,15 @@ class Bridge:
         finally:
             self.collector.stop()  # what was not forwarded is not acked: MQTT redelivers it
             await producer.stop()
+            if metrics is not None:
+                await metrics[0].cleanup()
 
     async def _forward(self, producer: AIOKafkaProducer, batch: list[Message], stop: asyncio.Event) -> None:
         """Produce the batch, wait for every ack, then ack MQTT; on Kafka errors retry the batch
         (duplicates possible, loss not) with backoff until it goes through or we stop."""
         delay = RETRY_MIN_S
         topic = self.kafka.telemetry_topic
+        started = time.perf_counter()
         while True:
             try:
                 futures = [await producer.send(topic, m.payload, key=message_key(m.topic, self.prefix),
@@ -192,6 +203,8 @@ class Bridge:
         assert self.collector is not None
         self.collector.ack(batch)
         self.counters["forwarded"] += len(batch)
+        if self.on_batch is not None:
+            self.on_batch(time.perf_counter() - started)
 
     def _beat(self) -> None:
         assert self.heartbeat is not None

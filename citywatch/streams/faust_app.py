@@ -51,6 +51,7 @@ from citywatch.detectors.registry import build_rules
 from citywatch.devices.registry import Registry, RegistryCache, registry_path
 from citywatch.errors import AlertError
 from citywatch.logs import faust_logging
+from citywatch.metrics import TransitionTally, serve_metrics, worker_exporter
 from citywatch.model import DeadLetter, KeyState, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.streams.bridge import (
@@ -61,6 +62,7 @@ from citywatch.streams.bridge import (
     partition_for,
 )
 from citywatch.streams.faust_sink import TransitionSink, start_sink_api
+from citywatch.streams.kafka_auth import faust_credentials
 from citywatch.streams.pipeline import DeviceLookup, Output, Pipeline
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,7 @@ class WorkerCore:
         self.stale = True
         self.rebuilds = 0
         self.counters: Counter[str] = Counter()
+        self.tally = TransitionTally()  # transitions by kind, open offline alerts (metrics.py)
         self._pipeline: Pipeline | None = None
         self._rules_of: dict[str, set[str]] = {}  # device -> rules with engine state
 
@@ -152,10 +155,22 @@ class WorkerCore:
         if old is not None:
             self._pipeline.counters = old.counters
         self._rules_of = rules_of
+        self.tally.reseed(engine.by_id.values())
         self.stale = False
         self.rebuilds += 1
         log.info("worker: state of %d devices, %d open alerts for partitions %s", len(states),
                  len(engine.by_id), "all" if self.owned is None else sorted(self.owned))
+
+    # -- what metrics read between events (never rebuilding) -------------------------------------
+
+    def counts(self) -> Counter[str]:
+        return self._pipeline.counters if self._pipeline is not None else Counter()
+
+    def online(self) -> int:
+        return len(self._pipeline.deadman) if self._pipeline is not None else 0
+
+    def open_alerts(self) -> int:
+        return len(self._pipeline.alerts.by_id) if self._pipeline is not None else 0
 
     # -- work ------------------------------------------------------------------------------------
 
@@ -250,6 +265,7 @@ class FaustCity:
         self.devices = devices
         self.influx = InfluxSink(settings.influx, self.workdir) if settings.influx.url else None
         self.publish: Publisher = self._publish_kafka  # tests swap in a recorder
+        self.on_sink_batch: Callable[[float], None] | None = None  # seconds per stored batch (metrics.py)
         self.app = self._make_app()
         app, k = self.app, kafka
         self.telemetry, self.transitions, self.deadletters = (
@@ -262,6 +278,7 @@ class FaustCity:
             self._process_role()
         if role in ("all", "sink"):
             self._sink_role()
+        self._metrics_role()
 
     def _make_app(self) -> faust.App:
         k = self.kafka
@@ -274,6 +291,7 @@ class FaustCity:
             broker_rebalance_timeout=max(k.session_timeout_s, 10.0),
             broker_commit_interval=k.commit_interval_s, table_standby_replicas=k.standby_replicas,
             producer_acks=-1, producer_linger_ms=k.linger_ms, consumer_auto_offset_reset="earliest",
+            broker_credentials=faust_credentials(k),  # kafka.security_protocol: SASL, TLS (kafka_auth.py)
         )
 
     # -- process role ------------------------------------------------------------------------------
@@ -332,6 +350,8 @@ class FaustCity:
                 except (KeyError, ValueError):
                     received_at = timestamp or self.clock()
                 self.core.process(topic.decode("utf-8", "replace"), payload, received_at, out)
+            if out.transitions:
+                self.core.tally.observe(out)
             await self.publish(out)
             self.core.commit()
         await self._to_influx(out, readings=True)
@@ -347,6 +367,8 @@ class FaustCity:
             self.devices.refresh()
         async with self.lock:
             self.core.tick(self.clock() if now is None else now, out)
+            if out.transitions:
+                self.core.tally.observe(out)
             await self.publish(out)
             self.core.commit()
         await self._to_influx(out, readings=True)
@@ -401,8 +423,11 @@ class FaustCity:
 
         async def deliver(stream: Any) -> Any:
             async for values in stream.take(SINK_BATCH, within=0.2):
+                started = time.perf_counter()
                 out = sink.write([decode_transition(v) for v in values])
                 await self._to_influx(out, readings=False)
+                if self.on_sink_batch is not None:
+                    self.on_sink_batch(time.perf_counter() - started)
                 yield len(out.transitions)
 
         async def deadletters(stream: Any) -> Any:
@@ -443,6 +468,22 @@ class FaustCity:
             app.timer(1.0, name="beat")(beat)
 
     # -- lifecycle ---------------------------------------------------------------------------------
+
+    def _metrics_role(self) -> None:
+        """GET /metrics on metrics.port for a worker that serves no API (the sink's API serves it otherwise)."""
+        if self.role != "process" and self.settings.api.enabled:
+            return
+
+        async def metrics() -> None:
+            served = await serve_metrics(worker_exporter(self), self.settings)
+            if served is None:
+                return
+            try:
+                await asyncio.Event().wait()  # until the worker stops (cancelled)
+            finally:
+                await served[0].cleanup()
+
+        self.app.task(metrics)
 
     def close(self) -> None:
         if self.influx is not None:

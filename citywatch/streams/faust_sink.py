@@ -3,7 +3,7 @@
 `TransitionSink` writes what the `deliver` and `deadletters` agents consume into the SQLite alert
 store in one transaction with the webhook outbox (`WebhookDelivery` drains it), dropping
 transition ids it has already stored: Kafka redelivers after a rebalance, webhooks go out once.
-`start_sink_api` serves /health, /alerts and ack/resolve; actions travel to the worker that owns
+`start_sink_api` serves /health, /metrics, /alerts and ack/resolve; actions travel to the worker that owns
 the alert's device through the telemetry topic (202 Accepted), and the resulting transition comes
 back through the transitions topic like any other.
 """
@@ -107,6 +107,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 async def start_sink_api(city: FaustCity) -> web.AppRunner:
     """/health, /alerts, /alerts/{id} from the alert store; POST /alerts/{id}/ack|resolve goes to
     the device's telemetry partition (202): its owner applies it and the transition follows."""
+    from citywatch import metrics
     from citywatch.api import api_token
     from citywatch.loop import kpis_api
 
@@ -161,5 +162,8 @@ async def start_sink_api(city: FaustCity) -> web.AppRunner:
     app.router.add_get("/alerts/{alert_id}", alert)
     app.router.add_post(r"/alerts/{alert_id}/{action:(ack|resolve)}", act)
     kpis_api.register(app, settings.data_dir, city.clock)  # GET /kpis: the loop's figures from the sink's store
+    # GET /metrics: this worker's (sink, and the pipeline with role all); open unless api.metrics_auth
+    metrics.install(app, metrics.worker_exporter(city).add(metrics.GuardSource(app)),
+                    open_route=not settings.api.metrics_auth)
     runner, _, _ = await serve(app, settings.api)  # the same timeouts and connection cap as the runner's API
     return runner
