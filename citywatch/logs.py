@@ -149,7 +149,8 @@ def log_handler(settings: Settings) -> logging.Handler:
 
 
 def faust_logging(settings: Settings, level: str | None = None) -> dict[str, Any]:
-    """Keyword arguments for faust.Worker: our handler (format, masking) instead of its colour logger."""
+    """Keyword arguments for faust.App (its Worker reads them from the app's conf): our handler (format,
+    masking) instead of mode's colour logger."""
     config = {"version": 1, "disable_existing_loggers": False,
               "root": {"level": (level or settings.log_level).upper(), "handlers": []}}
     return {"logging_config": config, "loghandlers": [log_handler(settings)]}

@@ -97,13 +97,22 @@ def test_unknown_format_is_refused(tmp_path: Path) -> None:
 
 def test_the_faust_worker_logs_through_our_handler(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                    restore_logging: None) -> None:
-    """faust.Worker configures logging with mode's setup_logging: given our kwargs, the root logger has
-    only our handler (JSON, masked) instead of mode's colour logger."""
-    from mode.utils.logging import setup_logging as mode_setup
+    """faust.Worker sets logging up from its app's conf: with ours, the root logger has only our handler
+    (JSON, masked) instead of mode's colour logger."""
+    import asyncio
 
-    mode_setup(loglevel="info", logfile=None, **faust_logging(secret_settings(tmp_path, "json"), "info"))
+    import faust
+
+    loop = asyncio.new_event_loop()
+    try:
+        app = faust.App("cw-log-test", broker="kafka://127.0.0.1:9", web_enabled=False, autodiscover=False,
+                        datadir=str(tmp_path / "faust"), **faust_logging(secret_settings(tmp_path, "json"), "info"))
+        faust.Worker(app, loop=loop, loglevel="info", quiet=True)._setup_logging()
+    finally:
+        loop.close()
     root = logging.getLogger()
-    assert len(root.handlers) == 1 and isinstance(root.handlers[0].formatter, JsonFormatter)
+    ours = [h for h in root.handlers if isinstance(h.formatter, JsonFormatter)]
+    assert len(ours) == 1 and all(type(h).__name__ == "SpinnerHandler" for h in root.handlers if h not in ours)
     logging.getLogger("faust.worker").info("joined with %s", SECRETS["kafka"])
     line = json.loads(capsys.readouterr().err.strip())
     assert line["logger"] == "faust.worker" and line["message"] == "joined with ***"

@@ -248,7 +248,7 @@ class FaustCity:
 
     def __init__(self, settings: Settings, kafka: KafkaSettings, role: str = "all",
                  worker_id: str | None = None, devices: DeviceLookup | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, loglevel: str | None = None) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
         self.settings, self.kafka, self.role, self.clock = settings, kafka, role, clock
@@ -265,6 +265,7 @@ class FaustCity:
         self.devices = devices
         self.influx = InfluxSink(settings.influx, self.workdir) if settings.influx.url else None
         self.publish: Publisher = self._publish_kafka  # tests swap in a recorder
+        self.loglevel = loglevel
         self.on_sink_batch: Callable[[float], None] | None = None  # seconds per stored batch (metrics.py)
         self.app = self._make_app()
         app, k = self.app, kafka
@@ -292,6 +293,7 @@ class FaustCity:
             broker_commit_interval=k.commit_interval_s, table_standby_replicas=k.standby_replicas,
             producer_acks=-1, producer_linger_ms=k.linger_ms, consumer_auto_offset_reset="earliest",
             broker_credentials=faust_credentials(k),  # kafka.security_protocol: SASL, TLS (kafka_auth.py)
+            **faust_logging(self.settings, self.loglevel),  # our handler (format, masking), not mode's colour logger
         )
 
     # -- process role ------------------------------------------------------------------------------
@@ -507,10 +509,9 @@ def run_worker(settings: Settings, kafka: KafkaSettings, role: str = "all", work
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(kafka))
-    city = FaustCity(settings, kafka, role, worker_id)
+    city = FaustCity(settings, kafka, role, worker_id, loglevel=loglevel)
     try:
-        # our handler (logging.format, secrets masked) instead of mode's colour logger
-        worker = faust.Worker(city.app, loop=loop, loglevel=loglevel, quiet=True, **faust_logging(settings, loglevel))
+        worker = faust.Worker(city.app, loop=loop, loglevel=loglevel, quiet=True)
         worker.execute_from_commandline()
     finally:
         city.close()
