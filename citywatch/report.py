@@ -33,9 +33,12 @@ from zoneinfo import ZoneInfo
 import click
 import msgspec
 
+from citywatch.alert_text import alert_message
 from citywatch.config import Settings
 from citywatch.dashboards import queries as q
 from citywatch.errors import CitywatchError
+from citywatch.i18n import N_, Translator, local_time, translator
+from citywatch.labels import label as code_label
 from citywatch.loop import kpis
 from citywatch.model import KINDS, SEVERITY_RANK, Alert, Device, Transition
 
@@ -57,7 +60,7 @@ def parse_duration(text: str) -> float:
     """'90m', '24h', '7d' -> seconds."""
     m = _DURATION.match(text)
     if not m:
-        raise ReportError(f"duration {text!r}: use a number and s, m, h, d or w (e.g. 24h)")
+        raise ReportError(f"duration {text!r}: use a number and s, m, h, d or w (e.g. 24h)")  # API too: English
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
@@ -76,10 +79,16 @@ class ReportData:
     open_alerts: list[Alert]
     transitions: list[Transition]  # in the range
     influx: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    influx_note: str = ""
+    influx_note: str = ""  # why there are no sensor charts (English; `note(tr)` in a language)
+    influx_note_id: tuple[str, dict[str, Any]] = ("", {})  # the same as (message id, fields)
     loop: dict[str, dict[str, Any]] = field(default_factory=dict)  # the loop's figures by district and by grid
 
     # derived figures ---------------------------------------------------------------------------
+
+    def note(self, tr: Translator) -> str:
+        """Why there are no sensor charts, in `tr`'s language ("" when there are)."""
+        msgid, fields = self.influx_note_id
+        return tr.gettext(msgid, **fields) if msgid else self.influx_note
 
     def openings(self) -> list[Alert]:
         return [t.alert for t in self.transitions if t.transition in OPENINGS]
@@ -119,7 +128,8 @@ def collect(settings: Settings, since_s: float, now: float | None = None, use_in
     start = end - since_s
     data_dir = settings.data_dir
     if not data_dir.is_dir():
-        raise ReportError(f"data_dir {data_dir} does not exist: nothing to report")
+        raise ReportError(translator_for(settings).gettext("data_dir {dir} does not exist: nothing to report",
+                                                           dir=data_dir))
     registry = Registry(registry_path(data_dir))
     store = AlertStore(store_path(data_dir))
     try:
@@ -141,15 +151,27 @@ def collect(settings: Settings, since_s: float, now: float | None = None, use_in
                       devices=devices, last_seen=last_seen, open_alerts=open_alerts, transitions=transitions,
                       loop=loop)
     if not use_influx:
-        data.influx_note = "InfluxDB not used (--no-influx): sensor charts omitted."
+        data.influx_note_id = (N_("InfluxDB not used (--no-influx): sensor charts omitted."), {})
     elif not settings.influx.url:
-        data.influx_note = "InfluxDB not configured (influx.url): sensor charts omitted."
+        data.influx_note_id = (N_("InfluxDB not configured (influx.url): sensor charts omitted."), {})
     else:
         try:
             data.influx = influx_figures(settings, start, end)
         except ReportError as exc:
-            data.influx_note = f"InfluxDB unavailable, sensor charts omitted: {exc}"
+            data.influx_note_id = (N_("InfluxDB unavailable, sensor charts omitted: {error}"), {"error": str(exc)})
+    if data.influx_note_id[0]:
+        data.influx_note = data.note(translator("en"))
     return data
+
+
+def translator_for(settings: Settings) -> Translator:
+    """The report's language: settings.language."""
+    return translator(settings.language)
+
+
+def _width(text: str, per: float) -> float:
+    """About how wide `text` draws: `per` px a character, a CJK character about twice that."""
+    return sum(per * (1.9 if ord(ch) >= 0x2E80 else 1.0) for ch in text)
 
 
 # -- InfluxDB (the dashboards' queries) ------------------------------------------------------------
@@ -230,7 +252,7 @@ def _svg(chart_id: str, width: int, height: int, title: str, body: Iterable[str]
             f"<title>{_e(title)}</title>" + "".join(body) + "</svg>")
 
 
-def _empty(chart_id: str, title: str, message: str = "nothing in this period") -> str:
+def _empty(chart_id: str, title: str, message: str) -> str:
     return _svg(chart_id, 640, 60, title, [
         '<rect x="0" y="0" width="640" height="60" fill="#f8fafc" stroke="#e2e8f0"/>',
         f'<text x="320" y="35" text-anchor="middle" class="muted">{_e(message)}</text>'])
@@ -250,11 +272,11 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 def bar_chart(chart_id: str, title: str, items: Sequence[tuple[str, float]], unit: str = "",
               colours: Sequence[str] | None = None, lines: Sequence[tuple[float, str, str]] = (),
-              width: int = 640) -> str:
+              width: int = 640, tr: Translator | None = None) -> str:
     """Horizontal bars (label, value); `lines` are reference values (value, label, colour)."""
     if not items:
-        return _empty(chart_id, title)
-    label_w = int(min(340, max(80, 12 + 6.2 * max(len(label) for label, _ in items))))
+        return _empty(chart_id, title, (tr or translator("en")).gettext("nothing in this period"))
+    label_w = int(min(340, max(80, 12 + max(_width(label, 6.2) for label, _ in items))))
     bar_h, gap, top, right = 18, 6, 24, 60
     height = top + len(items) * (bar_h + gap) + 24
     high = max([v for _, v in items] + [v for v, _, _ in lines] + [1e-9])
@@ -281,11 +303,11 @@ def bar_chart(chart_id: str, title: str, items: Sequence[tuple[str, float]], uni
 def line_chart(chart_id: str, title: str, series: dict[str, list[tuple[float, float]]], start: float, end: float,
                tz: ZoneInfo, unit: str = "", lines: Sequence[tuple[float, str, str]] = (),
                y_min: float | None = None, y_max: float | None = None, width: int = 900, height: int = 260,
-               colours: dict[str, str] | None = None, bars: bool = False) -> str:
+               colours: dict[str, str] | None = None, bars: bool = False, tr: Translator | None = None) -> str:
     """Time series (name -> [(epoch s, value)]) over [start, end], with reference lines."""
     series = {k: sorted(v) for k, v in series.items() if v}
     if not series:
-        return _empty(chart_id, title)
+        return _empty(chart_id, title, (tr or translator("en")).gettext("nothing in this period"))
     left, right, top, bottom = 56, 150, 16, 28
     values = [v for pts in series.values() for _, v in pts] + [v for v, _, _ in lines]
     low = min(values) if y_min is None else y_min
@@ -345,12 +367,14 @@ def line_chart(chart_id: str, title: str, series: dict[str, list[tuple[float, fl
     return _svg(chart_id, width, height, title, body)
 
 
-def city_map(chart_id: str, data: ReportData, width: int = 900, height: int = 560) -> str:
+def city_map(chart_id: str, data: ReportData, width: int = 900, height: int = 560,
+             tr: Translator | None = None) -> str:
     """Devices by lat/lon: open alerts coloured by their worst severity (triangles), devices
     offline grey, the rest green (pale when never seen)."""
+    tr = tr or translator("en")
     placed = [d for d in data.devices if d.lat is not None and d.lon is not None]
     if not placed:
-        return _empty(chart_id, "City map", "no device has coordinates")
+        return _empty(chart_id, tr.gettext("City map"), tr.gettext("no device has coordinates"))
     lats = [d.lat for d in placed if d.lat is not None]
     lons = [d.lon for d in placed if d.lon is not None]
     mid_lat = (min(lats) + max(lats)) / 2
@@ -381,7 +405,8 @@ def city_map(chart_id: str, data: ReportData, width: int = 900, height: int = 56
         x, y = xy(d)
         colour = OK_COLOUR if d.id in data.last_seen else UNKNOWN_COLOUR
         body.append(f'<circle class="device" cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}" fill-opacity="0.75">'
-                    f"<title>{_e(d.id)} ({_e(d.kind)}, {_e(d.district)} {_e(d.grid)})</title></circle>")
+                    f"<title>{_e(d.id)} ({_e(code_label(tr, 'kind', d.kind))}, {_e(d.district)} {_e(d.grid)})"
+                    "</title></circle>")
     alerting = sorted((d for d in placed if d.id in open_by_device),
                       key=lambda d: max(SEVERITY_RANK.get(a.severity, 0) for a in open_by_device[d.id]))
     for d in alerting:
@@ -390,12 +415,14 @@ def city_map(chart_id: str, data: ReportData, width: int = 900, height: int = 56
         worst = max(alerts, key=lambda a: SEVERITY_RANK.get(a.severity, 0))
         offline = any(a.rule == "device_offline" for a in alerts)
         fill = OFFLINE_COLOUR if offline and len(alerts) == 1 else SEVERITY_COLOURS.get(worst.severity, "#000")
-        rules = ", ".join(sorted({a.rule for a in alerts}))
+        rules = tr.gettext(", ").join(sorted({code_label(tr, "rule", a.rule) for a in alerts}))
         body.append(f'<path class="alert" d="M{x:.1f},{y - 8:.1f} L{x + 7:.1f},{y + 5:.1f} L{x - 7:.1f},{y + 5:.1f} Z" '
                     f'fill="{fill}" stroke="#111827" stroke-width="0.8">'
-                    f"<title>{_e(d.id)}: {_e(rules)} ({_e(worst.severity)})</title></path>")
-    legend = [("ok", OK_COLOUR, "circle"), ("never seen", UNKNOWN_COLOUR, "circle"), ("offline", OFFLINE_COLOUR, "tri")]
-    legend += [(f"{s} alert", c, "tri") for s, c in SEVERITY_COLOURS.items()]
+                    f"<title>{_e(d.id)}: {_e(rules)} ({_e(code_label(tr, 'severity', worst.severity))})</title></path>")
+    legend = [(tr.gettext("ok"), OK_COLOUR, "circle"), (tr.gettext("never seen"), UNKNOWN_COLOUR, "circle"),
+              (tr.gettext("offline"), OFFLINE_COLOUR, "tri")]
+    legend += [(tr.gettext("{severity} alert", severity=code_label(tr, "severity", s)), c, "tri")
+               for s, c in SEVERITY_COLOURS.items()]
     lx = 12
     for label, colour, shape in legend:
         if shape == "circle":
@@ -404,8 +431,8 @@ def city_map(chart_id: str, data: ReportData, width: int = 900, height: int = 56
             body.append(f'<path d="M{lx + 5},9 L{lx + 11},21 L{lx - 1},21 Z" fill="{colour}" stroke="#111827" '
                         'stroke-width="0.8"/>')
         body.append(f'<text x="{lx + 16}" y="20" class="label">{_e(label)}</text>')
-        lx += 22 + 7 * len(label)
-    return _svg(chart_id, width, height, "City map", body)
+        lx += 22 + round(_width(label, 7))
+    return _svg(chart_id, width, height, tr.gettext("City map"), body)
 
 
 # -- HTML ------------------------------------------------------------------------------------------
@@ -431,12 +458,12 @@ svg .district{font-size:13px;fill:#94a3b8;font-weight:600} svg .muted{font-size:
 """
 
 
-def _fmt_age(seconds: float) -> str:
+def _fmt_age(seconds: float, tr: Translator) -> str:
     if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
+        return tr.gettext("{n} min", n=format(seconds / 60, ".0f"))
     if seconds < 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
+        return tr.gettext("{n} h", n=format(seconds / 3600, ".1f"))
+    return tr.gettext("{n} d", n=format(seconds / 86400, ".1f"))
 
 
 def _share(ok: int, total: int) -> str:
@@ -475,116 +502,135 @@ def _pct(figure: dict[str, Any]) -> str:
     return "-" if not figure["n"] else f"{100 * figure['share']:.0f}%"
 
 
-def _median(figure: dict[str, Any]) -> str:
-    return "-" if figure["median"] is None else _fmt_age(figure["median"])
+def _median(figure: dict[str, Any], tr: Translator) -> str:
+    return "-" if figure["median"] is None else _fmt_age(figure["median"], tr)
 
 
-LOOP_HEADERS = ("opened", "finished", "closed at grid level", "ack/assigned within review",
-                "closed within response", "reopened after rectification", "resolved without dispatch",
-                "median to ack/assign", "median to rectify", "median to verified closure")
+LOOP_HEADERS = (N_("opened"), N_("finished"), N_("closed at grid level"), N_("ack/assigned within review"),
+                N_("closed within response"), N_("reopened after rectification"), N_("resolved without dispatch"),
+                N_("median to ack/assign"), N_("median to rectify"), N_("median to verified closure"))
 MAX_GRID_ROWS = 40
 
 
-def _loop_cells(g: dict[str, Any]) -> tuple[Any, ...]:
+def _loop_cells(g: dict[str, Any], tr: Translator) -> tuple[Any, ...]:
     return (g["opened"], g["finished"], _share_of(g["closed_at_grid_level"]), _share_of(g["within_review"]),
             _share_of(g["within_response"]), _share_of(g["reopened_after_rectification"]),
-            g["resolved_without_dispatch"], _median(g["time_to_ack_s"]), _median(g["time_to_rectify_s"]),
-            _median(g["time_to_verified_close_s"]))
+            g["resolved_without_dispatch"], _median(g["time_to_ack_s"], tr), _median(g["time_to_rectify_s"], tr),
+            _median(g["time_to_verified_close_s"], tr))
 
 
-def _loop_section(data: ReportData) -> list[str]:
+def _loop_section(data: ReportData, tr: Translator) -> list[str]:
     """The loop's figures over the cases finished in the period: city tiles, then per district and grid."""
     if not data.loop:
         return []
+    _ = tr.gettext
+    headers = tuple(_(h) for h in LOOP_HEADERS)
     total, districts = data.loop["district"]["total"], data.loop["district"]["groups"]
     grid_share = total["closed_at_grid_level"]
     tone = "" if not grid_share["n"] else "good" if grid_share["share"] >= 0.9 else "warn"
     tiles = "".join([
-        _kpi(f"closed at grid level ({grid_share['n']} closed)", _pct(grid_share), tone),
-        _kpi("ack/assigned within review deadline", _pct(total["within_review"])),
-        _kpi("closed within response deadline", _pct(total["within_response"])),
-        _kpi("reopened after rectification", _pct(total["reopened_after_rectification"])),
-        _kpi("median time to ack/assign", _median(total["time_to_ack_s"])),
-        _kpi("median time to rectify", _median(total["time_to_rectify_s"])),
-        _kpi("median time to verified closure", _median(total["time_to_verified_close_s"])),
-        _kpi("cases finished", total["finished"]),
-        _kpi("resolved without dispatch", total["resolved_without_dispatch"]),
+        _kpi(_("closed at grid level ({n} closed)", n=grid_share["n"]), _pct(grid_share), tone),
+        _kpi(_("ack/assigned within review deadline"), _pct(total["within_review"])),
+        _kpi(_("closed within response deadline"), _pct(total["within_response"])),
+        _kpi(_("reopened after rectification"), _pct(total["reopened_after_rectification"])),
+        _kpi(_("median time to ack/assign"), _median(total["time_to_ack_s"], tr)),
+        _kpi(_("median time to rectify"), _median(total["time_to_rectify_s"], tr)),
+        _kpi(_("median time to verified closure"), _median(total["time_to_verified_close_s"], tr)),
+        _kpi(_("cases finished"), total["finished"]),
+        _kpi(_("resolved without dispatch"), total["resolved_without_dispatch"]),
     ])
     shares = [(g["key"]["district"] or "-", 100 * g["closed_at_grid_level"]["share"]) for g in districts
               if g["closed_at_grid_level"]["n"]]
     grids = sorted((g for g in data.loop["grid"]["groups"] if g["finished"] or g["opened"]),
                    key=lambda g: (-g["finished"], -g["opened"], tuple(g["key"].values())))
     more = len(grids) - MAX_GRID_ROWS
+    no_cases = '<p class="muted">' + _e(_("No cases in this period.")) + "</p>"
+    intro = _("Cases (alerts) finished in the period, closed or resolved; shares count only the cases each applies "
+              "to (see GET /kpis). The city's aim: over 90% closed at the grid level.")
     return [
-        '<p class="muted">Cases (alerts) finished in the period, closed or resolved; shares count only the cases '
-        "each applies to (see GET /kpis). The city's aim: over 90% closed at the grid level.</p>",
+        f'<p class="muted">{_e(intro)}</p>',
         f'<div class="kpis">{tiles}</div>',
-        "<h3>Closed at grid level by district</h3>",
-        bar_chart("chart-grid-level", "Closed at grid level by district", shares, "% of closed cases",
+        "<h3>" + _e(_("Closed at grid level by district")) + "</h3>",
+        bar_chart("chart-grid-level", _("Closed at grid level by district"), shares, _("% of closed cases"),
                   [OK_COLOUR if v >= 90 else SEVERITY_COLOURS["warning"] if v >= 80 else SEVERITY_COLOURS["critical"]
-                   for _, v in shares], lines=[(90.0, "90%", "#16a34a")]),
-        "<h3>By district</h3>",
-        _table(("district", *LOOP_HEADERS), [(g["key"]["district"] or "-", *_loop_cells(g)) for g in districts])
-        if districts else '<p class="muted">No cases in this period.</p>',
-        f"<h3>By grid (most cases first{f', top {MAX_GRID_ROWS}' if more > 0 else ''})</h3>",
-        _table(("district", "community", "grid", *LOOP_HEADERS),
-               [(g["key"]["district"] or "-", g["key"]["community"] or "-", g["key"]["grid"] or "-", *_loop_cells(g))
-                for g in grids[:MAX_GRID_ROWS]]) if grids else '<p class="muted">No cases in this period.</p>',
-        f'<p class="muted">{more} more grids: GET /kpis?by=grid lists them all.</p>' if more > 0 else "",
+                   for _v, v in shares], lines=[(90.0, "90%", "#16a34a")], tr=tr),
+        "<h3>" + _e(_("By district")) + "</h3>",
+        _table((_("district"), *headers), [(g["key"]["district"] or "-", *_loop_cells(g, tr)) for g in districts])
+        if districts else no_cases,
+        "<h3>" + _e(_("By grid (most cases first, top {n})", n=MAX_GRID_ROWS) if more > 0
+                    else _("By grid (most cases first)")) + "</h3>",
+        _table((_("district"), _("community"), _("grid"), *headers),
+               [(g["key"]["district"] or "-", g["key"]["community"] or "-", g["key"]["grid"] or "-",
+                 *_loop_cells(g, tr)) for g in grids[:MAX_GRID_ROWS]]) if grids else no_cases,
+        '<p class="muted">' + _e(_("{n} more grids: GET /kpis?by=grid lists them all.", n=more)) + "</p>"
+        if more > 0 else "",
     ]
 
 
-def _sensor_section(data: ReportData, settings: Settings, tz: ZoneInfo) -> list[str]:
+def _sensor_section(data: ReportData, settings: Settings, tz: ZoneInfo, tr: Translator) -> list[str]:
     rows = data.influx
     rules = settings.rules
+    _ = tr.gettext
     if not rows:
-        return [f'<p class="note">{_e(data.influx_note)}</p>'] if data.influx_note else []
+        return [f'<p class="note">{_e(data.note(tr))}</p>'] if data.influx_note else []
     s, e = data.start, data.end
     parts = []
     gas = rules.gas
-    parts.append("<h3>Gas: highest %LEL by district</h3>")
-    parts.append(line_chart("chart-gas", "Gas %LEL by district", _series(rows["gas"], "lel_pct", "district"), s, e,
-                            tz, "%LEL", [(gas.level1_pct, f"level 1 ({_n(gas.level1_pct)}%)", "#f59e0b"),
-                                         (gas.level2_pct, f"level 2 ({_n(gas.level2_pct)}%)", "#dc2626")], y_min=0))
-    noise = _series(rows["noise"], "laeq_db", "zone", label="zone {}")
+    parts.append("<h3>" + _e(_("Gas: highest %LEL by district")) + "</h3>")
+    gas_lines = [(gas.level1_pct, _("level 1 ({limit}%)", limit=_n(gas.level1_pct)), "#f59e0b"),
+                 (gas.level2_pct, _("level 2 ({limit}%)", limit=_n(gas.level2_pct)), "#dc2626")]
+    parts.append(line_chart("chart-gas", _("Gas %LEL by district"), _series(rows["gas"], "lel_pct", "district"), s, e,
+                            tz, "%LEL", gas_lines, y_min=0, tr=tr))
+    by_zone = _series(rows["noise"], "laeq_db", "zone")
     limits = rules.noise.limits
-    noise_lines = []
-    for name in sorted(noise):
-        zone = name.removeprefix("zone ")
+    noise, noise_lines = {}, []
+    for zone in sorted(by_zone):
+        name = _("zone {zone}", zone=zone)
+        noise[name] = by_zone[zone]
         if zone in limits:
             day, night = limits[zone]
-            noise_lines += [(float(night), f"{name} night", "#f59e0b"), (float(day), f"{name} day", "#dc2626")]
-    parts.append("<h3>Noise: loudest LAeq by zone class, with each zone's day and night limits</h3>")
-    parts.append(line_chart("chart-noise", "Noise LAeq by zone class", noise, s, e, tz, "dB(A)", noise_lines))
+            noise_lines += [(float(night), _("{zone} night", zone=name), "#f59e0b"),
+                            (float(day), _("{zone} day", zone=name), "#dc2626")]
+    heading = _("Noise: loudest LAeq by zone class, with each zone's day and night limits")
+    parts.append(f"<h3>{_e(heading)}</h3>")
+    parts.append(line_chart("chart-noise", _("Noise LAeq by zone class"), noise, s, e, tz, "dB(A)", noise_lines, tr=tr))
     water = rules.water
-    parts.append("<h3>Water: deepest ponding by district</h3>")
-    parts.append(line_chart("chart-water", "Water depth by district", _series(rows["water"], "depth_cm", "district"),
-                            s, e, tz, "cm", [(water.light_cm, "light", "#ca8a04"), (water.moderate_cm, "moderate",
-                                                                                    "#f59e0b"),
-                                             (water.severe_cm, "severe", "#dc2626")], y_min=0))
-    parts.append("<h3>Water: fastest rise (cm per 10 min) by district</h3>")
-    parts.append(line_chart("chart-water-rise", "Water rise rate", _series(rows["water_rise"], "rise_cm_10min",
-                                                                            "district"), s, e, tz, "cm/10 min"))
+    parts.append("<h3>" + _e(_("Water: deepest ponding by district")) + "</h3>")
+    parts.append(line_chart("chart-water", _("Water depth by district"), _series(rows["water"], "depth_cm", "district"),
+                            s, e, tz, _("cm"), [(water.light_cm, tr.pgettext("water level", "light"), "#ca8a04"),
+                                                (water.moderate_cm, tr.pgettext("water level", "moderate"), "#f59e0b"),
+                                                (water.severe_cm, tr.pgettext("water level", "severe"), "#dc2626")],
+                            y_min=0, tr=tr))
+    parts.append("<h3>" + _e(_("Water: fastest rise (cm per 10 min) by district")) + "</h3>")
+    parts.append(line_chart("chart-water-rise", _("Water rise rate"), _series(rows["water_rise"], "rise_cm_10min",
+                                                                               "district"), s, e, tz, _("cm/10 min"),
+                            tr=tr))
     occupied = {r["time"]: r["occupied_bays"] for r in rows["parking"] if r.get("_ref") == "A"}
     reporting = {r["time"]: r["reporting_bays"] for r in rows["parking"] if r.get("_ref") == "B"}
     occupancy = [(float(t), 100.0 * occupied.get(t, 0) / n) for t, n in sorted(reporting.items()) if n]
-    parts.append("<h3>Parking: occupancy of reporting bays</h3>")
-    parts.append(line_chart("chart-parking", "Parking occupancy", {"occupancy": occupancy}, s, e, tz, "%",
-                            y_min=0, y_max=100))
+    parts.append("<h3>" + _e(_("Parking: occupancy of reporting bays")) + "</h3>")
+    parts.append(line_chart("chart-parking", _("Parking occupancy"), {_("occupancy"): occupancy}, s, e, tz, "%",
+                            y_min=0, y_max=100, tr=tr))
     lock: dict[str, list[tuple[float, float]]] = {}
     for target in q.lock_events():
         alias = target.columns[-1]
         lock.update(_series(rows["lock"], alias, ref=target.ref_id))
-    parts.append("<h3>Locks: security-relevant events</h3>")
-    parts.append(line_chart("chart-lock", "Lock events", lock, s, e, tz, "events", y_min=0, bars=True))
+    parts.append("<h3>" + _e(_("Locks: security-relevant events")) + "</h3>")
+    parts.append(line_chart("chart-lock", _("Lock events"), lock, s, e, tz, _("events"), y_min=0, bars=True, tr=tr))
     return parts
 
 
 def render_html(data: ReportData, settings: Settings) -> str:
+    """The report in settings.language, times in the report's zone with their offset."""
     tz = ZoneInfo(data.timezone)
+    tr = translator_for(settings)
+    _ = tr.gettext
 
     def when(ts: float | None) -> str:
-        return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M") if ts else "-"
+        return local_time(ts, data.timezone) if ts else "-"
+
+    def age(seconds: float) -> str:
+        return _fmt_age(seconds, tr)
 
     review_s, response_s = data.review_h * 3600, data.response_h * 3600
     past_review, past_response = data.overdue()
@@ -600,32 +646,41 @@ def render_html(data: ReportData, settings: Settings) -> str:
     span_h = (data.end - data.start) / 3600
 
     kpis = "".join([
-        _kpi("open alerts", len(data.open_alerts), "warn" if data.open_alerts else "good"),
-        _kpi("critical open", len(critical), "bad" if critical else "good"),
-        _kpi(f"unacknowledged past {_n(data.review_h)} h", len(past_review), "bad" if past_review else "good"),
-        _kpi(f"unresolved past {_n(data.response_h)} h", len(past_response), "bad" if past_response else "good"),
-        _kpi("devices offline", len(offline), "warn" if offline else "good"),
-        _kpi(f"alerts opened ({_n(span_h)} h)", len(openings)),
-        _kpi("median time to acknowledge", _fmt_age(statistics.median(acks)) if acks else "-"),
-        _kpi("median time to resolve", _fmt_age(statistics.median(resolves)) if resolves else "-"),
-        _kpi(f"acknowledged within deadline ({ack_n})", _share(ack_ok, ack_n)),
-        _kpi(f"resolved within deadline ({res_n})", _share(res_ok, res_n)),
-        _kpi("escalations", escalations, "warn" if escalations else ""),
+        _kpi(_("open alerts"), len(data.open_alerts), "warn" if data.open_alerts else "good"),
+        _kpi(_("critical open"), len(critical), "bad" if critical else "good"),
+        _kpi(_("unacknowledged past {n} h", n=_n(data.review_h)), len(past_review), "bad" if past_review else "good"),
+        _kpi(_("unresolved past {n} h", n=_n(data.response_h)), len(past_response),
+             "bad" if past_response else "good"),
+        _kpi(_("devices offline"), len(offline), "warn" if offline else "good"),
+        _kpi(_("alerts opened ({n} h)", n=_n(span_h)), len(openings)),
+        _kpi(_("median time to acknowledge"), age(statistics.median(acks)) if acks else "-"),
+        _kpi(_("median time to resolve"), age(statistics.median(resolves)) if resolves else "-"),
+        _kpi(_("acknowledged within deadline ({n})", n=ack_n), _share(ack_ok, ack_n)),
+        _kpi(_("resolved within deadline ({n})", n=res_n), _share(res_ok, res_n)),
+        _kpi(_("escalations"), escalations, "warn" if escalations else ""),
     ])
 
+    def rule(code: str) -> str:
+        return code_label(tr, "rule", code)
+
+    def kind(code: str) -> str:
+        return code_label(tr, "kind", code)
+
     open_sorted = sorted(data.open_alerts, key=lambda a: a.opened_at)
-    age_items = [(f"{a.device_id} {a.rule}", (data.end - a.opened_at) / 3600) for a in open_sorted[:40]]
+    age_items = [(f"{a.device_id} {rule(a.rule)}", (data.end - a.opened_at) / 3600) for a in open_sorted[:40]]
     age_colours = [SEVERITY_COLOURS.get(a.severity, "#000") for a in open_sorted[:40]]
     open_rows = []
     for a in open_sorted:
-        age = data.end - a.opened_at
-        missed = [name for name, late in (("review", a.status == "open" and data.end >= a.review_deadline),
-                                          ("response", data.end >= a.response_deadline)) if late]
-        due = f"{' and '.join(missed)} overdue" if missed else "within deadlines"
+        review_late = a.status == "open" and data.end >= a.review_deadline
+        response_late = data.end >= a.response_deadline
+        due = (_("review and response overdue") if review_late and response_late else _("review overdue")
+               if review_late else _("response overdue") if response_late else _("within deadlines"))
         where = a.device or {}
-        open_rows.append((_fmt_age(age), f'<span class="sev-{_e(a.severity)}">{_e(a.severity)}</span>', a.status,
-                          due, a.rule, a.device_id, where.get("district", ""), where.get("grid", ""),
-                          "" if a.value is None else a.value, _e(a.message)))
+        severity = code_label(tr, "severity", a.severity)
+        open_rows.append((age(data.end - a.opened_at), f'<span class="sev-{_e(a.severity)}">{_e(severity)}</span>',
+                          code_label(tr, "alert status", a.status), due, rule(a.rule), a.device_id,
+                          where.get("district", ""), where.get("grid", ""), "" if a.value is None else a.value,
+                          _e(alert_message(tr, a))))
 
     districts = Counter((a.device or {}).get("district") or "-" for a in openings)
     grids = Counter(f"{(a.device or {}).get('district') or '-'} / {(a.device or {}).get('grid') or '-'}"
@@ -637,93 +692,106 @@ def render_html(data: ReportData, settings: Settings) -> str:
     for t in data.transitions:
         if t.transition in OPENINGS:
             per_hour[(t.alert.kind, math.floor(t.at / 3600) * 3600)] += 1
-    for (kind, hour), n in sorted(per_hour.items()):
-        hourly[kind].append((hour, float(n)))
+    for (kind_code, hour), n in sorted(per_hour.items()):
+        hourly[kind(kind_code)].append((hour, float(n)))
 
     def buckets(ages: list[float]) -> list[tuple[str, float]]:
-        edges = [(0, 900, "< 15 min"), (900, 3600, "15-60 min"), (3600, review_s, f"1-{_n(data.review_h)} h"),
-                 (review_s, response_s, f"{_n(data.review_h)}-{_n(data.response_h)} h"),
-                 (response_s, math.inf, f"> {_n(data.response_h)} h")]
+        review, response = _n(data.review_h), _n(data.response_h)
+        edges = [(0, 900, _("< 15 min")), (900, 3600, _("15-60 min")), (3600, review_s, _("1-{n} h", n=review)),
+                 (review_s, response_s, _("{low}-{high} h", low=review, high=response)),
+                 (response_s, math.inf, _("> {n} h", n=response))]
         return [(label, float(sum(1 for a in ages if lo <= a < hi))) for lo, hi, label in edges]
 
     offline_rows = []
     for a in sorted(offline, key=lambda a: a.opened_at):
         d = by_id.get(a.device_id)
-        offline_rows.append((a.device_id, a.kind, d.district if d else "", d.grid if d else "",
-                             when(data.last_seen.get(a.device_id)), _fmt_age(data.end - a.opened_at), a.status))
-    battery_rows = [(a.device_id, a.kind, (a.device or {}).get("district", ""), "" if a.value is None else a.value,
-                     _fmt_age(data.end - a.opened_at)) for a in low_battery]
+        offline_rows.append((a.device_id, kind(a.kind), d.district if d else "", d.grid if d else "",
+                             when(data.last_seen.get(a.device_id)), age(data.end - a.opened_at),
+                             code_label(tr, "alert status", a.status)))
+    battery_rows = [(a.device_id, kind(a.kind), (a.device or {}).get("district", ""),
+                     "" if a.value is None else a.value, age(data.end - a.opened_at)) for a in low_battery]
     never_seen = sum(1 for d in data.devices if d.id not in data.last_seen)
+    none = '<p class="muted">' + _e(_("None.")) + "</p>"
+    loop_heading = _("The loop's figures")
+    generated = (_("Generated {time} by citywatch from the alert store and InfluxDB.", time=when(data.generated_at))
+                 if data.influx else _("Generated {time} by citywatch from the alert store.",
+                                       time=when(data.generated_at)))
 
     parts = [
         "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
+        f'<html lang="{_e(tr.language)}"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>citywatch situation report {_e(when(data.end))}</title>",
+        "<title>" + _e(_("citywatch situation report {time}", time=when(data.end))) + "</title>",
         f"<style>{CSS}</style></head><body>",
-        "<h1>City situation report</h1>",
-        f'<p class="meta">{_e(when(data.start))} to {_e(when(data.end))} ({_e(data.timezone)}); '
-        f"{len(data.devices)} registered devices; deadlines: review {_n(data.review_h)} h, response "
-        f"{_n(data.response_h)} h.</p>",
+        "<h1>" + _e(_("City situation report")) + "</h1>",
+        '<p class="meta">' + _e(_("{start} to {end} ({zone}); {n} registered devices; deadlines: review {review} h, "
+                                  "response {response} h.", start=when(data.start), end=when(data.end),
+                                  zone=data.timezone, n=len(data.devices), review=_n(data.review_h),
+                                  response=_n(data.response_h))) + "</p>",
         f'<section id="kpis"><div class="kpis">{kpis}</div></section>',
-        '<section id="map"><h2>City map</h2>',
-        city_map("chart-map", data),
+        '<section id="map"><h2>' + _e(_("City map")) + "</h2>",
+        city_map("chart-map", data, tr=tr),
         "</section>",
-        '<section id="open-alerts"><h2>Open alerts and deadlines</h2>',
-        '<p class="muted">Age of each unresolved alert (oldest first, at most 40), against the review and '
-        "response deadlines.</p>",
-        bar_chart("chart-open-ages", "Open alerts by age", age_items, "hours", age_colours,
-                  [(data.review_h, f"review {_n(data.review_h)} h", "#f59e0b"),
-                   (data.response_h, f"response {_n(data.response_h)} h", "#dc2626")], width=900),
-        _table(("age", "severity", "status", "deadline", "rule", "device", "district", "grid", "value",
-                "message"), open_rows, frozenset({1, 9})) if open_rows else '<p class="muted">No open alerts.</p>',
+        '<section id="open-alerts"><h2>' + _e(_("Open alerts and deadlines")) + "</h2>",
+        '<p class="muted">' + _e(_("Age of each unresolved alert (oldest first, at most 40), against the review and "
+                                   "response deadlines.")) + "</p>",
+        bar_chart("chart-open-ages", _("Open alerts by age"), age_items, _("hours"), age_colours,
+                  [(data.review_h, _("review {n} h", n=_n(data.review_h)), "#f59e0b"),
+                   (data.response_h, _("response {n} h", n=_n(data.response_h)), "#dc2626")], width=900, tr=tr),
+        _table((_("age"), _("severity"), _("status"), _("deadline"), _("rule"), _("device"), _("district"), _("grid"),
+                _("value"), _("message")), open_rows, frozenset({1, 9})) if open_rows
+        else '<p class="muted">' + _e(_("No open alerts.")) + "</p>",
         "</section>",
-        '<section id="closed-loop"><h2>Closed loop</h2>',
-        "<h3>Time to acknowledge and to resolve</h3>",
-        bar_chart("chart-ack-times", "Time to acknowledge", buckets(acks), "alerts acknowledged",
-                  [PALETTE[0]] * 5),
-        bar_chart("chart-resolve-times", "Time to resolve", buckets(resolves), "alerts resolved", [PALETTE[2]] * 5),
-        "<h3>Alerts opened per hour, by kind</h3>",
-        line_chart("chart-timeline", "Alerts opened per hour", dict(hourly), data.start, data.end, tz, "alerts",
-                   y_min=0, bars=True),
-        "<h3>Alerts opened by district</h3>",
-        bar_chart("chart-by-district", "Alerts by district", districts.most_common(), "alerts"),
-        "<h3>Alerts opened by grid (top 15)</h3>",
-        bar_chart("chart-by-grid", "Alerts by grid", grids.most_common(15), "alerts"),
-        "<h3>Alerts opened by kind</h3>",
-        bar_chart("chart-by-kind", "Alerts by kind", [(k, float(kinds[k])) for k in KINDS if kinds[k]], "alerts"),
-        _table(("kind", "rule", "opened"), [(k, r, n) for (k, r), n in sorted(rules_count.items())]),
+        '<section id="closed-loop"><h2>' + _e(_("Closed loop")) + "</h2>",
+        "<h3>" + _e(_("Time to acknowledge and to resolve")) + "</h3>",
+        bar_chart("chart-ack-times", _("Time to acknowledge"), buckets(acks), _("alerts acknowledged"),
+                  [PALETTE[0]] * 5, tr=tr),
+        bar_chart("chart-resolve-times", _("Time to resolve"), buckets(resolves), _("alerts resolved"),
+                  [PALETTE[2]] * 5, tr=tr),
+        "<h3>" + _e(_("Alerts opened per hour, by kind")) + "</h3>",
+        line_chart("chart-timeline", _("Alerts opened per hour"), dict(hourly), data.start, data.end, tz, _("alerts"),
+                   y_min=0, bars=True, tr=tr),
+        "<h3>" + _e(_("Alerts opened by district")) + "</h3>",
+        bar_chart("chart-by-district", _("Alerts by district"), districts.most_common(), _("alerts"), tr=tr),
+        "<h3>" + _e(_("Alerts opened by grid (top 15)")) + "</h3>",
+        bar_chart("chart-by-grid", _("Alerts by grid"), grids.most_common(15), _("alerts"), tr=tr),
+        "<h3>" + _e(_("Alerts opened by kind")) + "</h3>",
+        bar_chart("chart-by-kind", _("Alerts by kind"), [(kind(k), float(kinds[k])) for k in KINDS if kinds[k]],
+                  _("alerts"), tr=tr),
+        _table((_("kind"), _("rule"), _("opened")),
+               [(kind(k), rule(r), n) for (k, r), n in sorted(rules_count.items())]),
         "</section>",
-        '<section id="loop-figures"><h2>The loop\'s figures</h2>',
-        *_loop_section(data),
+        f'<section id="loop-figures"><h2>{_e(loop_heading)}</h2>',
+        *_loop_section(data, tr),
         "</section>",
-        '<section id="sensors"><h2>Sensors by kind</h2>',
-        *_sensor_section(data, settings, tz),
+        '<section id="sensors"><h2>' + _e(_("Sensors by kind")) + "</h2>",
+        *_sensor_section(data, settings, tz, tr),
         "</section>",
-        '<section id="health"><h2>Device health</h2>',
-        f'<p class="muted">{len(offline)} offline, {len(low_battery)} with low battery, {never_seen} never seen '
-        "by this installation.</p>",
+        '<section id="health"><h2>' + _e(_("Device health")) + "</h2>",
+        '<p class="muted">' + _e(_("{offline} offline, {low} with low battery, {never} never seen by this "
+                                   "installation.", offline=len(offline), low=len(low_battery),
+                                   never=never_seen)) + "</p>",
     ]
     if data.influx:
         parts += [
-            "<h3>Lowest battery by district</h3>",
-            line_chart("chart-battery", "Lowest battery by district", _series(data.influx["battery"], "battery",
-                                                                              "district"),
-                       data.start, data.end, tz, "%", [(settings.rules.health.battery_low_pct, "low", "#dc2626")]),
-            "<h3>Weakest signal by district</h3>",
-            line_chart("chart-rssi", "Weakest RSSI by district", _series(data.influx["rssi"], "rssi", "district"),
-                       data.start, data.end, tz, "dBm"),
+            "<h3>" + _e(_("Lowest battery by district")) + "</h3>",
+            line_chart("chart-battery", _("Lowest battery by district"), _series(data.influx["battery"], "battery",
+                                                                                 "district"),
+                       data.start, data.end, tz, "%", [(settings.rules.health.battery_low_pct, _("low"), "#dc2626")],
+                       tr=tr),
+            "<h3>" + _e(_("Weakest signal by district")) + "</h3>",
+            line_chart("chart-rssi", _("Weakest RSSI by district"), _series(data.influx["rssi"], "rssi", "district"),
+                       data.start, data.end, tz, "dBm", tr=tr),
         ]
     parts += [
-        "<h3>Offline devices</h3>",
-        _table(("device", "kind", "district", "grid", "last seen", "offline for", "status"), offline_rows)
-        if offline_rows else '<p class="muted">None.</p>',
-        "<h3>Low battery</h3>",
-        _table(("device", "kind", "district", "battery %", "since"), battery_rows)
-        if battery_rows else '<p class="muted">None.</p>',
+        "<h3>" + _e(_("Offline devices")) + "</h3>",
+        _table((_("device"), _("kind"), _("district"), _("grid"), _("last seen"), _("offline for"), _("status")),
+               offline_rows) if offline_rows else none,
+        "<h3>" + _e(_("Low battery")) + "</h3>",
+        _table((_("device"), _("kind"), _("district"), _("battery %"), _("since")), battery_rows)
+        if battery_rows else none,
         "</section>",
-        f'<p class="meta">Generated {_e(when(data.generated_at))} by citywatch from the alert store'
-        f"{' and InfluxDB' if data.influx else ''}.</p>",
+        f'<p class="meta">{_e(generated)}</p>',
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -751,7 +819,8 @@ def report_command(ctx: click.Context, since: str, out: Path, no_influx: bool) -
         data = write_report(settings, parse_duration(since), out, use_influx=not no_influx)
     except CitywatchError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"wrote {out}: {len(data.open_alerts)} open alerts, {len(data.openings())} opened since {since}")
+    click.echo(translator_for(settings).gettext("wrote {out}: {open} open alerts, {opened} opened since {since}",
+                                                out=out, open=len(data.open_alerts), opened=len(data.openings()),
+                                                since=since))
     if data.influx_note:
-        click.echo(data.influx_note, err=True)
-
+        click.echo(data.note(translator_for(settings)), err=True)
