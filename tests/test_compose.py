@@ -19,7 +19,8 @@ from citywatch.streams.faust_cli import standalone
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 REQUIRED_ENV = ("CITYWATCH_MQTT__PASSWORD", "INFLUX_ADMIN_PASSWORD", "CITYWATCH_INFLUX__TOKEN",
-                "CITYWATCH_WEBHOOKS__SECRET", "CITYWATCH_API__TOKEN", "GRAFANA_ADMIN_PASSWORD")
+                "CITYWATCH_WEBHOOKS__SECRET", "CITYWATCH_API__TOKEN", "GRAFANA_ADMIN_PASSWORD",
+                "CITYWATCH_KAFKA__PASSWORD")
 SECRET_KEY = re.compile(r"PASSWORD|TOKEN|SECRET", re.IGNORECASE)
 REFERENCE = re.compile(r"^\$\{[A-Z0-9_]+(:?[-?][^}]*)?\}$")
 
