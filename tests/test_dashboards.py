@@ -400,7 +400,8 @@ class GrafanaStandIn:
 def test_push_creates_the_folder_and_overwrites_the_dashboards() -> None:
     cli = CliRunner()
     with GrafanaStandIn("grafana-sa-token") as grafana:
-        result = cli.invoke(dashboards, ["push", "--url", grafana.url, "--token", "grafana-sa-token"])
+        result = cli.invoke(dashboards, ["push", "--url", grafana.url, "--token", "grafana-sa-token",
+                                         "--language", "zh-CN"])  # the committed files' language
         assert result.exit_code == 0, result.output
         assert result.output.count("pushed ") == 3
         posts = [body for method, path, body in grafana.requests if (method, path) == ("POST", "/api/dashboards/db")]

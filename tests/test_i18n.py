@@ -272,3 +272,48 @@ def test_report_in_chinese_with_local_times(city: Path) -> None:
     assert "<h1>City situation report</h1>" in english and "combustible gas at 55.5% LEL" in english
     stripped = re.sub(r"中山路 12 号|南湖区", "", english)  # the device's own address and district
     assert [stripped[m.start() - 60:m.end()] for m in re.finditer("[\u4e00-\u9fff]+", stripped)] == []
+
+
+# -- the dashboards ---------------------------------------------------------------------------------
+
+
+def test_dashboards_in_chinese_run_the_same_queries() -> None:
+    """Built in zh-CN, every title, description, legend and value text people read is Chinese; with the
+    display strings blanked, the zh-CN and English JSON are identical (queries, fields, variables)."""
+    from citywatch.dashboards.build import build_files, dashboard
+    from citywatch.dashboards.language import display_strings, localize
+    from citywatch.dashboards.panels import all_dashboards
+
+    zh = translator("zh-CN")
+
+    class Blank:  # every display string becomes "#": what is left must not differ
+        def gettext(self, msgid: str, /, **fields: object) -> str:
+            return "#"
+
+    def blank(d: dict[str, object]) -> str:
+        return json.dumps(localize(d, Blank()), sort_keys=True)  # type: ignore[arg-type]
+
+    for spec in all_dashboards():
+        english = dashboard(spec)
+        chinese = localize(english, zh)
+        shown = list(display_strings(chinese))
+        assert len(shown) == len(list(display_strings(english))) > 10
+        assert [s for s in shown if not re.search("[\u4e00-\u9fff]", s)] == []
+        assert blank(chinese) == blank(english)
+        assert [v["name"] for v in chinese["templating"]["list"]] == ["district", "grid", "kind"]
+    city = json.loads(build_files(language="zh-CN")["dashboards/citywatch-city.json"])
+    assert city["title"] == "citywatch：城市运行"
+    assert {p["title"] for p in city["panels"]} >= {"未结束告警", "城市地图", "静默和维护窗口"}
+    assert json.loads(build_files(language="en")["dashboards/citywatch-city.json"])["title"] == \
+        "citywatch: city operations"
+
+
+def test_dashboards_build_language_option(tmp_path: Path) -> None:
+    from citywatch.dashboards.cli import dashboards
+
+    runner = CliRunner(env={"CITYWATCH_LANGUAGE": "en"})
+    assert runner.invoke(dashboards, ["build", "--out", str(tmp_path), "--language", "zh-CN"]).exit_code == 0
+    assert "城市运行" in (tmp_path / "dashboards" / "citywatch-city.json").read_text()
+    checked = runner.invoke(dashboards, ["build", "--out", str(tmp_path), "--check"])  # config: en
+    assert checked.exit_code == 1 and "stale" in checked.output
+    assert runner.invoke(dashboards, ["build", "--out", str(tmp_path), "--check", "--language", "zh-CN"]).exit_code == 0

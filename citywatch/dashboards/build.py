@@ -22,8 +22,10 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as dm
 
 from citywatch.dashboards import DEFAULT_OUT, FOLDER
+from citywatch.dashboards.language import localize
 from citywatch.dashboards.panels import DashboardSpec, all_dashboards
 from citywatch.dashboards.queries import DATASOURCE, DATASOURCE_UID, VARIABLE_QUERIES, Target
+from citywatch.i18n import DEFAULT_LANGUAGE, translator
 
 DASHBOARDS_MOUNT = "/var/lib/grafana/dashboards"
 VARIABLE_LABELS = {"district": "District", "grid": "Grid", "kind": "Kind"}
@@ -147,20 +149,22 @@ def panels_markdown(specs: list[DashboardSpec]) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def build_files(specs: list[DashboardSpec] | None = None) -> dict[str, str]:
-    """Relative path under deploy/grafana -> file content."""
+def build_files(specs: list[DashboardSpec] | None = None, language: str = DEFAULT_LANGUAGE) -> dict[str, str]:
+    """Relative path under deploy/grafana -> file content; dashboards in `language` (the committed
+    files: the shipped default, zh-CN), PANELS.md (queries, for reviewers) in English."""
     specs = specs or all_dashboards()
-    files = {f"dashboards/{spec.uid}.json": render(dashboard(spec)) for spec in specs}
+    t = translator(language)
+    files = {f"dashboards/{spec.uid}.json": render(localize(dashboard(spec), t)) for spec in specs}
     files["provisioning/datasources/citywatch.yaml"] = DATASOURCE_YAML
     files["provisioning/dashboards/citywatch.yaml"] = DASHBOARDS_YAML
     files["PANELS.md"] = panels_markdown(specs)
     return files
 
 
-def write(out_dir: Path = DEFAULT_OUT) -> list[Path]:
+def write(out_dir: Path = DEFAULT_OUT, language: str = DEFAULT_LANGUAGE) -> list[Path]:
     """Write every generated file under `out_dir`; returns the paths that changed."""
     changed = []
-    for rel, content in build_files().items():
+    for rel, content in build_files(language=language).items():
         path = out_dir / rel
         if path.exists() and path.read_text() == content:
             continue
@@ -170,9 +174,9 @@ def write(out_dir: Path = DEFAULT_OUT) -> list[Path]:
     return changed
 
 
-def stale(out_dir: Path = DEFAULT_OUT) -> list[str]:
+def stale(out_dir: Path = DEFAULT_OUT, language: str = DEFAULT_LANGUAGE) -> list[str]:
     """Generated files missing or different under `out_dir`, and dashboards there we did not generate."""
-    files = build_files()
+    files = build_files(language=language)
     problems = [rel for rel, content in files.items()
                 if not (out_dir / rel).exists() or (out_dir / rel).read_text() != content]
     extra = sorted(f"dashboards/{p.name}" for p in (out_dir / "dashboards").glob("*.json")

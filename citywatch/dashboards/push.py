@@ -18,6 +18,7 @@ from grafana_client.client import GrafanaClientError, GrafanaException
 from citywatch.dashboards import FOLDER
 from citywatch.dashboards.build import build_files
 from citywatch.errors import CitywatchError
+from citywatch.i18n import DEFAULT_LANGUAGE
 
 
 class PushError(CitywatchError):
@@ -32,10 +33,11 @@ class Pushed:
     version: int | None
 
 
-def load_dashboards(source: Path | None = None) -> list[dict[str, Any]]:
-    """From `source` (a directory of dashboard JSON files) or a fresh build."""
+def load_dashboards(source: Path | None = None, language: str = DEFAULT_LANGUAGE) -> list[dict[str, Any]]:
+    """From `source` (a directory of dashboard JSON files) or a fresh build in `language`."""
     if source is None:
-        return [json.loads(text) for rel, text in sorted(build_files().items()) if rel.startswith("dashboards/")]
+        return [json.loads(text) for rel, text in sorted(build_files(language=language).items())
+                if rel.startswith("dashboards/")]
     files = sorted(source.glob("*.json"))
     if not files:
         raise PushError(f"no dashboard JSON files in {source}")
