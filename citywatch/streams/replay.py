@@ -281,8 +281,15 @@ def replay_command(ctx: click.Context, input_path: Path, output_path: Path, kind
         stats = replay(input_path, output_path, kind, settings, device)
     except CitywatchError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{stats.rows} rows, {stats.alerts} alerts opened, {stats.invalid} invalid rows, "
-               f"{stats.rows_per_s:,.0f} rows/s -> {output_path}", err=True)
+    from citywatch.i18n import DEFAULT_LANGUAGE, translator
+
+    try:  # the summary in the configured language (the settings are read only for it without --kind)
+        language = (settings or getattr(ctx.obj, "settings", None) or load_settings()).language
+    except CitywatchError:
+        language = DEFAULT_LANGUAGE
+    click.echo(translator(language).gettext(
+        "{rows} rows, {alerts} alerts opened, {invalid} invalid rows, {rate} rows/s -> {out}", rows=stats.rows,
+        alerts=stats.alerts, invalid=stats.invalid, rate=format(stats.rows_per_s, ",.0f"), out=output_path), err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
