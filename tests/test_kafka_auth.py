@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,7 @@ def test_sasl_scram_reaches_aiokafka_and_faust(tmp_path: Path) -> None:
 
     city = FaustCity(s, s.kafka, role="process", worker_id="w1", devices=DictDevices({}))
     try:
-        credentials = city.app.conf.broker_credentials
+        credentials: Any = city.app.conf.broker_credentials
         assert (credentials.username, credentials.password) == ("citywatch", "s3cret-from-a-file")
         assert str(credentials.mechanism.value) == "SCRAM-SHA-512"
         assert str(credentials.protocol.value) == "SASL_PLAINTEXT"
@@ -57,7 +58,7 @@ def test_sasl_ssl_verifies_the_brokers_against_the_ca_file(tmp_path: Path) -> No
     context = client_options(kafka)["ssl_context"]
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "test-ca"),),)]
-    credentials = faust_credentials(kafka)
+    credentials: Any = faust_credentials(kafka)
     assert str(credentials.protocol.value) == "SASL_SSL" and credentials.ssl_context is not None
 
 

@@ -107,8 +107,9 @@ def query(base: str, promql: str) -> float | None:
 def test_a_real_prometheus_scrapes_the_runner(tmp_path: Path, mosquitto: MosquittoServer, prometheus: Any) -> None:
     settings = city(tmp_path, mosquitto)
     run = RunnerThread(settings).start()
+    runner = run.runner
+    assert runner is not None
     try:
-        runner = run.runner
         publish_all(mosquitto, traffic(time.time()))
         wait_until(lambda: runner.pipeline.counters["received"] == 10 and runner.batches > 0)
         wait_until(lambda: len(runner.engine.by_id) == 1)
@@ -148,6 +149,7 @@ def test_a_real_prometheus_scrapes_the_runner(tmp_path: Path, mosquitto: Mosquit
 def test_metrics_can_require_the_token(tmp_path: Path, mosquitto: MosquittoServer) -> None:
     settings = city(tmp_path, mosquitto, api={"port": 0, "metrics_auth": True})
     run = RunnerThread(settings).start()
+    assert run.runner is not None
     try:
         base = f"http://127.0.0.1:{run.runner.api_port}"
         assert get(f"{base}/metrics")[0] == 401
@@ -165,13 +167,18 @@ def test_a_scrape_runs_no_group_by_on_the_event_loop(tmp_path: Path, mosquitto: 
     from a scrape beyond the indexed pending count /health makes anyway."""
     settings = city(tmp_path, mosquitto)
     run = RunnerThread(settings).start()
+    runner = run.runner
+    assert runner is not None
     try:
-        runner = run.runner
         statements: list[str] = []
         loop_connections = (runner.store.conn, runner.delivery.conn)
-        run.call(lambda: [conn.set_trace_callback(statements.append) for conn in loop_connections])
+        def trace(callback: Any) -> None:
+            for conn in loop_connections:
+                conn.set_trace_callback(callback)
+
+        run.call(lambda: trace(statements.append))
         status, _, text = get(f"http://127.0.0.1:{runner.api_port}/metrics")
-        run.call(lambda: [conn.set_trace_callback(None) for conn in loop_connections])
+        run.call(lambda: trace(None))
         assert status == 200 and ("citywatch_outbox_rows", (("status", "held"),)) in samples(text)
         assert not [s for s in statements if "GROUP BY" in s.upper()]
         assert all("status = 'pending'" in s for s in statements if "webhook_outbox" in s), statements
