@@ -16,7 +16,8 @@ Usage::
 
 Code that has no translator at hand uses the module-level functions (`_`, `ngettext`, `local_time`)
 for the configured language: `use(language, timezone)` sets it (the CLI does so when it loads the
-settings). Mark strings for extraction without translating them (module-level tables) with `N_`.
+settings; before that, CITYWATCH_LANGUAGE / CITYWATCH_TIMEZONE or the defaults). Mark strings for
+extraction without translating them (module-level tables) with `N_`.
 
 Machine payloads (webhooks, API JSON, InfluxDB) never go through here: they keep UTC RFC 3339 times
 and stable English codes.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import functools
 import gettext as _gettext
 import io
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -165,7 +167,7 @@ def local_time(ts: float | None, timezone: str | None = None, language: str | No
     shipped language, so an operator can paste it; the offset says which zone it is."""
     if ts is None:
         return "-"
-    when = datetime.fromtimestamp(ts, UTC).astimezone(ZoneInfo(timezone or _configured[1]))
+    when = datetime.fromtimestamp(ts, UTC).astimezone(ZoneInfo(timezone or configured_timezone()))
     offset = when.utcoffset() or timedelta(0)
     minutes = int(offset.total_seconds()) // 60
     sign = "-" if minutes < 0 else "+"
@@ -175,7 +177,26 @@ def local_time(ts: float | None, timezone: str | None = None, language: str | No
 
 # -- the configured language (module-level convenience) ---------------------------------------------
 
-_configured: tuple[str, str] = (DEFAULT_LANGUAGE, DEFAULT_TIMEZONE)
+_configured: tuple[str, str] | None = None
+
+
+def _from_environment() -> tuple[str, str]:
+    """Before `use`: the environment's CITYWATCH_LANGUAGE / CITYWATCH_TIMEZONE (as the settings would
+    read them), else the defaults."""
+    language, timezone = os.environ.get("CITYWATCH_LANGUAGE", ""), os.environ.get("CITYWATCH_TIMEZONE", "")
+    try:
+        language = check_language(language) if language else DEFAULT_LANGUAGE
+    except ValueError:
+        language = DEFAULT_LANGUAGE
+    try:
+        ZoneInfo(timezone or DEFAULT_TIMEZONE)
+    except (ValueError, OSError):
+        timezone = ""
+    return language, timezone or DEFAULT_TIMEZONE
+
+
+def _current_pair() -> tuple[str, str]:
+    return _configured or _from_environment()
 
 
 def use(language: str, timezone: str = DEFAULT_TIMEZONE) -> Translator:
@@ -193,11 +214,11 @@ def use_settings(settings: Any) -> Translator:
 
 def current() -> Translator:
     """The configured language's Translator."""
-    return translator(_configured[0])
+    return translator(_current_pair()[0])
 
 
 def configured_timezone() -> str:
-    return _configured[1]
+    return _current_pair()[1]
 
 
 def _(msgid: str, /, **fields: Any) -> str:

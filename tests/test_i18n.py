@@ -20,6 +20,14 @@ from citywatch.labels import CONTEXTS, codes, label
 from citywatch.model import Device
 from tests.helpers import feed, make_pipeline
 
+
+@pytest.fixture(autouse=True)
+def _own_configured_language(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI makes its settings' language the process's (i18n.use): put it back after each test, so a
+    zh-CN run here does not leak into other tests of the same process."""
+    monkeypatch.setattr(i18n, "_configured", None)
+
+
 # 2026-11-28 01:30:05 UTC = 09:30:05 in Shanghai
 TS = 1795829405.0
 
@@ -135,16 +143,20 @@ def test_numbers_dates_and_durations_per_locale() -> None:
     assert zh.format_percent(0.9123, 1) == "91.2%"
 
 
-def test_module_level_convenience_follows_use() -> None:
-    try:
-        i18n.use("zh-CN", "Asia/Shanghai")
-        assert i18n.pgettext("severity", "critical") == "紧急"
-        assert i18n.local_time(TS) == "2026-11-28 09:30 (UTC+08:00)"
-        i18n.use("en", "Europe/London")
-        assert i18n.pgettext("severity", "critical") == "critical"
-        assert i18n.local_time(TS) == "2026-11-28 01:30 (UTC+00:00)"
-    finally:
-        i18n.use(i18n.DEFAULT_LANGUAGE, i18n.DEFAULT_TIMEZONE)
+def test_module_level_convenience_follows_use_else_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYWATCH_LANGUAGE", "en")
+    monkeypatch.setenv("CITYWATCH_TIMEZONE", "America/New_York")
+    assert i18n.pgettext("severity", "critical") == "critical"  # nothing configured yet: the environment
+    assert i18n.local_time(TS) == "2026-11-27 20:30 (UTC-05:00)"
+    monkeypatch.delenv("CITYWATCH_LANGUAGE")
+    monkeypatch.delenv("CITYWATCH_TIMEZONE")
+    assert i18n.pgettext("severity", "critical") == "紧急"  # the defaults
+    i18n.use("zh-CN", "Asia/Shanghai")
+    assert i18n.pgettext("severity", "critical") == "紧急"
+    assert i18n.local_time(TS) == "2026-11-28 09:30 (UTC+08:00)"
+    i18n.use("en", "Europe/London")
+    assert i18n.pgettext("severity", "critical") == "critical"
+    assert i18n.local_time(TS) == "2026-11-28 01:30 (UTC+00:00)"
 
 
 # -- the CLI in both languages ----------------------------------------------------------------------
@@ -317,3 +329,21 @@ def test_dashboards_build_language_option(tmp_path: Path) -> None:
     checked = runner.invoke(dashboards, ["build", "--out", str(tmp_path), "--check"])  # config: en
     assert checked.exit_code == 1 and "stale" in checked.output
     assert runner.invoke(dashboards, ["build", "--out", str(tmp_path), "--check", "--language", "zh-CN"]).exit_code == 0
+
+
+def test_commissioning_report_in_chinese() -> None:
+    """`devices check` output: labels, the rule's message and times in the reader's language and zone."""
+    from citywatch.devices.commissioning import CheckResult, Heard, render
+
+    gas = Device(id="gas-1", kind="gas", district="南湖区", grid="G1")
+    out = feed(make_pipeline(gas), gas, TS, lel_pct=30)
+    result = CheckResult(device=gas, outcome="accepted", message=Heard("citywatch/gas/gas-1/telemetry",
+                                                                      b'{"lel_pct": 30}', False, TS),
+                         reading=out.accepted[0][0], would_transitions=list(out.transitions),
+                         last_seen_before=TS - 60)
+    i18n.use("zh-CN", "Asia/Shanghai")
+    text = render(result)
+    assert "设备 gas-1（燃气，启用）南湖区 G1" in text
+    assert "检查前最近在线：2026-11-28 09:29:05 (UTC+08:00)" in text
+    assert "将会：可燃气体浓度超限告警产生（警告）：可燃气体浓度 30% LEL（1级报警值 25%）" in text
+    assert "pipeline: ACCEPTED" in render(result, translator("en"))

@@ -20,8 +20,10 @@ import paho.mqtt.client as mqtt
 from citywatch.config import Settings
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.devices.registry import Registry, registry_path
+from citywatch.i18n import Translator, current, local_time
 from citywatch.ingest.collector import make_client, parse_url
-from citywatch.model import Alert, Device, Reading
+from citywatch.labels import label
+from citywatch.model import Alert, Device, Reading, Transition
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.streams.pipeline import Output, Pipeline
 from citywatch.terminal import for_terminal
@@ -49,6 +51,7 @@ class CheckResult(msgspec.Struct, kw_only=True):
     rssi: float | None = None
     statuses: list[str] = []  # status messages heard meanwhile ("online", "offline (retained)")
     would: list[str] = []  # alert transitions this message would cause
+    would_transitions: list[Transition] = []  # the same transitions (rendered in the reader's language)
     last_seen_before: float | None = None
     last_seen: float | None = None  # as recorded by a running pipeline after the message
     open_alerts: list[Alert] = []
@@ -146,6 +149,7 @@ def evaluate(settings: Settings, registry: Registry, message: Heard, state: dict
         result.battery, result.rssi = reading.battery, reading.rssi
     result.would = [f"{t.transition} {t.alert.rule} ({t.alert.severity}): {t.alert.message}"
                     for t in out.transitions]
+    result.would_transitions = list(out.transitions)
 
 
 def _state(store: AlertStore, device_id: str) -> dict[str, Any]:
@@ -193,32 +197,46 @@ def _confirm(store: AlertStore, device_id: str, before: float | None, within_s: 
         time.sleep(0.1)
 
 
-def _when(ts: float | None) -> str:
-    return "never" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+def _when(ts: float | None, t: Translator) -> str:
+    """Local time in the city's zone (the configured one) with its offset."""
+    return t.gettext("never") if ts is None else local_time(ts, seconds=True)
 
 
-def render(r: CheckResult) -> str:
+def render(r: CheckResult, t: Translator | None = None) -> str:
+    """The check's report for the installer, in `t`'s language (default: the configured one)."""
+    from citywatch.alert_text import alert_message
+
+    t = t or current()
+    _ = t.gettext
     d = r.device
-    lines = [f"device {d.id} ({d.kind}, {'enabled' if d.enabled else 'DISABLED'}) {d.district} {d.grid} {d.address}"]
-    lines.append(f"last seen before the check: {_when(r.last_seen_before)}")
-    lines += [f"status: {s}" for s in r.statuses]
+    state = label(t, "device status", "enabled" if d.enabled else "disabled")
+    lines = [_("device {id} ({kind}, {state}) {district} {grid} {address}", id=d.id, kind=label(t, "kind", d.kind),
+               state=state if d.enabled else state.upper(), district=d.district, grid=d.grid, address=d.address)]
+    lines.append(_("last seen before the check: {time}", time=_when(r.last_seen_before, t)))
+    lines += [_("status: {status}", status=s) for s in r.statuses]
     if r.outcome == "broker_refused":
-        lines.append(f"FAILED: {r.detail}")
+        lines.append(_("FAILED: {detail}", detail=r.detail))
     elif r.message is None:
-        lines.append("FAILED: no message from the device in time (powered? right broker, username, password?)")
+        lines.append(_("FAILED: no message from the device in time (powered? right broker, username, password?)"))
     else:
-        lines.append(f"message on {r.message.topic}: {r.message.payload[:200].decode('utf-8', 'replace')}")
-        lines.append(f"battery: {r.battery if r.battery is not None else '-'} %   "
-                     f"rssi: {r.rssi if r.rssi is not None else '-'} dBm")
+        lines.append(_("message on {topic}: {payload}", topic=r.message.topic,
+                       payload=r.message.payload[:200].decode("utf-8", "replace")))
+        lines.append(_("battery: {battery} %   rssi: {rssi} dBm", battery=r.battery if r.battery is not None else "-",
+                       rssi=r.rssi if r.rssi is not None else "-"))
         if r.ok:
-            lines.append("pipeline: ACCEPTED" + (f" values {r.reading.values}" if r.reading else ""))
-            lines += [f"would: {w}" for w in r.would]
-            lines.append(f"running pipeline recorded it: {_when(r.last_seen)}" if r.last_seen else
-                         "running pipeline recorded it: not within a few seconds (is `citywatch run` running?)")
+            lines.append(_("pipeline: ACCEPTED values {values}", values=r.reading.values) if r.reading
+                         else _("pipeline: ACCEPTED"))
+            lines += [_("would: {transition} {rule} ({severity}): {message}",
+                        transition=label(t, "transition", w.transition), rule=label(t, "rule", w.alert.rule),
+                        severity=label(t, "severity", w.alert.severity), message=alert_message(t, w.alert))
+                      for w in r.would_transitions]
+            lines.append(_("running pipeline recorded it: {time}", time=_when(r.last_seen, t)) if r.last_seen else
+                         _("running pipeline recorded it: not within a few seconds (is `citywatch run` running?)"))
         else:
-            lines.append(f"pipeline: DEAD LETTER {r.reason}: {r.detail}")
-    lines.append(f"open alerts: {len(r.open_alerts)}")
-    lines += [f"  {a.id} {a.rule} {a.severity} {a.status}: {a.message}" for a in r.open_alerts]
+            lines.append(_("pipeline: DEAD LETTER {reason}: {detail}", reason=r.reason, detail=r.detail))
+    lines.append(_("open alerts: {n}", n=len(r.open_alerts)))
+    lines += [f"  {a.id} {label(t, 'rule', a.rule)} {label(t, 'severity', a.severity)} "
+              f"{label(t, 'alert status', a.status)}: {alert_message(t, a)}" for a in r.open_alerts]
     return "\n".join(for_terminal(line) for line in lines)  # the device's own bytes may hold escape sequences
 
 
