@@ -199,6 +199,8 @@ def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
     from citywatch.loop import kpis_api  # noqa: PLC0415 (the loop's figures: GET /kpis)
     kpis_api.register(app)
     silences_api.register(app)
+    from citywatch.console import app as console  # noqa: PLC0415 (the operator console at /console)
+    console.register(app)
     metrics.register(app, runner)  # GET /metrics (Prometheus), open unless api.metrics_auth
     return app
 

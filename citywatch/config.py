@@ -434,6 +434,20 @@ class SilenceSettings(Section):
     max_days: float = Field(90.0, gt=0)  # any silence
 
 
+class ConsoleSettings(Section):
+    """The operator console at /console on the API's address (citywatch/console): sessions, live
+    streams, the readings kept for its charts and the map's size."""
+
+    enabled: bool = True
+    session_idle_min: float = Field(30.0, gt=0)  # a session unused this long ends
+    session_max_h: float = Field(12.0, gt=0)  # every session ends this long after its sign-in
+    max_sessions: int = Field(1000, ge=1)  # sessions at once; beyond, the one unused longest ends
+    streams: int = Field(64, ge=1)  # live-update streams (server-sent events) open at once, 4 per session
+    readings_per_device: int = Field(200, ge=0)  # recent readings kept per device for its chart (0: none)
+    readings_devices: int = Field(5000, ge=0)  # devices whose readings are kept (least recently reporting dropped)
+    map_points: int = Field(5000, ge=100)  # devices without an open alert drawn on the map at most (sampled)
+
+
 def _below(section: str, low_name: str, info: ValidationInfo, high_name: str, high: float) -> None:
     """Cross-field check (fields validate in order, so the lower one is already in info.data)."""
     low = info.data.get(low_name)
@@ -607,6 +621,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     incidents: IncidentSettings = IncidentSettings()
     silences: SilenceSettings = SilenceSettings()
+    console: ConsoleSettings = ConsoleSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
 

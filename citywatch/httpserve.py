@@ -34,6 +34,9 @@ from citywatch.ratelog import LogLimiter, limit_logger
 log = logging.getLogger("citywatch.api")
 
 LOG_INTERVAL_S = 10.0
+# The request timeout of a request in progress: a long-lived response (the console's server-sent events,
+# citywatch/console/app.py) lifts it with `request[TIMEOUT_KEY].reschedule(None)` once it streams.
+TIMEOUT_KEY = web.RequestKey("request_timeout", asyncio.Timeout)
 _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 22\r\n"
             b"Retry-After: 1\r\nConnection: close\r\n\r\ntoo many connections\r\n")
 
@@ -159,6 +162,7 @@ class Guard:
         if conn is not None:
             conn.busy += 1
         timeout = asyncio.timeout(self.request_timeout_s)
+        request[TIMEOUT_KEY] = timeout
         try:
             async with timeout:
                 response: web.StreamResponse = await handler(request)

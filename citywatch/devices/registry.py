@@ -281,3 +281,7 @@ class RegistryCache:
 
     def __len__(self) -> int:
         return len(self._devices)
+
+    def snapshot(self) -> list[Device]:
+        """Every device as of the last refresh (a list copy: the console's map reads it off the loop)."""
+        return list(self._devices.values())

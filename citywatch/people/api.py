@@ -55,6 +55,9 @@ log = logging.getLogger("citywatch.api.auth")
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
 SIGNED_PATHS = frozenset({"/dispatch/events"})  # the dispatch system signs each message instead
+# The operator console (citywatch/console/app.py) authenticates by its session cookie instead of a bearer
+# token and asks the same policy itself (its own CSRF checks and audit of refusals).
+SESSION_PREFIX = "/console"
 
 Resolved = tuple[Target, Any]  # the target, and its state before the action (for the audit)
 Resolver = Callable[[web.Request], Awaitable[Resolved | None]]
@@ -361,7 +364,7 @@ class Access:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path in OPEN_PATHS or request.path in SIGNED_PATHS:
+        if request.path in OPEN_PATHS or request.path in SIGNED_PATHS or _session_path(request.path):
             return await handler(request)  # type: ignore[no-any-return]
         who = self.identify(request)
         if isinstance(who, web.Response):
@@ -431,6 +434,11 @@ class Access:
 
 
 ACCESS_KEY = web.AppKey("access", Access)
+
+
+def _session_path(path: str) -> bool:
+    """Served by the console's sub-app (routing follows the literal path: /console/../alerts is not /alerts)."""
+    return path == SESSION_PREFIX or path.startswith(SESSION_PREFIX + "/")
 
 
 def _named(request: web.Request) -> tuple[str, str]:
