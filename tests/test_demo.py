@@ -21,7 +21,8 @@ def test_the_demo_shows_incidents_dispatch_verification_and_a_silence(tmp_path: 
     assert summary.dispatch_answers and set(summary.dispatch_answers) == {"200"}  # every signed message accepted
     assert summary.transitions["assigned"] >= 3 and summary.transitions["rectified"] >= 3
     assert summary.closed_verified >= 1 and summary.transitions["reopened"] >= 1
-    assert summary.silenced_alerts == 4 and summary.silenced_held >= 4  # the road works' monitors
+    # the road works' 4 monitors, and any other noise monitor of that street the silence covers too
+    assert summary.silenced_alerts >= 4 and summary.silenced_held >= 4
     assert summary.webhooks_received == summary.webhooks_verified > 0 and summary.webhooks_forged == 0
     conn = sqlite3.connect(store_path(summary.data_dir))
     try:
