@@ -119,7 +119,7 @@ def test_every_page_carries_the_security_headers_and_no_inline_script(city: City
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
         assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp and "form-action 'self'" in csp
         assert h["X-Frame-Options"] == "DENY" and h["X-Content-Type-Options"] == "nosniff"
-        assert h["Referrer-Policy"] == "no-referrer" and h["Cache-Control"] == "no-store"
+        assert h["Referrer-Policy"] == "same-origin" and h["Cache-Control"] == "no-store"
         if page.status_code == 200:
             assert not INLINE_SCRIPT.search(page.text), path
             assert not INLINE_HANDLER.search(page.text), path

@@ -78,6 +78,7 @@ log = logging.getLogger("citywatch.console")
 PREFIX = "/console"
 QUEUE_LIMIT = 300  # rows per table; the rest are counted ("narrow the filters")
 STREAMS_PER_SESSION = 4
+GONE_CHECK_S = 1.0  # how often a quiet event stream checks that its page is still connected
 SIGNIN_COOKIE = "citywatch_signin"  # the sign-in form's own CSRF token (double submit: no session yet)
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -85,7 +86,7 @@ HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make browsers send `Origin: null` on our own forms
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
@@ -779,10 +780,17 @@ async def events(request: web.Request) -> web.StreamResponse:
         last = b""
         for last in hub.replay(stream, since):
             await response.write(last)
+        quiet = 0.0
         while not final(last):
-            data = await drain(stream, HEARTBEAT_S)
-            if data is None:  # quiet: a heartbeat, or the end of a session that expired meanwhile
+            data = await drain(stream, GONE_CHECK_S)
+            if data is None:  # quiet: has the page gone (a write would tell only at the next heartbeat)?
+                if request.transport is None or request.transport.is_closing():
+                    break
+                quiet += GONE_CHECK_S
+                if quiet < HEARTBEAT_S and console.sessions.alive(session):
+                    continue
                 data = b": keep-alive\n\n" if console.sessions.alive(session) else event("signed-out", {})
+            quiet = 0.0
             await response.write(data)
             last = data
     except ConnectionResetError:  # the page went away

@@ -63,7 +63,9 @@ def render(points: Sequence[tuple[float, float]], timezone: str, title: str, uni
                     f'<text class="axis" x="{LEFT - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{_number(v)}</text>')
     for i in range(5):
         t = t0 + (t1 - t0) * i / 4
-        stamp = datetime.fromtimestamp(t, UTC).astimezone(zone).strftime("%H:%M" if t1 - t0 < 86400 else "%m-%d %H:%M")
+        span = t1 - t0
+        stamp = datetime.fromtimestamp(t, UTC).astimezone(zone).strftime(
+            "%H:%M:%S" if span < 600 else "%H:%M" if span < 86400 else "%m-%d %H:%M")
         body.append(f'<text class="axis" x="{x(t):.1f}" y="{HEIGHT - 10}" text-anchor="middle">{stamp}</text>')
     if unit:
         body.append(f'<text class="axis" x="{LEFT}" y="{TOP - 2}">{escape(unit)}</text>')

@@ -142,6 +142,9 @@
       language.addEventListener("change", function () { language.form.submit(); });
     }
     var url = body.getAttribute("data-events");
-    if (url) { connect(url); }
+    if (url) {
+      var source = connect(url);
+      window.addEventListener("pagehide", function () { source.close(); });  /* free the server's stream now */
+    }
   });
 }());
