@@ -7,10 +7,11 @@ Secrets are SecretStr: they never print. Each secret can also come from a file (
 
 from __future__ import annotations
 
+import copy
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -20,7 +21,6 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
 from citywatch.detectors.settings import LearnedRules
@@ -667,7 +667,35 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Overrides (init kwargs) beat the environment, which beats the YAML file.
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+        return (init_settings, env_settings, _YamlData(settings_cls, getattr(cls, "yaml_data", {})))
+
+
+class _YamlData(PydanticBaseSettingsSource):
+    """The config file's contents as `load_settings` parsed them (once, with the C loader)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self.data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return copy.deepcopy(self.data)
+
+
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_parsed: dict[tuple[str, int, int], Any] = {}  # (path, mtime_ns, size) -> contents: tests load it thousands of times
+
+
+def _read_yaml(path: Path) -> Any:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _parsed:
+        if len(_parsed) > 16:
+            _parsed.clear()
+        _parsed[key] = yaml.load(path.read_text(), Loader=_YAML_LOADER)  # a safe loader
+    return copy.deepcopy(_parsed[key])
 
 
 def _read_secret(value: SecretStr | None, path: Path | None, key: str) -> SecretStr | None:
@@ -690,16 +718,17 @@ def default_config_path() -> Path | None:
 def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Build validated settings; raises ConfigError naming the offending key."""
     path = path if path is not None else default_config_path()
+    loaded: Any = None
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = _read_yaml(Path(path))
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: top level must be a mapping")
 
     class _FromFile(Settings):
-        model_config = SettingsConfigDict(yaml_file=path)
+        yaml_data: ClassVar[dict[str, Any]] = loaded or {}
 
     try:
         settings: Settings = _FromFile(**(overrides or {}))
