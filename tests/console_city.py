@@ -39,6 +39,7 @@ DEVICES = [Device(id=f"gas-n{i}", kind="gas", district="Nanhu", grid=f"G{i % 2 +
            for i in range(1, 9)]
 DEVICES += [Device(id=f"gas-x{i}", kind="gas", district="Xiuzhou", grid="G9", community="Xincheng", city="Jiaxing",
                    lat=30.80 + i * 0.004, lon=120.70 + i * 0.004, address=f"{i} Xiuzhou Rd") for i in range(1, 6)]
+DEVICES.append(Device(id="lock-n1", kind="lock", district="Nanhu", grid="G1", lat=30.75, lon=120.77, tenants=4))
 ACCOUNTS = {"op-nanhu": ("operator", ["--scope", "district=Nanhu"]), "op-city": ("operator", []),
             "field-li": ("field", ["--scope", "district=Nanhu", "--team", "grid team 1"]),
             "inst-wang": ("installer", []), "admin-zhao": ("admin", [])}
@@ -71,6 +72,11 @@ class City:
             messages.append((f"citywatch/gas/{device_id}/telemetry",
                              json.dumps({"ts": time.time(), "seq": self.seq[device_id], "lel_pct": lel}).encode()))
         publish_all(self.mosquitto, messages)
+
+    def lock(self, device_id: str, event: str) -> None:
+        self.seq[device_id] = self.seq.get(device_id, 0) + 1
+        publish_all(self.mosquitto, [(f"citywatch/lock/{device_id}/telemetry", json.dumps(
+            {"ts": time.time(), "seq": self.seq[device_id], "event": event}).encode())])
 
     def alert_of(self, device_id: str, timeout: float = 10.0) -> str:
         """The open alert of a device (waits for the runner to open it)."""

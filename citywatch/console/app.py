@@ -40,7 +40,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, Template
 
 from citywatch.console import chart
 from citywatch.console import map as city_map
-from citywatch.console.readings import UNITS, RecentReadings
+from citywatch.console.readings import UNITS, RecentReadings, lock_event
 from citywatch.console.sessions import COOKIE, SECURE_COOKIE, Session, SessionBook, csrf_ok
 from citywatch.console.sse import HEARTBEAT_S, Hub, Stream, drain, event, final
 from citywatch.console.views import (
@@ -153,6 +153,8 @@ class Console:
                                undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.sessions = SessionBook(c.session_idle_min * 60, c.session_max_h * 3600, c.max_sessions)
         self.readings = RecentReadings(c.readings_per_device, c.readings_devices)
+        for alert in runner.engine.by_id.values():  # devices with open alerts keep their readings
+            self.readings.alert(alert.device_id, alert.id, False)
         self.hub = Hub(self, list(runner.engine.by_id.values()))
         self.reader = Reader(store_path(runner.settings.data_dir))
         self.max_streams = c.streams
@@ -532,8 +534,9 @@ async def alert_page(request: web.Request) -> web.Response:
     notes = await asyncio.to_thread(console.reader.comments, "alert", alert_id)
     device = console.runner.devices.get(alert.device_id)
     points = console.readings.series(alert.device_id)
-    numeric = [(ts, float(v)) for ts, v in points if isinstance(v, float)]
-    events_list = [(ts, v) for ts, v in points if isinstance(v, str)][-20:]
+    numeric = [] if alert.kind == "lock" else points
+    events_list = [(t.local_time(ts, console.timezone, seconds=True), lock_event(v))
+                   for ts, v in points][-20:] if alert.kind == "lock" else []
     svg = None
     if numeric:
         svg = chart.render(numeric, console.timezone, t.gettext("Recent readings of {device}", device=alert.device_id),
