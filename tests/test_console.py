@@ -76,8 +76,11 @@ def test_sign_in_with_a_token_makes_a_session_and_a_bad_token_is_refused(city: C
     page = client.get("/console")
     assert page.status_code == 200 and "op-city" in page.text
 
+    stream = EventReader(client, "/console/events?page=queue")
     out = client.post("/console/signout")
     assert out.status_code == 303 and out.headers["Location"] == "/console/signin"
+    stream.until(lambda name, _: name == "signed-out", timeout=3)  # its open pages are told at once
+    stream.close()
     assert client.get("/console").status_code == 303
     replay = Client(city.base)
     replay.http.cookies.set("citywatch_session", value)
