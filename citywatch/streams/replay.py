@@ -13,16 +13,25 @@ flapping openings included) and 0 while it stays open; `rules` names the rules w
 row opened (`;`-separated, empty otherwise); anomaly_score is in [0, 1], higher for more anomalous
 (for a kind: the highest learned detector's score, 0.5 at its alert threshold). A kind's row that
 fails validation scores 0. Silence (offline) and deadlines need a clock and are not replayed.
+
+Memory stays bounded whatever the file's size: rows are read, replayed and written a chunk
+(CHUNK_ROWS) at a time; within a chunk the cells are parsed column-wise with numpy (the speed),
+the detectors still see one row at a time. A file output is written beside its target and renamed
+at the end, so a replay that fails half-way (a bad timestamp on row 700,000) leaves no half file;
+`-` writes to stdout as it goes.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +52,7 @@ from citywatch.model import KINDS, Device
 from citywatch.streams.pipeline import Output, Pipeline
 
 REPLAY_DEVICE = "replay"
+CHUNK_ROWS = 8192  # rows held at once: bounds memory, keeps numpy's column-wise parsing
 _COMMON = ("battery", "rssi", "seq")
 _TRUE = {"1", "true", "yes", "y", "t", "occupied"}
 
@@ -66,8 +76,9 @@ class ReplayStats:
 # -- parsing ------------------------------------------------------------------------------------
 
 
-def parse_timestamps(raw: Sequence[str]) -> np.ndarray:
-    """Epoch seconds (float64) of each timestamp string: numbers (ms when > 1e11) or ISO 8601."""
+def parse_timestamps(raw: Sequence[str], first_row: int = 2) -> np.ndarray:
+    """Epoch seconds (float64) of each timestamp string: numbers (ms when > 1e11) or ISO 8601.
+    `first_row` is the file's row number of raw[0] (for the error message)."""
     try:
         ts = np.asarray(raw, dtype=np.float64)
         return np.where(ts > 1e11, ts / 1000.0, ts)
@@ -83,9 +94,15 @@ def parse_timestamps(raw: Sequence[str]) -> np.ndarray:
     out = np.empty(len(raw))
     for i, s in enumerate(raw):
         try:
+            value = float(s)
+            out[i] = value / 1000.0 if value > 1e11 else value
+            continue
+        except ValueError:
+            pass
+        try:
             parsed = datetime.fromisoformat(s.strip())
         except ValueError:
-            raise ReplayError(f"row {i + 2}: bad timestamp {s!r}") from None
+            raise ReplayError(f"row {i + first_row}: bad timestamp {s!r}") from None
         out[i] = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
     return out
 
@@ -104,14 +121,18 @@ def parse_numbers(raw: Sequence[str]) -> np.ndarray:
         return out
 
 
-def read_columns(handle: TextIO) -> tuple[list[str], list[list[str]]]:
-    reader = csv.reader(handle)
+def read_header(reader: Iterator[list[str]]) -> list[str]:
     try:
-        header = [h.strip().lower() for h in next(reader)]
+        return [h.strip().lower() for h in next(reader)]
     except StopIteration:
         raise ReplayError("empty input: a header row is needed") from None
-    columns: list[list[str]] = [[] for _ in header]
-    width = len(header)
+
+
+def read_chunks(reader: Iterator[list[str]], width: int, rows: int = CHUNK_ROWS) -> Iterator[list[list[str]]]:
+    """The rows after the header as columns, `rows` rows at a time (empty rows skipped, short rows
+    padded with empty cells)."""
+    columns: list[list[str]] = [[] for _ in range(width)]
+    n = 0
     for row in reader:
         if not row:
             continue
@@ -119,110 +140,113 @@ def read_columns(handle: TextIO) -> tuple[list[str], list[list[str]]]:
             row = row + [""] * (width - len(row))
         for column, cell in zip(columns, row, strict=False):
             column.append(cell)
-    return header, columns
-
-
-def write_rows(handle: TextIO, stamps: Sequence[str], alerts: Sequence[int], scores: Sequence[float],
-               rules: Sequence[str] | None = None) -> None:
-    writer = csv.writer(handle, lineterminator="\n")
-    formatted = (f"{s:.6f}" for s in scores)
-    if rules is None:
-        writer.writerow(("timestamp", "is_alert", "anomaly_score"))
-        writer.writerows(zip(stamps, alerts, formatted, strict=True))
-    else:
-        writer.writerow(("timestamp", "is_alert", "anomaly_score", "rules"))
-        writer.writerows(zip(stamps, alerts, formatted, rules, strict=True))
+        n += 1
+        if n == rows:
+            yield columns
+            columns, n = [[] for _ in range(width)], 0
+    if n:
+        yield columns
 
 
 # -- the generic signal -------------------------------------------------------------------------
 
 
-def replay_generic(header: list[str], columns: list[list[str]]) -> tuple[list[int], list[float]]:
-    if "timestamp" not in header:
-        raise ReplayError("the header needs a timestamp column")
-    if "value" in header:
-        value_col = header.index("value")
-    elif len(header) == 2:
-        value_col = 1 - header.index("timestamp")
-    else:
-        raise ReplayError("the header needs a value column (or give --kind)")
-    ts = parse_timestamps(columns[header.index("timestamp")]).tolist()
-    values = parse_numbers(columns[value_col]).tolist()
-    detector = GenericDetector()
-    process = detector.process
-    alerts: list[int] = []
-    scores: list[float] = []
-    add_alert, add_score = alerts.append, scores.append
-    for value, t in zip(values, ts, strict=True):
-        alert, score = process(value, t)
-        add_alert(1 if alert else 0)
-        add_score(score)
-    return alerts, scores
+class GenericReplay:
+    """`timestamp,value` rows through the generic detector (its state carries across chunks)."""
+
+    def __init__(self, header: list[str]) -> None:
+        if "timestamp" not in header:
+            raise ReplayError("the header needs a timestamp column")
+        if "value" in header:
+            self.value_col = header.index("value")
+        elif len(header) == 2:
+            self.value_col = 1 - header.index("timestamp")
+        else:
+            raise ReplayError("the header needs a value column (or give --kind)")
+        self.ts_col = header.index("timestamp")
+        self.detector = GenericDetector()
+        self.invalid = 0
+
+    def run(self, columns: list[list[str]], first_row: int) -> tuple[list[int], list[float], list[str] | None]:
+        ts = parse_timestamps(columns[self.ts_col], first_row).tolist()
+        values = parse_numbers(columns[self.value_col]).tolist()
+        process = self.detector.process
+        alerts: list[int] = []
+        scores: list[float] = []
+        add_alert, add_score = alerts.append, scores.append
+        for value, t in zip(values, ts, strict=True):
+            alert, score = process(value, t)
+            add_alert(1 if alert else 0)
+            add_score(score)
+        return alerts, scores, None
 
 
 # -- a device kind ------------------------------------------------------------------------------
 
-
-def _kind_payloads(kind: str, header: list[str], columns: list[list[str]]) -> Iterator[dict[str, Any]]:
-    fields = KIND_FIELDS[kind]
-    if "timestamp" not in header:
-        raise ReplayError("the header needs a timestamp column")
-    unknown = [h for h in header if h != "timestamp" and h not in fields and h not in _COMMON]
-    if unknown:
-        raise ReplayError(f"unknown columns for kind {kind}: {', '.join(unknown)} "
-                          f"(expected {', '.join(fields + _COMMON)})")
-    if fields[0] not in header:
-        raise ReplayError(f"kind {kind} needs a {fields[0]} column")
-    ts = parse_timestamps(columns[header.index("timestamp")]).tolist()
-    numeric: dict[str, list[float]] = {}
-    text: dict[str, list[str]] = {}
-    for name, column in zip(header, columns, strict=True):
-        if name == "timestamp":
-            continue
-        if name in ("event", "user"):
-            text[name] = [c.strip() for c in column]
-        elif name == "occupied":
-            numeric[name] = [1.0 if c.strip().lower() in _TRUE else 0.0 if c.strip() else math.nan for c in column]
-        else:
-            numeric[name] = parse_numbers(column).tolist()
-    for i, t in enumerate(ts):
-        payload: dict[str, Any] = {"ts": t}
-        for name, values in numeric.items():
-            v = values[i]
-            if v == v:  # not NaN: an empty cell is a missing field
-                payload[name] = bool(v) if name == "occupied" else int(v) if name == "seq" else v
-        for name, cells in text.items():
-            if cells[i]:
-                payload[name] = cells[i]
-        yield payload
-
-
 _OPENINGS = ("opened", "flapping")
 
 
-def replay_kind(kind: str, header: list[str], columns: list[list[str]], settings: Settings,
-                device: Device) -> tuple[list[int], list[float], list[str], int]:
-    registry = {device.id: device}
-    pipeline = Pipeline(settings, registry, AlertEngine(settings.alerts))
-    learned = [r for r in pipeline.rules[kind] if isinstance(r, LearnedRule)]
-    topic = telemetry_topic(kind, device.id, settings.mqtt.topic_prefix)
-    encode = msgspec.json.Encoder().encode
-    alerts: list[int] = []
-    scores: list[float] = []
-    opened_rules: list[str] = []
-    invalid = 0
-    for payload in _kind_payloads(kind, header, columns):
-        for rule in learned:
-            rule.last_score = 0.0
-        out = Output()
-        pipeline.process(topic, encode(payload), payload["ts"], out)
-        if out.dead_letters:
-            invalid += 1
-        opened = ";".join(t.alert.rule for t in out.transitions if t.transition in _OPENINGS)
-        alerts.append(1 if opened else 0)
-        opened_rules.append(opened)
-        scores.append(max((r.last_score for r in learned), default=0.0))
-    return alerts, scores, opened_rules, invalid
+class KindReplay:
+    """A kind's rows through the real pipeline core, as one synthetic device."""
+
+    def __init__(self, kind: str, header: list[str], settings: Settings, device: Device) -> None:
+        fields = KIND_FIELDS[kind]
+        if "timestamp" not in header:
+            raise ReplayError("the header needs a timestamp column")
+        unknown = [h for h in header if h != "timestamp" and h not in fields and h not in _COMMON]
+        if unknown:
+            raise ReplayError(f"unknown columns for kind {kind}: {', '.join(unknown)} "
+                              f"(expected {', '.join(fields + _COMMON)})")
+        if fields[0] not in header:
+            raise ReplayError(f"kind {kind} needs a {fields[0]} column")
+        self.header = header
+        self.pipeline = Pipeline(settings, {device.id: device}, AlertEngine(settings.alerts))
+        self.learned = [r for r in self.pipeline.rules[kind] if isinstance(r, LearnedRule)]
+        self.topic = telemetry_topic(kind, device.id, settings.mqtt.topic_prefix)
+        self.encode = msgspec.json.Encoder().encode
+        self.invalid = 0
+
+    def _payloads(self, columns: list[list[str]], first_row: int) -> Iterator[dict[str, Any]]:
+        ts = parse_timestamps(columns[self.header.index("timestamp")], first_row).tolist()
+        numeric: dict[str, list[float]] = {}
+        text: dict[str, list[str]] = {}
+        for name, column in zip(self.header, columns, strict=True):
+            if name == "timestamp":
+                continue
+            if name in ("event", "user"):
+                text[name] = [c.strip() for c in column]
+            elif name == "occupied":
+                numeric[name] = [1.0 if c.strip().lower() in _TRUE else 0.0 if c.strip() else math.nan
+                                 for c in column]
+            else:
+                numeric[name] = parse_numbers(column).tolist()
+        for i, t in enumerate(ts):
+            payload: dict[str, Any] = {"ts": t}
+            for name, values in numeric.items():
+                v = values[i]
+                if v == v:  # not NaN: an empty cell is a missing field
+                    payload[name] = bool(v) if name == "occupied" else int(v) if name == "seq" else v
+            for name, cells in text.items():
+                if cells[i]:
+                    payload[name] = cells[i]
+            yield payload
+
+    def run(self, columns: list[list[str]], first_row: int) -> tuple[list[int], list[float], list[str] | None]:
+        alerts: list[int] = []
+        scores: list[float] = []
+        opened_rules: list[str] = []
+        for payload in self._payloads(columns, first_row):
+            for rule in self.learned:
+                rule.last_score = 0.0
+            out = Output()
+            self.pipeline.process(self.topic, self.encode(payload), payload["ts"], out)
+            if out.dead_letters:
+                self.invalid += 1
+            opened = ";".join(t.alert.rule for t in out.transitions if t.transition in _OPENINGS)
+            alerts.append(1 if opened else 0)
+            opened_rules.append(opened)
+            scores.append(max((r.last_score for r in self.learned), default=0.0))
+        return alerts, scores, opened_rules
 
 
 def replay_device(kind: str, tenants: int | None = None, zone_class: str | None = None,
@@ -232,34 +256,80 @@ def replay_device(kind: str, tenants: int | None = None, zone_class: str | None 
                   max_stay_min=max_stay_min, no_parking=no_parking, interval_s=interval_s)
 
 
-def replay(input_path: Path, output_path: Path, kind: str | None = None, settings: Settings | None = None,
-           device: Device | None = None) -> ReplayStats:
-    """Replay `input_path` into `output_path`; returns counts and timing."""
-    started = time.perf_counter()
+# -- files --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _output(path: Path) -> Iterator[TextIO]:
+    """stdout for `-`; else a temporary file beside `path`, renamed onto it only when all is written."""
+    if str(path) == "-":
+        stream = click.get_text_stream("stdout")
+        yield stream
+        stream.flush()
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(input_path, newline="") as handle:
-            header, columns = read_columns(handle)
+        with open(tmp, "w", newline="") as handle:
+            yield handle
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ReplayError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def replay(input_path: Path, output_path: Path, kind: str | None = None, settings: Settings | None = None,
+           device: Device | None = None, on_progress: Callable[[int, int], None] | None = None) -> ReplayStats:
+    """Replay `input_path` into `output_path` (`-`: stdout), a chunk at a time; returns counts and
+    timing. `on_progress(bytes_read, bytes_total)` is called after each chunk."""
+    started = time.perf_counter()
+    stats = ReplayStats()
+    try:
+        raw = open(input_path, "rb")  # noqa: SIM115 (closed below; the error message is ours)
+        total = os.fstat(raw.fileno()).st_size
     except OSError as exc:
         raise ReplayError(f"cannot read {input_path}: {exc.strerror}") from None
-    stamps = columns[header.index("timestamp")] if "timestamp" in header else []
-    invalid = 0
-    rules: list[str] | None = None
-    if kind is None:
-        alerts, scores = replay_generic(header, columns)
-    else:
-        if kind not in KINDS:
-            raise ReplayError(f"unknown kind {kind}")
-        alerts, scores, rules, invalid = replay_kind(kind, header, columns, settings or load_settings(None),
-                                                     device or replay_device(kind))
-    with open(output_path, "w", newline="") as handle:
-        write_rows(handle, stamps, alerts, scores, rules)
-    return ReplayStats(len(alerts), sum(alerts), invalid, time.perf_counter() - started)
+    try:
+        # raw.tell(): how far the reading is; utf-8-sig: a spreadsheet's BOM is fine
+        with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as source:
+            reader = csv.reader(source)
+            header = read_header(reader)
+            replayer: GenericReplay | KindReplay
+            if kind is None:
+                replayer = GenericReplay(header)
+            else:
+                if kind not in KINDS:
+                    raise ReplayError(f"unknown kind {kind}")
+                replayer = KindReplay(kind, header, settings or load_settings(None), device or replay_device(kind))
+            ts_col = header.index("timestamp")
+            with _output(output_path) as handle:
+                writer = csv.writer(handle, lineterminator="\n")
+                writer.writerow(("timestamp", "is_alert", "anomaly_score") + (("rules",) if kind else ()))
+                for columns in read_chunks(reader, len(header)):
+                    alerts, scores, rules = replayer.run(columns, stats.rows + 2)
+                    formatted = (f"{s:.6f}" for s in scores)
+                    if rules is None:
+                        writer.writerows(zip(columns[ts_col], alerts, formatted, strict=True))
+                    else:
+                        writer.writerows(zip(columns[ts_col], alerts, formatted, rules, strict=True))
+                    stats.rows += len(alerts)
+                    stats.alerts += sum(alerts)
+                    if on_progress is not None:
+                        on_progress(raw.tell(), total)
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        raise ReplayError(f"{input_path}: not UTF-8 (byte 0x{byte:02x}); save it as CSV UTF-8") from None
+    stats.invalid = replayer.invalid
+    stats.seconds = time.perf_counter() - started
+    return stats
 
 
 @click.command("replay")
 @click.argument("input_path", metavar="INPUT.csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write timestamp,is_alert,anomaly_score (and, with --kind, rules).")
+@click.option("--out", "output_path", required=True, type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              help="Where to write timestamp,is_alert,anomaly_score (and, with --kind, rules); - for stdout.")
 @click.option("--kind", type=click.Choice(KINDS), default=None,
               help="Device kind of the rows (default: a generic numeric signal, timestamp,value).")
 @click.option("--tenants", type=int, default=None, help="lock: registered tenants.")
@@ -273,21 +343,28 @@ def replay_command(ctx: click.Context, input_path: Path, output_path: Path, kind
                    tenants: int | None, zone_class: str | None, max_stay_min: float | None, no_parking: bool,
                    interval_s: float) -> None:
     """Run the detectors over INPUT.csv one row at a time, with no look-ahead."""
+    from citywatch import progress
+    from citywatch.i18n import DEFAULT_LANGUAGE, translator
+
+    try:  # messages in the configured language (the settings are read only for it without --kind)
+        language = (getattr(ctx.obj, "settings", None) or load_settings()).language
+    except CitywatchError:
+        language = DEFAULT_LANGUAGE
+    t = translator(language)
     try:
         settings = getattr(ctx.obj, "settings", None) if kind else None
         if kind and settings is None:
             settings = load_settings()
         device = replay_device(kind, tenants, zone_class, max_stay_min, no_parking, interval_s) if kind else None
-        stats = replay(input_path, output_path, kind, settings, device)
+        to_stdout = str(output_path) == "-"
+        # a bar on stderr, unless the rows themselves go to that same terminal
+        with progress.bar(t.gettext("replaying {file}", file=input_path.name), total=input_path.stat().st_size,
+                          unit="bytes", show=not (to_stdout and progress.enabled(sys.stdout))) as bar:
+            stats = replay(input_path, output_path, kind, settings, device,
+                           on_progress=lambda done, total: bar.update(done, total))
     except CitywatchError as exc:
         raise click.ClickException(str(exc)) from None
-    from citywatch.i18n import DEFAULT_LANGUAGE, translator
-
-    try:  # the summary in the configured language (the settings are read only for it without --kind)
-        language = (settings or getattr(ctx.obj, "settings", None) or load_settings()).language
-    except CitywatchError:
-        language = DEFAULT_LANGUAGE
-    click.echo(translator(language).gettext(
+    click.echo(t.gettext(
         "{rows} rows, {alerts} alerts opened, {invalid} invalid rows, {rate} rows/s -> {out}", rows=stats.rows,
         alerts=stats.alerts, invalid=stats.invalid, rate=format(stats.rows_per_s, ",.0f"), out=output_path), err=True)
 
