@@ -80,7 +80,7 @@ def test_add_prints_the_password_once_and_stores_only_its_hash(config: Path, reg
             device.thresholds) == ("Nanhu", "G1", "1 Zhongshan Rd", 30.75, 120.75, 300.0, {"gas.level1_pct": 20.0})
 
     shown_again = cli(config, "devices", "show", "gas-1").stdout
-    assert password not in shown_again and stored not in shown_again and "password: True" in shown_again
+    assert password not in shown_again and stored not in shown_again and "password: set" in shown_again
     assert json.loads(cli(config, "devices", "show", "gas-1", "--json").stdout)["address"] == "1 Zhongshan Rd"
 
 

@@ -87,9 +87,10 @@ def _sync_options(fn: Callable[..., None]) -> Callable[..., None]:
 
 
 def _sync(registry: Any, auth_dir: Path | None, pid_file: Path | None) -> None:
-    if auth_dir is None:
-        click.echo(_("broker accounts change once you run `citywatch devices mosquitto-auth --out DIR --reload`"),
-                   err=True)
+    if auth_dir is None:  # the command as printed works once DIR and FILE are filled in (tests/test_cli_guides.py)
+        click.echo(_("broker accounts change once you run `citywatch devices mosquitto-auth --out DIR --reload "
+                     "--pid-file FILE` (DIR: the directory of Mosquitto's password_file and acl_file; FILE: its "
+                     "pid_file)"), err=True)
         return
     _write_auth(registry, auth_dir, None, reload=pid_file is not None, pid=None, pid_file=pid_file)
 
@@ -158,41 +159,54 @@ def devices_add(device_id: str, kind: str, thresholds: tuple[str, ...], broker_u
 @click.option("--secrets-out", type=click.Path(path_type=Path, allow_dash=True),
               help="Where the new passwords go: a new file (CSV, mode 0600; never overwritten), or - for stdout.")
 @click.option("--dry-run", is_flag=True, help="Only check the file.")
+@click.option("--update", is_flag=True, help="Also change registered devices to their rows (a corrected sheet): "
+              "new ids are added, registered ones get the row's attributes; all rows or none.")
 @_broker_option
 @_sync_options
 @_friendly
-def devices_import(csv_file: Any, secrets_out: Path | None, dry_run: bool, broker_url: str | None,
+def devices_import(csv_file: Any, secrets_out: Path | None, dry_run: bool, update: bool, broker_url: str | None,
                    auth_dir: Path | None, pid_file: Path | None) -> None:
     """Register every device in a CSV (all rows or none).
 
     Columns: id,kind (required), district, grid, address, lat, lon, interval_s, zone_class, tenants,
     max_stay_min, no_parking, thresholds (`key=value;key=value`), community, city (optional). Each
     device gets a password; --secrets-out is required so hundreds of passwords do not land in a
-    terminal or a CI log.
+    terminal or a CI log. With --update, rows of registered ids replace those devices' attributes
+    (an empty cell is the default; kind, status, password and registration time stay).
     """
-    from citywatch.devices.importer import import_csv, parse_csv
+    from citywatch import progress
+    from citywatch.devices.importer import apply_import, plan_import
 
     text = _csv_text(csv_file.read(), csv_file.name)
     s = _settings()
     with _registry() as registry:
+        with progress.bar(_("checking {file}", file=csv_file.name), total=text.count("\n") or None) as bar:
+            plan = plan_import(registry, text, _install(), update, on_row=bar.advance)
+        counts = _("{added} to add, {updated} to update, {unchanged} unchanged", added=len(plan.added),
+                   updated=len(plan.updated), unchanged=len(plan.unchanged))
         if dry_run:
-            found = parse_csv(text, {d.id for d in registry.all()}, _install())
+            found = len(plan.added) + len(plan.updated) + len(plan.unchanged)
             click.echo(ngettext("{n} device OK; nothing written (dry run)", "{n} devices OK; nothing written (dry run)",
-                                len(found), n=len(found)))
+                                found, n=found) + (f" ({counts})" if update else ""))
             return
-        if secrets_out is None:
-            raise click.UsageError(_("give --secrets-out FILE (or - to print the passwords)"))
         to_file = None if str(secrets_out) == "-" else secrets_out
+        if secrets_out is None and (plan.added or not update):
+            raise click.UsageError(_("give --secrets-out FILE (or - to print the passwords)"))
         from citywatch.people.audit import Actor, device_hook
 
         registry.on_change = device_hook(Actor.cli(), {"add": "import"}, f"from {csv_file.name}")
-        issued = import_csv(registry, text, _install(), to_file, broker_url or s.mqtt.url, s.mqtt.topic_prefix)
-        if to_file is None:
+        with progress.bar(_("issuing passwords"), total=len(plan.added)) as issuing, \
+                progress.bar(_("writing the registry"), total=len(plan.added) + len(plan.updated)) as writing:
+            issued = apply_import(registry, plan, to_file, broker_url or s.mqtt.url, s.mqtt.topic_prefix,
+                                  on_password=issuing.advance, on_write=writing.advance)
+        if to_file is None and issued:
             click.echo("id,password")
             for device, password in issued:
                 click.echo(f"{device.id},{password}")
         imported = ngettext("imported {n} device", "imported {n} devices", len(issued), n=len(issued))
-        click.echo(imported + (_("; passwords in {file}", file=to_file) if to_file else ""), err=True)
+        if update:
+            imported += _("; updated {n}, {unchanged} unchanged", n=len(plan.updated), unchanged=len(plan.unchanged))
+        click.echo(imported + (_("; passwords in {file}", file=to_file) if to_file and issued else ""), err=True)
         _sync(registry, auth_dir, pid_file)
 
 
@@ -242,12 +256,28 @@ def devices_show(device_id: str, as_json: bool) -> None:
         return
     t = i18n.current()
     for key, value in info.items():
-        if key == "created_at":
-            value = i18n.local_time(value or None, seconds=True)
-        elif key == "kind":
-            value = label(t, "kind", value)
         name = label(t, "device attribute", key)
-        click.echo(_("{key}: {value}", key=name, value="-" if value is None else for_terminal(str(value))))
+        click.echo(_("{key}: {value}", key=name, value=_shown(t, key, value)))
+
+
+def _shown(t: Any, key: str, value: Any) -> str:
+    """One attribute for people: local time with offset (not an epoch), thresholds as key=value
+    (not a Python dict), yes/no, labels for codes; device text escaped for the terminal."""
+    if key == "created_at":
+        return i18n.local_time(value or None, seconds=True)
+    if key == "kind":
+        return label(t, "kind", value)
+    if key == "enabled":
+        return label(t, "device status", "enabled" if value else "disabled")
+    if key == "password":
+        return _("set") if value else _("none (`citywatch devices rotate ID` gives one)")
+    if key == "thresholds":
+        return "; ".join(f"{k}={v:g}" for k, v in sorted(value.items())) if value else "-"
+    if isinstance(value, bool):
+        return _("yes") if value else _("no")
+    if value is None or value == "":
+        return "-"
+    return for_terminal(format(value, "g") if isinstance(value, float) else str(value))
 
 
 @devices.command("update")
@@ -380,6 +410,9 @@ def devices_mosquitto_auth(out_dir: Path, collector_password_file: Path | None, 
     mosquitto.conf: `allow_anonymous false`, `password_file DIR/passwd`, `acl_file DIR/acl`.
     Files are replaced atomically, mode 0640, owned by user mosquitto when run as root.
     """
+    if reload and pid is None and pid_file is None:
+        raise click.UsageError(_("--reload needs Mosquitto's pid: add --pid-file FILE (pid_file in mosquitto.conf) "
+                                 "or --pid N"))
     with _registry() as registry:
         _write_auth(registry, out_dir, collector_password_file, reload, pid, pid_file)
 
@@ -391,9 +424,12 @@ def _write_auth(registry: Any, out_dir: Path, collector_password_file: Path | No
     s = _settings()
     if reload:
         pid = broker_pid(pid, pid_file)  # a bad pid is refused before any file is replaced
+    from citywatch import progress
+
     collector = collector_secret(s, collector_password_file)
-    files = write_mosquitto_auth(out_dir, registry.credentials(), collector.username, collector.password,
-                                 s.mqtt.topic_prefix)
+    with progress.bar(_("writing the broker's password and acl files")):
+        files = write_mosquitto_auth(out_dir, registry.credentials(), collector.username, collector.password,
+                                     s.mqtt.topic_prefix)
     click.echo(_("wrote {passwd} and {acl}: {n} device accounts + collector {collector}", passwd=files.password_file,
                  acl=files.acl_file, n=files.devices, collector=collector.username), err=True)
     if files.skipped:

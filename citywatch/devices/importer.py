@@ -4,6 +4,11 @@ The whole file is checked first and every problem is reported with its line numb
 clean file is applied, in one SQLite transaction, so a bad row never leaves half a street
 registered. The new passwords go to a secrets file (mode 0600, never overwritten) written
 before the commit and removed if the commit fails, so no registered device lacks its password.
+
+With `update` (`devices import --update`) a corrected sheet can be imported again: rows of registered
+ids give those devices the row's attributes (an empty cell is the default, as for a new device; the
+kind, the enabled status, the password and the registration time stay), new ids are added with
+passwords, unchanged rows are left alone; still every row or none, each change audited.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import csv
 import io
 import math
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from citywatch.devices.attributes import InstallRules, check_install
 from citywatch.devices.credentials import device_broker_url, generate_password, hash_password
@@ -80,8 +88,8 @@ def _install(rules: Collection[str] | InstallRules) -> InstallRules:
     return rules if isinstance(rules, InstallRules) else InstallRules(rules)
 
 
-def row_to_device(row: dict[str, str], zone_classes: Collection[str] | InstallRules) -> Device:
-    """One CSV row to a checked Device; empty cells take the defaults."""
+def row_to_device(row: dict[str, str], zone_classes: Collection[str] | InstallRules, new: bool = True) -> Device:
+    """One CSV row to a checked Device; empty cells take the defaults (`new`: the id is chosen now)."""
     cells = {k: (v or "").strip() for k, v in row.items() if k in COLUMNS}
     for name in REQUIRED:
         if not cells.get(name):
@@ -101,7 +109,7 @@ def row_to_device(row: dict[str, str], zone_classes: Collection[str] | InstallRu
     if cells.get("thresholds"):
         attrs["thresholds"] = parse_thresholds(cells["thresholds"])
     device = Device(id=cells["id"], kind=cells["kind"], **attrs)
-    check_install(device, _install(zone_classes))
+    check_install(device, _install(zone_classes), new=new)
     return device
 
 
@@ -110,8 +118,11 @@ def _lines(first: int, last: int) -> str:
     return f"line {first}" if last <= first else f"line {first}-{last}"
 
 
-def parse_csv(text: str, registered: Collection[str], zone_classes: Collection[str] | InstallRules) -> list[Device]:
-    """Every row checked; raises CsvImportError listing all problems (duplicates included)."""
+def parse_csv(text: str, registered: Collection[str] | Mapping[str, str], zone_classes: Collection[str] | InstallRules,
+              *, update: bool = False, on_row: Callable[[], None] | None = None) -> list[Device]:
+    """Every row checked; raises CsvImportError listing all problems (duplicates included).
+    `registered`: the ids in the registry (a mapping id -> kind checks that `update` keeps each kind);
+    without `update` a registered id is a problem. `on_row()` after each record (a progress bar)."""
     install = _install(zone_classes)
     reader = csv.DictReader(io.StringIO(text))
     try:
@@ -135,20 +146,27 @@ def parse_csv(text: str, registered: Collection[str], zone_classes: Collection[s
             errors.append(f"{_lines(start, reader.line_num)}: {exc}; nothing after it was read")
             break
         line, where = reader.line_num, _lines(start, reader.line_num)
+        if on_row is not None:
+            on_row()
         if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
             continue
         if None in row:
             errors.append(f"{where}: more cells than columns")
             continue
+        known = update and (row.get("id") or "").strip() in registered
         try:
-            device = row_to_device(row, install)
+            device = row_to_device(row, install, new=not known)
         except DeviceError as exc:
             errors.append(f"{where}: {exc}")
             continue
         if device.id in first_line:
             errors.append(f"{where}: duplicate id {device.id} (first on line {first_line[device.id]})")
-        elif device.id in registered:
-            errors.append(f"{where}: device {device.id} is already registered")
+        elif device.id in registered and not update:
+            errors.append(f"{where}: device {device.id} is already registered (--update changes registered "
+                          "devices)")
+        elif known and isinstance(registered, Mapping) and registered[device.id] != device.kind:
+            errors.append(f"{where}: device {device.id} is registered as {registered[device.id]}, not "
+                          f"{device.kind}: a kind cannot change (remove the device, then import it)")
         first_line.setdefault(device.id, line)
         devices.append(device)
     if errors:
@@ -175,17 +193,60 @@ def write_secrets(path: Path, issued: list[tuple[Device, str]], broker_url: str,
                           status_topic(d.kind, d.id, prefix)])
 
 
-def import_csv(registry: Registry, text: str, zone_classes: Collection[str] | InstallRules, secrets_out: Path | None,
-               broker_url: str, prefix: str) -> list[tuple[Device, str]]:
-    """Check, issue passwords, write the secrets file, then insert all rows in one transaction."""
-    devices = parse_csv(text, {d.id for d in registry.all()}, zone_classes)
-    issued = [(d, generate_password()) for d in devices]
-    if secrets_out is not None:
+@dataclass
+class ImportPlan:
+    """What an import would do: devices to add, registered devices whose attributes change, rows
+    that match the registry already."""
+
+    added: list[Device] = field(default_factory=list)
+    updated: list[Device] = field(default_factory=list)
+    unchanged: list[Device] = field(default_factory=list)
+
+
+def plan_import(registry: Registry, text: str, zone_classes: Collection[str] | InstallRules, update: bool = False,
+                on_row: Callable[[], None] | None = None) -> ImportPlan:
+    """Check the whole file against the registry; raises CsvImportError listing every problem."""
+    current = {d.id: d for d in registry.all()}
+    plan = ImportPlan()
+    for device in parse_csv(text, {i: d.kind for i, d in current.items()}, zone_classes, update=update,
+                            on_row=on_row):
+        before = current.get(device.id)
+        if before is None:
+            plan.added.append(device)
+        elif msgspec.structs.replace(device, enabled=before.enabled, created_at=before.created_at) == before:
+            plan.unchanged.append(device)
+        else:
+            plan.updated.append(device)
+    return plan
+
+
+def apply_import(registry: Registry, plan: ImportPlan, secrets_out: Path | None, broker_url: str, prefix: str,
+                 on_password: Callable[[], None] | None = None,
+                 on_write: Callable[[], None] | None = None) -> list[tuple[Device, str]]:
+    """Issue the new devices' passwords, write the secrets file, then add and update every row in one
+    transaction (the secrets file is removed if that fails). Returns the new devices and passwords."""
+    issued: list[tuple[Device, str]] = []
+    for d in plan.added:
+        issued.append((d, generate_password()))
+    hashed: list[tuple[Device, str | None]] = []
+    for d, p in issued:
+        hashed.append((d, hash_password(p)))
+        if on_password is not None:
+            on_password()
+    if secrets_out is not None and issued:
         write_secrets(secrets_out, issued, broker_url, prefix)
     try:
-        added = registry.add_many([(d, hash_password(p)) for d, p in issued])
+        added = registry.import_many(hashed, plan.updated, on_each=on_write)
     except BaseException:
-        if secrets_out is not None:
+        if secrets_out is not None and issued:
             secrets_out.unlink(missing_ok=True)
         raise
     return [(d, p) for d, (_, p) in zip(added, issued, strict=True)]
+
+
+def import_csv(registry: Registry, text: str, zone_classes: Collection[str] | InstallRules, secrets_out: Path | None,
+               broker_url: str, prefix: str, update: bool = False) -> list[tuple[Device, str]]:
+    """Check, issue passwords, write the secrets file, then insert (and with `update`, update) all
+    rows in one transaction."""
+    plan = plan_import(registry, text, zone_classes, update)
+    return apply_import(registry, plan, secrets_out, broker_url, prefix)

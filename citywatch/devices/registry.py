@@ -166,11 +166,21 @@ class Registry:
 
     def add_many(self, items: list[tuple[Device, str | None]]) -> list[Device]:
         """Insert all devices in one transaction; a duplicate id rolls back every row."""
-        for device, _ in items:
+        return self.import_many(items, [])
+
+    def import_many(self, added: list[tuple[Device, str | None]], updated: list[Device],
+                    on_each: Callable[[], None] | None = None) -> list[Device]:
+        """Insert `added` and give the registered devices in `updated` those attributes (their kind,
+        status, password and registration time stay), all in one transaction: every row or none
+        (`devices import [--update]`). `on_each()` after each row (a progress bar). Returns `added`
+        as stored."""
+        for device, _ in added:
+            validate_device(device)
+        for device in updated:
             validate_device(device)
         now = time.time()
         with self._transaction() as conn:
-            for device, password_hash in items:
+            for device, password_hash in added:
                 try:
                     conn.execute(
                         "INSERT INTO devices (id, kind, attrs, enabled, password_hash, created_at, updated_at)"
@@ -180,7 +190,19 @@ class Registry:
                 except sqlite3.IntegrityError:
                     raise DeviceError(f"device {device.id} already exists") from None
                 self._changed("add", device.id, None, msgspec.structs.replace(device, created_at=now))
-        return [msgspec.structs.replace(device, created_at=now) for device, _ in items]
+                if on_each is not None:
+                    on_each()
+            for device in updated:
+                before = self.require(device.id)
+                if before.kind != device.kind:
+                    raise DeviceError(f"device {device.id} is a {before.kind} device, not {device.kind}")
+                after = msgspec.structs.replace(device, enabled=before.enabled, created_at=before.created_at)
+                conn.execute("UPDATE devices SET attrs = ?, updated_at = ? WHERE id = ?",
+                             (_attrs(after), now, device.id))
+                self._changed("update", device.id, before, after)
+                if on_each is not None:
+                    on_each()
+        return [msgspec.structs.replace(device, created_at=now) for device, _ in added]
 
     def get(self, device_id: str) -> Device | None:
         row = self.conn.execute(
