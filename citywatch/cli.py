@@ -55,7 +55,33 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+def _version() -> str:
+    """The installed distribution's version (the package's own when run from a source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("citywatch")
+    except PackageNotFoundError:
+        from citywatch import __version__
+
+        return __version__
+
+
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """--version: the version, the Python, and whether the hot path is compiled (citywatch/native.py)."""
+    if not value or ctx.resilient_parsing:
+        return
+    import platform
+
+    from citywatch.native import describe
+
+    click.echo(f"citywatch {_version()} (Python {platform.python_version()}; hot path: {describe()})")
+    ctx.exit()
+
+
 @click.group()
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="Print the version and exit.")
 @click.option("--config", "config", type=click.Path(path_type=Path), envvar="CITYWATCH_CONFIG",
               help="config.yaml to use (default: ./config.yaml if present).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Override data_dir.")
@@ -125,11 +151,22 @@ def demo(ctx: Context, duration: float, n_devices: int, speed: float, quiet: boo
 def simulate(ctx: Context, url: str | None, n_devices: int, duration: float, rate: float | None,
              seed: int, register: bool) -> None:
     """Publish simulated telemetry of all kinds (with incidents) to a broker."""
+    from urllib.parse import urlsplit
+
+    from citywatch import progress
+    from citywatch.cli_errors import UsageProblem
     from citywatch.devices.registry import Registry, registry_path
     from citywatch.ingest.publisher import publish_sync
     from citywatch.ingest.simulator import Simulator, make_devices
+    from citywatch.logs import mask_url_credentials
 
     settings = ctx.settings
+    broker = url or settings.mqtt.url
+    where = mask_url_credentials(broker)
+    parts = urlsplit(broker)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise UsageProblem(_("{url} is not an MQTT broker URL: give mqtt://HOST:1883 or mqtts://HOST:8883 (--url, or "
+                             "mqtt.url in config.yaml)", url=where))
     devices = make_devices(n_devices, seed=seed)
     if register:
         from citywatch.people.audit import Actor, device_hook, ensure_schema
@@ -144,8 +181,13 @@ def simulate(ctx: Context, url: str | None, n_devices: int, duration: float, rat
         registry.close()
         click.echo(ngettext("registered {n} device", "registered {n} devices", added, n=added))
     sim = Simulator(devices, seed=seed, start=time.time() - duration)
-    messages = [(topic, payload) for topic, payload, _ in sim.messages(duration)]
-    sent = publish_sync(url or settings.mqtt.url, messages, qos=1, rate=rate)
+    with progress.bar(_("simulating {devices} devices", devices=len(devices))):
+        messages = [(topic, payload) for topic, payload, _ in sim.messages(duration)]
+    try:
+        sent = publish_sync(broker, progress.track(messages, _("publishing to {url}", url=where)), qos=1, rate=rate)
+    except (ConnectionError, TimeoutError, OSError) as exc:  # refused, unreachable, no answer, a TLS failure
+        raise click.ClickException(_("{error}: is the broker running and reachable there? Check --url (or mqtt.url), "
+                                     "and for mqtts:// its certificate", error=exc)) from None
     click.echo(_("published {n} messages from {devices} devices", n=sent, devices=len(devices)))
 
 
@@ -252,14 +294,23 @@ def alerts_resolve(ctx: Context, alert_id: str, by: str) -> None:
 
 @main.command()
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
-@click.option("--reason", default=None)
+@click.option("--reason", default=None, help="Only this reason (e.g. malformed_json, unknown_device).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def deadletters(ctx: Context, limit: int, reason: str | None, as_json: bool) -> None:
     """Messages that could not be processed, with the reason (newest first)."""
+    from citywatch.labels import codes
+
     store = _store(ctx, ("dead_letters", "counters"))
-    found = store.dead_letters(limit, reason)
     counts = store.dead_letter_counts()  # every dead letter ever, by reason (exact: counters, not rows)
+    known = codes("dead letter reason") | set(counts)
+    if reason is not None and reason not in known:
+        store.close()
+        from citywatch.cli_errors import UsageProblem
+
+        raise UsageProblem(_("unknown reason {reason}: give one of {known}", reason=repr(reason),
+                             known=", ".join(sorted(known))))
+    found = store.dead_letters(limit, reason)
     sampled = store.sampled_out_counts()
     store.close()
     if as_json:
@@ -328,9 +379,11 @@ def storage(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def backup_command(ctx: Context, out: Path) -> None:
     """Back up registry.db and state.db (SQLite online backup: safe while `citywatch run` runs)."""
+    from citywatch import progress
     from citywatch.backup import backup
 
-    manifest = backup(ctx.settings.data_dir, out)
+    with progress.bar(_("backing up registry.db and state.db")):
+        manifest = backup(ctx.settings.data_dir, out)
     sizes = ", ".join(f"{name} {_mb(f['bytes'])}" for name, f in manifest["files"].items())
     click.echo(_("backup written to {out} ({sizes}; {created})", out=out, sizes=sizes, created=manifest["created_at"]))
 
@@ -343,10 +396,12 @@ def backup_command(ctx: Context, out: Path) -> None:
 @pass_ctx
 def restore_command(ctx: Context, archive: Path, target: Path | None, force: bool) -> None:
     """Restore a backup's databases (refused while a runner holds the data directory)."""
+    from citywatch import progress
     from citywatch.backup import restore
 
     data_dir = target or ctx.data_dir or ctx.settings.data_dir
-    manifest = restore(archive, data_dir, force=force)
+    with progress.bar(_("checking and restoring {file}", file=archive.name)):
+        manifest = restore(archive, data_dir, force=force)
     click.echo(_("restored {files} from {created} into {dir}", files=", ".join(manifest["files"]),
                  created=manifest["created_at"], dir=data_dir))
 

@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from citywatch import progress
 from citywatch.config import load_settings
 from citywatch.devices.registry import Registry, registry_path
+from citywatch.i18n import _
 from citywatch.ingest.publisher import publish
 from citywatch.ingest.simulator import (
     RoadWorks,
@@ -191,8 +193,9 @@ async def run_demo(data_dir: Path | None, duration: float, n_devices: int, speed
         echo(f"publishing {len(stream)} messages from {len(devices)} devices over ~{duration:.0f} s "
              f"({sim_seconds / 3600:.1f} simulated hours, {len(sim.incidents_log)} scripted incidents, a storm over "
              f"{STORM_DISTRICT}, road works on {WORKS_STREET} under silence {silence.id})")
-    summary.published = await publish(broker_url, stream, qos=1, rate=len(stream) / max(duration * 0.8, 1.0),
-                                      client_id="citywatch-demo-sim")
+    # a bar on stderr when it is a terminal (citywatch/progress.py); the transitions print above it
+    summary.published = await publish(broker_url, progress.track(stream, _("publishing the simulated city")), qos=1,
+                                      rate=len(stream) / max(duration * 0.8, 1.0), client_id="citywatch-demo-sim")
     summary.bad_published = len(bad)
 
     def settled() -> bool:
@@ -200,12 +203,14 @@ async def run_demo(data_dir: Path | None, duration: float, n_devices: int, speed
         return c["received"] >= summary.published and runner.delivery.stats().get("pending", 0) == 0
 
     deadline = time.monotonic() + max(30.0, duration)
-    while not settled() and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    # at most one more follow-up window, so the last rectifications can be verified (or found overdue)
-    follow_up_end = min(time.monotonic() + follow_up_s + 1.0, deadline)
-    while any(a.status == "verifying" for a in runner.engine.by_id.values()) and time.monotonic() < follow_up_end:
-        await asyncio.sleep(0.1)
+    with progress.bar(_("waiting for the pipeline, the webhooks and the follow-up windows")):
+        while not settled() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        # at most one more follow-up window, so the last rectifications can be verified (or found overdue)
+        follow_up_end = min(time.monotonic() + follow_up_s + 1.0, deadline)
+        while any(a.status == "verifying" for a in runner.engine.by_id.values()) \
+                and time.monotonic() < follow_up_end:
+            await asyncio.sleep(0.1)
     stop.set()
     await task
     dispatch.stop()

@@ -195,7 +195,7 @@ def _from_environment() -> tuple[str, str]:
         language = DEFAULT_LANGUAGE
     try:
         ZoneInfo(timezone or DEFAULT_TIMEZONE)
-    except (ValueError, OSError):
+    except (ValueError, OSError, KeyError):  # ZoneInfoNotFoundError is a KeyError: the settings report it
         timezone = ""
     return language, timezone or DEFAULT_TIMEZONE
 

@@ -68,11 +68,14 @@ def build_command(out_dir: Path, check: bool, language: str | None) -> None:
 @_language_option
 def push_command(url: str, token: str | None, folder: str, source: Path | None, language: str | None) -> None:
     """Upload the dashboards to a running Grafana (create or overwrite)."""
+    from citywatch import progress
     from citywatch.dashboards.push import PushError, load_dashboards, push
 
     built, t = _languages(language)
     try:
-        pushed = push(url, token, load_dashboards(source, built), folder=folder)
+        found = load_dashboards(source, built)
+        with progress.bar(t.gettext("pushing dashboards to {url}", url=url), total=len(found)) as bar:
+            pushed = push(url, token, found, folder=folder, on_each=bar.advance)
     except PushError as exc:
         raise click.ClickException(str(exc)) from None
     for p in pushed:

@@ -245,7 +245,8 @@ class EmbeddedRunner:
         try:
             app_runner = await start_api(self, api)
         except OSError as exc:
-            self.fatal = f"fatal: cannot serve the API on {api.host}:{api.port}: {exc.strerror or exc}"
+            self.fatal = (f"fatal: cannot serve the API on {api.host}:{api.port}: {exc.strerror or exc}; stop what "
+                          "listens there or set api.port (CITYWATCH_API__PORT) or api.host")
             log.critical("%s", self.fatal)
             return False
         self.lock.set_api(f"{api.host}:{self.api_port}")

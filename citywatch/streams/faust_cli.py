@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import socket
 import sys
@@ -23,6 +24,7 @@ import click
 
 from citywatch.config import Settings
 from citywatch.errors import CitywatchError
+from citywatch.i18n import _
 
 _KAFKA_OPTIONS = (
     click.option("--bootstrap", envvar="CITYWATCH_KAFKA__BOOTSTRAP", default=None,
@@ -56,6 +58,27 @@ def _kafka(settings: Settings, bootstrap: str | None, partitions: int | None, ap
     update = {k: v for k, v in (("bootstrap", bootstrap), ("partitions", partitions), ("app_id", app_id))
               if v is not None}
     return KafkaSettings.model_validate({**kafka.model_dump(), **update}) if update else kafka
+
+
+def check_kafka(kafka: Any) -> None:
+    """Reach Kafka and create the topics before a worker starts: a broker that is down or refuses us
+    is one line saying what to do (exit 1), not aiokafka's log line and a traceback."""
+    from aiokafka.errors import KafkaError
+
+    from citywatch.streams.bridge import ensure_topics
+
+    quiet = logging.getLogger("aiokafka")  # its own "Unable connect to ..." line: the error below says it
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        asyncio.run(ensure_topics(kafka))
+    except (KafkaError, OSError) as exc:
+        raise click.ClickException(_(
+            "cannot reach Kafka at {bootstrap} ({error}): start it, or give its address with --bootstrap "
+            "(kafka.bootstrap, CITYWATCH_KAFKA__BOOTSTRAP); for SASL/TLS check kafka.security_protocol and the "
+            "login", bootstrap=kafka.bootstrap, error=str(exc) or type(exc).__name__)) from None
+    finally:
+        quiet.setLevel(level)
 
 
 def heartbeat_path(data_dir: Path, what: str, name: str) -> Path:
@@ -112,6 +135,7 @@ def worker_command(ctx: click.Context, role: str, worker_id: str | None, logleve
     settings = _settings(ctx)
     kafka = _kafka(settings, bootstrap, partitions, app_id)
     try:
+        check_kafka(kafka)
         run_worker(settings, kafka, role, worker_id, loglevel)
     except CitywatchError as exc:
         raise click.ClickException(str(exc)) from None
