@@ -202,6 +202,8 @@ def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
     from citywatch.console import app as console  # noqa: PLC0415 (the operator console at /console)
     console.register(app)
     metrics.register(app, runner)  # GET /metrics (Prometheus), open unless api.metrics_auth
+    from citywatch import openapi  # noqa: PLC0415 (it imports the route modules, which import this one)
+    openapi.register(app)  # GET /openapi.json: OpenAPI 3.1 of every route above (open, like /health)
     return app
 
 

@@ -53,7 +53,7 @@ from citywatch.ratelog import LogLimiter
 
 log = logging.getLogger("citywatch.api.auth")
 
-OPEN_PATHS = frozenset({"/health", "/ready"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json"})  # the API's description names no secret
 SIGNED_PATHS = frozenset({"/dispatch/events"})  # the dispatch system signs each message instead
 # The operator console (citywatch/console/app.py) authenticates by its session cookie instead of a bearer
 # token and asks the same policy itself (its own CSRF checks and audit of refusals).
