@@ -411,7 +411,9 @@ def devices_mosquitto_auth(out_dir: Path, collector_password_file: Path | None, 
     Files are replaced atomically, mode 0640, owned by user mosquitto when run as root.
     """
     if reload and pid is None and pid_file is None:
-        raise click.UsageError(_("--reload needs Mosquitto's pid: add --pid-file FILE (pid_file in mosquitto.conf) "
+        from citywatch.cli_errors import UsageProblem
+
+        raise UsageProblem(_("--reload needs Mosquitto's pid: add --pid-file FILE (pid_file in mosquitto.conf) "
                                  "or --pid N"))
     with _registry() as registry:
         _write_auth(registry, out_dir, collector_password_file, reload, pid, pid_file)
