@@ -207,7 +207,8 @@ def devices_import(csv_file: Any, secrets_out: Path | None, dry_run: bool, updat
         if update:
             imported += _("; updated {n}, {unchanged} unchanged", n=len(plan.updated), unchanged=len(plan.unchanged))
         click.echo(imported + (_("; passwords in {file}", file=to_file) if to_file and issued else ""), err=True)
-        _sync(registry, auth_dir, pid_file)
+        if issued:  # updates change no broker account (id, kind, status and password stay)
+            _sync(registry, auth_dir, pid_file)
 
 
 @devices.command("list")
