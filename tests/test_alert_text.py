@@ -134,10 +134,10 @@ def reasons_in_code() -> dict[str, str]:
             elif isinstance(node, ast.FunctionDef) and node.name == "_due_escalation":
                 candidates += [r.value.elts[1] for r in ast.walk(node)
                                if isinstance(r, ast.Return) and isinstance(r.value, ast.Tuple)]
-            elif isinstance(node, ast.Dict) and {getattr(k, "value", None) for k in node.keys} >= {"on_site",
-                                                                                                 "rejected"}:
-                if any(isinstance(v, ast.JoinedStr) for v in node.values):  # the wording, not a status map
-                    candidates += node.values
+            elif (isinstance(node, ast.Dict) and {getattr(k, "value", None) for k in node.keys} >= {"on_site",
+                                                                                                  "rejected"}
+                  and any(isinstance(v, ast.JoinedStr) for v in node.values)):  # the wording, not a status map
+                candidates += node.values
             for arg in candidates:
                 skeleton = _skeleton(arg)
                 if skeleton is not None and skeleton:

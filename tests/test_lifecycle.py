@@ -160,7 +160,7 @@ def test_latched_alert_waits_for_a_person() -> None:
 def test_a_persons_transition_id_can_never_be_the_engines_own() -> None:
     """Finding: an ack written by a second engine took id <alert>.N, and the owner's next transition
     (a rise to critical) got the same id and was dropped as a repeat."""
-    owner, other = engine(), engine()
+    owner = engine()
     opened = run(owner, [active()])[0]
     other_copy = AlertEngine(AlertSettings(), [opened.alert.__copy__()])
     ack = other_copy.acknowledge(opened.alert_id, "cli", T0 + 60)
