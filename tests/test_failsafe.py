@@ -109,3 +109,14 @@ def test_an_online_status_re_arms_the_offline_timer_across_a_restart() -> None:
     late = Output()
     restarted.tick(T0 + 182, late)
     assert opened(late) == ["device_offline"]  # armed from the online status, not forgotten by the restart
+
+
+def test_a_brute_force_burst_delivered_hours_late_still_alarms() -> None:
+    """Found by the property test: failures more than an hour older than the newest one were dropped,
+    so a burst delivered late (a gateway's backlog) opened nothing."""
+    lock = Device(id="l1", kind="lock")
+    p = make_pipeline(lock)
+    for i in range(11):  # scattered failures over the last three hours, in order
+        feed(p, lock, T0 + i * 1080, event="unlock_fail")
+    late = [feed(p, lock, T0 - 3600 + 30 * i, event="unlock_fail") for i in range(5)]  # 2 min burst, 4 h late
+    assert [opened(out) for out in late][-1] == ["lock_brute_force"]

@@ -37,14 +37,14 @@ class LockEventAlarm:
 class LockBruteForce:
     """`fail_count` failed unlocks within `fail_window_s` (event time), whatever order they arrive in.
 
-    Keeps the failure times of the last `LATE_HORIZON_S` before the newest one (at most
-    `MAX_KEPT`), sorted, so a failure delivered late still completes the burst it belongs to; state
-    stays bounded."""
+    Keeps failure times sorted, so a failure delivered late still completes the burst it belongs to:
+    at most `MAX_KEPT` (the newest), and beyond `2 * fail_count` of them only those within
+    `LATE_HORIZON_S` of the newest. A quiet lock keeps a handful; state stays bounded."""
 
     name = "lock_brute_force"
     kinds = frozenset({"lock"})
     in_order_only = False
-    LATE_HORIZON_S = 3600.0
+    LATE_HORIZON_S = 86400.0
     MAX_KEPT = 64
 
     def __init__(self, rules: LockRules) -> None:
@@ -56,11 +56,13 @@ class LockBruteForce:
         fails: list[float] = state.setdefault("lock.fails", [])
         at = reading.ts
         bisect.insort(fails, at)
-        horizon = fails[-1] - max(self.LATE_HORIZON_S, self.rules.fail_window_s)
-        drop = max(bisect.bisect_left(fails, horizon), len(fails) - self.MAX_KEPT)
+        n, window = self.rules.fail_count, self.rules.fail_window_s
+        drop = len(fails) - self.MAX_KEPT
+        if len(fails) > 2 * n:
+            horizon = fails[-1] - max(self.LATE_HORIZON_S, window)
+            drop = max(drop, min(bisect.bisect_left(fails, horizon), len(fails) - 2 * n))
         if drop > 0:
             del fails[:drop]
-        n, window = self.rules.fail_count, self.rules.fail_window_s
         i = bisect.bisect_left(fails, at)
         if i >= len(fails) or fails[i] != at:
             return None  # older than everything kept
