@@ -19,7 +19,6 @@ import asyncio
 import hmac
 import logging
 import sqlite3
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from citywatch.detectors.health import OFFLINE_RULE
 from citywatch.model import TERMINAL_STATUSES, Alert
+from citywatch.sinks.alertreader import ReadOnlyStore
 from citywatch.sinks.retention import disk_usage
 from citywatch.sinks.store import store_path
 
@@ -158,30 +158,16 @@ class AlertSource(Source):
 # -- the store: outbox depth and disk use (read off the event loop) -----------------------------------
 
 
-class OutboxDepth:
+class OutboxDepth(ReadOnlyStore):
     """Webhook outbox rows by status, each an indexed range count (the (status, ...) indexes) on a
     read-only connection of its own: never a GROUP BY over the table, never the writer's connection."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-
     def counts(self) -> dict[str, int]:
         with self._lock:
-            if self._conn is None:
-                uri = self.path.resolve().as_uri() + "?mode=ro"
-                self._conn = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False)
-            conn = self._conn
+            conn = self._connection()
             return {status: int(conn.execute("SELECT COUNT(*) FROM webhook_outbox WHERE status = ?",
                                              (status,)).fetchone()[0])
                     for status in OUTBOX_STATUSES}
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
 
 class StoreSource(Source):

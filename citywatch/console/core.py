@@ -14,10 +14,8 @@ import asyncio
 import hashlib
 import logging
 import sqlite3
-import threading
 from dataclasses import replace
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
@@ -42,6 +40,7 @@ from citywatch.people import audit
 from citywatch.people.audit import Entry
 from citywatch.people.policy import authorize, silence_target
 from citywatch.people.users import User
+from citywatch.sinks.alertreader import ReadOnlyStore
 from citywatch.sinks.store import store_path
 
 if TYPE_CHECKING:
@@ -74,21 +73,9 @@ STATIC = {"console.js": "application/javascript", "console.css": "text/css", "fa
 _decode_transition = msgspec.json.Decoder(Transition).decode
 
 
-class Reader:
+class Reader(ReadOnlyStore):
     """Read-only lookups for pages (an alert's transitions, comments), off the event loop on their own
     connection (as citywatch/sinks/alertreader.py)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-
-    def _rows(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        with self._lock:
-            if self._conn is None:
-                self._conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=5,
-                                             check_same_thread=False)
-            return self._conn.execute(sql, args).fetchall()
 
     def transitions(self, alert_id: str, limit: int = 500) -> list[Transition]:
         rows = self._rows("SELECT body FROM transitions WHERE alert_id = ? ORDER BY at DESC, id DESC LIMIT ?",
@@ -100,12 +87,6 @@ class Reader:
                           " WHERE target_type = ? AND target_id = ? ORDER BY at DESC, id DESC LIMIT 500",
                           (target_type, target_id))
         return [comments.Comment(*row) for row in reversed(rows)]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
 
 def _static_bytes(name: str) -> bytes:

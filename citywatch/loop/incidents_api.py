@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
-from pathlib import Path
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from citywatch.model import Incident, IncidentTransition
+from citywatch.sinks.alertreader import ReadOnlyStore
 from citywatch.sinks.store import store_path
 
 LIST_LIMIT = 1000  # incidents per answer unless ?limit= says otherwise (at most LIST_LIMIT_MAX)
@@ -27,25 +26,16 @@ _decode_incident = msgspec.json.Decoder(Incident).decode
 _decode_transition = msgspec.json.Decoder(IncidentTransition).decode
 
 
-class IncidentReader:
-    """One read-only connection to state.db, opened on first use, used by one thread at a time."""
+class IncidentReader(ReadOnlyStore):
+    """Incidents for the API, on a read-only connection of their own (see sinks/alertreader.py)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-
-    def _rows(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        with self._lock:
-            if self._conn is None:
-                self._conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=5,
-                                             check_same_thread=False)
-            try:
-                return self._conn.execute(sql, args).fetchall()
-            except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):  # a store from before incidents: none yet
-                    return []
-                raise
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return super()._rows(sql, args)
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # a store from before incidents: none yet
+                return []
+            raise
 
     def incidents(self, limit: int) -> list[Incident]:
         """Every incident, newest first."""
@@ -60,12 +50,6 @@ class IncidentReader:
         rows = self._rows("SELECT body FROM incident_transitions WHERE incident_id = ? ORDER BY at, id",
                           (incident_id,))
         return [_decode_transition(body) for (body,) in rows]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
 
 READER_KEY = web.AppKey("incident_reader", IncidentReader)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -21,8 +22,9 @@ ALERT_BY_ID = "SELECT body FROM alerts WHERE id = ?"  # the primary key's index:
 _decode_alert = msgspec.json.Decoder(Alert).decode
 
 
-class AlertReader:
-    """One read-only connection, opened on first use, used by one thread at a time."""
+class ReadOnlyStore:
+    """One read-only connection to a store, opened on first use, used by one thread at a time:
+    the base of every reader that serves HTTP or metrics from a worker thread."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -30,19 +32,27 @@ class AlertReader:
         self._conn: sqlite3.Connection | None = None
 
     def _connection(self) -> sqlite3.Connection:
+        """The connection (call with the lock held)."""
         if self._conn is None:
             uri = self.path.resolve().as_uri() + "?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False)
         return self._conn
 
-    def alert(self, alert_id: str) -> Alert | None:
-        """The alert as last committed (open or closed), or None if there is no such id."""
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            row = self._connection().execute(ALERT_BY_ID, (alert_id,)).fetchone()
-        return _decode_alert(row[0]) if row else None
+            return self._connection().execute(sql, args).fetchall()
 
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+class AlertReader(ReadOnlyStore):
+    """Alerts by id for the API."""
+
+    def alert(self, alert_id: str) -> Alert | None:
+        """The alert as last committed (open or closed), or None if there is no such id."""
+        rows = self._rows(ALERT_BY_ID, (alert_id,))
+        return _decode_alert(rows[0][0]) if rows else None
