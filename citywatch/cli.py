@@ -314,8 +314,8 @@ def deadletters(ctx: Context, limit: int, reason: str | None, as_json: bool) -> 
     sampled = store.sampled_out_counts()
     store.close()
     if as_json:
-        click.echo(json.dumps([{"topic": d.topic, "reason": d.reason, "detail": d.detail, "size": d.size,
-                                "received_at": d.received_at,
+        click.echo(json.dumps([{"topic": d.topic, "reason": d.reason, "field": d.field, "detail": d.detail,
+                                "size": d.size, "received_at": d.received_at,
                                 "payload": d.payload.decode("utf-8", "replace")} for d in found]))
         return
     from citywatch.terminal import for_terminal  # payloads and topics may carry terminal escape sequences

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
+# Every reason a message can be dead-lettered for: stable English codes (machine payloads, metrics'
+# labels, `citywatch deadletters --reason`). The README's list and the labels' translations are
+# checked against this (tests/test_dead_letter_reasons.py); mypy checks every raise against it.
+DeadLetterReason = Literal[
+    "malformed_json", "not_an_object", "missing_field", "wrong_type", "not_finite", "out_of_range",
+    "bad_value", "bad_timestamp", "payload_too_large", "bad_topic", "unknown_kind", "topic_mismatch",
+    "future_timestamp", "unknown_device", "device_disabled", "kind_mismatch", "duplicate", "out_of_order",
+    "bad_status", "too_deep", "internal_error",
+]
+DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = get_args(DeadLetterReason)
+
 
 class CitywatchError(Exception):
     """Root of every error citywatch raises on purpose."""
@@ -12,14 +25,10 @@ class ConfigError(CitywatchError):
 
 
 class InvalidMessage(CitywatchError):
-    """A message that cannot be processed; `reason` is a stable code for dead letters.
+    """A message that cannot be processed: `reason` is its dead letter's code (DEAD_LETTER_REASONS),
+    `field` the payload field at fault when one is (kept in the dead letter)."""
 
-    Reasons: bad_topic, unknown_kind, payload_too_large, malformed_json, not_an_object,
-    schema, not_finite, out_of_range, topic_mismatch, future_timestamp, unknown_device, too_deep,
-    device_disabled, kind_mismatch, duplicate, bad_status.
-    """
-
-    def __init__(self, reason: str, detail: str = "", field: str | None = None) -> None:
+    def __init__(self, reason: DeadLetterReason, detail: str = "", field: str | None = None) -> None:
         self.reason = reason
         self.detail = detail
         self.field = field

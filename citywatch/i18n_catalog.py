@@ -64,7 +64,7 @@ def _is_click(node: ast.expr, names: frozenset[str]) -> bool:
 
 
 def _pybabel(*args: str) -> None:
-    CommandLineInterface().run(["pybabel", "-q", *args])
+    CommandLineInterface().run(["pybabel", "-q", *args])  # type: ignore[no-untyped-call]
 
 
 def extract(out: Path) -> Catalog:

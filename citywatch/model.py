@@ -179,6 +179,7 @@ class DeadLetter(msgspec.Struct, frozen=True):
     detail: str
     received_at: float
     size: int
+    field: str | None = None  # the payload field at fault, when one is (e.g. lel_pct, ts, seq)
 
 
 # -- incidents (unified classification): related alerts grouped, citywatch/loop/incidents.py -----------

@@ -24,7 +24,9 @@ TEST_EXTRA = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencie
 # Imported but not declared, because a declared dependency pins it exactly (checked below).
 PINNED_BY = {"pydantic-core": "pydantic"}
 # Declared (test extra) but never imported, with the reason.
-NOT_IMPORTED = {"pytest-timeout": "a pytest plugin: `timeout` in [tool.pytest.ini_options]"}
+NOT_IMPORTED = {"pytest-timeout": "a pytest plugin: `timeout` in [tool.pytest.ini_options]",
+                "ruff": "run by .ci/run before the tests (`ruff check`)",
+                "mypy": "run by .ci/run before the tests (`mypy --strict citywatch`)"}
 # Grafana release (major, minor) -> the newest dashboard schemaVersion it reads (older ones it migrates).
 GRAFANA_SCHEMA = {(10, 1): 38, (11, 2): 39}
 

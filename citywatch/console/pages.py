@@ -38,8 +38,7 @@ from citywatch.console.views import (
 )
 from citywatch.labels import label
 from citywatch.model import TERMINAL_STATUSES
-from citywatch.people import api as access
-from citywatch.people.policy import alert_target, authorize, incident_target
+from citywatch.people.policy import alert_target, authorize, incident_target, permitted
 from citywatch.people.users import User
 
 log = logging.getLogger("citywatch.console")
@@ -73,7 +72,7 @@ async def queue(request: web.Request) -> web.Response:
                         incident_rows=incident_rows[:QUEUE_LIMIT],
                         incident_more=max(0, len(incident_rows) - QUEUE_LIMIT),
                         rows=console.rows_module(session.language), limit=QUEUE_LIMIT, events_url=events,
-                        may_view_alerts=access.permitted(user, "view_alert"))
+                        may_view_alerts=permitted(user, "view_alert"))
 
 
 async def city_map_page(request: web.Request) -> web.Response:

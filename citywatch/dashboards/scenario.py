@@ -75,7 +75,8 @@ class CityRun:
 
 class _Devices(dict[str, Device]):
     def get(self, device_id: str, default: Any = None) -> Device | None:  # type: ignore[override]
-        return super().get(device_id, default)
+        found: Device | None = super().get(device_id, default)
+        return found
 
 
 class _Operators:
@@ -143,7 +144,7 @@ class _Operators:
         if step is not None:
             action, details = step
             by = OPERATOR if action == "closed" else DISPATCHER
-            out.transitions.append(self.engine.dispatch(alert.id, action, by, now, **details))  # type: ignore[arg-type]
+            out.transitions.append(self.engine.dispatch(alert.id, action, by, now, **details))
             run.dispatch_actions += 1
 
     def _ack_delay(self, alert: Alert) -> float | None:

@@ -58,7 +58,8 @@ class Bound:
 
     def to_state(self) -> dict[str, Any]:
         """The state as plain data (a deep copy of dicts, lists and scalars)."""
-        return plain_copy(self.state)
+        copied: dict[str, Any] = plain_copy(self.state)
+        return copied
 
     def load(self: D, state: Mapping[str, Any]) -> D:
         """Bind to a copy of `state` (as produced by `to_state`)."""

@@ -49,7 +49,7 @@ class ParkingStuck(LearnedRule):
         since = ts - st["c"]
         if since < self.p.stuck_min_h * 3600.0:
             return 0.0
-        return st["e"] / st["w"] * since / self.p.stuck_expected_changes
+        return float(st["e"] / st["w"] * since / self.p.stuck_expected_changes)
 
     def step(self, occupied: float, ts: float) -> float:
         st = self.state

@@ -16,7 +16,7 @@ from citywatch.detectors.occupancy import ParkingFlapping, ParkingStuck
 from citywatch.detectors.parking import ParkingForbidden, ParkingOverstay
 from citywatch.detectors.plausibility import Plausibility
 from citywatch.detectors.reporting import BatteryDrain, ReportingInterval
-from citywatch.detectors.settings import LearnedRules, learned_settings
+from citywatch.detectors.settings import LearnedRules
 from citywatch.detectors.water import WaterDepth
 from citywatch.model import KINDS
 
@@ -35,7 +35,7 @@ FAULT_RULES = frozenset({"sensor_jump", "sensor_stuck"})
 def build_rules(settings: Settings) -> dict[str, list[Rule]]:
     """Rules per kind, in evaluation order: sensor faults, the fixed thresholds, the learned detectors."""
     r = settings.rules
-    learned = learned_settings(settings)
+    learned = r.learned
     plausibility = Plausibility(r.plausibility.max_step_per_min, r.plausibility.min_elapsed_s)
     noise = NoiseLimit(r.noise, LocalTime(settings.timezone))
     rules: list[Rule] = [

@@ -1,13 +1,10 @@
 """Parameters of the learned detectors (`rules.learned` in config.yaml), with their defaults.
 
 Every detector takes its parameters in `__init__`; these models only carry them from the
-configuration to `build_rules`. Until `rules.learned` is wired into `RuleSettings`, callers use
-`learned_settings(settings)`, which falls back to these defaults.
+configuration (`settings.rules.learned`) to `build_rules`.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -100,8 +97,3 @@ class LearnedRules(_Section):
     lock: LockParams = LockParams()
     health: HealthParams = HealthParams()
 
-
-def learned_settings(settings: Any) -> LearnedRules:
-    """`settings.rules.learned`, or the defaults while config.py does not have it yet."""
-    found = getattr(getattr(settings, "rules", None), "learned", None)
-    return found if isinstance(found, LearnedRules) else LearnedRules()

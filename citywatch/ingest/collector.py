@@ -18,7 +18,7 @@ from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -57,7 +57,7 @@ def parse_url(url: str) -> BrokerAddress:
 def make_client(settings: MqttSettings, client_id: str, protocol: int = mqtt.MQTTv5,
                 manual_ack: bool = False) -> mqtt.Client:
     """A paho client configured from settings (auth, TLS with CA verification on by default)."""
-    version = mqtt.MQTTProtocolVersion(protocol)
+    version = MQTTProtocolVersion(protocol)
     if version == mqtt.MQTTv5:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
                              manual_ack=manual_ack)
@@ -103,7 +103,7 @@ class Collector:
     def start(self) -> None:
         props = None
         if self.protocol == mqtt.MQTTv5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self.settings.session_expiry_s
             props.ReceiveMaximum = self.settings.receive_maximum
             if self.settings.max_packet_bytes:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from citywatch.errors import InvalidMessage
+from citywatch.errors import DeadLetterReason, InvalidMessage
 from citywatch.model import Reading
 
 LOCK_EVENTS = ("unlock_ok", "unlock_fail", "forced_open", "tamper", "door_ajar", "door_closed",
@@ -81,7 +81,7 @@ _DECODERS = {kind: msgspec.json.Decoder(t) for kind, t in PAYLOAD_TYPES.items()}
 _COMMON = {"ts", "seq", "battery", "rssi", "device_id", "kind"}
 
 
-def _schema_error_reason(message: str) -> tuple[str, str | None]:
+def _schema_error_reason(message: str) -> tuple[DeadLetterReason, str | None]:
     field = None
     if "`$." in message:
         field = message.rsplit("`$.", 1)[1].rstrip("`").split("[", 1)[0]

@@ -139,7 +139,7 @@ def silences() -> None:
 @click.option("--by", default=lambda: os.environ.get("USER", "cli"), help="Who sets it.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def silences_add(ctx: click.Context, start: str | None, end: str | None, duration: str | None, reason: str,
+def silences_add(ctx: click.Context, /, start: str | None, end: str | None, duration: str | None, reason: str,
                  by: str, as_json: bool, **matchers: tuple[str, ...]) -> None:
     """Silence alerts in a scope (every option given must match) from --start to --end (or --for)."""
     settings = _settings(ctx)
@@ -151,7 +151,7 @@ def silences_add(ctx: click.Context, start: str | None, end: str | None, duratio
         body["end"] = end
     if duration is not None:
         body["duration"] = duration
-    request = SilenceRequest(**body)  # type: ignore[arg-type]
+    request = SilenceRequest(**body)
     if body.get("start") or body.get("end"):  # the API takes only times with an offset: give it ours
         local = ZoneInfo(settings.timezone)
         try:

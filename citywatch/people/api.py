@@ -300,6 +300,7 @@ class Access:
         the console's session cookie), else the bearer token's (`check_token`)."""
         preset = request.get(USER_KEY)
         if preset is not None:
+            assert isinstance(preset, User)
             return preset
         scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
         given = given.strip()
@@ -387,7 +388,7 @@ class Access:
         pending = Pending(Entry(actor_of(request, user), action, kind, ident, before, at=_now(request)))
         request[PENDING_KEY] = pending
         try:
-            response = await handler(request)
+            response: web.StreamResponse = await handler(request)
         except web.HTTPException as exc:
             if rule.change:
                 self._after(request, pending, exc.status, exc.text or exc.reason)
@@ -400,7 +401,7 @@ class Access:
             self._after(request, pending, response.status, _error_of(response))
         if rule.each is not None:
             return self._filtered(response, user, action, rule.each)
-        return response  # type: ignore[no-any-return]
+        return response
 
     def _after(self, request: web.Request, pending: Pending, status: int, error: str) -> None:
         """The change's record when its transaction did not write it: applied without a store
@@ -412,7 +413,8 @@ class Access:
             entry = replace(entry, outcome="error", reason=f"{error} (HTTP {status})".strip())
         _write(request.app, entry)
 
-    def _filtered(self, response: Any, user: User, action: str, each: Callable[[Any], Target]) -> Any:
+    def _filtered(self, response: web.StreamResponse, user: User, action: str,
+                  each: Callable[[Any], Target]) -> web.StreamResponse:
         """A list answer without the items the user may not see."""
         reach = GRANTS.get(user.role, {}).get(action)
         if reach is Reach.ANY or (reach in (Reach.SCOPE, Reach.SCOPE_OR_ASSIGNED) and not user.scope) \
@@ -475,7 +477,7 @@ def _error_of(response: Any) -> str:
     try:
         body = json.loads(response.body)
     except ValueError:
-        return response.body[:200].decode("utf-8", "replace")
+        return str(response.body[:200].decode("utf-8", "replace"))
     return str(body.get("error", ""))[:300] if isinstance(body, dict) else ""
 
 

@@ -100,7 +100,7 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
 
     def public(self) -> dict[str, Any]:
         """For listings and the audit: everything but the token's public id."""
-        body = msgspec.to_builtins(self)
+        body: dict[str, Any] = msgspec.to_builtins(self)
         body.pop("token_id", None)
         return body
 

@@ -17,8 +17,9 @@ import json
 import re
 from typing import NamedTuple
 
-from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from citywatch.config import InfluxSettings
@@ -100,7 +101,7 @@ class InfluxWriter:
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
 
     def close(self) -> None:
-        self._client.close()
+        self._client.close()  # type: ignore[no-untyped-call]
 
     def scrub(self, text: str) -> str:
         return text.replace(self._token, "***") if self._token and len(self._token) >= 4 else text

@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     size INTEGER NOT NULL,
     reason TEXT NOT NULL,
     detail TEXT NOT NULL,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    field TEXT
 );
 CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason);
 CREATE TABLE IF NOT EXISTS device_state (
@@ -109,8 +110,8 @@ SAMPLED_PREFIX = "sampled_out."
 STORED_BYTES = "dead_letters.stored_bytes"
 ROW_BYTES = "length(payload) + length(topic) + length(detail)"
 # PRAGMA user_version: 1 = per-reason dead-letter counters exist, 2 = and the stored size (older files
-# are counted once from their rows).
-SCHEMA_VERSION = 2
+# are counted once from their rows), 3 = dead letters keep the field at fault (column added to older files).
+SCHEMA_VERSION = 3
 
 _encode_json = msgspec.json.Encoder().encode
 _encode_state = msgspec.msgpack.Encoder(enc_hook=plain_hook).encode
@@ -130,12 +131,13 @@ def connect(path: Path, check: bool | Sequence[str] = True, wal_max_mb: int = 64
     """Open state.db (mode 0600, quick integrity check): StorageError naming the file if unusable."""
     # 64 MiB cache: a million devices' state keeps its B-tree pages cached
     conn = open_database(path, SCHEMA, cache_kib=65536, check=check, wal_max_bytes=wal_max_mb * 1024 * 1024)
-    _count_old_dead_letters(conn)
+    _migrate(conn)
     return conn
 
 
-def _count_old_dead_letters(conn: sqlite3.Connection) -> None:
-    """A file from before the dead-letter counters: count its stored dead letters (and their size) once."""
+def _migrate(conn: sqlite3.Connection) -> None:
+    """An older file: count its stored dead letters (and their size) once (before version 2), add the
+    dead letters' `field` column (before version 3)."""
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
     conn.execute("BEGIN IMMEDIATE")
@@ -147,6 +149,8 @@ def _count_old_dead_letters(conn: sqlite3.Connection) -> None:
         if version < 2:
             conn.execute(f"INSERT OR REPLACE INTO counters SELECT ?, COALESCE(SUM({ROW_BYTES}), 0)"
                          " FROM dead_letters", (STORED_BYTES,))
+        if "field" not in {row[1] for row in conn.execute("PRAGMA table_info(dead_letters)")}:
+            conn.execute("ALTER TABLE dead_letters ADD COLUMN field TEXT")
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -215,9 +219,9 @@ class AlertStore:
             )
             kept, dropped = self.sampler.split(out.dead_letters) if out.dead_letters else ([], [])
             conn.executemany(
-                "INSERT INTO dead_letters (topic, payload, size, reason, detail, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(d.topic, d.payload, d.size, d.reason, d.detail, d.received_at) for d in kept],
+                "INSERT INTO dead_letters (topic, payload, size, reason, detail, received_at, field)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(d.topic, d.payload, d.size, d.reason, d.detail, d.received_at, d.field) for d in kept],
             )
             conn.executemany(
                 "INSERT OR REPLACE INTO device_state VALUES (?, ?)",
@@ -326,7 +330,7 @@ class AlertStore:
         return [decode(body) for (body,) in rows]
 
     def dead_letters(self, limit: int = 100, reason: str | None = None) -> list[DeadLetter]:
-        sql = "SELECT topic, payload, reason, detail, received_at, size FROM dead_letters"
+        sql = "SELECT topic, payload, reason, detail, received_at, size, field FROM dead_letters"
         args: tuple[Any, ...] = ()
         if reason:
             sql += " WHERE reason = ?"

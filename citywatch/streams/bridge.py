@@ -7,9 +7,6 @@ still dead-letters it), value = the payload bytes, headers `topic` and `received
 is acknowledged to the MQTT broker only after Kafka acknowledged the produce (acks=all, and
 idempotence when the broker supports it): a crash in between means MQTT redelivers, and the
 worker drops the copy as a `duplicate` when the device sends `seq`. At-least-once.
-
-`KafkaSettings` is the `kafka:` section of the configuration; until config.py carries it,
-`kafka_settings(settings)` falls back to the defaults below (the CLI overlays its options).
 """
 
 from __future__ import annotations
@@ -25,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError  # type: ignore[import-untyped]
-from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 
 from citywatch.config import KafkaSettings, Settings
 from citywatch.errors import ConfigError, InvalidMessage
@@ -43,17 +40,13 @@ ACTION_HEADER = "citywatch-action"  # a person's ack/resolve travelling to the p
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 10.0
 
 
-def kafka_settings(settings: Settings) -> KafkaSettings:
-    return settings.kafka
-
-
 def bootstrap_servers(kafka: KafkaSettings) -> list[str]:
     return [s.strip() for s in kafka.bootstrap.split(",") if s.strip()]
 
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2, as Java and aiokafka) picks for `key`."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 def message_key(topic: str, prefix: str) -> bytes:

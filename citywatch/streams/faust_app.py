@@ -44,7 +44,7 @@ from typing import Any
 import faust
 import msgspec
 
-from citywatch.config import Settings
+from citywatch.config import KafkaSettings, Settings
 from citywatch.detectors.baseline import plain_hook
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.detectors.registry import build_rules
@@ -56,7 +56,6 @@ from citywatch.model import DeadLetter, KeyState, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.streams.bridge import (
     ACTION_HEADER,
-    KafkaSettings,
     bootstrap_servers,
     ensure_topics,
     partition_for,
@@ -86,7 +85,7 @@ encode_dead_letter = msgspec.msgpack.Encoder().encode
 decode_dead_letter = msgspec.msgpack.Decoder(DeadLetter).decode
 
 
-class DeviceTable(faust.Table):  # type: ignore[misc]
+class DeviceTable(faust.Table):  # type: ignore[type-arg]
     """A Table keyed by device id (bytes) whose changelog partition is the device's telemetry
     partition, computed from the key, so it can be written outside an event (the tick timer)."""
 

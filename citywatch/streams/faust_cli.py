@@ -52,9 +52,9 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _kafka(settings: Settings, bootstrap: str | None, partitions: int | None, app_id: str | None) -> Any:
-    from citywatch.streams.bridge import KafkaSettings, kafka_settings
+    from citywatch.config import KafkaSettings
 
-    kafka = kafka_settings(settings)
+    kafka = settings.kafka
     update = {k: v for k, v in (("bootstrap", bootstrap), ("partitions", partitions), ("app_id", app_id))
               if v is not None}
     return KafkaSettings.model_validate({**kafka.model_dump(), **update}) if update else kafka

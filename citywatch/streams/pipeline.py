@@ -20,7 +20,7 @@ from citywatch.detectors.flooding import FLOODING_RULE, FloodWatch
 from citywatch.detectors.health import LAST_WILL, OFFLINE_RULE, offline_finding
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.detectors.registry import FAULT_RULES, build_rules
-from citywatch.errors import InvalidMessage
+from citywatch.errors import DeadLetterReason, InvalidMessage
 from citywatch.ingest.schemas import parse_status, parse_telemetry
 from citywatch.ingest.topics import parse_topic
 from citywatch.model import DeadLetter, Device, Finding, IncidentTransition, Reading, Transition
@@ -133,7 +133,7 @@ class Pipeline:
                 reading = parse_telemetry(kind, device_id, payload, received_at, self.max_skew, self.min_ts)
                 self._reading(reading, device, out)
         except InvalidMessage as exc:
-            self._dead_letter(topic, payload, exc.reason, exc.detail, received_at, out)
+            self._dead_letter(topic, payload, exc.reason, exc.detail, received_at, out, exc.field)
             if device is not None and device.enabled:
                 self._flood(device, received_at, out)
         except Exception as exc:  # a bug of ours must not stop the stream: keep the message, say why
@@ -145,12 +145,13 @@ class Pipeline:
         if finding is not None:
             self._apply(device, finding, received_at, out)
 
-    def _dead_letter(self, topic: str, payload: bytes, reason: str, detail: str, received_at: float,
-                     out: Output) -> None:
+    def _dead_letter(self, topic: str, payload: bytes, reason: DeadLetterReason, detail: str, received_at: float,
+                     out: Output, field: str | None = None) -> None:
         self.counters["dead_letters"] += 1
         self.counters["dead_letter." + reason] += 1
         out.dead_letters.append(DeadLetter(topic[:512], payload[:DEAD_LETTER_PAYLOAD_LIMIT], reason,
-                                           detail[:500], received_at, len(payload)))
+                                           detail[:500], received_at, len(payload),
+                                           field[:64] if field else None))
 
     def _reading(self, reading: Reading, device: Device, out: Output) -> None:
         device_id = reading.device_id
