@@ -195,7 +195,7 @@ def _build(rng: Rng, name: str, n: int, step: float, level: float, amp: float, s
         v = np.maximum(v, floor)
     if quantum:
         v = np.round(v / quantum) * quantum
-    return Series(name, ts.astype(float), v.astype(float), anomalies)
+    return Series(name, ts.astype(float), v.astype(float), anomalies, list(kinds))
 
 
 def _pick(rng: Rng, options: list[str], k: int) -> list[str]:
@@ -283,7 +283,7 @@ def tweets(rng: Rng, name: str) -> Series:
     level = rng.uniform(5, 80)
     return _build(rng, name, n, 300.0, level, level * rng.uniform(0.3, 0.7), 1.0, "gauss",
                   _pick(rng, ["spike", "plateau", "plateau", "density"], int(rng.integers(2, 5))), counts=True,
-                  bursts=0.01)
+                  bursts=0.01, floor=0.0)
 
 
 def fast_sensor(rng: Rng, name: str) -> Series:

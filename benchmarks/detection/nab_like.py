@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,6 +33,7 @@ class Series:
     ts: np.ndarray
     values: np.ndarray
     anomalies: list[int]  # row indices of the labelled anomalies
+    kinds: list[str] = field(default_factory=list)  # what each anomaly is (when known)
 
 
 def _daily(n: int, period: int, rng: np.random.Generator) -> np.ndarray:
