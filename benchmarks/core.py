@@ -20,8 +20,9 @@ from benchmarks import results  # noqa: E402
 from citywatch.config import load_settings  # noqa: E402
 from citywatch.detectors.lifecycle import AlertEngine  # noqa: E402
 from citywatch.ingest.simulator import Simulator, make_devices  # noqa: E402
+from citywatch.model import Output
 from citywatch.native import describe  # noqa: E402
-from citywatch.streams.pipeline import Output, Pipeline  # noqa: E402
+from citywatch.streams.pipeline import Pipeline  # noqa: E402
 
 
 class Lookup(dict):  # type: ignore[type-arg]

@@ -31,7 +31,7 @@ def warm_state_bytes() -> float:
     from collections import Counter
 
     from citywatch.ingest.simulator import Simulator, make_devices
-    from citywatch.streams.pipeline import Output
+    from citywatch.model import Output
     from tests.helpers import T0, deep_size, make_pipeline
 
     mix = Counter(d.kind for d in make_devices(10_000, seed=3))
@@ -55,7 +55,8 @@ def one(n: int, readings: int) -> dict[str, float]:
     from citywatch.detectors.baseline import plain_hook
     from citywatch.detectors.lifecycle import AlertEngine
     from citywatch.ingest.simulator import Simulator, make_devices
-    from citywatch.streams.pipeline import Output, Pipeline
+    from citywatch.model import Output
+    from citywatch.streams.pipeline import Pipeline
 
     settings = load_settings(None, {})
     gc.collect()

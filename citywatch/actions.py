@@ -28,11 +28,11 @@ from citywatch.datalock import DataDirBusy, DataDirLock
 from citywatch.detectors.lifecycle import AlertEngine, AlertNotFound
 from citywatch.errors import AlertError
 from citywatch.loop.dispatch import Refused, parse_detail
+from citywatch.model import Output
 from citywatch.people import audit
 from citywatch.people.client import cli_token, refusal
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.sinks.webhooks import Outbox
-from citywatch.streams.pipeline import Output
 
 RUNNER = "citywatch run"
 API_TIMEOUT_S = 10.0

@@ -10,33 +10,25 @@ it, is citywatch/people/api.py's middleware and route table.
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from citywatch import metrics
+from citywatch import metrics, openapi
+from citywatch.apitoken import api_token
 from citywatch.config import ApiSettings
+from citywatch.console import app as console
 from citywatch.errors import AlertError
 from citywatch.httpserve import GUARD_KEY, serve
-from citywatch.loop import silences_api
+from citywatch.loop import dispatch_api, incidents_api, kpis_api, silences_api
 from citywatch.model import TERMINAL_STATUSES
 from citywatch.people import api as access
 from citywatch.people.throttle import Throttle
 from citywatch.people.users import UserBook, registry_db
+from citywatch.service import READER_KEY, SERVICE_KEY, TOKEN_KEY, AlertService, service
 from citywatch.sinks.alertreader import AlertReader
-from citywatch.sinks.database import make_private
 from citywatch.sinks.store import store_path
-
-if TYPE_CHECKING:
-    from citywatch.streams.embedded import EmbeddedRunner
-
-RUNNER_KEY = web.AppKey("runner", object)
-TOKEN_KEY = web.AppKey("token", str)
-READER_KEY = web.AppKey("reader", AlertReader)
 
 
 class _ActionBody(msgspec.Struct):
@@ -52,47 +44,26 @@ class _BadBody(Exception):
     """The request body is not what the endpoint takes: 400 with this message."""
 
 
-def api_token(settings: ApiSettings, data_dir: Path, create: bool = True) -> str | None:
-    """The configured token, else the one in data_dir/api-token (created if asked)."""
-    if settings.token is not None:
-        return settings.token.get_secret_value()
-    path = data_dir / "api-token"
-    if path.exists():
-        make_private(path)  # a secret: 0600, also when an older version or a person made it wider
-        return path.read_text().strip()
-    if not create:
-        return None
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
-    return token
-
-
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json")
 
 
-def _runner(request: web.Request) -> EmbeddedRunner:
-    return request.app[RUNNER_KEY]  # type: ignore[return-value]
-
-
 async def _health(request: web.Request) -> web.Response:
     """Liveness: 200 while the consume loop runs and turns, with no fatal error; else 503 (restart me)."""
-    facts = _runner(request).health()
+    facts = service(request).health()
     status = "ok" if facts["ready"] else "not_ready" if facts["live"] else "failing"
     return _json({"status": status, **facts}, 200 if facts["live"] else 503)
 
 
 async def _ready(request: web.Request) -> web.Response:
     """Readiness: live, and MQTT connected and subscribed, storage writable, backlog under its bound."""
-    facts = _runner(request).health()
+    facts = service(request).health()
     status = "ok" if facts["ready"] else "not_ready" if facts["live"] else "failing"
     return _json({"status": status, **facts}, 200 if facts["ready"] else 503)
 
 
 async def _stats(request: web.Request) -> web.Response:
-    stats = _runner(request).stats()
+    stats = service(request).stats()
     if GUARD_KEY in request.app:
         stats["api"] = request.app[GUARD_KEY].stats()  # connections open, evicted, refused, timed out
     if access.ACCESS_KEY in request.app:
@@ -101,7 +72,7 @@ async def _stats(request: web.Request) -> web.Response:
 
 
 async def _alerts(request: web.Request) -> web.Response:
-    runner = _runner(request)
+    runner = service(request)
     alerts = sorted(runner.engine.by_id.values(), key=lambda a: a.opened_at)
     return _json(silences_api.mark(alerts, runner.silences.in_force(), runner.clock(), runner.engine.safety))
 
@@ -113,12 +84,12 @@ async def _stored(request: web.Request, alert_id: str) -> Any:
 
 async def _alert(request: web.Request) -> web.Response:
     alert_id = request.match_info["alert_id"]
-    alert = _runner(request).engine.by_id.get(alert_id)
+    alert = service(request).engine.by_id.get(alert_id)
     if alert is None:
         alert = await _stored(request, alert_id)
         if alert is None:
             return _json({"error": f"no alert {alert_id}"}, 404)
-    runner = _runner(request)
+    runner = service(request)
     return _json(silences_api.mark([alert], runner.silences.in_force(), runner.clock(), runner.engine.safety)[0])
 
 
@@ -148,7 +119,7 @@ def _person_action(action: str) -> Any:
     resolved) 409."""
 
     async def handler(request: web.Request) -> web.Response:
-        runner = _runner(request)
+        runner = service(request)
         alert_id = request.match_info["alert_id"]
         try:
             by = access.acting_name(request, await _actor(request))
@@ -170,9 +141,9 @@ def _person_action(action: str) -> Any:
     return handler
 
 
-def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
+def make_app(runner: AlertService, token: str) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
-    app[RUNNER_KEY] = runner
+    app[SERVICE_KEY] = runner
     app[TOKEN_KEY] = token
     reader = app[READER_KEY] = AlertReader(store_path(runner.settings.data_dir))
     s = runner.settings.api
@@ -192,22 +163,17 @@ def make_app(runner: EmbeddedRunner, token: str) -> web.Application:
     app.router.add_get("/alerts/{alert_id}", _alert)
     app.router.add_post("/alerts/{alert_id}/ack", _person_action("acknowledge"))
     app.router.add_post("/alerts/{alert_id}/resolve", _person_action("resolve"))
-    from citywatch.loop import incidents_api  # noqa: PLC0415 (it imports this module)
     incidents_api.register(app)
-    from citywatch.loop import dispatch_api  # noqa: PLC0415 (it imports this module)
     dispatch_api.register(app)
-    from citywatch.loop import kpis_api  # noqa: PLC0415 (the loop's figures: GET /kpis)
     kpis_api.register(app)
     silences_api.register(app)
-    from citywatch.console import app as console  # noqa: PLC0415 (the operator console at /console)
     console.register(app)
     metrics.register(app, runner)  # GET /metrics (Prometheus), open unless api.metrics_auth
-    from citywatch import openapi  # noqa: PLC0415 (it imports the route modules, which import this one)
     openapi.register(app)  # GET /openapi.json: OpenAPI 3.1 of every route above (open, like /health)
     return app
 
 
-async def start_api(runner: EmbeddedRunner, settings: ApiSettings) -> web.AppRunner:
+async def start_api(runner: AlertService, settings: ApiSettings) -> web.AppRunner:
     token = api_token(settings, runner.settings.data_dir)
     assert token is not None
     app_runner, _, runner.api_port = await serve(make_app(runner, token), settings)

@@ -15,7 +15,7 @@ import click
 import msgspec
 
 from citywatch import i18n
-from citywatch.config import Settings, load_settings
+from citywatch.cli_context import Context, pass_ctx
 from citywatch.errors import CitywatchError
 from citywatch.i18n import _, ngettext, pgettext
 from citywatch.labels import label
@@ -25,34 +25,6 @@ def _ts(value: float | None) -> str:
     """A time for people: the city's zone (settings.timezone) with its offset, e.g.
     "2026-11-28 09:30:05 (UTC+08:00)"; --json output keeps epoch seconds (UTC)."""
     return i18n.local_time(value, seconds=True)
-
-
-class ConfigProblem(click.ClickException):
-    """Bad configuration: one line naming the key, exit code 2 (like a usage error), no traceback."""
-
-    exit_code = 2
-
-
-class Context:
-    def __init__(self, config: Path | None, data_dir: Path | None, token: str | None = None) -> None:
-        self.config = config
-        self.data_dir = data_dir
-        self.token = token  # for the running owner's API (citywatch/people/client.py)
-        self._settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            overrides: dict[str, Any] = {"data_dir": self.data_dir} if self.data_dir else {}
-            try:
-                self._settings = load_settings(self.config, overrides)
-            except CitywatchError as exc:
-                raise ConfigProblem(str(exc)) from None
-            i18n.use_settings(self._settings)  # human text in settings.language, times in settings.timezone
-        return self._settings
-
-
-pass_ctx = click.make_pass_decorator(Context)
 
 
 def _version() -> str:

@@ -775,7 +775,7 @@ def _resolve_notify_routes(s: Settings) -> Settings:
     the route names none, and every URL checked now (an unusable one stops the start, naming the key)."""
     if not any(route.notifies for route in s.webhooks.routes):
         return s
-    from citywatch.sinks.notify import check_apprise_url
+    from citywatch.sinks.apprise_urls import check_apprise_url
 
     routes = []
     for route in s.webhooks.routes:

@@ -44,8 +44,8 @@ from citywatch.ingest.simulator import (
 )
 from citywatch.loop.dispatch_sim import Delays, DispatchSystem, new_secret
 from citywatch.loop.silences import SilenceRequest
+from citywatch.model import Output
 from citywatch.streams.embedded import EmbeddedRunner
-from citywatch.streams.pipeline import Output
 
 STORM_DISTRICT = "Nanhu"
 WORKS_STREET = "Jianguo Rd"

@@ -121,7 +121,7 @@ def configured_secrets(settings: Settings) -> list[str]:
     found = [v.get_secret_value() for v in values if v is not None] + _url_passwords(urls)
     apprise = [url.get_secret_value() for route in settings.webhooks.routes for url in route.apprise]
     if apprise:  # routes to people: what in their Apprise URLs is a credential (citywatch/sinks/notify.py)
-        from citywatch.sinks.notify import secret_values
+        from citywatch.sinks.apprise_urls import secret_values
 
         found += [value for url in apprise for value in secret_values(url)]
     return found

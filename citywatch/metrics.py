@@ -37,11 +37,9 @@ from citywatch.sinks.store import store_path
 
 if TYPE_CHECKING:
     from citywatch.config import Settings
+    from citywatch.model import Output
+    from citywatch.service import AlertService
     from citywatch.sinks.influx import InfluxSink
-    from citywatch.streams.bridge import Bridge
-    from citywatch.streams.embedded import EmbeddedRunner
-    from citywatch.streams.faust_app import FaustCity
-    from citywatch.streams.pipeline import Output
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +258,7 @@ class GuardSource(Source):
 class RunnerSource(Source):
     """What the runner's health() and collector report: liveness, MQTT, the hand-off backlog, restarts."""
 
-    def __init__(self, runner: EmbeddedRunner) -> None:
+    def __init__(self, runner: AlertService) -> None:
         self.runner = runner
 
     def collect(self) -> Iterable[Metric]:
@@ -352,7 +350,7 @@ def install(app: web.Application, exporter: Exporter, open_route: bool) -> None:
         app.middlewares.insert(0, open_metrics)  # serve() puts its connection guard in front of it
 
 
-def register(app: web.Application, runner: EmbeddedRunner) -> Exporter:
+def register(app: web.Application, runner: AlertService) -> Exporter:
     """GET /metrics on the runner's API: the pipeline, alerts and devices, the store, InfluxDB, the
     runner's health and the API's connection guard; and the batch latency histogram it observes."""
     exporter = Exporter()
@@ -377,67 +375,6 @@ def register(app: web.Application, runner: EmbeddedRunner) -> Exporter:
 # -- the Kafka runner: bridge, process workers, sink ---------------------------------------------------
 
 
-class BridgeSource(Source):
-    """MQTT -> Kafka: messages received and forwarded, produce errors, the connection, the hand-off."""
-
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
-
-    def collect(self) -> Iterable[Metric]:
-        b = self.bridge
-        c = b.collector
-        yield counter("citywatch_bridge_forwarded", "Messages produced to Kafka and acknowledged to MQTT.",
-                      b.counters["forwarded"])
-        yield counter("citywatch_bridge_produce_errors", "Failed produce attempts (the batch is retried).",
-                      b.counters["produce_errors"])
-        yield counter("citywatch_mqtt_received", "Messages the collector received from the broker.",
-                      c.received if c else 0)
-        yield gauge("citywatch_mqtt_connected", "1 while connected and subscribed to the broker.",
-                    int(bool(c and c.connected.is_set() and c.subscribed.is_set())))
-        yield gauge("citywatch_handoff_messages", "Messages waiting to be produced.",
-                    len(b.handoff) if b.handoff is not None else 0)
-
-
-def bridge_exporter(bridge: Bridge) -> Exporter:
-    exporter = Exporter().add(BridgeSource(bridge))
-    histogram = batch_histogram(exporter.registry, "citywatch_batch_duration_seconds",
-                                "Per batch: produced to Kafka, acknowledged by it, acknowledged to MQTT.")
-    bridge.on_batch = histogram.observe
-    return exporter
-
-
-class SinkSource(Source):
-    """The sink: transitions and dead letters stored, redeliveries dropped."""
-
-    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
-        self.counts = counts
-
-    def collect(self) -> Iterable[Metric]:
-        counts = self.counts()
-        yield counter("citywatch_sink_transitions", "Alert transitions stored by the sink (each once).",
-                      counts.get("transitions", 0))
-        yield counter("citywatch_sink_dead_letters", "Dead letters stored by the sink.", counts.get("dead_letters", 0))
-        yield counter("citywatch_sink_duplicates", "Transitions Kafka delivered again, dropped by the sink.",
-                      counts.get("duplicates", 0))
-
-
-def worker_exporter(city: FaustCity) -> Exporter:
-    """A Faust worker's metrics by its role: the pipeline over its partitions (process), the store,
-    outbox and webhooks (sink), InfluxDB (both)."""
-    exporter = Exporter()
-    core = city.core
-    if core is not None:
-        exporter.add(PipelineSource(core.counts), AlertSource(core.tally, core.online, core.open_alerts))
-    if city.sink is not None:
-        sink = city.sink
-        exporter.add(SinkSource(lambda: sink.counters), StoreSource(city.settings.data_dir))
-        city.on_sink_batch = batch_histogram(
-            exporter.registry, "citywatch_batch_duration_seconds",
-            "Per batch of transitions: stored with the outbox (SQLite) and handed to InfluxDB.").observe
-    exporter.add(InfluxSource(city.influx))
-    return exporter
-
-
 # -- a server of its own (bridge, process workers) ----------------------------------------------------
 
 
@@ -447,7 +384,7 @@ async def serve_metrics(exporter: Exporter, settings: Settings) -> tuple[web.App
     api.metrics_auth the data dir's bearer token is needed."""
     if not settings.metrics.enabled:
         return None
-    from citywatch.api import api_token
+    from citywatch.apitoken import api_token
     from citywatch.httpserve import serve
 
     app = web.Application(client_max_size=1024)

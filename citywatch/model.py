@@ -182,6 +182,24 @@ class DeadLetter(msgspec.Struct, frozen=True):
     field: str | None = None  # the payload field at fault, when one is (e.g. lel_pct, ts, seq)
 
 
+class Output:
+    """What one batch produced (the pipeline core's output, whichever runner drives it): the runner commits
+    it atomically, then acknowledges the messages."""
+
+    __slots__ = ("accepted", "transitions", "dead_letters", "statuses", "incident_transitions")
+
+    def __init__(self) -> None:
+        self.accepted: list[tuple[Reading, Device]] = []
+        self.transitions: list[Transition] = []
+        self.dead_letters: list[DeadLetter] = []
+        self.statuses: list[tuple[Device, str, float]] = []
+        self.incident_transitions: list[IncidentTransition] = []  # grouped from `transitions` per batch
+
+    def __len__(self) -> int:
+        return (len(self.accepted) + len(self.transitions) + len(self.dead_letters) + len(self.statuses)
+                + len(self.incident_transitions))
+
+
 # -- incidents (unified classification): related alerts grouped, citywatch/loop/incidents.py -----------
 
 # open: grouping; assigned, on_site, rectified: what dispatch last did to the whole incident; closed:

@@ -8,8 +8,8 @@ from typing import Any
 
 from citywatch.config import Settings, load_settings
 from citywatch.detectors.lifecycle import AlertEngine
-from citywatch.model import Device
-from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.model import Device, Output
+from citywatch.streams.pipeline import Pipeline
 
 T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z, 19:06 in Asia/Shanghai: daytime; T0 + 8 h is night
 

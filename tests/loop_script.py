@@ -28,10 +28,9 @@ from pathlib import Path
 
 from citywatch.config import Settings
 from citywatch.detectors.lifecycle import AlertEngine
-from citywatch.model import Device, Finding, Transition
+from citywatch.model import Device, Finding, Output, Transition
 from citywatch.sinks.lineprotocol import lines_for
 from citywatch.sinks.store import AlertStore, store_path
-from citywatch.streams.pipeline import Output
 
 T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z
 M, H = 60.0, 3600.0

@@ -148,7 +148,7 @@ def test_all_learned_state_of_a_device_stays_under_4_kib(kind: str) -> None:
     device = next(d for d in make_devices(20, seed=4) if d.kind == kind)
     sim = Simulator([device], seed=4, start=T0, incident_rate=1.0, horizon_s=9 * DAY)
     pipeline = make_pipeline(device)
-    from citywatch.streams.pipeline import Output
+    from citywatch.model import Output
 
     out = Output()
     for topic, payload, ts in sim.messages(10 * DAY):

@@ -20,9 +20,8 @@ from citywatch.config import Settings
 from citywatch.devices.commissioning import CheckResult, check_device, exit_code, render
 from citywatch.devices.credentials import generate_password, hash_password, write_mosquitto_auth
 from citywatch.devices.registry import Registry, registry_path
-from citywatch.model import Device
+from citywatch.model import Device, Output
 from citywatch.sinks.store import AlertStore, store_path
-from citywatch.streams.pipeline import Output
 from tests.conftest import RunnerThread, make_settings
 from tests.mqtt_tools import publish_all
 from tests.servers.mosquitto import AuthMosquittoServer, MosquittoServer

@@ -34,10 +34,9 @@ from citywatch.dashboards.build import DATASOURCE_YAML, build_files, dashboard, 
 from citywatch.dashboards.cli import dashboards
 from citywatch.dashboards.panels import RESPONSE_S, REVIEW_S, DashboardSpec, all_dashboards
 from citywatch.dashboards.scenario import CityRun, run_city
-from citywatch.model import Device
+from citywatch.model import Device, Output
 from citywatch.sinks import lineprotocol as points
 from citywatch.sinks.influx import InfluxSink
-from citywatch.streams.pipeline import Output
 from tests.servers.influx import InfluxStack
 from tests.servers.mosquitto import free_port
 

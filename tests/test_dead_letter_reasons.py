@@ -13,9 +13,8 @@ import pytest
 
 from citywatch.errors import DEAD_LETTER_REASONS
 from citywatch.labels import codes
-from citywatch.model import Device
+from citywatch.model import Device, Output
 from citywatch.sinks.store import SCHEMA_VERSION, AlertStore, connect, store_path
-from citywatch.streams.pipeline import Output
 from tests.helpers import T0, make_pipeline, payload
 
 ROOT = Path(__file__).resolve().parent.parent

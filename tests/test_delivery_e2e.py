@@ -29,11 +29,10 @@ from pydantic import SecretStr
 
 from citywatch.config import InfluxSettings
 from citywatch.devices.registry import Registry, registry_path
-from citywatch.model import Device, Reading
+from citywatch.model import Device, Output, Reading
 from citywatch.sinks.influx import InfluxSink, lines_for
 from citywatch.sinks.lineprotocol import health_line, reading_line
 from citywatch.sinks.store import AlertStore, store_path
-from citywatch.streams.pipeline import Output
 from tests.conftest import RunnerThread, make_settings, wait_until
 from tests.mqtt_tools import publish_all
 from tests.servers.flaky import Arrival, FlakyReceiver

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from citywatch.model import Device
-from citywatch.streams.pipeline import Output
+from citywatch.model import Device, Output
 from tests.helpers import T0, make_pipeline
 
 GAS = Device(id="g1", kind="gas")

@@ -18,10 +18,10 @@ from citywatch.devices.credentials import verify_password
 from citywatch.devices.importer import CsvImportError, import_csv, parse_csv
 from citywatch.devices.registry import Registry, RegistryCache, registry_path, validate_device
 from citywatch.errors import DeviceError
-from citywatch.model import Device
+from citywatch.model import Device, Output
 from citywatch.sinks.lineprotocol import reading_line
 from citywatch.sinks.outbox import render_payload
-from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.streams.pipeline import Pipeline
 from tests.conftest import RunnerThread, make_settings, wait_until
 from tests.helpers import T0, payload
 from tests.mqtt_tools import publish_all

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 from standardwebhooks.webhooks import Webhook
 
-from citywatch.api import api_token
+from citywatch.apitoken import api_token
 from citywatch.cli import main
 from citywatch.config import Settings
 from citywatch.devices.registry import Registry, registry_path

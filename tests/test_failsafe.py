@@ -7,8 +7,7 @@ at once and, later, its offline alert.
 
 from __future__ import annotations
 
-from citywatch.model import Device
-from citywatch.streams.pipeline import Output
+from citywatch.model import Device, Output
 from tests.helpers import T0, feed, make_pipeline, payload
 
 GAS = Device(id="g1", kind="gas", interval_s=60)

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from citywatch.config import Settings
 from citywatch.detectors.lifecycle import AlertEngine
-from citywatch.model import Device, KeyState
+from citywatch.model import Device, KeyState, Output
 from citywatch.sinks.store import AlertStore
-from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.streams.pipeline import Pipeline
 from tests.helpers import T0, DictDevices
 from tests.helpers import settings as make_settings
 

@@ -16,11 +16,11 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from citywatch.config import Settings
 from citywatch.detectors.lifecycle import AlertEngine
-from citywatch.model import Device, Transition
+from citywatch.model import Device, Output, Transition
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.streams.bridge import ACTION_HEADER, KafkaSettings, message_key, partition_for
 from citywatch.streams.faust_app import FaustCity, decode_record, encode_dead_letter, encode_transition
-from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.streams.pipeline import Pipeline
 from tests.conftest import make_settings
 from tests.helpers import T0, DictDevices
 
@@ -246,7 +246,6 @@ def test_sink_api_lists_alerts_and_forwards_actions_to_the_owner(tmp_path: Path,
     import urllib.error
     import urllib.request
 
-    from citywatch.streams.faust_sink import start_sink_api
 
     s = settings(tmp_path, api={"enabled": True, "port": 0, "token": "t0ken-t0ken"})
     city, rec = city_for(s)
@@ -275,7 +274,7 @@ def test_sink_api_lists_alerts_and_forwards_actions_to_the_owner(tmp_path: Path,
             return exc.code, json.loads(exc.read())
 
     async def go() -> list[tuple[int, Any]]:
-        runner = await start_sink_api(sink_city)
+        runner = await sink_city.start_sink_api()
         host, port = "127.0.0.1", next(iter(runner.sites)).port  # type: ignore[attr-defined]  # httpserve's site
         calls = [("/health", "GET", ""), ("/alerts", "GET", "t0ken-t0ken"), ("/alerts", "GET", "wrong"),
                  (f"/alerts/{alert_id}/ack", "POST", "t0ken-t0ken"), ("/alerts/al_nope/ack", "POST", "t0ken-t0ken"),

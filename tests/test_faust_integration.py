@@ -30,9 +30,9 @@ from citywatch.config import load_settings
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.devices.registry import Registry, registry_path
 from citywatch.ingest.simulator import Simulator, bad_messages, make_devices
-from citywatch.model import Transition
+from citywatch.model import Output, Transition
 from citywatch.streams.bridge import partition_for
-from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.streams.pipeline import Pipeline
 from tests.conftest import wait_until
 from tests.helpers import DictDevices
 from tests.mqtt_tools import publish_all

@@ -17,8 +17,8 @@ from citywatch.cli import main
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.devices.importer import CsvImportError, parse_csv
 from citywatch.devices.registry import Registry, registry_path
-from citywatch.model import Device
-from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.model import Device, Output
+from citywatch.streams.pipeline import Pipeline
 from tests.conftest import make_settings
 from tests.helpers import T0, payload
 

@@ -14,8 +14,7 @@ from citywatch.config import load_settings
 from citywatch.errors import ConfigError, InvalidMessage
 from citywatch.ingest.schemas import parse_telemetry
 from citywatch.ingest.topics import parse_topic
-from citywatch.model import KINDS, Device
-from citywatch.streams.pipeline import Output
+from citywatch.model import KINDS, Device, Output
 from tests.helpers import T0, make_pipeline
 
 json_values = st.recursive(

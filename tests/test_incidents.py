@@ -23,10 +23,9 @@ from citywatch.loop.incidents import (
     distance_m,
     open_book,
 )
-from citywatch.model import Device, Finding, IncidentTransition, Transition
+from citywatch.model import Device, Finding, IncidentTransition, Output, Transition
 from citywatch.sinks.outbox import Outbox
 from citywatch.sinks.store import AlertStore
-from citywatch.streams.pipeline import Output
 
 T0 = 1_795_000_000.0
 MIN = 60.0

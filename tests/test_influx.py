@@ -15,10 +15,9 @@ from pydantic import SecretStr
 
 from citywatch.config import AlertSettings, InfluxSettings
 from citywatch.detectors.lifecycle import AlertEngine
-from citywatch.model import KINDS, Device, Finding, Reading
+from citywatch.model import KINDS, Device, Finding, Output, Reading
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.sinks.linebuffer import LineBuffer
-from citywatch.streams.pipeline import Output
 from tests.conftest import wait_until
 from tests.helpers import T0
 from tests.servers.influx import InfluxStack
@@ -287,8 +286,7 @@ def test_slow_server_timeouts_resend_without_doubles(influx: InfluxStack, tmp_pa
 def test_device_coordinates_ride_on_status_health_and_alert_lines() -> None:
     from citywatch.config import AlertSettings
     from citywatch.detectors.lifecycle import AlertEngine
-    from citywatch.model import Device, Finding, Reading
-    from citywatch.streams.pipeline import Output
+    from citywatch.model import Device, Finding, Output, Reading
 
     device = Device(id="g-9", kind="gas", district="Nanhu", grid="G9", lat=30.75, lon=120.5)
     out = Output()

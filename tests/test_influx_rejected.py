@@ -19,12 +19,11 @@ from pydantic import SecretStr
 
 from citywatch.cli import main
 from citywatch.config import InfluxSettings
-from citywatch.model import Device, Reading
+from citywatch.model import Device, Output, Reading
 from citywatch.sinks.influx import InfluxSink
 from citywatch.sinks.influxrejected import OUT_OF_RANGE, RejectedDir
 from citywatch.sinks.influxwrite import suspects
 from citywatch.sinks.lineprotocol import lines_for
-from citywatch.streams.pipeline import Output
 from tests.helpers import T0
 from tests.servers.influx import InfluxStack, V2Bridge
 

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from citywatch.ingest.schemas import json_schema, parse_status
-from citywatch.model import Device
-from citywatch.streams.pipeline import Output
+from citywatch.model import Device, Output
 from tests.helpers import T0, make_pipeline
 
 GAS = Device(id="g1", kind="gas")

@@ -9,8 +9,7 @@ import pytest
 from citywatch.config import load_settings
 from citywatch.errors import InvalidMessage
 from citywatch.ingest.schemas import DEFAULT_MIN_TIMESTAMP, json_schema, parse_telemetry
-from citywatch.model import Device
-from citywatch.streams.pipeline import Output
+from citywatch.model import Device, Output
 from tests.helpers import T0, make_pipeline
 
 GAS = Device(id="g1", kind="gas")

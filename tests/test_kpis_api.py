@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from citywatch.api import api_token
+from citywatch.apitoken import api_token
 from citywatch.devices.registry import Registry, registry_path
 from citywatch.loop import kpis
 from citywatch.sinks.store import store_path

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from citywatch.api import api_token
+from citywatch.apitoken import api_token
 from citywatch.devices.registry import Registry, registry_path
 from citywatch.model import Device
 from tests.conftest import RunnerThread, make_settings, wait_until
@@ -196,7 +196,7 @@ def render(exporter: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
 
 
 def test_a_process_worker_exports_its_pipeline(tmp_path: Path) -> None:
-    from citywatch.metrics import worker_exporter
+    from citywatch.streams.faust_app import worker_exporter
     from tests.test_faust_agents import GAS as WORKER_GAS
     from tests.test_faust_agents import T0, city_for, feed, telemetry
     from tests.test_faust_agents import settings as worker_settings
@@ -221,7 +221,6 @@ def test_a_process_worker_exports_its_pipeline(tmp_path: Path) -> None:
 def test_the_sink_serves_its_metrics_on_its_api(tmp_path: Path) -> None:
     import asyncio
 
-    from citywatch.streams.faust_sink import start_sink_api
     from tests.test_faust_agents import LOCK, T0, city_for, feed, telemetry
     from tests.test_faust_agents import settings as worker_settings
 
@@ -235,7 +234,7 @@ def test_the_sink_serves_its_metrics_on_its_api(tmp_path: Path) -> None:
         sink_city.sink.write(rec.transitions + rec.transitions)  # a redelivery: dropped
 
         async def go() -> tuple[int, str, str]:
-            runner = await start_sink_api(sink_city)
+            runner = await sink_city.start_sink_api()
             port = next(iter(runner.sites)).port  # type: ignore[attr-defined]  # httpserve's site
             try:
                 return await asyncio.to_thread(get, f"http://127.0.0.1:{port}/metrics")  # no token

@@ -19,12 +19,12 @@ from citywatch.errors import ConfigError
 from citywatch.loop import silences as sil
 from citywatch.loop.silence_book import SilenceBook
 from citywatch.loop.silences import SilenceRequest
-from citywatch.model import Alert, Device, Finding, Incident, IncidentMember, IncidentTransition, Transition
-from citywatch.sinks.notify import decode_notification, secret_values
+from citywatch.model import Alert, Device, Finding, Incident, IncidentMember, IncidentTransition, Output, Transition
+from citywatch.sinks.apprise_urls import secret_values
+from citywatch.sinks.notify import decode_notification
 from citywatch.sinks.notify_text import alert_notification, incident_notification
 from citywatch.sinks.outbox import Outbox
 from citywatch.sinks.store import AlertStore
-from citywatch.streams.pipeline import Output
 
 TS = 1795829405.0  # 2026-11-28 01:30:05 UTC = 09:30 in Shanghai
 SHANGHAI = "2026-11-28 09:30 (UTC+08:00)"

@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-from citywatch.api import api_token
+from citywatch.apitoken import api_token
 from citywatch.devices.registry import Registry, registry_path
 from citywatch.model import Device
 from citywatch.openapi import NOT_DESCRIBED, OPERATIONS, document

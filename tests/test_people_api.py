@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from citywatch.api import api_token
+from citywatch.apitoken import api_token
 from citywatch.cli import main
 from citywatch.config import Settings
 from citywatch.devices.registry import Registry, registry_path

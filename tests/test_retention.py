@@ -17,12 +17,11 @@ from click.testing import CliRunner
 from citywatch.cli import main
 from citywatch.config import AlertSettings, RetentionSettings, WebhookSettings
 from citywatch.detectors.lifecycle import AlertEngine
-from citywatch.model import Alert, DeadLetter, Device, Finding, Transition
+from citywatch.model import Alert, DeadLetter, Device, Finding, Output, Transition
 from citywatch.sinks import retention as retention_module
 from citywatch.sinks.outbox import Outbox
 from citywatch.sinks.retention import Retention, archive_file, disk_usage, read_archive
 from citywatch.sinks.store import STORED_BYTES, AlertStore, store_path
-from citywatch.streams.pipeline import Output
 from tests.helpers import T0
 
 DAY = 86400.0

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from citywatch.detectors.lifecycle import AlertEngine
-from citywatch.model import Device
-from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.model import Device, Output
+from citywatch.streams.pipeline import Pipeline
 from tests.helpers import T0, feed, make_pipeline
 
 GAS = Device(id="g1", kind="gas", district="Nanhu", grid="G1")

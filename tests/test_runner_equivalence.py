@@ -20,10 +20,10 @@ import pytest
 from citywatch.config import Settings, load_settings
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.ingest.simulator import Simulator, bad_messages, make_devices
-from citywatch.model import Device, Transition
+from citywatch.model import Device, Output, Transition
 from citywatch.streams.bridge import KafkaSettings, message_key, partition_for
 from citywatch.streams.faust_app import FaustCity
-from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.streams.pipeline import Pipeline
 from tests.helpers import T0, DictDevices
 
 PARTITIONS = 4

@@ -18,10 +18,9 @@ from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.loop import silences as sil
 from citywatch.loop.silence_book import SilenceBook, policy, silence_line
 from citywatch.loop.silences import Holds, SilenceOver, SilenceRefused, SilenceRequest
-from citywatch.model import Device, Finding, Incident, IncidentMember, Transition
+from citywatch.model import Device, Finding, Incident, IncidentMember, Output, Transition
 from citywatch.sinks.outbox import Outbox
 from citywatch.sinks.store import AlertStore, store_path
-from citywatch.streams.pipeline import Output
 from tests.conftest import make_settings
 
 T0 = 1_795_000_000.0

@@ -11,7 +11,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from citywatch.api import api_token
+from citywatch.apitoken import api_token
 from citywatch.cli import main
 from citywatch.dashboards import queries as q
 from citywatch.dashboards.silences_panel import silences_in_force

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from citywatch.api import api_token
+from citywatch.apitoken import api_token
 from citywatch.cli import main
 from citywatch.devices.registry import Registry, registry_path
 from citywatch.model import Device

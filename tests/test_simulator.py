@@ -34,8 +34,8 @@ from citywatch.ingest.simulator import (
     status_messages,
 )
 from citywatch.ingest.topics import parse_topic
-from citywatch.model import KINDS, Device
-from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.model import KINDS, Device, Output
+from citywatch.streams.pipeline import Pipeline
 
 T0 = 1_795_000_000.0  # 19:06:40 in Asia/Shanghai (day); T0 + 4 h is 23:06 (night)
 NIGHT = T0 + 4 * 3600

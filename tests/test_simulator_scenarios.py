@@ -17,8 +17,7 @@ from citywatch.ingest.simulator import (
     storm_gauges,
     street_monitors,
 )
-from citywatch.model import Device, Transition
-from citywatch.streams.pipeline import Output
+from citywatch.model import Device, Output, Transition
 from tests.helpers import T0, make_pipeline
 
 LOCAL = ZoneInfo("Asia/Shanghai")

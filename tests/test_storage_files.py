@@ -15,9 +15,8 @@ import pytest
 
 from citywatch.devices.registry import Registry, registry_path
 from citywatch.errors import StorageError
-from citywatch.model import DeadLetter, Device
+from citywatch.model import DeadLetter, Device, Output
 from citywatch.sinks.store import AlertStore, store_path
-from citywatch.streams.pipeline import Output
 from tests.helpers import T0
 
 FILES = ("state.db", "state.db-wal", "state.db-shm", "registry.db", "registry.db-wal", "registry.db-shm")
@@ -138,7 +137,7 @@ def test_a_read_only_database_is_one_clear_error_naming_the_file(read_only_dir: 
 
 
 def test_an_existing_api_token_file_is_tightened_when_read(tmp_path: Path) -> None:
-    from citywatch.api import api_token
+    from citywatch.apitoken import api_token
     from citywatch.config import ApiSettings
 
     (tmp_path / "api-token").write_text("a-token-written-by-hand\n")

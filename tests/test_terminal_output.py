@@ -12,9 +12,8 @@ from click.testing import CliRunner
 from citywatch.cli import main
 from citywatch.devices.commissioning import CheckResult, Heard, render
 from citywatch.devices.registry import Registry, registry_path
-from citywatch.model import Device
+from citywatch.model import Device, Output
 from citywatch.sinks.store import AlertStore, store_path
-from citywatch.streams.pipeline import Output
 from citywatch.terminal import for_terminal
 from tests.helpers import T0, make_pipeline
 

@@ -25,7 +25,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from citywatch.config import AlertSettings, WebhookRoute, WebhookSettings
 from citywatch.detectors.lifecycle import AlertEngine
-from citywatch.model import Device, Finding, Transition
+from citywatch.model import Device, Finding, Output, Transition
 from citywatch.sinks import webhooks
 from citywatch.sinks.outbox import Outbox, rfc3339
 from citywatch.sinks.store import AlertStore
@@ -37,7 +37,6 @@ from citywatch.sinks.webhooks import (
     signing_keys,
     verify,
 )
-from citywatch.streams.pipeline import Output
 from tests.helpers import T0
 
 FAST = {"backoff_initial_s": 0.01, "backoff_max_s": 0.2, "timeout_s": 2.0}

@@ -44,9 +44,10 @@ from citywatch.console.sse import HEARTBEAT_S, Stream, drain, event, final
 from citywatch.console.views import (
     Filters,
 )
+from citywatch.service import SERVICE_KEY
 
 if TYPE_CHECKING:
-    from citywatch.streams.embedded import EmbeddedRunner
+    from citywatch.service import AlertService
 
 log = logging.getLogger("citywatch.console")
 
@@ -126,9 +127,8 @@ async def static(request: web.Request) -> web.Response:
 def register(app: web.Application) -> None:
     """Mount the console at /console on the runner's API app (citywatch/api.py make_app), feed it from
     the runner's listeners, and run its live-update pump with the app."""
-    from citywatch.api import RUNNER_KEY  # noqa: PLC0415 (citywatch.api calls this)
 
-    runner: EmbeddedRunner = app[RUNNER_KEY]  # type: ignore[assignment]
+    runner: AlertService = app[SERVICE_KEY]
     if not runner.settings.console.enabled:
         return
     console = Console(runner)

@@ -40,11 +40,12 @@ from citywatch.people import audit
 from citywatch.people.audit import Entry
 from citywatch.people.policy import authorize, silence_target
 from citywatch.people.users import User
+from citywatch.service import READER_KEY
 from citywatch.sinks.alertreader import ReadOnlyStore
 from citywatch.sinks.store import store_path
 
 if TYPE_CHECKING:
-    from citywatch.streams.embedded import EmbeddedRunner
+    from citywatch.service import AlertService
 
 log = logging.getLogger("citywatch.console")
 
@@ -96,7 +97,7 @@ def _static_bytes(name: str) -> bytes:
 class Console:
     """The console's state: templates, sessions, live updates, recent readings; renders rows for the hub."""
 
-    def __init__(self, runner: EmbeddedRunner) -> None:
+    def __init__(self, runner: AlertService) -> None:
         self.runner = runner
         self.settings = runner.settings
         c = runner.settings.console
@@ -331,7 +332,6 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 async def find_alert(console: Console, request: web.Request, alert_id: str) -> Alert | None:
     alert = console.runner.engine.by_id.get(alert_id)
     if alert is None:
-        from citywatch.api import READER_KEY  # noqa: PLC0415 (citywatch.api registers this module)
 
         alert = await asyncio.to_thread(request.config_dict[READER_KEY].alert, alert_id)
     return alert

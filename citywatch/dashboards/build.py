@@ -23,8 +23,9 @@ from grafana_foundation_sdk.models import dashboard as dm
 
 from citywatch.dashboards import DEFAULT_OUT, FOLDER
 from citywatch.dashboards.language import localize
-from citywatch.dashboards.panels import DashboardSpec, all_dashboards
+from citywatch.dashboards.panels import all_dashboards
 from citywatch.dashboards.queries import DATASOURCE, DATASOURCE_UID, VARIABLE_QUERIES, Target
+from citywatch.dashboards.widgets import DashboardSpec
 from citywatch.i18n import DEFAULT_LANGUAGE, translator
 
 DASHBOARDS_MOUNT = "/var/lib/grafana/dashboards"

@@ -13,9 +13,8 @@ so a new or reworded panel appears in the catalogs (and fails tests/test_i18n.py
 from __future__ import annotations
 
 import copy
-import io
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import Any
 
 from citywatch.i18n import Translator
 
@@ -74,16 +73,3 @@ def localize(dashboard: dict[str, Any], t: Translator) -> dict[str, Any]:
 
     _walk(out, translate)
     return out
-
-
-def extract(fileobj: IO[bytes], keywords: Any, comment_tags: Any, options: Any) -> Iterator[tuple[Any, ...]]:
-    """Babel extraction method (babel.cfg, for build.py): its own Python messages, then every display
-    string of a fresh English build of all dashboards."""
-    from citywatch.dashboards.build import dashboard
-    from citywatch.dashboards.panels import all_dashboards
-    from citywatch.i18n_catalog import extract_click
-
-    yield from extract_click(io.BytesIO(fileobj.read()), keywords, comment_tags, options)
-    for spec in all_dashboards():
-        for text in display_strings(dashboard(spec)):
-            yield 0, None, text, ["dashboard " + spec.uid]

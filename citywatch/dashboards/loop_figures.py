@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from citywatch.dashboards import panels as p
 from citywatch.dashboards import queries as q
+from citywatch.dashboards import widgets as w
 from citywatch.dashboards.queries import Target
 
 MEASUREMENT = "cases"
 SHARES: tuple[tuple[str, str], ...] = (  # (flag field, alias of its share)
     ("closed_at_grid", "closed_at_grid_share"), ("within_review", "within_review_share"),
     ("within_response", "within_response_share"), ("reopened_after_rectification", "reopened_share"))
-GOOD_SHARE: p.Steps = ((None, "red"), (0.8, "orange"), (0.9, "green"))  # the city's 90% at grid level
+GOOD_SHARE: w.Steps = ((None, "red"), (0.8, "orange"), (0.9, "green"))  # the city's 90% at grid level
 TARGET_SHARE = 0.9
 
 
@@ -85,63 +85,64 @@ def grid_level_over_time() -> Target:
 
 # -- panels ---------------------------------------------------------------------------------------
 
-def _share_stat(title: str, description: str, alias: str, steps: p.Steps = GOOD_SHARE) -> Any:
-    return p._stat(title, description, "percentunit", steps, fields=f"/^{alias}$/")
+def _share_stat(title: str, description: str, alias: str, steps: w.Steps = GOOD_SHARE) -> Any:
+    return w.stat_panel(title, description, "percentunit", steps, fields=f"/^{alias}$/")
 
 
 def _by_table(title: str, description: str, *tags: str) -> Any:
-    panel = p._table(title, description, "finished")
+    panel = w.table_panel(title, description, "finished")
     for _, alias in SHARES:
-        panel = panel.override_by_name(alias, p._override(unit="percentunit", decimals=0))
+        panel = panel.override_by_name(alias, w.override(unit="percentunit", decimals=0))
     for name in ("ack_median_s", "rectify_median_s", "close_median_s"):
-        panel = panel.override_by_name(name, p._override(unit="s"))
-    return panel.override_by_name("closed_at_grid_share", p._override(
-        unit="percentunit", decimals=0, thresholds=p._thresholds_json(*GOOD_SHARE),
+        panel = panel.override_by_name(name, w.override(unit="s"))
+    return panel.override_by_name("closed_at_grid_share", w.override(
+        unit="percentunit", decimals=0, thresholds=w.thresholds_json(*GOOD_SHARE),
         custom__cellOptions={"type": "color-text"})).with_transformation(
-        p._organize(exclude=("Time",), order=(*tags, *BY_COLUMNS)))
+        w.organize(exclude=("Time",), order=(*tags, *BY_COLUMNS)))
 
 
-def loop_row() -> p.RowSpec:
+def loop_row() -> w.RowSpec:
     """The row "The loop's figures" of the city operations dashboard."""
     verified = q._is("outcome", "closed_verified")
-    return p.RowSpec("The loop's figures (cases finished in the range)", [
-        p.PanelSpec(_share_stat("Closed at grid level", "Closed cases (verified or confirmed) never escalated above "
+    return w.RowSpec("The loop's figures (cases finished in the range)", [
+        w.PanelSpec(_share_stat("Closed at grid level", "Closed cases (verified or confirmed) never escalated above "
                                 f"the grid: the city's headline figure (target {TARGET_SHARE:.0%}).",
                                 "closed_at_grid_share"), [share("closed_at_grid", "closed_at_grid_share")], 6, 5),
-        p.PanelSpec(_share_stat("Acknowledged or assigned within review deadline", "Cases whose first acknowledgement "
+        w.PanelSpec(_share_stat("Acknowledged or assigned within review deadline", "Cases whose first acknowledgement "
                                 "or assignment met the review deadline (cases finished before it with nobody acting "
                                 "are not counted).", "within_review_share"),
                     [share("within_review", "within_review_share")], 6, 5),
-        p.PanelSpec(_share_stat("Closed within response deadline", "Cases closed (verified or confirmed) by the "
+        w.PanelSpec(_share_stat("Closed within response deadline", "Cases closed (verified or confirmed) by the "
                                 "response deadline, of the dispatched ones and those still unfinished at it.",
                                 "within_response_share"), [share("within_response", "within_response_share")], 6, 5),
-        p.PanelSpec(_share_stat("Reopened after rectification", "Rectified cases whose condition came back during "
+        w.PanelSpec(_share_stat("Reopened after rectification", "Rectified cases whose condition came back during "
                                 "verification (failed rectifications).", "reopened_share",
                                 ((None, "green"), (0.1, "orange"), (0.25, "red"))),
                     [share("reopened_after_rectification", "reopened_share")], 6, 5),
-        p.PanelSpec(p._stat("Cases finished", "Cases closed or resolved in the range, and those resolved without "
+        w.PanelSpec(w.stat_panel("Cases finished", "Cases closed or resolved in the range, and those resolved without "
                             "dispatch (the condition cleared, or a person resolved it, before any assignment)."),
                     [finished(), resolved_without_dispatch()], 6, 5),
-        p.PanelSpec(p._stat("Time to acknowledge or assign", "Median and 90th percentile, from opening to the first "
-                            "acknowledgement or assignment.", "s", fields="/_(median|p90)_s$/"),
+        w.PanelSpec(w.stat_panel("Time to acknowledge or assign", "Median and 90th percentile, from opening to the "
+                                 "first acknowledgement or assignment.", "s", fields="/_(median|p90)_s$/"),
                     [times("time_to_ack_s", "ack")], 6, 5),
-        p.PanelSpec(p._stat("Time to rectify", "Median and 90th percentile, from opening to the rectification that "
-                            "held (the last).", "s", fields="/_(median|p90)_s$/"),
+        w.PanelSpec(w.stat_panel("Time to rectify", "Median and 90th percentile, from opening to the "
+                                 "rectification that held (the last).", "s", fields="/_(median|p90)_s$/"),
                     [times("time_to_rectify_s", "rectify")], 6, 5),
-        p.PanelSpec(p._stat("Time to verified closure", "Median and 90th percentile, from opening to closure "
+        w.PanelSpec(w.stat_panel("Time to verified closure", "Median and 90th percentile, from opening to closure "
                             "verified by the device's own readings.", "s", fields="/_(median|p90)_s$/"),
                     [times("time_to_close_s", "verified_close", verified)], 6, 5),
-        p.PanelSpec(_by_table("Loop figures by district", "Per district: cases finished, shares, median times.",
+        w.PanelSpec(_by_table("Loop figures by district", "Per district: cases finished, shares, median times.",
                               "district"), [figures_by("district")], 12, 9),
-        p.PanelSpec(_by_table("Loop figures by kind", "Per kind of device: cases finished, shares, median times.",
+        w.PanelSpec(_by_table("Loop figures by kind", "Per kind of device: cases finished, shares, median times.",
                               "kind"), [figures_by("kind")], 12, 9),
-        p.PanelSpec(_by_table("Loop figures by grid", "Per grid (with its district and community): cases "
+        w.PanelSpec(_by_table("Loop figures by grid", "Per grid (with its district and community): cases "
                               "finished, shares, median times; most cases first.",
                               "district", "community", "grid"), [figures_by("district", "community", "grid")], 24, 10),
-        p.PanelSpec(p._timeseries("Cases finished by outcome", "closed_verified, closed_confirmed, resolved_by_person, "
-                                  "resolved_condition_cleared, per interval.", "short", bars=True),
+        w.PanelSpec(w.timeseries_panel("Cases finished by outcome", "closed_verified, closed_confirmed, "
+                                       "resolved_by_person, resolved_condition_cleared, per interval.", "short",
+                                       bars=True),
                     [outcomes_over_time()], 12, 8),
-        p.PanelSpec(p._timeseries("Closed at grid level over time", "Share of the cases closed per interval that "
+        w.PanelSpec(w.timeseries_panel("Closed at grid level over time", "Share of the cases closed per interval that "
                                   f"were never escalated above the grid (target {TARGET_SHARE:.0%}).", "percentunit",
                                   GOOD_SHARE).min(0).max(1),
                     [grid_level_over_time()], 12, 8),

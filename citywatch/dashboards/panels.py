@@ -19,113 +19,35 @@ Thresholds (deadlines, alarm levels, zone limits) are the defaults of `citywatch
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from grafana_foundation_sdk.builders import barchart, bargauge, geomap, stat, table, timeseries
+from grafana_foundation_sdk.builders import barchart, bargauge, geomap
 from grafana_foundation_sdk.builders import common as cb
-from grafana_foundation_sdk.builders.dashboard import ThresholdsConfig
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import geomap as gm
 
 from citywatch.config import AlertSettings, GasRules, NoiseRules, WaterRules
 from citywatch.dashboards import queries as q
-from citywatch.dashboards.queries import Target
+from citywatch.dashboards.loop_figures import loop_row
+from citywatch.dashboards.silences_panel import silences_panel
+from citywatch.dashboards.widgets import (
+    DashboardSpec,
+    PanelSpec,
+    RowSpec,
+    organize,
+    override,
+    stat_panel,
+    table_panel,
+    threshold_steps,
+    thresholds_json,
+    timeseries_panel,
+)
 
 REVIEW_S = AlertSettings().review_deadline_h * 3600.0
 RESPONSE_S = AlertSettings().response_deadline_h * 3600.0
 MAP_CENTRE = (30.76, 120.75)  # Jiaxing
 SEVERITY_COLOURS = {"info": "blue", "warning": "orange", "critical": "red"}
-Steps = tuple[tuple[float | None, str], ...]  # threshold steps: (from value or None for the base, colour)
-
-
-@dataclass
-class PanelSpec:
-    """A configured SDK panel builder (no targets, datasource, id or position yet) and its queries."""
-
-    builder: Any
-    targets: list[Target]
-    width: int
-    height: int
-
-
-@dataclass
-class RowSpec:
-    title: str
-    panels: list[PanelSpec]
-
-
-@dataclass
-class DashboardSpec:
-    uid: str
-    title: str
-    description: str
-    rows: list[RowSpec]
-    tags: list[str] = field(default_factory=lambda: ["citywatch"])
-
-    def targets(self) -> list[tuple[str, Target]]:
-        """(panel title, target) of every panel."""
-        return [(p.builder.build().title, t) for r in self.rows for p in r.panels for t in p.targets]
-
-
-# -- small helpers --------------------------------------------------------------------------------
-
-def _steps(*steps: tuple[float | None, str]) -> ThresholdsConfig:
-    return ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(
-        [dm.Threshold(value=v, color=c) for v, c in steps])
-
-
-def _thresholds_json(*steps: tuple[float | None, str]) -> dict[str, Any]:
-    return {"mode": "absolute", "steps": [{"value": v, "color": c} for v, c in steps]}
-
-
-def _override(**props: Any) -> list[dm.DynamicConfigValue]:
-    return [dm.DynamicConfigValue(id_val=k.replace("__", "."), value=v) for k, v in props.items()]
-
-
-def _stat(title: str, description: str, unit: str = "none", steps: Steps = ((None, "green"),),
-          fields: str | None = None) -> Any:
-    reduce = cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
-    if fields:
-        reduce = reduce.fields(fields)
-    return (stat.Panel().title(title).description(description).unit(unit).no_value("0")
-            .color_mode(cm.BigValueColorMode.BACKGROUND).graph_mode(cm.BigValueGraphMode.NONE)
-            .reduce_options(reduce).thresholds(_steps(*steps)))
-
-
-def _timeseries(title: str, description: str, unit: str, steps: Steps | None = None, bars: bool = False) -> Any:
-    panel = (timeseries.Panel().title(title).description(description).unit(unit)
-             .legend(cb.VizLegendOptions().show_legend(True).display_mode(cm.LegendDisplayMode.LIST)
-                     .placement(cm.LegendPlacement.BOTTOM).calcs([]))
-             .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING)))
-    if steps:
-        panel = (panel.thresholds(_steps(*steps))
-                 .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphTresholdsStyleMode.DASHED)))
-    if bars:
-        panel = (panel.draw_style(cm.GraphDrawStyle.BARS).fill_opacity(80)
-                 .stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL)))
-    else:
-        panel = panel.fill_opacity(10).show_points(cm.VisibilityMode.NEVER)
-    return panel
-
-
-def _table(title: str, description: str, sort_by: str | None = None, desc: bool = True) -> Any:
-    panel = table.Panel().title(title).description(description).cell_height(cm.TableCellHeight.SM)
-    if sort_by:
-        panel = panel.sort_by([cb.TableSortByFieldState().display_name(sort_by).desc(desc)])
-    return panel
-
-
-def _organize(exclude: tuple[str, ...] = (), order: tuple[str, ...] = (), rename: dict[str, str] | None = None
-              ) -> dm.DataTransformerConfig:
-    return dm.DataTransformerConfig(id_val="organize", options={
-        "excludeByName": {name: True for name in exclude},
-        "indexByName": {name: i for i, name in enumerate(order)},
-        "renameByName": rename or {},
-    })
-
-
 def _ratio(left: str, right: str, alias: str) -> list[dm.DataTransformerConfig]:
     """Join two single-column queries on time and divide them (InfluxQL cannot join)."""
     return [
@@ -138,8 +60,8 @@ def _ratio(left: str, right: str, alias: str) -> list[dm.DataTransformerConfig]:
 
 def _age_cells() -> list[dm.DynamicConfigValue]:
     """Age in hours, coloured against the review and response deadlines."""
-    return _override(unit="h", decimals=1,
-                     thresholds=_thresholds_json((None, "green"), (REVIEW_S / 3600, "orange"),
+    return override(unit="h", decimals=1,
+                     thresholds=thresholds_json((None, "green"), (REVIEW_S / 3600, "orange"),
                                                  (RESPONSE_S / 3600, "red")),
                      custom__cellOptions={"type": "color-background"})
 
@@ -150,7 +72,7 @@ def _severity_mappings() -> list[dict[str, Any]]:
 
 
 def _severity_cells() -> list[dm.DynamicConfigValue]:
-    return _override(mappings=_severity_mappings(), custom__cellOptions={"type": "color-text"})
+    return override(mappings=_severity_mappings(), custom__cellOptions={"type": "color-text"})
 
 
 # -- City operations ------------------------------------------------------------------------------
@@ -182,22 +104,22 @@ def _map() -> PanelSpec:
              .basemap(cb.MapLayerOptions().type("default").name("Basemap"))
              .layers([devices, alerts])
              .tooltip(geomap.TooltipOptions().mode(gm.TooltipMode.DETAILS))
-             .override_by_name("online", _override(mappings=[
+             .override_by_name("online", override(mappings=[
                  {"type": "value", "options": {"true": {"color": "green", "index": 0, "text": "online"},
                                                "false": {"color": "dark-red", "index": 1, "text": "offline"}}},
                  {"type": "special", "options": {"match": "null", "result": {"color": "text", "index": 2,
                                                                                 "text": "no announcement"}}}]))
-             .override_by_name("severity", _override(mappings=_severity_mappings())))
+             .override_by_name("severity", override(mappings=_severity_mappings())))
     return PanelSpec(panel, [q.map_devices(), q.map_alerts()], 14, 16)
 
 
 def _open_alerts() -> PanelSpec:
-    panel = (_table("Open alerts: age against deadlines",
+    panel = (table_panel("Open alerts: age against deadlines",
                     f"Unresolved alerts with their age (h) against the {REVIEW_S / 3600:g} h review "
                     f"and {RESPONSE_S / 3600:g} h response deadlines; oldest first.", "age_h")
              .override_by_name("age_h", _age_cells())
              .override_by_name("severity", _severity_cells())
-             .with_transformation(_organize(
+             .with_transformation(organize(
                  exclude=("Time", "alert_id"),
                  order=("age_h", "severity", "status", "rule", "kind", "device", "district", "grid", "value",
                         "threshold"))))
@@ -205,23 +127,21 @@ def _open_alerts() -> PanelSpec:
 
 
 def city_operations() -> DashboardSpec:
-    from citywatch.dashboards.silences_panel import silences_panel  # it builds on this module's helpers
-
     now = RowSpec("Now", [
-        PanelSpec(_stat("Open alerts", "Unresolved alerts (acknowledged included).",
+        PanelSpec(stat_panel("Open alerts", "Unresolved alerts (acknowledged included).",
                         steps=((None, "green"), (1, "orange"))), [q.open_alerts_count()], 4, 4),
-        PanelSpec(_stat("Critical open", "Unresolved critical alerts.", steps=((None, "green"), (1, "red"))),
+        PanelSpec(stat_panel("Critical open", "Unresolved critical alerts.", steps=((None, "green"), (1, "red"))),
                   [q.open_alerts_count(condition=q._is("severity", "critical"), alias="critical")], 4, 4),
-        PanelSpec(_stat(f"Unacknowledged past {REVIEW_S / 3600:g} h", "Open alerts nobody has acknowledged within "
+        PanelSpec(stat_panel(f"Unacknowledged past {REVIEW_S / 3600:g} h", "Open alerts nobody has acknowledged within "
                         "the review deadline.", steps=((None, "green"), (1, "red"))),
                   [q.overdue_count(REVIEW_S, True, "past_review")], 4, 4),
-        PanelSpec(_stat(f"Unresolved past {RESPONSE_S / 3600:g} h", "Alerts still unresolved after the response "
+        PanelSpec(stat_panel(f"Unresolved past {RESPONSE_S / 3600:g} h", "Alerts still unresolved after the response "
                         "deadline.", steps=((None, "green"), (1, "red"))),
                   [q.overdue_count(RESPONSE_S, False, "past_response")], 4, 4),
-        PanelSpec(_stat("Devices offline", "Open device_offline alerts (silent or last will).",
+        PanelSpec(stat_panel("Devices offline", "Open device_offline alerts (silent or last will).",
                         steps=((None, "green"), (1, "orange"))),
                   [q.open_alerts_count(condition=q._is("rule", "device_offline"), alias="offline")], 4, 4),
-        PanelSpec(_stat("Escalations", "Deadline escalations in the time range.",
+        PanelSpec(stat_panel("Escalations", "Deadline escalations in the time range.",
                         steps=((None, "green"), (1, "orange"))), [q.escalations()], 4, 4),
         _map(),
         _open_alerts(),
@@ -230,34 +150,32 @@ def city_operations() -> DashboardSpec:
     ack_share = _ratio("ack_within", "ack_total", "acknowledged within deadline")
     res_share = _ratio("resolve_within", "resolve_total", "resolved within deadline")
     loop = RowSpec("Closed loop", [
-        PanelSpec(_stat("Time to acknowledge", "Median and 90th percentile of alert age at acknowledgement.", "s",
+        PanelSpec(stat_panel("Time to acknowledge", "Median and 90th percentile of alert age at acknowledgement.", "s",
                         fields="/_(median|p90)_s$/"), [q.response_times("acknowledged", "acknowledge")], 6, 5),
-        PanelSpec(_stat("Time to resolve", "Median and 90th percentile of alert age at resolution.", "s",
+        PanelSpec(stat_panel("Time to resolve", "Median and 90th percentile of alert age at resolution.", "s",
                         fields="/_(median|p90)_s$/"), [q.response_times("resolved", "resolve")], 6, 5),
-        PanelSpec(_stat(f"Acknowledged within {REVIEW_S / 3600:g} h", "Share of acknowledgements in the range that "
-                        "came within the review deadline.", "percentunit",
+        PanelSpec(stat_panel(f"Acknowledged within {REVIEW_S / 3600:g} h", "Share of acknowledgements in the "
+                             "range that came within the review deadline.", "percentunit",
                         ((None, "red"), (0.8, "orange"), (0.9, "green")))
                   .transformations(ack_share), q.within_deadline("acknowledged", REVIEW_S, "ack"), 6, 5),
-        PanelSpec(_stat(f"Resolved within {RESPONSE_S / 3600:g} h", "Share of resolutions in the range that came "
+        PanelSpec(stat_panel(f"Resolved within {RESPONSE_S / 3600:g} h", "Share of resolutions in the range that came "
                         "within the response deadline.", "percentunit",
                         ((None, "red"), (0.8, "orange"), (0.9, "green")))
                   .transformations(res_share), q.within_deadline("resolved", RESPONSE_S, "resolve"), 6, 5),
         PanelSpec(barchart.Panel().title("Alerts by district").description("Alerts opened in the range.")
                   .x_field("district").orientation(cm.VizOrientation.HORIZONTAL)
-                  .with_transformation(_organize(exclude=("Time",))),
+                  .with_transformation(organize(exclude=("Time",))),
                   [q.alerts_by("district")], 8, 9),
-        PanelSpec(_table("Alerts by grid", "Alerts opened in the range per grid (most first).", "alerts")
-                  .with_transformation(_organize(exclude=("Time",), order=("district", "grid", "alerts"))),
+        PanelSpec(table_panel("Alerts by grid", "Alerts opened in the range per grid (most first).", "alerts")
+                  .with_transformation(organize(exclude=("Time",), order=("district", "grid", "alerts"))),
                   [q.alerts_by("district", "grid")], 8, 9),
-        PanelSpec(_timeseries("Alerts opened by kind", "Alerts opened per interval.", "short", bars=True),
+        PanelSpec(timeseries_panel("Alerts opened by kind", "Alerts opened per interval.", "short", bars=True),
                   [q.alerts_over_time()], 8, 9),
-        PanelSpec(_timeseries("Time to acknowledge and resolve", "Mean alert age at acknowledgement and at "
+        PanelSpec(timeseries_panel("Time to acknowledge and resolve", "Mean alert age at acknowledgement and at "
                               "resolution, with the deadlines.", "s",
                               ((None, "green"), (REVIEW_S, "orange"), (RESPONSE_S, "red"))),
                   q.response_times_over_time(), 24, 8),
     ])
-    from citywatch.dashboards.loop_figures import loop_row  # it builds on this module's helpers
-
     return DashboardSpec("citywatch-city", "citywatch: city operations",
                          "The city on one map: open alerts, deadlines and the closed loop.", [now, loop, loop_row()])
 
@@ -266,11 +184,11 @@ def city_operations() -> DashboardSpec:
 
 def _noise() -> PanelSpec:
     rules = NoiseRules()
-    panel = _timeseries("Noise LAeq by zone class", "Loudest LAeq per functional zone class; dashed lines: the "
+    panel = timeseries_panel("Noise LAeq by zone class", "Loudest LAeq per functional zone class; dashed lines: the "
                         "zone's night (orange) and day (red) limits, GB 3096-2008.", "dB")
     for zone, (day, night) in sorted(rules.limits.items()):
-        panel = panel.override_by_name(f"zone {zone}", _override(
-            thresholds=_thresholds_json((None, "green"), (night, "orange"), (day, "red")),
+        panel = panel.override_by_name(f"zone {zone}", override(
+            thresholds=thresholds_json((None, "green"), (night, "orange"), (day, "red")),
             custom__thresholdsStyle={"mode": "dashed"}))
     return PanelSpec(panel, [q.noise_by_zone()], 16, 8)
 
@@ -279,49 +197,49 @@ def sensors() -> DashboardSpec:
     gas, water = GasRules(), WaterRules()
     rows = [
         RowSpec("Gas", [
-            PanelSpec(_timeseries("Gas %LEL by district", f"Highest %LEL per district; level-1 alarm at "
+            PanelSpec(timeseries_panel("Gas %LEL by district", f"Highest %LEL per district; level-1 alarm at "
                                   f"{gas.level1_pct:g}%, level-2 at {gas.level2_pct:g}% (GB/T 50493-2019).",
                                   "percent", ((None, "green"), (gas.level1_pct, "orange"), (gas.level2_pct, "red"))),
                       [q.gas_by_district()], 16, 8),
             PanelSpec(bargauge.Panel().title("Highest gas readings").description("Top devices by %LEL in the range.")
                       .unit("percent").min(0).max(100)
-                      .thresholds(_steps((None, "green"), (gas.level1_pct, "orange"), (gas.level2_pct, "red")))
+                      .thresholds(threshold_steps((None, "green"), (gas.level1_pct, "orange"), (gas.level2_pct, "red")))
                       .orientation(cm.VizOrientation.HORIZONTAL).display_mode(cm.BarGaugeDisplayMode.BASIC)
                       .reduce_options(cb.ReduceDataOptions().values(True).calcs([]).fields("/^lel_pct$/")),
                       [q.gas_top_devices()], 8, 8),
         ]),
         RowSpec("Noise", [
             _noise(),
-            PanelSpec(_table("Noise exceedances", "LAeq (or LAmax for night bursts) against the limit in force "
+            PanelSpec(table_panel("Noise exceedances", "LAeq (or LAmax for night bursts) against the limit in force "
                              "when the alert opened or rose.", "over_db")
-                      .override_by_name("over_db", _override(unit="dB", thresholds=_thresholds_json(
+                      .override_by_name("over_db", override(unit="dB", thresholds=thresholds_json(
                           (None, "orange"), (10, "red")), custom__cellOptions={"type": "color-text"})),
                       [q.noise_exceedances()], 8, 8),
         ]),
         RowSpec("Water", [
-            PanelSpec(_timeseries("Water depth by district", f"Deepest ponding per district: light from "
+            PanelSpec(timeseries_panel("Water depth by district", f"Deepest ponding per district: light from "
                                   f"{water.light_cm:g} cm, moderate {water.moderate_cm:g}, severe {water.severe_cm:g}.",
                                   "suffix: cm",
                                   ((None, "green"), (water.light_cm, "yellow"), (water.moderate_cm, "orange"),
                                    (water.severe_cm, "red"))),
                       [q.water_depth()], 12, 8),
-            PanelSpec(_timeseries("Water rise rate", "Fastest rise per district, cm per 10 min (early warning).",
+            PanelSpec(timeseries_panel("Water rise rate", "Fastest rise per district, cm per 10 min (early warning).",
                                   "suffix: cm/10 min"), [q.water_rise()], 12, 8),
         ]),
         RowSpec("Parking", [
-            PanelSpec(_timeseries("Parking occupancy", "Bays reporting occupied / bays reporting, per interval.",
+            PanelSpec(timeseries_panel("Parking occupancy", "Bays reporting occupied / bays reporting, per interval.",
                                   "percentunit").min(0).max(1)
                       .transformations(_ratio("occupied_bays", "reporting_bays", "occupancy")),
                       q.parking_occupancy(), 12, 8),
-            PanelSpec(_table("Overstays and no-parking", "Parking alerts opened in the range: minutes stayed "
+            PanelSpec(table_panel("Overstays and no-parking", "Parking alerts opened in the range: minutes stayed "
                              "against the bay's limit; occupied no-parking bays.")
-                      .with_transformation(_organize(exclude=("alert_id",))),
+                      .with_transformation(organize(exclude=("alert_id",))),
                       [q.parking_overstays()], 12, 8),
         ]),
         RowSpec("Lock", [
-            PanelSpec(_timeseries("Lock events", "Failed unlocks, forced opens, tamper, door ajar, jammed.",
+            PanelSpec(timeseries_panel("Lock events", "Failed unlocks, forced opens, tamper, door ajar, jammed.",
                                   "short", bars=True), q.lock_events(), 12, 8),
-            PanelSpec(_table("Notable lock events", "The latest security-relevant lock events (newest first)."),
+            PanelSpec(table_panel("Notable lock events", "The latest security-relevant lock events (newest first)."),
                       [q.lock_notable()], 12, 8),
         ]),
     ]
@@ -333,29 +251,30 @@ def sensors() -> DashboardSpec:
 
 def device_health() -> DashboardSpec:
     row = RowSpec("Device health", [
-        PanelSpec(_stat("Devices reporting", "Devices with a battery/rssi report in the range."),
+        PanelSpec(stat_panel("Devices reporting", "Devices with a battery/rssi report in the range."),
                   [q.devices_reporting()], 8, 4),
-        PanelSpec(_stat("Offline now", "Open device_offline alerts.", steps=((None, "green"), (1, "orange"))),
+        PanelSpec(stat_panel("Offline now", "Open device_offline alerts.", steps=((None, "green"), (1, "orange"))),
                   [q.open_alerts_count(condition=q._is("rule", "device_offline"), alias="offline")], 8, 4),
-        PanelSpec(_stat("Low battery now", "Open battery_low alerts.", steps=((None, "green"), (1, "orange"))),
+        PanelSpec(stat_panel("Low battery now", "Open battery_low alerts.", steps=((None, "green"), (1, "orange"))),
                   [q.open_alerts_count(condition=q._is("rule", "battery_low"), alias="low_battery")], 8, 4),
-        PanelSpec(_timeseries("Lowest battery by district", "Lowest battery level reported per district.", "percent",
-                              ((None, "red"), (15, "orange"), (20, "green"))),
+        PanelSpec(timeseries_panel("Lowest battery by district", "Lowest battery level reported per district.",
+                                   "percent", ((None, "red"), (15, "orange"), (20, "green"))),
                   [q.health_by_district("battery")], 12, 8),
-        PanelSpec(_timeseries("Weakest signal by district", "Lowest RSSI reported per district.", "dBm",
+        PanelSpec(timeseries_panel("Weakest signal by district", "Lowest RSSI reported per district.", "dBm",
                               ((None, "red"), (-105, "orange"), (-95, "green"))),
                   [q.health_by_district("rssi")], 12, 8),
-        PanelSpec(_table("Offline devices", "Devices with an open device_offline alert, longest first.", "offline_h")
+        PanelSpec(table_panel("Offline devices", "Devices with an open device_offline alert, longest first.",
+                              "offline_h")
                   .override_by_name("offline_h", _age_cells())
-                  .with_transformation(_organize(exclude=("Time", "alert_id"))),
+                  .with_transformation(organize(exclude=("Time", "alert_id"))),
                   [q.offline_devices()], 12, 10),
-        PanelSpec(_table("Last seen, battery, signal", "Per device: its latest battery report, the signal of that "
+        PanelSpec(table_panel("Last seen, battery, signal", "Per device: its latest battery report, the signal of that "
                          "report and when it came (last seen); lowest battery first.", "battery", desc=False)
-                  .override_by_name("Time", _override(unit="dateTimeFromNow", displayName="last seen"))
-                  .override_by_name("battery", _override(unit="percent", thresholds=_thresholds_json(
+                  .override_by_name("Time", override(unit="dateTimeFromNow", displayName="last seen"))
+                  .override_by_name("battery", override(unit="percent", thresholds=thresholds_json(
                       (None, "red"), (15, "orange"), (20, "green")), custom__cellOptions={"type": "color-text"})),
                   [q.device_health_table()], 12, 10),
-        PanelSpec(_timeseries("Offline announcements", "Devices announcing themselves offline (MQTT last will).",
+        PanelSpec(timeseries_panel("Offline announcements", "Devices announcing themselves offline (MQTT last will).",
                               "short", bars=True), [q.offline_announcements()], 24, 6),
     ])
     return DashboardSpec("citywatch-health", "citywatch: device health",

@@ -40,9 +40,9 @@ from citywatch.config import Settings
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.ingest.simulator import Simulator, make_devices, payload_bytes
 from citywatch.ingest.topics import status_topic
-from citywatch.model import Alert, Device
+from citywatch.model import Alert, Device, Output
 from citywatch.sinks.lineprotocol import lines_for
-from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.streams.pipeline import Pipeline
 
 STEP_S = 60.0
 OPERATOR = "duty-officer"

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from citywatch.dashboards import panels as p
 from citywatch.dashboards import queries as q
+from citywatch.dashboards import widgets as w
 from citywatch.dashboards.queries import Target
 from citywatch.loop.silence_book import silence_line
 from citywatch.loop.silences import Silence
@@ -33,16 +33,16 @@ def silences_in_force() -> Target:
     return Target("A", query, ("time", "scope", "reason", "author", "ends", "covers_safety", "silence"))
 
 
-def silences_panel() -> p.PanelSpec:
-    panel = (p._table("Silences and maintenance windows",
+def silences_panel() -> w.PanelSpec:
+    panel = (w.table_panel("Silences and maintenance windows",
                       "Silences in force or scheduled at the end of the range (`citywatch silences`): alerts in "
                       "scope are detected and shown but their webhooks are held until the end. Life-safety alarms "
                       "are held only by a one-device silence (covers_safety).", "ends", desc=False)
-             .override_by_name("Time", p._override(unit="dateTimeAsIso", displayName="starts"))
-             .override_by_name("ends", p._override(unit="dateTimeAsIso"))
-             .with_transformation(p._organize(order=("Time", "ends", "scope", "reason", "author", "covers_safety",
+             .override_by_name("Time", w.override(unit="dateTimeAsIso", displayName="starts"))
+             .override_by_name("ends", w.override(unit="dateTimeAsIso"))
+             .with_transformation(w.organize(order=("Time", "ends", "scope", "reason", "author", "covers_safety",
                                                      "silence"))))
-    return p.PanelSpec(panel, [silences_in_force()], 24, 6)
+    return w.PanelSpec(panel, [silences_in_force()], 24, 6)
 
 
 def planted(devices: Sequence[Device], end: float) -> list[Silence]:

@@ -23,9 +23,9 @@ from citywatch.devices.registry import Registry, registry_path
 from citywatch.i18n import Translator, current, local_time
 from citywatch.ingest.collector import make_client, parse_url
 from citywatch.labels import label
-from citywatch.model import Alert, Device, Reading, Transition
+from citywatch.model import Alert, Device, Output, Reading, Transition
 from citywatch.sinks.store import AlertStore, store_path
-from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.streams.pipeline import Pipeline
 from citywatch.terminal import for_terminal
 
 CONFIRM_S = 3.0  # how long to wait for a running pipeline to record the message

@@ -46,8 +46,7 @@ from standardwebhooks.webhooks import Webhook
 
 from citywatch.config import DispatchSettings
 from citywatch.errors import CitywatchError
-from citywatch.model import DISPATCH_ACTIONS
-from citywatch.streams.pipeline import Output
+from citywatch.model import DISPATCH_ACTIONS, Output
 
 SCOPES = ("alert", "incident")
 EVENT_TYPES: tuple[str, ...] = tuple(f"{scope}.{action}" for scope in SCOPES for action in DISPATCH_ACTIONS)

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
-from citywatch.api import READER_KEY, RUNNER_KEY
 from citywatch.detectors.lifecycle import AlertNotFound, IllegalTransition
 from citywatch.errors import AlertError, CitywatchError
 from citywatch.loop.dispatch import (
@@ -37,10 +36,11 @@ from citywatch.loop.dispatch import (
 from citywatch.model import TERMINAL_STATUSES
 from citywatch.people import api as access
 from citywatch.ratelog import LogLimiter
+from citywatch.service import READER_KEY, SERVICE_KEY
 from citywatch.sinks.webhooks import signing_keys
 
 if TYPE_CHECKING:
-    from citywatch.streams.embedded import EmbeddedRunner
+    from citywatch.service import AlertService
 
 log = logging.getLogger("citywatch.dispatch")
 
@@ -61,8 +61,8 @@ def _refusal(refused: Refused, headers: dict[str, str] | None = None) -> web.Res
                         headers=headers)
 
 
-def _runner(request: web.Request) -> EmbeddedRunner:
-    return request.app[RUNNER_KEY]  # type: ignore[return-value]
+def _runner(request: web.Request) -> AlertService:
+    return request.app[SERVICE_KEY]
 
 
 async def _not_open(request: web.Request, alert_id: str, exc: AlertError) -> Refused:
@@ -81,7 +81,7 @@ async def _not_open(request: web.Request, alert_id: str, exc: AlertError) -> Ref
 class Inbound:
     """The dispatch system's endpoint: keys, clock, receipts, and a rate-limited log of refusals."""
 
-    def __init__(self, runner: EmbeddedRunner) -> None:
+    def __init__(self, runner: AlertService) -> None:
         self.runner = runner
         self.settings = runner.settings.dispatch
         self.keys = signing_keys(self.settings.secret)
@@ -191,7 +191,7 @@ async def _person(request: web.Request) -> web.Response:
 
 def register(app: web.Application) -> None:
     """Add POST /dispatch/events and POST /alerts/{id}/<action> to the API app."""
-    inbound = Inbound(app[RUNNER_KEY])  # type: ignore[arg-type]
+    inbound = Inbound(app[SERVICE_KEY])
     app[INBOUND_KEY] = inbound
     app.router.add_post(DISPATCH_PATH, inbound.handle)
     actions = "|".join(PERSON_ACTIONS)

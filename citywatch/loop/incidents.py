@@ -51,9 +51,9 @@ from citywatch.model import (
     Incident,
     IncidentMember,
     IncidentTransition,
+    Output,
     Transition,
 )
-from citywatch.streams.pipeline import Output
 
 if TYPE_CHECKING:
     from citywatch.detectors.lifecycle import AlertEngine

@@ -16,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from citywatch.model import Incident, IncidentTransition
+from citywatch.service import SERVICE_KEY, AlertService
 from citywatch.sinks.alertreader import ReadOnlyStore
 from citywatch.sinks.store import store_path
 
@@ -59,14 +60,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json")
 
 
-def _runner_of(app: web.Application) -> Any:
-    """The EmbeddedRunner (citywatch.api imports this module, so its key is looked up late)."""
-    from citywatch.api import RUNNER_KEY  # noqa: PLC0415
-
-    return app[RUNNER_KEY]
+def _runner_of(app: web.Application) -> AlertService:
+    return app[SERVICE_KEY]
 
 
-def _runner(request: web.Request) -> Any:
+def _runner(request: web.Request) -> AlertService:
     return _runner_of(request.app)
 
 

@@ -93,9 +93,9 @@ def register(app: web.Application, data_dir: Path | None = None, clock: Callable
     """Add GET /kpis to an API app: the embedded runner's (its data dir and clock by default) or the
     Faust sink's (which passes its own)."""
     if data_dir is None or clock is None:
-        from citywatch.api import RUNNER_KEY
+        from citywatch.service import SERVICE_KEY
 
-        runner: Any = app[RUNNER_KEY]
+        runner: Any = app[SERVICE_KEY]
         data_dir, clock = data_dir or runner.settings.data_dir, clock or runner.clock
     reader = app[KPI_READER_KEY] = KpiReader(data_dir, clock or time.time)
 

@@ -26,7 +26,7 @@ from citywatch.model import Alert
 from citywatch.people import api as access
 
 if TYPE_CHECKING:
-    from citywatch.streams.embedded import EmbeddedRunner
+    from citywatch.service import AlertService
 
 _decode_request = msgspec.json.Decoder(SilenceRequest).decode
 
@@ -59,10 +59,10 @@ def mark(alerts: Iterable[Alert], silences: list[Silence], now: float,
 
 def register(app: web.Application) -> None:
     """Add the silence endpoints to the runner's API app (its auth middleware covers them)."""
-    from citywatch.api import RUNNER_KEY
+    from citywatch.service import SERVICE_KEY
 
-    def runner(request: web.Request) -> EmbeddedRunner:
-        return request.app[RUNNER_KEY]  # type: ignore[return-value]
+    def runner(request: web.Request) -> AlertService:
+        return request.app[SERVICE_KEY]
 
     async def create(request: web.Request) -> web.Response:
         body = await request.read()

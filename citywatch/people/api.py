@@ -50,6 +50,7 @@ from citywatch.people.policy import (
 from citywatch.people.throttle import Throttle
 from citywatch.people.users import BOOTSTRAP, DISPATCH_SYSTEM, Activity, User, UserBook
 from citywatch.ratelog import LogLimiter
+from citywatch.service import READER_KEY, SERVICE_KEY
 
 log = logging.getLogger("citywatch.api.auth")
 
@@ -82,9 +83,8 @@ class Rule:
 
 
 def _runner(request: web.Request) -> Any:
-    from citywatch.api import RUNNER_KEY  # noqa: PLC0415 (citywatch.api imports this module)
 
-    return request.app[RUNNER_KEY]
+    return request.app[SERVICE_KEY]
 
 
 def alert_state(alert: Any) -> dict[str, Any]:
@@ -94,7 +94,6 @@ def alert_state(alert: Any) -> dict[str, Any]:
 
 
 async def _alert(request: web.Request) -> Resolved | None:
-    from citywatch.api import READER_KEY  # noqa: PLC0415
 
     alert_id = request.match_info["alert_id"]
     alert = _runner(request).engine.by_id.get(alert_id)

@@ -18,12 +18,11 @@ from __future__ import annotations
 import gzip
 import json
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from citywatch.people.audit import COLUMNS
+from citywatch.people.audit import COLUMNS, ensure_schema
+from citywatch.sinks.atomic import write_atomically
 
 ARCHIVE_PREFIX = "audit-"
 
@@ -32,14 +31,6 @@ def archive_files(data_dir: Path) -> list[Path]:
     """The audit archive files, oldest first (names sort by day; records are in seq order within)."""
     folder = data_dir / "archive"
     return sorted(folder.glob(f"{ARCHIVE_PREFIX}*.jsonl.gz")) if folder.is_dir() else []
-
-
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of one archive file (every gzip member), as stored."""
-    with gzip.open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
 
 
 def _size(path: Path) -> int:
@@ -52,8 +43,6 @@ def _size(path: Path) -> int:
 def archive_old(conn: sqlite3.Connection, data_dir: Path, cutoff: float, limit: int) -> int:
     """Move up to `limit` records older than `cutoff` (epoch s) to the archive; returns how many.
     `conn` is a connection of its own to state.db (retention's), not in a transaction."""
-    from citywatch.people.audit import ensure_schema
-    from citywatch.sinks.retention import write_atomically
 
     ensure_schema(conn)
     pending = conn.execute("SELECT file, size_before, last_seq FROM audit_archive_pending").fetchone()

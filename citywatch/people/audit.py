@@ -21,6 +21,7 @@ the newest records is only visible against a head noted elsewhere: `verify` prin
 from __future__ import annotations
 
 import getpass
+import gzip
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 GENESIS = "0" * 64
+LOCAL_ADMIN = "local-admin"  # the CLI working on the data dir's files as the local admin (users.LOCAL)
 OUTCOMES = ("ok", "refused", "error")
 MAX_VALUE_BYTES = 4096  # before/after larger than this are stored as a digest ("small" values only)
 MAX_TEXT = 500  # reason, user agent and the other free texts are cut to this many characters
@@ -105,10 +107,8 @@ class Actor:
     @classmethod
     def cli(cls, on_behalf_of: str | None = None) -> Actor:
         """The CLI working on the data dir's files: the local admin, for the OS user running it."""
-        from citywatch.people.users import LOCAL
-
         who = on_behalf_of if on_behalf_of is not None else os_user()
-        return cls(LOCAL.name, LOCAL.role, "cli", f"citywatch cli (pid {os.getpid()}, uid {os.getuid()})", who)
+        return cls(LOCAL_ADMIN, "admin", "cli", f"citywatch cli (pid {os.getpid()}, uid {os.getuid()})", who)
 
 
 def os_user() -> str:
@@ -353,11 +353,17 @@ def _check(rows: Iterable[dict[str, Any]], verdict: Verdict, seq: int, prev: str
     return seq, prev
 
 
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of one archive file (every gzip member), as stored."""
+    with gzip.open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
 def verify(conn: sqlite3.Connection, name: str, archives: Iterable[Path] = ()) -> Verdict:
     """Check the chain: first the archived records (files in order), then the table, which must
     continue from the last archived hash (the anchor). The first broken link is reported."""
-    from citywatch.people.archive import read_records
-
     verdict = Verdict(name)
     seq, prev = 0, GENESIS
     for path in archives:

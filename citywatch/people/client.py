@@ -22,7 +22,7 @@ def cli_token(settings: Settings) -> str | None:
     env = os.environ.get(ENV, "").strip()
     if env:
         return env
-    from citywatch.api import api_token
+    from citywatch.apitoken import api_token
 
     return api_token(settings.api, settings.data_dir, create=False)
 

@@ -36,7 +36,7 @@ import msgspec
 
 from citywatch.errors import CitywatchError
 from citywatch.people import audit
-from citywatch.people.audit import Actor, Entry
+from citywatch.people.audit import LOCAL_ADMIN, Actor, Entry
 from citywatch.sinks.database import open_database
 
 ROLES = ("admin", "operator", "field", "installer", "dispatch")
@@ -106,7 +106,7 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
 
 
 BOOTSTRAP = User(name="bootstrap-admin", role="admin", kind="bootstrap")
-LOCAL = User(name="local-admin", role="admin", kind="local")
+LOCAL = User(name=LOCAL_ADMIN, role="admin", kind="local")
 DISPATCH_SYSTEM = User(name="dispatch-system", role="dispatch", kind="system")
 RESERVED = frozenset(u.name for u in (BOOTSTRAP, LOCAL, DISPATCH_SYSTEM))
 

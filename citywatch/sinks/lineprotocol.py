@@ -26,8 +26,7 @@ from functools import lru_cache
 from typing import Any
 
 from citywatch.loop.cases import case_figures, place
-from citywatch.model import TERMINAL_STATUSES, Device, Reading, Transition
-from citywatch.streams.pipeline import Output
+from citywatch.model import TERMINAL_STATUSES, Device, Output, Reading, Transition
 
 # InfluxDB's time range (ns since the epoch): 1677-09-21T00:12:43.145224194Z .. 2262-04-11T23:47:16.854775806Z
 MIN_NS = -9223372036854775806

@@ -31,10 +31,9 @@ from citywatch.config import EscalationSettings, WebhookRoute, WebhookSettings
 from citywatch.errors import ConfigError
 from citywatch.i18n import DEFAULT_LANGUAGE, DEFAULT_TIMEZONE
 from citywatch.loop.silences import Holds, Silence
-from citywatch.model import SEVERITY_RANK, TERMINAL_STATUSES, Alert, IncidentTransition, Transition
+from citywatch.model import SEVERITY_RANK, TERMINAL_STATUSES, Alert, IncidentTransition, Output, Transition
 from citywatch.sinks.notify import Target, encode_notification, row_url, targets
 from citywatch.sinks.notify_text import alert_notification, incident_notification
-from citywatch.streams.pipeline import Output
 
 DEFAULT_ROUTE = "default"
 

@@ -19,10 +19,9 @@ import msgspec
 from citywatch.config import RetentionSettings
 from citywatch.detectors.baseline import plain_hook
 from citywatch.loop.silences import SILENCES_SCHEMA
-from citywatch.model import Alert, DeadLetter, Incident, IncidentTransition, KeyState, Transition
+from citywatch.model import Alert, DeadLetter, Incident, IncidentTransition, KeyState, Output, Transition
 from citywatch.sinks.database import open_database
 from citywatch.sinks.sampling import DeadLetterSampler
-from citywatch.streams.pipeline import Output
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (

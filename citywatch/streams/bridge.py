@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
+from prometheus_client.core import Metric
 
 from citywatch.config import KafkaSettings, Settings
 from citywatch.errors import ConfigError, InvalidMessage
 from citywatch.ingest.collector import Collector, Message, with_packet_limit
 from citywatch.ingest.handoff import Handoff
 from citywatch.ingest.topics import parse_topic
+from citywatch.metrics import Exporter, Source, batch_histogram, counter, gauge, serve_metrics
 from citywatch.streams.kafka_auth import client_options
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,6 @@ class Bridge:
         self.on_batch: Callable[[float], None] | None = None  # seconds per forwarded batch (metrics.py)
 
     async def run(self, stop: asyncio.Event) -> None:
-        from citywatch.metrics import bridge_exporter, serve_metrics
 
         loop = asyncio.get_running_loop()
         await ensure_topics(self.kafka)
@@ -208,3 +209,34 @@ class Bridge:
         tmp = self.heartbeat.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(self.heartbeat)
+
+
+# -- its metrics (GET /metrics on metrics.port) ------------------------------------------------------
+
+class BridgeSource(Source):
+    """MQTT -> Kafka: messages received and forwarded, produce errors, the connection, the hand-off."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    def collect(self) -> Iterable[Metric]:
+        b = self.bridge
+        c = b.collector
+        yield counter("citywatch_bridge_forwarded", "Messages produced to Kafka and acknowledged to MQTT.",
+                      b.counters["forwarded"])
+        yield counter("citywatch_bridge_produce_errors", "Failed produce attempts (the batch is retried).",
+                      b.counters["produce_errors"])
+        yield counter("citywatch_mqtt_received", "Messages the collector received from the broker.",
+                      c.received if c else 0)
+        yield gauge("citywatch_mqtt_connected", "1 while connected and subscribed to the broker.",
+                    int(bool(c and c.connected.is_set() and c.subscribed.is_set())))
+        yield gauge("citywatch_handoff_messages", "Messages waiting to be produced.",
+                    len(b.handoff) if b.handoff is not None else 0)
+
+
+def bridge_exporter(bridge: Bridge) -> Exporter:
+    exporter = Exporter().add(BridgeSource(bridge))
+    histogram = batch_histogram(exporter.registry, "citywatch_batch_duration_seconds",
+                                "Per batch: produced to Kafka, acknowledged by it, acknowledged to MQTT.")
+    bridge.on_batch = histogram.observe
+    return exporter

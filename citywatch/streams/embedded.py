@@ -35,13 +35,13 @@ from citywatch.ingest.collector_process import ProcessCollector
 from citywatch.ingest.handoff import Handoff
 from citywatch.loop.incidents import IncidentDispatch, dispatch_incident, open_book
 from citywatch.loop.silence_book import SilenceBook
-from citywatch.model import KeyState, Transition
+from citywatch.model import KeyState, Output, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.sinks.retention import Retention
 from citywatch.sinks.store import AlertStore, TxHook, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
 from citywatch.streams.gcpolicy import FreezeAfterFullCollections
-from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.streams.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

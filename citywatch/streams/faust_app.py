@@ -37,12 +37,14 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import faust
 import msgspec
+from aiohttp import web
+from prometheus_client.core import Metric
 
 from citywatch.config import KafkaSettings, Settings
 from citywatch.detectors.baseline import plain_hook
@@ -51,8 +53,19 @@ from citywatch.detectors.registry import build_rules
 from citywatch.devices.registry import Registry, RegistryCache, registry_path
 from citywatch.errors import AlertError
 from citywatch.logs import faust_logging
-from citywatch.metrics import TransitionTally, serve_metrics, worker_exporter
-from citywatch.model import DeadLetter, KeyState, Transition
+from citywatch.metrics import (
+    AlertSource,
+    Exporter,
+    InfluxSource,
+    PipelineSource,
+    Source,
+    StoreSource,
+    TransitionTally,
+    batch_histogram,
+    counter,
+    serve_metrics,
+)
+from citywatch.model import DeadLetter, KeyState, Output, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.streams.bridge import (
     ACTION_HEADER,
@@ -60,9 +73,10 @@ from citywatch.streams.bridge import (
     ensure_topics,
     partition_for,
 )
-from citywatch.streams.faust_sink import TransitionSink, start_sink_api
+from citywatch.streams.faust_sink import TransitionSink
 from citywatch.streams.kafka_auth import faust_credentials
-from citywatch.streams.pipeline import DeviceLookup, Output, Pipeline
+from citywatch.streams.pipeline import DeviceLookup, Pipeline
+from citywatch.streams.sink_api import start_sink_api
 
 log = logging.getLogger(__name__)
 
@@ -452,7 +466,7 @@ class FaustCity:
         async def api() -> None:
             if not self.settings.api.enabled:
                 return
-            runner = await start_sink_api(self)
+            runner = await self.start_sink_api()
             try:
                 await asyncio.Event().wait()  # until the worker stops (cancelled)
             finally:
@@ -467,6 +481,12 @@ class FaustCity:
                 write_heartbeat(self.heartbeat, state)
 
             app.timer(1.0, name="beat")(beat)
+
+    async def start_sink_api(self) -> web.AppRunner:
+        """The sink's HTTP API (citywatch/streams/sink_api.py), with this worker's metrics."""
+        assert self.sink is not None
+        return await start_sink_api(self.sink, self.settings, self.role, self.clock, self.request_action,
+                                    worker_exporter(self))
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -500,6 +520,40 @@ def write_heartbeat(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state))
     tmp.replace(path)
+
+
+# -- its metrics ---------------------------------------------------------------------------------------
+
+class SinkSource(Source):
+    """The sink: transitions and dead letters stored, redeliveries dropped."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterable[Metric]:
+        counts = self.counts()
+        yield counter("citywatch_sink_transitions", "Alert transitions stored by the sink (each once).",
+                      counts.get("transitions", 0))
+        yield counter("citywatch_sink_dead_letters", "Dead letters stored by the sink.", counts.get("dead_letters", 0))
+        yield counter("citywatch_sink_duplicates", "Transitions Kafka delivered again, dropped by the sink.",
+                      counts.get("duplicates", 0))
+
+
+def worker_exporter(city: FaustCity) -> Exporter:
+    """A Faust worker's metrics by its role: the pipeline over its partitions (process), the store,
+    outbox and webhooks (sink), InfluxDB (both)."""
+    exporter = Exporter()
+    core = city.core
+    if core is not None:
+        exporter.add(PipelineSource(core.counts), AlertSource(core.tally, core.online, core.open_alerts))
+    if city.sink is not None:
+        sink = city.sink
+        exporter.add(SinkSource(lambda: sink.counters), StoreSource(city.settings.data_dir))
+        city.on_sink_batch = batch_histogram(
+            exporter.registry, "citywatch_batch_duration_seconds",
+            "Per batch of transitions: stored with the outbox (SQLite) and handed to InfluxDB.").observe
+    exporter.add(InfluxSource(city.influx))
+    return exporter
 
 
 def run_worker(settings: Settings, kafka: KafkaSettings, role: str = "all", worker_id: str | None = None,

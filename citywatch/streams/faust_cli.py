@@ -43,7 +43,7 @@ def _kafka_options(fun: Any) -> Any:
 
 
 def _settings(ctx: click.Context) -> Settings:
-    from citywatch.cli import Context
+    from citywatch.cli_context import Context
 
     obj = ctx.find_object(Context)
     if obj is None:
@@ -171,7 +171,7 @@ def health_command(ctx: click.Context, what: str, name: str | None, max_age: flo
 @click.pass_context
 def standalone(ctx: click.Context, config: Path | None, data_dir: Path | None) -> None:
     """citywatch's Kafka runner commands (also available as `citywatch bridge|worker`)."""
-    from citywatch.cli import Context
+    from citywatch.cli_context import Context
 
     ctx.obj = Context(config, data_dir)
 

@@ -23,7 +23,7 @@ from citywatch.detectors.registry import FAULT_RULES, build_rules
 from citywatch.errors import DeadLetterReason, InvalidMessage
 from citywatch.ingest.schemas import parse_status, parse_telemetry
 from citywatch.ingest.topics import parse_topic
-from citywatch.model import DeadLetter, Device, Finding, IncidentTransition, Reading, Transition
+from citywatch.model import DeadLetter, Device, Finding, Output, Reading
 
 DEAD_LETTER_PAYLOAD_LIMIT = 2048
 log = logging.getLogger(__name__)
@@ -58,23 +58,6 @@ def check_seq(state: DeviceState, seq: int, ts: float, last_ts: float | None) ->
 
 class DeviceLookup(Protocol):
     def get(self, device_id: str) -> Device | None: ...
-
-
-class Output:
-    """What one batch produced; the runner commits it atomically, then acknowledges the messages."""
-
-    __slots__ = ("accepted", "transitions", "dead_letters", "statuses", "incident_transitions")
-
-    def __init__(self) -> None:
-        self.accepted: list[tuple[Reading, Device]] = []
-        self.transitions: list[Transition] = []
-        self.dead_letters: list[DeadLetter] = []
-        self.statuses: list[tuple[Device, str, float]] = []
-        self.incident_transitions: list[IncidentTransition] = []  # grouped from `transitions` per batch
-
-    def __len__(self) -> int:
-        return (len(self.accepted) + len(self.transitions) + len(self.dead_letters) + len(self.statuses)
-                + len(self.incident_transitions))
 
 
 class Pipeline:

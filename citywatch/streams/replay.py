@@ -48,8 +48,8 @@ from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.errors import CitywatchError
 from citywatch.ingest.schemas import KIND_FIELDS
 from citywatch.ingest.topics import telemetry_topic
-from citywatch.model import KINDS, Device
-from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.model import KINDS, Device, Output
+from citywatch.streams.pipeline import Pipeline
 
 REPLAY_DEVICE = "replay"
 CHUNK_ROWS = 8192  # rows held at once: bounds memory, keeps numpy's column-wise parsing
