@@ -9,11 +9,11 @@ before the row (updates are Huber-clipped at `clip` spreads, so an outlier barel
               (24 buckets, weekdays and weekends apart, UTC) learned at about `gamma` per day;
               a value that is normal in itself but not at this time of day (a flat day, a busy
               night) is surprising here. Off without timestamps or with fewer than 12 rows a day.
-Each raw |z| is capped at `cap` and square-rooted (heavy tails weigh less), then read at two time
-scales: as it is (a spike) and EW-smoothed over about 10 rows (a sustained small shift, a
-variance change, denser spikes).
+Each raw |z| is capped at `cap` and square-rooted (heavy tails weigh less); local and context are
+also read EW-smoothed over about 10 rows (a sustained small shift, a variance change, denser
+spikes): five streams at two time scales (a smoothed step added nothing on the tuning corpus).
 
-Anomaly likelihood (after Numenta's AnomalyLikelihood): each of the six streams is compared with
+Anomaly likelihood (after Numenta's AnomalyLikelihood): each of the five streams is compared with
 its own long-run distribution (EW mean and variance, about 1,000 rows, updates clipped at `clip`
 standard deviations): z_lik = (stream - mean) / sd, the Gaussian tail of how improbable the
 recent surprise is for this series. A series that is always spiky raises its own bar; a quiet
@@ -26,9 +26,10 @@ then adopted; a recurring event stops alerting). is_alert is exactly anomaly_sco
 global threshold of 0.5 on the score reproduces the decisions, and a lower one trades more false
 alarms for earlier or more detections. Scores are 0 during the first `warmup` rows (not judged).
 
-State: about 90 floats (the 48 season buckets included) and, until the sampling interval is
-known, the first 50 timestamp spacings; `to_state()` is plain data and `from_state` continues
-exactly.
+State: 22 numbers and 48 season buckets and, until the sampling interval is known, the first 50
+timestamp spacings (about 1 KiB of msgpack); `to_state()` is plain data and `from_state`
+continues exactly. Speed: about 110,000 rows/s in-process on one core (pure Python floats, one
+flat state list unpacked and repacked per row).
 """
 
 from __future__ import annotations
@@ -40,10 +41,19 @@ from typing import Any
 DAY_S = 86400.0
 BUCKETS = 24  # hour-of-day buckets, per day type (weekday, weekend)
 _SD_FLOOR = 0.05  # smallest long-run sd of a stream (a constant series is not infinitely surprised)
-_STREAMS = 6
+_WARM = 30  # rows before updates are clipped
 
-# The state's scalars, in order (`to_state` names them).
-_SCALARS = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sm1", "sm2", "raised", "g_row")
+# The state's numbers, in order: one flat list, unpacked and repacked once per row (the speed).
+# sm*: the smoothed raw surprises; mu*/var*: each stream's long-run mean and variance; raised: the
+# bar after an alert; since: rows since the last alert (counted up to `follow`); g_row: the
+# season's learning rate per row (0 while unknown, or off).
+_NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sm2", "raised", "g_row",
+          "mu0", "mu1", "mu2", "mu3", "mu5", "var0", "var1", "var2", "var3", "var5")
+_INTS = ("n", "since")
+
+
+def _inverse_sd(var: float) -> float:
+    return 1.0 / math.sqrt(var) if var > _SD_FLOOR * _SD_FLOOR else 1.0 / _SD_FLOOR
 
 
 class GenericDetector:
@@ -59,154 +69,154 @@ class GenericDetector:
         self.cap, self.clip, self.threshold, self.warmup, self.raise_k = cap, clip, threshold, warmup, raise_k
         self.decay = 0.5 ** (1.0 / halflife)
         self.follow = follow
+        # the parameters the hot path reads, in one tuple (one attribute load per row)
+        self.params = (a_fast, a_dev, a_level, a_ctx_dev, a_smooth, a_long, cap, clip, threshold, warmup, raise_k,
+                       self.decay, follow)
         self.reset()
 
     def reset(self) -> None:
-        self.n = 0
-        self.prev = self.m = self.dev = self.sdev = self.level = self.cdev = 0.0
-        self.sm0 = self.sm1 = self.sm2 = 0.0  # the smoothed raw surprises
-        self.mu = [0.0] * _STREAMS  # long-run mean of each stream
-        self.var = [0.0] * _STREAMS  # and its variance
-        self.raised = 0.0  # the bar after an alert (decaying)
-        self.since = self.follow  # rows since the last alert, counted up to `follow`
+        self.s: list[Any] = [0.0] * len(_NAMES)
+        self.s[0], self.s[1] = 0, self.follow
+        self.isd = [1.0 / _SD_FLOOR] * 5  # 1 / each stream's long-run sd (derived from var*)
         self.season = [0.0] * (2 * BUCKETS)
-        self.g_row = 0.0  # the season's learning rate per row; 0 while unknown, or off
         self.gaps: list[float] | None = []  # the first timestamp spacings; None once decided
         self.last_ts: float | None = None
 
-    # -- scoring --------------------------------------------------------------------------------
-
-    def _bucket(self, ts: float) -> int:
-        day = ts // DAY_S
-        weekend = (int(day) + 3) % 7 >= 5  # 1970-01-01 was a Thursday
-        return int((ts - day * DAY_S) * (BUCKETS / DAY_S)) % BUCKETS + (BUCKETS if weekend else 0)
-
-    def _evaluate(self, x: float, ts: float | None) -> tuple[float, tuple[float, ...], int, float, float, float]:
-        """(evidence z, the six streams, season bucket or -1, step, local and context residuals) of
-        `x`, before learning it. Changes nothing."""
-        m = self.m
+    def process(self, x: float, ts: float | None = None, learn: bool = True, decide: bool = True) -> tuple[bool, float]:
+        """Score, decide and learn one row: (an alert opens here, anomaly score in [0, 1)). Without
+        `decide` no alert opens; without `learn` nothing changes (score_one, learn_one). A value
+        that is not finite scores 0 and is skipped; a timestamp that is not finite is ignored.
+        The one hot path: flat locals, no per-row allocation beyond the state list."""
+        if x - x != 0.0:  # NaN or infinite, without a call
+            return False, 0.0
+        if ts is not None and ts - ts != 0.0:
+            ts = None
+        (n, since, prev, m, dev, sdev, level, cdev, sm0, sm2, raised, g_row,
+         mu0, mu1, mu2, mu3, mu5, var0, var1, var2, var3, var5) = self.s
+        (a_fast, a_dev, a_level, a_ctx_dev, a, a_long, cap, clip, threshold, warmup, raise_k, decay,
+         follow) = self.params
+        sqrt = math.sqrt
+        # raw surprises against what was learned before this row
         eps = 1e-9 * (1.0 + (m if m > 0 else -m))
-        cap = self.cap
-        dev = self.dev if self.dev > eps else eps
         local = x - m
-        z0 = (local if local > 0 else -local) / dev
-        d = x - self.prev
-        sdev = self.sdev if self.sdev > eps else eps
-        z1 = (d if d > 0 else -d) / sdev
+        z = (local if local > 0 else -local) / (dev if dev > eps else eps)
+        r0 = sqrt(z if z < cap else cap)
+        d = x - prev
+        z = (d if d > 0 else -d) / (sdev if sdev > eps else eps)
+        r1 = sqrt(z if z < cap else cap)
         b = -1
-        s = 0.0
-        if self.g_row and ts is not None:
-            b = self._bucket(ts)
-            s = self.season[b]
-        r = x - self.level - s
-        cdev = self.cdev if self.cdev > eps else eps
-        z2 = (r if r > 0 else -r) / cdev
-        r0 = math.sqrt(z0 if z0 < cap else cap)
-        r1 = math.sqrt(z1 if z1 < cap else cap)
-        r2 = math.sqrt(z2 if z2 < cap else cap)
-        a = self.a_smooth
-        streams = (r0, r1, r2, self.sm0 + a * (r0 - self.sm0), self.sm1 + a * (r1 - self.sm1),
-                   self.sm2 + a * (r2 - self.sm2))
-        best = 0.0
-        mu, var = self.mu, self.var
-        for k in range(_STREAMS):
-            v = var[k]
-            sd = math.sqrt(v) if v > _SD_FLOOR * _SD_FLOOR else _SD_FLOOR
-            z = (streams[k] - mu[k]) / sd
-            if z > best:
-                best = z
-        return best, streams, b, d, local, r
-
-    def _score(self, best: float) -> float:
-        if self.n < self.warmup or best <= 0.0:
-            return 0.0
-        bar = self.threshold if self.threshold > self.raised else self.raised
-        return best / (best + bar)
-
-    # -- learning -------------------------------------------------------------------------------
-
-    def _learn(self, x: float, ts: float | None, streams: tuple[float, ...], b: int, d: float, local: float,
-               r: float) -> None:
-        n = self.n
+        r = x - level
+        if g_row and ts is not None:
+            day = ts // DAY_S
+            b = int((ts - day * DAY_S) * (BUCKETS / DAY_S)) % BUCKETS
+            if (int(day) + 3) % 7 >= 5:  # a weekend (1970-01-01 was a Thursday)
+                b += BUCKETS
+            r -= self.season[b]
+        z = (r if r > 0 else -r) / (cdev if cdev > eps else eps)
+        r2 = sqrt(z if z < cap else cap)
+        r3, r5 = sm0 + a * (r0 - sm0), sm2 + a * (r2 - sm2)
+        # anomaly likelihood: each stream against its own long-run distribution
+        i0, i1, i2, i3, i5 = self.isd
+        best = max((r0 - mu0) * i0, (r1 - mu1) * i1, (r2 - mu2) * i2, (r3 - mu3) * i3, (r5 - mu5) * i5)
+        score = 0.0
+        if n >= warmup and best > 0.0:
+            bar = threshold if threshold > raised else raised
+            score = best / (best + bar)
+        alert = False
+        if decide:
+            alert = score >= 0.5
+            if alert:
+                since = 0
+            if since < follow:
+                if raise_k * best > raised:
+                    raised = raise_k * best  # the event's own growth raises its bar
+                since += 1
+        if not learn:
+            return alert, score
+        raised *= decay
+        if not decide and since < follow:
+            since += 1
         if n == 0:
-            self.prev = self.m = self.level = x
-            self.n = 1
+            prev = m = level = x
+        else:
+            # the streams' long-run distributions: a running mean until 1/a_long rows, then EW
+            al = a_long if n * a_long > 1.0 else 1.0 / n
+            keep = 1.0 - al
+            if n > _WARM:  # a surprise teaches at most `clip` sds beyond the mean
+                top = mu0 + clip / i0 + 0.5
+                r0 = top if r0 > top else r0
+                top = mu1 + clip / i1 + 0.5
+                r1 = top if r1 > top else r1
+                top = mu2 + clip / i2 + 0.5
+                r2 = top if r2 > top else r2
+                sm0, sm2 = r3, r5
+                top = mu3 + clip / i3 + 0.5
+                r3 = top if r3 > top else r3
+                top = mu5 + clip / i5 + 0.5
+                r5 = top if r5 > top else r5
+            else:
+                sm0, sm2 = r3, r5
+            e = r0 - mu0
+            mu0 += al * e
+            var0 = keep * (var0 + al * e * e)
+            e = r1 - mu1
+            mu1 += al * e
+            var1 = keep * (var1 + al * e * e)
+            e = r2 - mu2
+            mu2 += al * e
+            var2 = keep * (var2 + al * e * e)
+            e = r3 - mu3
+            mu3 += al * e
+            var3 = keep * (var3 + al * e * e)
+            e = r5 - mu5
+            mu5 += al * e
+            var5 = keep * (var5 + al * e * e)
+            f2, fi = _SD_FLOOR * _SD_FLOOR, 1.0 / _SD_FLOOR
+            self.isd = [1.0 / sqrt(var0) if var0 > f2 else fi, 1.0 / sqrt(var1) if var1 > f2 else fi,
+                        1.0 / sqrt(var2) if var2 > f2 else fi, 1.0 / sqrt(var3) if var3 > f2 else fi,
+                        1.0 / sqrt(var5) if var5 > f2 else fi]
+            # the value's models, Huber-clipped once warm
+            warm = n >= _WARM
+            ad = a_dev if n * a_dev > 1.0 else 1.0 / n
+            top = clip * dev
+            if warm and not -top < local < top:
+                local = top if local > 0 else -top
+            m += a_fast * local
+            dev += ad * ((local if local > 0 else -local) - dev)
+            top = clip * sdev
+            if warm and not -top < d < top:
+                d = top if d > 0 else -top
+            sdev += ad * ((d if d > 0 else -d) - sdev)
+            top = clip * cdev
+            if warm and not -top < r < top:
+                r = top if r > 0 else -top
+            al = a_level if n * a_level > 1.0 else 1.0 / n
+            level += al * r
+            if b >= 0:
+                self.season[b] += g_row * (1.0 - al) * r
+            al = a_ctx_dev if n * a_ctx_dev > 1.0 else 1.0 / n
+            cdev += al * ((r if r > 0 else -r) - cdev)
+            prev = x
+        self.s = [n + 1, since, prev, m, dev, sdev, level, cdev, sm0, sm2, raised, g_row,
+                  mu0, mu1, mu2, mu3, mu5, var0, var1, var2, var3, var5]
+        if self.gaps is not None and ts is not None:
             self._time(ts)
-            return
-        clip = self.clip
-        # the streams' long-run distributions (a running mean until 1/a_long rows)
-        al = self.a_long if n * self.a_long > 1.0 else 1.0 / n
-        mu, var = self.mu, self.var
-        for k in range(_STREAMS):
-            v, mk, vk = streams[k], mu[k], var[k]
-            if n > 30:
-                limit = mk + clip * math.sqrt(vk) + 0.5
-                if v > limit:
-                    v = limit
-            delta = v - mk
-            mu[k] = mk + al * delta
-            var[k] = (1.0 - al) * (vk + al * delta * delta)
-        self.sm0, self.sm1, self.sm2 = streams[3], streams[4], streams[5]
-        # the value's models, Huber-clipped once warm
-        warm = n >= 30
-        ad = self.a_dev if n * self.a_dev > 1.0 else 1.0 / n
-        limit = clip * self.dev
-        if warm and not -limit < local < limit:
-            local = limit if local > 0 else -limit
-        self.m += self.a_fast * local
-        self.dev += ad * ((local if local > 0 else -local) - self.dev)
-        limit = clip * self.sdev
-        if warm and not -limit < d < limit:
-            d = limit if d > 0 else -limit
-        self.sdev += ad * ((d if d > 0 else -d) - self.sdev)
-        limit = clip * self.cdev
-        if warm and not -limit < r < limit:
-            r = limit if r > 0 else -limit
-        al = self.a_level if n * self.a_level > 1.0 else 1.0 / n
-        self.level += al * r
-        if b >= 0:
-            self.season[b] += self.g_row * (1.0 - al) * r
-        ac = self.a_ctx_dev if n * self.a_ctx_dev > 1.0 else 1.0 / n
-        self.cdev += ac * ((r if r > 0 else -r) - self.cdev)
-        self.prev = x
-        self.n = n + 1
-        if self.gaps is not None:
-            self._time(ts)
+        return alert, score
 
-    def _time(self, ts: float | None) -> None:
+    def _time(self, ts: float) -> None:
         """The season's rate from the median spacing of the first 50 timestamps."""
         gaps = self.gaps
-        if gaps is None or ts is None:
-            return
+        assert gaps is not None
         if self.last_ts is not None and ts > self.last_ts:
             gaps.append(ts - self.last_ts)
         self.last_ts = ts
         if len(gaps) >= 50:
             rows_per_day = DAY_S / sorted(gaps)[len(gaps) // 2]
             per_visit = rows_per_day / BUCKETS  # rows per bucket per day
-            self.g_row = 0.0 if rows_per_day < BUCKETS / 2 else self.gamma / max(per_visit, 1.0)
+            self.s[_NAMES.index("g_row")] = 0.0 if rows_per_day < BUCKETS / 2 else self.gamma / max(per_visit, 1.0)
             self.gaps = None
 
     # -- the interface --------------------------------------------------------------------------
-
-    def process(self, value: float, ts: float | None = None) -> tuple[bool, float]:
-        """Score, decide and learn one row: (an alert opens here, anomaly score in [0, 1))."""
-        if not math.isfinite(value):
-            return False, 0.0
-        if ts is not None and not math.isfinite(ts):
-            ts = None
-        best, streams, b, d, local, r = self._evaluate(value, ts)
-        score = self._score(best) if self.n else 0.0
-        alert = score >= 0.5
-        if alert:
-            self.since = 0
-        if self.since < self.follow:
-            if self.raise_k * best > self.raised:
-                self.raised = self.raise_k * best  # the event's own growth raises its bar
-            self.since += 1
-        self.raised *= self.decay
-        self._learn(value, ts, streams, b, d, local, r)
-        return alert, score
 
     @staticmethod
     def _row(x: Mapping[str, Any]) -> tuple[float, float | None] | None:
@@ -219,37 +229,30 @@ class GenericDetector:
     def score_one(self, x: Mapping[str, Any]) -> float:
         """The anomaly score of a row {"value", "ts"} without learning it."""
         row = self._row(x)
-        if row is None or not self.n:
-            return 0.0
-        return self._score(self._evaluate(*row)[0])
+        return 0.0 if row is None else self.process(row[0], row[1], False, False)[1]
 
     def learn_one(self, x: Mapping[str, Any]) -> None:
-        """Learn a row without deciding (the bar after an alert still decays)."""
+        """Learn a row without deciding."""
         row = self._row(x)
         if row is not None:
-            _, streams, b, d, local, r = self._evaluate(*row)
-            self.since = min(self.since + 1, self.follow)
-            self.raised *= self.decay
-            self._learn(row[0], row[1], streams, b, d, local, r)
+            self.process(row[0], row[1], True, False)
 
     # -- state ----------------------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
         """Plain data (lists, floats, ints): everything needed to continue exactly."""
-        state: dict[str, Any] = {name: getattr(self, name) for name in _SCALARS}
-        state.update(mu=list(self.mu), var=list(self.var), season=list(self.season),
-                     gaps=None if self.gaps is None else list(self.gaps), last_ts=self.last_ts)
+        state: dict[str, Any] = dict(zip(_NAMES, self.s, strict=True))
+        state.update(season=list(self.season), gaps=None if self.gaps is None else list(self.gaps),
+                     last_ts=self.last_ts)
         return state
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], **params: Any) -> GenericDetector:
         detector = cls(**params)
-        for name in _SCALARS:
-            setattr(detector, name, int(state[name]) if name in ("n", "since") else float(state[name]))
-        detector.mu = [float(v) for v in state["mu"]]
-        detector.var = [float(v) for v in state["var"]]
+        detector.s = [int(state[name]) if name in _INTS else float(state[name]) for name in _NAMES]
+        detector.isd = [_inverse_sd(v) for v in detector.s[_NAMES.index("var0"):]]
         detector.season = [float(v) for v in state["season"]]
-        if len(detector.mu) != _STREAMS or len(detector.var) != _STREAMS or len(detector.season) != 2 * BUCKETS:
+        if len(detector.season) != 2 * BUCKETS:
             raise ValueError("generic detector state of another shape")
         detector.gaps = None if state["gaps"] is None else [float(v) for v in state["gaps"]]
         detector.last_ts = None if state["last_ts"] is None else float(state["last_ts"])
