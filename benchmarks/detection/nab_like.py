@@ -111,9 +111,9 @@ def make_corpus(seed: int = 7) -> list[Series]:
     add("rogue_agent_variance", v, [2800])
     # social media volume (counts with a rhythm and heavy-tailed bursts)
     lam = 30 + 20 * _daily(n, day, rng)
-    v = rng.poisson(lam) + (rng.random(n) < 0.02) * rng.poisson(40, n)
-    v[3000:3012] += rng.poisson(400, 12)
-    add("tweets_burst", v.astype(float), [3000])
+    counts = rng.poisson(lam) + (rng.random(n) < 0.02) * rng.poisson(40, n)
+    counts[3000:3012] += rng.poisson(400, 12)
+    add("tweets_burst", counts.astype(float), [3000])
     # taxi-like: half-hourly, daily + weekly rhythm, an anomalous low day
     m = 4320
     t = np.arange(m)
@@ -200,8 +200,8 @@ def score_series(series: Series, alerts: np.ndarray) -> tuple[float, int, int, i
     prev_right: int | None = None
     prev_width = 0
     win_i = 0
-    for i in np.flatnonzero(alerts):
-        i = int(i)
+    for index in np.flatnonzero(alerts):
+        i = int(index)
         while win_i < len(wins) and i > wins[win_i][1]:
             prev_right, prev_width = wins[win_i][1], wins[win_i][1] - wins[win_i][0] + 1
             win_i += 1

@@ -1,0 +1,134 @@
+"""The generic detector (replay without a kind) and the NAB-style scoring its benchmark uses:
+the scorer against hand-computed figures, the detector's decisions as a threshold on its own
+score, contextual anomalies, bounded state that continues exactly."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import msgspec
+import numpy as np
+import pytest
+
+from benchmarks.detection import corpus, realistic
+from benchmarks.detection.nab_like import Series, score_series, windows
+from citywatch.detectors.generic import GenericDetector
+
+T0 = 1_420_070_400.0  # a Thursday, 00:00 UTC
+
+
+def one_window_series() -> Series:
+    """1,000 rows, one anomaly at row 500: probation 150 rows, window 100 rows wide (450..550)."""
+    return Series("s", T0 + 300.0 * np.arange(1000), np.zeros(1000), [500])
+
+
+def alerts_at(n: int, *rows: int) -> np.ndarray:
+    a = np.zeros(n, dtype=bool)
+    a[list(rows)] = True
+    return a
+
+
+def test_nab_scoring_by_hand() -> None:
+    s = one_window_series()
+    assert windows(s) == [(450, 550)]
+    # row 100: probation, ignored; row 200: a false alarm before any window, -0.11; row 500: the
+    # first detection in the window, sigmoid at -(550 - 500 + 1) / 101 = -0.50495 -> 0.85172,
+    # over the earliest possible 0.98661 -> 0.86328; row 520: a second detection, ignored; row
+    # 600: a false alarm 50 rows after a 101-row window, 0.11 * sigmoid(50 / 100) = -0.09329.
+    raw, hit, wins, fps = score_series(s, alerts_at(1000, 100, 200, 500, 520, 600))
+    assert (hit, wins, fps) == (1, 1, 2)
+    assert raw == pytest.approx(0.86328 - 0.11 - 0.09329, abs=1e-4)
+    assert realistic.nab([s], [alerts_at(1000, 100, 200, 500, 520, 600)]).score == pytest.approx(
+        100 * (0.65999 + 1) / 2, abs=0.01)
+    assert realistic.nab([s], [np.zeros(1000, dtype=bool)]).score == 0.0  # the null detector
+    assert realistic.nab([s], [alerts_at(1000, 450)]).score == pytest.approx(100.0)  # at the window's start
+    after = -1.0 + 0.11 * (2 / (1 + math.exp(0.5)) - 1)  # missed; a false alarm 10 rows after the window
+    assert score_series(s, alerts_at(1000, 560))[0] == pytest.approx(after)
+
+
+def test_best_threshold_sweeps_scores_as_nab_counts_them() -> None:
+    s = one_window_series()
+    scores = np.zeros(1000)
+    scores[300] = 0.6  # a false alarm if the threshold is at most 0.6
+    scores[480] = 0.8  # early in the window
+    threshold, best = realistic.best_threshold([s], [scores], [0.5, 0.7, 0.9])
+    assert threshold == 0.7 and best.detected == 1 and best.false_alarms == 0
+
+
+def test_is_alert_is_exactly_the_score_at_one_half() -> None:
+    series = corpus.make_corpus(corpus.TUNE_SEED)[:12]
+    run = realistic.run(GenericDetector, series)
+    for alerts, scores in zip(run.alerts, run.scores, strict=True):
+        assert np.array_equal(alerts, scores >= 0.5)
+        assert ((scores >= 0.0) & (scores < 1.0)).all()
+    own = realistic.nab(series, run.alerts)
+    _, swept = realistic.best_threshold(series, run.scores)
+    assert swept.score >= own.score  # a threshold tuned on the score loses nothing against is_alert
+
+
+def daily(days: int, step: float = 300.0, seed: int = 1) -> tuple[list[float], list[float]]:
+    rng = random.Random(seed)
+    ts = [T0 + step * i for i in range(int(days * 86400 / step))]
+    return ts, [50 + 30 * math.sin(2 * math.pi * (t % 86400) / 86400) + rng.gauss(0, 1.5) for t in ts]
+
+
+def test_a_normal_value_at_the_wrong_time_is_an_anomaly() -> None:
+    """A day on which the rhythm stops at its daily mean: every value is ordinary, only the time
+    of day is wrong (no single step, no value outside the normal range)."""
+    ts, values = daily(12)
+    start = 10 * 288  # day 10, 00:00: the rhythm rises through 50 and peaks at 06:00
+    for i in range(start, start + 144):
+        values[i] = 50 + random.Random(i).gauss(0, 1.5)
+    detector = GenericDetector()
+    alerts = [i for i, (t, v) in enumerate(zip(ts, values, strict=True)) if detector.process(v, t)[0]]
+    assert alerts and start <= alerts[0] < start + 72  # before noon
+    assert not [i for i in alerts if 200 <= i < start]  # ten ordinary days: quiet
+
+
+def test_scores_rank_the_anomalies_above_ordinary_rows() -> None:
+    rng = random.Random(7)
+    values = [20 + rng.gauss(0, 1) for _ in range(3000)]
+    values[1500] += 9  # a spike
+    for i in range(2400, 2460):
+        values[i] += 3  # a small sustained shift: 3 sd
+    detector = GenericDetector()
+    scores = [detector.process(v, T0 + 60.0 * i)[1] for i, v in enumerate(values)]
+    ordinary = max(scores[200:1500] + scores[1501:2400])
+    assert scores[1500] > ordinary and max(scores[2400:2420]) > ordinary
+    assert scores[1500] >= 0.5 and ordinary < 0.5
+    assert scores[:150] == [0.0] * 150  # not judged during the warm-up
+
+
+def test_state_is_bounded_and_continues_exactly_through_msgpack() -> None:
+    rng = random.Random(3)
+    rows = [(T0 + 17.0 * i + rng.uniform(0, 5), math.sin(i / 50) + rng.gauss(0, 0.1) + (i // 7000))
+            for i in range(30000)]
+    straight = GenericDetector()
+    first = [straight.process(v, t) for t, v in rows]
+    half = GenericDetector()
+    sizes = []
+    for i, (t, v) in enumerate(rows[:20000]):
+        half.process(v, t)
+        if i in (30, 5000, 19999):
+            sizes.append(len(msgspec.msgpack.encode(half.to_state())))
+    assert max(sizes) < 1000  # bounded: every season bucket filled, the spacings gone
+    assert sizes[2] == len(msgspec.msgpack.encode(straight.to_state()))  # 20,000 rows or 30,000: the same
+    resumed = GenericDetector.from_state(msgspec.msgpack.decode(msgspec.msgpack.encode(half.to_state())))
+    assert [resumed.process(v, t) for t, v in rows[20000:]] == first[20000:]
+    assert any(a for a, _ in first[20000:])  # the level steps every 7,000 rows: something to decide
+
+
+def test_bad_values_and_timestamps_are_skipped_without_harm() -> None:
+    detector = GenericDetector()
+    for i in range(300):
+        detector.process(1.0 + (i % 3), T0 + 60.0 * i)
+    before = detector.to_state()
+    assert detector.process(math.nan, T0) == (False, 0.0)
+    assert detector.process(math.inf, T0) == (False, 0.0)
+    assert detector.to_state() == before
+    alert, score = detector.process(2.0, math.nan)  # no usable time: scored without the season
+    assert not alert and math.isfinite(score)
+    assert detector.score_one({"value": "x", "ts": T0}) == 0.0
+    with pytest.raises(ValueError, match="another shape"):
+        GenericDetector.from_state({**before, "season": [0.0]})
