@@ -9,6 +9,7 @@ from citywatch.detectors.base import Rule
 from citywatch.detectors.baseline import LearnedRule, LocalTime, SeasonalBaseline
 from citywatch.detectors.faults import SensorJump, SensorStuck
 from citywatch.detectors.gas import GasLevel
+from citywatch.detectors.generic_rule import GenericAnomaly
 from citywatch.detectors.health import BatteryLow
 from citywatch.detectors.lock import lock_rules
 from citywatch.detectors.noise import NoiseLimit, NoiseNightBurst
@@ -84,4 +85,6 @@ def learned_rules(settings: Settings, learned: LearnedRules, noise: NoiseLimit) 
         ReportingInterval(learned.health),
         BatteryDrain(learned.health),
     ]
+    g = learned.generic  # the generic detector, only on the fields config.yaml names (off by default)
+    out += [GenericAnomaly(kind, field, clear_after=g.clear_after) for kind, field in g.fields.items()]
     return out

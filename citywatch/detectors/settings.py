@@ -6,7 +6,7 @@ configuration (`settings.rules.learned`) to `build_rules`.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Section(BaseModel):
@@ -84,6 +84,26 @@ class HealthParams(_Section):
     drain_warmup: int = Field(4, ge=1)  # spans learned before it may alert
 
 
+class GenericParams(_Section):
+    """The generic detector (as `citywatch replay` runs it) on one numeric field per kind: off
+    unless `fields` names a field for the kind."""
+
+    fields: dict[str, str] = {}  # kind: field, e.g. {"gas": "co_ppm"}
+    clear_after: int = Field(30, ge=1)  # readings without a new alert before it clears
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, fields: dict[str, str]) -> dict[str, str]:
+        from citywatch.ingest.schemas import KIND_FIELDS  # here: schemas need not load with the settings
+
+        for kind, field in fields.items():
+            if kind not in KIND_FIELDS:
+                raise ValueError(f"unknown kind {kind!r} (known: {', '.join(KIND_FIELDS)})")
+            if field not in KIND_FIELDS[kind]:
+                raise ValueError(f"kind {kind} has no field {field!r} (fields: {', '.join(KIND_FIELDS[kind])})")
+        return fields
+
+
 class LearnedRules(_Section):
     """`rules.learned`: the learned, per-device detectors."""
 
@@ -96,4 +116,5 @@ class LearnedRules(_Section):
     parking: ParkingParams = ParkingParams()
     lock: LockParams = LockParams()
     health: HealthParams = HealthParams()
+    generic: GenericParams = GenericParams()
 
