@@ -27,6 +27,7 @@ HOT_PATH = [
     "citywatch/detectors/water.py",
     "citywatch/detectors/parking.py",
     "citywatch/detectors/lock.py",
+    "citywatch/detectors/smoke.py",
     "citywatch/detectors/faults.py",
     "citywatch/detectors/anomaly.py",
     "citywatch/detectors/occupancy.py",

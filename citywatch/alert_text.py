@@ -51,8 +51,12 @@ TEMPLATES: dict[str, str] = {
     "lock_unusual_hour": N_("door opened at {hour}:00-{hour}:59, an unusual hour for this door "
                             "({share}% of its unlocks)"),
     "lock_unusual_failures": N_("{count} failed unlocks this hour, far above this door's normal"),
+    "smoke_alarm": N_("smoke alarm sounding"),
+    "smoke_alarm.level": N_("smoke at {value} %/m (alarm from {threshold} %/m)"),
+    "smoke_rising": N_("smoke building up: {value} %/m (pre-alarm from {threshold} %/m)"),
+    "smoke_tamper": N_("smoke alarm tampered with (removed from its base or opened)"),
     "battery_low": N_("battery at {value}%"),
-    "battery_low.lock": N_("lock reports low battery"),
+    "battery_low.lock": N_("{kind} reports low battery"),
     "battery_drain": N_("battery draining {drain}%/day, usually {usual}%/day"),
     "reporting_interval": N_("reporting about every {every} s, usually every {usual} s"),
     "device_offline": N_("no data for {silent} s (expected every {interval} s)"),
@@ -73,7 +77,9 @@ _WORDS: dict[str, tuple[str, frozenset[str]]] = {
     "state": ("parking state", frozenset({NP_("parking state", "occupied"), NP_("parking state", "free")})),
     "field": ("reading field", frozenset({NP_("reading field", "lel_pct"), NP_("reading field", "co_ppm"),
                                           NP_("reading field", "laeq_db"), NP_("reading field", "lamax_db"),
-                                          NP_("reading field", "depth_cm"), NP_("reading field", "battery")})),
+                                          NP_("reading field", "depth_cm"), NP_("reading field", "battery"),
+                                          NP_("reading field", "obscuration_pct_per_m")})),
+    "kind": ("kind", frozenset({NP_("kind", "lock"), NP_("kind", "smoke")})),
 }
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 

@@ -405,7 +405,7 @@ class IncidentSettings(Section):
     # group listing a matching pattern wins; a rule no group names is a group of its own (its name)
     groups: dict[str, list[str]] = {
         "gas": ["gas_*"], "water": ["water_*"], "noise": ["noise_*"], "parking": ["parking_*"],
-        "security": ["lock_*"],
+        "security": ["lock_*"], "fire": ["smoke_*"],
         "device_health": ["device_offline", "device_flooding", "battery_*", "sensor_*", "reporting_interval"],
     }
 
@@ -507,6 +507,22 @@ class WaterRules(Section):
         return value
 
 
+class SmokeRules(Section):
+    """Residential smoke alarms (rented housing). Obscuration in % per metre; a photoelectric alarm
+    sounds at about 2-4 %/m (GB 20517-2006 / EN 14604 response range): `alarm_pct_per_m` opens
+    smoke_alarm from the reading alone, whatever the device's own alarm flag says."""
+
+    pre_alarm_pct_per_m: float = Field(1.5, gt=0)
+    alarm_pct_per_m: float = Field(4.0, gt=0, validate_default=True)  # checked against the field above
+    hysteresis_pct_per_m: float = Field(0.3, ge=0)
+
+    @field_validator("alarm_pct_per_m")
+    @classmethod
+    def _alarm_above_pre_alarm(cls, value: float, info: ValidationInfo) -> float:
+        _below("rules.smoke", "pre_alarm_pct_per_m", info, "alarm_pct_per_m", value)
+        return value
+
+
 class ParkingRules(Section):
     max_stay_min: float = Field(120.0, gt=0)
 
@@ -594,6 +610,7 @@ class RuleSettings(Section):
     water: WaterRules = WaterRules()
     parking: ParkingRules = ParkingRules()
     lock: LockRules = LockRules()
+    smoke: SmokeRules = SmokeRules()
     health: HealthRules = HealthRules()
 
 

@@ -30,7 +30,7 @@ _table("alert status",
        NP_("alert status", "closed"))
 _table("severity", NP_("severity", "info"), NP_("severity", "warning"), NP_("severity", "critical"))
 _table("kind", NP_("kind", "gas"), NP_("kind", "noise"), NP_("kind", "water"), NP_("kind", "parking"),
-       NP_("kind", "lock"))
+       NP_("kind", "lock"), NP_("kind", "smoke"))
 _table("transition",
        NP_("transition", "opened"), NP_("transition", "updated"), NP_("transition", "flapping"),
        NP_("transition", "acknowledged"), NP_("transition", "escalated"), NP_("transition", "resolved"),
@@ -46,7 +46,8 @@ _table("rule",
        NP_("rule", "sensor_stuck"), NP_("rule", "gas_slow_rise"), NP_("rule", "noise_unusual_night"),
        NP_("rule", "water_fast_rise"), NP_("rule", "parking_stuck"), NP_("rule", "parking_flapping"),
        NP_("rule", "lock_many_users"), NP_("rule", "lock_unusual_hour"), NP_("rule", "lock_unusual_failures"),
-       NP_("rule", "reporting_interval"), NP_("rule", "battery_drain"))
+       NP_("rule", "reporting_interval"), NP_("rule", "battery_drain"), NP_("rule", "smoke_alarm"),
+       NP_("rule", "smoke_rising"), NP_("rule", "smoke_tamper"))
 _table("dead letter reason",
        NP_("dead letter reason", "malformed_json"), NP_("dead letter reason", "not_an_object"),
        NP_("dead letter reason", "missing_field"), NP_("dead letter reason", "wrong_type"),
@@ -79,7 +80,8 @@ _table("device attribute",
 _table("silence state", NP_("silence state", "active"), NP_("silence state", "scheduled"),
        NP_("silence state", "ended"), NP_("silence state", "expired"))
 _table("hazard group", NP_("hazard group", "gas"), NP_("hazard group", "water"), NP_("hazard group", "noise"),
-       NP_("hazard group", "parking"), NP_("hazard group", "security"), NP_("hazard group", "device_health"))
+       NP_("hazard group", "parking"), NP_("hazard group", "security"), NP_("hazard group", "fire"),
+       NP_("hazard group", "device_health"))
 _table("incident status", NP_("incident status", "open"), NP_("incident status", "assigned"),
        NP_("incident status", "on_site"), NP_("incident status", "rectified"), NP_("incident status", "closed"))
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import msgspec
 
-KINDS: tuple[str, ...] = ("gas", "noise", "water", "parking", "lock")
+KINDS: tuple[str, ...] = ("gas", "noise", "water", "parking", "lock", "smoke")
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
 # Life-safety rules (fail safe): a reading at the level opens the alert at once; nothing holds it back.
 SAFETY_RULES: frozenset[str] = frozenset({"gas_level", "water_depth", "lock_forced_open", "lock_tamper",
-                                          "lock_brute_force"})
+                                          "lock_brute_force", "smoke_alarm", "smoke_tamper"})
 
 Value = float | int | bool | str | None
 

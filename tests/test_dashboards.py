@@ -206,7 +206,7 @@ def test_template_variable_queries_list_the_city(city: tuple[InfluxStack, CityRu
     districts = {r["value"] for r in run_query(stack, run, q.VARIABLE_QUERIES["district"])}
     assert districts == {d.district for d in run.devices}
     kinds = {r["value"] for r in run_query(stack, run, q.VARIABLE_QUERIES["kind"])}
-    assert kinds == {"gas", "noise", "water", "parking", "lock"}
+    assert kinds == {"gas", "noise", "water", "parking", "lock", "smoke"}
     one = sorted(districts)[0]
     grids = {r["value"] for r in run_query(stack, run, q.VARIABLE_QUERIES["grid"], district=one)}
     assert grids == {d.grid for d in run.devices if d.district == one}

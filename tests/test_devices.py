@@ -224,7 +224,7 @@ def test_import_lists_every_problem_with_its_line_and_writes_nothing(
         "ok-1,gas,30,120,,\n"            # 2: fine
         "ok-1,water,,,,\n"               # 3: duplicate in the file
         "old-1,gas,,,,\n"                # 4: already registered
-        "x-1,smoke,,,,\n"                # 5: unknown kind
+        "x-1,radar,,,,\n"                # 5: unknown kind
         "x-2,gas,95,120,,\n"             # 6: bad latitude
         ",gas,,,,\n"                     # 7: missing id
         "x-3,water,30,abc,,\n"           # 8: lon not a number
@@ -235,7 +235,7 @@ def test_import_lists_every_problem_with_its_line_and_writes_nothing(
     result = cli(config, "devices", "import", str(csv_file), "--secrets-out", str(secrets), code=1)
     lines = [line for line in result.output.splitlines() if line.startswith("line ")]
     assert [line.split(":")[0] for line in lines] == [f"line {n}" for n in range(3, 11)], lines
-    for n, words in [(3, "duplicate id ok-1 (first on line 2)"), (4, "already registered"), (5, "smoke"),
+    for n, words in [(3, "duplicate id ok-1 (first on line 2)"), (4, "already registered"), (5, "radar"),
                      (6, "lat 95.0"), (7, "id: missing"), (8, "lon 'abc'"), (9, "tenants"), (10, "finite")]:
         assert words in lines[n - 3], lines[n - 3]
     assert [d.id for d in registry.all()] == ["old-1"]

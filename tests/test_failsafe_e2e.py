@@ -35,7 +35,9 @@ GAS_FIRST = Device(id="gas-first", kind="gas", district="Nanhu", grid="G1")
 GAS_FUTURE = Device(id="gas-future", kind="gas", district="Nanhu", grid="G1")
 GAS_STATUS = Device(id="gas-status", kind="gas", district="Nanhu", grid="G1", interval_s=1.0)
 GAS_EVENT = Device(id="gas-event", kind="gas", district="Nanhu", grid="G1", interval_s=1.0)
-DEVICES = [WATER, GAS_10S, GAS_1MIN, GAS_FIRST, GAS_FUTURE, GAS_STATUS, GAS_EVENT]
+SMOKE_SOUNDING = Device(id="smoke-sounding", kind="smoke", district="Nanhu", grid="G1")
+SMOKE_SILENT = Device(id="smoke-silent", kind="smoke", district="Nanhu", grid="G1")  # its sounder failed
+DEVICES = [WATER, GAS_10S, GAS_1MIN, GAS_FIRST, GAS_FUTURE, GAS_STATUS, GAS_EVENT, SMOKE_SOUNDING, SMOKE_SILENT]
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ def receiver() -> Iterator[WebhookReceiver]:
     r.stop()
 
 
-def telemetry(device: Device, ts: float, **fields: float) -> tuple[str, bytes]:
+def telemetry(device: Device, ts: float, **fields: float | bool) -> tuple[str, bytes]:
     return f"citywatch/{device.kind}/{device.id}/telemetry", json.dumps({"ts": round(ts, 3), **fields}).encode()
 
 
@@ -89,10 +91,17 @@ def test_each_level_alarm_of_the_issue_arrives_as_a_signed_webhook(
             telemetry(GAS_FUTURE, now, lel_pct=80.0),
             telemetry(GAS_STATUS, now, lel_pct=1.0), status(GAS_STATUS, "offline"),
             telemetry(GAS_EVENT, now, lel_pct=65.0),  # its one and only message
+            telemetry(SMOKE_SOUNDING, now, obscuration_pct_per_m=0.8, alarm=True),
+            telemetry(SMOKE_SILENT, now - 60, obscuration_pct_per_m=0.1, alarm=False),
+            telemetry(SMOKE_SILENT, now, obscuration_pct_per_m=7.5, alarm=False),
         ])
         wait_until(lambda: all(openings(receiver, d, r) for d, r in [
             (WATER, "water_depth"), (GAS_10S, "gas_level"), (GAS_1MIN, "gas_level"), (GAS_FIRST, "gas_level"),
-            (GAS_FUTURE, "gas_level"), (GAS_STATUS, "device_offline"), (GAS_EVENT, "gas_level")]), timeout=20)
+            (GAS_FUTURE, "gas_level"), (GAS_STATUS, "device_offline"), (GAS_EVENT, "gas_level"),
+            (SMOKE_SOUNDING, "smoke_alarm"), (SMOKE_SILENT, "smoke_alarm")]), timeout=20)
+        for device in (SMOKE_SOUNDING, SMOKE_SILENT):
+            alarm = openings(receiver, device, "smoke_alarm")[0]["alert"]
+            assert alarm["severity"] == "critical" and alarm["safety"] is True, device.id
         assert openings(receiver, WATER, "water_depth")[0]["alert"]["severity"] == "critical"
         assert openings(receiver, GAS_10S, "gas_level")[0]["alert"]["severity"] == "warning"
         level2 = openings(receiver, GAS_1MIN, "gas_level")[0]["alert"]

@@ -30,7 +30,7 @@ BAD = [
     (TOPIC, b'{"ts": %d, "lel_pct": -1}' % T0, "out_of_range"),
     (TOPIC, b'{"ts": %d, "lel_pct": 3, "battery": 140}' % T0, "out_of_range"),
     (TOPIC, b'{"ts": %d, "lel_pct": 3, "pad": "%s"}' % (T0, b"x" * 17000), "payload_too_large"),
-    ("citywatch/smoke/s1/telemetry", b'{"ts": %d}' % T0, "unknown_kind"),
+    ("citywatch/radar/s1/telemetry", b'{"ts": %d}' % T0, "unknown_kind"),
     ("citywatch/gas/g1", b'{"ts": %d, "lel_pct": 3}' % T0, "bad_topic"),
     ("citywatch/gas/bad id!/telemetry", b'{"ts": %d, "lel_pct": 3}' % T0, "bad_topic"),
     (TOPIC, b'{"ts": %d, "lel_pct": 3, "device_id": "g2"}' % T0, "topic_mismatch"),
@@ -129,7 +129,7 @@ def test_status_forms() -> None:
 
 def test_json_schema_covers_every_kind() -> None:
     schema = json_schema()
-    assert set(schema["properties"]) == {"gas", "noise", "water", "parking", "lock"}
+    assert set(schema["properties"]) == {"gas", "noise", "water", "parking", "lock", "smoke"}
     gas = schema["$defs"]["GasPayload"]
     assert set(gas["required"]) == {"ts", "lel_pct"}
     assert gas["properties"]["lel_pct"]["maximum"] == 100

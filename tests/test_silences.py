@@ -53,7 +53,7 @@ def build(now: float = T0, **fields: Any) -> sil.Silence:
     ({"grid": "G7", "duration": "3 hours"}, "duration"),
     ({"grid": "G7", "end": "2030-01-01T08:00:00"}, "no UTC offset"),
     ({"grid": "G7", "duration": "1h", "end": T0 + 60}, "not both"),
-    ({"kind": "smoke", "duration": "1h"}, "kind: unknown"),
+    ({"kind": "radar", "duration": "1h"}, "kind: unknown"),
     ({"rule": "water_dept", "duration": "1h"}, "rule: unknown"),
     ({"grid": "G7", "rule": "gas_level", "duration": "1h"}, "only per device"),
     ({"device": ["gas-1", "gas-2"], "rule": "gas_level", "duration": "1h"}, "only per device"),

@@ -80,7 +80,7 @@ def test_make_devices_is_a_realistic_deterministic_mix() -> None:
     assert devices == make_devices(1000, seed=4)
     assert devices != make_devices(1000, seed=5)
     kinds = Counter(d.kind for d in devices)
-    assert kinds == {"gas": 250, "noise": 150, "water": 150, "parking": 300, "lock": 150}
+    assert kinds == {"gas": 200, "noise": 150, "water": 150, "parking": 300, "lock": 150, "smoke": 50}
     assert len({d.id for d in devices}) == 1000
     assert devices[8].id == "sim-parking-000008"
     assert len({d.district for d in devices}) >= 5
@@ -103,14 +103,14 @@ def test_make_devices_is_a_realistic_deterministic_mix() -> None:
 
 
 def test_a_handful_of_devices_covers_every_kind_and_options_apply() -> None:
-    assert {d.kind for d in make_devices(5)} == set(KINDS)
+    assert {d.kind for d in make_devices(6)} == set(KINDS)
     devices = make_devices(20, seed=2, prefix="demo", interval_s=30)
     assert all(d.id.startswith(f"demo-{d.kind}-") and d.interval_s == 30 for d in devices)
     statuses = [(f"citywatch/{d.kind}/{d.id}/status", b"online") for d in devices[:2]]
     assert status_messages(devices[:2]) == statuses
     assert list(Simulator([], start=T0).messages(600)) == []
-    tiny = Simulator(make_devices(5), start=T0)  # one incident per device at most, where there is one
-    assert len(tiny.incidents_log) == len({e["device_id"] for e in tiny.incidents_log}) == 5
+    tiny = Simulator(make_devices(6), start=T0)  # one incident per device at most, where there is one
+    assert len(tiny.incidents_log) == len({e["device_id"] for e in tiny.incidents_log}) == 6
 
 
 # -- readings ------------------------------------------------------------------------------------------
@@ -216,6 +216,10 @@ def test_normal_readings_are_realistic_and_below_every_threshold() -> None:
                 assert (ts - since) / 60 <= (device.max_stay_min or 0)
             else:
                 occupied_since.pop(device.id, None)
+        elif device.kind == "smoke":
+            assert body["obscuration_pct_per_m"] < RULES.smoke.pre_alarm_pct_per_m
+            assert body["alarm"] is False or body["event"] == "test"  # a resident testing it
+            seen["smoke"].append(body["obscuration_pct_per_m"])
         else:
             assert body["event"] in NORMAL_LOCK_EVENTS
             seen["lock"].append(body["event"])
@@ -226,6 +230,7 @@ def test_normal_readings_are_realistic_and_below_every_threshold() -> None:
     assert 0.1 < sum(seen["parking"]) / len(seen["parking"]) < 0.9
     events = Counter(seen["lock"])
     assert events["door_closed"] > events["unlock_ok"] > events["unlock_fail"]
+    assert seen["smoke"] and max(seen["smoke"]) > 0
 
 
 def test_a_day_of_normal_readings_opens_no_alert_in_the_pipeline() -> None:
@@ -264,11 +269,11 @@ def during(bodies: list[dict[str, Any]], incident: dict[str, Any]) -> list[dict[
 def test_incidents_cover_every_type_and_cross_the_configured_thresholds() -> None:
     devices = make_devices(300, seed=11)
     by_id = {d.id: d for d in devices}
-    sim = Simulator(devices, seed=11, start=NIGHT, incident_rate=0.04)
+    sim = Simulator(devices, seed=11, start=NIGHT, incident_rate=0.05)
     readings, log = incident_readings(sim, 6 * 3600)
     names = {e["incident"] for e in log}
     assert names == set(INCIDENT_TYPES) - {"noise_day"}
-    assert len(log) == 12 == len({e["device_id"] for e in log})  # 4% of 300, one incident per device
+    assert len(log) == 15 == len({e["device_id"] for e in log})  # 5% of 300, one incident per device
     for e in log:
         device = by_id[e["device_id"]]
         assert e["kind"] == device.kind and sim.start < e["start"] < e["end"] <= sim.start + 6 * 3600
@@ -311,6 +316,11 @@ def test_incidents_cover_every_type_and_cross_the_configured_thresholds() -> Non
                 assert inside[-1]["event"] == "door_closed"
             if event == "jammed":
                 assert inside[-1]["event"] == "unlock_ok"
+        elif name == "smoke_fire":
+            values = [b["obscuration_pct_per_m"] for b in inside]
+            assert max(values) >= RULES.smoke.alarm_pct_per_m and inside[-1]["alarm"] is True
+        elif name == "smoke_tamper":
+            assert inside[0]["event"] == "tamper"
         elif name == "device_silent":
             assert inside == []
             before = [b for b in readings[device.id] if b["ts"] < e["start"]]
@@ -320,7 +330,7 @@ def test_incidents_cover_every_type_and_cross_the_configured_thresholds() -> Non
         elif name == "battery_low":
             assert all(b["battery"] < RULES.health.battery_low_pct for b in inside)
             assert after[0]["battery"] > RULES.health.battery_clear_pct
-            if device.kind == "lock":
+            if device.kind in ("lock", "smoke"):
                 assert inside[0]["event"] == "low_battery"
         else:  # pragma: no cover
             raise AssertionError(f"untested incident {name}")

@@ -28,8 +28,8 @@ from citywatch.model import TERMINAL_STATUSES
 
 # The value a chart shows for each kind (the field the kind's main rule reads).
 MAIN_FIELD: dict[str, str] = {"gas": "lel_pct", "noise": "laeq_db", "water": "depth_cm", "parking": "occupied",
-                              "lock": "event"}
-UNITS: dict[str, str] = {"gas": "% LEL", "noise": "dB(A)", "water": "cm", "parking": "", "lock": ""}
+                              "lock": "event", "smoke": "obscuration_pct_per_m"}
+UNITS: dict[str, str] = {"gas": "% LEL", "noise": "dB(A)", "water": "cm", "parking": "", "lock": "", "smoke": "%/m"}
 _LOCK_CODE = {event: float(i) for i, event in enumerate(LOCK_EVENTS)}
 
 Point = tuple[float, float]  # (event time, value)

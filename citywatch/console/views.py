@@ -40,7 +40,7 @@ ROLE_NAMES = (NP_("role", "admin"), NP_("role", "operator"), NP_("role", "field"
               NP_("role", "dispatch"))
 # The default hazard groups of incidents (incidents.groups); a group configured otherwise shows as its name.
 HAZARD_GROUPS = frozenset({NP_("hazard group", "gas"), NP_("hazard group", "water"), NP_("hazard group", "noise"),
-                           NP_("hazard group", "parking"), NP_("hazard group", "security"),
+                           NP_("hazard group", "parking"), NP_("hazard group", "security"), NP_("hazard group", "fire"),
                            NP_("hazard group", "device_health")})
 
 

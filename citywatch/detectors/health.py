@@ -18,8 +18,8 @@ class BatteryLow:
         self.rules = rules
 
     def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
-        if reading.kind == "lock" and reading.values["event"] == "low_battery":
-            return Finding(self.name, True, "warning", reading.battery, None, "lock reports low battery")
+        if reading.values.get("event") == "low_battery":  # locks and smoke alarms report it as an event
+            return Finding(self.name, True, "warning", reading.battery, None, f"{reading.kind} reports low battery")
         battery = reading.battery
         if battery is None:
             return None

@@ -18,6 +18,7 @@ from citywatch.detectors.parking import ParkingForbidden, ParkingOverstay
 from citywatch.detectors.plausibility import Plausibility
 from citywatch.detectors.reporting import BatteryDrain, ReportingInterval
 from citywatch.detectors.settings import LearnedRules
+from citywatch.detectors.smoke import smoke_rules
 from citywatch.detectors.water import WaterDepth
 from citywatch.model import KINDS
 
@@ -25,6 +26,7 @@ from citywatch.model import KINDS
 # (about the resolution devices report at: 0.1 %LEL, a fraction of a dB, half a centimetre).
 NUMERIC_FIELDS: dict[str, tuple[str, float]] = {
     "gas": ("lel_pct", 0.1), "noise": ("laeq_db", 0.3), "water": ("depth_cm", 0.5),
+    "smoke": ("obscuration_pct_per_m", 0.05),
 }
 
 
@@ -45,7 +47,8 @@ def build_rules(settings: Settings) -> dict[str, list[Rule]]:
     ]
     rules += [
         GasLevel(r.gas), noise, NoiseNightBurst(r.noise, noise), WaterDepth(r.water),
-        ParkingOverstay(r.parking), ParkingForbidden(), *lock_rules(r.lock), BatteryLow(r.health),
+        ParkingOverstay(r.parking), ParkingForbidden(), *lock_rules(r.lock), *smoke_rules(r.smoke),
+        BatteryLow(r.health),
     ]
     if learned.enabled:
         rules += learned_rules(settings, learned, noise)

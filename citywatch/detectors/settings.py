@@ -30,7 +30,7 @@ class FaultParams(_Section):
     stuck_p_tail: float = Field(1e-6, gt=0, lt=1)  # ... and this unlikely for this device
     stuck_warmup: int = Field(60, ge=1)  # readings before the stuck detector may alert
     # At the rest value (0 %LEL in clean air, a dry road) a constant reading is normal.
-    rest_value: dict[str, float] = {"gas": 0.0, "water": 0.0}
+    rest_value: dict[str, float] = {"gas": 0.0, "water": 0.0, "smoke": 0.0}
 
 
 class GasSlowRiseParams(_Section):

@@ -63,6 +63,8 @@ def _levels(device: Device, rules: RuleSettings) -> list[tuple[str, float, str, 
         "gas": [("gas.level1_pct", rules.gas.level1_pct, "gas.level2_pct", rules.gas.level2_pct)],
         "water": [("water.light_cm", rules.water.light_cm, "water.moderate_cm", rules.water.moderate_cm),
                   ("water.moderate_cm", rules.water.moderate_cm, "water.severe_cm", rules.water.severe_cm)],
+        "smoke": [("smoke.pre_alarm_pct_per_m", rules.smoke.pre_alarm_pct_per_m, "smoke.alarm_pct_per_m",
+                   rules.smoke.alarm_pct_per_m)],
     }.get(device.kind, [])
     pairs.append(("battery.low_pct", rules.health.battery_low_pct, "rules.health.battery_clear_pct",
                   rules.health.battery_clear_pct))

@@ -53,6 +53,7 @@ def registry_path(data_dir: Path) -> Path:
 # Per-device overrides the rules read with `threshold(device, key, default)` (citywatch/detectors).
 THRESHOLD_KEYS: frozenset[str] = frozenset({
     "gas.level1_pct", "gas.level2_pct", "water.light_cm", "water.moderate_cm", "water.severe_cm",
+    "smoke.pre_alarm_pct_per_m", "smoke.alarm_pct_per_m",
     "noise.day_db", "noise.night_db", "battery.low_pct",
 })
 

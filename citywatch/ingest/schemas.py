@@ -69,13 +69,20 @@ class LockPayload(Payload, kw_only=True):
     user: Annotated[str, Meta(max_length=128, description="opaque user id")] | None = None
 
 
+class SmokePayload(Payload, kw_only=True):
+    obscuration_pct_per_m: Annotated[float, Meta(ge=0, le=100, description="smoke obscuration in the chamber, "
+                                                                             "% per metre")]
+    alarm: Annotated[bool, Meta(description="the alarm is sounding")]
+    event: Literal["test", "tamper", "low_battery"] | None = None
+
+
 PAYLOAD_TYPES: dict[str, type[Payload]] = {
     "gas": GasPayload, "noise": NoisePayload, "water": WaterPayload,
-    "parking": ParkingPayload, "lock": LockPayload,
+    "parking": ParkingPayload, "lock": LockPayload, "smoke": SmokePayload,
 }
 KIND_FIELDS: dict[str, tuple[str, ...]] = {
     "gas": ("lel_pct", "co_ppm"), "noise": ("laeq_db", "lamax_db"), "water": ("depth_cm",),
-    "parking": ("occupied",), "lock": ("event", "user"),
+    "parking": ("occupied",), "lock": ("event", "user"), "smoke": ("obscuration_pct_per_m", "alarm", "event"),
 }
 _DECODERS = {kind: msgspec.json.Decoder(t) for kind, t in PAYLOAD_TYPES.items()}
 _COMMON = {"ts", "seq", "battery", "rssi", "device_id", "kind"}

@@ -43,8 +43,8 @@ __all__ = [
 
 # -- devices ---------------------------------------------------------------------------------------
 
-# 20 slots: gas 25%, noise 15%, water 15%, parking 30%, lock 15%; every kind within the first five.
-_KIND_CYCLE = ("gas", "noise", "water", "parking", "lock", "gas", "parking", "gas", "parking", "noise",
+# 20 slots: gas 20%, noise 15%, water 15%, parking 30%, lock 15%, smoke 5%; every kind within the first six.
+_KIND_CYCLE = ("gas", "noise", "water", "parking", "lock", "smoke", "parking", "gas", "parking", "noise",
                "water", "lock", "gas", "parking", "parking", "gas", "noise", "water", "lock", "parking")
 JIAXING = (30.75, 120.75)
 _MAX_OFFSET_DEG = 0.15
@@ -82,7 +82,7 @@ def make_devices(n: int, seed: int = 1, prefix: str = "sim", interval_s: float =
         street = rng.choice(_STREETS)
         number = rng.randrange(1, 400)
         attrs: dict[str, Any] = {}
-        if kind in ("gas", "lock"):
+        if kind in ("gas", "lock", "smoke"):  # rented housing
             building, room = rng.randrange(1, 30), rng.randrange(1, 19) * 100 + rng.randrange(1, 5)
             compound = rng.choice(_COMPOUNDS)
             address = f"Room {room}, Bldg {building}, {compound} Compound, No. {number} {street}"
@@ -142,6 +142,8 @@ INCIDENT_TYPES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "lock_brute_force": ("lock", ("lock_brute_force",)),
     "lock_door_ajar": ("lock", ("lock_door_ajar",)),
     "lock_jammed": ("lock", ("lock_jammed",)),
+    "smoke_fire": ("smoke", ("smoke_rising", "smoke_alarm")),
+    "smoke_tamper": ("smoke", ("smoke_tamper",)),
     "device_silent": (None, ("device_offline",)),
     "battery_low": (None, ("battery_low",)),
 }
@@ -236,8 +238,8 @@ def street_monitors(n: int, street: str = "Jianguo Rd", district: str = "Nanhu",
 
 # -- the simulator ---------------------------------------------------------------------------------
 
-_GAS, _NOISE, _WATER, _PARKING, _LOCK = range(5)
-_KIND_CODE = {"gas": _GAS, "noise": _NOISE, "water": _WATER, "parking": _PARKING, "lock": _LOCK}
+_GAS, _NOISE, _WATER, _PARKING, _LOCK, _SMOKE = range(6)
+_KIND_CODE = {"gas": _GAS, "noise": _NOISE, "water": _WATER, "parking": _PARKING, "lock": _LOCK, "smoke": _SMOKE}
 
 
 class Simulator:
@@ -311,7 +313,7 @@ class Simulator:
         self.incidents_log.sort(key=lambda e: (e["start"], e["device_id"]))
         heapq.heapify(self._heap)
         self._fields: list[Callable[[int, float], dict[str, Any]]] = [
-            self._gas, self._noise, self._water, self._parking, self._lock]
+            self._gas, self._noise, self._water, self._parking, self._lock, self._smoke]
 
     # -- time helpers ----------------------------------------------------------------------------
 
@@ -413,6 +415,13 @@ class Simulator:
         if r < p_unlock + 0.004:
             return {"event": "unlock_fail", "user": rng.choice(self._users[i])}
         return {"event": "door_closed"}
+
+    def _smoke(self, i: int, t: float) -> dict[str, Any]:
+        """Clean air (a little dust in the chamber); now and then a resident presses the test button."""
+        rng = self._rng
+        if rng.random() < 0.001:
+            return {"obscuration_pct_per_m": round(rng.random() * 0.3, 2), "alarm": True, "event": "test"}
+        return {"obscuration_pct_per_m": round(rng.random() * 0.3, 2), "alarm": False}
 
     # -- producing -------------------------------------------------------------------------------
 
@@ -711,6 +720,18 @@ class Simulator:
                                                             "user": rng.choice(self._users[i])}]
         elif name == "lock_brute_force":
             inc = self._brute_force(i, k0, rng)
+        elif name == "smoke_fire":  # smoke builds up past the pre-alarm, the alarm sounds; nobody clears it
+            up, hold = rng.randint(3, 6), rng.randint(2, 4)
+            inc = _Incident(name, i, k0, up + hold)
+            peak = rules.smoke.alarm_pct_per_m + uniform(2.0, 8.0)
+            for s in range(inc.n):
+                v = peak * ((s + 1) / up) ** 1.5 if s < up else peak + uniform(-1.0, 1.0)
+                v = round(_clamp(v, 0.0, 100.0), 2)
+                inc.values[s] = {"obscuration_pct_per_m": v, "alarm": v >= rules.smoke.alarm_pct_per_m}
+            inc.detail = {"peak": max(v["obscuration_pct_per_m"] for v in inc.values if v)}
+        elif name == "smoke_tamper":
+            inc = _Incident(name, i, k0, 1)
+            inc.values = [{"obscuration_pct_per_m": 0.0, "alarm": False, "event": "tamper"}]
         elif name == "device_silent":
             inc = _Incident(name, i, k0, int(math.ceil(rules.health.offline_intervals)) + rng.randint(3, 8))
             inc.silent = True
@@ -720,6 +741,8 @@ class Simulator:
             inc.battery = [round(max(1.0, low - 0.1 * s), 1) for s in range(inc.n)]
             if device.kind == "lock":
                 inc.values[0] = {"event": "low_battery"}
+            elif device.kind == "smoke":
+                inc.values[0] = {"obscuration_pct_per_m": 0.1, "alarm": False, "event": "low_battery"}
             inc.detail = {"battery": inc.battery[0]}
         else:  # pragma: no cover - INCIDENT_TYPES and this switch go together
             raise ValueError(f"unknown incident {name}")
@@ -762,8 +785,10 @@ class Simulator:
 _VALID_FIELDS: dict[str, dict[str, Any]] = {
     "gas": {"lel_pct": 1.2}, "noise": {"laeq_db": 52.0, "lamax_db": 60.0}, "water": {"depth_cm": 0.0},
     "parking": {"occupied": False}, "lock": {"event": "door_closed"},
+    "smoke": {"obscuration_pct_per_m": 0.1, "alarm": False},
 }
-_NUMERIC_FIELD = {"gas": ("lel_pct", 150.0), "noise": ("laeq_db", 200.0), "water": ("depth_cm", 2000.0)}
+_NUMERIC_FIELD = {"gas": ("lel_pct", 150.0), "noise": ("laeq_db", 200.0), "water": ("depth_cm", 2000.0),
+                  "smoke": ("obscuration_pct_per_m", 150.0)}
 
 
 def bad_messages(devices: Sequence[Device], seed: int = 1, now: float | None = None,
@@ -811,10 +836,10 @@ def bad_messages(devices: Sequence[Device], seed: int = 1, now: float | None = N
         (topic, with_(**{field: too_big}), "out_of_range"),
         (topic, with_(battery=140.0), "out_of_range"),
         (topic, with_(pad="x" * 17000), "payload_too_large"),
-        (f"{prefix}/smoke/{dev.id}/telemetry", with_(), "unknown_kind"),
+        (f"{prefix}/radar/{dev.id}/telemetry", with_(), "unknown_kind"),
         (f"{prefix}/{kind}/{dev.id}", with_(), "bad_topic"),
         (topic, with_(device_id=mismatch_id), "topic_mismatch"),
-        (topic, with_(kind="smoke"), "topic_mismatch"),
+        (topic, with_(kind="radar"), "topic_mismatch"),
         (topic, with_(ts=round(now + 3600.0, 3)), "future_timestamp"),
         (telemetry_topic(kind, ghost, prefix), with_(), "unknown_device"),
         (topic, with_(ts=naive), "bad_timestamp"),

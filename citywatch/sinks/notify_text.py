@@ -25,7 +25,7 @@ MEMBERS_SHOWN = 10  # an incident's body lists this many member alerts, then "..
 
 # Incident hazard groups (config incidents.groups): the built-in ones have names; others show as they are.
 _GROUPS = frozenset({NP_("hazard group", "gas"), NP_("hazard group", "water"), NP_("hazard group", "noise"),
-                     NP_("hazard group", "parking"), NP_("hazard group", "security"),
+                     NP_("hazard group", "parking"), NP_("hazard group", "security"), NP_("hazard group", "fire"),
                      NP_("hazard group", "device_health")})
 # An incident's own transitions read differently from an alert's ("incident opened", not "alert raised");
 # the dispatch ones (assigned, on_site, ...) are the alert's words.

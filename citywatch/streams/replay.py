@@ -2,8 +2,8 @@
 
 Input: a header row, then `timestamp,value` (a generic numeric signal: the generic detector) or,
 with a kind, `timestamp` and the kind's fields (gas: lel_pct[,co_ppm]; noise: laeq_db[,lamax_db];
-water: depth_cm; parking: occupied; lock: event[,user]) plus optionally battery, rssi, seq. A
-kind's rows run through the real pipeline core (validation, threshold rules, learned detectors,
+water: depth_cm; parking: occupied; lock: event[,user]; smoke: obscuration_pct_per_m,alarm[,event])
+plus optionally battery, rssi, seq. A kind's rows run through the real pipeline core (validation, threshold rules, learned detectors,
 alert lifecycle) as one synthetic device. Timestamps: epoch seconds (or milliseconds), or ISO
 8601 (without an offset: UTC).
 
@@ -184,6 +184,7 @@ class GenericReplay:
 # -- a device kind ------------------------------------------------------------------------------
 
 _OPENINGS = ("opened", "flapping")
+_BOOLEANS = frozenset({"occupied", "alarm"})  # 1/0, true/false, yes/no
 
 
 class KindReplay:
@@ -215,7 +216,7 @@ class KindReplay:
                 continue
             if name in ("event", "user"):
                 text[name] = [c.strip() for c in column]
-            elif name == "occupied":
+            elif name in _BOOLEANS:
                 numeric[name] = [1.0 if c.strip().lower() in _TRUE else 0.0 if c.strip() else math.nan
                                  for c in column]
             else:
@@ -225,7 +226,7 @@ class KindReplay:
             for name, values in numeric.items():
                 v = values[i]
                 if v == v:  # not NaN: an empty cell is a missing field
-                    payload[name] = bool(v) if name == "occupied" else int(v) if name == "seq" else v
+                    payload[name] = bool(v) if name in _BOOLEANS else int(v) if name == "seq" else v
             for name, cells in text.items():
                 if cells[i]:
                     payload[name] = cells[i]
