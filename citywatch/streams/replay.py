@@ -3,8 +3,8 @@
 Input: a header row, then `timestamp,value` (a generic numeric signal: the generic detector) or,
 with a kind, `timestamp` and the kind's fields (gas: lel_pct[,co_ppm]; noise: laeq_db[,lamax_db];
 water: depth_cm; parking: occupied; lock: event[,user]; smoke: obscuration_pct_per_m,alarm[,event])
-plus optionally battery, rssi, seq. A kind's rows run through the real pipeline core (validation, threshold rules, learned detectors,
-alert lifecycle) as one synthetic device. Timestamps: epoch seconds (or milliseconds), or ISO
+plus optionally battery, rssi, seq. A kind's rows run through the real pipeline core (validation,
+threshold rules, learned detectors, alert lifecycle) as one synthetic device. Timestamps: epoch seconds (or milliseconds), or ISO
 8601 (without an offset: UTC).
 
 Output: one row per input row, `timestamp,is_alert,anomaly_score` and, with a kind, `rules`.
