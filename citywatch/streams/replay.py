@@ -4,8 +4,8 @@ Input: a header row, then `timestamp,value` (a generic numeric signal: the gener
 with a kind, `timestamp` and the kind's fields (gas: lel_pct[,co_ppm]; noise: laeq_db[,lamax_db];
 water: depth_cm; parking: occupied; lock: event[,user]; smoke: obscuration_pct_per_m,alarm[,event])
 plus optionally battery, rssi, seq. A kind's rows run through the real pipeline core (validation,
-threshold rules, learned detectors, alert lifecycle) as one synthetic device. Timestamps: epoch seconds (or milliseconds), or ISO
-8601 (without an offset: UTC).
+threshold rules, learned detectors, alert lifecycle) as one synthetic device. Timestamps: epoch
+seconds (or milliseconds), or ISO 8601 (without an offset: UTC).
 
 Output: one row per input row, `timestamp,is_alert,anomaly_score` and, with a kind, `rules`.
 is_alert is 1 on the row where an alert opens (for a kind: any rule's alert opened by that row,
