@@ -126,6 +126,7 @@ def test_bad_values_and_timestamps_are_skipped_without_harm() -> None:
     before = detector.to_state()
     assert detector.process(math.nan, T0) == (False, 0.0)
     assert detector.process(math.inf, T0) == (False, 0.0)
+    assert detector.process(1e308, T0) == (False, 0.0)  # its differences would overflow the state
     assert detector.to_state() == before
     alert, score = detector.process(2.0, math.nan)  # no usable time: scored without the season
     assert not alert and math.isfinite(score)

@@ -44,6 +44,7 @@ DAY_S = 86400.0
 BUCKETS = 24  # hour-of-day buckets, per day type (weekday, weekend)
 _SD_FLOOR = 0.05  # smallest long-run sd of a stream (a constant series is not infinitely surprised)
 _WARM = 30  # rows before updates are clipped
+_LIMIT = 1e150  # larger values are skipped like non-finite ones (no sensor reads this; 1e308 - -1e308 is inf)
 
 # The state's numbers, in order: one flat list, unpacked and repacked once per row (the speed).
 # sm*: the smoothed raw surprises; mu*/var*: each stream's long-run mean and variance; raised: the
@@ -89,9 +90,10 @@ class GenericDetector:
     def process(self, x: float, ts: float | None = None, learn: bool = True, decide: bool = True) -> tuple[bool, float]:
         """Score, decide and learn one row: (an alert opens here, anomaly score in [0, 1)). Without
         `decide` no alert opens; without `learn` nothing changes (score_one, learn_one). A value
-        that is not finite scores 0 and is skipped; a timestamp that is not finite is ignored.
+        that is not finite (or beyond +-1e150) scores 0 and is skipped; a timestamp that is not
+        finite is ignored.
         The one hot path: flat locals, no per-row allocation beyond the state list."""
-        if x - x != 0.0:  # NaN or infinite, without a call
+        if not -_LIMIT < x < _LIMIT:  # NaN, infinite or absurd (its differences would overflow): skipped
             return False, 0.0
         if ts is not None and ts - ts != 0.0:
             ts = None
