@@ -27,7 +27,7 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import geomap as gm
 
-from citywatch.config import AlertSettings, GasRules, NoiseRules, WaterRules
+from citywatch.config import AlertSettings, GasRules, NoiseRules, SmokeRules, WaterRules
 from citywatch.dashboards import queries as q
 from citywatch.dashboards.loop_figures import loop_row
 from citywatch.dashboards.silences_panel import silences_panel
@@ -194,7 +194,7 @@ def _noise() -> PanelSpec:
 
 
 def sensors() -> DashboardSpec:
-    gas, water = GasRules(), WaterRules()
+    gas, water, smoke = GasRules(), WaterRules(), SmokeRules()
     rows = [
         RowSpec("Gas", [
             PanelSpec(timeseries_panel("Gas %LEL by district", f"Highest %LEL per district; level-1 alarm at "
@@ -226,6 +226,14 @@ def sensors() -> DashboardSpec:
             PanelSpec(timeseries_panel("Water rise rate", "Fastest rise per district, cm per 10 min (early warning).",
                                   "suffix: cm/10 min"), [q.water_rise()], 12, 8),
         ]),
+        RowSpec("Smoke", [
+            PanelSpec(timeseries_panel("Smoke obscuration by district", f"Densest smoke per district (rented housing "
+                                       f"smoke alarms): pre-alarm from {smoke.pre_alarm_pct_per_m:g} %/m, alarm from "
+                                       f"{smoke.alarm_pct_per_m:g} %/m.", "suffix: %/m",
+                                       ((None, "green"), (smoke.pre_alarm_pct_per_m, "orange"),
+                                        (smoke.alarm_pct_per_m, "red"))),
+                      [q.smoke_obscuration()], 24, 8),
+        ]),
         RowSpec("Parking", [
             PanelSpec(timeseries_panel("Parking occupancy", "Bays reporting occupied / bays reporting, per interval.",
                                   "percentunit").min(0).max(1)
@@ -244,7 +252,7 @@ def sensors() -> DashboardSpec:
         ]),
     ]
     return DashboardSpec("citywatch-sensors", "citywatch: sensors by kind",
-                         "Gas, noise, water, parking and locks against their alarm levels and limits.", rows)
+                         "Gas, noise, water, smoke, parking and locks against their alarm levels and limits.", rows)
 
 
 # -- Device health --------------------------------------------------------------------------------

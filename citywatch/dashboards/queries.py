@@ -218,6 +218,10 @@ def water_depth() -> Target:
     return _per_interval("water", "max", "depth_cm", "depth_cm", "district")
 
 
+def smoke_obscuration() -> Target:
+    return _per_interval("smoke", "max", "obscuration_pct_per_m", "obscuration_pct_per_m", "district")
+
+
 def water_rise() -> Target:
     """Fastest rise per district: derivative per device (cm per 10 min), then the max of those."""
     inner = (f'SELECT derivative(max("depth_cm"), 10m) AS "rise_cm_10min" FROM "water" '
