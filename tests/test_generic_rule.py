@@ -72,3 +72,21 @@ def test_rule_state_restored_from_storage_continues_exactly() -> None:
         resumed.learn_one(x)
         straight.learn_one(x)
     assert resumed.to_state() == straight.to_state()
+
+
+def test_devices_sharing_the_rule_keep_their_own_state() -> None:
+    """One rule object serves every device of the kind: interleaved, each device's state is what
+    it would be alone."""
+    rng = random.Random(8)
+    a = [(T0 + 60.0 * i, 3 + rng.gauss(0, 0.2)) for i in range(400)]
+    b = [(T0 + 60.0 * i + 7, 50 + rng.gauss(0, 5) + (40 if i > 300 else 0)) for i in range(400)]
+    device_a, device_b = Device(id="a", kind="gas"), Device(id="b", kind="gas")
+    together = make_pipeline(device_a, device_b, **ON)
+    for (ta, va), (tb, vb) in zip(a, b, strict=True):
+        feed(together, device_a, ta, lel_pct=1.0, co_ppm=round(va, 2))
+        feed(together, device_b, tb, lel_pct=1.0, co_ppm=round(vb, 2))
+    for device, rows in ((device_a, a), (device_b, b)):
+        alone = make_pipeline(device, **ON)
+        for t, v in rows:
+            feed(alone, device, t, lel_pct=1.0, co_ppm=round(v, 2))
+        assert alone.states[device.id]["generic"] == together.states[device.id]["generic"]

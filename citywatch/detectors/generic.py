@@ -258,6 +258,18 @@ class GenericDetector:
                      last_ts=self.last_ts)
         return state
 
+    def packed(self) -> dict[str, Any]:
+        """The state as the live rule keeps it per device: the detector's own lists, not copied
+        (plain data too; `unpack` takes it back without conversion, the rule's speed)."""
+        return {"s": self.s, "i": self.isd, "season": self.season, "gaps": self.gaps, "t": self.last_ts}
+
+    def unpack(self, packed: Mapping[str, Any]) -> GenericDetector:
+        """Work on a state `packed` made (its lists are used in place; `packed()` again after
+        processing, since the state list is replaced on every row)."""
+        self.s, self.isd, self.season = packed["s"], packed["i"], packed["season"]
+        self.gaps, self.last_ts = packed["gaps"], packed["t"]
+        return self
+
     @classmethod
     def from_state(cls, state: Mapping[str, Any], **params: Any) -> GenericDetector:
         detector = cls(**params)

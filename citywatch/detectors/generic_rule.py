@@ -5,8 +5,8 @@ Off by default: a kind gets it only when `rules.learned.generic.fields` names a 
 (config.yaml). It opens where the detector's alert opens (anomaly score >= 0.5: an improbable
 departure from this device's own behaviour at this time of day) and clears after
 `clear_after` readings without a new one. Its per-device state is the detector's own plain
-state (about 1 KiB of msgpack) under the key `generic`, plus the open flag and the count of
-quiet readings.
+state (`GenericDetector.packed`, about 1 KiB of msgpack) under the key `generic`, plus the open
+flag and the count of quiet readings.
 """
 
 from __future__ import annotations
@@ -30,24 +30,24 @@ class GenericAnomaly(LearnedRule):
         self.kinds = frozenset({kind})
         self.field = field
         self.clear_after = clear_after
+        self.detector = GenericDetector()  # works on each device's state in turn (`unpack`)
         self.state = self.fresh()
 
     def fresh(self) -> dict[str, Any]:
-        return {"d": GenericDetector().to_state(), "open": 0, "quiet": 0}
-
-    def _detector(self) -> GenericDetector:
-        return GenericDetector.from_state(self.state["d"])
+        return {"d": GenericDetector().packed(), "open": 0, "quiet": 0}
 
     def step(self, value: float, ts: float) -> tuple[bool, float]:
         """Score, decide and learn one reading of this device (the bound state)."""
-        detector = self._detector()
+        detector = self.detector.unpack(self.state["d"])
         alert, score = detector.process(value, ts)
-        self.state["d"] = detector.to_state()
+        self.state["d"] = detector.packed()
         return alert, score
 
     def score_one(self, x: Mapping[str, Any]) -> float:
         found = field_ts(x, self.field)
-        return self._detector().score_one({"value": found[0], "ts": found[1]}) if found is not None else 0.0
+        if found is None:
+            return 0.0
+        return self.detector.unpack(self.state["d"]).score_one({"value": found[0], "ts": found[1]})
 
     def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
         value = reading.values.get(self.field)
