@@ -14,8 +14,8 @@ from citywatch.detectors.baseline import LearnedRule, LocalTime
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.detectors.registry import build_rules
 from citywatch.ingest.simulator import Simulator, make_devices
-from citywatch.model import KINDS, Device, Transition
-from citywatch.streams.pipeline import Output, Pipeline
+from citywatch.model import KINDS, Device, Output, Transition
+from citywatch.streams.pipeline import Pipeline
 from tests.helpers import T0, make_pipeline
 
 MIN = 60.0
