@@ -55,6 +55,7 @@ TEMPLATES: dict[str, str] = {
     "smoke_alarm.level": N_("smoke at {value} %/m (alarm from {threshold} %/m)"),
     "smoke_rising": N_("smoke building up: {value} %/m (pre-alarm from {threshold} %/m)"),
     "smoke_tamper": N_("smoke alarm tampered with (removed from its base or opened)"),
+    "generic_anomaly": N_("unusual {field} for this device: {value} (anomaly score {score}, alerting at 0.50)"),
     "battery_low": N_("battery at {value}%"),
     "battery_low.lock": N_("{kind} reports low battery"),
     "battery_drain": N_("battery draining {drain}%/day, usually {usual}%/day"),

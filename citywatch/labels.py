@@ -47,7 +47,7 @@ _table("rule",
        NP_("rule", "water_fast_rise"), NP_("rule", "parking_stuck"), NP_("rule", "parking_flapping"),
        NP_("rule", "lock_many_users"), NP_("rule", "lock_unusual_hour"), NP_("rule", "lock_unusual_failures"),
        NP_("rule", "reporting_interval"), NP_("rule", "battery_drain"), NP_("rule", "smoke_alarm"),
-       NP_("rule", "smoke_rising"), NP_("rule", "smoke_tamper"))
+       NP_("rule", "smoke_rising"), NP_("rule", "smoke_tamper"), NP_("rule", "generic_anomaly"))
 _table("dead letter reason",
        NP_("dead letter reason", "malformed_json"), NP_("dead letter reason", "not_an_object"),
        NP_("dead letter reason", "missing_field"), NP_("dead letter reason", "wrong_type"),
