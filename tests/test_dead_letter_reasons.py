@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_readme_lists_exactly_the_reasons() -> None:
     text = (ROOT / "README.md").read_text()
-    start = text.index("reason and time (see")
+    start = text.index("Reasons (one typed list, `citywatch.errors.DeadLetterReason`):")
     paragraph = text[start:text.index("\n\n", start)]
-    listed = re.findall(r"`([a-z_]+)`", paragraph.split("Reasons:", 1)[1])
+    listed = re.findall(r"`([a-z_]+)`", paragraph.split("):", 1)[1])
     assert listed == list(DEAD_LETTER_REASONS)
 
 
