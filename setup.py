@@ -34,6 +34,7 @@ HOT_PATH = [
     "citywatch/detectors/access.py",
     "citywatch/detectors/reporting.py",
     "citywatch/detectors/generic.py",
+    "citywatch/detectors/generic_rule.py",
 ]
 
 

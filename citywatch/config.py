@@ -323,6 +323,8 @@ class KafkaSettings(Section):
     session_timeout_s: float = Field(10.0, gt=0)  # a dead worker's partitions move after about this
     heartbeat_s: float = Field(3.0, gt=0)
     commit_interval_s: float = Field(1.0, gt=0)
+    batch_size: int = Field(500, ge=1)  # telemetry events a worker takes at once: one Table write per device per batch
+    batch_within_s: float = Field(0.05, gt=0)  # ... or what arrived within this (a quiet stream waits no longer)
     standby_replicas: int = Field(1, ge=0)  # warm copies of each Table partition on other workers
     # Authentication and encryption towards the brokers (citywatch/streams/kafka_auth.py)
     security_protocol: str = Field("PLAINTEXT", pattern="^(PLAINTEXT|SASL_PLAINTEXT|SASL_SSL|SSL)$")

@@ -51,8 +51,13 @@ class Recorder:
         self.transitions.extend(out.transitions)
 
 
+# test_context's put waits until the agent took the event, so each put is a batch of its own: a short
+# batch window keeps that fast (batches of many events: test_a_batch_*).
+KAFKA = KafkaSettings(partitions=P, batch_within_s=0.001)
+
+
 def city_for(s: Settings, worker_id: str = "w1", role: str = "process") -> tuple[FaustCity, Recorder]:
-    city = FaustCity(s, KafkaSettings(partitions=P), role=role, worker_id=worker_id, devices=DEVICES,
+    city = FaustCity(s, KAFKA, role=role, worker_id=worker_id, devices=DEVICES,
                      clock=lambda: T0)
     recorder = Recorder()
     city.publish = recorder
@@ -105,6 +110,49 @@ def test_process_agent_writes_one_record_per_device_into_its_partition(
     pending = [f.message for f in city.app.producer.buffer.pending._queue]
     changelog = [m for m in pending if m.channel.get_topic_name().endswith("devices-changelog")]
     assert changelog and {m.partition for m in changelog} == {partition_for(GAS.id.encode(), P)}
+
+
+class CountingTable(dict[bytes, bytes]):
+    """The Table's mapping, counting writes per key."""
+
+    def __init__(self, data: dict[bytes, bytes]) -> None:
+        super().__init__(data)
+        self.writes: dict[bytes, int] = {}
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.writes[key] = self.writes.get(key, 0) + 1
+        super().__setitem__(key, value)
+
+
+def test_a_batch_writes_each_device_once_and_equals_event_by_event(
+        tmp_path: Path, closing: list[FaustCity]) -> None:
+    messages = []
+    for i in range(30):  # three devices, interleaved: gas opens level-1 then level-2, noise opens after its hold
+        messages.append(telemetry(GAS, T0 + 60 * i, i + 1, lel_pct=2.0 + 2.0 * i))
+        messages.append(telemetry(NOISE, T0 + 60 * i + 1, i + 1, laeq_db=50.0 + i))
+    events = [(message_key(topic, "citywatch"), payload, {"topic": topic.encode(), "received_at": repr(at).encode()},
+               None) for topic, payload, at in messages]
+
+    one_by_one, rec1 = city_for(settings(tmp_path / "a"), "w1")
+    batched, rec2 = city_for(settings(tmp_path / "b"), "w2")
+    closing += [one_by_one, batched]
+
+    async def go() -> None:
+        for event in events:
+            await one_by_one.handle(*event)
+        assert batched.core is not None
+        batched.core.table = CountingTable({})
+        await batched.handle_batch(events)
+
+    asyncio.run(go())
+    assert len(rec2.outputs) == 1  # one publish for the batch
+    strip = [(t.alert.rule, t.transition, t.alert.severity, t.at) for t in rec1.transitions]
+    assert strip and strip == [(t.alert.rule, t.transition, t.alert.severity, t.at) for t in rec2.transitions]
+    assert batched.core is not None and one_by_one.core is not None
+    table = batched.core.table
+    assert table.writes == {GAS.id.encode(): 1, NOISE.id.encode(): 1}  # 60 events, two writes
+    for key in (GAS.id.encode(), NOISE.id.encode()):
+        assert decode_record(table[key]) == decode_record(one_by_one.table.data[key])
 
 
 def test_state_survives_a_handover_after_every_single_message(tmp_path: Path, closing: list[FaustCity]) -> None:

@@ -24,10 +24,12 @@ from tests.servers.influx import InfluxStack
 
 OUTAGE_S = 30.0  # the acceptance test: InfluxDB down for 30 s mid-stream
 TOKEN = "test-token"
-FIELD_OF = {"gas": "lel_pct", "noise": "laeq_db", "water": "depth_cm", "parking": "occupied", "lock": "event"}
+FIELD_OF = {"gas": "lel_pct", "noise": "laeq_db", "water": "depth_cm", "parking": "occupied", "lock": "event",
+            "smoke": "obscuration_pct_per_m"}
 VALUES: dict[str, Any] = {
     "gas": {"lel_pct": 3.5, "co_ppm": 2.0}, "noise": {"laeq_db": 55.0, "lamax_db": 71.5},
     "water": {"depth_cm": 0.0}, "parking": {"occupied": True}, "lock": {"event": "unlock_ok", "user": "u1"},
+    "smoke": {"obscuration_pct_per_m": 0.2, "alarm": False, "event": "test"},
 }
 DEVICES = [Device(id=f"{kind}-{i}", kind=kind, district="Xuhui" if i % 2 else "Huangpu", grid=f"G{i % 3}",
                   zone_class="2" if kind == "noise" else None) for kind in KINDS for i in range(4)]
@@ -134,7 +136,7 @@ def test_tags_and_types_read_back_equal(influx: InfluxStack, tmp_path: Path) -> 
 
 
 def test_sink_delivers_every_kind_and_transitions(influx: InfluxStack, tmp_path: Path) -> None:
-    out = readings(5000)
+    out = readings(1000 * len(KINDS))
     engine = AlertEngine(AlertSettings())
     for i, device in enumerate(DEVICES[:8]):
         opened = engine.apply(device, Finding("gas_level", True, "warning", 30.0, 25.0), T0 + i)

@@ -72,7 +72,8 @@ def run_embedded(settings: Settings, devices: list[Device], messages: Recorded) 
 
 
 def faust_city(settings: Settings, devices: list[Device], worker_id: str) -> tuple[FaustCity, list[Transition]]:
-    city = FaustCity(settings, KafkaSettings(partitions=PARTITIONS), role="process", worker_id=worker_id,
+    city = FaustCity(settings, KafkaSettings(partitions=PARTITIONS, batch_within_s=0.001), role="process",
+                     worker_id=worker_id,
                      devices=DictDevices({d.id: d for d in devices}), clock=lambda: T0)
     published: list[Transition] = []
 

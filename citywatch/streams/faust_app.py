@@ -254,6 +254,7 @@ def _headers(raw: Any) -> dict[str, bytes]:
 
 
 Publisher = Callable[[Output], Awaitable[None]]
+TelemetryEvent = tuple[bytes | None, bytes | None, dict[str, bytes], float | None]  # key, value, headers, ts
 
 
 class FaustCity:
@@ -321,9 +322,11 @@ class FaustCity:
         self.core = WorkerCore(self.settings, self.devices, table, self.kafka.partitions, self.clock)
 
         async def process(stream: Any) -> Any:
-            async for event in stream.events():
-                yield await self.handle(event.key, event.value, _headers(event.headers),
-                                        event.message.timestamp)
+            # Batches, not events: the core runs over the batch, each touched device's record is written
+            # once, the batch's transitions are published, then Faust acks (commits) the batch's offsets.
+            async for events in stream.take_events(self.kafka.batch_size, within=self.kafka.batch_within_s):
+                yield await self.handle_batch([(e.key, e.value, _headers(e.headers), e.message.timestamp)
+                                               for e in events])
 
         self.process_agent = app.agent(self.telemetry, name="process")(process)
 
@@ -350,15 +353,21 @@ class FaustCity:
 
     async def handle(self, key: bytes | None, value: bytes | None, headers: dict[str, bytes],
                      timestamp: float | None = None) -> Output:
-        """One telemetry-topic event through the core; returns what it produced."""
+        """One telemetry-topic event through the core (a batch of one); returns what it produced."""
+        return await self.handle_batch([(key, value, headers, timestamp)])
+
+    async def handle_batch(self, events: list[TelemetryEvent]) -> Output:
+        """Telemetry-topic events, in order, through the core: one Output, one publish, one Table write
+        per touched device. Returns what they produced."""
         assert self.core is not None
         out = Output()
-        payload = value or b""
         async with self.lock:
-            action = headers.get(ACTION_HEADER)
-            if action is not None:
-                self.core.act(action.decode("utf-8", "replace"), payload, out)
-            else:
+            for key, value, headers, timestamp in events:
+                payload = value or b""
+                action = headers.get(ACTION_HEADER)
+                if action is not None:
+                    self.core.act(action.decode("utf-8", "replace"), payload, out)
+                    continue
                 topic = headers.get("topic") or key or b""
                 try:
                     received_at = float(headers["received_at"])
