@@ -82,7 +82,8 @@ def run_workers(n: int, base: dict[str, Any], tmp: Path, bootstrap: str, partiti
     names = [f"{app_id}-{i}" for i in range(n)]
     procs = [subprocess.Popen([sys.executable, "-m", "citywatch", "worker", "--role", "process", "--worker-id", name,
                                "--loglevel", "warning"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=open(tmp / f"{name}.log", "wb")) for name in names]
+                              stderr=open(tmp / f"{name}.log", "wb"))  # noqa: SIM115 (lives with the process)
+             for name in names]
     first_at = first_count = None
     started = time.monotonic()
     try:
