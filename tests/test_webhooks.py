@@ -398,6 +398,8 @@ def test_timeouts_and_connection_errors_are_retried_not_dropped(tmp_path: Path) 
                 await wait_for(lambda: rx.ok("/slow") == [t.id])
                 await wait_for(lambda: next(r for r in rows(tmp_path / "state.db")
                                             if r["endpoint"] == "refused")["attempts"] >= 3)
+                # the receiver sees the request before the delivery task records the 2xx: wait for that
+                await wait_for(lambda: d.stats()["delivered"] == 1)
                 stats = d.stats()
             store.close()
             assert stats["delivered"] == 1 and stats["retrying"] == 1 and stats["dead"] == 0
