@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -12,13 +11,60 @@ from pathlib import Path
 from typing import Any
 
 import click
-import msgspec
 
 from citywatch import i18n
 from citywatch.cli_context import Context, pass_ctx
+from citywatch.cli_help import localize_help
 from citywatch.errors import CitywatchError
 from citywatch.i18n import _, ngettext, pgettext
 from citywatch.labels import label
+from citywatch.loop.dispatch_cli import add_commands as add_dispatch_commands
+
+# Commands defined in their own modules, imported only when run (or listed by --help): importing them
+# all took over a second (pydantic, aiohttp, numpy...), more than `citywatch replay` spends on 5,000
+# rows. name -> "module:attribute"; tests/test_cli_imports.py checks each resolves to that name.
+LAZY_COMMANDS = {
+    "audit": "citywatch.people.cli:audit",
+    "bridge": "citywatch.streams.faust_cli:bridge_command",
+    "dashboards": "citywatch.dashboards.cli:dashboards",
+    "devices": "citywatch.devices.cli:devices",
+    "incidents": "citywatch.loop.incidents_cli:incidents",
+    "influx": "citywatch.sinks.cli:influx",
+    "replay": "citywatch.streams.replay:replay_command",
+    "report": "citywatch.report:report_command",
+    "silences": "citywatch.loop.silences_cli:silences",
+    "users": "citywatch.people.cli:users",
+    "webhooks": "citywatch.sinks.cli:webhooks",
+    "worker": "citywatch.streams.faust_cli:worker_command",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose `lazy` subcommands ("name" -> "module:attribute") are imported on first use
+    (click's documented lazy-loading pattern), then get the translated help like the others."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            self.add_command(self.load(cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def load(self, cmd_name: str) -> click.Command:
+        """Import the command `cmd_name` names (localized: its help in the configured language)."""
+        from importlib import import_module
+
+        module, _sep, attribute = self.lazy[cmd_name].partition(":")
+        command = getattr(import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+        localize_help(command)
+        return command
 
 
 def _ts(value: float | None) -> str:
@@ -51,7 +97,7 @@ def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> No
     ctx.exit()
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS)
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
               help="Print the version and exit.")
 @click.option("--config", "config", type=click.Path(path_type=Path), envvar="CITYWATCH_CONFIG",
@@ -76,6 +122,8 @@ def run(ctx: Context) -> None:
 
     Exits non-zero on a fatal error (one line says why: a corrupt state.db, a crashed task, the data
     dir owned by another runner), so a supervisor restarts it."""
+    import asyncio
+
     from citywatch.logs import setup_logging
     from citywatch.streams.embedded import EmbeddedRunner, RunnerFailed
 
@@ -106,6 +154,8 @@ def run(ctx: Context) -> None:
 @pass_ctx
 def demo(ctx: Context, duration: float, n_devices: int, speed: float, quiet: bool) -> None:
     """Everything embedded: broker, simulator, pipeline, webhook receiver; then a summary."""
+    import asyncio
+
     from citywatch.demo import run_demo
 
     summary = asyncio.run(run_demo(ctx.data_dir, duration, n_devices, speed, echo=None if quiet else click.echo))
@@ -217,6 +267,8 @@ def alerts_list(ctx: Context, show_all: bool, as_json: bool) -> None:
     marked = mark(found, in_force(store.conn, now), now, ctx.settings.alerts.safety_rules)  # with silenced, silence_id
     store.close()
     if as_json:
+        import msgspec
+
         click.echo(msgspec.json.encode(marked).decode())
         return
     from citywatch.alert_text import alert_message
@@ -378,32 +430,8 @@ def restore_command(ctx: Context, archive: Path, target: Path | None, force: boo
                  created=manifest["created_at"], dir=data_dir))
 
 
-from citywatch.cli_help import localize_help  # noqa: E402
-from citywatch.dashboards.cli import dashboards  # noqa: E402  (commands defined in their own modules)
-from citywatch.devices.cli import devices  # noqa: E402
-from citywatch.loop.dispatch_cli import add_commands as add_dispatch_commands  # noqa: E402
-from citywatch.loop.incidents_cli import incidents  # noqa: E402
-from citywatch.loop.silences_cli import silences  # noqa: E402
-from citywatch.people.cli import audit, users  # noqa: E402
-from citywatch.report import report_command  # noqa: E402
-from citywatch.sinks.cli import influx, webhooks  # noqa: E402
-from citywatch.streams.faust_cli import bridge_command, worker_command  # noqa: E402
-from citywatch.streams.replay import replay_command  # noqa: E402
-
-main.add_command(devices)
-main.add_command(dashboards)
-main.add_command(report_command)
-main.add_command(replay_command)
-main.add_command(bridge_command)
-main.add_command(worker_command)
-main.add_command(webhooks)
-main.add_command(influx)
-main.add_command(silences)
-main.add_command(incidents)
-main.add_command(users)
-main.add_command(audit)
 add_dispatch_commands(alerts)  # alerts assign / on-site / rectify / reject / close
-localize_help(main)  # help in the configured language (last: after every command is added)
+localize_help(main)  # help in the configured language (last: after every eager command is added)
 
 
 def entrypoint() -> None:

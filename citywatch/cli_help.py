@@ -31,13 +31,12 @@ def _help_translator(ctx: click.Context) -> Translator:
     if settings is not None:
         return i18n.translator(settings.language)
     if "citywatch.help_language" not in root.meta:
-        from citywatch.config import load_settings
+        # only the language key (not the whole settings: every command's parsing comes here, for the
+        # --help option's text); whatever is wrong with the config, help prints, in the default language
+        from citywatch.cli_context import configured_language
 
         config = root.params.get("config")
-        try:
-            root.meta["citywatch.help_language"] = load_settings(Path(config) if config else None).language
-        except Exception:  # noqa: BLE001 (help must print whatever is wrong with the config)
-            root.meta["citywatch.help_language"] = i18n.current().language
+        root.meta["citywatch.help_language"] = configured_language(Path(config) if config else None)
     return i18n.translator(root.meta["citywatch.help_language"])
 
 
