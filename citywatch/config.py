@@ -326,6 +326,10 @@ class KafkaSettings(Section):
     batch_size: int = Field(500, ge=1)  # telemetry events a worker takes at once: one Table write per device per batch
     batch_within_s: float = Field(0.05, gt=0)  # ... or what arrived within this (a quiet stream waits no longer)
     standby_replicas: int = Field(1, ge=0)  # warm copies of each Table partition on other workers
+    # Where a worker keeps the `devices` Table: rocksdict (RocksDB through PyPI rocksdict) or python-rocksdb
+    # (PyPI faust-streaming-rocksdb) persist it under <data_dir>/workers/<worker id>/, so a restarted worker
+    # reads only the changelog's tail; memory rebuilds it from the whole changelog at every start.
+    table_store: str = Field("rocksdict", pattern="^(memory|rocksdict|python-rocksdb)$")
     # Authentication and encryption towards the brokers (citywatch/streams/kafka_auth.py)
     security_protocol: str = Field("PLAINTEXT", pattern="^(PLAINTEXT|SASL_PLAINTEXT|SASL_SSL|SSL)$")
     sasl_mechanism: str = Field("SCRAM-SHA-512", pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$")

@@ -11,7 +11,8 @@ Roles: `process` workers run the `process` agent and the tick timer; scale them 
 dead letters to the SQLite alert store + webhook outbox, delivers webhooks, writes transition
 points to InfluxDB and serves the ack/resolve API (faust_sink.py). `all` is both in one process.
 
-State: one Table (`devices`, changelog-backed, memory store) holds one record per device: its
+State: one Table (`devices`, changelog-backed; `kafka.table_store`: RocksDB on the worker's disk, so a
+restart replays only the changelog's tail, or memory) holds one record per device: its
 detector state and its alert-engine state (open alert, hold/clear streaks, flap history), so a
 successor never gets one without the other. Records are written under the device's own partition
 (`DeviceTable.partition_for_key` uses Kafka's default partitioner, as the bridge does), also from
@@ -37,13 +38,14 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import faust
 import msgspec
 from aiohttp import web
+from faust.stores.rocksdb import Store as RocksStore
 from prometheus_client.core import Metric
 
 from citywatch.config import KafkaSettings, Settings
@@ -51,7 +53,7 @@ from citywatch.detectors.baseline import plain_hook
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.detectors.registry import build_rules
 from citywatch.devices.registry import Registry, RegistryCache, registry_path
-from citywatch.errors import AlertError
+from citywatch.errors import AlertError, ConfigError
 from citywatch.logs import faust_logging
 from citywatch.metrics import (
     AlertSource,
@@ -105,6 +107,52 @@ class DeviceTable(faust.Table):  # type: ignore[type-arg]
 
     def partition_for_key(self, key: Any) -> int | None:
         return partition_for(key, self.partitions or self.app.conf.topic_partitions)
+
+    def _new_store_by_url(self, url: Any) -> Any:
+        if str(url).startswith("rocksdb:"):
+            return DeviceStore(url, self.app, self, table_name=self.name, key_type=self.key_type,
+                               key_serializer=self.key_serializer, value_serializer=self.value_serializer,
+                               value_type=self.value_type, loop=self.loop,
+                               options=dict(self.options or {}))  # a copy: faust's Store pops from it
+        return super()._new_store_by_url(url)
+
+
+class DeviceStore(RocksStore):
+    """Faust's RocksDB store (one database per partition under the worker's data dir, with the last
+    changelog offset applied, so a restart reads only the changelog's tail), addressed by the key's
+    partition like DeviceTable's changelog. Faust's own store takes the partition of the current
+    event: wrong in a batch that spans partitions and impossible in the tick timer (no event)."""
+
+    def _partition(self, key: bytes) -> int:
+        return partition_for(key, self.table.partitions or self.app.conf.topic_partitions)
+
+    def _set(self, key: bytes, value: bytes | None) -> None:
+        partition = self._partition(key)
+        self._key_index[key] = partition
+        self._db_for_partition(partition).put(key, value)
+
+    def _get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db_for_partition(self._partition(key)).get(key)
+        return value
+
+    def _contains(self, key: bytes) -> bool:
+        return self._get(key) is not None
+
+    def _del(self, key: bytes) -> None:
+        self._db_for_partition(self._partition(key)).delete(key)
+
+    def close(self) -> None:
+        """Close the open databases (their locks go with them): a successor in this process can open them."""
+        for db in self._dbs.values():
+            db.close()
+        self._dbs.clear()
+
+    def _iteritems(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every open partition (actives and standbys: WorkerCore keeps what it owns), also under
+        test_context, which assigns nothing."""
+        for db in list(self._dbs.values()):
+            yield from self._visible_items(db)
+
 
 
 # -- the core over owned partitions ------------------------------------------------------------------
@@ -299,7 +347,8 @@ class FaustCity:
         k = self.kafka
         app_id = k.app_id + ("-sink" if self.role == "sink" else "")
         return faust.App(
-            app_id, broker=[f"kafka://{s}" for s in bootstrap_servers(k)], store="memory://",
+            app_id, broker=[f"kafka://{s}" for s in bootstrap_servers(k)],
+            store="memory://" if k.table_store == "memory" else "rocksdb://",  # DeviceStore: see DeviceTable
             topic_partitions=k.partitions, topic_replication_factor=k.replication,
             datadir=str(self.workdir / "faust"), web_enabled=False, autodiscover=False,
             broker_session_timeout=k.session_timeout_s, broker_heartbeat_interval=k.heartbeat_s,
@@ -314,9 +363,16 @@ class FaustCity:
 
     def _process_role(self) -> None:
         app = self.app
+        if self.kafka.table_store == "rocksdict":
+            try:
+                import rocksdict  # noqa: F401  (Faust's rocksdb store picks it up by this name)
+            except ImportError:
+                raise ConfigError("kafka.table_store: rocksdict needs `pip install rocksdict` "
+                                  "(or table_store: memory)") from None
         table = app.tables.add(DeviceTable(
             app, name="devices", beacon=app.tables.beacon, partitions=self.kafka.partitions,
-            key_type=bytes, value_type=bytes, help="per device: detector state and alert-engine state"))
+            key_type=bytes, value_type=bytes, help="per device: detector state and alert-engine state",
+            options=None if self.kafka.table_store == "memory" else {"driver": self.kafka.table_store}))
         self.table = table
         assert self.devices is not None
         self.core = WorkerCore(self.settings, self.devices, table, self.kafka.partitions, self.clock)
@@ -516,6 +572,9 @@ class FaustCity:
         self.app.task(metrics)
 
     def close(self) -> None:
+        store = getattr(self.table, "data", None) if self.core is not None else None
+        if isinstance(store, DeviceStore):
+            store.close()
         if self.influx is not None:
             self.influx.close()
         if self.sink is not None:
