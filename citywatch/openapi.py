@@ -1,9 +1,12 @@
-"""The OpenAPI 3.1 description of `citywatch run`'s HTTP API, served at GET /openapi.json.
+"""The OpenAPI 3.1 description of the HTTP API (`citywatch run`'s and the Faust sink's: one
+implementation, citywatch/alertapi.py), served at GET /openapi.json.
 
 One table, OPERATIONS, says for every JSON route what it takes and answers; the document is built
 from it at start, and the schemas of the bodies that are msgspec Structs (Alert, Transition,
 Incident, SilenceRequest, DispatchEvent, ActionDetail) are generated from the Structs themselves
 (`msgspec.json.schema_components`), so a field added to an alert is in the document at once.
+Each app serves the operations of the routes it has (`register` reads its router): the runner's all
+of them, the Faust sink's the subset it serves, with the same operation objects.
 tests/test_openapi.py checks the table against the routes the app really has (both ways, methods
 too) and validates the document as OpenAPI 3.1. The operator console's HTML pages (/console/...)
 are not an API: they are listed in `x-citywatch-not-described`.
@@ -14,6 +17,7 @@ secret, and tools (Swagger UI, schemathesis, an API gateway) fetch it before the
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +28,13 @@ from citywatch.loop.dispatch import ActionDetail, DispatchEvent
 from citywatch.loop.dispatch_api import DISPATCH_PATH, PERSON_ACTIONS
 from citywatch.loop.silences import SilenceRequest
 from citywatch.model import Alert, Incident, Transition
+from citywatch.service import Accepted
 
 PATH = "/openapi.json"
 REF = "#/components/schemas/{name}"
 NOT_DESCRIBED = {"/console": "the operator console: server-rendered HTML pages and their forms (session cookie, "
                              "CSRF token), not a JSON API"}
-STRUCTS: tuple[type, ...] = (Alert, Transition, Incident, SilenceRequest, DispatchEvent, ActionDetail)
+STRUCTS: tuple[type, ...] = (Alert, Transition, Incident, SilenceRequest, DispatchEvent, ActionDetail, Accepted)
 
 
 def ref(name: str) -> dict[str, str]:
@@ -143,6 +148,8 @@ SIGNATURE = {
                           "(Standard Webhooks); several space-separated during a rotation"),
 }
 ACTIONS = sorted(PERSON_ACTIONS)
+FORWARDED = Answer("the Faust runner: taken for the worker that owns the alert's device; the transition follows "
+                   "through the transitions topic", ref("Accepted"))
 
 OPERATIONS: tuple[Op, ...] = (
     Op("GET", "/health", "Liveness: 200 while the consume loop runs and turns", "operations", access="open",
@@ -165,12 +172,12 @@ OPERATIONS: tuple[Op, ...] = (
        answers={200: Answer("the alert", ref("AlertView")), 404: _error("no such alert")}),
     Op("POST", "/alerts/{alert_id}/ack", "Acknowledge (meets the review deadline)", "alerts", params=ALERT_ID,
        body=ref("ByBody"),
-       answers={200: Answer("the transition made", ref("Transition")), 400: _error("body not a JSON object like "
-                                                                                    '{"by": "name"}'),
+       answers={200: Answer("the transition made", ref("Transition")), 202: FORWARDED,
+                400: _error("body not a JSON object like {\"by\": \"name\"}"),
                 404: _error("no such alert"), 409: _error("already acknowledged, resolved or closed")}),
     Op("POST", "/alerts/{alert_id}/resolve", "Resolve (a person ends the case)", "alerts", params=ALERT_ID,
        body=ref("ByBody"),
-       answers={200: Answer("the transition made", ref("Transition")), 400: _error("bad body"),
+       answers={200: Answer("the transition made", ref("Transition")), 202: FORWARDED, 400: _error("bad body"),
                 404: _error("no such alert"), 409: _error("already resolved or closed")}),
     Op("POST", "/alerts/{alert_id}/{action}", "A dispatch action by a person: assign, on-site, rectify, reject, "
        "close", "alerts",
@@ -259,12 +266,15 @@ def _operation(op: Op) -> dict[str, Any]:
     return out
 
 
-def document(version: str = "") -> dict[str, Any]:
-    """The OpenAPI 3.1 document of OPERATIONS."""
+def document(version: str = "", routes: AbstractSet[tuple[str, str]] | None = None,
+             prefixes: AbstractSet[str] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of OPERATIONS; of those among `routes` ((method, path) an app serves)
+    when given, and the undescribed sub-apps among `prefixes`."""
     _, components = msgspec.json.schema_components(STRUCTS, ref_template=REF)
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+        if routes is None or (op.method, op.path) in routes:
+            paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
     if not version:
         from citywatch import __version__ as version
     return {
@@ -272,14 +282,17 @@ def document(version: str = "") -> dict[str, Any]:
         "info": {"title": "citywatch", "version": version,
                  "description": "The HTTP API of `citywatch run`: health, metrics, alerts and their actions, "
                                 "incidents, the loop's figures, silences, and the dispatch system's signed messages. "
-                                "Times in epoch seconds (alerts, incidents) or RFC 3339 UTC (silences, dispatch)."},
+                                "Times in epoch seconds (alerts, incidents) or RFC 3339 UTC (silences, dispatch). "
+                                "The Faust sink serves a subset (the paths its document lists), with the same "
+                                "answers, except that ack and resolve go to the worker that owns the device (202)."},
         "paths": paths,
         "components": {"schemas": {**components, **SCHEMAS},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "an account's token (cwt.<id>.<secret>) or "
                                                                      "the bootstrap admin's"}}},
         "security": [{"bearer": []}],
-        "x-citywatch-not-described": NOT_DESCRIBED,
+        "x-citywatch-not-described": {prefix: why for prefix, why in NOT_DESCRIBED.items()
+                                      if prefixes is None or prefix in prefixes},
     }
 
 
@@ -290,7 +303,22 @@ async def _serve(request: web.Request) -> web.Response:
     return web.Response(body=request.app[DOCUMENT_KEY], content_type="application/json")
 
 
+def served(app: web.Application) -> tuple[set[tuple[str, str]], set[str]]:
+    """(method, path) of every route of `app` (HEAD and OPTIONS aside), and its sub-apps' prefixes."""
+    routes, prefixes = set(), set()
+    for resource in app.router.resources():
+        if isinstance(resource, web.PrefixedSubAppResource):
+            prefixes.add(resource.canonical)
+            continue
+        for route in resource:
+            if route.method not in ("HEAD", "OPTIONS"):
+                routes.add((route.method, resource.canonical))
+    return routes, prefixes
+
+
 def register(app: web.Application) -> None:
-    """GET /openapi.json on the runner's API (open: people/api.py OPEN_PATHS). Built once, at start."""
-    app[DOCUMENT_KEY] = msgspec.json.encode(document())
+    """GET /openapi.json on an API app (open: people/api.py OPEN_PATHS), describing the routes it has:
+    call it after every other route is added. Built once, at start."""
+    routes, prefixes = served(app)
+    app[DOCUMENT_KEY] = msgspec.json.encode(document(routes=routes | {("GET", PATH)}, prefixes=prefixes))
     app.router.add_get(PATH, _serve)

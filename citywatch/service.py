@@ -1,12 +1,18 @@
 """What the HTTP API (its routes, the console, /metrics) needs of the process that owns the alerts:
-an interface, so the API layer never imports the runner that serves it (citywatch/streams/embedded.py
-implements it; tests may serve the API over anything that does)."""
+interfaces, so the API layer never imports the runner that serves it.
+
+`AlertDesk` is what the routes both runners serve need (citywatch/alertapi.py): the embedded runner's
+desk (citywatch/api.py, over its `AlertService`) applies a person's ack/resolve at once, the Faust
+sink's (citywatch/streams/sink_api.py) forwards it to the worker that owns the device. `AlertService`
+is the embedded runner as the routes only it serves see it (citywatch/streams/embedded.py implements
+it; tests may serve the API over anything that does)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
 from aiohttp import web
 
 if TYPE_CHECKING:
@@ -17,7 +23,8 @@ if TYPE_CHECKING:
     from citywatch.ingest.collector_process import ProcessCollector
     from citywatch.loop.incidents import IncidentBook, IncidentDispatch
     from citywatch.loop.silence_book import SilenceBook
-    from citywatch.model import Output, Transition
+    from citywatch.loop.silences import Silence
+    from citywatch.model import Alert, Output, Transition
     from citywatch.sinks.alertreader import AlertReader
     from citywatch.sinks.influx import InfluxSink
     from citywatch.sinks.store import AlertStore, TxHook
@@ -60,7 +67,45 @@ class AlertService(Protocol):
     def health(self) -> dict[str, Any]: ...
 
 
-# The values every route module finds on the aiohttp application (set by citywatch/api.py's make_app).
+class Accepted(msgspec.Struct, kw_only=True):
+    """A person's action taken for the worker that owns the alert's device (the Faust runner: HTTP 202);
+    the transition it makes follows through the transitions topic like any other."""
+
+    accepted: str  # ack or resolve
+    alert_id: str
+    device_id: str
+
+
+class AlertDesk(Protocol):
+    """The alert-owning process as the routes both runners serve see it (citywatch/alertapi.py)."""
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def safety(self) -> frozenset[str]: ...  # life-safety rules (a silence of them is marked as such)
+
+    def silences_in_force(self) -> list[Silence]: ...
+
+    def health(self) -> dict[str, Any]: ...  # `live`, `ready`, `problems` and what else the runner knows
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def held(self, alert_id: str) -> Alert | None:
+        """The alert as this process holds it in memory (open ones), else None: the route reads the store."""
+        ...
+
+    def open_alerts(self) -> list[Alert]: ...  # oldest first
+
+    async def act(self, action: str, alert_id: str, by: str, also: TxHook | None) -> Transition | Accepted:
+        """`action` (ack or resolve) by `by`: applied (the transition), or forwarded to the alert's owner
+        (Accepted). Raises AlertError when the alert is unknown or its state does not allow it."""
+        ...
+
+
+# The values every route module finds on the aiohttp application (set by citywatch/alertapi.py's build,
+# SERVICE_KEY by citywatch/api.py's make_app: the embedded runner only).
+DESK_KEY: web.AppKey[AlertDesk] = web.AppKey("desk")
 SERVICE_KEY: web.AppKey[AlertService] = web.AppKey("service")
 TOKEN_KEY = web.AppKey("token", str)  # the bootstrap admin's token
 READER_KEY: web.AppKey[AlertReader] = web.AppKey("reader")  # alerts read off the event loop (own connection)

@@ -50,7 +50,7 @@ from citywatch.people.policy import (
 from citywatch.people.throttle import Throttle
 from citywatch.people.users import BOOTSTRAP, DISPATCH_SYSTEM, Activity, User, UserBook
 from citywatch.ratelog import LogLimiter
-from citywatch.service import READER_KEY, SERVICE_KEY
+from citywatch.service import DESK_KEY, READER_KEY, SERVICE_KEY
 
 log = logging.getLogger("citywatch.api.auth")
 
@@ -96,7 +96,7 @@ def alert_state(alert: Any) -> dict[str, Any]:
 async def _alert(request: web.Request) -> Resolved | None:
 
     alert_id = request.match_info["alert_id"]
-    alert = _runner(request).engine.by_id.get(alert_id)
+    alert = request.app[DESK_KEY].held(alert_id)  # the runner's desk (citywatch/alertapi.py): both runners
     if alert is None:  # resolved or closed ones are only in the store: one read, off the loop
         alert = await asyncio.to_thread(request.app[READER_KEY].alert, alert_id)
     return None if alert is None else (alert_target(alert), alert_state(alert))
@@ -452,7 +452,7 @@ def _named(request: web.Request) -> tuple[str, str]:
 
 def _now(request: web.Request) -> float:
     try:
-        clock = _runner(request).clock
+        clock = request.app[DESK_KEY].clock
     except (KeyError, AttributeError):
         import time  # noqa: PLC0415
 

@@ -1,89 +1,107 @@
-"""The Faust sink's HTTP API: /health, /metrics, /kpis, /alerts, /alerts/{id} from the sink's alert store,
-and ack/resolve, which travel to the worker that owns the alert's device through the telemetry topic
-(202 Accepted); the resulting transition comes back through the transitions topic like any other."""
+"""The Faust sink's HTTP API: citywatch/alertapi.py's application over the sink's alert store.
+
+The same routes, answers and auth as `citywatch run`'s for what both serve (/health, /ready, /stats,
+/alerts, /alerts/{id}, ack/resolve, /kpis, /metrics, /openapi.json), with one difference behind the
+desk: ack/resolve travel to the worker that owns the alert's device through the telemetry topic
+(202 Accepted); the resulting transition comes back through the transitions topic like any other.
+What it does not serve, and why: citywatch/alertapi.py's docstring.
+"""
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
-from citywatch import metrics
+from citywatch import alertapi, metrics
 from citywatch.apitoken import api_token
 from citywatch.config import Settings
+from citywatch.errors import AlertError
 from citywatch.httpserve import serve
-from citywatch.loop import kpis_api
+from citywatch.loop.silences import Silence
 from citywatch.metrics import Exporter
 from citywatch.model import TERMINAL_STATUSES, Alert
+from citywatch.service import Accepted
+from citywatch.sinks.alertreader import AlertReader
+from citywatch.sinks.store import TxHook, store_path
 from citywatch.streams.faust_sink import TransitionSink
 
 RequestAction = Callable[[str, str, bytes], Awaitable[None]]  # (device id, action, JSON body) to its partition
-_decode_alert = msgspec.json.Decoder(Alert).decode
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json")
+class SinkDesk:
+    """The sink behind the shared routes: open alerts from its store (it holds none in memory), and
+    people's actions forwarded to the device's owner with `request_action`."""
+
+    def __init__(self, sink: TransitionSink, settings: Settings, role: str, clock: Callable[[], float],
+                 request_action: RequestAction) -> None:
+        self.sink = sink
+        self.role = role
+        self.clock = clock
+        self.safety = settings.alerts.safety_rules
+        self.request_action = request_action
+        self.reader = AlertReader(store_path(settings.data_dir))  # the owner check, off the event loop
+
+    def silences_in_force(self) -> list[Silence]:
+        return self.sink.silences.in_force()
+
+    def health(self) -> dict[str, Any]:
+        """Live and ready while the worker runs (Faust restarts its agents; Kafka holds what waits)."""
+        return {"live": True, "ready": True, "problems": [], "role": self.role,
+                "webhooks": self.sink.delivery.stats()}
+
+    def stats(self) -> dict[str, Any]:
+        return {"role": self.role, "sink": dict(self.sink.counters), "webhooks": self.sink.delivery.stats(),
+                "health": self.health()}
+
+    def held(self, alert_id: str) -> Alert | None:
+        return None  # the sink holds no alert in memory: the route reads the store
+
+    def open_alerts(self) -> list[Alert]:
+        return self.sink.store.open_alerts()  # one indexed read on the sink's connection, as it commits
+
+    async def act(self, action: str, alert_id: str, by: str, also: TxHook | None) -> Accepted:
+        """Forwarded, not applied: `also` (the audit in the action's transaction) does not apply here;
+        the API's middleware records the accepted request instead."""
+        found = await asyncio.to_thread(self.reader.alert, alert_id)
+        if found is None:
+            raise AlertError(f"no alert {alert_id}")
+        if found.status in TERMINAL_STATUSES or (action == "ack" and found.status != "open"):
+            raise AlertError(f"alert {alert_id} is already {found.status}")  # as the owner would (409)
+        body = json.dumps({"alert_id": alert_id, "by": by, "at": self.clock()})
+        await self.request_action(found.device_id, action, body.encode())
+        return Accepted(accepted=action, alert_id=alert_id, device_id=found.device_id)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def make_sink_app(sink: TransitionSink, settings: Settings, role: str, clock: Callable[[], float],
+                  request_action: RequestAction, exporter: Exporter, token: str) -> web.Application:
+    """The sink's API application (not yet served)."""
+    desk = SinkDesk(sink, settings, role, clock, request_action)
+
+    def install_metrics(app: web.Application) -> None:
+        # this worker's (sink, and the pipeline with role all), with the API's connection guard
+        metrics.install(app, exporter.add(metrics.GuardSource(app)), open_route=not settings.api.metrics_auth)
+
+    app = alertapi.build(desk, settings, token, sink.store.conn, install_metrics)
+
+    async def close(app: web.Application) -> None:
+        desk.close()
+
+    app.on_cleanup.append(close)
+    return app
 
 
 async def start_sink_api(sink: TransitionSink, settings: Settings, role: str, clock: Callable[[], float],
                          request_action: RequestAction, exporter: Exporter) -> web.AppRunner:
-    """/health, /alerts, /alerts/{id} from the alert store; POST /alerts/{id}/ack|resolve goes to
-    the device's telemetry partition (202): its owner applies it and the transition follows."""
+    """Serve the sink's API on api.host:api.port, behind the same guard as the runner's API."""
     token = api_token(settings.api, settings.data_dir)
     assert token is not None
-    expected = f"Bearer {token}".encode()
-
-    @web.middleware
-    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path != "/health" and not hmac.compare_digest(
-                request.headers.get("Authorization", "").encode(), expected):
-            return _json({"error": "missing or invalid bearer token"}, 401)
-        response: web.StreamResponse = await handler(request)
-        return response
-
-    def find(alert_id: str) -> Alert | None:
-        row = sink.store.conn.execute("SELECT body FROM alerts WHERE id = ?", (alert_id,)).fetchone()
-        return _decode_alert(row[0]) if row else None
-
-    async def health(request: web.Request) -> web.Response:
-        return _json({"status": "ok", "role": role, "webhooks": sink.delivery.stats()})
-
-    async def alerts(request: web.Request) -> web.Response:
-        return _json(sink.store.alerts("open"))
-
-    async def alert(request: web.Request) -> web.Response:
-        found = find(request.match_info["alert_id"])
-        return _json(found) if found is not None else _json({"error": "no such alert"}, 404)
-
-    async def act(request: web.Request) -> web.Response:
-        alert_id, action = request.match_info["alert_id"], request.match_info["action"]
-        found = find(alert_id)
-        if found is None:
-            return _json({"error": f"no alert {alert_id}"}, 404)
-        if found.status in TERMINAL_STATUSES:
-            return _json({"error": f"alert {alert_id} is already {found.status}"}, 409)
-        try:
-            body = await request.json() if request.can_read_body else {}
-        except ValueError:
-            body = {}
-        by = body.get("by") if isinstance(body, dict) else None
-        by = by.strip()[:128] if isinstance(by, str) and by.strip() else "api"
-        request_body = json.dumps({"alert_id": alert_id, "by": by, "at": clock()})
-        await request_action(found.device_id, action, request_body.encode())
-        return _json({"accepted": action, "alert_id": alert_id, "device_id": found.device_id}, 202)
-
-    app = web.Application(middlewares=[auth], client_max_size=64 * 1024)
-    app.router.add_get("/health", health)
-    app.router.add_get("/alerts", alerts)
-    app.router.add_get("/alerts/{alert_id}", alert)
-    app.router.add_post(r"/alerts/{alert_id}/{action:(ack|resolve)}", act)
-    kpis_api.register(app, settings.data_dir, clock)  # GET /kpis: the loop's figures from the sink's store
-    # GET /metrics: this worker's (sink, and the pipeline with role all); open unless api.metrics_auth
-    metrics.install(app, exporter.add(metrics.GuardSource(app)),
-                    open_route=not settings.api.metrics_auth)
+    app = make_sink_app(sink, settings, role, clock, request_action, exporter, token)
     runner, _, _ = await serve(app, settings.api)  # the same timeouts and connection cap as the runner's API
     return runner
