@@ -64,8 +64,10 @@ class SinkDesk:
         return self.sink.store.open_alerts()  # one indexed read on the sink's connection, as it commits
 
     async def act(self, action: str, alert_id: str, by: str, also: TxHook | None) -> Accepted:
-        """Forwarded, not applied: `also` (the audit in the action's transaction) does not apply here;
-        the API's middleware records the accepted request instead."""
+        """Forwarded, not applied. Refused (409, 404 through the route) as the owner would refuse it,
+        judged from the store, which may lag the owner by a transition in flight: then the owner rejects
+        it (counted in actions_rejected). `also` (the audit in the action's own transaction) cannot
+        join here: the API's middleware records the accepted request instead."""
         found = await asyncio.to_thread(self.reader.alert, alert_id)
         if found is None:
             raise AlertError(f"no alert {alert_id}")
