@@ -1,8 +1,11 @@
-"""The `citywatch` command: thin wrappers that parse arguments and call library functions."""
+"""The `citywatch` command: thin wrappers that parse arguments and call library functions.
+
+Every command imports what it needs inside its function, and the commands defined in other modules
+load only when run (LAZY_COMMANDS): a command pays for its own imports only, which keeps a short one
+short (`citywatch replay` on 5,000 rows in under 0.25 s; tests/test_cli_imports.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -216,6 +219,8 @@ def simulate(ctx: Context, url: str | None, n_devices: int, duration: float, rat
 @main.command()
 def schema() -> None:
     """Print the device payload contract as JSON Schema."""
+    import json
+
     from citywatch.ingest.schemas import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
@@ -225,6 +230,8 @@ def schema() -> None:
 @pass_ctx
 def show_config(ctx: Context) -> None:
     """Print the effective configuration (secrets masked, passwords in URLs too)."""
+    import json
+
     from citywatch.logs import mask_url_credentials
 
     def masked(value: Any) -> Any:
@@ -338,6 +345,8 @@ def deadletters(ctx: Context, limit: int, reason: str | None, as_json: bool) -> 
     sampled = store.sampled_out_counts()
     store.close()
     if as_json:
+        import json
+
         click.echo(json.dumps([{"topic": d.topic, "reason": d.reason, "field": d.field, "detail": d.detail,
                                 "size": d.size, "received_at": d.received_at,
                                 "payload": d.payload.decode("utf-8", "replace")} for d in found]))
@@ -378,6 +387,8 @@ def storage(ctx: Context, as_json: bool) -> None:
     store.close()
     report = {"data_dir": str(data_dir), "disk": disk_usage(data_dir), **summary}
     if as_json:
+        import json
+
         click.echo(json.dumps(report, indent=2))
         return
     disk = report["disk"]
