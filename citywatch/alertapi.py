@@ -65,12 +65,12 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json")
 
 
-def desk(request: web.Request) -> AlertDesk:
+def desk_of(request: web.Request) -> AlertDesk:
     return request.app[DESK_KEY]
 
 
 def _health_body(request: web.Request) -> tuple[dict[str, Any], dict[str, Any]]:
-    facts = desk(request).health()
+    facts = desk_of(request).health()
     status = "ok" if facts["ready"] else "not_ready" if facts["live"] else "failing"
     return facts, {"status": status, **facts}
 
@@ -89,7 +89,7 @@ async def _ready(request: web.Request) -> web.Response:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    stats = desk(request).stats()
+    stats = desk_of(request).stats()
     if GUARD_KEY in request.app:
         stats["api"] = request.app[GUARD_KEY].stats()  # connections open, evicted, refused, timed out
     if access.ACCESS_KEY in request.app:
@@ -99,12 +99,12 @@ async def _stats(request: web.Request) -> web.Response:
 
 def _views(request: web.Request, alerts: list[Alert]) -> list[dict[str, Any]]:
     """Alerts as JSON objects, marked when a silence in force holds their webhooks."""
-    d = desk(request)
+    d = desk_of(request)
     return mark(alerts, d.silences_in_force(), d.clock(), d.safety)
 
 
 async def _alerts(request: web.Request) -> web.Response:
-    return _json(_views(request, desk(request).open_alerts()))
+    return _json(_views(request, desk_of(request).open_alerts()))
 
 
 async def _stored(request: web.Request, alert_id: str) -> Alert | None:
@@ -114,7 +114,7 @@ async def _stored(request: web.Request, alert_id: str) -> Alert | None:
 
 async def _alert(request: web.Request) -> web.Response:
     alert_id = request.match_info["alert_id"]
-    alert = desk(request).held(alert_id) or await _stored(request, alert_id)
+    alert = desk_of(request).held(alert_id) or await _stored(request, alert_id)
     if alert is None:
         return _json({"error": f"no alert {alert_id}"}, 404)
     return _json(_views(request, [alert])[0])
@@ -152,9 +152,9 @@ def _person_action(action: str) -> Handler:
         except _BadBody as exc:
             return _json({"error": str(exc)}, 400)
         try:
-            done = await desk(request).act(action, alert_id, by, access.tx_hook(request))
+            done = await desk_of(request).act(action, alert_id, by, access.tx_hook(request))
         except AlertError as exc:
-            if desk(request).held(alert_id) is not None:
+            if desk_of(request).held(alert_id) is not None:
                 return _json({"error": str(exc)}, 409)
             stored = await _stored(request, alert_id)
             if stored is None:

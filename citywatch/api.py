@@ -26,8 +26,6 @@ from citywatch.model import Alert, Transition
 from citywatch.service import SERVICE_KEY, AlertService
 from citywatch.sinks.store import TxHook
 
-_METHODS = {"ack": "acknowledge", "resolve": "resolve"}
-
 
 class EmbeddedDesk:
     """The embedded runner behind the shared routes: its alert engine's open alerts, and people's
@@ -60,8 +58,9 @@ class EmbeddedDesk:
         return sorted(self.runner.engine.by_id.values(), key=lambda a: a.opened_at)
 
     async def act(self, action: str, alert_id: str, by: str, also: TxHook | None) -> Transition:
-        apply: Callable[..., Transition] = getattr(self.runner, _METHODS[action])
-        return apply(alert_id, by, also=also)
+        if action == "ack":
+            return self.runner.acknowledge(alert_id, by, also=also)
+        return self.runner.resolve(alert_id, by, also=also)
 
 
 def make_app(runner: AlertService, token: str) -> web.Application:
