@@ -17,6 +17,7 @@ from setuptools import setup
 HOT_PATH = [
     "citywatch/streams/pipeline.py",
     "citywatch/ingest/topics.py",
+    "citywatch/detectors/record.py",
     "citywatch/detectors/base.py",
     "citywatch/detectors/baseline.py",
     "citywatch/detectors/lifecycle.py",

@@ -56,7 +56,7 @@ def measure(pipeline: Pipeline, messages: list[tuple[str, bytes, float]], batch:
         for topic, payload, received_at in messages[i:i + batch]:
             process(topic, payload, received_at, out)
         pipeline.alerts.take_dirty()
-        pipeline.take_dirty_states()
+        pipeline.take_dirty()
     return len(messages) / (time.perf_counter() - started)
 
 

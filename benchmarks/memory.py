@@ -43,16 +43,14 @@ def warm_state_bytes() -> float:
         for topic, payload, ts in Simulator([device], seed=4, start=T0, incident_rate=1.0,
                                             horizon_s=7 * 86400).messages(8 * 86400):
             pipeline.process(topic, payload, ts + 0.2, out)
-        sizes[kind] = deep_size(pipeline.states[device.id])
+        sizes[kind] = deep_size(pipeline.records[device.id])
     return sum(sizes[k] * n for k, n in mix.items()) / sum(mix.values())
 
 
 def one(n: int, readings: int) -> dict[str, float]:
-    import msgspec
     import psutil
 
     from citywatch.config import load_settings
-    from citywatch.detectors.baseline import plain_hook
     from citywatch.detectors.lifecycle import AlertEngine
     from citywatch.ingest.simulator import Simulator, make_devices
     from citywatch.model import Output
@@ -76,12 +74,12 @@ def one(n: int, readings: int) -> dict[str, float]:
         for topic, payload, received in messages[i:i + 1000]:
             process(topic, payload, received, out)
         pipeline.alerts.take_dirty()
-        pipeline.take_dirty_states()
+        pipeline.take_dirty()
     seconds = time.perf_counter() - t0
     gc.collect()
     rss1 = psutil.Process().memory_info().rss
     del messages
-    encoded = [len(msgspec.msgpack.encode(s, enc_hook=plain_hook)) for s in pipeline.states.values()]
+    encoded = [len(pipeline.codec.encode(record)) for record in pipeline.records.values()]
     return {"devices": n, "msgs": pipeline.counters["received"], "msg_per_s": pipeline.counters["received"] / seconds,
             "rss_mb": (rss_registry + rss1 - rss0) / 2**20, "rss0_mb": rss_registry / 2**20,
             "registry_bytes_per_device": (rss_registry - rss_empty) / n,

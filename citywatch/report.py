@@ -36,6 +36,7 @@ import msgspec
 from citywatch.alert_text import alert_message
 from citywatch.config import Settings
 from citywatch.dashboards import queries as q
+from citywatch.detectors.record import stored_seen
 from citywatch.errors import CitywatchError
 from citywatch.i18n import N_, Translator, local_time, translator
 from citywatch.labels import label as code_label
@@ -140,8 +141,8 @@ def collect(settings: Settings, since_s: float, now: float | None = None, use_in
             "SELECT body FROM alerts WHERE status NOT IN ('resolved', 'closed') ORDER BY opened_at")]
         transitions = [decode_transition(body) for (body,) in store.conn.execute(
             "SELECT body FROM transitions WHERE at >= ? AND at <= ? ORDER BY at, id", (start, end))]
-        last_seen = {device_id: float(state["seen"]) for device_id, state in store.device_states().items()
-                     if isinstance(state.get("seen"), int | float)}
+        last_seen = {device_id: seen for device_id, state in store.device_states().items()
+                     if (seen := stored_seen(state)) is not None}
         loop = {by: kpis.compute(store.conn, start, end, [by], data_dir) for by in ("district", "grid")}
     finally:
         store.close()

@@ -8,9 +8,11 @@ from typing import Any
 
 from citywatch.config import Settings, load_settings
 from citywatch.detectors.lifecycle import AlertEngine
+from citywatch.detectors.record import DeviceRecord, RuleState
 from citywatch.model import Device, Output
 from citywatch.streams.pipeline import Pipeline
 
+RECORD_FIELDS = ("ts", "seq", "seqmask", "count", "seen", "timeout", "online_at", "states")  # not `kind`: shared
 T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z, 19:06 in Asia/Shanghai: daytime; T0 + 8 h is night
 
 
@@ -27,6 +29,18 @@ def make_pipeline(*devices: Device, started_at: float = T0, **overrides: Any) ->
     s = settings(**overrides)
     registry = DictDevices({d.id: d for d in devices})
     return Pipeline(s, registry, AlertEngine(s.alerts), started_at=started_at)
+
+
+def stored(pipeline: Pipeline) -> dict[str, bytes]:
+    """Every device record in its stored form, as a store would hand it to a restarted pipeline."""
+    return {device_id: pipeline.codec.encode(record) for device_id, record in pipeline.records.items()}
+
+
+def rule_state(pipeline: Pipeline, device_id: str, rule: str) -> Any:
+    """The state one rule keeps in a device's record."""
+    record = pipeline.records[device_id]
+    names = [r.name for r in pipeline.rules[record.kind]]
+    return record.states[names.index(rule)]
 
 
 def payload(ts: float, **fields: Any) -> bytes:
@@ -49,7 +63,10 @@ def deep_size(value: object, seen: set[int] | None = None) -> int:
         return 0
     seen.add(id(value))
     size = sys.getsizeof(value)
-    if isinstance(value, dict):
+    if isinstance(value, RuleState | DeviceRecord):  # attributes (boxed numbers counted: an upper bound)
+        names = value.FIELDS if isinstance(value, RuleState) else RECORD_FIELDS
+        size += sum(deep_size(getattr(value, name), seen) for name in names)
+    elif isinstance(value, dict):
         size += sum(deep_size(v, seen) for v in value.values())
     elif isinstance(value, (list, tuple)):
         size += sum(deep_size(v, seen) for v in value)

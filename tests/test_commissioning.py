@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 
@@ -97,7 +98,8 @@ def test_rejected_message_gives_the_dead_letter_reason_from_the_stored_state(
     register(settings)
     store = AlertStore(store_path(settings.data_dir))
     last_ts = round(time.time() - 60, 3)
-    store.commit(Output(), [], {GAS.id: {"ts": last_ts, "seq": 5, "seen": last_ts}})
+    # stored by an earlier release (format 1: a dict): `devices check` migrates it like the runner
+    store.commit(Output(), [], {GAS.id: msgspec.msgpack.encode({"ts": last_ts, "seq": 5, "seen": last_ts})})
     store.close()
 
     def device_says(payload: bytes) -> CheckResult:

@@ -350,6 +350,6 @@ def test_two_simulated_days_without_incidents_open_no_alert() -> None:
         pipeline.process(topic, payload, ts + 0.2, out)
     assert [(t.alert.device_id, t.alert.rule) for t in out.transitions if t.transition == "opened"] == []
     # not vacuous: by day two the seasonal baselines are armed on every device that has one
-    armed = [st[key]["b"]["n"] for st in pipeline.states.values() for key in ("gsr", "nun", "wfr", "pst")
-             if key in st]
+    armed = [state.baseline.n for record in pipeline.records.values() for state in record.states
+             if hasattr(state, "baseline")]
     assert armed and all(max(counts) >= 20 for counts in armed)

@@ -8,7 +8,7 @@ at once and, later, its offline alert.
 from __future__ import annotations
 
 from citywatch.model import Device, Output
-from tests.helpers import T0, feed, make_pipeline, payload
+from tests.helpers import T0, feed, make_pipeline, payload, stored
 
 GAS = Device(id="g1", kind="gas", interval_s=60)
 CONTROL = Device(id="g2", kind="gas", interval_s=60)
@@ -31,7 +31,7 @@ def test_a_reading_from_the_future_does_not_blind_the_device() -> None:
     send(p, GAS, T0, T0, lel_pct=1.0)
     send(p, CONTROL, T0, T0, lel_pct=1.0)
     send(p, GAS, T0 + 290, T0 + 1, lel_pct=1.0)  # the device clock runs 289 s fast: processed at arrival
-    assert p.counters["clock_ahead"] == 1 and p.states["g1"]["ts"] == T0 + 1
+    assert p.counters["clock_ahead"] == 1 and p.records["g1"].ts == T0 + 1
     alarm = send(p, GAS, T0 + 2, T0 + 2, lel_pct=80.0)
     control = send(p, CONTROL, T0 + 2, T0 + 2, lel_pct=80.0)
     assert "gas_level" in opened(alarm) and opened(alarm) == opened(control)
@@ -103,8 +103,8 @@ def test_an_online_status_re_arms_the_offline_timer_across_a_restart() -> None:
     p = make_pipeline(GAS, started_at=T0)
     out = Output()
     p.process("citywatch/gas/g1/status", b"online", T0, out)
-    assert "seen" not in p.states["g1"]  # `seen` stays the last data (devices check reads it)
-    restarted = Pipeline(p.settings, p.devices, AlertEngine(p.settings.alerts), dict(p.states), started_at=T0 + 1)
+    assert p.records["g1"].seen is None  # `seen` stays the last data (devices check reads it)
+    restarted = Pipeline(p.settings, p.devices, AlertEngine(p.settings.alerts), stored(p), started_at=T0 + 1)
     late = Output()
     restarted.tick(T0 + 182, late)
     assert opened(late) == ["device_offline"]  # armed from the online status, not forgotten by the restart

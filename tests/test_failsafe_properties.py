@@ -75,7 +75,9 @@ class Harness:
             keep = exported is not None and (exported.pending or exported.clearing or exported.cycles)
             keys[key] = KeyState(pending=exported.pending, clearing=exported.clearing,
                                  cycles=exported.cycles) if keep and exported else None
-        self.store.commit(out, engine.take_dirty(), self.pipeline.take_dirty_states(), keys)
+        records = {device_id: encoded for device_id in self.pipeline.take_dirty()
+                   if (encoded := self.pipeline.encode(device_id)) is not None}
+        self.store.commit(out, engine.take_dirty(), records, keys)
         return out
 
     def is_open(self, device: Device, rule: str) -> bool:

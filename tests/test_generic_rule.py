@@ -12,12 +12,12 @@ import msgspec
 import pytest
 
 from citywatch.config import Settings, load_settings
-from citywatch.detectors.baseline import plain_hook
 from citywatch.detectors.generic_rule import GenericAnomaly
+from citywatch.detectors.record import DeviceRecord
 from citywatch.detectors.registry import build_rules
 from citywatch.errors import ConfigError
-from citywatch.model import KINDS, Device
-from tests.helpers import T0, feed, make_pipeline
+from citywatch.model import KINDS, Device, Reading
+from tests.helpers import T0, feed, make_pipeline, rule_state
 
 ON: dict[str, Any] = {"rules": {"learned": {"generic": {"fields": {"gas": "co_ppm"}}}}}
 
@@ -56,22 +56,24 @@ def test_opens_on_a_departure_and_clears_after_quiet_readings() -> None:
                 (opened if t.transition == "opened" else cleared).append((i, t.transition))
     assert [i for i, _ in opened] == [500]
     assert cleared and all(i > 505 for i, _ in cleared)
-    state = pipeline.states["g1"]["generic"]
-    assert msgspec.msgpack.decode(msgspec.msgpack.encode(state, enc_hook=plain_hook)) == state  # plain data
+    state = rule_state(pipeline, "g1", "generic_anomaly")
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(state.dump())) == state.dump()  # plain data
 
 
 def test_rule_state_restored_from_storage_continues_exactly() -> None:
     rng = random.Random(6)
-    rows = [{"ts": T0 + 60.0 * i, "co_ppm": 3 + rng.gauss(0, 0.2) + (5 if i > 400 else 0)} for i in range(600)]
-    straight, resumed = GenericAnomaly("gas", "co_ppm"), GenericAnomaly("gas", "co_ppm")
-    for x in rows[:300]:
-        straight.learn_one(x)
-    resumed.load(msgspec.msgpack.decode(msgspec.msgpack.encode(straight.to_state())))
-    for x in rows[300:]:
-        assert resumed.score_one(x) == straight.score_one(x)
-        resumed.learn_one(x)
-        straight.learn_one(x)
-    assert resumed.to_state() == straight.to_state()
+    device = Device(id="g1", kind="gas")
+    rule = GenericAnomaly("gas", "co_ppm")
+    readings = [Reading("g1", "gas", T0 + 60.0 * i, T0 + 60.0 * i,
+                        {"lel_pct": 1.0, "co_ppm": 3 + rng.gauss(0, 0.2) + (5 if i > 400 else 0)}) for i in range(600)]
+    record = DeviceRecord("gas", [])
+    straight, resumed = rule.fresh(), rule.fresh()
+    for reading in readings[:300]:
+        rule.evaluate(reading, device, record, straight)
+    resumed.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(straight.dump())))
+    for reading in readings[300:]:
+        assert rule.evaluate(reading, device, record, resumed) == rule.evaluate(reading, device, record, straight)
+    assert resumed.dump() == straight.dump()
 
 
 def test_devices_sharing_the_rule_keep_their_own_state() -> None:
@@ -89,4 +91,5 @@ def test_devices_sharing_the_rule_keep_their_own_state() -> None:
         alone = make_pipeline(device, **ON)
         for t, v in rows:
             feed(alone, device, t, lel_pct=1.0, co_ppm=round(v, 2))
-        assert alone.states[device.id]["generic"] == together.states[device.id]["generic"]
+        assert (rule_state(alone, device.id, "generic_anomaly").dump()
+                == rule_state(together, device.id, "generic_anomaly").dump())

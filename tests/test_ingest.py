@@ -6,9 +6,13 @@ import json
 
 import pytest
 
+from citywatch.detectors.base import QUIET, Verdict
+from citywatch.detectors.lifecycle import AlertEngine
+from citywatch.detectors.registry import build_rules
 from citywatch.ingest.schemas import json_schema, parse_status
 from citywatch.model import Device, Output
-from tests.helpers import T0, make_pipeline
+from citywatch.streams.pipeline import Pipeline
+from tests.helpers import T0, make_pipeline, rule_state
 
 GAS = Device(id="g1", kind="gas")
 LOCK = Device(id="l1", kind="lock")
@@ -100,12 +104,13 @@ def test_a_late_reading_can_open_an_alarm_but_never_clear_one_nor_teach_the_lear
     p = make_pipeline(GAS)
     out = Output()
     p.process(TOPIC, b'{"ts": %d, "lel_pct": 1}' % T0, T0, out)
-    jump_state = dict(p.states["g1"]["jump"])
+    jump = rule_state(p, "g1", "sensor_jump")
+    jump_state = jump.dump()
     p.process(TOPIC, b'{"ts": %d, "lel_pct": 60}' % (T0 - 600), T0, out)
     assert len(out.accepted) == 2 and p.counters["late"] == 1
     assert [(t.alert.rule, t.transition, t.alert.severity) for t in out.transitions] == [
         ("gas_level", "opened", "critical")]  # time cannot blind a threshold rule
-    assert p.states["g1"]["jump"] == jump_state and p.states["g1"]["ts"] == T0  # in-order series untouched
+    assert jump.dump() == jump_state and p.records["g1"].ts == T0  # in-order series untouched
     late_clear = Output()
     p.process(TOPIC, b'{"ts": %d, "lel_pct": 0}' % (T0 - 300), T0, late_clear)
     assert late_clear.transitions == [] and p.alerts.is_open("g1", "gas_level")
@@ -141,14 +146,19 @@ def test_a_bug_in_a_rule_dead_letters_that_message_and_the_stream_goes_on(caplog
     class Broken:
         name = "broken"
         kinds = frozenset({"gas"})
+        in_order_only = False
+        v1_key = ""
 
-        def evaluate(self, reading, device, state):  # type: ignore[no-untyped-def]
-            if reading.values["lel_pct"] == 13:
-                raise ZeroDivisionError("boom")
+        def fresh(self) -> None:
             return None
 
-    p = make_pipeline(GAS)
-    p.rules["gas"] = [Broken()]
+        def evaluate(self, reading, device, record, state) -> Verdict:  # type: ignore[no-untyped-def]
+            if reading.values["lel_pct"] == 13:
+                raise ZeroDivisionError("boom")
+            return QUIET
+
+    s = make_pipeline(GAS).settings
+    p = Pipeline(s, {GAS.id: GAS}, AlertEngine(s.alerts), rules={**build_rules(s), "gas": [Broken()]})
     out = Output()
     for i, lel in enumerate([1, 13, 2]):
         p.process(TOPIC, b'{"ts": %d, "lel_pct": %d}' % (T0 + i, lel), T0 + i, out)

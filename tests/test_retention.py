@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 
@@ -147,7 +148,8 @@ def closed_alert(engine: AlertEngine, device: Device, at: float) -> list[Transit
     return [opened, acked, engine.resolve(opened.alert_id, "ops", at + 120)]
 
 
-def commit_transitions(store: AlertStore, transitions: list[Transition], states: dict[str, Any] | None = None) -> None:
+def commit_transitions(store: AlertStore, transitions: list[Transition],
+                       states: dict[str, bytes] | None = None) -> None:
     out = Output()
     out.transitions.extend(transitions)
     latest: dict[str, Alert] = {t.alert.id: t.alert for t in transitions}
@@ -190,7 +192,7 @@ def archived_store(tmp_path: Path) -> tuple[AlertStore, dict[str, list[Transitio
     assert opened is not None
     cases["open"] = [opened]
     commit_transitions(store, [t for ts in cases.values() for t in ts],
-                       states={f"gas-{n}": {"count": n} for n in range(1, 5)})
+                       states={f"gas-{n}": msgspec.msgpack.encode({"count": n}) for n in range(1, 5)})
     return store, cases
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.model import Device, Output
 from citywatch.streams.pipeline import Pipeline
-from tests.helpers import T0, feed, make_pipeline
+from tests.helpers import T0, feed, make_pipeline, stored
 
 GAS = Device(id="g1", kind="gas", district="Nanhu", grid="G1")
 NOISE = Device(id="n1", kind="noise", zone_class="1")
@@ -159,8 +159,7 @@ def test_no_offline_storm_after_our_own_downtime() -> None:
     p = make_pipeline(dev, started_at=T0)
     feed(p, dev, T0, depth_cm=0)
     # a restart an hour later: state comes back from the store, the deadman is rebuilt from it
-    restarted = Pipeline(p.settings, p.devices, AlertEngine(p.settings.alerts), states=dict(p.states),
-                         started_at=T0 + 3600)
+    restarted = Pipeline(p.settings, p.devices, AlertEngine(p.settings.alerts), stored(p), started_at=T0 + 3600)
     assert len(restarted.deadman) == 1
     out = Output()
     restarted.tick(T0 + 3600 + 60, out)

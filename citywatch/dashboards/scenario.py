@@ -263,10 +263,11 @@ def run_city(data_dir: Path | None = None, *, settings: Settings | None = None, 
             operators.act(t, out, run)
             run.lines.extend(lines_for(out))
             if store is not None:
-                store.commit(out, engine.take_dirty(), pipeline.take_dirty_states())
+                store.commit(out, engine.take_dirty(), {device_id: encoded for device_id in pipeline.take_dirty()
+                                                        if (encoded := pipeline.encode(device_id)) is not None})
             else:
                 engine.take_dirty()
-                pipeline.take_dirty_states()
+                pipeline.take_dirty()
             out = Output()
     finally:
         if store is not None:

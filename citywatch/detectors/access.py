@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping
-from typing import Any
+from array import array
 
-from citywatch.detectors.base import DeviceState
-from citywatch.detectors.baseline import HOURS, LearnedRule, LocalTime, SeasonalBaseline
+from citywatch.detectors.base import QUIET, Verdict
+from citywatch.detectors.baseline import HOURS, BaselineState, LearnedRule, LocalTime, SeasonalBaseline
+from citywatch.detectors.record import DeviceRecord, RuleState
 from citywatch.detectors.settings import LockParams
 from citywatch.model import Device, Finding, Reading
 
@@ -17,11 +17,45 @@ _UNLOCK, _FAIL = "unlock_ok", "unlock_fail"
 _PRIOR = 0.5  # pseudo-unlocks per hour of day
 
 
-def _event(x: Mapping[str, Any]) -> tuple[str, float] | None:
-    event, ts = x.get("event"), x.get("ts")
-    if not isinstance(event, str) or ts is None or isinstance(ts, str):
-        return None
-    return event, float(ts)
+class UsersState(RuleState):
+    """The sketch: hashed user ids and when each last unlocked (int seconds); alert open."""
+
+    __slots__ = ("users", "seen", "open")
+    FIELDS = ("users", "seen", "open")
+    V1 = ("h", "t", "a")
+
+    def __init__(self) -> None:
+        self.users = array("I")  # crc32 of the user id
+        self.seen = array("q")  # epoch seconds
+        self.open = 0
+
+
+class HourState(RuleState):
+    """Decayed unlock counts per local hour (float64), the time they were decayed to; alert open."""
+
+    __slots__ = ("counts", "at", "open")
+    FIELDS = ("counts", "at", "open")
+    V1 = ("c", "t", "a")
+
+    def __init__(self) -> None:
+        self.counts = array("d", bytes(8 * HOURS))
+        self.at = 0.0
+        self.open = 0
+
+
+class FailuresHourState(RuleState):
+    """The baseline of failures per hour; the current clock hour (None before the first) and its
+    failures so far; alert open."""
+
+    __slots__ = ("baseline", "hour", "failures", "open")
+    FIELDS = ("baseline", "hour", "failures", "open")
+    V1 = ("b", "h", "k", "a")
+
+    def __init__(self, baseline: BaselineState) -> None:
+        self.baseline = baseline
+        self.hour: int | None = None
+        self.failures = 0
+        self.open = 0
 
 
 def user_hash(user: str) -> int:
@@ -33,28 +67,26 @@ class LockManyUsers(LearnedRule):
     """More distinct users with a successful unlock within `users_window_days` than
     tenants * users_factor + users_slack. A bounded sketch: at most `users_sketch` hashed user
     ids with their last-seen time (int seconds); the stalest is evicted. Devices without a
-    registered `tenants` count are not judged (the constructor's `tenants` serves standalone use)."""
+    registered `tenants` count are not judged."""
 
     name = "lock_many_users"
     kinds = frozenset({"lock"})
-    key = "lmu"
+    v1_key = "lmu"
 
-    def __init__(self, params: LockParams | None = None, tenants: int | None = None) -> None:
+    def __init__(self, params: LockParams | None = None) -> None:
         self.p = params or LockParams()
-        self.tenants = tenants
         self.window_s = self.p.users_window_days * 86400.0
-        self.state = self.fresh()
 
-    def fresh(self) -> dict[str, Any]:
-        return {"h": [], "t": [], "a": 0}
+    def fresh(self) -> UsersState:
+        return UsersState()
 
     def limit(self, tenants: int) -> int:
         return min(int(tenants * self.p.users_factor) + self.p.users_slack, self.p.users_sketch - 1)
 
-    def _distinct(self, user: str | None, ts: float, add: bool) -> int:
-        st = self.state
-        ids, seen = st["h"], st["t"]
-        if add and user:
+    def distinct(self, st: UsersState, user: str | None, ts: float) -> int:
+        """Distinct users within the window once `user` (if any) unlocked at `ts`."""
+        ids, seen = st.users, st.seen
+        if user:
             uid = user_hash(user)
             try:
                 seen[ids.index(uid)] = int(ts)
@@ -66,42 +98,25 @@ class LockManyUsers(LearnedRule):
                     del ids[stalest]
                     del seen[stalest]
         cutoff = ts - self.window_s
-        count = sum(1 for t in seen if t >= cutoff)
-        if not add and user and user_hash(user) not in ids:
-            count += 1
-        return count
+        return sum(1 for t in seen if t >= cutoff)
 
-    def _score(self, count: int, tenants: int | None) -> float:
-        return count / (self.limit(tenants) + 1) if tenants else 0.0
-
-    def learn_one(self, x: Mapping[str, Any]) -> None:
-        found = _event(x)
-        if found is not None and found[0] == _UNLOCK:
-            self._distinct(x.get("user"), found[1], True)
-
-    def score_one(self, x: Mapping[str, Any]) -> float:
-        found = _event(x)
-        if found is None or found[0] != _UNLOCK:
-            return 0.0
-        return self._score(self._distinct(x.get("user"), found[1], False), self.tenants)
-
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: UsersState) -> Verdict:
         if reading.values.get("event") != _UNLOCK or not device.tenants:
-            return None
-        st = self.bind_device(state)
-        count = self._distinct(reading.values.get("user"), reading.ts, True)
-        score = self._score(count, device.tenants)
-        self.last_score = score / (score + 1.0)
+            return QUIET
+        user = reading.values.get("user")
+        count = self.distinct(state, user if isinstance(user, str) else None, reading.ts)
         limit = self.limit(device.tenants)
+        score = count / (limit + 1)
+        squashed = score / (score + 1.0)
         if count > limit:
-            st["a"] = 1
+            state.open = 1
             return Finding(self.name, True, "warning", count, float(limit),
                            f"{count} distinct users within {self.p.users_window_days:g} days for "
-                           f"{device.tenants} registered tenants")
-        if st["a"]:
-            st["a"] = 0
-            return Finding(self.name, False, value=count)
-        return None
+                           f"{device.tenants} registered tenants"), squashed
+        if state.open:
+            state.open = 0
+            return Finding(self.name, False, value=count), squashed
+        return None, squashed
 
 
 class LockUnusualHour(LearnedRule):
@@ -112,7 +127,7 @@ class LockUnusualHour(LearnedRule):
 
     name = "lock_unusual_hour"
     kinds = frozenset({"lock"})
-    key = "luh"
+    v1_key = "luh"
 
     def __init__(self, clock: LocalTime | None = None, params: LockParams | None = None,
                  flagged_weight: float = 0.05) -> None:
@@ -120,16 +135,14 @@ class LockUnusualHour(LearnedRule):
         self.p = params or LockParams()
         self.tau_s = self.p.hour_halflife_days * 86400.0 / math.log(2)
         self.flagged_weight = flagged_weight
-        self.state = self.fresh()
 
-    def fresh(self) -> dict[str, Any]:
-        return {"c": [0.0] * HOURS, "t": 0.0, "a": 0}
+    def fresh(self) -> HourState:
+        return HourState()
 
-    def _score(self, ts: float) -> tuple[float, int, float]:
+    def _score(self, st: HourState, ts: float) -> tuple[float, int, float]:
         """(p_min / share of this hour, hour, share); 0 while fewer than the warm-up unlocks."""
-        st = self.state
-        counts = st["c"]
-        decay = math.exp(-(ts - st["t"]) / self.tau_s) if ts > st["t"] else 1.0
+        counts = st.counts
+        decay = math.exp(-(ts - st.at) / self.tau_s) if ts > st.at else 1.0
         total = sum(counts) * decay
         hour = self.clock.hour(ts)
         if total < self.p.hour_min_unlocks:
@@ -138,42 +151,32 @@ class LockUnusualHour(LearnedRule):
         share = (near * decay + _PRIOR) / (total + _PRIOR * HOURS)
         return self.p.hour_p_min / share, hour, share
 
-    def step(self, ts: float) -> tuple[float, int, float]:
-        st = self.state
-        score, hour, share = self._score(ts)
-        if ts > st["t"]:
-            decay = math.exp(-(ts - st["t"]) / self.tau_s)
-            counts = st["c"]
+    def step(self, st: HourState, ts: float) -> tuple[float, int, float]:
+        """(score, hour, share) of an unlock at `ts`; then learn it."""
+        score, hour, share = self._score(st, ts)
+        counts = st.counts
+        if ts > st.at:
+            decay = math.exp(-(ts - st.at) / self.tau_s)
             for i in range(HOURS):
                 counts[i] *= decay
-            st["t"] = ts
-        st["c"][hour] += self.flagged_weight if score >= 1.0 else 1.0
+            st.at = ts
+        counts[hour] += self.flagged_weight if score >= 1.0 else 1.0
         return score, hour, share
 
-    def learn_one(self, x: Mapping[str, Any]) -> None:
-        found = _event(x)
-        if found is not None and found[0] == _UNLOCK:
-            self.step(found[1])
-
-    def score_one(self, x: Mapping[str, Any]) -> float:
-        found = _event(x)
-        return self._score(found[1])[0] if found is not None and found[0] == _UNLOCK else 0.0
-
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: HourState) -> Verdict:
         if reading.values.get("event") != _UNLOCK:
-            return None
-        st = self.bind_device(state)
-        score, hour, share = self.step(reading.ts)
-        self.last_score = score / (score + 1.0)
+            return QUIET
+        score, hour, share = self.step(state, reading.ts)
+        squashed = score / (score + 1.0)
         if score >= 1.0:
-            st["a"] = 1
+            state.open = 1
             return Finding(self.name, True, "warning", hour, None,
                            f"door opened at {hour:02d}:00-{hour:02d}:59, an unusual hour for this door "
-                           f"({100 * share:.2f}% of its unlocks)")
-        if st["a"]:
-            st["a"] = 0
-            return Finding(self.name, False, value=hour)
-        return None
+                           f"({100 * share:.2f}% of its unlocks)"), squashed
+        if state.open:
+            state.open = 0
+            return Finding(self.name, False, value=hour), squashed
+        return None, squashed
 
 
 def poisson_tail(k: int, lam: float) -> float:
@@ -206,80 +209,62 @@ class LockUnusualFailures(LearnedRule):
 
     name = "lock_unusual_failures"
     kinds = frozenset({"lock"})
-    key = "luf"
+    v1_key = "luf"
     min_rate = 0.05  # failures per hour assumed at least
 
     def __init__(self, baseline: SeasonalBaseline, params: LockParams | None = None) -> None:
         self.baseline = baseline
         self.p = params or LockParams()
         self.bits = -math.log(self.p.fail_p_tail)
-        self.state = self.fresh()
 
-    def fresh(self) -> dict[str, Any]:
-        return {"b": self.baseline.fresh(), "h": None, "k": 0, "a": 0}
+    def fresh(self) -> FailuresHourState:
+        return FailuresHourState(self.baseline.fresh())
 
-    def _score(self, failures: int, ts: float) -> float:
+    def _score(self, st: FailuresHourState, failures: int, ts: float) -> float:
         if failures < self.p.fail_min:
             return 0.0
-        found = self.baseline.bind(self.state["b"]).expect(ts)
-        if found is None:
+        expected = self.baseline.expect(st.baseline, ts)
+        if expected is None:
             return 0.0
-        lam = found[0] if found[0] > self.min_rate else self.min_rate
+        lam = expected[0] if expected[0] > self.min_rate else self.min_rate
         return -math.log(max(poisson_tail(failures, lam), 1e-300)) / self.bits
 
-    def _roll(self, ts: float) -> bool:
+    def _roll(self, st: FailuresHourState, ts: float) -> bool:
         """Close the hours before `ts`'s hour into the baseline; True when an hour closed."""
-        st = self.state
         hour = int(ts // 3600)
-        last = st["h"]
+        last = st.hour
         if last is None:
-            st["h"] = hour
+            st.hour = hour
             return False
         if hour <= last:
             return False
-        self.baseline.bind(st["b"])
-        flagged = bool(st["a"])
-        self.baseline.update(float(st["k"]), (last + 0.5) * 3600.0, flagged)
+        self.baseline.update(st.baseline, float(st.failures), (last + 0.5) * 3600.0, bool(st.open))
         for skipped in range(last + 1, min(hour, last + 25)):
-            self.baseline.update(0.0, (skipped + 0.5) * 3600.0)
-        st["h"] = hour
-        st["k"] = 0
+            self.baseline.update(st.baseline, 0.0, (skipped + 0.5) * 3600.0)
+        st.hour = hour
+        st.failures = 0
         return True
 
-    def step(self, event: str, ts: float) -> tuple[float, bool]:
+    def step(self, st: FailuresHourState, event: str, ts: float) -> tuple[float, bool]:
         """(score of this reading, whether an hour closed before it); then learn."""
-        closed = self._roll(ts)
-        st = self.state
+        closed = self._roll(st, ts)
         if event == _FAIL:
-            st["k"] += 1
-            return self._score(st["k"], ts), closed
+            st.failures += 1
+            return self._score(st, st.failures, ts), closed
         return 0.0, closed
 
-    def learn_one(self, x: Mapping[str, Any]) -> None:
-        found = _event(x)
-        if found is not None:
-            self.step(*found)
-
-    def score_one(self, x: Mapping[str, Any]) -> float:
-        found = _event(x)
-        if found is None or found[0] != _FAIL:
-            return 0.0
-        st = self.state
-        same_hour = st["h"] is not None and int(found[1] // 3600) == st["h"]
-        return self._score((st["k"] if same_hour else 0) + 1, found[1])
-
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord,
+                 state: FailuresHourState) -> Verdict:
         event = reading.values.get("event")
-        if event is None:
-            return None
-        st = self.bind_device(state)
-        score, closed = self.step(event, reading.ts)
-        self.last_score = score / (score + 1.0)
+        if not isinstance(event, str):
+            return QUIET
+        score, closed = self.step(state, event, reading.ts)
+        squashed = score / (score + 1.0)
         if score >= 1.0:
-            st["a"] = 1
-            return Finding(self.name, True, "warning", st["k"], None,
-                           f"{st['k']} failed unlocks this hour, far above this door's normal")
-        if closed and st["a"]:
-            st["a"] = 0
-            return Finding(self.name, False, value=0)
-        return None
+            state.open = 1
+            return Finding(self.name, True, "warning", state.failures, None,
+                           f"{state.failures} failed unlocks this hour, far above this door's normal"), squashed
+        if closed and state.open:
+            state.open = 0
+            return Finding(self.name, False, value=0), squashed
+        return None, squashed

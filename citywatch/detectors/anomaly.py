@@ -5,17 +5,64 @@ fast before it reaches a level. Each owns the device's seasonal baseline of its 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from array import array
 
-from citywatch.detectors.base import DeviceState, threshold
-from citywatch.detectors.baseline import LearnedRule, SeasonalBaseline, field_ts, squash
+from citywatch.detectors.base import QUIET, Verdict, threshold
+from citywatch.detectors.baseline import BaselineState, LearnedRule, SeasonalBaseline, squash
 from citywatch.detectors.noise import NoiseLimit
+from citywatch.detectors.record import DeviceRecord, RuleState
 from citywatch.detectors.settings import GasSlowRiseParams, NoiseNightParams, WaterRiseParams
 from citywatch.model import Device, Finding, Reading
 
 _FAST_S, _SLOW_S = 600.0, 1800.0  # EW time constants whose gap measures the slope
 _MAX_DT_S = 1800.0
+
+
+class SlowRiseState(RuleState):
+    """The seasonal baseline; the CUSUM; fast and slow EW of the value (None before the first)
+    and the time of the last; alert open."""
+
+    __slots__ = ("baseline", "cusum", "fast", "slow", "last", "open")
+    FIELDS = ("baseline", "cusum", "fast", "slow", "last", "open")
+    V1 = ("b", "c", "f", "s", "t", "a")
+
+    def __init__(self, baseline: BaselineState) -> None:
+        self.baseline = baseline
+        self.cusum = 0.0
+        self.fast: float | None = None
+        self.slow = 0.0
+        self.last = 0.0
+        self.open = 0
+
+
+class NightState(RuleState):
+    """The seasonal baseline; unusual readings in a row; alert open."""
+
+    __slots__ = ("baseline", "run", "open")
+    FIELDS = ("baseline", "run", "open")
+    V1 = ("b", "k", "a")
+
+    def __init__(self, baseline: BaselineState) -> None:
+        self.baseline = baseline
+        self.run = 0
+        self.open = 0
+
+
+class RiseState(RuleState):
+    """The seasonal baseline; up to 17 (time, depth) samples; EW mean absolute 10-minute rate and
+    rates learned; alert open."""
+
+    __slots__ = ("baseline", "times", "depths", "rate_mad", "learned", "open")
+    FIELDS = ("baseline", "times", "depths", "rate_mad", "learned", "open")
+    V1 = ("b", "ts", "d", "m", "n", "a")
+
+    def __init__(self, baseline: BaselineState) -> None:
+        self.baseline = baseline
+        self.times = array("d")
+        self.depths = array("d")
+        self.rate_mad = 0.0
+        self.learned = 0
+        self.open = 0
 
 
 class GasSlowRise(LearnedRule):
@@ -27,7 +74,7 @@ class GasSlowRise(LearnedRule):
 
     name = "gas_slow_rise"
     kinds = frozenset({"gas"})
-    key = "gsr"
+    v1_key = "gsr"
     field = "lel_pct"
 
     def __init__(self, baseline: SeasonalBaseline, params: GasSlowRiseParams | None = None,
@@ -35,69 +82,55 @@ class GasSlowRise(LearnedRule):
         self.baseline = baseline
         self.p = params or GasSlowRiseParams()
         self.level1_pct = level1_pct
-        self.state = self.fresh()
 
-    def fresh(self) -> dict[str, Any]:
-        return {"b": self.baseline.fresh(), "c": 0.0, "f": None, "s": 0.0, "t": 0.0, "a": 0}
+    def fresh(self) -> SlowRiseState:
+        return SlowRiseState(self.baseline.fresh())
 
-    def _assess(self, value: float, ts: float, where: tuple[int, int, float] | None = None,
-                ) -> tuple[float, float, float, float, float]:
-        """(cusum after this value, excess over normal, slope in %LEL/h, fast EW, slow EW), no learning."""
-        st = self.state
-        baseline = self.baseline.bind(st["b"])
-        found = baseline.expect_at(where if where is not None else baseline.locate(ts))
-        if found is None:
+    def step(self, st: SlowRiseState, value: float, ts: float) -> tuple[float, float, float]:
+        """Score (cusum / h), excess over normal and slope in %LEL/h; then learn."""
+        where = self.baseline.locate(ts)
+        expected = self.baseline.expect_at(st.baseline, where)
+        if expected is None:
             cusum, excess = 0.0, 0.0
         else:
-            excess = value - found[0]
-            z = excess / found[1]
-            cusum = st["c"] + (z if z < 10.0 else 10.0) - self.p.z_allowance
+            excess = value - expected[0]
+            z = excess / expected[1]
+            cusum = st.cusum + (z if z < 10.0 else 10.0) - self.p.z_allowance
             cusum = cusum if cusum > 0.0 else 0.0
-        fast = st["f"]
+        fast = st.fast
         if fast is None:
-            return cusum, excess, 0.0, value, value
-        dt = ts - st["t"]
-        dt = 0.0 if dt < 0.0 else _MAX_DT_S if dt > _MAX_DT_S else dt
-        fast += dt / (dt + _FAST_S) * (value - fast)  # EW weights for irregular timestamps
-        slow = st["s"] + dt / (dt + _SLOW_S) * (value - st["s"])
-        return cusum, excess, (fast - slow) * 3600.0 / (_SLOW_S - _FAST_S), fast, slow
-
-    def step(self, value: float, ts: float) -> tuple[float, float, float]:
-        """Score (cusum / h), excess and slope; then learn."""
-        st = self.state
-        where = self.baseline.bind(st["b"]).locate(ts)
-        cusum, excess, slope, st["f"], st["s"] = self._assess(value, ts, where)
-        st["t"] = ts
-        st["c"] = cusum
-        flagged = st["a"] == 1 or cusum > self.p.cusum_h / 4
-        self.baseline.update(value, ts, flagged, where)
+            slope, fast, slow = 0.0, value, value
+        else:
+            dt = ts - st.last
+            dt = 0.0 if dt < 0.0 else _MAX_DT_S if dt > _MAX_DT_S else dt
+            fast += dt / (dt + _FAST_S) * (value - fast)  # EW weights for irregular timestamps
+            slow = st.slow + dt / (dt + _SLOW_S) * (value - st.slow)
+            slope = (fast - slow) * 3600.0 / (_SLOW_S - _FAST_S)
+        st.fast, st.slow, st.last, st.cusum = fast, slow, ts, cusum
+        flagged = st.open == 1 or cusum > self.p.cusum_h / 4
+        self.baseline.update(st.baseline, value, ts, flagged, where)
         return cusum / self.p.cusum_h, excess, slope
 
-    def score_one(self, x: Mapping[str, Any]) -> float:
-        found = field_ts(x, self.field)
-        return self._assess(*found)[0] / self.p.cusum_h if found is not None else 0.0
-
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: SlowRiseState) -> Verdict:
         value = reading.values.get(self.field)
         if value is None:
-            return None
-        st = self.bind_device(state)
-        score, excess, slope = self.step(value, reading.ts)
-        self.last_score = squash(score, 1.0)
+            return QUIET
+        score, excess, slope = self.step(state, value, reading.ts)
+        squashed = squash(score, 1.0)
         if value >= threshold(device, "gas.level1_pct", self.level1_pct):
-            return None
+            return None, squashed
         p = self.p
-        if st["a"]:
+        if state.open:
             if excess < p.min_excess_pct / 2:
-                st["a"] = 0
-                st["c"] = 0.0
-                return Finding(self.name, False, value=value)
+                state.open = 0
+                state.cusum = 0.0
+                return Finding(self.name, False, value=value), squashed
         elif not (score >= 1.0 and excess >= p.min_excess_pct and slope >= p.min_slope_pct_h):
-            return None
-        st["a"] = 1
+            return None, squashed
+        state.open = 1
         return Finding(self.name, True, "warning", value, None,
                        f"gas rising below the alarm level: {value:g}% LEL, {excess:.1f} above this "
-                       f"detector's normal for the hour")
+                       f"detector's normal for the hour"), squashed
 
 
 class NoiseUnusualNight(LearnedRule):
@@ -107,7 +140,7 @@ class NoiseUnusualNight(LearnedRule):
 
     name = "noise_unusual_night"
     kinds = frozenset({"noise"})
-    key = "nun"
+    v1_key = "nun"
     field = "laeq_db"
 
     def __init__(self, baseline: SeasonalBaseline, limit_rule: NoiseLimit,
@@ -115,58 +148,44 @@ class NoiseUnusualNight(LearnedRule):
         self.baseline = baseline
         self.limit_rule = limit_rule
         self.p = params or NoiseNightParams()
-        self.state = self.fresh()
 
-    def fresh(self) -> dict[str, Any]:
-        return {"b": self.baseline.fresh(), "k": 0, "a": 0}
+    def fresh(self) -> NightState:
+        return NightState(self.baseline.fresh())
 
-    def _assess(self, value: float, ts: float, where: tuple[int, int, float] | None = None,
-                ) -> tuple[float, float]:
-        """(score: the smaller of z / z_min and excess / excess_min, excess); 0 by day or cold."""
-        if not self.limit_rule.is_night(ts):
-            return 0.0, 0.0
-        baseline = self.baseline.bind(self.state["b"])
-        found = baseline.expect_at(where if where is not None else baseline.locate(ts))
-        if found is None:
-            return 0.0, 0.0
-        excess = value - found[0]
-        p = self.p
-        score = min(excess / found[1] / p.z, excess / p.min_excess_db if p.min_excess_db > 0 else math.inf)
-        return (score if score > 0.0 else 0.0), excess
-
-    def step(self, value: float, ts: float, limit: float = math.inf) -> float:
-        st = self.state
-        where = self.baseline.bind(st["b"]).locate(ts)
-        score, _ = self._assess(value, ts, where)
+    def step(self, st: NightState, value: float, ts: float, limit: float = math.inf) -> float:
+        """Score: the smaller of z / z_min and excess / excess_min (0 by day or while cold); then learn."""
+        where = self.baseline.locate(ts)
+        score = 0.0
+        expected = self.baseline.expect_at(st.baseline, where) if self.limit_rule.is_night(ts) else None
+        if expected is not None:
+            excess = value - expected[0]
+            p = self.p
+            score = min(excess / expected[1] / p.z, excess / p.min_excess_db if p.min_excess_db > 0 else math.inf)
+            score = score if score > 0.0 else 0.0
         over = value > limit
-        st["k"] = st["k"] + 1 if score >= 1.0 and not over else 0
-        self.baseline.update(value, ts, None if score < 0.5 and not over else True, where)
+        st.run = st.run + 1 if score >= 1.0 and not over else 0
+        self.baseline.update(st.baseline, value, ts, None if score < 0.5 and not over else True, where)
         return score
 
-    def score_one(self, x: Mapping[str, Any]) -> float:
-        found = field_ts(x, self.field)
-        return self._assess(*found)[0] if found is not None else 0.0
-
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: NightState) -> Verdict:
         value = reading.values.get(self.field)
         if value is None:
-            return None
-        st = self.bind_device(state)
+            return QUIET
         night = self.limit_rule.is_night(reading.ts)
         limit = self.limit_rule.limit(device, night)
-        score = self.step(value, reading.ts, limit)
-        self.last_score = squash(score, 1.0)
+        score = self.step(state, value, reading.ts, limit)
+        squashed = squash(score, 1.0)
         if value > limit:
-            return None
-        if st["k"] >= self.p.sustain or (st["a"] and score >= 0.5):
-            st["a"] = 1
+            return None, squashed
+        if state.run >= self.p.sustain or (state.open and score >= 0.5):
+            state.open = 1
             return Finding(self.name, True, "warning", value, None,
                            f"LAeq {value:g} dB(A) at night: far above this street's normal for the hour, "
-                           f"under the limit {limit:g} dB(A)")
-        if st["a"]:
-            st["a"] = 0
-            return Finding(self.name, False, value=value)
-        return None
+                           f"under the limit {limit:g} dB(A)"), squashed
+        if state.open:
+            state.open = 0
+            return Finding(self.name, False, value=value), squashed
+        return None, squashed
 
 
 class WaterFastRise(LearnedRule):
@@ -178,7 +197,7 @@ class WaterFastRise(LearnedRule):
 
     name = "water_fast_rise"
     kinds = frozenset({"water"})
-    key = "wfr"
+    v1_key = "wfr"
     field = "depth_cm"
     min_rate_spread = 0.5  # cm per 10 min: a gauge that never moves still needs a real rise
 
@@ -187,69 +206,50 @@ class WaterFastRise(LearnedRule):
         self.baseline = baseline
         self.p = params or WaterRiseParams()
         self.severe_cm = severe_cm
-        self.state = self.fresh()
 
-    def fresh(self) -> dict[str, Any]:
-        return {"b": self.baseline.fresh(), "ts": [], "d": [], "m": 0.0, "n": 0, "a": 0}
+    def fresh(self) -> RiseState:
+        return RiseState(self.baseline.fresh())
 
-    def _rate(self, value: float, ts: float) -> float | None:
-        """Rise in cm per 10 min against the oldest sample within the window, if old enough."""
-        st = self.state
-        times = st["ts"]
-        p = self.p
-        for i, t in enumerate(times):
-            age = ts - t
-            if age <= p.window_s:
-                return (value - st["d"][i]) * 600.0 / age if age >= p.min_span_s else None
-        return None
-
-    def _score(self, rate: float | None) -> float:
-        st = self.state
-        if rate is None or st["n"] < self.p.warmup or rate <= 0.0:
+    def _score(self, st: RiseState, rate: float | None) -> float:
+        if rate is None or st.learned < self.p.warmup or rate <= 0.0:
             return 0.0
-        spread = 1.2533 * st["m"]
+        spread = 1.2533 * st.rate_mad
         spread = spread if spread > self.min_rate_spread else self.min_rate_spread
         return min(rate / self.p.rise_cm_per_10min, rate / spread / self.p.z)
 
-    def step(self, value: float, ts: float) -> tuple[float, float]:
+    def step(self, st: RiseState, value: float, ts: float) -> tuple[float, float]:
         """(score, rise in cm per 10 min); then learn."""
-        st = self.state
-        times, depths = st["ts"], st["d"]
+        times, depths = st.times, st.depths
         while times and ts - times[0] > self.p.window_s:
             del times[0]
             del depths[0]
         age = ts - times[0] if times else 0.0
         rate = (value - depths[0]) * 600.0 / age if age >= self.p.min_span_s else None
-        score = self._score(rate)
+        score = self._score(st, rate)
         if not times or ts - times[-1] >= self.p.window_s / 16:
             times.append(ts)
             depths.append(value)
-        if rate is not None and score < 0.5 and not st["a"]:
-            n = st["n"]
-            st["m"] += (abs(rate) - st["m"]) / (n + 1 if n < 99 else 100)
+        if rate is not None and score < 0.5 and not st.open:
+            n = st.learned
+            st.rate_mad += (abs(rate) - st.rate_mad) / (n + 1 if n < 99 else 100)
             if n < 1000:
-                st["n"] = n + 1
-        self.baseline.bind(st["b"]).update(value, ts, True if score >= 0.5 else None)
+                st.learned = n + 1
+        self.baseline.update(st.baseline, value, ts, True if score >= 0.5 else None)
         return score, rate or 0.0
 
-    def score_one(self, x: Mapping[str, Any]) -> float:
-        found = field_ts(x, self.field)
-        return self._score(self._rate(*found)) if found is not None else 0.0
-
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: RiseState) -> Verdict:
         value = reading.values.get(self.field)
         if value is None:
-            return None
-        st = self.bind_device(state)
-        score, rate = self.step(value, reading.ts)
-        self.last_score = squash(score, 1.0)
+            return QUIET
+        score, rate = self.step(state, value, reading.ts)
+        squashed = squash(score, 1.0)
         if value >= threshold(device, "water.severe_cm", self.severe_cm):
-            return None
-        if score >= 1.0 or (st["a"] and score >= 0.5):
-            st["a"] = 1
+            return None, squashed
+        if score >= 1.0 or (state.open and score >= 0.5):
+            state.open = 1
             return Finding(self.name, True, "warning", value, self.p.rise_cm_per_10min,
-                           f"water rising fast: {value:g} cm, up {rate:.1f} cm per 10 min")
-        if st["a"]:
-            st["a"] = 0
-            return Finding(self.name, False, value=value)
-        return None
+                           f"water rising fast: {value:g} cm, up {rate:.1f} cm per 10 min"), squashed
+        if state.open:
+            state.open = 0
+            return Finding(self.name, False, value=value), squashed
+        return None, squashed

@@ -5,31 +5,45 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from citywatch.detectors.record import DeviceRecord, RuleState
 from citywatch.model import Device, Finding, Reading
 
-DeviceState = dict[str, Any]
+Verdict = tuple[Finding | None, float]
+"""What a rule says of one reading: a finding for the alert engine (None: nothing to say) and its
+score in [0, 1], 0.5 at the rule's alert threshold (fixed rules: 1.0 when active, else 0.0)."""
+
+QUIET: Verdict = (None, 0.0)
 
 
 class Rule(Protocol):
-    """A domain rule: `evaluate` may read and update `state`, a per-device mapping shared by
-    all rules of that device (each rule uses its own keys, prefixed with its name).
+    """A rule: a stateless object evaluated against a device's record and its own state in it.
 
-    Every accepted reading reaches every rule, late ones included (event time older than a reading
-    already seen: `is_late`), except rules with `in_order_only` (learned series, which need time to
-    move forward). A late reading may open or raise an alert, never clear one: rules keep their
-    state as the newest reading left it."""
+    `fresh()` is the rule's state for a new device (None: the rule keeps none); the pipeline keeps
+    it in the device's record and hands it back with every reading. Every accepted reading reaches
+    every rule, late ones included (event time older than a reading already seen: `is_late`),
+    except rules with `in_order_only` (learned series, which need time to move forward). A late
+    reading may open or raise an alert, never clear one: rules keep their state as the newest
+    reading left it. `v1_key` names where the rule's state was in stored format 1 (record.py)."""
 
     name: str
     kinds: frozenset[str]
     in_order_only: bool
+    v1_key: str
 
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None: ...
+    def fresh(self) -> RuleState | None: ...
+
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: Any) -> Verdict: ...
 
 
-def is_late(reading: Reading, state: DeviceState) -> bool:
+def found(finding: Finding) -> Verdict:
+    """The verdict of a fixed rule: score 1.0 when the condition is active, else 0.0."""
+    return finding, 1.0 if finding.active else 0.0
+
+
+def is_late(reading: Reading, record: DeviceRecord) -> bool:
     """True when a reading with a later event time was already processed for this device. The
-    pipeline moves `state["ts"]` to a reading's event time only after the rules have seen it."""
-    last = state.get("ts")
+    pipeline moves `record.ts` to a reading's event time only after the rules have seen it."""
+    last = record.ts
     return last is not None and reading.ts < last
 
 
@@ -43,15 +57,25 @@ def level_with_hysteresis(value: float, current: int, thresholds: Sequence[float
     return level
 
 
-def track_level(reading: Reading, state: DeviceState, key: str, value: float, thresholds: Sequence[float],
-                hysteresis: float) -> int | None:
-    """The alarm level of `value`, kept under `key`; None for a late reading that would lower the
+class LevelState(RuleState):
+    """The alarm level a level rule last set (0: none)."""
+
+    __slots__ = ("level",)
+    FIELDS = ("level",)
+
+    def __init__(self) -> None:
+        self.level = 0
+
+
+def track_level(reading: Reading, record: DeviceRecord, state: LevelState, value: float,
+                thresholds: Sequence[float], hysteresis: float) -> int | None:
+    """The alarm level of `value`, kept in `state`; None for a late reading that would lower the
     level a newer reading set (a late reading may raise the level: fail safe)."""
-    current: int = state.get(key, 0)
+    current = state.level
     level = level_with_hysteresis(value, current, thresholds, hysteresis)
-    if level < current and is_late(reading, state):
+    if level < current and is_late(reading, record):
         return None
-    state[key] = level
+    state.level = level
     return level
 
 

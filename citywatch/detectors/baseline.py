@@ -1,17 +1,14 @@
 """Per-device learned baselines: what is normal for this device at this hour of this kind of day.
 
-A detector here follows river's habits: parameters in `__init__`, `learn_one(x)` and
-`score_one(x)` on a mapping of fields (with `ts`, epoch seconds), bounded state held in one plain
-dict (lists, floats, ints: msgpack- and JSON-able, so the pipeline can persist it per device and a
-Faust table can hold it), `to_state()` / `from_state()`, an explicit warm-up, and no learning at
-full weight from what it flags.
-
-Rules share one detector object across devices and `bind` it to a device's state dict in turn
-(the pipeline is single-threaded per partition), so the hot path allocates nothing per reading.
+`SeasonalBaseline` is a stateless model (its parameters) working on a `BaselineState` it is handed:
+the learned rules keep one per device in the device's record (record.py), so one model object
+serves every device and the hot path allocates nothing per reading. A point it flags is learned at
+a reduced weight only, so an anomaly is not taught as normal; warm-up is explicit.
 
 Why not river's HalfSpaceTrees: measured here, 10 trees of height 8 score+learn ~61k readings/s
 (16 us each) and pickle to ~170 KB per model; 25 trees of height 15 run ~100/s and take 53 MB.
-The state budget is 4 KiB per device, so the baselines are robust EW statistics in plain lists.
+The state budget is a few hundred bytes per device, so the baselines are robust EW statistics in
+packed arrays.
 """
 
 from __future__ import annotations
@@ -20,68 +17,16 @@ import math
 from array import array
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from citywatch.model import Device, Finding, Reading
+from citywatch.detectors.base import Verdict
+from citywatch.detectors.record import DeviceRecord, RuleState
+from citywatch.model import Device, Reading
 
 HOURS = 24
 SIGMA_PER_MAD = 1.2533  # mean absolute deviation -> standard deviation, for a normal distribution
 _COUNT_CAP = 127  # bucket counts fit msgpack's one-byte int
-
-D = TypeVar("D", bound="Bound")
-
-
-class Detector(Protocol):
-    """What every learned detector offers (the contract test runs over all of them)."""
-
-    state: dict[str, Any]
-
-    def learn_one(self, x: Mapping[str, Any]) -> None: ...
-
-    def score_one(self, x: Mapping[str, Any]) -> float: ...
-
-    def to_state(self) -> dict[str, Any]: ...
-
-
-class Bound:
-    """A detector whose whole state is one plain dict, `self.state`."""
-
-    state: dict[str, Any]
-
-    def fresh(self) -> dict[str, Any]:  # pragma: no cover - every detector overrides it
-        raise NotImplementedError
-
-    def bind(self: D, state: dict[str, Any]) -> D:
-        self.state = state
-        return self
-
-    def to_state(self) -> dict[str, Any]:
-        """The state as plain data (a deep copy of dicts, lists and scalars)."""
-        copied: dict[str, Any] = plain_copy(self.state)
-        return copied
-
-    def load(self: D, state: Mapping[str, Any]) -> D:
-        """Bind to a copy of `state` (as produced by `to_state`)."""
-        return self.bind(plain_copy(dict(state)))
-
-
-def plain_copy(value: Any) -> Any:
-    """A deep copy as plain data (dicts, lists, scalars): packed arrays become lists."""
-    if isinstance(value, dict):
-        return {k: plain_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain_copy(v) for v in value]
-    if isinstance(value, array):
-        return value.tolist()
-    return value
-
-
-def plain_hook(value: Any) -> Any:
-    """msgspec `enc_hook` for device state: packed arrays are stored as plain lists."""
-    if isinstance(value, array):
-        return value.tolist()
-    raise NotImplementedError(f"cannot encode {type(value).__name__}")
 
 
 def squash(score: float, threshold: float) -> float:
@@ -125,7 +70,21 @@ class LocalTime:
         return int(((ts + self.offset(ts)) % 86400) // 3600)
 
 
-class SeasonalBaseline(Bound):
+class BaselineState(RuleState):
+    """Per bucket: EW mean and EW mean absolute deviation (float32), readings learned (capped at 127).
+    48 buckets take about 0.6 KiB in memory, 0.9 KiB of msgpack."""
+
+    __slots__ = ("m", "s", "n")
+    FIELDS = ("m", "s", "n")
+    V1 = ("m", "s", "n")
+
+    def __init__(self, buckets: int) -> None:
+        self.m = array("f", bytes(4 * buckets))
+        self.s = array("f", bytes(4 * buckets))
+        self.n = array("B", bytes(buckets))
+
+
+class SeasonalBaseline:
     """A robust, online, per-device baseline of one numeric field.
 
     With `seasonal`, 24 hour-of-day buckets for weekdays and 24 for weekends, linearly
@@ -139,14 +98,12 @@ class SeasonalBaseline(Bound):
     Buckets alert only once they hold `min_count` readings: the warm-up. Without `seasonal`, one
     bucket.
 
-    State: {"m": means, "s": spreads, "n": counts (capped at 127)}: 48 buckets serialise to about
-    0.9 KiB of msgpack. In memory, means and spreads are float32 arrays and counts bytes
-    (about 0.6 KiB for 48 buckets; lists of boxed floats took 3.5 KiB once every bucket was warm);
-    `bind` packs lists (as stored) on first use.
+    State: a `BaselineState` (means and spreads as float32 arrays, counts as bytes; lists of boxed
+    floats took 3.5 KiB once every bucket was warm), handed to every method.
     """
 
     __slots__ = ("field", "clock", "alpha", "min_count", "clip", "flagged_weight", "min_spread",
-                 "threshold", "buckets", "state")
+                 "threshold", "buckets")
 
     def __init__(self, field: str = "value", clock: LocalTime | None = None, *, seasonal: bool = True,
                  alpha: float = 0.01, min_count: int = 20, clip: float = 3.0, flagged_weight: float = 0.05,
@@ -160,17 +117,9 @@ class SeasonalBaseline(Bound):
         self.min_spread = min_spread
         self.threshold = threshold
         self.buckets = 2 * HOURS if seasonal else 1
-        self.state = self.fresh()
 
-    def fresh(self) -> dict[str, Any]:
-        n = self.buckets
-        return {"m": array("f", bytes(4 * n)), "s": array("f", bytes(4 * n)), "n": array("B", bytes(n))}
-
-    def bind(self, state: dict[str, Any]) -> SeasonalBaseline:
-        if type(state["n"]) is list:  # as stored: plain lists
-            state["m"], state["s"], state["n"] = array("f", state["m"]), array("f", state["s"]), array("B", state["n"])
-        self.state = state
-        return self
+    def fresh(self) -> BaselineState:
+        return BaselineState(self.buckets)
 
     # -- where in the rhythm --------------------------------------------------------------------
 
@@ -186,9 +135,9 @@ class SeasonalBaseline(Bound):
         base = HOURS if (int(local // 86400) + 3) % 7 >= 5 else 0  # 1970-01-01 was a Thursday
         return base + low % HOURS, base + (low + 1) % HOURS, pos - low
 
-    def _warm_index(self, i: int) -> int:
+    def _warm_index(self, st: BaselineState, i: int) -> int:
         """`i`, or the same hour of the other day type when `i` is cold and that one is warm; -1 if neither."""
-        counts = self.state["n"]
+        counts = st.n
         if counts[i] >= self.min_count:
             return i
         if self.buckets > 1:
@@ -197,44 +146,43 @@ class SeasonalBaseline(Bound):
                 return j
         return -1
 
-    def expect_at(self, where: tuple[int, int, float]) -> tuple[float, float] | None:
+    def expect_at(self, st: BaselineState, where: tuple[int, int, float]) -> tuple[float, float] | None:
         """(expected value, sigma) at a located time, or None while its buckets are warming up."""
         a, b, w = where
-        a, b = self._warm_index(a), self._warm_index(b)
+        a, b = self._warm_index(st, a), self._warm_index(st, b)
         if a < 0 or b < 0:
             return None
-        m, s = self.state["m"], self.state["s"]
+        m, s = st.m, st.s
         mean = m[a] + w * (m[b] - m[a])
         sigma = SIGMA_PER_MAD * (s[a] + w * (s[b] - s[a]))
         return mean, sigma if sigma > self.min_spread else self.min_spread
 
-    def expect(self, ts: float) -> tuple[float, float] | None:
-        return self.expect_at(self.locate(ts))
+    def expect(self, st: BaselineState, ts: float) -> tuple[float, float] | None:
+        return self.expect_at(st, self.locate(ts))
 
-    def deviation_at(self, value: float, ts: float) -> float:
+    def deviation_at(self, st: BaselineState, value: float, ts: float) -> float:
         """Signed robust z of `value` at `ts` (0 while warming up)."""
-        found = self.expect(ts)
+        found = self.expect(st, ts)
         if found is None:
             return 0.0
         return (value - found[0]) / found[1]
 
     # -- learning -------------------------------------------------------------------------------
 
-    def update(self, value: float, ts: float, flagged: bool | None = None,
+    def update(self, st: BaselineState, value: float, ts: float, flagged: bool | None = None,
                where: tuple[int, int, float] | None = None) -> None:
         """Learn one value. A `flagged` one (by default: deviating `threshold` or more) is learned at
         `flagged_weight`. `where` is `locate(ts)` when the caller has it already."""
         if where is None:
             where = self.locate(ts)
         if flagged is None:
-            found = self.expect_at(where)
+            found = self.expect_at(st, where)
             flagged = found is not None and abs(value - found[0]) >= self.threshold * found[1]
         a, b, w = where
         weight = self.flagged_weight if flagged else 1.0
         if weight <= 0.0:
             return
-        st = self.state
-        m, s, counts = st["m"], st["s"], st["n"]
+        m, s, counts = st.m, st.s, st.n
         for i, share, nearest in ((a, 1.0 - w, w < 0.5), (b, w, w >= 0.5)):
             n = counts[i]
             if n == 0:
@@ -262,46 +210,22 @@ class SeasonalBaseline(Bound):
             if b == a:
                 break
 
-    # -- the river-style interface --------------------------------------------------------------
-
-    def learn_one(self, x: Mapping[str, Any]) -> None:
-        found = field_ts(x, self.field)
-        if found is not None:
-            self.update(*found)
-
-    def score_one(self, x: Mapping[str, Any]) -> float:
-        found = field_ts(x, self.field)
-        return abs(self.deviation_at(*found)) if found is not None else 0.0
-
-    @property
-    def warm(self) -> bool:
-        return any(n >= self.min_count for n in self.state["n"])
+    def warm(self, st: BaselineState) -> bool:
+        return any(n >= self.min_count for n in st.n)
 
 
-class LearnedRule(Bound):
-    """A learned detector that is also a pipeline Rule: `evaluate` binds it to the device's own
-    sub-dict of the shared state (under `key`), scores, learns and decides. `last_score` is the
-    last reading's score in [0, 1] (0.5 at the alert threshold), read by replay."""
+class LearnedRule:
+    """A learned detector as a pipeline rule: a stateless object (its parameters) whose per-device
+    state (`fresh()`) lives in the device's record. `evaluate` scores, learns and decides; the
+    verdict's score is in [0, 1], 0.5 at the alert threshold."""
 
     name: str
     kinds: frozenset[str]
-    key: str
-    last_score: float = 0.0
+    v1_key: str
     in_order_only = True  # learned series need event time to move forward: late readings skip them
 
-    def evaluate(self, reading: Reading, device: Device, state: dict[str, Any]) -> Finding | None:
+    def fresh(self) -> RuleState:
         raise NotImplementedError  # pragma: no cover - every learned rule implements it
 
-    def learn_one(self, x: Mapping[str, Any]) -> None:
-        """Learn the rule's `field` at the row's `ts` through its `step`; rules that read something
-        else (lock events, occupancy) override this."""
-        found = field_ts(x, getattr(self, "field", ""))
-        if found is not None:
-            self.step(*found)  # type: ignore[attr-defined]
-
-    def bind_device(self, state: dict[str, Any]) -> dict[str, Any]:
-        sub = state.get(self.key)
-        if sub is None:
-            sub = state[self.key] = self.fresh()
-        self.state = sub
-        return sub
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: Any) -> Verdict:
+        raise NotImplementedError  # pragma: no cover - every learned rule implements it

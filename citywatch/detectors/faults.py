@@ -4,16 +4,45 @@ as the condition the sensor measures: stuck at one value, or jumping faster than
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
-from citywatch.detectors.base import DeviceState
-from citywatch.detectors.baseline import LearnedRule, field_ts
+from citywatch.detectors.base import QUIET, Verdict
+from citywatch.detectors.baseline import LearnedRule
 from citywatch.detectors.plausibility import Plausibility
+from citywatch.detectors.record import DeviceRecord, RuleState
 from citywatch.model import Device, Finding, Reading
 
 _P_MIN, _P_MAX = 1e-3, 0.999
 _N_CAP = 1000
+
+
+class StuckState(RuleState):
+    """The current run of one exact value: the value, its length and start; the learned chance of
+    repeating a value and how many readings taught it."""
+
+    __slots__ = ("value", "run", "start", "p_repeat", "learned")
+    FIELDS = ("value", "run", "start", "p_repeat", "learned")
+    V1 = ("v", "r", "t", "p", "n")
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+        self.run = 0
+        self.start = 0.0
+        self.p_repeat = 0.5
+        self.learned = 0
+
+
+class JumpState(RuleState):
+    """The last value and its time, plausible readings since the last jump, whether one is open."""
+
+    __slots__ = ("last", "at", "plausible", "open")
+    FIELDS = ("last", "at", "plausible", "open")
+    V1 = ("v", "t", "q", "j")
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.at = 0.0
+        self.plausible = 0
+        self.open = 0
 
 
 class SensorStuck(LearnedRule):
@@ -26,7 +55,7 @@ class SensorStuck(LearnedRule):
     repeat chance, readings learned."""
 
     name = "sensor_stuck"
-    key = "stuck"
+    v1_key = "stuck"
 
     def __init__(self, kind: str, field: str, *, rest: float | None = None, min_run: int = 30,
                  min_duration_s: float = 1800.0, p_tail: float = 1e-6, warmup: int = 60) -> None:
@@ -37,65 +66,48 @@ class SensorStuck(LearnedRule):
         self.min_duration_s = min_duration_s
         self.bits = -math.log10(p_tail)
         self.warmup = warmup
-        self.state = self.fresh()
 
-    def fresh(self) -> dict[str, Any]:
-        return {"v": None, "r": 0, "t": 0.0, "p": 0.5, "n": 0}
+    def fresh(self) -> StuckState:
+        return StuckState()
 
-    def _surprise(self, run: int) -> float:
+    def _surprise(self, st: StuckState, run: int) -> float:
         """-log10 P(a run this long) under the learned repeat chance, in units of `p_tail`."""
-        p = min(max(self.state["p"], _P_MIN), _P_MAX)
+        p = min(max(st.p_repeat, _P_MIN), _P_MAX)
         return (run - 1) * -math.log10(p) / self.bits
 
-    def _score(self, value: float, run: int, duration: float) -> float:
-        """The run's surprise (>= 1 alerts); 0 when it may not alert."""
-        if (value == self.rest or self.state["n"] < self.warmup or run < self.min_run
+    def step(self, st: StuckState, value: float, ts: float) -> float:
+        """The run's surprise after this value (>= 1 alerts; 0 when it may not alert); then learn."""
+        if st.value is not None and value == st.value:
+            run, duration = st.run + 1, ts - st.start
+        else:
+            run, duration = 1, 0.0
+            st.value = value
+            st.start = ts
+        st.run = run
+        score = 0.0
+        if not (value == self.rest or st.learned < self.warmup or run < self.min_run
                 or duration < self.min_duration_s):
-            return 0.0
-        return self._surprise(run)
-
-    def _run(self, value: float, ts: float) -> tuple[int, float]:
-        st = self.state
-        if st["v"] is not None and value == st["v"]:
-            return st["r"] + 1, ts - st["t"]
-        return 1, 0.0
-
-    def step(self, value: float, ts: float) -> float:
-        st = self.state
-        run, duration = self._run(value, ts)
-        if run == 1:
-            st["v"] = value
-            st["t"] = ts
-        st["r"] = run
-        score = self._score(value, run, duration)
-        if value != self.rest and self._surprise(run) < 0.5:
-            n = st["n"]
-            st["p"] += ((1.0 if run > 1 else 0.0) - st["p"]) / (n + 2 if n < 98 else 100)
+            score = self._surprise(st, run)
+        if value != self.rest and self._surprise(st, run) < 0.5:
+            n = st.learned
+            st.p_repeat += ((1.0 if run > 1 else 0.0) - st.p_repeat) / (n + 2 if n < 98 else 100)
             if n < _N_CAP:
-                st["n"] = n + 1
+                st.learned = n + 1
         return score
 
-    def score_one(self, x: Mapping[str, Any]) -> float:
-        found = field_ts(x, self.field)
-        if found is None:
-            return 0.0
-        run, duration = self._run(*found)
-        return self._score(found[0], run, duration)
-
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: StuckState) -> Verdict:
         value = reading.values.get(self.field)
         if value is None:
-            return None
-        st = self.bind_device(state)
-        score = self.step(value, reading.ts)
-        self.last_score = score / (score + 1.0)
+            return QUIET
+        score = self.step(state, value, reading.ts)
+        squashed = score / (score + 1.0)
         if score >= 1.0:
             return Finding(self.name, True, "warning", value, None,
-                           f"sensor fault suspected: {self.field} stuck at {value:g} for {st['r']} readings "
-                           f"({(reading.ts - st['t']) / 60:.0f} min)")
-        if st["r"] == 1:
-            return Finding(self.name, False, value=value)
-        return None
+                           f"sensor fault suspected: {self.field} stuck at {value:g} for {state.run} readings "
+                           f"({(reading.ts - state.start) / 60:.0f} min)"), squashed
+        if state.run == 1:
+            return Finding(self.name, False, value=value), squashed
+        return None, squashed
 
 
 class SensorJump(LearnedRule):
@@ -105,7 +117,7 @@ class SensorJump(LearnedRule):
     time, plausible readings since the last jump, whether a jump is open."""
 
     name = "sensor_jump"
-    key = "jump"
+    v1_key = "jump"
 
     def __init__(self, kind: str, field: str, plausibility: Plausibility, *, clear_after: int = 10) -> None:
         self.kinds = frozenset({kind})
@@ -114,47 +126,36 @@ class SensorJump(LearnedRule):
         limit = plausibility.limit(kind)
         self.max_step = limit if limit is not None else math.inf
         self.clear_after = clear_after
-        self.state = self.fresh()
 
-    def fresh(self) -> dict[str, Any]:
-        return {"v": None, "t": 0.0, "q": 0, "j": 0}
+    def fresh(self) -> JumpState:
+        return JumpState()
 
-    def _score(self, value: float, ts: float) -> tuple[float, float]:
-        """(change / allowed change, allowed change); 0 for the first reading."""
-        st = self.state
-        if st["v"] is None:
-            return 0.0, 0.0
-        return self.plausibility.step_ratio(self.max_step, st["v"], st["t"], value, ts)
-
-    def step(self, value: float, ts: float) -> tuple[float, float]:
-        st = self.state
-        score, allowed = self._score(value, ts)
-        st["v"] = value
-        st["t"] = ts
+    def step(self, st: JumpState, value: float, ts: float) -> tuple[float, float]:
+        """(change / allowed change, allowed change; 0 for the first reading); then remember it."""
+        score, allowed = 0.0, 0.0
+        if st.last is not None:
+            score, allowed = self.plausibility.step_ratio(self.max_step, st.last, st.at, value, ts)
+        st.last = value
+        st.at = ts
         if score > 1.0:
-            st["q"] = 0
-            st["j"] = 1
-        elif st["q"] < self.clear_after:
-            st["q"] += 1
+            st.plausible = 0
+            st.open = 1
+        elif st.plausible < self.clear_after:
+            st.plausible += 1
         return score, allowed
 
-    def score_one(self, x: Mapping[str, Any]) -> float:
-        found = field_ts(x, self.field)
-        return self._score(*found)[0] if found is not None else 0.0
-
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: JumpState) -> Verdict:
         value = reading.values.get(self.field)
         if value is None:
-            return None
-        st = self.bind_device(state)
-        last = st["v"]
-        score, allowed = self.step(value, reading.ts)
-        self.last_score = score / (score + 1.0)
+            return QUIET
+        last = state.last
+        score, allowed = self.step(state, value, reading.ts)
+        squashed = score / (score + 1.0)
         if score > 1.0:
             return Finding(self.name, True, "warning", value, allowed,
                            f"sensor fault suspected: {self.field} jumped from {last:g} to {value:g}, "
-                           f"more than the {allowed:g} physically plausible")
-        if st["j"] and st["q"] >= self.clear_after:
-            st["j"] = 0
-            return Finding(self.name, False, value=value)
-        return None
+                           f"more than the {allowed:g} physically plausible"), squashed
+        if state.open and state.plausible >= self.clear_after:
+            state.open = 0
+            return Finding(self.name, False, value=value), squashed
+        return None, squashed

@@ -7,7 +7,8 @@ physics allows marks the alarm suspect (see pipeline and plausibility.py); it ne
 from __future__ import annotations
 
 from citywatch.config import GasRules
-from citywatch.detectors.base import DeviceState, threshold, track_level
+from citywatch.detectors.base import LevelState, Verdict, found, threshold, track_level
+from citywatch.detectors.record import DeviceRecord
 from citywatch.model import Device, Finding, Reading
 
 _SEVERITY = ("", "warning", "critical")
@@ -19,18 +20,22 @@ class GasLevel:
     name = "gas_level"
     kinds = frozenset({"gas"})
     in_order_only = False
+    v1_key = "gas.level"
 
     def __init__(self, rules: GasRules) -> None:
         self.rules = rules
 
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def fresh(self) -> LevelState:
+        return LevelState()
+
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: LevelState) -> Verdict:
         lel = reading.values["lel_pct"]
         limits = (threshold(device, "gas.level1_pct", self.rules.level1_pct),
                   threshold(device, "gas.level2_pct", self.rules.level2_pct))
-        level = track_level(reading, state, "gas.level", lel, limits, self.rules.hysteresis_pct)
+        level = track_level(reading, record, state, lel, limits, self.rules.hysteresis_pct)
         if level is None:
-            return None
+            return None, 0.0
         if level == 0:
-            return Finding(self.name, False, value=lel)
-        return Finding(self.name, True, _SEVERITY[level], lel, limits[level - 1],
-                       f"combustible gas at {lel:g}% LEL (level-{level} alarm at {limits[level - 1]:g}%)")
+            return Finding(self.name, False, value=lel), 0.0
+        return found(Finding(self.name, True, _SEVERITY[level], lel, limits[level - 1],
+                       f"combustible gas at {lel:g}% LEL (level-{level} alarm at {limits[level - 1]:g}%)"))

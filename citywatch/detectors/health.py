@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from citywatch.config import HealthRules
-from citywatch.detectors.base import DeviceState, threshold
+from citywatch.detectors.base import QUIET, Verdict, found, threshold
+from citywatch.detectors.record import DeviceRecord
 from citywatch.model import KINDS, Device, Finding, Reading
 
 OFFLINE_RULE = "device_offline"
@@ -13,22 +14,27 @@ class BatteryLow:
     name = "battery_low"
     kinds = frozenset(KINDS)
     in_order_only = False
+    v1_key = ""
 
     def __init__(self, rules: HealthRules) -> None:
         self.rules = rules
 
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def fresh(self) -> None:
+        return None
+
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: None) -> Verdict:
         if reading.values.get("event") == "low_battery":  # locks and smoke alarms report it as an event
-            return Finding(self.name, True, "warning", reading.battery, None, f"{reading.kind} reports low battery")
+            return found(Finding(self.name, True, "warning", reading.battery, None,
+                                 f"{reading.kind} reports low battery"))
         battery = reading.battery
         if battery is None:
-            return None
+            return QUIET
         low = threshold(device, "battery.low_pct", self.rules.battery_low_pct)
         if battery < low:
-            return Finding(self.name, True, "warning", battery, low, f"battery at {battery:g}%")
+            return found(Finding(self.name, True, "warning", battery, low, f"battery at {battery:g}%"))
         if battery >= max(low, self.rules.battery_clear_pct):
-            return Finding(self.name, False, value=battery)
-        return None
+            return Finding(self.name, False, value=battery), 0.0
+        return QUIET
 
 
 LAST_WILL = "last_will"  # the value of a device_offline alert opened by the device's own last will

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import bisect
+from array import array
 
 from citywatch.config import LockRules
-from citywatch.detectors.base import DeviceState
+from citywatch.detectors.base import QUIET, Verdict, found
+from citywatch.detectors.record import DeviceRecord, RuleState
 from citywatch.model import Device, Finding, Reading
 
 
@@ -15,6 +17,7 @@ class LockEventAlarm:
 
     kinds = frozenset({"lock"})
     in_order_only = False
+    v1_key = ""
 
     def __init__(self, name: str, event: str, severity: str, message: str,
                  clear_on: frozenset[str] = frozenset()) -> None:
@@ -24,14 +27,27 @@ class LockEventAlarm:
         self.message = message
         self.clear_on = clear_on
 
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def fresh(self) -> None:
+        return None
+
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: None) -> Verdict:
         event = reading.values["event"]
         if event == self.event:
-            return Finding(self.name, True, self.severity, event, None, self.message,
-                           latched=not self.clear_on)
+            return found(Finding(self.name, True, self.severity, event, None, self.message,
+                                 latched=not self.clear_on))
         if event in self.clear_on:
-            return Finding(self.name, False, value=event)
-        return None
+            return Finding(self.name, False, value=event), 0.0
+        return QUIET
+
+
+class FailuresState(RuleState):
+    """Event times of the failed unlocks kept (sorted)."""
+
+    __slots__ = ("times",)
+    FIELDS = ("times",)
+
+    def __init__(self) -> None:
+        self.times = array("d")
 
 
 class LockBruteForce:
@@ -44,16 +60,20 @@ class LockBruteForce:
     name = "lock_brute_force"
     kinds = frozenset({"lock"})
     in_order_only = False
+    v1_key = "lock.fails"
     LATE_HORIZON_S = 86400.0
     MAX_KEPT = 64
 
     def __init__(self, rules: LockRules) -> None:
         self.rules = rules
 
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def fresh(self) -> FailuresState:
+        return FailuresState()
+
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: FailuresState) -> Verdict:
         if reading.values["event"] != "unlock_fail":
-            return None
-        fails: list[float] = state.setdefault("lock.fails", [])
+            return QUIET
+        fails = state.times
         at = reading.ts
         bisect.insort(fails, at)
         n, window = self.rules.fail_count, self.rules.fail_window_s
@@ -65,12 +85,12 @@ class LockBruteForce:
             del fails[:drop]
         i = bisect.bisect_left(fails, at)
         if i >= len(fails) or fails[i] != at:
-            return None  # older than everything kept
+            return QUIET  # older than everything kept
         for start in range(max(0, i - n + 1), min(i, len(fails) - n) + 1):
             if fails[start + n - 1] - fails[start] <= window:
-                return Finding(self.name, True, "critical", n, float(n),
-                               f"{n} failed unlocks within {window:g} s", latched=True)
-        return None
+                return found(Finding(self.name, True, "critical", n, float(n),
+                                     f"{n} failed unlocks within {window:g} s", latched=True))
+        return QUIET
 
 
 def lock_rules(rules: LockRules) -> list[LockEventAlarm | LockBruteForce]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from citywatch.config import NoiseRules
-from citywatch.detectors.base import DeviceState, threshold
+from citywatch.detectors.base import QUIET, Verdict, found, threshold
 from citywatch.detectors.baseline import LocalTime
+from citywatch.detectors.record import DeviceRecord
 from citywatch.model import Device, Finding, Reading
 
 
@@ -14,6 +15,10 @@ class NoiseLimit:
     name = "noise_limit"
     kinds = frozenset({"noise"})
     in_order_only = False
+    v1_key = ""
+
+    def fresh(self) -> None:
+        return None
 
     def __init__(self, rules: NoiseRules, clock: LocalTime) -> None:
         self.rules = rules
@@ -30,17 +35,17 @@ class NoiseLimit:
             return threshold(device, "noise.night_db", night_limit)
         return threshold(device, "noise.day_db", day_limit)
 
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: None) -> Verdict:
         laeq = reading.values["laeq_db"]
         night = self.is_night(reading.ts)
         limit = self.limit(device, night)
         if laeq > limit:
             period = "night" if night else "day"
-            return Finding(self.name, True, "warning", laeq, limit,
-                           f"LAeq {laeq:g} dB(A) over the {period} limit {limit:g} dB(A)")
+            return found(Finding(self.name, True, "warning", laeq, limit,
+                                 f"LAeq {laeq:g} dB(A) over the {period} limit {limit:g} dB(A)"))
         if laeq <= limit - self.rules.hysteresis_db:
-            return Finding(self.name, False, value=laeq)
-        return None
+            return Finding(self.name, False, value=laeq), 0.0
+        return QUIET
 
 
 class NoiseNightBurst:
@@ -49,21 +54,25 @@ class NoiseNightBurst:
     name = "noise_night_burst"
     kinds = frozenset({"noise"})
     in_order_only = False
+    v1_key = ""
+
+    def fresh(self) -> None:
+        return None
 
     def __init__(self, rules: NoiseRules, limit_rule: NoiseLimit) -> None:
         self.rules = rules
         self.limit_rule = limit_rule
 
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: None) -> Verdict:
         lamax = reading.values.get("lamax_db")
         if lamax is None:
-            return None
+            return QUIET
         if not self.limit_rule.is_night(reading.ts):
-            return Finding(self.name, False, value=lamax)
+            return Finding(self.name, False, value=lamax), 0.0
         allowed = self.limit_rule.limit(device, True) + self.rules.night_burst_db
         if lamax > allowed:
-            return Finding(self.name, True, "warning", lamax, allowed,
-                           f"night burst LAmax {lamax:g} dB(A) over {allowed:g} dB(A)")
+            return found(Finding(self.name, True, "warning", lamax, allowed,
+                                 f"night burst LAmax {lamax:g} dB(A) over {allowed:g} dB(A)"))
         if lamax <= allowed - self.rules.hysteresis_db:
-            return Finding(self.name, False, value=lamax)
-        return None
+            return Finding(self.name, False, value=lamax), 0.0
+        return QUIET

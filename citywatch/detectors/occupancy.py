@@ -3,11 +3,11 @@ own change rate allows) or flapping (state changes faster than cars move)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from array import array
 
-from citywatch.detectors.base import DeviceState
-from citywatch.detectors.baseline import LearnedRule, SeasonalBaseline
+from citywatch.detectors.base import QUIET, Verdict
+from citywatch.detectors.baseline import BaselineState, LearnedRule, SeasonalBaseline
+from citywatch.detectors.record import DeviceRecord, RuleState
 from citywatch.detectors.settings import ParkingParams
 from citywatch.model import Device, Finding, Reading
 
@@ -16,11 +16,37 @@ _MAX_GAP_S = 3600.0  # a device that was off is no evidence of a quiet bay
 _QUIET_MIN_S = 6 * 3600.0
 
 
-def _occupied(x: Mapping[str, Any]) -> tuple[float, float] | None:
-    occupied, ts = x.get("occupied"), x.get("ts")
-    if occupied is None or ts is None or isinstance(ts, str):
-        return None
-    return (1.0 if occupied else 0.0), float(ts)
+class StuckBayState(RuleState):
+    """The occupancy baseline; the last state (None before the first) and when it last changed;
+    decayed changes and decayed time (their ratio: the change rate); the last reading's time;
+    changes learned; alert open."""
+
+    __slots__ = ("baseline", "occupied", "changed_at", "changes", "time", "last", "learned", "open")
+    FIELDS = ("baseline", "occupied", "changed_at", "changes", "time", "last", "learned", "open")
+    V1 = ("b", "o", "c", "e", "w", "t", "k", "a")
+
+    def __init__(self, baseline: BaselineState) -> None:
+        self.baseline = baseline
+        self.occupied: float | None = None
+        self.changed_at = 0.0
+        self.changes = 0.0
+        self.time = 0.0
+        self.last = 0.0
+        self.learned = 0
+        self.open = 0
+
+
+class FlappingState(RuleState):
+    """The last state (None before the first), the last `flap_changes` change times, alert open."""
+
+    __slots__ = ("occupied", "changes", "open")
+    FIELDS = ("occupied", "changes", "open")
+    V1 = ("o", "f", "a")
+
+    def __init__(self) -> None:
+        self.occupied: float | None = None
+        self.changes = array("d")
+        self.open = 0
 
 
 class ParkingStuck(LearnedRule):
@@ -32,75 +58,63 @@ class ParkingStuck(LearnedRule):
 
     name = "parking_stuck"
     kinds = frozenset({"parking"})
-    key = "pst"
+    v1_key = "pst"
 
     def __init__(self, baseline: SeasonalBaseline, params: ParkingParams | None = None) -> None:
         self.baseline = baseline
         self.p = params or ParkingParams()
-        self.state = self.fresh()
 
-    def fresh(self) -> dict[str, Any]:
-        return {"b": self.baseline.fresh(), "o": None, "c": 0.0, "e": 0.0, "w": 0.0, "t": 0.0, "k": 0, "a": 0}
+    def fresh(self) -> StuckBayState:
+        return StuckBayState(self.baseline.fresh())
 
-    def _score(self, occupied: float, ts: float) -> float:
-        st = self.state
-        if st["o"] is None or occupied != st["o"] or st["k"] < self.p.warmup_changes or st["w"] <= 0.0:
+    def _score(self, st: StuckBayState, occupied: float, ts: float) -> float:
+        if st.occupied is None or occupied != st.occupied or st.learned < self.p.warmup_changes or st.time <= 0.0:
             return 0.0
-        since = ts - st["c"]
+        since = ts - st.changed_at
         if since < self.p.stuck_min_h * 3600.0:
             return 0.0
-        return float(st["e"] / st["w"] * since / self.p.stuck_expected_changes)
+        return float(st.changes / st.time * since / self.p.stuck_expected_changes)
 
-    def step(self, occupied: float, ts: float) -> float:
-        st = self.state
-        score = self._score(occupied, ts)
-        if st["o"] is None:
-            st["o"], st["c"], st["t"] = occupied, ts, ts
+    def step(self, st: StuckBayState, occupied: float, ts: float) -> float:
+        """The score of this reading; then learn."""
+        score = self._score(st, occupied, ts)
+        if st.occupied is None:
+            st.occupied, st.changed_at, st.last = occupied, ts, ts
         else:
-            changed = occupied != st["o"]
-            dt = ts - st["t"]
+            changed = occupied != st.occupied
+            dt = ts - st.last
             dt = 0.0 if dt < 0.0 else _MAX_GAP_S if dt > _MAX_GAP_S else dt
             decay = 1.0 - dt / _RATE_TAU_S  # exp(-dt/tau) to 2e-6 for dt up to an hour
             # a silence longer than usual (8 mean gaps, at least 6 h) is not taught as quiet time
-            quiet_limit = 8.0 * st["w"] / st["e"] if st["e"] > 0 else 0.0
-            learn_time = ts - st["c"] <= (quiet_limit if quiet_limit > _QUIET_MIN_S else _QUIET_MIN_S)
-            st["e"] = st["e"] * decay + changed
+            quiet_limit = 8.0 * st.time / st.changes if st.changes > 0 else 0.0
+            learn_time = ts - st.changed_at <= (quiet_limit if quiet_limit > _QUIET_MIN_S else _QUIET_MIN_S)
+            st.changes = st.changes * decay + (1.0 if changed else 0.0)
             if learn_time or changed:
-                st["w"] = st["w"] * decay + dt
+                st.time = st.time * decay + dt
             if changed:
-                st["o"], st["c"] = occupied, ts
-                if st["k"] < 1000:
-                    st["k"] += 1
-            st["t"] = ts
-        self.baseline.bind(st["b"]).update(occupied, ts)
+                st.occupied, st.changed_at = occupied, ts
+                if st.learned < 1000:
+                    st.learned += 1
+            st.last = ts
+        self.baseline.update(st.baseline, occupied, ts)
         return score
 
-    def learn_one(self, x: Mapping[str, Any]) -> None:
-        found = _occupied(x)
-        if found is not None:
-            self.step(*found)
-
-    def score_one(self, x: Mapping[str, Any]) -> float:
-        found = _occupied(x)
-        return self._score(*found) if found is not None else 0.0
-
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: StuckBayState) -> Verdict:
         occupied = reading.values.get("occupied")
         if occupied is None:
-            return None
-        st = self.bind_device(state)
-        score = self.step(1.0 if occupied else 0.0, reading.ts)
-        self.last_score = score / (score + 1.0)
+            return QUIET
+        score = self.step(state, 1.0 if occupied else 0.0, reading.ts)
+        squashed = score / (score + 1.0)
         if score >= 1.0:
-            st["a"] = 1
-            hours = (reading.ts - st["c"]) / 3600.0
+            state.open = 1
+            hours = (reading.ts - state.changed_at) / 3600.0
             return Finding(self.name, True, "warning", bool(occupied), None,
                            f"sensor fault: parking sensor reported {'occupied' if occupied else 'free'} "
-                           f"without a change for {hours:.0f} h, unusual for this bay")
-        if st["a"] and st["c"] == reading.ts:
-            st["a"] = 0
-            return Finding(self.name, False, value=bool(occupied))
-        return None
+                           f"without a change for {hours:.0f} h, unusual for this bay"), squashed
+        if state.open and state.changed_at == reading.ts:
+            state.open = 0
+            return Finding(self.name, False, value=bool(occupied)), squashed
+        return None, squashed
 
 
 class ParkingFlapping(LearnedRule):
@@ -109,57 +123,41 @@ class ParkingFlapping(LearnedRule):
 
     name = "parking_flapping"
     kinds = frozenset({"parking"})
-    key = "pfl"
+    v1_key = "pfl"
 
     def __init__(self, params: ParkingParams | None = None) -> None:
         self.p = params or ParkingParams()
-        self.state = self.fresh()
 
-    def fresh(self) -> dict[str, Any]:
-        return {"o": None, "f": [], "a": 0}
+    def fresh(self) -> FlappingState:
+        return FlappingState()
 
-    def _score(self, occupied: float, ts: float) -> float:
-        st = self.state
-        changes = st["f"]
+    def step(self, st: FlappingState, occupied: float, ts: float) -> float:
+        """Changes within the window (this one included) per `flap_changes`; then remember it."""
+        changes = st.changes
         i = len(changes)
         while i > 0 and ts - changes[i - 1] <= self.p.flap_window_s:
             i -= 1
-        recent = len(changes) - i + (st["o"] is not None and occupied != st["o"])
-        return recent / self.p.flap_changes
-
-    def step(self, occupied: float, ts: float) -> float:
-        st = self.state
-        score = self._score(occupied, ts)
-        if st["o"] is not None and occupied != st["o"]:
-            changes = st["f"]
+        change = st.occupied is not None and occupied != st.occupied
+        score = (len(changes) - i + (1 if change else 0)) / self.p.flap_changes
+        if change:
             changes.append(ts)
             if len(changes) > self.p.flap_changes:
                 del changes[0]
-        st["o"] = occupied
+        st.occupied = occupied
         return score
 
-    def learn_one(self, x: Mapping[str, Any]) -> None:
-        found = _occupied(x)
-        if found is not None:
-            self.step(*found)
-
-    def score_one(self, x: Mapping[str, Any]) -> float:
-        found = _occupied(x)
-        return self._score(*found) if found is not None else 0.0
-
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: FlappingState) -> Verdict:
         occupied = reading.values.get("occupied")
         if occupied is None:
-            return None
-        st = self.bind_device(state)
-        score = self.step(1.0 if occupied else 0.0, reading.ts)
-        self.last_score = score / (score + 1.0)
+            return QUIET
+        score = self.step(state, 1.0 if occupied else 0.0, reading.ts)
+        squashed = score / (score + 1.0)
         if score >= 1.0:
-            st["a"] = 1
-            return Finding(self.name, True, "warning", len(st["f"]), float(self.p.flap_changes),
+            state.open = 1
+            return Finding(self.name, True, "warning", len(state.changes), float(self.p.flap_changes),
                            f"sensor fault: parking sensor flapping, {self.p.flap_changes} changes within "
-                           f"{self.p.flap_window_s / 60:g} min")
-        if st["a"] and (not st["f"] or reading.ts - st["f"][-1] > self.p.flap_window_s):
-            st["a"] = 0
-            return Finding(self.name, False, value=bool(occupied))
-        return None
+                           f"{self.p.flap_window_s / 60:g} min"), squashed
+        if state.open and (not state.changes or reading.ts - state.changes[-1] > self.p.flap_window_s):
+            state.open = 0
+            return Finding(self.name, False, value=bool(occupied)), squashed
+        return None, squashed

@@ -3,34 +3,42 @@
 from __future__ import annotations
 
 from citywatch.config import ParkingRules
-from citywatch.detectors.base import DeviceState, is_late
+from citywatch.detectors.base import QUIET, Verdict, found, is_late
+from citywatch.detectors.record import DeviceRecord, RuleState
 from citywatch.model import Device, Finding, Reading
 
 
-def track_occupancy(reading: Reading, state: DeviceState) -> float | None:
+class OccupancyState(RuleState):
+    """Event time since which the bay is occupied; None while it is free."""
+
+    __slots__ = ("since",)
+    FIELDS = ("since",)
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+
+def track_occupancy(reading: Reading, record: DeviceRecord, state: OccupancyState) -> float | None:
     """Event time since which the bay is occupied (None when free); kept in state once per reading.
 
     A late reading (older than one already seen) does not undo what a newer one said: a late
     "free" inside the current occupancy moves its start to the newest reading (the bay was free
     after `since`, so the stay is at most that long); a late "occupied" before it extends it back."""
-    since: float | None = state.get("parking.since")
-    late = is_late(reading, state)
+    since = state.since
+    late = is_late(reading, record)
     if not reading.values["occupied"]:
         if not late:
-            state.pop("parking.since", None)
+            state.since = None
             return None
         if since is not None and reading.ts >= since:
-            since = state["ts"]
-            state["parking.since"] = since
+            since = state.since = record.ts
         return since
     if since is None:
         if late:
             return None  # a newer reading said free
-        since = reading.ts
-        state["parking.since"] = since
+        since = state.since = reading.ts
     elif reading.ts < since:
-        since = reading.ts
-        state["parking.since"] = since
+        since = state.since = reading.ts
     return since
 
 
@@ -38,20 +46,24 @@ class ParkingOverstay:
     name = "parking_overstay"
     kinds = frozenset({"parking"})
     in_order_only = False
+    v1_key = "parking.since"
 
     def __init__(self, rules: ParkingRules) -> None:
         self.rules = rules
 
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
-        since = track_occupancy(reading, state)
+    def fresh(self) -> OccupancyState:
+        return OccupancyState()
+
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: OccupancyState) -> Verdict:
+        since = track_occupancy(reading, record, state)
         if since is None or device.no_parking:
-            return Finding(self.name, False)
+            return Finding(self.name, False), 0.0
         max_stay_min = device.max_stay_min or self.rules.max_stay_min
         stayed_min = (reading.ts - since) / 60.0
         if stayed_min > max_stay_min:
-            return Finding(self.name, True, "warning", round(stayed_min, 1), max_stay_min,
-                           f"bay occupied for {stayed_min:.0f} min (allowed {max_stay_min:g} min)")
-        return Finding(self.name, False, value=round(stayed_min, 1))
+            return found(Finding(self.name, True, "warning", round(stayed_min, 1), max_stay_min,
+                                 f"bay occupied for {stayed_min:.0f} min (allowed {max_stay_min:g} min)"))
+        return Finding(self.name, False, value=round(stayed_min, 1)), 0.0
 
 
 class ParkingForbidden:
@@ -60,10 +72,14 @@ class ParkingForbidden:
     name = "parking_forbidden"
     kinds = frozenset({"parking"})
     in_order_only = False
+    v1_key = ""
 
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def fresh(self) -> None:
+        return None
+
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: None) -> Verdict:
         if not device.no_parking:
-            return None
+            return QUIET
         if reading.values["occupied"]:
-            return Finding(self.name, True, "warning", True, None, "vehicle in a no-parking bay or fire lane")
-        return Finding(self.name, False, value=False)
+            return found(Finding(self.name, True, "warning", True, None, "vehicle in a no-parking bay or fire lane"))
+        return Finding(self.name, False, value=False), 0.0

@@ -4,16 +4,30 @@ device's own, and the battery draining far faster than this device's own normal.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
-from citywatch.detectors.base import DeviceState
-from citywatch.detectors.baseline import LearnedRule, field_ts
+from citywatch.detectors.base import QUIET, Verdict
+from citywatch.detectors.baseline import LearnedRule
+from citywatch.detectors.record import DeviceRecord, RuleState
 from citywatch.detectors.settings import HealthParams
 from citywatch.model import KINDS, Device, Finding, Reading
 
 _GAP_LOG = math.log(20.0)  # a gap this many times the usual interval is the deadman's business
 _N_CAP = 1000
+
+
+class IntervalState(RuleState):
+    """Last reading's time; long-run and recent log(interval); intervals learned; alert open."""
+
+    __slots__ = ("last", "usual", "recent", "learned", "open")
+    FIELDS = ("last", "usual", "recent", "learned", "open")
+    V1 = ("t", "l", "f", "n", "a")
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.usual = 0.0
+        self.recent = 0.0
+        self.learned = 0
+        self.open = 0
 
 
 class ReportingInterval(LearnedRule):
@@ -24,74 +38,73 @@ class ReportingInterval(LearnedRule):
 
     name = "reporting_interval"
     kinds = frozenset(KINDS)
-    key = "rint"
+    v1_key = "rint"
 
     def __init__(self, params: HealthParams | None = None) -> None:
         self.p = params or HealthParams()
         self.margin = math.log(self.p.interval_factor)
-        self.state = self.fresh()
 
-    def fresh(self) -> dict[str, Any]:
-        return {"t": None, "l": 0.0, "f": 0.0, "n": 0, "a": 0}
+    def fresh(self) -> IntervalState:
+        return IntervalState()
 
-    def _assess(self, ts: float) -> tuple[float, float, float] | None:
-        """(score, recent log-interval after this reading, this log-interval), None if unusable."""
-        st = self.state
-        if st["t"] is None or ts <= st["t"]:
+    def step(self, st: IntervalState, ts: float) -> float | None:
+        """The score of this interval, None when it is not usable (the first, a repeat, a gap); then learn."""
+        last = st.last
+        if last is None or ts <= last:
+            if last is None or ts > last:
+                st.last = ts
             return None
-        log_dt = math.log(max(ts - st["t"], 0.5))
-        if st["n"] == 0:
-            return 0.0, log_dt, log_dt
-        if log_dt - st["l"] > _GAP_LOG:
-            return None
-        recent = st["f"] + self.p.interval_alpha * (log_dt - st["f"])
-        score = abs(recent - st["l"]) / self.margin if st["n"] >= self.p.interval_warmup else 0.0
-        return score, recent, log_dt
-
-    def step(self, ts: float) -> float | None:
-        """The score of this interval, None when it is not usable (the first, a repeat, a gap)."""
-        st = self.state
-        found = self._assess(ts)
-        if found is None:
-            if st["t"] is None or ts > st["t"]:
-                st["t"] = ts
-            return None
-        score, st["f"], log_dt = found
-        st["t"] = ts
-        n = st["n"]
+        log_dt = math.log(max(ts - last, 0.5))
+        n = st.learned
         if n == 0:
-            st["l"] = log_dt
-        elif score < 0.5 and not st["a"]:
-            st["l"] += (log_dt - st["l"]) / (n + 1 if n < 199 else 200)
+            score, recent = 0.0, log_dt
+        elif log_dt - st.usual > _GAP_LOG:
+            st.last = ts
+            return None
+        else:
+            recent = st.recent + self.p.interval_alpha * (log_dt - st.recent)
+            score = abs(recent - st.usual) / self.margin if n >= self.p.interval_warmup else 0.0
+        st.recent = recent
+        st.last = ts
+        if n == 0:
+            st.usual = log_dt
+        elif score < 0.5 and not st.open:
+            st.usual += (log_dt - st.usual) / (n + 1 if n < 199 else 200)
         if n < _N_CAP and (n == 0 or score < 0.5):
-            st["n"] = n + 1
+            st.learned = n + 1
         return score
 
-    def learn_one(self, x: Mapping[str, Any]) -> None:
-        ts = x.get("ts")
-        if isinstance(ts, (int, float)):
-            self.step(float(ts))
-
-    def score_one(self, x: Mapping[str, Any]) -> float:
-        ts = x.get("ts")
-        found = self._assess(float(ts)) if isinstance(ts, (int, float)) else None
-        return found[0] if found is not None else 0.0
-
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
-        st = self.bind_device(state)
-        score = self.step(reading.ts)
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: IntervalState) -> Verdict:
+        score = self.step(state, reading.ts)
         if score is None:
-            return None
-        self.last_score = score / (score + 1.0)
-        if score >= 1.0 or (st["a"] and score >= 0.5):
-            st["a"] = 1
-            return Finding(self.name, True, "warning", round(math.exp(st["f"]), 1), None,
-                           f"reporting about every {math.exp(st['f']):.0f} s, usually every "
-                           f"{math.exp(st['l']):.0f} s")
-        if st["a"]:
-            st["a"] = 0
-            return Finding(self.name, False)
-        return None
+            return QUIET
+        squashed = score / (score + 1.0)
+        if score >= 1.0 or (state.open and score >= 0.5):
+            state.open = 1
+            return Finding(self.name, True, "warning", round(math.exp(state.recent), 1), None,
+                           f"reporting about every {math.exp(state.recent):.0f} s, usually every "
+                           f"{math.exp(state.usual):.0f} s"), squashed
+        if state.open:
+            state.open = 0
+            return Finding(self.name, False), squashed
+        return None, squashed
+
+
+class DrainState(RuleState):
+    """Start of the current span and the battery then; the last battery; learned drain (%/day) and
+    spans learned; alert open."""
+
+    __slots__ = ("span_start", "span_battery", "last_battery", "usual", "learned", "open")
+    FIELDS = ("span_start", "span_battery", "last_battery", "usual", "learned", "open")
+    V1 = ("t", "b", "l", "m", "n", "a")
+
+    def __init__(self) -> None:
+        self.span_start: float | None = None
+        self.span_battery = 0.0
+        self.last_battery = 0.0
+        self.usual = 0.0
+        self.learned = 0
+        self.open = 0
 
 
 class BatteryDrain(LearnedRule):
@@ -102,70 +115,54 @@ class BatteryDrain(LearnedRule):
 
     name = "battery_drain"
     kinds = frozenset(KINDS)
-    key = "bdr"
+    v1_key = "bdr"
     field = "battery"
 
     def __init__(self, params: HealthParams | None = None) -> None:
         self.p = params or HealthParams()
         self.span_s = self.p.drain_span_h * 3600.0
-        self.state = self.fresh()
 
-    def fresh(self) -> dict[str, Any]:
-        return {"t": None, "b": 0.0, "l": 0.0, "m": 0.0, "n": 0, "a": 0}
+    def fresh(self) -> DrainState:
+        return DrainState()
 
-    def _assess(self, battery: float, ts: float) -> tuple[float, float] | None:
-        """(score, drain %/day) when a span completes with this reading, else None."""
-        st = self.state
-        if st["t"] is None or battery > st["b"] + 2.0 or st["l"] - battery > 10.0:
+    def step(self, st: DrainState, battery: float, ts: float) -> tuple[float, float] | None:
+        """(score, drain %/day) when a span completes with this reading, else None; then learn."""
+        start = st.span_start
+        restart = start is None or battery > st.span_battery + 2.0 or st.last_battery - battery > 10.0
+        st.last_battery = battery
+        if restart or start is None:
+            st.span_start, st.span_battery = ts, battery
             return None
-        span = ts - st["t"]
+        span = ts - start
         if span < self.span_s:
             return None
-        drain = (st["b"] - battery) / span * 86400.0
-        if st["n"] < self.p.drain_warmup:
-            return 0.0, drain
-        limit = max(self.p.drain_factor * st["m"], self.p.drain_min_pct_day)
-        return drain / limit, drain
-
-    def step(self, battery: float, ts: float) -> tuple[float, float] | None:
-        st = self.state
-        found = self._assess(battery, ts)
-        restart = st["t"] is None or battery > st["b"] + 2.0 or st["l"] - battery > 10.0
-        st["l"] = battery
-        if restart:
-            st["t"], st["b"] = ts, battery
-            return None
-        if found is None:
-            return None
-        score, drain = found
+        drain = (st.span_battery - battery) / span * 86400.0
+        if st.learned < self.p.drain_warmup:
+            score = 0.0
+        else:
+            score = drain / max(self.p.drain_factor * st.usual, self.p.drain_min_pct_day)
         if score < 1.0:
-            n = st["n"]
-            st["m"] += (max(drain, 0.0) - st["m"]) / (n + 1 if n < 9 else 10)
+            n = st.learned
+            st.usual += (max(drain, 0.0) - st.usual) / (n + 1 if n < 9 else 10)
             if n < _N_CAP:
-                st["n"] = n + 1
-        st["t"], st["b"] = ts, battery
-        return found
+                st.learned = n + 1
+        st.span_start, st.span_battery = ts, battery
+        return score, drain
 
-    def score_one(self, x: Mapping[str, Any]) -> float:
-        found = field_ts(x, self.field)
-        assessed = self._assess(*found) if found is not None else None
-        return assessed[0] if assessed is not None else 0.0
-
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: DrainState) -> Verdict:
         battery = reading.battery
         if battery is None:
-            return None
-        st = self.bind_device(state)
-        found = self.step(battery, reading.ts)
-        if found is None:
-            return None
-        score, drain = found
-        self.last_score = score / (score + 1.0) if score > 0 else 0.0
+            return QUIET
+        assessed = self.step(state, battery, reading.ts)
+        if assessed is None:
+            return QUIET
+        score, drain = assessed
+        squashed = score / (score + 1.0) if score > 0 else 0.0
         if score >= 1.0:
-            st["a"] = 1
+            state.open = 1
             return Finding(self.name, True, "warning", round(drain, 1), None,
-                           f"battery draining {drain:.1f}%/day, usually {st['m']:.1f}%/day")
-        if st["a"]:
-            st["a"] = 0
-            return Finding(self.name, False, value=round(drain, 1))
-        return None
+                           f"battery draining {drain:.1f}%/day, usually {state.usual:.1f}%/day"), squashed
+        if state.open:
+            state.open = 0
+            return Finding(self.name, False, value=round(drain, 1)), squashed
+        return None, squashed

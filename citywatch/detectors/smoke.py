@@ -11,7 +11,8 @@ during a test still does. No plausibility limit: a flaming fire fills a room wit
 from __future__ import annotations
 
 from citywatch.config import SmokeRules
-from citywatch.detectors.base import DeviceState, threshold, track_level
+from citywatch.detectors.base import LevelState, Verdict, found, threshold, track_level
+from citywatch.detectors.record import DeviceRecord
 from citywatch.model import Device, Finding, Reading
 
 KINDS = frozenset({"smoke"})
@@ -21,19 +22,24 @@ class SmokeAlarm:
     name = "smoke_alarm"
     kinds = KINDS
     in_order_only = False
+    v1_key = ""
+
+    def fresh(self) -> None:
+        return None
 
     def __init__(self, rules: SmokeRules) -> None:
         self.rules = rules
 
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: None) -> Verdict:
         obscuration = reading.values["obscuration_pct_per_m"]
         limit = threshold(device, "smoke.alarm_pct_per_m", self.rules.alarm_pct_per_m)
         if obscuration >= limit:
-            return Finding(self.name, True, "critical", obscuration, limit,
-                           f"smoke at {obscuration:g} %/m (alarm from {limit:g} %/m)", latched=True)
+            return found(Finding(self.name, True, "critical", obscuration, limit,
+                                 f"smoke at {obscuration:g} %/m (alarm from {limit:g} %/m)", latched=True))
         if reading.values["alarm"] and reading.values.get("event") != "test":
-            return Finding(self.name, True, "critical", obscuration, limit, "smoke alarm sounding", latched=True)
-        return None
+            return found(Finding(self.name, True, "critical", obscuration, limit, "smoke alarm sounding",
+                                 latched=True))
+        return None, 0.0
 
 
 class SmokeRising:
@@ -43,20 +49,24 @@ class SmokeRising:
     name = "smoke_rising"
     kinds = KINDS
     in_order_only = False
+    v1_key = "smoke.level"
 
     def __init__(self, rules: SmokeRules) -> None:
         self.rules = rules
 
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def fresh(self) -> LevelState:
+        return LevelState()
+
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: LevelState) -> Verdict:
         obscuration = reading.values["obscuration_pct_per_m"]
         limit = threshold(device, "smoke.pre_alarm_pct_per_m", self.rules.pre_alarm_pct_per_m)
-        level = track_level(reading, state, "smoke.level", obscuration, (limit,), self.rules.hysteresis_pct_per_m)
+        level = track_level(reading, record, state, obscuration, (limit,), self.rules.hysteresis_pct_per_m)
         if level is None:
-            return None
+            return None, 0.0
         if level == 0:
-            return Finding(self.name, False, value=obscuration)
-        return Finding(self.name, True, "warning", obscuration, limit,
-                       f"smoke building up: {obscuration:g} %/m (pre-alarm from {limit:g} %/m)")
+            return Finding(self.name, False, value=obscuration), 0.0
+        return found(Finding(self.name, True, "warning", obscuration, limit,
+                             f"smoke building up: {obscuration:g} %/m (pre-alarm from {limit:g} %/m)"))
 
 
 class SmokeTamper:
@@ -65,12 +75,16 @@ class SmokeTamper:
     name = "smoke_tamper"
     kinds = KINDS
     in_order_only = False
+    v1_key = ""
 
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
-        if reading.values.get("event") == "tamper":
-            return Finding(self.name, True, "warning", "tamper", None,
-                           "smoke alarm tampered with (removed from its base or opened)", latched=True)
+    def fresh(self) -> None:
         return None
+
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: None) -> Verdict:
+        if reading.values.get("event") == "tamper":
+            return found(Finding(self.name, True, "warning", "tamper", None,
+                                 "smoke alarm tampered with (removed from its base or opened)", latched=True))
+        return None, 0.0
 
 
 def smoke_rules(rules: SmokeRules) -> list[SmokeAlarm | SmokeRising | SmokeTamper]:

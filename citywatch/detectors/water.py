@@ -7,7 +7,8 @@ water rises marks the alert suspect (see pipeline and plausibility.py); it never
 from __future__ import annotations
 
 from citywatch.config import WaterRules
-from citywatch.detectors.base import DeviceState, threshold, track_level
+from citywatch.detectors.base import LevelState, Verdict, found, threshold, track_level
+from citywatch.detectors.record import DeviceRecord
 from citywatch.model import Device, Finding, Reading
 
 _LEVELS = ("", "light", "moderate", "severe")
@@ -18,19 +19,23 @@ class WaterDepth:
     name = "water_depth"
     kinds = frozenset({"water"})
     in_order_only = False
+    v1_key = "water.level"
 
     def __init__(self, rules: WaterRules) -> None:
         self.rules = rules
 
-    def evaluate(self, reading: Reading, device: Device, state: DeviceState) -> Finding | None:
+    def fresh(self) -> LevelState:
+        return LevelState()
+
+    def evaluate(self, reading: Reading, device: Device, record: DeviceRecord, state: LevelState) -> Verdict:
         depth = reading.values["depth_cm"]
         limits = (threshold(device, "water.light_cm", self.rules.light_cm),
                   threshold(device, "water.moderate_cm", self.rules.moderate_cm),
                   threshold(device, "water.severe_cm", self.rules.severe_cm))
-        level = track_level(reading, state, "water.level", depth, limits, self.rules.hysteresis_cm)
+        level = track_level(reading, record, state, depth, limits, self.rules.hysteresis_cm)
         if level is None:
-            return None
+            return None, 0.0
         if level == 0:
-            return Finding(self.name, False, value=depth)
-        return Finding(self.name, True, _SEVERITY[level], depth, limits[level - 1],
-                       f"{_LEVELS[level]} waterlogging: {depth:g} cm (from {limits[level - 1]:g} cm)")
+            return Finding(self.name, False, value=depth), 0.0
+        return found(Finding(self.name, True, _SEVERITY[level], depth, limits[level - 1],
+                       f"{_LEVELS[level]} waterlogging: {depth:g} cm (from {limits[level - 1]:g} cm)"))

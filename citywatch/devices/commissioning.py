@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 
 from citywatch.config import Settings
 from citywatch.detectors.lifecycle import AlertEngine
+from citywatch.detectors.record import stored_seen
 from citywatch.devices.registry import Registry, registry_path
 from citywatch.i18n import Translator, current, local_time
 from citywatch.ingest.collector import make_client, parse_url
@@ -128,12 +129,12 @@ def _numbers(payload: bytes) -> tuple[float | None, float | None]:
     return ok[0], ok[1]
 
 
-def evaluate(settings: Settings, registry: Registry, message: Heard, state: dict[str, Any],
+def evaluate(settings: Settings, registry: Registry, message: Heard, state: bytes | None,
              open_alerts: list[Alert], result: CheckResult) -> None:
     """Run the message through a throwaway Pipeline built like the runner's; fill `result`."""
     device_id = result.device.id
     engine = AlertEngine(settings.alerts, open_alerts)
-    pipeline = Pipeline(settings, registry, engine, {device_id: dict(state)} if state else {},
+    pipeline = Pipeline(settings, registry, engine, {device_id: state} if state else {},
                         started_at=message.received_at)
     out = Output()
     pipeline.process(message.topic, message.payload, message.received_at, out)
@@ -152,13 +153,12 @@ def evaluate(settings: Settings, registry: Registry, message: Heard, state: dict
     result.would_transitions = list(out.transitions)
 
 
-def _state(store: AlertStore, device_id: str) -> dict[str, Any]:
-    """One device's stored pipeline state (`device_state` table: msgpack dict with seen, ts, seq...)."""
-    row = store.conn.execute("SELECT body FROM device_state WHERE device_id = ?", (device_id,)).fetchone()
-    return dict(msgspec.msgpack.decode(row[0])) if row else {}
+def _state(store: AlertStore, device_id: str) -> bytes | None:
+    """One device's stored record (detectors/record.py), None if it never sent anything."""
+    return store.device_state(device_id)
 
 
-def _stored(store: AlertStore, device_id: str) -> tuple[dict[str, Any], list[Alert]]:
+def _stored(store: AlertStore, device_id: str) -> tuple[bytes | None, list[Alert]]:
     return _state(store, device_id), [a for a in store.alerts("open") if a.device_id == device_id]
 
 
@@ -170,7 +170,8 @@ def check_device(settings: Settings, device_id: str, timeout: float, confirm_s: 
     try:
         device = registry.require(device_id)
         state, open_alerts = _stored(store, device_id)  # before listening: the runner may be faster
-        result = CheckResult(device=device, outcome="no_message", last_seen_before=state.get("seen"))
+        result = CheckResult(device=device, outcome="no_message",
+                             last_seen_before=stored_seen(state) if state is not None else None)
         message, result.statuses = wait_for_message(settings, device, timeout, on_ready)
         if isinstance(message, str):
             result.outcome, result.detail = "broker_refused", message
@@ -189,9 +190,10 @@ def _confirm(store: AlertStore, device_id: str, before: float | None, within_s: 
     """The `seen` time a running pipeline stored after this message, if it does so in time."""
     deadline = time.monotonic() + within_s
     while True:
-        seen = _state(store, device_id).get("seen")
+        state = _state(store, device_id)
+        seen = stored_seen(state) if state is not None else None
         if seen is not None and (before is None or seen > before):
-            return float(seen)
+            return seen
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.1)

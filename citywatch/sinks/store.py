@@ -17,7 +17,6 @@ from typing import Any
 import msgspec
 
 from citywatch.config import RetentionSettings
-from citywatch.detectors.baseline import plain_hook
 from citywatch.loop.silences import SILENCES_SCHEMA
 from citywatch.model import Alert, DeadLetter, Incident, IncidentTransition, KeyState, Output, Transition
 from citywatch.sinks.database import open_database
@@ -113,8 +112,6 @@ ROW_BYTES = "length(payload) + length(topic) + length(detail)"
 SCHEMA_VERSION = 3
 
 _encode_json = msgspec.json.Encoder().encode
-_encode_state = msgspec.msgpack.Encoder(enc_hook=plain_hook).encode
-_decode_state = msgspec.msgpack.Decoder(dict[str, Any]).decode
 _decode_alert = msgspec.json.Decoder(Alert).decode
 _decode_key = msgspec.json.Decoder(KeyState).decode
 _decode_incident = msgspec.json.Decoder(Incident).decode
@@ -191,13 +188,18 @@ class AlertStore:
         reason, sampled out, purged: see the names above)."""
         return dict(self.conn.execute("SELECT name, value FROM counters").fetchall())
 
-    def device_states(self) -> dict[str, dict[str, Any]]:
+    def device_states(self) -> dict[str, bytes]:
+        """Each device's record in its stored form (msgpack; the pipeline decodes and migrates it)."""
         rows = self.conn.execute("SELECT device_id, body FROM device_state")
-        return {device_id: _decode_state(body) for device_id, body in rows}
+        return {device_id: bytes(body) for device_id, body in rows}
+
+    def device_state(self, device_id: str) -> bytes | None:
+        row = self.conn.execute("SELECT body FROM device_state WHERE device_id = ?", (device_id,)).fetchone()
+        return bytes(row[0]) if row is not None else None
 
     # -- the batch commit -----------------------------------------------------------------
 
-    def commit(self, out: Output, alerts: Iterable[Alert], states: dict[str, dict[str, Any]],
+    def commit(self, out: Output, alerts: Iterable[Alert], states: dict[str, bytes],
                keys: dict[tuple[str, str], KeyState | None] | None = None, *,
                incidents: Iterable[Incident] = (), members: Iterable[tuple[str, str, float]] = ()) -> None:
         """Write everything one batch produced in one transaction (hooks join it: the outbox).
@@ -224,7 +226,7 @@ class AlertStore:
             )
             conn.executemany(
                 "INSERT OR REPLACE INTO device_state VALUES (?, ?)",
-                [(device_id, _encode_state(state)) for device_id, state in states.items()],
+                list(states.items()),
             )
             counts = [(name, n) for name, n in (("readings", len(out.accepted)), ("statuses", len(out.statuses)),
                                                 ("dead_letters", len(out.dead_letters)),

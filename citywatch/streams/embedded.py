@@ -361,22 +361,29 @@ class EmbeddedRunner:
             return True
 
     def _states_to_write(self, keys: dict[tuple[str, str], KeyState | None], now: float,
-                         flush: bool) -> dict[str, dict[str, Any]]:
+                         flush: bool) -> dict[str, bytes]:
         """Device states to commit with this batch. With ingest.state_checkpoint_s = 0, every one that
         changed. Otherwise those of devices whose alert streaks or alerts changed (detector and engine
         state stay consistent across a crash), and the others once they have waited that long: each
         device is written at most once per checkpoint interval, oldest first, in a steady trickle of
         at most a quarter of a batch's size per batch (devices first seen together, as at start-up,
         are spread out rather than written in one burst)."""
-        dirty = self.pipeline.take_dirty_states()
+        pipeline = self.pipeline
+        dirty = pipeline.take_dirty()
         every_s = self.settings.ingest.state_checkpoint_s
+        now_states: dict[str, bytes] = {}
         if every_s <= 0:
-            return dirty
+            for device_id in dirty:
+                encoded = pipeline.encode(device_id)
+                if encoded is not None:
+                    now_states[device_id] = encoded
+            return now_states
         alerting = {device_id for device_id, _ in keys}
-        now_states: dict[str, dict[str, Any]] = {}
-        for device_id, state in dirty.items():
+        for device_id in dirty:
             if device_id in alerting:
-                now_states[device_id] = state
+                encoded = pipeline.encode(device_id)
+                if encoded is not None:
+                    now_states[device_id] = encoded
                 self.unsaved.pop(device_id, None)
             elif device_id not in self.unsaved:
                 self.unsaved[device_id] = now
@@ -387,11 +394,11 @@ class EmbeddedRunner:
                 if now - since < every_s or len(due) >= budget:
                     break
                 due.append(device_id)
-        states = self.pipeline.states
         for device_id in due:
             del self.unsaved[device_id]
-            if device_id in states:
-                now_states[device_id] = states[device_id]
+            encoded = pipeline.encode(device_id)
+            if encoded is not None:
+                now_states[device_id] = encoded
         return now_states
 
     def _touched_keys(self) -> dict[tuple[str, str], KeyState | None]:

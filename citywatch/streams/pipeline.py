@@ -1,24 +1,26 @@
 """The pipeline core: topic + bytes in; readings, alert transitions and dead letters out.
 
 Plain Python with no MQTT, Kafka or HTTP import. The embedded runner and the Faust runner both
-call `process` per message and `tick` on their clock, then commit the `Output` to their sinks.
+call `process` per message and `tick` on their clock, then commit the `Output` to their sinks and
+the records of the devices it touched (`take_dirty`, `encode`: one stored form, record.py).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, MutableMapping
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import msgspec
 
 from citywatch.config import Settings
-from citywatch.detectors.base import DeviceState, Rule
+from citywatch.detectors.base import Rule
 from citywatch.detectors.deadman import Deadman
 from citywatch.detectors.flooding import FLOODING_RULE, FloodWatch
 from citywatch.detectors.health import LAST_WILL, OFFLINE_RULE, offline_finding
 from citywatch.detectors.lifecycle import AlertEngine
+from citywatch.detectors.record import DeviceRecord, RecordCodec
 from citywatch.detectors.registry import FAULT_RULES, build_rules
 from citywatch.errors import DeadLetterReason, InvalidMessage
 from citywatch.ingest.schemas import parse_status, parse_telemetry
@@ -32,28 +34,28 @@ log = logging.getLogger(__name__)
 SEQ_WINDOW = 64  # how far back a late message can still be told from a duplicate
 
 
-def check_seq(state: DeviceState, seq: int, ts: float, last_ts: float | None) -> None:
+def check_seq(record: DeviceRecord, seq: int, ts: float, last_ts: float | None) -> None:
     """Accept each seq once. A sliding window of the last SEQ_WINDOW seqs (one int bitmap in the
-    device state, like IPsec's anti-replay window) tells a late first delivery (accepted) from a
+    device record, like IPsec's anti-replay window) tells a late first delivery (accepted) from a
     redelivery (duplicate). A lower seq with a newer ts is a device that restarted its counter."""
-    top = state.get("seq")
+    top = record.seq
     if top is None or seq > top:
         shift = seq - top if top is not None else SEQ_WINDOW
-        mask = state.get("seqmask", 0)
-        state["seqmask"] = ((mask << shift) | 1) & ((1 << SEQ_WINDOW) - 1) if shift < SEQ_WINDOW else 1
-        state["seq"] = seq
+        mask = record.seqmask
+        record.seqmask = ((mask << shift) | 1) & ((1 << SEQ_WINDOW) - 1) if shift < SEQ_WINDOW else 1
+        record.seq = seq
         return
     if last_ts is not None and ts > last_ts and seq < top:
-        state["seq"], state["seqmask"] = seq, 1  # counter reset (reboot)
+        record.seq, record.seqmask = seq, 1  # counter reset (reboot)
         return
     back = top - seq
     if back >= SEQ_WINDOW:
         raise InvalidMessage("out_of_order", f"seq {seq} is {back} behind {top}: too old to tell from a repeat",
                              "seq")
-    mask = state.get("seqmask", 1)
+    mask = record.seqmask
     if mask >> back & 1:
         raise InvalidMessage("duplicate", f"seq {seq} was already processed", "seq")
-    state["seqmask"] = mask | 1 << back
+    record.seqmask = mask | 1 << back
 
 
 class DeviceLookup(Protocol):
@@ -61,23 +63,25 @@ class DeviceLookup(Protocol):
 
 
 class Pipeline:
-    """Parse, validate, enrich, detect, fold into alerts. State lives in the mappings given."""
+    """Parse, validate, enrich, detect, fold into alerts. One record per device (`records`); `stored`
+    gives the records as a store kept them (any stored format: record.py migrates older ones)."""
 
     def __init__(
         self,
         settings: Settings,
         devices: DeviceLookup,
         alerts: AlertEngine,
-        states: MutableMapping[str, DeviceState] | None = None,
+        stored: Mapping[str, Any] | None = None,
         started_at: float = 0.0,
         rules: dict[str, list[Rule]] | None = None,
     ) -> None:
         self.settings = settings
         self.devices = devices
         self.alerts = alerts
-        self.states: MutableMapping[str, DeviceState] = states if states is not None else {}
         self.dirty: set[str] = set()
         self.rules = rules if rules is not None else build_rules(settings)
+        self.codec = RecordCodec(self.rules)
+        self.records: dict[str, DeviceRecord] = {}
         self.prefix = settings.mqtt.topic_prefix
         self.max_payload = settings.ingest.max_payload_bytes
         self.max_skew = settings.ingest.max_future_skew_s
@@ -87,16 +91,21 @@ class Pipeline:
         self.flood_watch = FloodWatch(settings.ingest.flood_dead_letters_per_min)
         self.counters: Counter[str] = Counter()
         self.deadman = Deadman(grace_from=started_at)
-        for device_id, state in self.states.items():
-            seen = max(state.get("seen", 0.0), state.get("online_at", 0.0)) or None
-            timeout = state.get("timeout")
+        for device_id, raw in (stored or {}).items():
+            device = devices.get(device_id)
+            if device is None:
+                continue  # removed from the registry: its record goes with it
+            record = self.records[device_id] = self.codec.decode(raw, device.kind)
+            seen = max(record.seen or 0.0, record.online_at) or None
+            timeout = record.timeout
             if seen is not None and timeout is not None and not self.alerts.is_open(device_id, OFFLINE_RULE):
                 self.deadman.seen(device_id, timeout, seen)
 
     # -- messages ---------------------------------------------------------------------------
 
-    def process(self, topic: str, payload: bytes, received_at: float, out: Output) -> None:
-        """Process one message; a bad one becomes a dead letter, never an exception."""
+    def process(self, topic: str, payload: bytes, received_at: float, out: Output) -> float:
+        """Process one message; a bad one becomes a dead letter, never an exception. Returns the
+        reading's score: the highest of its learned rules' scores (0.5 at their alert threshold)."""
         self.counters["received"] += 1
         device: Device | None = None
         try:
@@ -114,7 +123,7 @@ class Pipeline:
                 self._status(device, parse_status(payload), received_at, out)
             else:
                 reading = parse_telemetry(kind, device_id, payload, received_at, self.max_skew, self.min_ts)
-                self._reading(reading, device, out)
+                return self._reading(reading, device, out)
         except InvalidMessage as exc:
             self._dead_letter(topic, payload, exc.reason, exc.detail, received_at, out, exc.field)
             if device is not None and device.enabled:
@@ -122,6 +131,7 @@ class Pipeline:
         except Exception as exc:  # a bug of ours must not stop the stream: keep the message, say why
             log.exception("internal error processing a message on %s", topic[:200])
             self._dead_letter(topic, payload, "internal_error", f"{type(exc).__name__}: {exc}", received_at, out)
+        return 0.0
 
     def _flood(self, device: Device, received_at: float, out: Output) -> None:
         finding = self.flood_watch.dead_letter(device.id, received_at)
@@ -136,43 +146,57 @@ class Pipeline:
                                            detail[:500], received_at, len(payload),
                                            field[:64] if field else None))
 
-    def _reading(self, reading: Reading, device: Device, out: Output) -> None:
+    def record(self, device: Device) -> DeviceRecord:
+        """The device's record, a fresh one for a device never seen."""
+        record = self.records.get(device.id)
+        if record is None:
+            record = self.records[device.id] = self.codec.fresh(device.kind)
+        return record
+
+    def _reading(self, reading: Reading, device: Device, out: Output) -> float:
         device_id = reading.device_id
-        state = self.states.get(device_id)
-        if state is None:
-            state = self.states[device_id] = {}
+        record = self.record(device)
         if reading.ts > reading.received_at + self.clock_lead:
             # A fast device clock: processed at arrival, so it cannot make later readings look late.
             reading = msgspec.structs.replace(reading, ts=reading.received_at)
             self.counters["clock_ahead"] += 1
-        last_ts = state.get("ts")
+        last_ts = record.ts
         if reading.seq is not None:
-            check_seq(state, reading.seq, reading.ts, last_ts)
+            check_seq(record, reading.seq, reading.ts, last_ts)
         self.counters["processed"] += 1
-        state["count"] = state.get("count", 0) + 1  # readings accepted from this device, ever
+        record.count += 1  # readings accepted from this device, ever
         self.dirty.add(device_id)
         out.accepted.append((reading, device))
         timeout = device.interval_s * self.offline_intervals
         if reading.ts >= reading.received_at - timeout:  # backfill does not prove the device is alive
-            self._alive(device, state, timeout, reading.received_at, reading.ts, out)
+            self._alive(device, record, timeout, reading.received_at, reading.ts, out)
         late = last_ts is not None and reading.ts < last_ts
         if late:
             self.counters["late"] += 1
-        self._evaluate(reading, device, state, late, out)
+        score = self._evaluate(reading, device, record, late, out)
         if not late:
-            state["ts"] = reading.ts
+            record.ts = reading.ts
+        return score
 
-    def _evaluate(self, reading: Reading, device: Device, state: DeviceState, late: bool, out: Output) -> None:
+    def _evaluate(self, reading: Reading, device: Device, record: DeviceRecord, late: bool, out: Output) -> float:
         """Every rule sees the reading (late ones: all but the in-order-only learned series). Fault
         rules run first: an alarm on the same reading is marked suspect, never withheld (fail safe).
-        A late reading may open or raise an alert; only readings in order clear one."""
+        A late reading may open or raise an alert; only readings in order clear one. Returns the
+        highest score of the learned (in-order-only) rules."""
         engaged = self.alerts.engaged
         device_id = device.id
         suspect = ""
-        for rule in self.rules[reading.kind]:
-            if late and rule.in_order_only:
-                continue
-            finding = rule.evaluate(reading, device, state)
+        states = record.states
+        top = 0.0
+        for i, rule in enumerate(self.rules[reading.kind]):
+            if rule.in_order_only:
+                if late:
+                    continue
+                finding, score = rule.evaluate(reading, device, record, states[i])
+                if score > top:
+                    top = score
+            else:
+                finding = rule.evaluate(reading, device, record, states[i])[0]
             if finding is None:
                 continue
             if finding.active:
@@ -183,12 +207,13 @@ class Pipeline:
                 self._apply(device, finding, reading.ts, out)
             elif not late and device_id in engaged:
                 self._apply(device, finding, reading.ts, out)
+        return top
 
-    def _alive(self, device: Device, state: DeviceState, timeout: float, received_at: float, at: float,
+    def _alive(self, device: Device, record: DeviceRecord, timeout: float, received_at: float, at: float,
                out: Output) -> None:
         """The device proved it is alive at `received_at`: re-arm its offline timer from then."""
-        state["seen"] = received_at
-        state["timeout"] = timeout
+        record.seen = received_at
+        record.timeout = timeout
         self.deadman.seen(device.id, timeout, received_at)
         if device.id in self.alerts.engaged and self.alerts.is_open(device.id, OFFLINE_RULE):
             self._apply(device, offline_finding(False, "reporting again"), at, out)
@@ -211,12 +236,10 @@ class Pipeline:
             self._apply(device, offline_finding(True, "device announced offline (last will)", last_will=True),
                         received_at, out)
             return
-        state = self.states.get(device.id)
-        if state is None:
-            state = self.states[device.id] = {}
+        record = self.record(device)
         self.dirty.add(device.id)
-        state["online_at"] = received_at  # not `seen`: that is the last data (devices check reads it)
-        state["timeout"] = timeout = device.interval_s * self.offline_intervals
+        record.online_at = received_at  # not `seen`: that is the last data (devices check reads it)
+        record.timeout = timeout = device.interval_s * self.offline_intervals
         self.deadman.seen(device.id, timeout, received_at)
         alert = self.alerts.by_key.get((device.id, OFFLINE_RULE))
         if alert is not None and alert.value == LAST_WILL:
@@ -241,10 +264,16 @@ class Pipeline:
             self.counters["transitions." + transition.transition] += 1
             out.transitions.append(transition)
 
-    def take_dirty_states(self) -> dict[str, DeviceState]:
-        dirty = {device_id: self.states[device_id] for device_id in self.dirty}
-        self.dirty.clear()
+    def take_dirty(self) -> set[str]:
+        """Devices whose record changed since the last call."""
+        dirty = self.dirty
+        self.dirty = set()
         return dirty
+
+    def encode(self, device_id: str) -> bytes | None:
+        """The device's record in its stored form (None: no record)."""
+        record = self.records.get(device_id)
+        return self.codec.encode(record) if record is not None else None
 
 
 Clock = Callable[[], float]

@@ -42,7 +42,6 @@ import msgspec
 import numpy as np
 
 from citywatch.config import Settings, load_settings
-from citywatch.detectors.baseline import LearnedRule
 from citywatch.detectors.generic import GenericDetector
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.errors import CitywatchError
@@ -202,7 +201,6 @@ class KindReplay:
             raise ReplayError(f"kind {kind} needs a {fields[0]} column")
         self.header = header
         self.pipeline = Pipeline(settings, {device.id: device}, AlertEngine(settings.alerts))
-        self.learned = [r for r in self.pipeline.rules[kind] if isinstance(r, LearnedRule)]
         self.topic = telemetry_topic(kind, device.id, settings.mqtt.topic_prefix)
         self.encode = msgspec.json.Encoder().encode
         self.invalid = 0
@@ -237,16 +235,14 @@ class KindReplay:
         scores: list[float] = []
         opened_rules: list[str] = []
         for payload in self._payloads(columns, first_row):
-            for rule in self.learned:
-                rule.last_score = 0.0
             out = Output()
-            self.pipeline.process(self.topic, self.encode(payload), payload["ts"], out)
+            score = self.pipeline.process(self.topic, self.encode(payload), payload["ts"], out)
             if out.dead_letters:
                 self.invalid += 1
             opened = ";".join(t.alert.rule for t in out.transitions if t.transition in _OPENINGS)
             alerts.append(1 if opened else 0)
             opened_rules.append(opened)
-            scores.append(max((r.last_score for r in self.learned), default=0.0))
+            scores.append(score)
         return alerts, scores, opened_rules
 
 

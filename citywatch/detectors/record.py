@@ -1,0 +1,175 @@
+"""One record per device: the pipeline's own facts (event time, seq window, liveness) and one small
+typed state per rule of the device's kind, and the one stored form both runners use.
+
+Rules are stateless objects; each declares its state as a `RuleState` subclass (typed attributes,
+named in `FIELDS`: compiled by mypyc they hold numbers unboxed) and is handed it with the record on
+every reading. The record keeps the states in the kind's rule order.
+
+Stored form (format 2, msgpack): `[2, kind, ts, seq, seqmask, count, seen, timeout, online_at,
+{rule name: [the state's FIELDS values]}]`. States are keyed by rule name, so a rule added or
+removed by configuration gets a fresh state or is dropped, and the others keep theirs. Format 1
+(releases up to issue 16: one dict per device, one-letter keys per rule) is migrated on load: each
+state names the format-1 keys of its fields in `V1`, each rule its format-1 key in `v1_key`.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+
+import msgspec
+
+FORMAT = 2
+
+
+class RuleState:
+    """A rule's per-device state. `FIELDS` are its attributes in stored order; `V1` the keys the
+    same values had in format 1 (a nested state migrates from a nested dict)."""
+
+    __slots__ = ()
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+    V1: ClassVar[tuple[str, ...]] = ()
+
+    def dump(self) -> list[Any]:
+        """The state as plain data (lists, numbers), in `FIELDS` order."""
+        return [_dump(getattr(self, name)) for name in self.FIELDS]
+
+    def restore(self, values: Sequence[Any]) -> None:
+        """Set the fields from `dump()`'s output (missing trailing values keep their fresh ones)."""
+        for name, value in zip(self.FIELDS, values, strict=False):
+            setattr(self, name, _load(getattr(self, name), value))
+
+    def restore_v1(self, old: Mapping[str, Any]) -> None:
+        """Set the fields from a format-1 dict."""
+        for name, key in zip(self.FIELDS, self.V1, strict=True):
+            if key in old:
+                current = getattr(self, name)
+                if isinstance(current, RuleState):
+                    current.restore_v1(old[key])
+                else:
+                    setattr(self, name, _load(current, old[key]))
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, RuleState):
+        return value.dump()
+    if isinstance(value, array):
+        return value.tolist()
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+def _load(current: Any, value: Any) -> Any:
+    """`value` (plain data) in the type of the fresh field `current`."""
+    if isinstance(current, RuleState):
+        current.restore(value)
+        return current
+    if isinstance(current, array):
+        return array(current.typecode, value)
+    if isinstance(current, list):
+        return list(value)
+    if isinstance(current, float) and isinstance(value, int):
+        return float(value)
+    return value
+
+
+class StatefulRule(Protocol):
+    """What the record needs of a rule (see base.Rule)."""
+
+    name: str
+    v1_key: str
+
+    def fresh(self) -> RuleState | None: ...
+
+
+class DeviceRecord:
+    """Everything the core keeps for one device between readings."""
+
+    __slots__ = ("kind", "ts", "seq", "seqmask", "count", "seen", "timeout", "online_at", "states")
+
+    def __init__(self, kind: str, states: list[Any]) -> None:
+        self.kind = kind
+        self.ts: float | None = None  # newest event time processed (late readings are older)
+        self.seq: int | None = None  # highest seq accepted
+        self.seqmask = 0  # which of the SEQ_WINDOW seqs below `seq` were accepted
+        self.count = 0  # readings accepted, ever
+        self.seen: float | None = None  # received time of the last data that proved it alive
+        self.timeout: float | None = None  # its offline timeout, as of that data
+        self.online_at = 0.0  # received time of the last `online` status
+        self.states = states  # one per rule of the kind, in rule order (None: a rule without state)
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+
+
+class RecordCodec:
+    """Builds, stores and loads device records for a rule set (rules per kind, in order)."""
+
+    def __init__(self, rules: Mapping[str, Sequence[StatefulRule]]) -> None:
+        self.rules = {kind: list(kind_rules) for kind, kind_rules in rules.items()}
+        for kind, kind_rules in self.rules.items():
+            names = [rule.name for rule in kind_rules]
+            if len(set(names)) != len(names):
+                raise ValueError(f"rules of kind {kind} share a name: {names}")
+
+    def fresh(self, kind: str) -> DeviceRecord:
+        return DeviceRecord(kind, [rule.fresh() for rule in self.rules[kind]])
+
+    def encode(self, record: DeviceRecord) -> bytes:
+        states = {rule.name: state.dump()
+                  for rule, state in zip(self.rules[record.kind], record.states, strict=True) if state is not None}
+        return _encode([FORMAT, record.kind, record.ts, record.seq, record.seqmask, record.count, record.seen,
+                        record.timeout, record.online_at, states])
+
+    def decode(self, stored: bytes | Mapping[str, Any], kind: str) -> DeviceRecord:
+        """The record from its stored form, for a device of `kind` (the registry's word: a stored
+        record of another kind, as after re-registration, starts fresh)."""
+        data = _decode(stored) if isinstance(stored, bytes | bytearray | memoryview) else stored
+        record = self.fresh(kind)
+        if isinstance(data, Mapping):
+            self._from_v1(record, data)
+            return record
+        if not isinstance(data, list) or len(data) < 10 or data[0] != FORMAT:
+            raise ValueError(f"unknown stored device record (format {data[0] if isinstance(data, list) else '?'})")
+        if data[1] != kind:
+            return record
+        (record.ts, record.seq, record.seqmask, record.count, record.seen, record.timeout,
+         record.online_at) = data[2:9]
+        states: Mapping[str, Any] = data[9]
+        for rule, state in zip(self.rules[kind], record.states, strict=True):
+            if state is not None and rule.name in states:
+                state.restore(states[rule.name])
+        return record
+
+    def _from_v1(self, record: DeviceRecord, old: Mapping[str, Any]) -> None:
+        record.ts = old.get("ts")
+        record.seq = old.get("seq")
+        record.seqmask = old.get("seqmask", 1 if record.seq is not None else 0)  # format 1's reading of no mask
+        record.count = old.get("count", 0)
+        record.seen = old.get("seen")
+        record.timeout = old.get("timeout")
+        record.online_at = old.get("online_at", 0.0)
+        for rule, state in zip(self.rules[record.kind], record.states, strict=True):
+            if state is None:
+                continue
+            found = old.get(rule.v1_key)
+            if isinstance(found, Mapping):
+                state.restore_v1(found)
+            elif found is not None:  # a one-value state was the value itself
+                state.restore([found])
+
+
+def stored_seen(stored: bytes | Mapping[str, Any]) -> float | None:
+    """When a device's last data arrived, from its stored record of any format (reports and
+    `devices check` read it without the rules)."""
+    data = _decode(stored) if isinstance(stored, bytes | bytearray | memoryview) else stored
+    if isinstance(data, Mapping):
+        seen = data.get("seen")
+    elif isinstance(data, list) and len(data) > 6:
+        seen = data[6]
+    else:
+        return None
+    return float(seen) if isinstance(seen, int | float) else None
