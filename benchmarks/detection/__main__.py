@@ -25,13 +25,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import msgspec
 import numpy as np
 
 from benchmarks.detection import corpus, nab_like, realistic, scenarios
 from benchmarks.detection.generic_v1 import GenericDetector as GenericV1
 from citywatch.config import Settings
-from citywatch.detectors.baseline import LearnedRule, plain_hook
+from citywatch.detectors.baseline import LearnedRule
 from citywatch.detectors.generic import GenericDetector
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.detectors.registry import build_rules
@@ -189,7 +188,7 @@ def generic_speed(rows: int = 5000) -> None:
 
 
 def costs(pipeline: Pipeline) -> None:
-    sizes = sorted(len(msgspec.msgpack.encode(st, enc_hook=plain_hook)) for st in pipeline.states.values())
+    sizes = sorted(len(pipeline.codec.encode(record)) for record in pipeline.records.values())
     print(f"state per device (msgpack, after the run): max {sizes[-1]} B, median {sizes[len(sizes) // 2]} B")
     devices, plan, _ = scenarios.build(100, 3, 1.5)
     msgs = list(scenarios.messages(devices, [], 1.5 * scenarios.DAY, 3))
