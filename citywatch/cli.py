@@ -7,7 +7,6 @@ short (`citywatch replay` on 5,000 rows in under 0.25 s; tests/test_cli_imports.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -126,6 +125,7 @@ def run(ctx: Context) -> None:
     Exits non-zero on a fatal error (one line says why: a corrupt state.db, a crashed task, the data
     dir owned by another runner), so a supervisor restarts it."""
     import asyncio
+    import signal
 
     from citywatch.logs import setup_logging
     from citywatch.streams.embedded import EmbeddedRunner, RunnerFailed
