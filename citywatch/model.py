@@ -10,7 +10,8 @@ from typing import Any
 
 import msgspec
 
-KINDS: tuple[str, ...] = ("gas", "noise", "water", "parking", "lock", "smoke")
+from citywatch.kinds import KINDS as KINDS  # re-exported: the kinds live where the CLI takes them cheaply
+
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
 # Life-safety rules (fail safe): a reading at the level opens the alert at once; nothing holds it back.
