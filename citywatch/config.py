@@ -330,6 +330,9 @@ class KafkaSettings(Section):
     # (PyPI faust-streaming-rocksdb) persist it under <data_dir>/workers/<worker id>/, so a restarted worker
     # reads only the changelog's tail; memory rebuilds it from the whole changelog at every start.
     table_store: str = Field("rocksdict", pattern="^(memory|rocksdict|python-rocksdb)$")
+    # false for a broker whose high watermark can trail its last record (tansu 0.6: the last batch's base
+    # offset + 1): Faust's check "stored offset <= high watermark" then fails a sound worker, so skip it
+    exact_high_watermark: bool = True
     # Authentication and encryption towards the brokers (citywatch/streams/kafka_auth.py)
     security_protocol: str = Field("PLAINTEXT", pattern="^(PLAINTEXT|SASL_PLAINTEXT|SASL_SSL|SSL)$")
     sasl_mechanism: str = Field("SCRAM-SHA-512", pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$")

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ACTION_HEADER = "citywatch-action"  # a person's ack/resolve travelling to the partition's owner
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 10.0
+RESTART_AFTER = 3  # failed produce attempts of one batch before the bridge replaces its producer
 
 
 def bootstrap_servers(kafka: KafkaSettings) -> list[str]:
@@ -87,22 +88,35 @@ async def ensure_topics(kafka: KafkaSettings) -> None:
                               f"config says {kafka.partitions}; they must match")
 
 
-async def start_producer(kafka: KafkaSettings, **extra: Any) -> AIOKafkaProducer:
-    """acks=all, idempotent if the broker supports it (tansu's memory store does not: fall back)."""
+async def start_producer(kafka: KafkaSettings, deadline_s: float | None = None, **extra: Any) -> AIOKafkaProducer:
+    """acks=all, idempotent if the broker supports it. A broker that refuses idempotence (a non-retriable
+    error on InitProducerId: tansu's memory storage answers UnknownError every time) gets a producer
+    without it. A broker that is unreachable or answers with a retriable error (restarting, no leader
+    yet, a timeout) is retried with backoff, logged each time, until it answers or `deadline_s` passes
+    (None: until then), so a transient error at start costs seconds, not the process."""
     options: dict[str, Any] = {"bootstrap_servers": bootstrap_servers(kafka), "acks": "all",
                                "linger_ms": kafka.linger_ms, **client_options(kafka), **extra}
-    if kafka.idempotence:
-        producer = AIOKafkaProducer(enable_idempotence=True, **options)
+    idempotent = kafka.idempotence
+    delay = RETRY_MIN_S
+    give_up = None if deadline_s is None else time.monotonic() + deadline_s
+    while True:
+        producer = AIOKafkaProducer(enable_idempotence=idempotent, **options)
         try:
             await producer.start()
             return producer
         except KafkaError as exc:
             await producer.stop()
-            log.warning("kafka: idempotent producer refused (%s); acks=all without idempotence",
-                        type(exc).__name__)
-    producer = AIOKafkaProducer(**options)
-    await producer.start()
-    return producer
+            if idempotent and not exc.retriable:
+                log.warning("kafka: idempotent producer refused (%s); acks=all without idempotence",
+                            type(exc).__name__)
+                idempotent = False
+                continue
+            if not exc.retriable or (give_up is not None and time.monotonic() + delay > give_up):
+                raise
+            log.warning("kafka: producer could not start (%s: %s); retrying in %.1f s",
+                        type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
 
 
 async def send_action(kafka: KafkaSettings, device_id: str, alert_id: str, action: str, by: str,
@@ -112,7 +126,7 @@ async def send_action(kafka: KafkaSettings, device_id: str, alert_id: str, actio
     if action not in ("ack", "resolve"):
         raise ValueError(action)
     body = json.dumps({"alert_id": alert_id, "by": by, "at": time.time() if at is None else at}).encode()
-    producer = await start_producer(kafka)
+    producer = await start_producer(kafka, deadline_s=15.0)  # a person waits: fail in seconds, not forever
     try:
         await producer.send_and_wait(kafka.telemetry_topic, body, key=device_id.encode(),
                                      headers=[(ACTION_HEADER, action.encode())])
@@ -162,7 +176,7 @@ class Bridge:
             while not stop.is_set():
                 batch = await handoff.get_batch(batch_size, timeout=0.2)
                 if batch:
-                    await self._forward(producer, batch, stop)
+                    producer = await self._forward(producer, batch, stop)
                 if self.heartbeat is not None and time.monotonic() - last_beat >= 1.0:
                     last_beat = time.monotonic()
                     self._beat()
@@ -172,10 +186,14 @@ class Bridge:
             if metrics is not None:
                 await metrics[0].cleanup()
 
-    async def _forward(self, producer: AIOKafkaProducer, batch: list[Message], stop: asyncio.Event) -> None:
+    async def _forward(self, producer: AIOKafkaProducer, batch: list[Message],
+                       stop: asyncio.Event) -> AIOKafkaProducer:
         """Produce the batch, wait for every ack, then ack MQTT; on Kafka errors retry the batch
-        (duplicates possible, loss not) with backoff until it goes through or we stop."""
+        (duplicates possible, loss not) with backoff until it goes through or we stop. After
+        RESTART_AFTER failures in a row the producer is replaced: one whose sender died (a fatal
+        error inside aiokafka) would fail every retry. Returns the producer to use next."""
         delay = RETRY_MIN_S
+        failures = 0
         topic = self.kafka.telemetry_topic
         started = time.perf_counter()
         while True:
@@ -188,17 +206,23 @@ class Bridge:
                 break
             except KafkaError as exc:
                 self.counters["produce_errors"] += 1
+                failures += 1
                 log.warning("bridge: produce failed (%s); retrying %d messages in %.1f s",
                             type(exc).__name__, len(batch), delay)
                 if stop.is_set():
-                    return
+                    return producer
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
+                if failures % RESTART_AFTER == 0:
+                    log.warning("bridge: %d failed attempts in a row; starting a new Kafka producer", failures)
+                    await producer.stop()
+                    producer = await start_producer(self.kafka)
         assert self.collector is not None
         self.collector.ack(batch)
         self.counters["forwarded"] += len(batch)
         if self.on_batch is not None:
             self.on_batch(time.perf_counter() - started)
+        return producer
 
     def _beat(self) -> None:
         assert self.heartbeat is not None

@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 import msgspec
@@ -76,7 +76,7 @@ from citywatch.streams.bridge import (
     partition_for,
 )
 from citywatch.streams.faust_sink import TransitionSink
-from citywatch.streams.kafka_auth import faust_credentials
+from citywatch.streams.kafka_auth import client_options, faust_credentials
 from citywatch.streams.pipeline import DeviceLookup, Pipeline
 from citywatch.streams.sink_api import start_sink_api
 
@@ -171,6 +171,7 @@ class WorkerCore:
         self.owned: set[int] | None = None  # None: every partition (tests; a lone worker)
         self.stale = True
         self.rebuilds = 0
+        self.rebuild: dict[str, float] = {}  # the last rebuild: when it ended, seconds, devices (heartbeat)
         self.counters: Counter[str] = Counter()
         self.tally = TransitionTally()  # transitions by kind, open offline alerts (metrics.py)
         self._pipeline: Pipeline | None = None
@@ -196,6 +197,7 @@ class WorkerCore:
         return self.owned is None or partition_for(key, self.partitions) in self.owned
 
     def _rebuild(self) -> None:
+        started = time.perf_counter()
         engine = AlertEngine(self.settings.alerts, track_keys=True)
         states: dict[str, dict[str, Any]] = {}
         rules_of: dict[str, set[str]] = {}
@@ -219,6 +221,7 @@ class WorkerCore:
         self.tally.reseed(engine.by_id.values())
         self.stale = False
         self.rebuilds += 1
+        self.rebuild = {"at": time.time(), "seconds": time.perf_counter() - started, "devices": len(states)}
         log.info("worker: state of %d devices, %d open alerts for partitions %s", len(states),
                  len(engine.by_id), "all" if self.owned is None else sorted(self.owned))
 
@@ -320,6 +323,7 @@ class FaustCity:
         self.heartbeat = settings.data_dir / "heartbeats" / f"worker-{self.worker_id}.json"
         self.lock = asyncio.Lock()
         self.assigned = False  # a rebalance told us our partitions (never, under test_context)
+        self.assigned_at: float | None = None  # when the last one did (heartbeat: recovery time)
         self.registry: Registry | None = None
         if devices is None and role != "sink":
             self.registry = Registry(registry_path(settings.data_dir))
@@ -356,6 +360,7 @@ class FaustCity:
             broker_commit_interval=k.commit_interval_s, table_standby_replicas=k.standby_replicas,
             producer_acks=-1, producer_linger_ms=k.linger_ms, consumer_auto_offset_reset="earliest",
             broker_credentials=faust_credentials(k),  # kafka.security_protocol: SASL, TLS (kafka_auth.py)
+            recovery_consistency_check=k.exact_high_watermark,  # see read_changelog_tail
             **faust_logging(self.settings, self.loglevel),  # our handler (format, masking), not mode's colour logger
         )
 
@@ -392,6 +397,52 @@ class FaustCity:
         app.timer(self.settings.alerts.tick_s, name="tick")(tick)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_rebalance_complete.connect(self._on_recovered)
+
+    async def _on_recovered(self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        await self.read_changelog_tail()
+
+    async def read_changelog_tail(self) -> int:
+        """After Faust's recovery, before the streams resume: read each owned changelog partition on from
+        where recovery stopped until a fetch comes back empty, into the Table's store. Faust stops at
+        the high watermark the broker reported when recovery began; tansu (the tests' broker) reports
+        the last record batch's base offset + 1, one batch short, and the worker would then run without
+        its newest records (their events committed: never redone). On a correct broker this is one
+        empty fetch per partition. Returns the records it applied."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from faust.types import TP
+
+        topic = self.table.changelog_topic.get_topic_name()
+        tps = [tp for tp in self.app.assignor.assigned_actives() if tp.topic == topic]
+        if not tps:
+            return 0
+        applied = cast(Any, self.app.tables).recovery.active_offsets
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers(self.kafka), enable_auto_commit=False,
+                                    auto_offset_reset="latest", **client_options(self.kafka))
+        await consumer.start()
+        found = 0
+        store = cast(Any, self.table).data
+        try:
+            positions = {TopicPartition(tp.topic, tp.partition): max(applied.get(tp, -1), -1) + 1 for tp in tps}
+            consumer.assign(list(positions))
+            for tp, offset in positions.items():
+                consumer.seek(tp, offset)
+            while records := await consumer.getmany(timeout_ms=300):
+                for tp, messages in records.items():
+                    for m in messages:
+                        if m.value is None:
+                            store.pop(m.key, None)
+                        else:
+                            store[m.key] = m.value
+                    found += len(messages)
+                    store.set_persisted_offset(TP(tp.topic, tp.partition), messages[-1].offset)
+        finally:
+            await consumer.stop()
+        if found:
+            log.warning("worker: %d changelog records beyond the broker's high watermark read after recovery", found)
+            assert self.core is not None
+            self.core.stale = True
+        return found
 
     def _owned_now(self) -> set[int]:
         topic = self.kafka.telemetry_topic
@@ -405,6 +456,7 @@ class FaustCity:
     async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         assert self.core is not None
         self.assigned = True
+        self.assigned_at = time.time()
         self.core.assign(self._owned_now())
 
     async def handle(self, key: bytes | None, value: bytes | None, headers: dict[str, bytes],
@@ -487,11 +539,20 @@ class FaustCity:
                                         headers=[(ACTION_HEADER, action.encode())], force=True)
         await fut
 
+    def _consuming(self) -> bool:
+        """Partitions assigned and no rebalance under way: what `ready` means for a consumer (a running
+        timer, hence a heartbeat, is not: the group's join can take tens of seconds)."""
+        try:
+            return bool(self.app.consumer.assignment()) and not self.app.rebalancing
+        except Exception:  # the consumer is not started yet
+            return False
+
     def _beat(self) -> None:
         core = self.core
         state = {"at": time.time(), "worker_id": self.worker_id, "role": self.role,
                  "owned": None if core is None or core.owned is None else sorted(core.owned),
-                 "rebuilds": core.rebuilds if core else 0,
+                 "rebuilds": core.rebuilds if core else 0, "assigned_at": self.assigned_at,
+                 "rebuild": core.rebuild if core else {},
                  "counters": dict(core.pipeline.counters) if core and core._pipeline else {}}
         write_heartbeat(self.heartbeat, state)
 
@@ -542,7 +603,7 @@ class FaustCity:
         if self.role == "sink":
             async def beat() -> None:
                 state = {"at": time.time(), "worker_id": self.worker_id, "role": "sink", **sink.counters,
-                         "webhooks": sink.delivery.stats()}
+                         "webhooks": sink.delivery.stats(), "consuming": self._consuming()}
                 write_heartbeat(self.heartbeat, state)
 
             app.timer(1.0, name="beat")(beat)
