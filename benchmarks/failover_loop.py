@@ -19,12 +19,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST = "tests/test_faust_integration.py::test_two_workers_lose_one_and_every_transition_arrives_once"
 
 
-def burn(stop: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
+def burn(stop: Any) -> None:
     """Pure CPU: arithmetic in a loop until told to stop."""
     x = 0
     while not stop.is_set():
