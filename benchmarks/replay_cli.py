@@ -64,7 +64,9 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float
 
 
 def imports(argv: list[str], cwd: Path, env: dict[str, str], top: int) -> list[tuple[int, str]]:
-    """(cumulative microseconds, module) of the top-level imports of one run (`-X importtime`)."""
+    """(cumulative microseconds, module) of the top-level imports of one run (`-X importtime`). The
+    command module the CLI loads lazily (importlib.import_module, which -X importtime does not time)
+    shows as its imports' own trees, not under its name."""
     script = argv[1:] if argv[0] == sys.executable else argv  # a console script runs under this Python
     done = subprocess.run([sys.executable, "-X", "importtime", *script], cwd=cwd, env=env,
                           capture_output=True, text=True, check=True)
