@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from citywatch.devices.registry import Registry, registry_path
@@ -170,9 +171,11 @@ def test_messages_published_while_stopped_are_processed_after_restart(
 
 
 def stored_states(data_dir: Path) -> dict[str, dict[str, object]]:
+    """Each device's stored record (format 2: a msgpack list) with the fields these tests read."""
     store = AlertStore(store_path(data_dir))
     try:
-        return store.device_states()
+        records = store.device_states()
+        return {device_id: {"count": msgspec.msgpack.decode(body)[5]} for device_id, body in records.items()}
     finally:
         store.close()
 

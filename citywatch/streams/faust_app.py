@@ -49,7 +49,6 @@ from faust.stores.rocksdb import Store as RocksStore
 from prometheus_client.core import Metric
 
 from citywatch.config import KafkaSettings, Settings
-from citywatch.detectors.baseline import plain_hook
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.detectors.registry import build_rules
 from citywatch.devices.registry import Registry, RegistryCache, registry_path
@@ -87,13 +86,15 @@ SINK_BATCH = 500
 
 
 class DeviceRecord(msgspec.Struct, kw_only=True):
-    """What the `devices` Table holds per device: detector state and alert-engine state."""
+    """What the `devices` Table holds per device: the pipeline's device record in its stored form
+    (detectors/record.py, the same bytes the embedded runner stores; a dict in stored format 1)
+    and alert-engine state."""
 
-    state: dict[str, Any] = {}
+    state: bytes | dict[str, Any] = b""
     alerts: dict[str, KeyState] = {}
 
 
-encode_record = msgspec.msgpack.Encoder(enc_hook=plain_hook).encode
+encode_record = msgspec.msgpack.Encoder().encode
 decode_record = msgspec.msgpack.Decoder(DeviceRecord).decode
 encode_transition = msgspec.json.Encoder().encode
 decode_transition = msgspec.json.Decoder(Transition).decode
@@ -199,7 +200,7 @@ class WorkerCore:
     def _rebuild(self) -> None:
         started = time.perf_counter()
         engine = AlertEngine(self.settings.alerts, track_keys=True)
-        states: dict[str, dict[str, Any]] = {}
+        states: dict[str, Any] = {}  # device -> its record in stored form (the Pipeline decodes it)
         rules_of: dict[str, set[str]] = {}
         for key, raw in list(self.table.items()):
             if not self.owns(key):
@@ -269,7 +270,7 @@ class WorkerCore:
         pipeline = self.pipeline
         engine = pipeline.alerts
         engine.take_dirty()  # the sink stores alerts from the transitions themselves
-        changed = set(pipeline.take_dirty_states())
+        changed = set(pipeline.take_dirty())
         for device_id, rule in engine.take_touched():
             self._rules_of.setdefault(device_id, set()).add(rule)
             changed.add(device_id)
@@ -287,10 +288,10 @@ class WorkerCore:
             self._rules_of[device_id] = set(alerts)
         else:
             self._rules_of.pop(device_id, None)
-        state = pipeline.states.get(device_id) or {}
+        state = pipeline.encode(device_id)
         key = device_id.encode()
-        if state or alerts:
-            self.table[key] = encode_record(DeviceRecord(state=state, alerts=alerts))
+        if state is not None or alerts:
+            self.table[key] = encode_record(DeviceRecord(state=state or b"", alerts=alerts))
         elif key in self.table:
             del self.table[key]
 
