@@ -1,37 +1,44 @@
 """The generic detector for a single numeric series (replay with no kind): one fixed set of
 parameters for any series, online, no look-ahead, O(1) time and state per row.
 
-Three raw surprises per row, each a |z| against exponentially weighted (EW) statistics learned
-before the row (updates are Huber-clipped at `clip` spreads, so an outlier barely teaches):
-  local       the value against a fast EW mean (about 10 rows) and the EW mean absolute deviation
-  step        the first difference against the EW mean absolute difference
-  context     the value against level + season: a per-hour-of-day offset (24 buckets, weekdays
-              and weekends apart, UTC; a bucket never seen starts from the other day type's)
-              learned at `gamma` per day, on a level slower than `level_days` days; a value that
-              is normal in itself but not at this time of day (a flat day, a busy night) is
-              surprising here. Without timestamps, or with fewer than 12 rows a day, the season
-              is off and the level is a medium-term mean (about 100 rows).
+First the value is deseasonalised: r = value - level - season, the season a per-hour-of-day offset
+(24 buckets, weekdays and weekends apart, UTC, read and learned linearly interpolated between the
+two nearest bucket centres; a bucket never seen starts from the other day type's) learned at
+`gamma` per day, on a level slower than `level_days` days. Without timestamps, or with fewer than
+12 rows a day, the season is off and the level is a medium-term mean (about 100 rows).
+
+Raw surprises per row, each a |z| against exponentially weighted (EW) statistics learned before
+the row (updates are Huber-clipped at `clip` spreads, so an outlier barely teaches):
+  local       r against its fast EW mean (about 10 rows) and EW mean absolute deviation
+  step        the step of r from the previous row against its EW mean absolute step (on a daily
+              rhythm the rhythm's own slope no longer counts as surprise)
+  context     r itself against its slow EW mean absolute deviation: a value normal in itself but
+              not at this time of day (a flat day, a busy night)
 Each raw |z| is capped at `cap` and square-rooted (heavy tails weigh less); local and context are
-also read EW-smoothed over about 10 rows (a sustained small shift, a variance change, denser
-spikes): five streams at two time scales (a smoothed step added nothing on the tuning corpus).
+also read EW-smoothed over about 10 rows (a variance change, denser spikes), and the signed
+context z is smoothed over about 10 rows (`a_sign`): a sustained small shift in one direction,
+which the unsigned streams blur. Six streams at two time scales.
 
-Anomaly likelihood (after Numenta's AnomalyLikelihood): each of the five streams is compared with
-its own long-run distribution (EW mean and variance, about 1,000 rows, updates clipped at `clip`
-standard deviations): z_lik = (stream - mean) / sd, the Gaussian tail of how improbable the
-recent surprise is for this series. A series that is always spiky raises its own bar; a quiet
-one alerts on its first real departure. The combined evidence is the largest z_lik.
+Anomaly likelihood (after Numenta's AnomalyLikelihood): each stream is compared with its own
+long-run distribution (EW mean and variance, about 1,000 rows, updates clipped at `clip` standard
+deviations): z_lik = (stream - mean) / sd, the Gaussian tail of how improbable the recent surprise
+is for this series. A series that is always spiky raises its own bar; a quiet one alerts on its
+first real departure. The combined evidence is the largest z_lik.
 
-Decision and score: anomaly_score = z / (z + bar), where bar is `threshold` (4.5 standard
-deviations, a one-sided Gaussian tail probability of about 3.4e-6) or, just after an alert,
+Decision and score: anomaly_score = z / (z + bar). The bar is `threshold` (4.5 standard
+deviations, a one-sided Gaussian tail of about 3.4e-6) plus `press_k` per recent alert (alarm
+pressure, each alert's share halving every `press_halflife` rows: a series that keeps alerting
+raises its own bar, a series that alerted once long ago does not), or, just after an alert,
 `raise_k` times that alert's z, halving every `halflife` rows (a lasting change is flagged once,
-then adopted; a recurring event stops alerting). is_alert is exactly anomaly_score >= 0.5: one
-global threshold of 0.5 on the score reproduces the decisions, and a lower one trades more false
-alarms for earlier or more detections. Scores are 0 during the first `warmup` rows (not judged).
+then adopted). is_alert is exactly anomaly_score >= 0.5: one global threshold of 0.5 on the score
+reproduces the decisions, and a lower one trades more false alarms for earlier or more
+detections. Scores are 0 during the first `warmup` rows (not judged).
 
-State: 23 numbers and 48 season buckets and, until the sampling interval is known, the first 50
+State: 29 numbers and 48 season buckets and, until the sampling interval is known, the first 50
 timestamp spacings (about 1 KiB of msgpack); `to_state()` is plain data and `from_state`
-continues exactly. Speed: about 110,000 rows/s in-process on one core (pure Python floats, one
-flat state list unpacked and repacked per row).
+continues exactly (a state of the previous, 23-number format is taken over: what both formats
+share is kept, the rest starts afresh). Pure Python floats, one flat state list unpacked and
+repacked per row (the speed).
 """
 
 from __future__ import annotations
@@ -51,8 +58,21 @@ _LIMIT = 1e150  # larger values are skipped like non-finite ones (no sensor read
 # bar after an alert; since: rows since the last alert (counted up to `follow`); g_row: the
 # season's learning rate per row (0 while unknown, or off).
 _NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sm2", "raised", "g_row", "a_lvl",
-          "mu0", "mu1", "mu2", "mu3", "mu5", "var0", "var1", "var2", "var3", "var5")
+          "press", "sg", "mu0", "mu1", "mu2", "mu3", "mu5", "mu6", "var0", "var1", "var2", "var3", "var5", "var6")
 _INTS = ("n", "since")
+# the previous format (23 numbers, before issue 20): taken over by `_adopt`
+_OLD_NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sm2", "raised", "g_row", "a_lvl",
+              "mu0", "mu1", "mu2", "mu3", "mu5", "var0", "var1", "var2", "var3", "var5")
+
+
+def _adopt(old: Mapping[str, Any]) -> list[Any]:
+    """A state list in this format from a mapping of names that may lack the new ones (the
+    previous format): shared numbers kept, new ones 0; `m` and `prev` were raw values and are now
+    deseasonalised residuals (about 0)."""
+    out: list[Any] = [int(old.get(k, 0)) if k in _INTS else float(old.get(k, 0.0)) for k in _NAMES]
+    if "sg" not in old:
+        out[_NAMES.index("m")] = out[_NAMES.index("prev")] = 0.0
+    return out
 
 
 def _inverse_sd(var: float) -> float:
@@ -66,23 +86,25 @@ class GenericDetector:
     def __init__(self, *, a_fast: float = 0.1, a_dev: float = 0.02, a_level: float = 0.01, gamma: float = 0.5,
                  a_ctx_dev: float = 0.003, a_smooth: float = 0.1, a_long: float = 0.001, cap: float = 10.0,
                  clip: float = 3.0, threshold: float = 4.5, warmup: int = 150, raise_k: float = 2.0,
-                 halflife: float = 200.0, follow: int = 30, level_days: float = 3.0) -> None:
+                 halflife: float = 200.0, follow: int = 30, level_days: float = 3.0, a_sign: float = 0.1,
+                 press_k: float = 0.5, press_halflife: float = 1000.0) -> None:
         self.a_fast, self.a_dev, self.a_level, self.gamma = a_fast, a_dev, a_level, gamma
         self.a_ctx_dev, self.a_smooth, self.a_long = a_ctx_dev, a_smooth, a_long
         self.cap, self.clip, self.threshold, self.warmup, self.raise_k = cap, clip, threshold, warmup, raise_k
         self.decay = 0.5 ** (1.0 / halflife)
         self.follow = follow
         self.level_days = level_days
+        self.a_sign, self.press_k, self.press_decay = a_sign, press_k, 0.5 ** (1.0 / press_halflife)
         # the parameters the hot path reads, in one tuple (one attribute load per row)
         self.params = (a_fast, a_dev, a_level, a_ctx_dev, a_smooth, a_long, cap, clip, threshold, warmup, raise_k,
-                       self.decay, follow)
+                       self.decay, follow, a_sign, press_k, self.press_decay)
         self.reset()
 
     def reset(self) -> None:
         self.s: list[Any] = [0.0] * len(_NAMES)
         self.s[0], self.s[1] = 0, self.follow
         self.s[_NAMES.index("a_lvl")] = self.a_level
-        self.isd = [1.0 / _SD_FLOOR] * 5  # 1 / each stream's long-run sd (derived from var*)
+        self.isd = [1.0 / _SD_FLOOR] * 6  # 1 / each stream's long-run sd (derived from var*)
         self.season: list[float | None] = [None] * (2 * BUCKETS)  # None: never seen
         self.gaps: list[float] | None = []  # the first timestamp spacings; None once decided
         self.last_ts: float | None = None
@@ -98,44 +120,60 @@ class GenericDetector:
         if ts is not None and ts - ts != 0.0:
             ts = None
         (n, since, prev, m, dev, sdev, level, cdev, sm0, sm2, raised, g_row, a_lvl,
-         mu0, mu1, mu2, mu3, mu5, var0, var1, var2, var3, var5) = self.s
+         press, sg, mu0, mu1, mu2, mu3, mu5, mu6, var0, var1, var2, var3, var5, var6) = self.s
         (a_fast, a_dev, a_level, a_ctx_dev, a, a_long, cap, clip, threshold, warmup, raise_k, decay,
-         follow) = self.params
+         follow, a_sign, press_k, press_decay) = self.params
         sqrt = math.sqrt
         # raw surprises against what was learned before this row
-        eps = 1e-9 * (1.0 + (m if m > 0 else -m))
-        local = x - m
-        z = (local if local > 0 else -local) / (dev if dev > eps else eps)
-        r0 = sqrt(z if z < cap else cap)
-        d = x - prev
-        z = (d if d > 0 else -d) / (sdev if sdev > eps else eps)
-        r1 = sqrt(z if z < cap else cap)
+        eps = 1e-9 * (1.0 + (level if level > 0 else -level))
         b = -1
         r = x - level
         if g_row and ts is not None:
             day = ts // DAY_S
-            b = int((ts - day * DAY_S) * (BUCKETS / DAY_S)) % BUCKETS
+            u = (ts - day * DAY_S) * (BUCKETS / DAY_S) - 0.5  # hours since the first bucket's centre
+            k = math.floor(u)
+            w = u - k
+            b = k % BUCKETS
+            b1 = (k + 1) % BUCKETS
             if (int(day) + 3) % 7 >= 5:  # a weekend (1970-01-01 was a Thursday)
                 b += BUCKETS
-            s = self.season[b]
-            if s is None:  # never seen: the same hour of the other day type, if seen
-                s = self.season[b - BUCKETS if b >= BUCKETS else b + BUCKETS] or 0.0
-            r -= s
+                b1 += BUCKETS
+            season = self.season
+            s0 = season[b]
+            if s0 is None:  # never seen: the same hour of the other day type, if seen
+                s0 = season[b - BUCKETS if b >= BUCKETS else b + BUCKETS] or 0.0
+            s1 = season[b1]
+            if s1 is None:
+                s1 = season[b1 - BUCKETS if b1 >= BUCKETS else b1 + BUCKETS] or 0.0
+            r -= s0 + w * (s1 - s0)
+        local = r - m  # the deseasonalised residual against its fast mean
+        z = (local if local > 0 else -local) / (dev if dev > eps else eps)
+        r0 = sqrt(z if z < cap else cap)
+        d = r - prev  # the deseasonalised step
+        z = (d if d > 0 else -d) / (sdev if sdev > eps else eps)
+        r1 = sqrt(z if z < cap else cap)
         z = (r if r > 0 else -r) / (cdev if cdev > eps else eps)
         r2 = sqrt(z if z < cap else cap)
         r3, r5 = sm0 + a * (r0 - sm0), sm2 + a * (r2 - sm2)
+        zs = r / (cdev if cdev > eps else eps)
+        zs = cap if zs > cap else -cap if zs < -cap else zs
+        sg_new = sg + a_sign * (zs - sg)  # the signed context residual, smoothed: a sustained shift
+        r6 = sg_new if sg_new > 0 else -sg_new
         # anomaly likelihood: each stream against its own long-run distribution
-        i0, i1, i2, i3, i5 = self.isd
-        best = max((r0 - mu0) * i0, (r1 - mu1) * i1, (r2 - mu2) * i2, (r3 - mu3) * i3, (r5 - mu5) * i5)
+        i0, i1, i2, i3, i5, i6 = self.isd
+        best = max((r0 - mu0) * i0, (r1 - mu1) * i1, (r2 - mu2) * i2, (r3 - mu3) * i3, (r5 - mu5) * i5,
+                   (r6 - mu6) * i6)
         score = 0.0
         if n >= warmup and best > 0.0:
-            bar = threshold if threshold > raised else raised
+            base = threshold + press_k * press
+            bar = base if base > raised else raised
             score = best / (best + bar)
         alert = False
         if decide:
             alert = score >= 0.5
             if alert:
                 since = 0
+                press += 1.0
             if since < follow:
                 if raise_k * best > raised:
                     raised = raise_k * best  # the event's own growth raises its bar
@@ -143,10 +181,12 @@ class GenericDetector:
         if not learn:
             return alert, score
         raised *= decay
+        press *= press_decay
         if not decide and since < follow:
             since += 1
         if n == 0:
-            prev = m = level = x
+            level = x
+            prev = m = 0.0
         else:
             # the streams' long-run distributions: a running mean until 1/a_long rows, then EW
             al = a_long if n * a_long > 1.0 else 1.0 / n
@@ -179,11 +219,18 @@ class GenericDetector:
             var3 = keep * (var3 + al * e * e)
             e = r5 - mu5
             mu5 += al * e
+            sg = sg_new
+            if n > _WARM:
+                top = mu6 + clip / i6 + 0.5
+                r6 = top if r6 > top else r6
+            e = r6 - mu6
+            mu6 += al * e
+            var6 = keep * (var6 + al * e * e)
             var5 = keep * (var5 + al * e * e)
             f2, fi = _SD_FLOOR * _SD_FLOOR, 1.0 / _SD_FLOOR
             self.isd = [1.0 / sqrt(var0) if var0 > f2 else fi, 1.0 / sqrt(var1) if var1 > f2 else fi,
                         1.0 / sqrt(var2) if var2 > f2 else fi, 1.0 / sqrt(var3) if var3 > f2 else fi,
-                        1.0 / sqrt(var5) if var5 > f2 else fi]
+                        1.0 / sqrt(var5) if var5 > f2 else fi, 1.0 / sqrt(var6) if var6 > f2 else fi]
             # the value's models, Huber-clipped once warm
             warm = n >= _WARM
             ad = a_dev if n * a_dev > 1.0 else 1.0 / n
@@ -196,18 +243,20 @@ class GenericDetector:
             if warm and not -top < d < top:
                 d = top if d > 0 else -top
             sdev += ad * ((d if d > 0 else -d) - sdev)
+            prev = r
             top = clip * cdev
             if warm and not -top < r < top:
                 r = top if r > 0 else -top
             al = a_lvl if n * a_lvl > 1.0 else 1.0 / n
             level += al * r
             if b >= 0:
-                self.season[b] = s + g_row * (1.0 - al) * r
+                g = g_row * (1.0 - al) * r
+                season[b] = s0 + (1.0 - w) * g
+                season[b1] = s1 + w * g
             al = a_ctx_dev if n * a_ctx_dev > 1.0 else 1.0 / n
             cdev += al * ((r if r > 0 else -r) - cdev)
-            prev = x
         self.s = [n + 1, since, prev, m, dev, sdev, level, cdev, sm0, sm2, raised, g_row, a_lvl,
-                  mu0, mu1, mu2, mu3, mu5, var0, var1, var2, var3, var5]
+                  press, sg, mu0, mu1, mu2, mu3, mu5, mu6, var0, var1, var2, var3, var5, var6]
         if self.gaps is not None and ts is not None:
             self._time(ts)
         return alert, score
@@ -267,13 +316,16 @@ class GenericDetector:
         """Work on a state `packed` made (its lists are used in place; `packed()` again after
         processing, since the state list is replaced on every row)."""
         self.s, self.isd, self.season = packed["s"], packed["i"], packed["season"]
+        if len(self.s) != len(_NAMES):  # the previous format
+            self.s = _adopt(dict(zip(_OLD_NAMES, self.s, strict=True)))
+            self.isd = [_inverse_sd(v) for v in self.s[_NAMES.index("var0"):]]
         self.gaps, self.last_ts = packed["gaps"], packed["t"]
         return self
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], **params: Any) -> GenericDetector:
         detector = cls(**params)
-        detector.s = [int(state[name]) if name in _INTS else float(state[name]) for name in _NAMES]
+        detector.s = _adopt(state)
         detector.isd = [_inverse_sd(v) for v in detector.s[_NAMES.index("var0"):]]
         detector.season = [None if v is None else float(v) for v in state["season"]]
         if len(detector.season) != 2 * BUCKETS:
