@@ -408,51 +408,6 @@ class FaustCity:
         where recovery stopped until a fetch comes back empty, into the Table's store. Faust stops at
         the high watermark the broker reported when recovery began; tansu (the tests' broker) reports
         the last record batch's base offset + 1, one batch short, and the worker would then run without
-        its newest records (their events committed: never redone). On a correct broker this is one
-        empty fetch per partition. Returns the records it applied."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-        from faust.types import TP
-
-        topic = self.table.changelog_topic.get_topic_name()
-        tps = [tp for tp in self.app.assignor.assigned_actives() if tp.topic == topic]
-        if not tps:
-            return 0
-        applied = cast(Any, self.app.tables).recovery.active_offsets
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers(self.kafka), enable_auto_commit=False,
-                                    auto_offset_reset="latest", **client_options(self.kafka))
-        await consumer.start()
-        found = 0
-        store = cast(Any, self.table).data
-        try:
-            positions = {TopicPartition(tp.topic, tp.partition): max(applied.get(tp, -1), -1) + 1 for tp in tps}
-            consumer.assign(list(positions))
-            for tp, offset in positions.items():
-                consumer.seek(tp, offset)
-            while records := await consumer.getmany(timeout_ms=300):
-                for tp, messages in records.items():
-                    for m in messages:
-                        if m.value is None:
-                            store.pop(m.key, None)
-                        else:
-                            store[m.key] = m.value
-                    found += len(messages)
-                    store.set_persisted_offset(TP(tp.topic, tp.partition), messages[-1].offset)
-        finally:
-            await consumer.stop()
-        if found:
-            log.warning("worker: %d changelog records beyond the broker's high watermark read after recovery", found)
-            assert self.core is not None
-            self.core.stale = True
-        return found
-
-    async def _on_recovered(self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-        await self.read_changelog_tail()
-
-    async def read_changelog_tail(self) -> int:
-        """After Faust's recovery, before the streams resume: read each owned changelog partition on from
-        where recovery stopped until a fetch comes back empty, into the Table's store. Faust stops at
-        the high watermark the broker reported when recovery began; tansu (the tests' broker) reports
-        the last record batch's base offset + 1, one batch short, and the worker would then run without
         its newest records (their events committed: never redone). On a correct broker this costs two
         empty fetches (about a second) per rebalance. Returns the records it applied."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
