@@ -26,16 +26,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def warm_state_bytes() -> float:
-    """Mean in-memory state of a fully warm device, weighted by the simulator's mix of kinds."""
+def warm_state_bytes(copies: int = 20_000) -> float:
+    """Mean in-memory size of a fully warm device record, weighted by the simulator's mix of kinds.
+
+    Per kind, one device runs eight simulated days (incidents included); its record is then decoded
+    from its stored form `copies` times and kept: the RSS growth per copy is what one warm record
+    holds in this build (compiled records keep numbers unboxed, so counting objects would not do)."""
     from collections import Counter
+
+    import psutil
 
     from citywatch.ingest.simulator import Simulator, make_devices
     from citywatch.model import Output
-    from tests.helpers import T0, deep_size, make_pipeline
+    from tests.helpers import T0, make_pipeline
 
     mix = Counter(d.kind for d in make_devices(10_000, seed=3))
-    sizes: dict[str, int] = {}
+    sizes: dict[str, float] = {}
     for kind in mix:
         device = next(d for d in make_devices(50, seed=4) if d.kind == kind)
         pipeline = make_pipeline(device)
@@ -43,7 +49,14 @@ def warm_state_bytes() -> float:
         for topic, payload, ts in Simulator([device], seed=4, start=T0, incident_rate=1.0,
                                             horizon_s=7 * 86400).messages(8 * 86400):
             pipeline.process(topic, payload, ts + 0.2, out)
-        sizes[kind] = deep_size(pipeline.records[device.id])
+        stored = pipeline.codec.encode(pipeline.records[device.id])
+        gc.collect()
+        before = psutil.Process().memory_info().rss
+        kept = [pipeline.codec.decode(stored, kind) for _ in range(copies)]
+        gc.collect()
+        sizes[kind] = (psutil.Process().memory_info().rss - before) / len(kept)
+        del kept
+    print("fully warm record in memory, B: " + ", ".join(f"{k} {v:,.0f}" for k, v in sizes.items()))
     return sum(sizes[k] * n for k, n in mix.items()) / sum(mix.values())
 
 
@@ -80,11 +93,15 @@ def one(n: int, readings: int) -> dict[str, float]:
     rss1 = psutil.Process().memory_info().rss
     del messages
     encoded = [len(pipeline.codec.encode(record)) for record in pipeline.records.values()]
+    t1 = time.perf_counter()
+    gc.collect()  # the pause a full collection costs with this many device records (gcpolicy.py)
+    full_gc_s = time.perf_counter() - t1
     return {"devices": n, "msgs": pipeline.counters["received"], "msg_per_s": pipeline.counters["received"] / seconds,
             "rss_mb": (rss_registry + rss1 - rss0) / 2**20, "rss0_mb": rss_registry / 2**20,
             "registry_bytes_per_device": (rss_registry - rss_empty) / n,
             "state_bytes_per_device_rss": (rss1 - rss0) / n,
-            "state_bytes_per_device_msgpack": sum(encoded) / max(1, len(encoded))}
+            "state_bytes_per_device_msgpack": sum(encoded) / max(1, len(encoded)),
+            "full_gc_s": full_gc_s, "gc_objects": len(gc.get_objects())}
 
 
 def main() -> None:
@@ -100,7 +117,7 @@ def main() -> None:
     from benchmarks import results
 
     print(f"{'devices':>9} {'msg/s (core)':>13} {'RSS MiB, 0 states':>18} {'RSS MiB':>9} {'B/device registry':>18}"
-          f" {'B/device state (RSS)':>21} {'B/device (stored)':>18}")
+          f" {'B/device state (RSS)':>21} {'B/device (stored)':>18} {'full GC s':>10} {'GC objects':>11}")
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         result = subprocess.run([sys.executable, __file__, "--one", str(n), "--readings", str(args.readings)],
@@ -109,7 +126,7 @@ def main() -> None:
         rows.append(r)
         print(f"{n:>9,} {r['msg_per_s']:>13,.0f} {r['rss0_mb']:>18,.0f} {r['rss_mb']:>9,.0f}"
               f" {r['registry_bytes_per_device']:>18,.0f} {r['state_bytes_per_device_rss']:>21,.0f}"
-              f" {r['state_bytes_per_device_msgpack']:>18,.0f}")
+              f" {r['state_bytes_per_device_msgpack']:>18,.0f} {r['full_gc_s']:>10.2f} {r['gc_objects']:>11,}")
     warm = warm_state_bytes()
     registry = rows[-1]["registry_bytes_per_device"]
     print(f"fully warm device state in memory (8 simulated days, mix-weighted): {warm:,.0f} B; "

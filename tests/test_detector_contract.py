@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from citywatch.config import Settings, load_settings
 from citywatch.detectors.base import Rule
-from citywatch.detectors.record import DeviceRecord, RuleState
+from citywatch.detectors.record import DeviceRecord, RuleState, known
 from citywatch.detectors.registry import build_rules
 from citywatch.ingest.schemas import parse_telemetry
 from citywatch.model import KINDS, Device, Reading
@@ -69,7 +69,7 @@ def run(rule: Rule, kind: str, state: Any, readings: Iterator[Reading] | list[Re
     verdicts = []
     for reading in readings:
         verdicts.append(rule.evaluate(reading, dev, record, state))
-        record.ts = reading.ts if record.ts is None else max(record.ts, reading.ts)
+        record.ts = reading.ts if not known(record.ts) else max(record.ts, reading.ts)
     return verdicts
 
 
@@ -172,7 +172,7 @@ def test_no_valid_reading_in_any_order_makes_a_rule_raise(kind: str, data: st.Da
         ts += step
         reading = parse_telemetry(kind, "d", msgspec.json.encode({"ts": ts, **payload}), T0 + 10 * 86400.0,
                                   1e9, 0.0)
-        late = record.ts is not None and reading.ts < record.ts
+        late = known(record.ts) and reading.ts < record.ts
         for rule, state in zip(rules, record.states, strict=True):
             if late and rule.in_order_only:
                 continue

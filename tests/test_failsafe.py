@@ -7,6 +7,8 @@ at once and, later, its offline alert.
 
 from __future__ import annotations
 
+import math
+
 from citywatch.model import Device, Output
 from tests.helpers import T0, feed, make_pipeline, payload, stored
 
@@ -103,7 +105,7 @@ def test_an_online_status_re_arms_the_offline_timer_across_a_restart() -> None:
     p = make_pipeline(GAS, started_at=T0)
     out = Output()
     p.process("citywatch/gas/g1/status", b"online", T0, out)
-    assert p.records["g1"].seen is None  # `seen` stays the last data (devices check reads it)
+    assert math.isnan(p.records["g1"].seen)  # `seen` stays the last data (devices check reads it)
     restarted = Pipeline(p.settings, p.devices, AlertEngine(p.settings.alerts), stored(p), started_at=T0 + 1)
     late = Output()
     restarted.tick(T0 + 182, late)

@@ -44,7 +44,7 @@ class HourState(RuleState):
 
 
 class FailuresHourState(RuleState):
-    """The baseline of failures per hour; the current clock hour (None before the first) and its
+    """The baseline of failures per hour; the current clock hour (-1 before the first) and its
     failures so far; alert open."""
 
     __slots__ = ("baseline", "hour", "failures", "open")
@@ -53,7 +53,7 @@ class FailuresHourState(RuleState):
 
     def __init__(self, baseline: BaselineState) -> None:
         self.baseline = baseline
-        self.hour: int | None = None
+        self.hour = -1
         self.failures = 0
         self.open = 0
 
@@ -233,7 +233,7 @@ class LockUnusualFailures(LearnedRule):
         """Close the hours before `ts`'s hour into the baseline; True when an hour closed."""
         hour = int(ts // 3600)
         last = st.hour
-        if last is None:
+        if last < 0:
             st.hour = hour
             return False
         if hour <= last:

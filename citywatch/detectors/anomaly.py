@@ -10,7 +10,7 @@ from array import array
 from citywatch.detectors.base import QUIET, Verdict, threshold
 from citywatch.detectors.baseline import BaselineState, LearnedRule, SeasonalBaseline, squash
 from citywatch.detectors.noise import NoiseLimit
-from citywatch.detectors.record import DeviceRecord, RuleState
+from citywatch.detectors.record import UNSET, DeviceRecord, RuleState, known
 from citywatch.detectors.settings import GasSlowRiseParams, NoiseNightParams, WaterRiseParams
 from citywatch.model import Device, Finding, Reading
 
@@ -19,7 +19,7 @@ _MAX_DT_S = 1800.0
 
 
 class SlowRiseState(RuleState):
-    """The seasonal baseline; the CUSUM; fast and slow EW of the value (None before the first)
+    """The seasonal baseline; the CUSUM; fast and slow EW of the value (fast UNSET before the first)
     and the time of the last; alert open."""
 
     __slots__ = ("baseline", "cusum", "fast", "slow", "last", "open")
@@ -29,7 +29,7 @@ class SlowRiseState(RuleState):
     def __init__(self, baseline: BaselineState) -> None:
         self.baseline = baseline
         self.cusum = 0.0
-        self.fast: float | None = None
+        self.fast = UNSET
         self.slow = 0.0
         self.last = 0.0
         self.open = 0
@@ -98,7 +98,7 @@ class GasSlowRise(LearnedRule):
             cusum = st.cusum + (z if z < 10.0 else 10.0) - self.p.z_allowance
             cusum = cusum if cusum > 0.0 else 0.0
         fast = st.fast
-        if fast is None:
+        if not known(fast):
             slope, fast, slow = 0.0, value, value
         else:
             dt = ts - st.last

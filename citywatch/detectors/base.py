@@ -43,8 +43,7 @@ def found(finding: Finding) -> Verdict:
 def is_late(reading: Reading, record: DeviceRecord) -> bool:
     """True when a reading with a later event time was already processed for this device. The
     pipeline moves `record.ts` to a reading's event time only after the rules have seen it."""
-    last = record.ts
-    return last is not None and reading.ts < last
+    return reading.ts < record.ts  # False while record.ts is UNSET (NaN compares False)
 
 
 def level_with_hysteresis(value: float, current: int, thresholds: Sequence[float], hysteresis: float) -> int:

@@ -8,7 +8,7 @@ import math
 from citywatch.detectors.base import QUIET, Verdict
 from citywatch.detectors.baseline import LearnedRule
 from citywatch.detectors.plausibility import Plausibility
-from citywatch.detectors.record import DeviceRecord, RuleState
+from citywatch.detectors.record import UNSET, DeviceRecord, RuleState, known
 from citywatch.model import Device, Finding, Reading
 
 _P_MIN, _P_MAX = 1e-3, 0.999
@@ -16,15 +16,15 @@ _N_CAP = 1000
 
 
 class StuckState(RuleState):
-    """The current run of one exact value: the value, its length and start; the learned chance of
-    repeating a value and how many readings taught it."""
+    """The current run of one exact value (UNSET before the first): the value, its length and
+    start; the learned chance of repeating a value and how many readings taught it."""
 
     __slots__ = ("value", "run", "start", "p_repeat", "learned")
     FIELDS = ("value", "run", "start", "p_repeat", "learned")
     V1 = ("v", "r", "t", "p", "n")
 
     def __init__(self) -> None:
-        self.value: float | None = None
+        self.value = UNSET
         self.run = 0
         self.start = 0.0
         self.p_repeat = 0.5
@@ -32,14 +32,15 @@ class StuckState(RuleState):
 
 
 class JumpState(RuleState):
-    """The last value and its time, plausible readings since the last jump, whether one is open."""
+    """The last value (UNSET before the first) and its time, plausible readings since the last
+    jump, whether one is open."""
 
     __slots__ = ("last", "at", "plausible", "open")
     FIELDS = ("last", "at", "plausible", "open")
     V1 = ("v", "t", "q", "j")
 
     def __init__(self) -> None:
-        self.last: float | None = None
+        self.last = UNSET
         self.at = 0.0
         self.plausible = 0
         self.open = 0
@@ -77,7 +78,7 @@ class SensorStuck(LearnedRule):
 
     def step(self, st: StuckState, value: float, ts: float) -> float:
         """The run's surprise after this value (>= 1 alerts; 0 when it may not alert); then learn."""
-        if st.value is not None and value == st.value:
+        if value == st.value:  # never while UNSET
             run, duration = st.run + 1, ts - st.start
         else:
             run, duration = 1, 0.0
@@ -133,7 +134,7 @@ class SensorJump(LearnedRule):
     def step(self, st: JumpState, value: float, ts: float) -> tuple[float, float]:
         """(change / allowed change, allowed change; 0 for the first reading); then remember it."""
         score, allowed = 0.0, 0.0
-        if st.last is not None:
+        if known(st.last):
             score, allowed = self.plausibility.step_ratio(self.max_step, st.last, st.at, value, ts)
         st.last = value
         st.at = ts

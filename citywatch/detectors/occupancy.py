@@ -7,7 +7,7 @@ from array import array
 
 from citywatch.detectors.base import QUIET, Verdict
 from citywatch.detectors.baseline import BaselineState, LearnedRule, SeasonalBaseline
-from citywatch.detectors.record import DeviceRecord, RuleState
+from citywatch.detectors.record import UNSET, DeviceRecord, RuleState, known
 from citywatch.detectors.settings import ParkingParams
 from citywatch.model import Device, Finding, Reading
 
@@ -17,7 +17,7 @@ _QUIET_MIN_S = 6 * 3600.0
 
 
 class StuckBayState(RuleState):
-    """The occupancy baseline; the last state (None before the first) and when it last changed;
+    """The occupancy baseline; the last state (UNSET before the first) and when it last changed;
     decayed changes and decayed time (their ratio: the change rate); the last reading's time;
     changes learned; alert open."""
 
@@ -27,7 +27,7 @@ class StuckBayState(RuleState):
 
     def __init__(self, baseline: BaselineState) -> None:
         self.baseline = baseline
-        self.occupied: float | None = None
+        self.occupied = UNSET
         self.changed_at = 0.0
         self.changes = 0.0
         self.time = 0.0
@@ -37,14 +37,14 @@ class StuckBayState(RuleState):
 
 
 class FlappingState(RuleState):
-    """The last state (None before the first), the last `flap_changes` change times, alert open."""
+    """The last state (UNSET before the first), the last `flap_changes` change times, alert open."""
 
     __slots__ = ("occupied", "changes", "open")
     FIELDS = ("occupied", "changes", "open")
     V1 = ("o", "f", "a")
 
     def __init__(self) -> None:
-        self.occupied: float | None = None
+        self.occupied = UNSET
         self.changes = array("d")
         self.open = 0
 
@@ -68,7 +68,7 @@ class ParkingStuck(LearnedRule):
         return StuckBayState(self.baseline.fresh())
 
     def _score(self, st: StuckBayState, occupied: float, ts: float) -> float:
-        if st.occupied is None or occupied != st.occupied or st.learned < self.p.warmup_changes or st.time <= 0.0:
+        if not known(st.occupied) or occupied != st.occupied or st.learned < self.p.warmup_changes or st.time <= 0.0:
             return 0.0
         since = ts - st.changed_at
         if since < self.p.stuck_min_h * 3600.0:
@@ -78,7 +78,7 @@ class ParkingStuck(LearnedRule):
     def step(self, st: StuckBayState, occupied: float, ts: float) -> float:
         """The score of this reading; then learn."""
         score = self._score(st, occupied, ts)
-        if st.occupied is None:
+        if not known(st.occupied):
             st.occupied, st.changed_at, st.last = occupied, ts, ts
         else:
             changed = occupied != st.occupied
@@ -137,7 +137,7 @@ class ParkingFlapping(LearnedRule):
         i = len(changes)
         while i > 0 and ts - changes[i - 1] <= self.p.flap_window_s:
             i -= 1
-        change = st.occupied is not None and occupied != st.occupied
+        change = known(st.occupied) and occupied != st.occupied
         score = (len(changes) - i + (1 if change else 0)) / self.p.flap_changes
         if change:
             changes.append(ts)

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from citywatch.config import ParkingRules
 from citywatch.detectors.base import QUIET, Verdict, found, is_late
-from citywatch.detectors.record import DeviceRecord, RuleState
+from citywatch.detectors.record import UNSET, DeviceRecord, RuleState, known
 from citywatch.model import Device, Finding, Reading
 
 
 class OccupancyState(RuleState):
-    """Event time since which the bay is occupied; None while it is free."""
+    """Event time since which the bay is occupied; UNSET while it is free."""
 
     __slots__ = ("since",)
     FIELDS = ("since",)
 
     def __init__(self) -> None:
-        self.since: float | None = None
+        self.since = UNSET
 
 
 def track_occupancy(reading: Reading, record: DeviceRecord, state: OccupancyState) -> float | None:
@@ -24,11 +24,11 @@ def track_occupancy(reading: Reading, record: DeviceRecord, state: OccupancyStat
     A late reading (older than one already seen) does not undo what a newer one said: a late
     "free" inside the current occupancy moves its start to the newest reading (the bay was free
     after `since`, so the stay is at most that long); a late "occupied" before it extends it back."""
-    since = state.since
+    since: float | None = state.since if known(state.since) else None
     late = is_late(reading, record)
     if not reading.values["occupied"]:
         if not late:
-            state.since = None
+            state.since = UNSET
             return None
         if since is not None and reading.ts >= since:
             since = state.since = record.ts

@@ -14,6 +14,7 @@ state names the format-1 keys of its fields in `V1`, each rule its format-1 key 
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
@@ -21,6 +22,12 @@ from typing import Any, ClassVar, Protocol
 import msgspec
 
 FORMAT = 2
+UNSET = math.nan  # a number not known yet: a float (unboxed in a compiled record, unlike None)
+
+
+def known(value: float) -> bool:
+    """False for UNSET."""
+    return value == value
 
 
 class RuleState:
@@ -52,6 +59,8 @@ class RuleState:
 
 
 def _dump(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return None  # UNSET: stored as nil, so the stored form is plain JSON-able data
     if isinstance(value, RuleState):
         return value.dump()
     if isinstance(value, array):
@@ -62,7 +71,10 @@ def _dump(value: Any) -> Any:
 
 
 def _load(current: Any, value: Any) -> Any:
-    """`value` (plain data) in the type of the fresh field `current`."""
+    """`value` (plain data) in the type of the fresh field `current`. None (nil) is the fresh value,
+    whatever the field: an unset number (format 1 kept None where this keeps UNSET or -1)."""
+    if value is None:
+        return current
     if isinstance(current, RuleState):
         current.restore(value)
         return current
@@ -91,12 +103,12 @@ class DeviceRecord:
 
     def __init__(self, kind: str, states: list[Any]) -> None:
         self.kind = kind
-        self.ts: float | None = None  # newest event time processed (late readings are older)
+        self.ts = UNSET  # newest event time processed (late readings are older)
         self.seq: int | None = None  # highest seq accepted
         self.seqmask = 0  # which of the SEQ_WINDOW seqs below `seq` were accepted
         self.count = 0  # readings accepted, ever
-        self.seen: float | None = None  # received time of the last data that proved it alive
-        self.timeout: float | None = None  # its offline timeout, as of that data
+        self.seen = UNSET  # received time of the last data that proved it alive
+        self.timeout = UNSET  # its offline timeout, as of that data
         self.online_at = 0.0  # received time of the last `online` status
         self.states = states  # one per rule of the kind, in rule order (None: a rule without state)
 
@@ -121,8 +133,8 @@ class RecordCodec:
     def encode(self, record: DeviceRecord) -> bytes:
         states = {rule.name: state.dump()
                   for rule, state in zip(self.rules[record.kind], record.states, strict=True) if state is not None}
-        return _encode([FORMAT, record.kind, record.ts, record.seq, record.seqmask, record.count, record.seen,
-                        record.timeout, record.online_at, states])
+        return _encode([FORMAT, record.kind, _dump(record.ts), record.seq, record.seqmask, record.count,
+                        _dump(record.seen), _dump(record.timeout), record.online_at, states])
 
     def decode(self, stored: bytes | Mapping[str, Any], kind: str) -> DeviceRecord:
         """The record from its stored form, for a device of `kind` (the registry's word: a stored
@@ -136,8 +148,8 @@ class RecordCodec:
             raise ValueError(f"unknown stored device record (format {data[0] if isinstance(data, list) else '?'})")
         if data[1] != kind:
             return record
-        (record.ts, record.seq, record.seqmask, record.count, record.seen, record.timeout,
-         record.online_at) = data[2:9]
+        record.ts, record.seen, record.timeout = _number(data[2]), _number(data[6]), _number(data[7])
+        record.seq, record.seqmask, record.count, record.online_at = data[3], data[4], data[5], float(data[8])
         states: Mapping[str, Any] = data[9]
         for rule, state in zip(self.rules[kind], record.states, strict=True):
             if state is not None and rule.name in states:
@@ -145,13 +157,13 @@ class RecordCodec:
         return record
 
     def _from_v1(self, record: DeviceRecord, old: Mapping[str, Any]) -> None:
-        record.ts = old.get("ts")
+        record.ts = _number(old.get("ts"))
         record.seq = old.get("seq")
         record.seqmask = old.get("seqmask", 1 if record.seq is not None else 0)  # format 1's reading of no mask
         record.count = old.get("count", 0)
-        record.seen = old.get("seen")
-        record.timeout = old.get("timeout")
-        record.online_at = old.get("online_at", 0.0)
+        record.seen = _number(old.get("seen"))
+        record.timeout = _number(old.get("timeout"))
+        record.online_at = float(old.get("online_at", 0.0))
         for rule, state in zip(self.rules[record.kind], record.states, strict=True):
             if state is None:
                 continue
@@ -160,6 +172,10 @@ class RecordCodec:
                 state.restore_v1(found)
             elif found is not None:  # a one-value state was the value itself
                 state.restore([found])
+
+
+def _number(value: Any) -> float:
+    return UNSET if value is None else float(value)
 
 
 def stored_seen(stored: bytes | Mapping[str, Any]) -> float | None:

@@ -7,7 +7,7 @@ import math
 
 from citywatch.detectors.base import QUIET, Verdict
 from citywatch.detectors.baseline import LearnedRule
-from citywatch.detectors.record import DeviceRecord, RuleState
+from citywatch.detectors.record import UNSET, DeviceRecord, RuleState, known
 from citywatch.detectors.settings import HealthParams
 from citywatch.model import KINDS, Device, Finding, Reading
 
@@ -16,14 +16,15 @@ _N_CAP = 1000
 
 
 class IntervalState(RuleState):
-    """Last reading's time; long-run and recent log(interval); intervals learned; alert open."""
+    """Last reading's time (UNSET before the first); long-run and recent log(interval); intervals
+    learned; alert open."""
 
     __slots__ = ("last", "usual", "recent", "learned", "open")
     FIELDS = ("last", "usual", "recent", "learned", "open")
     V1 = ("t", "l", "f", "n", "a")
 
     def __init__(self) -> None:
-        self.last: float | None = None
+        self.last = UNSET
         self.usual = 0.0
         self.recent = 0.0
         self.learned = 0
@@ -50,9 +51,10 @@ class ReportingInterval(LearnedRule):
     def step(self, st: IntervalState, ts: float) -> float | None:
         """The score of this interval, None when it is not usable (the first, a repeat, a gap); then learn."""
         last = st.last
-        if last is None or ts <= last:
-            if last is None or ts > last:
-                st.last = ts
+        if not known(last):
+            st.last = ts
+            return None
+        if ts <= last:
             return None
         log_dt = math.log(max(ts - last, 0.5))
         n = st.learned
@@ -91,15 +93,15 @@ class ReportingInterval(LearnedRule):
 
 
 class DrainState(RuleState):
-    """Start of the current span and the battery then; the last battery; learned drain (%/day) and
-    spans learned; alert open."""
+    """Start of the current span (UNSET before the first reading) and the battery then; the last
+    battery; learned drain (%/day) and spans learned; alert open."""
 
     __slots__ = ("span_start", "span_battery", "last_battery", "usual", "learned", "open")
     FIELDS = ("span_start", "span_battery", "last_battery", "usual", "learned", "open")
     V1 = ("t", "b", "l", "m", "n", "a")
 
     def __init__(self) -> None:
-        self.span_start: float | None = None
+        self.span_start = UNSET
         self.span_battery = 0.0
         self.last_battery = 0.0
         self.usual = 0.0
@@ -128,9 +130,9 @@ class BatteryDrain(LearnedRule):
     def step(self, st: DrainState, battery: float, ts: float) -> tuple[float, float] | None:
         """(score, drain %/day) when a span completes with this reading, else None; then learn."""
         start = st.span_start
-        restart = start is None or battery > st.span_battery + 2.0 or st.last_battery - battery > 10.0
+        restart = not known(start) or battery > st.span_battery + 2.0 or st.last_battery - battery > 10.0
         st.last_battery = battery
-        if restart or start is None:
+        if restart:
             st.span_start, st.span_battery = ts, battery
             return None
         span = ts - start

@@ -20,7 +20,7 @@ from citywatch.detectors.deadman import Deadman
 from citywatch.detectors.flooding import FLOODING_RULE, FloodWatch
 from citywatch.detectors.health import LAST_WILL, OFFLINE_RULE, offline_finding
 from citywatch.detectors.lifecycle import AlertEngine
-from citywatch.detectors.record import DeviceRecord, RecordCodec
+from citywatch.detectors.record import DeviceRecord, RecordCodec, known
 from citywatch.detectors.registry import FAULT_RULES, build_rules
 from citywatch.errors import DeadLetterReason, InvalidMessage
 from citywatch.ingest.schemas import parse_status, parse_telemetry
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 SEQ_WINDOW = 64  # how far back a late message can still be told from a duplicate
 
 
-def check_seq(record: DeviceRecord, seq: int, ts: float, last_ts: float | None) -> None:
+def check_seq(record: DeviceRecord, seq: int, ts: float, last_ts: float) -> None:
     """Accept each seq once. A sliding window of the last SEQ_WINDOW seqs (one int bitmap in the
     device record, like IPsec's anti-replay window) tells a late first delivery (accepted) from a
     redelivery (duplicate). A lower seq with a newer ts is a device that restarted its counter."""
@@ -45,7 +45,7 @@ def check_seq(record: DeviceRecord, seq: int, ts: float, last_ts: float | None) 
         record.seqmask = ((mask << shift) | 1) & ((1 << SEQ_WINDOW) - 1) if shift < SEQ_WINDOW else 1
         record.seq = seq
         return
-    if last_ts is not None and ts > last_ts and seq < top:
+    if ts > last_ts and seq < top:  # False while last_ts is UNSET
         record.seq, record.seqmask = seq, 1  # counter reset (reboot)
         return
     back = top - seq
@@ -96,9 +96,9 @@ class Pipeline:
             if device is None:
                 continue  # removed from the registry: its record goes with it
             record = self.records[device_id] = self.codec.decode(raw, device.kind)
-            seen = max(record.seen or 0.0, record.online_at) or None
+            seen = max(record.seen if known(record.seen) else 0.0, record.online_at)
             timeout = record.timeout
-            if seen is not None and timeout is not None and not self.alerts.is_open(device_id, OFFLINE_RULE):
+            if seen > 0.0 and known(timeout) and not self.alerts.is_open(device_id, OFFLINE_RULE):
                 self.deadman.seen(device_id, timeout, seen)
 
     # -- messages ---------------------------------------------------------------------------
@@ -170,7 +170,7 @@ class Pipeline:
         timeout = device.interval_s * self.offline_intervals
         if reading.ts >= reading.received_at - timeout:  # backfill does not prove the device is alive
             self._alive(device, record, timeout, reading.received_at, reading.ts, out)
-        late = last_ts is not None and reading.ts < last_ts
+        late = reading.ts < last_ts  # False while last_ts is UNSET
         if late:
             self.counters["late"] += 1
         score = self._evaluate(reading, device, record, late, out)
