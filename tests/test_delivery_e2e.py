@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -28,6 +27,7 @@ from paho.mqtt.properties import Properties
 from pydantic import SecretStr
 
 from citywatch.config import InfluxSettings
+from citywatch.detectors.record import stored_header
 from citywatch.devices.registry import Registry, registry_path
 from citywatch.model import Device, Output, Reading
 from citywatch.sinks.influx import InfluxSink, lines_for
@@ -132,7 +132,7 @@ def stored_transitions(data_dir: Path) -> int:
 def committed_seqs(data_dir: Path) -> dict[str, int | None]:
     """Per device, the seq of the last reading whose batch was committed."""
     rows = _read(data_dir, "SELECT device_id, body FROM device_state")
-    return {device_id: msgspec.msgpack.decode(body).get("seq") for device_id, body in rows}
+    return {device_id: stored_header(body)["seq"] for device_id, body in rows}
 
 
 # -- (a) receiver down for 60 s, then flaky, during >= 2,000 transitions --------------------------------

@@ -8,9 +8,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgspec
 import pytest
 
+from citywatch.detectors.record import stored_header
 from citywatch.devices.registry import Registry, registry_path
 from citywatch.model import Device
 from citywatch.sinks.store import AlertStore, store_path
@@ -171,11 +171,11 @@ def test_messages_published_while_stopped_are_processed_after_restart(
 
 
 def stored_states(data_dir: Path) -> dict[str, dict[str, object]]:
-    """Each device's stored record (format 2: a msgpack list) with the fields these tests read."""
+    """Each device's stored record: the pipeline's own facts (seq, count, seen...)."""
     store = AlertStore(store_path(data_dir))
     try:
         records = store.device_states()
-        return {device_id: {"count": msgspec.msgpack.decode(body)[5]} for device_id, body in records.items()}
+        return {device_id: stored_header(body) for device_id, body in records.items()}
     finally:
         store.close()
 

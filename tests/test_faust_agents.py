@@ -16,6 +16,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from citywatch.config import Settings
 from citywatch.detectors.lifecycle import AlertEngine
+from citywatch.detectors.record import stored_header
 from citywatch.model import Device, Output, Transition
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.streams.bridge import ACTION_HEADER, KafkaSettings, message_key, partition_for
@@ -103,7 +104,7 @@ def test_process_agent_writes_one_record_per_device_into_its_partition(
 
     assert [t.transition for t in rec.transitions] == ["opened"]
     record = decode_record(city.table.data[GAS.id.encode()])
-    assert msgspec.msgpack.decode(record.state)[3] == 2  # the stored device record (format 2): its seq
+    assert stored_header(record.state)["seq"] == 2
     assert record.alerts["gas_level"].alert is not None
     assert record.alerts["gas_level"].alert.id == rec.transitions[0].alert_id
     # every changelog write went to the partition the bridge's key maps to

@@ -178,14 +178,21 @@ def _number(value: Any) -> float:
     return UNSET if value is None else float(value)
 
 
-def stored_seen(stored: bytes | Mapping[str, Any]) -> float | None:
-    """When a device's last data arrived, from its stored record of any format (reports and
-    `devices check` read it without the rules)."""
+HEADER = ("ts", "seq", "seqmask", "count", "seen", "timeout", "online_at")
+
+
+def stored_header(stored: bytes | Mapping[str, Any]) -> dict[str, Any]:
+    """The pipeline's own facts (HEADER, None where unknown) from a stored record of any format,
+    read without the rules: reports, `devices check` and tests read them."""
     data = _decode(stored) if isinstance(stored, bytes | bytearray | memoryview) else stored
     if isinstance(data, Mapping):
-        seen = data.get("seen")
-    elif isinstance(data, list) and len(data) > 6:
-        seen = data[6]
-    else:
-        return None
+        return {name: data.get(name) for name in HEADER}
+    if isinstance(data, list) and len(data) >= 10:
+        return dict(zip(HEADER, data[2:9], strict=True))
+    return dict.fromkeys(HEADER)
+
+
+def stored_seen(stored: bytes | Mapping[str, Any]) -> float | None:
+    """When a device's last data arrived, from its stored record of any format."""
+    seen = stored_header(stored)["seen"]
     return float(seen) if isinstance(seen, int | float) else None
