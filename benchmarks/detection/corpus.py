@@ -344,4 +344,8 @@ def make_corpus(seed: int) -> list[Series]:
 
 
 TUNE_SEED = 101
+# The tuning split: seed 101 alone until issue 20's second round, then with 103 to 105 as well (one
+# seed's 100 windows move the score by several points between seeds: parameters were chosen on
+# the four seeds' mean). 202 is held out: never used to choose anything.
+TUNE_SEEDS = (101, 103, 104, 105)
 HELD_OUT_SEED = 202

@@ -92,6 +92,16 @@ def best_threshold(corpus: Sequence[Series], scores: Sequence[np.ndarray],
     return best
 
 
+def per_family(corpus: Sequence[Series], alerts: Sequence[np.ndarray]) -> str:
+    """Windows detected / labelled and false alarms per family (a series' name less its number)."""
+    totals: dict[str, list[int]] = {}
+    for s, a in zip(corpus, alerts, strict=True):
+        _, hit, wins, fps = score_series(s, a)
+        t = totals.setdefault(s.name.rsplit("_", 1)[0], [0, 0, 0])
+        t[0], t[1], t[2] = t[0] + hit, t[1] + wins, t[2] + fps
+    return ", ".join(f"{name} {h}/{w} {f} FP" for name, (h, w, f) in totals.items())
+
+
 def report(name: str, corpus: Sequence[Series], result: Run) -> dict[str, float]:
     own = nab(corpus, result.alerts)
     th, swept = best_threshold(corpus, result.scores)
