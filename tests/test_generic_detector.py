@@ -133,3 +133,71 @@ def test_bad_values_and_timestamps_are_skipped_without_harm() -> None:
     assert detector.score_one({"value": "x", "ts": T0}) == 0.0
     with pytest.raises(ValueError, match="another shape"):
         GenericDetector.from_state({**before, "season": [0.0]})
+
+
+def test_a_small_sustained_shift_is_caught_by_the_signed_context_stream() -> None:
+    """Two noise sds for 40 rows: no single value stands out, the signed smoothed context z does
+    (with `a_sign=0` that stream is off and the shift goes unseen)."""
+    rng = random.Random(1)
+    values = [20 + rng.gauss(0, 1) for _ in range(3000)]
+    for i in range(2000, 2040):
+        values[i] += 2.0
+    for a_sign, expected in ((0.1, True), (0.0, False)):
+        detector = GenericDetector(a_sign=a_sign)
+        alerts = [i for i, v in enumerate(values) if detector.process(v, T0 + 60.0 * i)[0]]
+        assert bool(alerts) is expected
+        if expected:
+            assert 2000 <= alerts[0] < 2015 and len(alerts) == 1
+
+
+def test_a_series_that_keeps_alerting_raises_its_own_bar() -> None:
+    """Bursts of 7 to 9 sds every 250 rows: alarm pressure (`press_k`) lets the first ones alert and
+    then about half as many as without it; the pressure of one alert halves every 1,000 rows."""
+    rng = random.Random(0)
+    values = [10 + rng.gauss(0, 1) for _ in range(12000)]
+    for i in range(500, 12000, 250):
+        values[i] += 7 + 2 * rng.random()
+    counts = {}
+    for press_k in (0.5, 0.0):
+        detector = GenericDetector(press_k=press_k)
+        alerts = [i for i, v in enumerate(values) if detector.process(v, T0 + 60.0 * i)[0]]
+        assert alerts[0] == 500  # the first burst after a quiet start alerts either way
+        counts[press_k] = len(alerts)
+    assert counts[0.5] <= 0.6 * counts[0.0]
+    detector = GenericDetector()
+    for i, v in enumerate(values[:501]):
+        detector.process(v, T0 + 60.0 * i)
+    assert detector.to_state()["press"] == pytest.approx(1.0, abs=0.01)
+    for i in range(1000):
+        detector.process(10.0 + (i % 2) * 0.5, T0 + 60.0 * (501 + i))
+    assert detector.to_state()["press"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_state_of_the_previous_format_is_taken_over() -> None:
+    """The 23-number state stored before issue 20's second round (by `to_state` or `packed`):
+    what both formats share is kept (the season, the value's spreads, the long-run streams)."""
+    rng = random.Random(4)
+    ts, values = daily(6)
+    detector = GenericDetector()
+    for t, v in zip(ts[:1000], values[:1000], strict=True):
+        detector.process(v, t)
+    new = detector.to_state()
+    old = {k: v for k, v in new.items() if k not in ("sg", "press", "mu4", "var4", "isd")}
+    old.update(sm2=0.8, mu5=0.8, var5=0.1)
+    old_names = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sm2", "raised", "g_row",
+                 "a_lvl", "mu0", "mu1", "mu2", "mu3", "mu5", "var0", "var1", "var2", "var3", "var5")
+    from_dict = GenericDetector.from_state(old)
+    unpacked = GenericDetector().unpack({"s": [old[k] for k in old_names], "i": [1.0] * 5,
+                                         "season": list(new["season"]), "gaps": None, "t": new["last_ts"]})
+    rows = [(t, v + (15.0 if i >= 500 else 0.0) + rng.gauss(0, 0.1))
+            for i, (t, v) in enumerate(zip(ts[1000:], values[1000:], strict=True))]
+    continued = [detector.process(v, t)[1] for t, v in rows]
+    for taken in (from_dict, unpacked):
+        state = taken.to_state()
+        assert state["season"] == new["season"] and state["dev"] == new["dev"] and state["n"] == 1000
+        assert state["m"] == state["prev"] == 0.0 and state["sg"] == 0.0  # raw values then, residuals now
+        scores = [taken.process(v, t) for t, v in rows]
+        # ordinary days score as if the detector had run on: no warm-up, no burst of alarms
+        assert abs(np.mean([sc for _, sc in scores[:500]]) - np.mean(continued[:500])) < 0.1
+        assert sum(a for a, _ in scores[:500]) <= 1
+        assert any(a for a, _ in scores[500:510])  # and a jump still alerts at once

@@ -75,6 +75,9 @@ def _adopt(old: Mapping[str, Any]) -> list[Any]:
     out: list[Any] = [int(old.get(k, 0)) if k in _INTS else float(old.get(k, 0.0)) for k in _NAMES]
     if "sg" not in old:
         out[_NAMES.index("m")] = out[_NAMES.index("prev")] = 0.0
+        # the signed stream was not there: a prior for |smoothed z| on noise (mean 0.25, sd 0.2),
+        # not the floor sd of a fresh detector (its running mean would need warm-up rows)
+        out[_NAMES.index("mu4")], out[_NAMES.index("var4")] = 0.25, 0.04
     return out
 
 
