@@ -3,14 +3,15 @@
 Usage: python benchmarks/memory.py [--sizes 1000,10000,100000] [--readings 3]
 
 Each size runs in a fresh process (RSS of one size must not include another's). RSS is read with
-the registry of N devices loaded and no device state (the "0 devices' state" figure); then the
+the registry of N devices loaded as the runner loads it (a SQLite registry read into RegistryCache)
+and no device state (the "0 devices' state" figure); then the
 messages to send are made, and RSS is read again before and after every device has sent `readings`
 messages through the real pipeline core (all detectors on). The growth is the devices' state; the
 RSS reported is registry + state, without the benchmark's own message list.
 
 A few readings leave most of a device's 48 seasonal buckets cold, so the same script also measures
-a *fully warm* state (eight simulated days of one device per kind, incidents included) and projects
-the RSS of N such devices: registry + warm state.
+a *fully warm* record (eight simulated days of one device per kind, incidents included, measured by
+RSS over 20,000 copies) and projects the RSS of N such devices: registry + warm record.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import gc
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,18 +67,23 @@ def one(n: int, readings: int) -> dict[str, float]:
 
     from citywatch.config import load_settings
     from citywatch.detectors.lifecycle import AlertEngine
+    from citywatch.devices.registry import Registry, RegistryCache
     from citywatch.ingest.simulator import Simulator, make_devices
     from citywatch.model import Output
     from citywatch.streams.pipeline import Pipeline
 
     settings = load_settings(None, {})
+    tmp = tempfile.TemporaryDirectory()
+    registry = Registry(Path(tmp.name) / "registry.db")
+    registry.add_many([(d, None) for d in make_devices(n, seed=3)])
     gc.collect()
     rss_empty = psutil.Process().memory_info().rss
-    devices = make_devices(n, seed=3)
+    cache = RegistryCache(registry)  # the devices as the runner holds them, looked up by id
+    devices = cache.snapshot()
     start = time.time() - 2 * 86400
-    pipeline = Pipeline(settings, {d.id: d for d in devices}, AlertEngine(settings.alerts), started_at=start)
+    pipeline = Pipeline(settings, cache, AlertEngine(settings.alerts), started_at=start)
     gc.collect()
-    rss_registry = psutil.Process().memory_info().rss  # the devices, looked up by id: what the runner holds
+    rss_registry = psutil.Process().memory_info().rss
     messages = [(t, p, ts + 0.5) for t, p, ts in Simulator(devices, seed=3, start=start).messages(60.0 * readings)]
     gc.collect()
     rss0 = psutil.Process().memory_info().rss  # + the messages to send (held until after rss1)

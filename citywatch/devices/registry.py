@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -106,11 +107,16 @@ def validate_installation(device: Device, zone_classes: Collection[str]) -> None
         raise DeviceError(f"zone_class {device.zone_class!r}: must be one of {', '.join(zone_classes)}")
 
 
+_SHARED = frozenset({"district", "grid", "community", "city", "zone_class"})  # few values, many devices
+
+
 def _row_to_device(row: tuple[Any, ...]) -> Device:
-    """Attributes this version does not know (written by a newer one sharing the file) are ignored."""
+    """Attributes this version does not know (written by a newer one sharing the file) are ignored.
+    Places and zones are interned: a million devices share a few thousand of them (RegistryCache)."""
     device_id, kind, attrs, enabled, created_at = row
-    known = {k: v for k, v in json.loads(attrs).items() if k in _KNOWN}
-    return Device(id=device_id, kind=kind, enabled=bool(enabled), created_at=created_at, **known)
+    known = {k: sys.intern(v) if k in _SHARED and isinstance(v, str) else v
+             for k, v in json.loads(attrs).items() if k in _KNOWN}
+    return Device(id=device_id, kind=sys.intern(kind), enabled=bool(enabled), created_at=created_at, **known)
 
 
 def _attrs(device: Device) -> str:
