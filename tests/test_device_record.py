@@ -85,7 +85,7 @@ def test_a_record_round_trips_and_a_reregistered_device_starts_fresh() -> None:
     encoded = codec.encode(record)
     assert codec.encode(codec.decode(encoded, "water")) == encoded
     fresh = codec.decode(encoded, "gas")  # the id now names a gas detector
-    assert fresh.kind == "gas" and fresh.count == 0 and fresh.seq is None
+    assert fresh.kind == "gas" and fresh.count == 0 and fresh.seq == -1
 
 
 def test_an_unknown_stored_format_is_refused_with_its_number() -> None:

@@ -71,17 +71,23 @@ class LocalTime:
 
 
 class BaselineState(RuleState):
-    """Per bucket: EW mean and EW mean absolute deviation (float32), readings learned (capped at 127).
-    48 buckets take about 0.6 KiB in memory, 0.9 KiB of msgpack."""
+    """Per bucket: EW mean, then (from index `buckets`) EW mean absolute deviation, in one float32
+    array; readings learned (capped at 127) as bytes. 48 buckets take about 0.5 KiB in memory,
+    0.9 KiB of msgpack."""
 
-    __slots__ = ("m", "s", "n")
-    FIELDS = ("m", "s", "n")
-    V1 = ("m", "s", "n")
+    __slots__ = ("ms", "n")
+    FIELDS = ("ms", "n")
 
     def __init__(self, buckets: int) -> None:
-        self.m = array("f", bytes(4 * buckets))
-        self.s = array("f", bytes(4 * buckets))
+        self.ms = array("f", bytes(8 * buckets))
         self.n = array("B", bytes(buckets))
+
+    def restore_v1(self, old: Mapping[str, Any]) -> None:
+        """Format 1 kept means and spreads in two lists."""
+        if "m" in old and "s" in old:
+            self.ms = array("f", [*old["m"], *old["s"]])
+        if "n" in old:
+            self.n = array("B", old["n"])
 
 
 class SeasonalBaseline:
@@ -98,7 +104,7 @@ class SeasonalBaseline:
     Buckets alert only once they hold `min_count` readings: the warm-up. Without `seasonal`, one
     bucket.
 
-    State: a `BaselineState` (means and spreads as float32 arrays, counts as bytes; lists of boxed
+    State: a `BaselineState` (means and spreads in a float32 array, counts as bytes; lists of boxed
     floats took 3.5 KiB once every bucket was warm), handed to every method.
     """
 
@@ -152,9 +158,9 @@ class SeasonalBaseline:
         a, b = self._warm_index(st, a), self._warm_index(st, b)
         if a < 0 or b < 0:
             return None
-        m, s = st.m, st.s
-        mean = m[a] + w * (m[b] - m[a])
-        sigma = SIGMA_PER_MAD * (s[a] + w * (s[b] - s[a]))
+        ms, k = st.ms, self.buckets  # means, then spreads
+        mean = ms[a] + w * (ms[b] - ms[a])
+        sigma = SIGMA_PER_MAD * (ms[k + a] + w * (ms[k + b] - ms[k + a]))
         return mean, sigma if sigma > self.min_spread else self.min_spread
 
     def expect(self, st: BaselineState, ts: float) -> tuple[float, float] | None:
@@ -182,29 +188,29 @@ class SeasonalBaseline:
         weight = self.flagged_weight if flagged else 1.0
         if weight <= 0.0:
             return
-        m, s, counts = st.m, st.s, st.n
+        ms, counts, k = st.ms, st.n, self.buckets  # means, then spreads
         for i, share, nearest in ((a, 1.0 - w, w < 0.5), (b, w, w >= 0.5)):
             n = counts[i]
             if n == 0:
                 if nearest and not flagged:  # a bucket starts from its twin of the other day type, or here
                     j = (i + HOURS if i < HOURS else i - HOURS) if self.buckets > 1 else i
                     if counts[j] >= self.min_count:
-                        m[i], s[i] = m[j], s[j]
+                        ms[i], ms[k + i] = ms[j], ms[k + j]
                     else:
-                        m[i] = value
+                        ms[i] = value
                     counts[i] = 1
                 continue
             alpha = 1.0 / (n + 1)
             if alpha < self.alpha:
                 alpha = self.alpha
             alpha *= share * weight
-            r = value - m[i]
+            r = value - ms[i]
             if n >= 5:
-                limit = SIGMA_PER_MAD * s[i]
+                limit = SIGMA_PER_MAD * ms[k + i]
                 limit = self.clip * (limit if limit > self.min_spread else self.min_spread)
                 r = limit if r > limit else -limit if r < -limit else r
-            m[i] += alpha * r
-            s[i] += alpha * ((r if r >= 0 else -r) - s[i])
+            ms[i] += alpha * r
+            ms[k + i] += alpha * ((r if r >= 0 else -r) - ms[k + i])
             if nearest and not flagged and n < _COUNT_CAP:  # what it flags does not warm it up
                 counts[i] = n + 1
             if b == a:

@@ -104,7 +104,7 @@ class DeviceRecord:
     def __init__(self, kind: str, states: list[Any]) -> None:
         self.kind = kind
         self.ts = UNSET  # newest event time processed (late readings are older)
-        self.seq: int | None = None  # highest seq accepted
+        self.seq = -1  # highest seq accepted (-1: none yet)
         self.seqmask = 0  # which of the SEQ_WINDOW seqs below `seq` were accepted
         self.count = 0  # readings accepted, ever
         self.seen = UNSET  # received time of the last data that proved it alive
@@ -133,7 +133,8 @@ class RecordCodec:
     def encode(self, record: DeviceRecord) -> bytes:
         states = {rule.name: state.dump()
                   for rule, state in zip(self.rules[record.kind], record.states, strict=True) if state is not None}
-        return _encode([FORMAT, record.kind, _dump(record.ts), record.seq, record.seqmask, record.count,
+        return _encode([FORMAT, record.kind, _dump(record.ts), record.seq if record.seq >= 0 else None,
+                        record.seqmask, record.count,
                         _dump(record.seen), _dump(record.timeout), record.online_at, states])
 
     def decode(self, stored: bytes | Mapping[str, Any], kind: str) -> DeviceRecord:
@@ -149,7 +150,8 @@ class RecordCodec:
         if data[1] != kind:
             return record
         record.ts, record.seen, record.timeout = _number(data[2]), _number(data[6]), _number(data[7])
-        record.seq, record.seqmask, record.count, record.online_at = data[3], data[4], data[5], float(data[8])
+        record.seq = -1 if data[3] is None else data[3]
+        record.seqmask, record.count, record.online_at = data[4], data[5], float(data[8])
         states: Mapping[str, Any] = data[9]
         for rule, state in zip(self.rules[kind], record.states, strict=True):
             if state is not None and rule.name in states:
@@ -158,8 +160,8 @@ class RecordCodec:
 
     def _from_v1(self, record: DeviceRecord, old: Mapping[str, Any]) -> None:
         record.ts = _number(old.get("ts"))
-        record.seq = old.get("seq")
-        record.seqmask = old.get("seqmask", 1 if record.seq is not None else 0)  # format 1's reading of no mask
+        record.seq = old.get("seq", -1)
+        record.seqmask = old.get("seqmask", 1 if record.seq >= 0 else 0)  # format 1's reading of no mask
         record.count = old.get("count", 0)
         record.seen = _number(old.get("seen"))
         record.timeout = _number(old.get("timeout"))

@@ -108,14 +108,16 @@ def validate_installation(device: Device, zone_classes: Collection[str]) -> None
 
 
 _SHARED = frozenset({"district", "grid", "community", "city", "zone_class"})  # few values, many devices
+_NO_THRESHOLDS: dict[str, float] = {}  # shared by every device without overrides; never mutated
 
 
 def _row_to_device(row: tuple[Any, ...]) -> Device:
     """Attributes this version does not know (written by a newer one sharing the file) are ignored.
     Places and zones are interned: a million devices share a few thousand of them (RegistryCache)."""
     device_id, kind, attrs, enabled, created_at = row
-    known = {k: sys.intern(v) if k in _SHARED and isinstance(v, str) else v
-             for k, v in json.loads(attrs).items() if k in _KNOWN}
+    known: dict[str, Any] = {k: sys.intern(v) if k in _SHARED and isinstance(v, str) else v
+                             for k, v in json.loads(attrs).items() if k in _KNOWN}
+    known.setdefault("thresholds", _NO_THRESHOLDS)
     return Device(id=device_id, kind=sys.intern(kind), enabled=bool(enabled), created_at=created_at, **known)
 
 

@@ -38,9 +38,9 @@ def check_seq(record: DeviceRecord, seq: int, ts: float, last_ts: float) -> None
     """Accept each seq once. A sliding window of the last SEQ_WINDOW seqs (one int bitmap in the
     device record, like IPsec's anti-replay window) tells a late first delivery (accepted) from a
     redelivery (duplicate). A lower seq with a newer ts is a device that restarted its counter."""
-    top = record.seq
-    if top is None or seq > top:
-        shift = seq - top if top is not None else SEQ_WINDOW
+    top = record.seq  # -1: none yet
+    if top < 0 or seq > top:
+        shift = seq - top if top >= 0 else SEQ_WINDOW
         mask = record.seqmask
         record.seqmask = ((mask << shift) | 1) & ((1 << SEQ_WINDOW) - 1) if shift < SEQ_WINDOW else 1
         record.seq = seq
