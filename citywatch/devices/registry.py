@@ -107,16 +107,25 @@ def validate_installation(device: Device, zone_classes: Collection[str]) -> None
         raise DeviceError(f"zone_class {device.zone_class!r}: must be one of {', '.join(zone_classes)}")
 
 
-_SHARED = frozenset({"district", "grid", "community", "city", "zone_class"})  # few values, many devices
+_SHARED = frozenset({"district", "grid", "community", "city", "zone_class", "interval_s", "max_stay_min",
+                     "tenants"})  # few values, many devices
 _NO_THRESHOLDS: dict[str, float] = {}  # shared by every device without overrides; never mutated
+_NUMBERS: dict[tuple[type, float], float] = {}  # one object per distinct interval, stay, tenants count
+
+
+def _shared(value: Any) -> Any:
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and len(_NUMBERS) < 10_000:
+        return _NUMBERS.setdefault((type(value), value), value)  # 2 and 2.0 stay apart
+    return value
 
 
 def _row_to_device(row: tuple[Any, ...]) -> Device:
     """Attributes this version does not know (written by a newer one sharing the file) are ignored.
     Places and zones are interned: a million devices share a few thousand of them (RegistryCache)."""
     device_id, kind, attrs, enabled, created_at = row
-    known: dict[str, Any] = {k: sys.intern(v) if k in _SHARED and isinstance(v, str) else v
-                             for k, v in json.loads(attrs).items() if k in _KNOWN}
+    known: dict[str, Any] = {k: _shared(v) if k in _SHARED else v for k, v in json.loads(attrs).items() if k in _KNOWN}
     known.setdefault("thresholds", _NO_THRESHOLDS)
     return Device(id=device_id, kind=sys.intern(kind), enabled=bool(enabled), created_at=created_at, **known)
 
