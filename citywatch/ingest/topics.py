@@ -39,17 +39,29 @@ def valid_topic_prefix(prefix: str) -> bool:
 
 def parse_topic(topic: str, prefix: str = "citywatch") -> Topic:
     """Split a topic into (kind, device_id, channel) or raise InvalidMessage."""
+    kind, device_id, channel = split_topic(topic, prefix)
+    check_device_id(device_id)
+    return Topic(kind, device_id, channel)
+
+
+def split_topic(topic: str, prefix: str = "citywatch") -> tuple[str, str, str]:
+    """(kind, device_id, channel) of a topic, or InvalidMessage; the device id is not checked
+    against DEVICE_ID_PATTERN (`check_device_id`): the hot path skips that for registered ids,
+    which were checked when they were registered."""
     if len(topic) > MAX_TOPIC_LENGTH:
         raise InvalidMessage("bad_topic", f"topic longer than {MAX_TOPIC_LENGTH} characters")
     parts = topic.rsplit("/", 3)  # the prefix may have levels of its own
     if len(parts) != 4 or parts[0] != prefix or parts[3] not in ("telemetry", "status"):
         raise InvalidMessage("bad_topic", f"expected {prefix}/<kind>/<device_id>/telemetry|status")
-    kind, device_id = parts[1], parts[2]
+    kind = parts[1]
     if kind not in _KINDS:
         raise InvalidMessage("unknown_kind", f"kind {kind[:32]!r} is not one of {', '.join(KINDS)}", "kind")
+    return kind, parts[2], parts[3]
+
+
+def check_device_id(device_id: str) -> None:
     if _DEVICE_ID.fullmatch(device_id) is None:
         raise InvalidMessage("bad_topic", "device id must match " + DEVICE_ID_PATTERN, "device_id")
-    return Topic(kind, device_id, parts[3])
 
 
 def telemetry_topic(kind: str, device_id: str, prefix: str = "citywatch") -> str:

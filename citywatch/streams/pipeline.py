@@ -24,7 +24,7 @@ from citywatch.detectors.record import DeviceRecord, RecordCodec, known
 from citywatch.detectors.registry import FAULT_RULES, build_rules
 from citywatch.errors import DeadLetterReason, InvalidMessage
 from citywatch.ingest.schemas import parse_status, parse_telemetry
-from citywatch.ingest.topics import parse_topic
+from citywatch.ingest.topics import check_device_id, split_topic
 from citywatch.model import DeadLetter, Device, Finding, Output, Reading
 
 DEAD_LETTER_PAYLOAD_LIMIT = 2048
@@ -109,8 +109,10 @@ class Pipeline:
         self.counters["received"] += 1
         device: Device | None = None
         try:
-            kind, device_id, channel = parse_topic(topic, self.prefix)
+            kind, device_id, channel = split_topic(topic, self.prefix)
             device = self.devices.get(device_id)
+            if device is None:
+                check_device_id(device_id)  # a registered id was checked when it was registered
             if len(payload) > self.max_payload:
                 raise InvalidMessage("payload_too_large", f"{len(payload)} bytes > {self.max_payload}")
             if device is None:
