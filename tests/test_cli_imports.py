@@ -58,8 +58,6 @@ def test_importing_the_cli_loads_no_command_module_and_nothing_heavy(tmp_path: P
     assert modules & lazy_modules == set()  # imported when a command is run or listed, not before
 
 
-@pytest.mark.xfail(strict=True, reason="until citywatch/streams/replay.py imports numpy, the settings and the "
-                                       "pipeline only where used (the change is in the issue 20 CLI report)")
 def test_generic_replay_through_the_cli_loads_nothing_heavy(tmp_path: Path) -> None:
     (tmp_path / "in.csv").write_text("timestamp,value\n" + "".join(f"{1790000000 + 60 * i},{i % 7}\n"
                                                                    for i in range(300)))

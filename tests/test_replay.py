@@ -93,10 +93,10 @@ def test_detector_state_round_trips_mid_stream() -> None:
 
 
 def test_timestamps_in_several_forms() -> None:
-    assert parse_timestamps(["1795000000", "1795000060.5"]).tolist() == [1795000000.0, 1795000060.5]
-    assert parse_timestamps(["1795000000000"]).tolist() == [1795000000.0]  # milliseconds
-    assert parse_timestamps(["2026-11-18 11:06:40", "2026-11-18T11:07:40"]).tolist() == [T0, T0 + 60]
-    assert parse_timestamps(["2026-11-18T19:06:40+08:00"]).tolist() == [T0]
+    assert parse_timestamps(["1795000000", "1795000060.5"]) == [1795000000.0, 1795000060.5]
+    assert parse_timestamps(["1795000000000"]) == [1795000000.0]  # milliseconds
+    assert parse_timestamps(["2026-11-18 11:06:40", "2026-11-18T11:07:40"]) == [T0, T0 + 60]
+    assert parse_timestamps(["2026-11-18T19:06:40+08:00"]) == [T0]
     with pytest.raises(ReplayError, match="row 2: bad timestamp"):
         parse_timestamps(["yesterday"])
 
