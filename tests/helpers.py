@@ -33,7 +33,8 @@ def make_pipeline(*devices: Device, started_at: float = T0, **overrides: Any) ->
 
 def stored(pipeline: Pipeline) -> dict[str, bytes]:
     """Every device record in its stored form, as a store would hand it to a restarted pipeline."""
-    return {device_id: pipeline.codec.encode(record) for device_id, record in pipeline.records.items()}
+    return {device_id: encoded for device_id in {*pipeline.records, *pipeline.stored}
+            if (encoded := pipeline.encode(device_id)) is not None}
 
 
 def rule_state(pipeline: Pipeline, device_id: str, rule: str) -> Any:

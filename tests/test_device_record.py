@@ -113,3 +113,28 @@ def test_a_rule_added_by_configuration_starts_fresh_and_the_others_keep_their_st
     assert generic.detector.to_state() == type(generic)().detector.to_state()
     slow = record.states[names.index("gas_slow_rise")]
     assert max(slow.baseline.n) > 0  # the learned baseline came along
+
+
+def test_stored_records_are_decoded_at_the_first_message_and_written_back_unchanged_before() -> None:
+    """A restart reads only the headers (the offline timers); the rest waits for the device."""
+    device = Device(id="g1", kind="gas", interval_s=60)
+    s = settings()
+    first = Pipeline(s, DictDevices({device.id: device}), AlertEngine(s.alerts), started_at=T0)
+    out = Output()
+    for i in range(3):
+        first.process("citywatch/gas/g1/telemetry", b'{"ts": %d, "seq": %d, "lel_pct": 1}' % (T0 + 60 * i, i),
+                      T0 + 60 * i, out)
+    stored_form = first.encode(device.id)
+    assert stored_form is not None
+    restarted = Pipeline(s, DictDevices({device.id: device}), AlertEngine(s.alerts), {device.id: stored_form},
+                         started_at=T0 + 130)
+    assert restarted.records == {} and restarted.encode(device.id) == stored_form
+    assert len(restarted.deadman) == 1  # armed from the stored header
+    silent = Output()
+    restarted.tick(T0 + 130 + 181, silent)  # silent past its timeout, counted from our own start
+    assert [t.alert.rule for t in silent.transitions] == ["device_offline"]
+    again = Output()
+    restarted.process("citywatch/gas/g1/telemetry", b'{"ts": %d, "seq": 2, "lel_pct": 1}' % (T0 + 120), T0 + 400,
+                      again)
+    assert [d.reason for d in again.dead_letters] == ["duplicate"]  # the seq window came back with the record
+    assert restarted.records[device.id].count == 3 and device.id not in restarted.stored

@@ -20,7 +20,7 @@ from citywatch.detectors.deadman import Deadman
 from citywatch.detectors.flooding import FLOODING_RULE, FloodWatch
 from citywatch.detectors.health import LAST_WILL, OFFLINE_RULE, offline_finding
 from citywatch.detectors.lifecycle import AlertEngine
-from citywatch.detectors.record import DeviceRecord, RecordCodec, known
+from citywatch.detectors.record import DeviceRecord, RecordCodec, stored_header
 from citywatch.detectors.registry import FAULT_RULES, build_rules
 from citywatch.errors import DeadLetterReason, InvalidMessage
 from citywatch.ingest.schemas import parse_status, parse_telemetry
@@ -64,7 +64,9 @@ class DeviceLookup(Protocol):
 
 class Pipeline:
     """Parse, validate, enrich, detect, fold into alerts. One record per device (`records`); `stored`
-    gives the records as a store kept them (any stored format: record.py migrates older ones)."""
+    gives the records as a store kept them (any stored format: record.py migrates older ones). A
+    stored record is decoded at the device's first message, so a restart (a Faust worker taking
+    partitions over) reads only the headers the offline timers need."""
 
     def __init__(
         self,
@@ -82,6 +84,7 @@ class Pipeline:
         self.rules = rules if rules is not None else build_rules(settings)
         self.codec = RecordCodec(self.rules)
         self.records: dict[str, DeviceRecord] = {}
+        self.stored: dict[str, Any] = {}  # device -> stored record not decoded yet
         self.prefix = settings.mqtt.topic_prefix
         self.max_payload = settings.ingest.max_payload_bytes
         self.max_skew = settings.ingest.max_future_skew_s
@@ -92,13 +95,13 @@ class Pipeline:
         self.counters: Counter[str] = Counter()
         self.deadman = Deadman(grace_from=started_at)
         for device_id, raw in (stored or {}).items():
-            device = devices.get(device_id)
-            if device is None:
+            if devices.get(device_id) is None:
                 continue  # removed from the registry: its record goes with it
-            record = self.records[device_id] = self.codec.decode(raw, device.kind)
-            seen = max(record.seen if known(record.seen) else 0.0, record.online_at)
-            timeout = record.timeout
-            if seen > 0.0 and known(timeout) and not self.alerts.is_open(device_id, OFFLINE_RULE):
+            self.stored[device_id] = raw
+            header = stored_header(raw)
+            seen = max(header["seen"] or 0.0, header["online_at"] or 0.0)
+            timeout = header["timeout"]
+            if seen > 0.0 and timeout is not None and not self.alerts.is_open(device_id, OFFLINE_RULE):
                 self.deadman.seen(device_id, timeout, seen)
 
     # -- messages ---------------------------------------------------------------------------
@@ -152,7 +155,9 @@ class Pipeline:
         """The device's record, a fresh one for a device never seen."""
         record = self.records.get(device.id)
         if record is None:
-            record = self.records[device.id] = self.codec.fresh(device.kind)
+            raw = self.stored.pop(device.id, None)
+            record = self.codec.fresh(device.kind) if raw is None else self.codec.decode(raw, device.kind)
+            self.records[device.id] = record
         return record
 
     def _reading(self, reading: Reading, device: Device, out: Output) -> float:
@@ -275,7 +280,15 @@ class Pipeline:
     def encode(self, device_id: str) -> bytes | None:
         """The device's record in its stored form (None: no record)."""
         record = self.records.get(device_id)
-        return self.codec.encode(record) if record is not None else None
+        if record is not None:
+            return self.codec.encode(record)
+        raw = self.stored.get(device_id)
+        if raw is None:
+            return None
+        if isinstance(raw, bytes):
+            return raw  # not decoded yet: as it was stored
+        device = self.devices.get(device_id)  # an older format: migrated when written back
+        return self.codec.encode(self.record(device)) if device is not None else None
 
 
 Clock = Callable[[], float]
