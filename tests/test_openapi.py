@@ -20,7 +20,7 @@ from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from citywatch.apitoken import api_token
 from citywatch.devices.registry import Registry, registry_path
 from citywatch.model import Device
-from citywatch.openapi import NOT_DESCRIBED, OPERATIONS, document
+from citywatch.openapi import NOT_DESCRIBED, OPERATIONS, document, served
 from tests.conftest import RunnerThread, make_settings, wait_until
 from tests.helpers import payload
 from tests.mqtt_tools import publish_all
@@ -56,24 +56,14 @@ def http(method: str, url: str, token: str | None = None, body: Any = None) -> t
 
 def routes_of(run: RunnerThread) -> tuple[set[tuple[str, str]], set[str]]:
     """(method, path) of every route of the app `citywatch run` serves, and the sub-apps' prefixes."""
-    from aiohttp import web
-
     from citywatch.api import make_app
     from citywatch.people.api import ACCESS_KEY
 
     app = run.call(lambda: make_app(run.runner, "unused"))  # type: ignore[arg-type]
     try:
-        routes, prefixes = set(), set()
-        for resource in app.router.resources():
-            if isinstance(resource, web.PrefixedSubAppResource):
-                prefixes.add(resource.canonical)
-                continue
-            for route in resource:
-                if route.method not in ("HEAD", "OPTIONS"):
-                    routes.add((route.method, resource.canonical))
+        return served(app)
     finally:
         app[ACCESS_KEY].users.close()
-    return routes, prefixes
 
 
 def test_every_route_is_described_and_every_description_is_a_route(run: RunnerThread) -> None:
