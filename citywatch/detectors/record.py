@@ -140,7 +140,7 @@ class RecordCodec:
     def decode(self, stored: bytes | Mapping[str, Any], kind: str) -> DeviceRecord:
         """The record from its stored form, for a device of `kind` (the registry's word: a stored
         record of another kind, as after re-registration, starts fresh)."""
-        data = _decode(stored) if isinstance(stored, bytes | bytearray | memoryview) else stored
+        data = _plain(stored)
         record = self.fresh(kind)
         if isinstance(data, Mapping):
             self._from_v1(record, data)
@@ -176,6 +176,11 @@ class RecordCodec:
                 state.restore([found])
 
 
+def _plain(stored: bytes | Mapping[str, Any]) -> Any:
+    """A stored record as plain data: msgpack decoded; format 1 may come as a dict already (Faust)."""
+    return _decode(stored) if isinstance(stored, bytes | bytearray | memoryview) else stored
+
+
 def _number(value: Any) -> float:
     return UNSET if value is None else float(value)
 
@@ -186,7 +191,7 @@ HEADER = ("ts", "seq", "seqmask", "count", "seen", "timeout", "online_at")
 def stored_header(stored: bytes | Mapping[str, Any]) -> dict[str, Any]:
     """The pipeline's own facts (HEADER, None where unknown) from a stored record of any format,
     read without the rules: reports, `devices check` and tests read them."""
-    data = _decode(stored) if isinstance(stored, bytes | bytearray | memoryview) else stored
+    data = _plain(stored)
     if isinstance(data, Mapping):
         return {name: data.get(name) for name in HEADER}
     if isinstance(data, list) and len(data) >= 10:
