@@ -90,8 +90,13 @@ def test_a_record_round_trips_and_a_reregistered_device_starts_fresh() -> None:
 
 def test_an_unknown_stored_format_is_refused_with_its_number() -> None:
     codec = RecordCodec(build_rules(settings()))
+    newer = msgspec.msgpack.encode([3, "gas"] + [None] * 8)
     with pytest.raises(ValueError, match="format 3"):
-        codec.decode(msgspec.msgpack.encode([3, "gas"] + [None] * 8), "gas")
+        codec.decode(newer, "gas")
+    device = Device(id="g1", kind="gas")
+    s = settings()
+    with pytest.raises(ValueError, match="format 3"):  # at start, not at the device's first message
+        Pipeline(s, DictDevices({device.id: device}), AlertEngine(s.alerts), {device.id: newer})
 
 
 def test_rules_of_a_kind_must_have_distinct_names() -> None:

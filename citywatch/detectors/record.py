@@ -189,14 +189,15 @@ HEADER = ("ts", "seq", "seqmask", "count", "seen", "timeout", "online_at")
 
 
 def stored_header(stored: bytes | Mapping[str, Any]) -> dict[str, Any]:
-    """The pipeline's own facts (HEADER, None where unknown) from a stored record of any format,
-    read without the rules: reports, `devices check` and tests read them."""
+    """The pipeline's own facts (HEADER, None where unknown) from a stored record of any known
+    format, read without the rules: reports, `devices check` and tests read them. An unknown
+    format (a newer release's) raises ValueError, as decoding it would: a restart refuses it at once."""
     data = _plain(stored)
     if isinstance(data, Mapping):
         return {name: data.get(name) for name in HEADER}
-    if isinstance(data, list) and len(data) >= 10:
+    if isinstance(data, list) and len(data) >= 10 and data[0] == FORMAT:
         return dict(zip(HEADER, data[2:9], strict=True))
-    return dict.fromkeys(HEADER)
+    raise ValueError(f"unknown stored device record (format {data[0] if isinstance(data, list) else '?'})")
 
 
 def stored_seen(stored: bytes | Mapping[str, Any]) -> float | None:
