@@ -9,33 +9,20 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from setuptools import setup
 
 # Modules on the per-message path. They hold no msgspec Structs or pydantic models (mypyc would
 # compile those classes without their class keywords): those live in model.py, schemas.py, config.py.
+# The detectors are all on it (a new kind's rule module too, citywatch/kinds/), except these, which run
+# at start or on a timer, or hold pydantic models.
+HERE = Path(__file__).parent
+NOT_HOT = {"__init__.py", "flooding.py", "plausibility.py", "registry.py", "settings.py", "kindrules.py"}
 HOT_PATH = [
     "citywatch/streams/pipeline.py",
     "citywatch/ingest/topics.py",
-    "citywatch/detectors/record.py",
-    "citywatch/detectors/base.py",
-    "citywatch/detectors/baseline.py",
-    "citywatch/detectors/lifecycle.py",
-    "citywatch/detectors/deadman.py",
-    "citywatch/detectors/health.py",
-    "citywatch/detectors/gas.py",
-    "citywatch/detectors/noise.py",
-    "citywatch/detectors/water.py",
-    "citywatch/detectors/parking.py",
-    "citywatch/detectors/lock.py",
-    "citywatch/detectors/smoke.py",
-    "citywatch/detectors/faults.py",
-    "citywatch/detectors/anomaly.py",
-    "citywatch/detectors/occupancy.py",
-    "citywatch/detectors/access.py",
-    "citywatch/detectors/reporting.py",
-    "citywatch/detectors/generic.py",
-    "citywatch/detectors/generic_rule.py",
+    *sorted(str(p.relative_to(HERE)) for p in (HERE / "citywatch/detectors").glob("*.py") if p.name not in NOT_HOT),
 ]
 
 

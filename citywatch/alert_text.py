@@ -24,37 +24,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from citywatch.i18n import N_, Translator
+from citywatch.kinds import specs
 from citywatch.labels import NP_
 
-# key -> English template. The key is the rule, or rule.variant where a rule says different things.
+# key -> English template, for the rules every kind has; each kind adds its own (KindSpec.messages).
+# The key is the rule, or rule.variant where a rule says different things.
 TEMPLATES: dict[str, str] = {
-    "gas_level": N_("combustible gas at {value}% LEL (level-{level} alarm at {threshold}%)"),
-    "gas_slow_rise": N_("gas rising below the alarm level: {value}% LEL, {excess} above this detector's "
-                        "normal for the hour"),
-    "noise_limit": N_("LAeq {value} dB(A) over the {period} limit {threshold} dB(A)"),
-    "noise_night_burst": N_("night burst LAmax {value} dB(A) over {threshold} dB(A)"),
-    "noise_unusual_night": N_("LAeq {value} dB(A) at night: far above this street's normal for the hour, "
-                              "under the limit {limit} dB(A)"),
-    "water_depth": N_("{level} waterlogging: {value} cm (from {threshold} cm)"),
-    "water_fast_rise": N_("water rising fast: {value} cm, up {rate} cm per 10 min"),
-    "parking_overstay": N_("bay occupied for {value} min (allowed {threshold} min)"),
-    "parking_forbidden": N_("vehicle in a no-parking bay or fire lane"),
-    "parking_stuck": N_("sensor fault: parking sensor reported {state} without a change for {hours} h, "
-                        "unusual for this bay"),
-    "parking_flapping": N_("sensor fault: parking sensor flapping, {changes} changes within {minutes} min"),
-    "lock_forced_open": N_("door forced open"),
-    "lock_tamper": N_("lock tampered with (escutcheon removed)"),
-    "lock_jammed": N_("lock jammed"),
-    "lock_door_ajar": N_("door left open"),
-    "lock_brute_force": N_("{count} failed unlocks within {window} s"),
-    "lock_many_users": N_("{count} distinct users within {days} days for {tenants} registered tenants"),
-    "lock_unusual_hour": N_("door opened at {hour}:00-{hour}:59, an unusual hour for this door "
-                            "({share}% of its unlocks)"),
-    "lock_unusual_failures": N_("{count} failed unlocks this hour, far above this door's normal"),
-    "smoke_alarm": N_("smoke alarm sounding"),
-    "smoke_alarm.level": N_("smoke at {value} %/m (alarm from {threshold} %/m)"),
-    "smoke_rising": N_("smoke building up: {value} %/m (pre-alarm from {threshold} %/m)"),
-    "smoke_tamper": N_("smoke alarm tampered with (removed from its base or opened)"),
     "generic_anomaly": N_("unusual {field} for this device: {value} (anomaly score {score}, alerting at 0.50)"),
     "battery_low": N_("battery at {value}%"),
     "battery_low.lock": N_("{kind} reports low battery"),
@@ -68,19 +43,16 @@ TEMPLATES: dict[str, str] = {
     "sensor_jump": N_("sensor fault suspected: {field} jumped from {last} to {value}, more than the {allowed} "
                       "physically plausible"),
     "sensor_stuck": N_("sensor fault suspected: {field} stuck at {value} for {readings} readings ({minutes} min)"),
+    **{key: template for kind in specs().values() for key, template in kind.messages.items()},
 }
 
 # Fields whose values are words: (pgettext context, the words).
 _WORDS: dict[str, tuple[str, frozenset[str]]] = {
-    "period": ("noise period", frozenset({NP_("noise period", "day"), NP_("noise period", "night")})),
-    "level": ("water level", frozenset({NP_("water level", "light"), NP_("water level", "moderate"),
-                                        NP_("water level", "severe")})),
-    "state": ("parking state", frozenset({NP_("parking state", "occupied"), NP_("parking state", "free")})),
-    "field": ("reading field", frozenset({NP_("reading field", "lel_pct"), NP_("reading field", "co_ppm"),
-                                          NP_("reading field", "laeq_db"), NP_("reading field", "lamax_db"),
-                                          NP_("reading field", "depth_cm"), NP_("reading field", "battery"),
-                                          NP_("reading field", "obscuration_pct_per_m")})),
-    "kind": ("kind", frozenset({NP_("kind", "lock"), NP_("kind", "smoke")})),
+    # the fields a sensor-fault message names: every kind's numeric payload fields, and battery
+    "field": ("reading field", frozenset({NP_("reading field", "battery")} | {
+        f.name for kind in specs().values() for f in kind.payload if f.type is float})),
+    "kind": ("kind", frozenset(kind.label for kind in specs().values())),
+    **{name: words for kind in specs().values() for name, words in kind.words.items()},
 }
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 

@@ -11,11 +11,19 @@ import copy
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_core.core_schema import ValidationInfo
 from pydantic_settings import (
     BaseSettings,
@@ -23,16 +31,17 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from citywatch.detectors.settings import LearnedRules
+from citywatch.detectors.settings import LearnedRules, LearnedType
 from citywatch.errors import ConfigError
 from citywatch.ingest.topics import TOPIC_PREFIX_PATTERN, valid_topic_prefix
-from citywatch.model import SAFETY_RULES
+from citywatch.kinds import specs
+from citywatch.section import Section, below
+
+S = TypeVar("S", bound=BaseModel)
+# Life-safety rules (fail safe): a reading at the level opens the alert at once; nothing holds it back.
+SAFETY_RULES: frozenset[str] = frozenset().union(*(kind.safety_rules for kind in specs().values()))
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class MqttSettings(Section):
@@ -299,7 +308,7 @@ class RulePolicy(Section):
 
     `safety: true` makes a rule life-safety (fail safe): its alert opens at the first reading at
     the level, whatever the hold settings, and a suspected sensor fault only annotates it. The
-    built-in safety rules (model.SAFETY_RULES) cannot be demoted."""
+    built-in safety rules (SAFETY_RULES, from each kind's declaration) cannot be demoted."""
 
     hold_readings: int = Field(1, ge=1)
     hold_s: float = Field(0.0, ge=0)
@@ -413,8 +422,7 @@ class IncidentSettings(Section):
     # hazard group -> rule names or fnmatch patterns; an exact name beats a pattern, then the first
     # group listing a matching pattern wins; a rule no group names is a group of its own (its name)
     groups: dict[str, list[str]] = {
-        "gas": ["gas_*"], "water": ["water_*"], "noise": ["noise_*"], "parking": ["parking_*"],
-        "security": ["lock_*"], "fire": ["smoke_*"],
+        **{kind.hazard_group[0]: list(kind.hazard_group[1]) for kind in specs().values() if kind.hazard_group[0]},
         "device_health": ["device_offline", "device_flooding", "battery_*", "sensor_*", "reporting_interval"],
     }
 
@@ -457,90 +465,6 @@ class ConsoleSettings(Section):
     map_points: int = Field(5000, ge=100)  # devices without an open alert drawn on the map at most (sampled)
 
 
-def _below(section: str, low_name: str, info: ValidationInfo, high_name: str, high: float) -> None:
-    """Cross-field check (fields validate in order, so the lower one is already in info.data)."""
-    low = info.data.get(low_name)
-    if low is not None and not low < high:
-        raise ValueError(f"{section}.{low_name} ({low:g}) must be below {section}.{high_name} ({high:g})")
-
-
-class GasRules(Section):
-    level1_pct: float = Field(25.0, gt=0, le=100)
-    level2_pct: float = Field(50.0, gt=0, le=100, validate_default=True)  # checked against the field above
-    hysteresis_pct: float = Field(5.0, ge=0)
-
-    @field_validator("level2_pct")
-    @classmethod
-    def _levels_rise(cls, value: float, info: ValidationInfo) -> float:
-        _below("rules.gas", "level1_pct", info, "level2_pct", value)
-        return value
-
-
-class NoiseRules(Section):
-    # GB 3096-2008 limits by functional zone class: [day, night] dB(A)
-    limits: dict[str, tuple[float, float]] = {
-        "0": (50, 40), "1": (55, 45), "2": (60, 50), "3": (65, 55), "4a": (70, 55), "4b": (70, 60),
-    }
-    default_zone_class: str = "2"
-    day_start_hour: int = Field(6, ge=0, le=23)
-    night_start_hour: int = Field(22, ge=0, le=23, validate_default=True)  # checked against the field above
-    hysteresis_db: float = Field(3.0, ge=0)
-    night_burst_db: float = Field(15.0, ge=0)
-
-    @field_validator("night_start_hour")
-    @classmethod
-    def _day_and_night(cls, value: int, info: ValidationInfo) -> int:
-        day = info.data.get("day_start_hour")
-        if day == value:
-            raise ValueError(f"rules.noise.day_start_hour ({day}) must differ from rules.noise.night_start_hour "
-                             f"({value}): otherwise there is no day or no night")
-        return value
-
-
-class WaterRules(Section):
-    light_cm: float = Field(3.0, ge=0)
-    moderate_cm: float = Field(10.0, ge=0, validate_default=True)  # checked against the field above
-    severe_cm: float = Field(25.0, ge=0, validate_default=True)  # checked against the field above
-    hysteresis_cm: float = Field(1.0, ge=0)
-
-    @field_validator("moderate_cm")
-    @classmethod
-    def _moderate_above_light(cls, value: float, info: ValidationInfo) -> float:
-        _below("rules.water", "light_cm", info, "moderate_cm", value)
-        return value
-
-    @field_validator("severe_cm")
-    @classmethod
-    def _severe_above_moderate(cls, value: float, info: ValidationInfo) -> float:
-        _below("rules.water", "moderate_cm", info, "severe_cm", value)
-        return value
-
-
-class SmokeRules(Section):
-    """Residential smoke alarms (rented housing). Obscuration in % per metre; a photoelectric alarm
-    sounds at about 2-4 %/m (GB 20517-2006 / EN 14604 response range): `alarm_pct_per_m` opens
-    smoke_alarm from the reading alone, whatever the device's own alarm flag says."""
-
-    pre_alarm_pct_per_m: float = Field(1.5, gt=0)
-    alarm_pct_per_m: float = Field(4.0, gt=0, validate_default=True)  # checked against the field above
-    hysteresis_pct_per_m: float = Field(0.3, ge=0)
-
-    @field_validator("alarm_pct_per_m")
-    @classmethod
-    def _alarm_above_pre_alarm(cls, value: float, info: ValidationInfo) -> float:
-        _below("rules.smoke", "pre_alarm_pct_per_m", info, "alarm_pct_per_m", value)
-        return value
-
-
-class ParkingRules(Section):
-    max_stay_min: float = Field(120.0, gt=0)
-
-
-class LockRules(Section):
-    fail_count: int = Field(5, ge=2)
-    fail_window_s: float = Field(300.0, gt=0)
-
-
 class HealthRules(Section):
     battery_low_pct: float = Field(15.0, ge=0, le=100)
     battery_clear_pct: float = Field(20.0, ge=0, le=100, validate_default=True)  # checked against the field above
@@ -549,7 +473,7 @@ class HealthRules(Section):
     @field_validator("battery_clear_pct")
     @classmethod
     def _clears_above_low(cls, value: float, info: ValidationInfo) -> float:
-        _below("rules.health", "battery_low_pct", info, "battery_clear_pct", value)
+        below("rules.health", "battery_low_pct", info, "battery_clear_pct", value)
         return value
 
 
@@ -558,7 +482,10 @@ class PlausibilityRules(Section):
     (`sensor_jump`), reported beside any alarm on the same reading and never instead of it. A kind
     without a limit (noise: a pile driver starts within a second) has no jump fault."""
 
-    max_step_per_min: dict[str, float] = {"gas": 40.0, "water": 50.0}
+    # default: each kind's declared limit (citywatch/kinds/<kind>.py, Measure.max_step_per_min)
+    max_step_per_min: dict[str, float] = Field(default_factory=lambda: {
+        name: kind.measure.max_step_per_min for name, kind in specs().items()
+        if kind.measure is not None and kind.measure.max_step_per_min is not None})
     min_elapsed_s: float = Field(60.0, gt=0)  # a step is judged over at least this long (sensor response)
     jump_clear_after: int = Field(10, ge=1)  # plausible readings in a row that clear a sensor_jump alert
 
@@ -611,16 +538,30 @@ class RetentionSettings(Section):
     audit: AuditRetention = AuditRetention()
 
 
-class RuleSettings(Section):
-    learned: LearnedRules = LearnedRules()
+class RuleSettingsBase(Section):
+    """`rules`: the sections every kind shares; RuleSettings adds one `rules.<kind>` section per kind
+    that declares settings (citywatch/kinds/<kind>.py)."""
+
+    learned: LearnedType = LearnedRules()
     plausibility: PlausibilityRules = PlausibilityRules()
-    gas: GasRules = GasRules()
-    noise: NoiseRules = NoiseRules()
-    water: WaterRules = WaterRules()
-    parking: ParkingRules = ParkingRules()
-    lock: LockRules = LockRules()
-    smoke: SmokeRules = SmokeRules()
     health: HealthRules = HealthRules()
+
+    def section(self, cls: type[S]) -> S:
+        """The `rules.<kind>` section of type `cls`, typed (a kind's rules and tools read theirs so)."""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, cls):
+                return value
+        raise KeyError(f"no rules section of type {cls.__name__}")
+
+
+RuleSettings: type[RuleSettingsBase] = create_model(  # type: ignore[call-overload]
+    "RuleSettings", __base__=RuleSettingsBase, __module__=__name__,
+    **{name: (kind.settings, kind.settings()) for name, kind in specs().items() if kind.settings is not None})
+if TYPE_CHECKING:
+    RulesType = RuleSettingsBase
+else:
+    RulesType = RuleSettings
 
 
 class Settings(BaseSettings):
@@ -642,7 +583,7 @@ class Settings(BaseSettings):
     influx: InfluxSettings = InfluxSettings()
     api: ApiSettings = ApiSettings()
     alerts: AlertSettings = AlertSettings()
-    rules: RuleSettings = RuleSettings()
+    rules: RulesType = RuleSettings()
     kafka: KafkaSettings = KafkaSettings()
     retention: RetentionSettings = RetentionSettings()
     incidents: IncidentSettings = IncidentSettings()

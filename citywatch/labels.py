@@ -8,13 +8,10 @@ An unknown code (a rule added later, a custom one) is shown as itself.
 
 from __future__ import annotations
 
+import functools
+
+from citywatch.i18n import NP_ as NP_  # re-exported: the marker the tables here use
 from citywatch.i18n import Translator
-
-
-def NP_(context: str, msgid: str) -> str:  # noqa: N802 (gettext convention; extracted as NP_:1c,2)
-    """Mark (context, message id) for extraction; returns the id unchanged."""
-    return msgid
-
 
 _TABLES: dict[str, frozenset[str]] = {}
 
@@ -29,25 +26,18 @@ _table("alert status",
        NP_("alert status", "verification_overdue"), NP_("alert status", "resolved"),
        NP_("alert status", "closed"))
 _table("severity", NP_("severity", "info"), NP_("severity", "warning"), NP_("severity", "critical"))
-_table("kind", NP_("kind", "gas"), NP_("kind", "noise"), NP_("kind", "water"), NP_("kind", "parking"),
-       NP_("kind", "lock"), NP_("kind", "smoke"))
+_table("kind")  # each kind names itself (KindSpec.label)
 _table("transition",
        NP_("transition", "opened"), NP_("transition", "updated"), NP_("transition", "flapping"),
        NP_("transition", "acknowledged"), NP_("transition", "escalated"), NP_("transition", "resolved"),
        NP_("transition", "assigned"), NP_("transition", "on_site"), NP_("transition", "rectified"),
        NP_("transition", "rejected"), NP_("transition", "verifying"), NP_("transition", "reopened"),
        NP_("transition", "verification_overdue"), NP_("transition", "closed"))
+# The rules every kind has; each kind adds its own (KindSpec.rule_labels).
 _table("rule",
-       NP_("rule", "gas_level"), NP_("rule", "noise_limit"), NP_("rule", "noise_night_burst"),
-       NP_("rule", "water_depth"), NP_("rule", "parking_overstay"), NP_("rule", "parking_forbidden"),
-       NP_("rule", "lock_forced_open"), NP_("rule", "lock_tamper"), NP_("rule", "lock_brute_force"),
-       NP_("rule", "lock_door_ajar"), NP_("rule", "lock_jammed"), NP_("rule", "battery_low"),
-       NP_("rule", "device_offline"), NP_("rule", "device_flooding"), NP_("rule", "sensor_jump"),
-       NP_("rule", "sensor_stuck"), NP_("rule", "gas_slow_rise"), NP_("rule", "noise_unusual_night"),
-       NP_("rule", "water_fast_rise"), NP_("rule", "parking_stuck"), NP_("rule", "parking_flapping"),
-       NP_("rule", "lock_many_users"), NP_("rule", "lock_unusual_hour"), NP_("rule", "lock_unusual_failures"),
-       NP_("rule", "reporting_interval"), NP_("rule", "battery_drain"), NP_("rule", "smoke_alarm"),
-       NP_("rule", "smoke_rising"), NP_("rule", "smoke_tamper"), NP_("rule", "generic_anomaly"))
+       NP_("rule", "battery_low"), NP_("rule", "device_offline"), NP_("rule", "device_flooding"),
+       NP_("rule", "sensor_jump"), NP_("rule", "sensor_stuck"), NP_("rule", "reporting_interval"),
+       NP_("rule", "battery_drain"), NP_("rule", "generic_anomaly"))
 _table("dead letter reason",
        NP_("dead letter reason", "malformed_json"), NP_("dead letter reason", "not_an_object"),
        NP_("dead letter reason", "missing_field"), NP_("dead letter reason", "wrong_type"),
@@ -88,15 +78,26 @@ _table("incident status", NP_("incident status", "open"), NP_("incident status",
 CONTEXTS: tuple[str, ...] = tuple(_TABLES)
 
 
+@functools.cache
+def _tables() -> dict[str, frozenset[str]]:
+    """The tables with each kind's own entries (read at first use: the kinds' modules mark their
+    names with NP_ from here)."""
+    from citywatch.kinds import specs
+
+    kinds = specs().values()
+    return {**_TABLES, "kind": frozenset(k.label for k in kinds),
+            "rule": _TABLES["rule"] | {rule for k in kinds for rule in k.rule_labels}}
+
+
 def label(t: Translator, context: str, code: str | None) -> str:
     """The human name of `code` in `context` (one of CONTEXTS); an unknown code as itself, None as "-"."""
     if code is None or code == "":
         return "-"
-    if code in _TABLES.get(context, ()):
+    if code in _tables().get(context, ()):
         return t.pgettext(context, code)
     return code
 
 
 def codes(context: str) -> frozenset[str]:
     """The codes a context knows (tests: every one has a label)."""
-    return _TABLES[context]
+    return _tables()[context]

@@ -14,10 +14,6 @@ from citywatch.kinds import KINDS as KINDS  # re-exported: the kinds live where 
 
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
-# Life-safety rules (fail safe): a reading at the level opens the alert at once; nothing holds it back.
-SAFETY_RULES: frozenset[str] = frozenset({"gas_level", "water_depth", "lock_forced_open", "lock_tamper",
-                                          "lock_brute_force", "smoke_alarm", "smoke_tamper"})
-
 Value = float | int | bool | str | None
 
 

@@ -39,6 +39,9 @@ from citywatch.dashboards import queries as q
 from citywatch.detectors.record import stored_seen
 from citywatch.errors import CitywatchError
 from citywatch.i18n import N_, Translator, local_time, translator
+from citywatch.kinds.gas import GasRules
+from citywatch.kinds.noise import NoiseRules
+from citywatch.kinds.water import WaterRules
 from citywatch.labels import label as code_label
 from citywatch.loop import kpis
 from citywatch.model import KINDS, SEVERITY_RANK, Alert, Device, Transition
@@ -576,14 +579,14 @@ def _sensor_section(data: ReportData, settings: Settings, tz: ZoneInfo, tr: Tran
         return [f'<p class="note">{_e(data.note(tr))}</p>'] if data.influx_note else []
     s, e = data.start, data.end
     parts = []
-    gas = rules.gas
+    gas = rules.section(GasRules)
     parts.append("<h3>" + _e(_("Gas: highest %LEL by district")) + "</h3>")
     gas_lines = [(gas.level1_pct, _("level 1 ({limit}%)", limit=_n(gas.level1_pct)), "#f59e0b"),
                  (gas.level2_pct, _("level 2 ({limit}%)", limit=_n(gas.level2_pct)), "#dc2626")]
     parts.append(line_chart("chart-gas", _("Gas %LEL by district"), _series(rows["gas"], "lel_pct", "district"), s, e,
                             tz, "%LEL", gas_lines, y_min=0, tr=tr))
     by_zone = _series(rows["noise"], "laeq_db", "zone")
-    limits = rules.noise.limits
+    limits = rules.section(NoiseRules).limits
     noise, noise_lines = {}, []
     for zone in sorted(by_zone):
         name = _("zone {zone}", zone=zone)
@@ -595,7 +598,7 @@ def _sensor_section(data: ReportData, settings: Settings, tz: ZoneInfo, tr: Tran
     heading = _("Noise: loudest LAeq by zone class, with each zone's day and night limits")
     parts.append(f"<h3>{_e(heading)}</h3>")
     parts.append(line_chart("chart-noise", _("Noise LAeq by zone class"), noise, s, e, tz, "dB(A)", noise_lines, tr=tr))
-    water = rules.water
+    water = rules.section(WaterRules)
     parts.append("<h3>" + _e(_("Water: deepest ponding by district")) + "</h3>")
     parts.append(line_chart("chart-water", _("Water depth by district"), _series(rows["water"], "depth_cm", "district"),
                             s, e, tz, _("cm"), [(water.light_cm, tr.pgettext("water level", "light"), "#ca8a04"),

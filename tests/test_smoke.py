@@ -15,7 +15,8 @@ import pytest
 from citywatch.config import RuleSettings, load_settings
 from citywatch.devices.attributes import check_threshold_order
 from citywatch.errors import ConfigError, DeviceError
-from citywatch.model import SAFETY_RULES, Device, Output
+from citywatch.config import SAFETY_RULES
+from citywatch.model import Device, Output
 from citywatch.streams.pipeline import Pipeline
 from tests.helpers import T0, feed, make_pipeline, payload
 from tests.runner_process import ROOT

@@ -24,12 +24,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from citywatch.ingest.schemas import LOCK_EVENTS
+from citywatch.kinds import specs
 from citywatch.model import TERMINAL_STATUSES
 
 # The value a chart shows for each kind (the field the kind's main rule reads).
-MAIN_FIELD: dict[str, str] = {"gas": "lel_pct", "noise": "laeq_db", "water": "depth_cm", "parking": "occupied",
-                              "lock": "event", "smoke": "obscuration_pct_per_m"}
-UNITS: dict[str, str] = {"gas": "% LEL", "noise": "dB(A)", "water": "cm", "parking": "", "lock": "", "smoke": "%/m"}
+MAIN_FIELD: dict[str, str] = {name: kind.chart_field for name, kind in specs().items()}
+UNITS: dict[str, str] = {name: kind.chart_unit for name, kind in specs().items()}
 _LOCK_CODE = {event: float(i) for i, event in enumerate(LOCK_EVENTS)}
 
 Point = tuple[float, float]  # (event time, value)

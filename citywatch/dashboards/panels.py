@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from grafana_foundation_sdk.builders import barchart, bargauge, geomap
+from grafana_foundation_sdk.builders import barchart, geomap
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import geomap as gm
 
-from citywatch.config import AlertSettings, GasRules, NoiseRules, SmokeRules, WaterRules
+from citywatch.config import AlertSettings
 from citywatch.dashboards import queries as q
 from citywatch.dashboards.loop_figures import loop_row
 from citywatch.dashboards.silences_panel import silences_panel
@@ -39,16 +39,16 @@ from citywatch.dashboards.widgets import (
     override,
     stat_panel,
     table_panel,
-    threshold_steps,
     thresholds_json,
     timeseries_panel,
 )
+from citywatch.kinds import specs
 
 REVIEW_S = AlertSettings().review_deadline_h * 3600.0
 RESPONSE_S = AlertSettings().response_deadline_h * 3600.0
 MAP_CENTRE = (30.76, 120.75)  # Jiaxing
 SEVERITY_COLOURS = {"info": "blue", "warning": "orange", "critical": "red"}
-def _ratio(left: str, right: str, alias: str) -> list[dm.DataTransformerConfig]:
+def ratio(left: str, right: str, alias: str) -> list[dm.DataTransformerConfig]:
     """Join two single-column queries on time and divide them (InfluxQL cannot join)."""
     return [
         dm.DataTransformerConfig(id_val="joinByField", options={"mode": "outer"}),  # on the first time field
@@ -147,8 +147,8 @@ def city_operations() -> DashboardSpec:
         _open_alerts(),
         silences_panel(),
     ])
-    ack_share = _ratio("ack_within", "ack_total", "acknowledged within deadline")
-    res_share = _ratio("resolve_within", "resolve_total", "resolved within deadline")
+    ack_share = ratio("ack_within", "ack_total", "acknowledged within deadline")
+    res_share = ratio("resolve_within", "resolve_total", "resolved within deadline")
     loop = RowSpec("Closed loop", [
         PanelSpec(stat_panel("Time to acknowledge", "Median and 90th percentile of alert age at acknowledgement.", "s",
                         fields="/_(median|p90)_s$/"), [q.response_times("acknowledged", "acknowledge")], 6, 5),
@@ -182,75 +182,9 @@ def city_operations() -> DashboardSpec:
 
 # -- Sensors by kind ------------------------------------------------------------------------------
 
-def _noise() -> PanelSpec:
-    rules = NoiseRules()
-    panel = timeseries_panel("Noise LAeq by zone class", "Loudest LAeq per functional zone class; dashed lines: the "
-                        "zone's night (orange) and day (red) limits, GB 3096-2008.", "dB")
-    for zone, (day, night) in sorted(rules.limits.items()):
-        panel = panel.override_by_name(f"zone {zone}", override(
-            thresholds=thresholds_json((None, "green"), (night, "orange"), (day, "red")),
-            custom__thresholdsStyle={"mode": "dashed"}))
-    return PanelSpec(panel, [q.noise_by_zone()], 16, 8)
-
-
 def sensors() -> DashboardSpec:
-    gas, water, smoke = GasRules(), WaterRules(), SmokeRules()
-    rows = [
-        RowSpec("Gas", [
-            PanelSpec(timeseries_panel("Gas %LEL by district", f"Highest %LEL per district; level-1 alarm at "
-                                  f"{gas.level1_pct:g}%, level-2 at {gas.level2_pct:g}% (GB/T 50493-2019).",
-                                  "percent", ((None, "green"), (gas.level1_pct, "orange"), (gas.level2_pct, "red"))),
-                      [q.gas_by_district()], 16, 8),
-            PanelSpec(bargauge.Panel().title("Highest gas readings").description("Top devices by %LEL in the range.")
-                      .unit("percent").min(0).max(100)
-                      .thresholds(threshold_steps((None, "green"), (gas.level1_pct, "orange"), (gas.level2_pct, "red")))
-                      .orientation(cm.VizOrientation.HORIZONTAL).display_mode(cm.BarGaugeDisplayMode.BASIC)
-                      .reduce_options(cb.ReduceDataOptions().values(True).calcs([]).fields("/^lel_pct$/")),
-                      [q.gas_top_devices()], 8, 8),
-        ]),
-        RowSpec("Noise", [
-            _noise(),
-            PanelSpec(table_panel("Noise exceedances", "LAeq (or LAmax for night bursts) against the limit in force "
-                             "when the alert opened or rose.", "over_db")
-                      .override_by_name("over_db", override(unit="dB", thresholds=thresholds_json(
-                          (None, "orange"), (10, "red")), custom__cellOptions={"type": "color-text"})),
-                      [q.noise_exceedances()], 8, 8),
-        ]),
-        RowSpec("Water", [
-            PanelSpec(timeseries_panel("Water depth by district", f"Deepest ponding per district: light from "
-                                  f"{water.light_cm:g} cm, moderate {water.moderate_cm:g}, severe {water.severe_cm:g}.",
-                                  "suffix: cm",
-                                  ((None, "green"), (water.light_cm, "yellow"), (water.moderate_cm, "orange"),
-                                   (water.severe_cm, "red"))),
-                      [q.water_depth()], 12, 8),
-            PanelSpec(timeseries_panel("Water rise rate", "Fastest rise per district, cm per 10 min (early warning).",
-                                  "suffix: cm/10 min"), [q.water_rise()], 12, 8),
-        ]),
-        RowSpec("Smoke", [
-            PanelSpec(timeseries_panel("Smoke obscuration by district", f"Densest smoke per district (rented housing "
-                                       f"smoke alarms): pre-alarm from {smoke.pre_alarm_pct_per_m:g} %/m, alarm from "
-                                       f"{smoke.alarm_pct_per_m:g} %/m.", "suffix: %/m",
-                                       ((None, "green"), (smoke.pre_alarm_pct_per_m, "orange"),
-                                        (smoke.alarm_pct_per_m, "red"))),
-                      [q.smoke_obscuration()], 24, 8),
-        ]),
-        RowSpec("Parking", [
-            PanelSpec(timeseries_panel("Parking occupancy", "Bays reporting occupied / bays reporting, per interval.",
-                                  "percentunit").min(0).max(1)
-                      .transformations(_ratio("occupied_bays", "reporting_bays", "occupancy")),
-                      q.parking_occupancy(), 12, 8),
-            PanelSpec(table_panel("Overstays and no-parking", "Parking alerts opened in the range: minutes stayed "
-                             "against the bay's limit; occupied no-parking bays.")
-                      .with_transformation(organize(exclude=("alert_id",))),
-                      [q.parking_overstays()], 12, 8),
-        ]),
-        RowSpec("Lock", [
-            PanelSpec(timeseries_panel("Lock events", "Failed unlocks, forced opens, tamper, door ajar, jammed.",
-                                  "short", bars=True), q.lock_events(), 12, 8),
-            PanelSpec(table_panel("Notable lock events", "The latest security-relevant lock events (newest first)."),
-                      [q.lock_notable()], 12, 8),
-        ]),
-    ]
+    """One row per kind, as each kind declares it (KindSpec.dashboard_row)."""
+    rows = [kind.dashboard_row() for kind in specs().values() if kind.dashboard_row is not None]
     return DashboardSpec("citywatch-sensors", "citywatch: sensors by kind",
                          "Gas, noise, water, smoke, parking and locks against their alarm levels and limits.", rows)
 

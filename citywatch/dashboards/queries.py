@@ -184,7 +184,7 @@ def response_times_over_time() -> list[Target]:
 
 # -- per kind -------------------------------------------------------------------------------------
 
-def _per_interval(measurement: str, agg: str, field_: str, alias: str, by: str | None, *conditions: str,
+def per_interval(measurement: str, agg: str, field_: str, alias: str, by: str | None, *conditions: str,
                   ref_id: str = "A") -> Target:
     group = f'GROUP BY time({INTERVAL})' + (f', "{by}"' if by else "")
     where = _where(TIME_FILTER, WHERE_VARS, *conditions)
@@ -193,7 +193,7 @@ def _per_interval(measurement: str, agg: str, field_: str, alias: str, by: str |
 
 
 def gas_by_district() -> Target:
-    return _per_interval("gas", "max", "lel_pct", "lel_pct", "district")
+    return per_interval("gas", "max", "lel_pct", "lel_pct", "district")
 
 
 def gas_top_devices(n: int = 10) -> Target:
@@ -203,7 +203,7 @@ def gas_top_devices(n: int = 10) -> Target:
 
 
 def noise_by_zone() -> Target:
-    t = _per_interval("noise", "max", "laeq_db", "laeq_db", "zone")
+    t = per_interval("noise", "max", "laeq_db", "laeq_db", "zone")
     return Target(t.ref_id, t.query, t.columns, t.format, "zone $tag_zone")
 
 
@@ -215,11 +215,7 @@ def noise_exceedances() -> Target:
 
 
 def water_depth() -> Target:
-    return _per_interval("water", "max", "depth_cm", "depth_cm", "district")
-
-
-def smoke_obscuration() -> Target:
-    return _per_interval("smoke", "max", "obscuration_pct_per_m", "obscuration_pct_per_m", "district")
+    return per_interval("water", "max", "depth_cm", "depth_cm", "district")
 
 
 def water_rise() -> Target:
@@ -252,7 +248,7 @@ def parking_overstays() -> Target:
 
 def lock_events() -> list[Target]:
     refs = "ABCDEFGHIJ"
-    targets = [_per_interval("lock", "count", "event", event, None, _is("event", event), ref_id=refs[i])
+    targets = [per_interval("lock", "count", "event", event, None, _is("event", event), ref_id=refs[i])
                for i, event in enumerate(LOCK_EVENTS)]
     return [Target(t.ref_id, t.query, t.columns, t.format, t.columns[-1]) for t in targets]
 
@@ -273,7 +269,7 @@ def devices_reporting() -> Target:
 
 
 def health_by_district(field_: str) -> Target:
-    return _per_interval("device_status", "min", field_, field_, "district")
+    return per_interval("device_status", "min", field_, field_, "district")
 
 
 def device_health_table() -> Target:
@@ -284,7 +280,7 @@ def device_health_table() -> Target:
 
 
 def offline_announcements() -> Target:
-    return _per_interval("device_status", "count", "online", "offline_announcements", None, '"online" = false')
+    return per_interval("device_status", "count", "online", "offline_announcements", None, '"online" = false')
 
 
 # -- Grafana's substitution -----------------------------------------------------------------------

@@ -10,7 +10,7 @@ from array import array
 from citywatch.detectors.base import QUIET, Verdict
 from citywatch.detectors.baseline import HOURS, BaselineState, LearnedRule, LocalTime, SeasonalBaseline
 from citywatch.detectors.record import DeviceRecord, RuleState
-from citywatch.detectors.settings import LockParams
+from citywatch.kinds.lock import LockParams
 from citywatch.model import Device, Finding, Reading
 
 _UNLOCK, _FAIL = "unlock_ok", "unlock_fail"

@@ -6,9 +6,11 @@ physics allows marks the alarm suspect (see pipeline and plausibility.py); it ne
 
 from __future__ import annotations
 
-from citywatch.config import GasRules
+from citywatch.detectors.anomaly import GasSlowRise
 from citywatch.detectors.base import LevelState, Verdict, found, threshold, track_level
+from citywatch.detectors.kindrules import KindRules, RuleContext
 from citywatch.detectors.record import DeviceRecord
+from citywatch.kinds.gas import MIN_SPREAD, GasRules, GasSlowRiseParams
 from citywatch.model import Device, Finding, Reading
 
 _SEVERITY = ("", "warning", "critical")
@@ -39,3 +41,10 @@ class GasLevel:
             return Finding(self.name, False, value=lel), 0.0
         return found(Finding(self.name, True, _SEVERITY[level], lel, limits[level - 1],
                        f"combustible gas at {lel:g}% LEL (level-{level} alarm at {limits[level - 1]:g}%)"))
+
+
+def rules(ctx: RuleContext) -> KindRules:
+    """Gas's rules (KindSpec.rules): the alarm levels; gas rising below them."""
+    gas = ctx.section(GasRules)
+    return KindRules([GasLevel(gas)],
+                     [GasSlowRise(ctx.baseline("lel_pct", MIN_SPREAD), ctx.learned(GasSlowRiseParams), gas.level1_pct)])

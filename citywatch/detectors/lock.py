@@ -5,9 +5,11 @@ from __future__ import annotations
 import bisect
 from array import array
 
-from citywatch.config import LockRules
+from citywatch.detectors.access import LockManyUsers, LockUnusualFailures, LockUnusualHour
 from citywatch.detectors.base import QUIET, Verdict, found
+from citywatch.detectors.kindrules import KindRules, RuleContext
 from citywatch.detectors.record import DeviceRecord, RuleState
+from citywatch.kinds.lock import LockParams, LockRules
 from citywatch.model import Device, Finding, Reading
 
 
@@ -103,3 +105,15 @@ def lock_rules(rules: LockRules) -> list[LockEventAlarm | LockBruteForce]:
                        clear_on=frozenset({"door_closed"})),
         LockBruteForce(rules),
     ]
+
+
+def rules(ctx: RuleContext) -> KindRules:
+    """Lock's rules (KindSpec.rules): the lock's own alarms, brute force; users, hours and failures
+    unusual for this door."""
+    learned = ctx.learned(LockParams)
+    return KindRules(list(lock_rules(ctx.section(LockRules))), [
+        LockManyUsers(learned),
+        LockUnusualHour(ctx.clock, learned, ctx.settings.rules.learned.baseline.flagged_weight),
+        # one count per clock hour: too sparse for 48 buckets, so one bucket (warm after a day)
+        LockUnusualFailures(ctx.baseline("failures", 0.1, seasonal=False, min_count=24), learned),
+    ])

@@ -8,7 +8,7 @@ from array import array
 from citywatch.detectors.base import QUIET, Verdict
 from citywatch.detectors.baseline import BaselineState, LearnedRule, SeasonalBaseline
 from citywatch.detectors.record import UNSET, DeviceRecord, RuleState, known
-from citywatch.detectors.settings import ParkingParams
+from citywatch.kinds.parking import ParkingParams
 from citywatch.model import Device, Finding, Reading
 
 _RATE_TAU_S = 7 * 86400.0

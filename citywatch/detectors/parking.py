@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from citywatch.config import ParkingRules
 from citywatch.detectors.base import QUIET, Verdict, found, is_late
+from citywatch.detectors.kindrules import KindRules, RuleContext
+from citywatch.detectors.occupancy import ParkingFlapping, ParkingStuck
 from citywatch.detectors.record import UNSET, DeviceRecord, RuleState, known
+from citywatch.kinds.parking import ParkingParams, ParkingRules
 from citywatch.model import Device, Finding, Reading
 
 
@@ -83,3 +85,10 @@ class ParkingForbidden:
         if reading.values["occupied"]:
             return found(Finding(self.name, True, "warning", True, None, "vehicle in a no-parking bay or fire lane"))
         return Finding(self.name, False, value=False), 0.0
+
+
+def rules(ctx: RuleContext) -> KindRules:
+    """Parking's rules (KindSpec.rules): overstay, no-parking; a sensor stuck or flapping."""
+    learned = ctx.learned(ParkingParams)
+    return KindRules([ParkingOverstay(ctx.section(ParkingRules)), ParkingForbidden()],
+                     [ParkingFlapping(learned), ParkingStuck(ctx.baseline("occupied", 0.05), learned)])

@@ -10,9 +10,10 @@ during a test still does. No plausibility limit: a flaming fire fills a room wit
 
 from __future__ import annotations
 
-from citywatch.config import SmokeRules
 from citywatch.detectors.base import LevelState, Verdict, found, threshold, track_level
+from citywatch.detectors.kindrules import KindRules, RuleContext
 from citywatch.detectors.record import DeviceRecord
+from citywatch.kinds.smoke import SmokeRules
 from citywatch.model import Device, Finding, Reading
 
 KINDS = frozenset({"smoke"})
@@ -89,3 +90,8 @@ class SmokeTamper:
 
 def smoke_rules(rules: SmokeRules) -> list[SmokeAlarm | SmokeRising | SmokeTamper]:
     return [SmokeAlarm(rules), SmokeRising(rules), SmokeTamper()]
+
+
+def rules(ctx: RuleContext) -> KindRules:
+    """Smoke's rules (KindSpec.rules): the alarm, smoke building up, tamper."""
+    return KindRules(list(smoke_rules(ctx.section(SmokeRules))))

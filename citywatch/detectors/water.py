@@ -6,9 +6,11 @@ water rises marks the alert suspect (see pipeline and plausibility.py); it never
 
 from __future__ import annotations
 
-from citywatch.config import WaterRules
+from citywatch.detectors.anomaly import WaterFastRise
 from citywatch.detectors.base import LevelState, Verdict, found, threshold, track_level
+from citywatch.detectors.kindrules import KindRules, RuleContext
 from citywatch.detectors.record import DeviceRecord
+from citywatch.kinds.water import MIN_SPREAD, WaterRiseParams, WaterRules
 from citywatch.model import Device, Finding, Reading
 
 _LEVELS = ("", "light", "moderate", "severe")
@@ -39,3 +41,11 @@ class WaterDepth:
             return Finding(self.name, False, value=depth), 0.0
         return found(Finding(self.name, True, _SEVERITY[level], depth, limits[level - 1],
                        f"{_LEVELS[level]} waterlogging: {depth:g} cm (from {limits[level - 1]:g} cm)"))
+
+
+def rules(ctx: RuleContext) -> KindRules:
+    """Water's rules (KindSpec.rules): the depth levels; water rising fast before them."""
+    water = ctx.section(WaterRules)
+    return KindRules([WaterDepth(water)],
+                     [WaterFastRise(ctx.baseline("depth_cm", MIN_SPREAD), ctx.learned(WaterRiseParams),
+                                    water.severe_cm)])

@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import NamedTuple
 
-from citywatch.config import RuleSettings, Settings
+from citywatch.config import RuleSettingsBase, Settings
 from citywatch.devices.credentials import DEFAULT_COLLECTOR, check_username
 from citywatch.devices.registry import validate_installation
 from citywatch.errors import DeviceError
+from citywatch.kinds import KINDS, spec
+from citywatch.kinds.noise import NoiseRules
 from citywatch.model import Device
 from citywatch.terminal import for_terminal, is_plain
 
@@ -28,12 +30,12 @@ class InstallRules(NamedTuple):
 
     zone_classes: Collection[str]
     reserved_ids: frozenset[str] = frozenset()
-    rules: RuleSettings | None = None
+    rules: RuleSettingsBase | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InstallRules:
         reserved = {settings.mqtt.username or DEFAULT_COLLECTOR, settings.mqtt.client_id}
-        return cls(list(settings.rules.noise.limits), frozenset(reserved), settings.rules)
+        return cls(list(settings.rules.section(NoiseRules).limits), frozenset(reserved), settings.rules)
 
 
 def check_free_text(device: Device) -> None:
@@ -52,27 +54,29 @@ def check_not_reserved(device_id: str, reserved: Collection[str]) -> None:
                           "mqtt.client_id); give the device another id")
 
 
-def _levels(device: Device, rules: RuleSettings) -> list[tuple[str, float, str, float]]:
+def _levels(device: Device, rules: RuleSettingsBase) -> list[tuple[str, float, str, float]]:
     """(lower key, value, higher key, value) pairs that must rise, per-device value or configured one."""
     t = device.thresholds
 
     def value(key: str, default: float) -> float:
         return t.get(key, default)
 
-    pairs = {
-        "gas": [("gas.level1_pct", rules.gas.level1_pct, "gas.level2_pct", rules.gas.level2_pct)],
-        "water": [("water.light_cm", rules.water.light_cm, "water.moderate_cm", rules.water.moderate_cm),
-                  ("water.moderate_cm", rules.water.moderate_cm, "water.severe_cm", rules.water.severe_cm)],
-        "smoke": [("smoke.pre_alarm_pct_per_m", rules.smoke.pre_alarm_pct_per_m, "smoke.alarm_pct_per_m",
-                   rules.smoke.alarm_pct_per_m)],
-    }.get(device.kind, [])
+    pairs: list[tuple[str, float, str, float]] = []
+    if device.kind in KINDS:
+        kind = spec(device.kind)
+        declared = {th.key: th for th in kind.thresholds}
+        section = rules.section(kind.settings) if kind.settings is not None else None
+        for th in kind.thresholds:
+            if th.below is not None and section is not None:
+                pairs.append((th.key, getattr(section, th.setting), th.below,
+                              getattr(section, declared[th.below].setting)))
     pairs.append(("battery.low_pct", rules.health.battery_low_pct, "rules.health.battery_clear_pct",
                   rules.health.battery_clear_pct))
     return [(lo, value(lo, lo_default), hi, value(hi, hi_default)) for lo, lo_default, hi, hi_default in pairs
             if lo in t or hi in t]
 
 
-def check_threshold_order(device: Device, rules: RuleSettings) -> None:
+def check_threshold_order(device: Device, rules: RuleSettingsBase) -> None:
     for low_key, low, high_key, high in _levels(device, rules):
         if not low < high:
             raise DeviceError(f"threshold {low_key} ({low:g}) must be below {high_key} ({high:g})")

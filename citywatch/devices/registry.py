@@ -20,6 +20,7 @@ import msgspec
 
 from citywatch.errors import DeviceError
 from citywatch.ingest.topics import DEVICE_ID_PATTERN, valid_device_id
+from citywatch.kinds import specs
 from citywatch.model import KINDS, Device
 from citywatch.sinks.database import open_database
 
@@ -52,11 +53,9 @@ def registry_path(data_dir: Path) -> Path:
 
 
 # Per-device overrides the rules read with `threshold(device, key, default)` (citywatch/detectors).
-THRESHOLD_KEYS: frozenset[str] = frozenset({
-    "gas.level1_pct", "gas.level2_pct", "water.light_cm", "water.moderate_cm", "water.severe_cm",
-    "smoke.pre_alarm_pct_per_m", "smoke.alarm_pct_per_m",
-    "noise.day_db", "noise.night_db", "battery.low_pct",
-})
+# Each kind declares its own (KindSpec.thresholds); battery.low_pct applies to every kind.
+THRESHOLD_KEYS: frozenset[str] = frozenset(
+    {"battery.low_pct"} | {t.key for kind in specs().values() for t in kind.thresholds})
 
 
 def validate_thresholds(kind: str, thresholds: dict[str, Any]) -> None:

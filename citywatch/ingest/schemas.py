@@ -9,16 +9,18 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
 
 from citywatch.errors import DeadLetterReason, InvalidMessage
+from citywatch.kinds import specs
+from citywatch.kinds.lock import EVENTS
+from citywatch.kindspec import KindSpec, PayloadField
 from citywatch.model import Reading
 
-LOCK_EVENTS = ("unlock_ok", "unlock_fail", "forced_open", "tamper", "door_ajar", "door_closed",
-               "jammed", "low_battery")
+LOCK_EVENTS = EVENTS  # re-exported for the console and the simulator
 
 # The default of ingest.min_timestamp. Older readings are dead-lettered (bad_timestamp): InfluxDB's
 # nanosecond timestamps start in 1677, and one reading stamped year 1 made it refuse a whole batch.
@@ -45,45 +47,24 @@ class Payload(msgspec.Struct, kw_only=True):
     kind: Annotated[str, Meta(description="if present, must equal the topic's kind")] | None = None
 
 
-class GasPayload(Payload, kw_only=True):
-    lel_pct: Annotated[Percent, Meta(description="combustible gas, % of the lower explosive limit")]
-    co_ppm: Annotated[float, Meta(ge=0, le=10000)] | None = None
+def _annotated(field: PayloadField) -> Any:
+    """A kind's payload field as the msgspec type that validates it while decoding."""
+    bounds: dict[str, Any] = {"ge": field.ge, "le": field.le, "max_length": field.max_length}
+    meta = Meta(description=field.description or None, **{k: v for k, v in bounds.items() if v is not None})
+    return Annotated[field.type, meta]
 
 
-class NoisePayload(Payload, kw_only=True):
-    laeq_db: Annotated[float, Meta(ge=0, le=160, description="A-weighted equivalent level, dB(A)")]
-    lamax_db: Annotated[float, Meta(ge=0, le=180, description="A-weighted maximum level, dB(A)")] | None = None
+def _payload_type(kind: KindSpec) -> type[Payload]:
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+        (f.name, _annotated(f)) if f.required else (f.name, _annotated(f) | None, None) for f in kind.payload]
+    made: type[Payload] = msgspec.defstruct(  # type: ignore[assignment]
+        f"{kind.name.capitalize()}Payload", fields, bases=(Payload,), kw_only=True, module=__name__)
+    return made
 
 
-class WaterPayload(Payload, kw_only=True):
-    depth_cm: Annotated[float, Meta(ge=0, le=1000, description="water depth above the road, cm")]
-
-
-class ParkingPayload(Payload, kw_only=True):
-    occupied: Annotated[bool, Meta(description="a vehicle is in the bay")]
-
-
-class LockPayload(Payload, kw_only=True):
-    event: Literal["unlock_ok", "unlock_fail", "forced_open", "tamper", "door_ajar", "door_closed",
-                   "jammed", "low_battery"]
-    user: Annotated[str, Meta(max_length=128, description="opaque user id")] | None = None
-
-
-class SmokePayload(Payload, kw_only=True):
-    obscuration_pct_per_m: Annotated[float, Meta(ge=0, le=100, description="smoke obscuration in the chamber, "
-                                                                             "% per metre")]
-    alarm: Annotated[bool, Meta(description="the alarm is sounding")]
-    event: Literal["test", "tamper", "low_battery"] | None = None
-
-
-PAYLOAD_TYPES: dict[str, type[Payload]] = {
-    "gas": GasPayload, "noise": NoisePayload, "water": WaterPayload,
-    "parking": ParkingPayload, "lock": LockPayload, "smoke": SmokePayload,
-}
-KIND_FIELDS: dict[str, tuple[str, ...]] = {
-    "gas": ("lel_pct", "co_ppm"), "noise": ("laeq_db", "lamax_db"), "water": ("depth_cm",),
-    "parking": ("occupied",), "lock": ("event", "user"), "smoke": ("obscuration_pct_per_m", "alarm", "event"),
-}
+# Built from each kind's declaration (citywatch/kinds/<kind>.py).
+PAYLOAD_TYPES: dict[str, type[Payload]] = {name: _payload_type(kind) for name, kind in specs().items()}
+KIND_FIELDS: dict[str, tuple[str, ...]] = {name: kind.fields for name, kind in specs().items()}
 _DECODERS = {kind: msgspec.json.Decoder(t) for kind, t in PAYLOAD_TYPES.items()}
 _COMMON = {"ts", "seq", "battery", "rssi", "device_id", "kind"}
 

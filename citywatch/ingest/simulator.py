@@ -32,8 +32,14 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from citywatch.config import RuleSettings
+from citywatch.config import RuleSettings, RuleSettingsBase
 from citywatch.ingest.topics import status_topic, telemetry_topic
+from citywatch.kinds.gas import GasRules
+from citywatch.kinds.lock import LockRules
+from citywatch.kinds.noise import NoiseRules
+from citywatch.kinds.parking import ParkingRules
+from citywatch.kinds.smoke import SmokeRules
+from citywatch.kinds.water import WaterRules
 from citywatch.model import KINDS, Device
 
 __all__ = [
@@ -254,7 +260,7 @@ class Simulator:
 
     def __init__(self, devices: Sequence[Device], seed: int = 1, start: float | None = None,
                  incidents: bool = True, incident_rate: float = 0.01, *, horizon_s: float = 3600.0,
-                 rules: RuleSettings | None = None, timezone: str = "Asia/Shanghai",
+                 rules: RuleSettingsBase | None = None, timezone: str = "Asia/Shanghai",
                  topic_prefix: str = "citywatch", spread: bool = True,
                  scenarios: Sequence[Scenario] = ()) -> None:
         self.devices = list(devices)
@@ -262,6 +268,9 @@ class Simulator:
         self.start = float(time.time() if start is None else start)
         self.now = self.start
         self.rules = rules or RuleSettings()
+        self._gas_rules, self._noise_rules = self.rules.section(GasRules), self.rules.section(NoiseRules)
+        self._water_rules, self._smoke_rules = self.rules.section(WaterRules), self.rules.section(SmokeRules)
+        self._parking_rules, self._lock_rules = self.rules.section(ParkingRules), self.rules.section(LockRules)
         self.topic_prefix = topic_prefix
         self.incidents_log: list[dict[str, Any]] = []
         self._zone = ZoneInfo(timezone)
@@ -327,10 +336,10 @@ class Simulator:
 
     def _is_night(self, t: float) -> bool:
         hour = int(self._local_hour(t))
-        return not (self.rules.noise.day_start_hour <= hour < self.rules.noise.night_start_hour)
+        return not (self._noise_rules.day_start_hour <= hour < self._noise_rules.night_start_hour)
 
     def _noise_limits(self, device: Device) -> tuple[float, float]:
-        rules = self.rules.noise
+        rules = self._noise_rules
         zone = device.zone_class or rules.default_zone_class
         day, night = rules.limits.get(zone, rules.limits[rules.default_zone_class])
         day = device.thresholds.get("noise.day_db", day) if device.thresholds else day
@@ -369,7 +378,7 @@ class Simulator:
         laeq = floor + profile * (plateau - floor) + rng.gauss(0.0, 1.2)
         if self._is_night(t):
             laeq = min(laeq, night_limit - 4.0)
-            burst_cap = night_limit + self.rules.noise.night_burst_db - 4.0
+            burst_cap = night_limit + self._noise_rules.night_burst_db - 4.0
             lamax = min(laeq + 5.0 + rng.expovariate(0.3), burst_cap)
         else:
             laeq = min(laeq, day_limit - 4.0)
@@ -394,7 +403,7 @@ class Simulator:
             occupied = not self._occupied[i]
             self._occupied[i] = occupied
             if occupied:
-                max_stay_s = (device.max_stay_min or self.rules.parking.max_stay_min) * 60.0
+                max_stay_s = (device.max_stay_min or self._parking_rules.max_stay_min) * 60.0
                 stay = min(self._rng.expovariate(1.0 / (35 * 60)) + 120.0, 0.8 * max_stay_s - self._iv[i])
                 self._next_change[i] = t + max(stay, 60.0)
             else:
@@ -647,7 +656,7 @@ class Simulator:
             up, hold, down = rng.randint(8, 12), rng.randint(3, 5), rng.randint(6, 10)
             inc = _Incident(name, i, k0, up + hold + down)
             base = self._level[i][0]
-            peak = min(95.0, rules.gas.level2_pct + uniform(8.0, 25.0))
+            peak = min(95.0, self._gas_rules.level2_pct + uniform(8.0, 25.0))
             for s in range(inc.n):
                 if s < up:
                     v = base + (peak - base) * ((s + 1) / up) ** 1.5
@@ -673,7 +682,7 @@ class Simulator:
                 any_night = any_night or night
                 day_limit, night_limit = self._noise_limits(device)
                 laeq = (night_limit if night else day_limit) + uniform(5.0, 10.0)
-                lamax = (night_limit + rules.noise.night_burst_db + uniform(3.0, 8.0) if night
+                lamax = (night_limit + self._noise_rules.night_burst_db + uniform(3.0, 8.0) if night
                          else laeq + uniform(6.0, 12.0))
                 inc.values[s] = {"laeq_db": round(laeq, 1), "lamax_db": round(lamax, 1)}
             inc.name = "noise_night" if self._is_night(self._t(i, k0)) else "noise_day"
@@ -682,7 +691,7 @@ class Simulator:
         elif name == "water_storm":
             rise, hold, drain = rng.randint(6, 12), rng.randint(3, 6), rng.randint(10, 20)
             inc = _Incident(name, i, k0, rise + hold + drain)
-            peak = rules.water.severe_cm + uniform(3.0, 15.0)
+            peak = self._water_rules.severe_cm + uniform(3.0, 15.0)
             for s in range(inc.n):
                 if s < rise:
                     v = peak * ((s + 1) / rise) ** 1.2
@@ -694,7 +703,7 @@ class Simulator:
             inc.detail = {"peak": max(v["depth_cm"] for v in inc.values if v)}
         elif name in ("parking_overstay", "parking_forbidden"):
             if name == "parking_overstay":
-                max_stay_s = (device.max_stay_min or rules.parking.max_stay_min) * 60.0
+                max_stay_s = (device.max_stay_min or self._parking_rules.max_stay_min) * 60.0
                 occupied_steps = int(math.ceil((max_stay_s + uniform(10.0, 30.0) * 60.0) / iv)) + 1
             else:
                 occupied_steps = rng.randint(4, 12)
@@ -723,11 +732,11 @@ class Simulator:
         elif name == "smoke_fire":  # smoke builds up past the pre-alarm, the alarm sounds; nobody clears it
             up, hold = rng.randint(3, 6), rng.randint(2, 4)
             inc = _Incident(name, i, k0, up + hold)
-            peak = rules.smoke.alarm_pct_per_m + uniform(2.0, 8.0)
+            peak = self._smoke_rules.alarm_pct_per_m + uniform(2.0, 8.0)
             for s in range(inc.n):
                 v = peak * ((s + 1) / up) ** 1.5 if s < up else peak + uniform(-1.0, 1.0)
                 v = round(_clamp(v, 0.0, 100.0), 2)
-                inc.values[s] = {"obscuration_pct_per_m": v, "alarm": v >= rules.smoke.alarm_pct_per_m}
+                inc.values[s] = {"obscuration_pct_per_m": v, "alarm": v >= self._smoke_rules.alarm_pct_per_m}
             inc.detail = {"peak": max(v["obscuration_pct_per_m"] for v in inc.values if v)}
         elif name == "smoke_tamper":
             inc = _Incident(name, i, k0, 1)
@@ -759,7 +768,7 @@ class Simulator:
         gap = min(15.0, iv / 4.0)
         attacker = {"event": "unlock_fail", "user": f"x{rng.getrandbits(32):08x}"}
         start = self._t(i, k0)
-        total = self.rules.lock.fail_count + 2
+        total = self._lock_rules.fail_count + 2
         fails, grid_steps, j = 0, 0, 0
         extras: list[float] = []
         while fails < total:

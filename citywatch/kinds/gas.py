@@ -1,0 +1,96 @@
+"""Smart gas detectors in rented housing and restaurants: combustible gas in %LEL (and CO).
+
+Alarm levels after GB/T 50493-2019: level-1 (low) and level-2 (high). `gas_level` is a life-safety
+rule. Gas leaks build up over minutes: a step faster than 40 %LEL a minute is a suspected sensor fault.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from citywatch.i18n import N_, NP_
+from citywatch.kindspec import KindSpec, Measure, PayloadField, Threshold
+from citywatch.section import Section, below
+
+if TYPE_CHECKING:  # the dashboard modules load when a dashboard is built
+    from citywatch.dashboards.widgets import RowSpec
+
+
+class GasRules(Section):
+    """`rules.gas`: the alarm levels, % of the lower explosive limit."""
+
+    level1_pct: float = Field(25.0, gt=0, le=100)
+    level2_pct: float = Field(50.0, gt=0, le=100, validate_default=True)  # checked against the field above
+    hysteresis_pct: float = Field(5.0, ge=0)
+
+    @field_validator("level2_pct")
+    @classmethod
+    def _levels_rise(cls, value: float, info: ValidationInfo) -> float:
+        below("rules.gas", "level1_pct", info, "level2_pct", value)
+        return value
+
+
+class GasSlowRiseParams(Section):
+    """`rules.learned.gas_slow_rise`: gas rising below the alarm level (CUSUM on the seasonal baseline)."""
+
+    z_allowance: float = Field(1.0, ge=0)  # CUSUM allowance k, in spreads
+    cusum_h: float = Field(20.0, gt=0)  # CUSUM decision level, in spreads
+    min_excess_pct: float = Field(2.0, ge=0)  # %LEL above this device's normal for the hour
+    min_slope_pct_h: float = Field(1.0, ge=0)  # and still rising at least this fast
+
+
+MIN_SPREAD = 0.1  # %LEL: about the resolution detectors report at
+
+
+def dashboard_row() -> RowSpec:
+    from grafana_foundation_sdk.builders import bargauge
+    from grafana_foundation_sdk.builders import common as cb
+    from grafana_foundation_sdk.models import common as cm
+
+    from citywatch.dashboards import queries as q
+    from citywatch.dashboards.widgets import PanelSpec, RowSpec, threshold_steps, timeseries_panel
+
+    gas = GasRules()
+    return RowSpec("Gas", [
+        PanelSpec(timeseries_panel("Gas %LEL by district", f"Highest %LEL per district; level-1 alarm at "
+                                   f"{gas.level1_pct:g}%, level-2 at {gas.level2_pct:g}% (GB/T 50493-2019).",
+                                   "percent", ((None, "green"), (gas.level1_pct, "orange"), (gas.level2_pct, "red"))),
+                  [q.gas_by_district()], 16, 8),
+        PanelSpec(bargauge.Panel().title("Highest gas readings").description("Top devices by %LEL in the range.")
+                  .unit("percent").min(0).max(100)
+                  .thresholds(threshold_steps((None, "green"), (gas.level1_pct, "orange"), (gas.level2_pct, "red")))
+                  .orientation(cm.VizOrientation.HORIZONTAL).display_mode(cm.BarGaugeDisplayMode.BASIC)
+                  .reduce_options(cb.ReduceDataOptions().values(True).calcs([]).fields("/^lel_pct$/")),
+                  [q.gas_top_devices()], 8, 8),
+    ])
+
+
+SPEC = KindSpec(
+    name="gas",
+    label=NP_("kind", "gas"),
+    payload=(
+        PayloadField(NP_("reading field", "lel_pct"), float,
+                     "combustible gas, % of the lower explosive limit", ge=0, le=100),
+        PayloadField(NP_("reading field", "co_ppm"), float,
+                     "carbon monoxide, ppm", required=False, ge=0, le=10000),
+    ),
+    chart_field="lel_pct",
+    chart_unit="% LEL",
+    measure=Measure("lel_pct", MIN_SPREAD, max_step_per_min=40.0, rest_value=0.0),
+    settings=GasRules,
+    learned_settings={"gas_slow_rise": GasSlowRiseParams},
+    thresholds=(Threshold("gas.level1_pct", "level1_pct", below="gas.level2_pct"),
+                Threshold("gas.level2_pct", "level2_pct")),
+    rules="citywatch.detectors.gas",
+    safety_rules=frozenset({"gas_level"}),
+    hazard_group=("gas", ("gas_*",)),
+    rule_labels=(NP_("rule", "gas_level"), NP_("rule", "gas_slow_rise")),
+    messages={
+        "gas_level": N_("combustible gas at {value}% LEL (level-{level} alarm at {threshold}%)"),
+        "gas_slow_rise": N_("gas rising below the alarm level: {value}% LEL, {excess} above this detector's "
+                            "normal for the hour"),
+    },
+    dashboard_row=dashboard_row,
+)

@@ -1,0 +1,85 @@
+"""Smart door locks on rented housing: unlock events, forced open, tamper, jammed, door left open.
+
+`lock_forced_open`, `lock_tamper` and `lock_brute_force` are life-safety (security) rules.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from citywatch.i18n import N_, NP_
+from citywatch.kindspec import KindSpec, PayloadField
+from citywatch.section import Section
+
+if TYPE_CHECKING:  # the dashboard modules load when a dashboard is built
+    from citywatch.dashboards.widgets import RowSpec
+
+EVENTS = ("unlock_ok", "unlock_fail", "forced_open", "tamper", "door_ajar", "door_closed", "jammed", "low_battery")
+Event = Literal["unlock_ok", "unlock_fail", "forced_open", "tamper", "door_ajar", "door_closed", "jammed",
+                "low_battery"]
+
+
+class LockRules(Section):
+    """`rules.lock`: repeated failed unlocks (brute force)."""
+
+    fail_count: int = Field(5, ge=2)
+    fail_window_s: float = Field(300.0, gt=0)
+
+
+class LockParams(Section):
+    """`rules.learned.lock`: more users than tenants, unlocks at unusual hours, unusual failures."""
+
+    users_window_days: float = Field(7.0, gt=0)
+    users_sketch: int = Field(32, ge=4, le=256)  # user ids remembered (hashed, with last-seen)
+    users_factor: float = Field(2.0, ge=1)  # alert above tenants * factor + slack distinct users
+    users_slack: int = Field(2, ge=0)
+    hour_p_min: float = Field(0.002, gt=0, lt=1)  # an unlock at an hour this rare for this door
+    hour_min_unlocks: float = Field(100.0, ge=1)  # unlocks learned before it may alert
+    hour_halflife_days: float = Field(28.0, gt=0)
+    fail_p_tail: float = Field(1e-5, gt=0, lt=1)  # failed unlocks this hour this unlikely ...
+    fail_min: int = Field(3, ge=1)  # ... and at least this many
+
+
+def dashboard_row() -> RowSpec:
+    from citywatch.dashboards import queries as q
+    from citywatch.dashboards.widgets import PanelSpec, RowSpec, table_panel, timeseries_panel
+
+    return RowSpec("Lock", [
+        PanelSpec(timeseries_panel("Lock events", "Failed unlocks, forced opens, tamper, door ajar, jammed.",
+                                   "short", bars=True), q.lock_events(), 12, 8),
+        PanelSpec(table_panel("Notable lock events", "The latest security-relevant lock events (newest first)."),
+                  [q.lock_notable()], 12, 8),
+    ])
+
+
+SPEC = KindSpec(
+    name="lock",
+    label=NP_("kind", "lock"),
+    payload=(
+        PayloadField("event", Event, "what the lock reports"),
+        PayloadField("user", str, "opaque user id", required=False, max_length=128),
+    ),
+    chart_field="event",
+    rules="citywatch.detectors.lock",
+    settings=LockRules,
+    learned_settings={"lock": LockParams},
+    safety_rules=frozenset({"lock_forced_open", "lock_tamper", "lock_brute_force"}),
+    hazard_group=("security", ("lock_*",)),
+    rule_labels=(NP_("rule", "lock_forced_open"), NP_("rule", "lock_tamper"), NP_("rule", "lock_brute_force"),
+                 NP_("rule", "lock_door_ajar"), NP_("rule", "lock_jammed"), NP_("rule", "lock_many_users"),
+                 NP_("rule", "lock_unusual_hour"), NP_("rule", "lock_unusual_failures")),
+    messages={
+        "lock_forced_open": N_("door forced open"),
+        "lock_tamper": N_("lock tampered with (escutcheon removed)"),
+        "lock_jammed": N_("lock jammed"),
+        "lock_door_ajar": N_("door left open"),
+        "lock_brute_force": N_("{count} failed unlocks within {window} s"),
+        "lock_many_users": N_("{count} distinct users within {days} days for {tenants} registered tenants"),
+        "lock_unusual_hour": N_("door opened at {hour}:00-{hour}:59, an unusual hour for this door "
+                                "({share}% of its unlocks)"),
+        "lock_unusual_failures": N_("{count} failed unlocks this hour, far above this door's normal"),
+    },
+    dashboard_row=dashboard_row,
+)

@@ -1,0 +1,107 @@
+"""Environmental noise monitors on streets and building sites: LAeq and LAmax in dB(A).
+
+Limits by functional zone class and day/night after GB 3096-2008. No plausibility limit: a pile
+driver starts within a second.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from citywatch.i18n import N_, NP_
+from citywatch.kindspec import KindSpec, Measure, PayloadField, Threshold
+from citywatch.section import Section
+
+if TYPE_CHECKING:  # the dashboard modules load when a dashboard is built
+    from citywatch.dashboards.widgets import PanelSpec, RowSpec
+
+
+class NoiseRules(Section):
+    """`rules.noise`: GB 3096-2008 limits by functional zone class, [day, night] dB(A)."""
+
+    limits: dict[str, tuple[float, float]] = {
+        "0": (50, 40), "1": (55, 45), "2": (60, 50), "3": (65, 55), "4a": (70, 55), "4b": (70, 60),
+    }
+    default_zone_class: str = "2"
+    day_start_hour: int = Field(6, ge=0, le=23)
+    night_start_hour: int = Field(22, ge=0, le=23, validate_default=True)  # checked against the field above
+    hysteresis_db: float = Field(3.0, ge=0)
+    night_burst_db: float = Field(15.0, ge=0)
+
+    @field_validator("night_start_hour")
+    @classmethod
+    def _day_and_night(cls, value: int, info: ValidationInfo) -> int:
+        day = info.data.get("day_start_hour")
+        if day == value:
+            raise ValueError(f"rules.noise.day_start_hour ({day}) must differ from rules.noise.night_start_hour "
+                             f"({value}): otherwise there is no day or no night")
+        return value
+
+
+class NoiseNightParams(Section):
+    """`rules.learned.noise_night`: a street far louder than its own normal at night, under the limit."""
+
+    z: float = Field(4.0, gt=0)  # spreads above this street's normal for the hour
+    min_excess_db: float = Field(6.0, ge=0)  # and at least this many dB(A) above it
+    sustain: int = Field(3, ge=1)  # consecutive readings (sustained, not a single loud second)
+
+
+MIN_SPREAD = 0.3  # dB(A)
+
+
+def _by_zone() -> PanelSpec:
+    from citywatch.dashboards import queries as q
+    from citywatch.dashboards.widgets import PanelSpec, override, thresholds_json, timeseries_panel
+
+    panel = timeseries_panel("Noise LAeq by zone class", "Loudest LAeq per functional zone class; dashed lines: the "
+                             "zone's night (orange) and day (red) limits, GB 3096-2008.", "dB")
+    for zone, (day, night) in sorted(NoiseRules().limits.items()):
+        panel = panel.override_by_name(f"zone {zone}", override(
+            thresholds=thresholds_json((None, "green"), (night, "orange"), (day, "red")),
+            custom__thresholdsStyle={"mode": "dashed"}))
+    return PanelSpec(panel, [q.noise_by_zone()], 16, 8)
+
+
+def dashboard_row() -> RowSpec:
+    from citywatch.dashboards import queries as q
+    from citywatch.dashboards.widgets import PanelSpec, RowSpec, override, table_panel, thresholds_json
+
+    return RowSpec("Noise", [
+        _by_zone(),
+        PanelSpec(table_panel("Noise exceedances", "LAeq (or LAmax for night bursts) against the limit in force "
+                              "when the alert opened or rose.", "over_db")
+                  .override_by_name("over_db", override(unit="dB", thresholds=thresholds_json(
+                      (None, "orange"), (10, "red")), custom__cellOptions={"type": "color-text"})),
+                  [q.noise_exceedances()], 8, 8),
+    ])
+
+
+SPEC = KindSpec(
+    name="noise",
+    label=NP_("kind", "noise"),
+    payload=(
+        PayloadField(NP_("reading field", "laeq_db"), float,
+                     "A-weighted equivalent level, dB(A)", ge=0, le=160),
+        PayloadField(NP_("reading field", "lamax_db"), float,
+                     "A-weighted maximum level, dB(A)", required=False, ge=0, le=180),
+    ),
+    chart_field="laeq_db",
+    chart_unit="dB(A)",
+    measure=Measure("laeq_db", MIN_SPREAD),
+    settings=NoiseRules,
+    learned_settings={"noise_night": NoiseNightParams},
+    thresholds=(Threshold("noise.day_db", ""), Threshold("noise.night_db", "")),
+    rules="citywatch.detectors.noise",
+    hazard_group=("noise", ("noise_*",)),
+    rule_labels=(NP_("rule", "noise_limit"), NP_("rule", "noise_night_burst"), NP_("rule", "noise_unusual_night")),
+    messages={
+        "noise_limit": N_("LAeq {value} dB(A) over the {period} limit {threshold} dB(A)"),
+        "noise_night_burst": N_("night burst LAmax {value} dB(A) over {threshold} dB(A)"),
+        "noise_unusual_night": N_("LAeq {value} dB(A) at night: far above this street's normal for the hour, "
+                                  "under the limit {limit} dB(A)"),
+    },
+    words={"period": ("noise period", frozenset({NP_("noise period", "day"), NP_("noise period", "night")}))},
+    dashboard_row=dashboard_row,
+)

@@ -1,0 +1,70 @@
+"""Parking sensors in street bays, no-parking bays and fire lanes: occupied or free."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from citywatch.i18n import N_, NP_
+from citywatch.kindspec import KindSpec, PayloadField
+from citywatch.section import Section
+
+if TYPE_CHECKING:  # the dashboard modules load when a dashboard is built
+    from citywatch.dashboards.widgets import RowSpec
+
+
+class ParkingRules(Section):
+    """`rules.parking`: the longest stay where a bay sets none (`max_stay_min` in the registry)."""
+
+    max_stay_min: float = Field(120.0, gt=0)
+
+
+class ParkingParams(Section):
+    """`rules.learned.parking`: a sensor stuck on one state, or flapping between them."""
+
+    stuck_min_h: float = Field(24.0, gt=0)  # no state change for at least this long ...
+    stuck_expected_changes: float = Field(12.0, gt=0)  # ... when this many were expected
+    flap_changes: int = Field(8, ge=3)  # this many state changes ...
+    flap_window_s: float = Field(600.0, gt=0)  # ... within this long is a flapping sensor
+    warmup_changes: int = Field(20, ge=1)  # state changes seen before the stuck detector may alert
+
+
+def dashboard_row() -> RowSpec:
+    from citywatch.dashboards import queries as q
+    from citywatch.dashboards.panels import ratio
+    from citywatch.dashboards.widgets import PanelSpec, RowSpec, organize, table_panel, timeseries_panel
+
+    return RowSpec("Parking", [
+        PanelSpec(timeseries_panel("Parking occupancy", "Bays reporting occupied / bays reporting, per interval.",
+                                   "percentunit").min(0).max(1)
+                  .transformations(ratio("occupied_bays", "reporting_bays", "occupancy")),
+                  q.parking_occupancy(), 12, 8),
+        PanelSpec(table_panel("Overstays and no-parking", "Parking alerts opened in the range: minutes stayed "
+                              "against the bay's limit; occupied no-parking bays.")
+                  .with_transformation(organize(exclude=("alert_id",))),
+                  [q.parking_overstays()], 12, 8),
+    ])
+
+
+SPEC = KindSpec(
+    name="parking",
+    label=NP_("kind", "parking"),
+    payload=(PayloadField("occupied", bool, "a vehicle is in the bay"),),
+    chart_field="occupied",
+    settings=ParkingRules,
+    learned_settings={"parking": ParkingParams},
+    rules="citywatch.detectors.parking",
+    hazard_group=("parking", ("parking_*",)),
+    rule_labels=(NP_("rule", "parking_overstay"), NP_("rule", "parking_forbidden"), NP_("rule", "parking_stuck"),
+                 NP_("rule", "parking_flapping")),
+    messages={
+        "parking_overstay": N_("bay occupied for {value} min (allowed {threshold} min)"),
+        "parking_forbidden": N_("vehicle in a no-parking bay or fire lane"),
+        "parking_stuck": N_("sensor fault: parking sensor reported {state} without a change for {hours} h, "
+                            "unusual for this bay"),
+        "parking_flapping": N_("sensor fault: parking sensor flapping, {changes} changes within {minutes} min"),
+    },
+    words={"state": ("parking state", frozenset({NP_("parking state", "occupied"), NP_("parking state", "free")}))},
+    dashboard_row=dashboard_row,
+)

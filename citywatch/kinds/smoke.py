@@ -1,0 +1,81 @@
+"""Residential smoke alarms in rented housing: obscuration in % per metre and the alarm flag, with
+`test`, `tamper` and `low_battery` events.
+
+A photoelectric alarm sounds at about 2-4 %/m (GB 20517-2006 / EN 14604 response range).
+`smoke_alarm` and `smoke_tamper` are life-safety rules. No plausibility limit: a flaming fire fills
+a room with smoke in seconds. In clean air the chamber reads about 0 (a constant 0 is normal).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from citywatch.i18n import N_, NP_
+from citywatch.kindspec import KindSpec, Measure, PayloadField, Threshold
+from citywatch.section import Section, below
+
+if TYPE_CHECKING:  # the dashboard modules load when a dashboard is built
+    from citywatch.dashboards.widgets import RowSpec
+
+
+class SmokeRules(Section):
+    """`rules.smoke`: `alarm_pct_per_m` opens smoke_alarm from the reading alone, whatever the
+    device's own alarm flag says; `pre_alarm_pct_per_m` warns of smoke building up below it."""
+
+    pre_alarm_pct_per_m: float = Field(1.5, gt=0)
+    alarm_pct_per_m: float = Field(4.0, gt=0, validate_default=True)  # checked against the field above
+    hysteresis_pct_per_m: float = Field(0.3, ge=0)
+
+    @field_validator("alarm_pct_per_m")
+    @classmethod
+    def _alarm_above_pre_alarm(cls, value: float, info: ValidationInfo) -> float:
+        below("rules.smoke", "pre_alarm_pct_per_m", info, "alarm_pct_per_m", value)
+        return value
+
+
+def dashboard_row() -> RowSpec:
+    from citywatch.dashboards import queries as q
+    from citywatch.dashboards.widgets import PanelSpec, RowSpec, timeseries_panel
+
+    smoke = SmokeRules()
+    return RowSpec("Smoke", [
+        PanelSpec(timeseries_panel("Smoke obscuration by district", f"Densest smoke per district (rented housing "
+                                   f"smoke alarms): pre-alarm from {smoke.pre_alarm_pct_per_m:g} %/m, alarm from "
+                                   f"{smoke.alarm_pct_per_m:g} %/m.", "suffix: %/m",
+                                   ((None, "green"), (smoke.pre_alarm_pct_per_m, "orange"),
+                                    (smoke.alarm_pct_per_m, "red"))),
+                  [q.per_interval("smoke", "max", "obscuration_pct_per_m", "obscuration_pct_per_m", "district")],
+                  24, 8),
+    ])
+
+
+SPEC = KindSpec(
+    name="smoke",
+    label=NP_("kind", "smoke"),
+    payload=(
+        PayloadField(NP_("reading field", "obscuration_pct_per_m"), float,
+                     "smoke obscuration in the chamber, % per metre", ge=0, le=100),
+        PayloadField("alarm", bool, "the alarm is sounding"),
+        PayloadField("event", Literal["test", "tamper", "low_battery"], "test button pressed, removed from its "
+                     "base or opened, battery low", required=False),
+    ),
+    chart_field="obscuration_pct_per_m",
+    chart_unit="%/m",
+    measure=Measure("obscuration_pct_per_m", 0.05, rest_value=0.0),
+    settings=SmokeRules,
+    thresholds=(Threshold("smoke.pre_alarm_pct_per_m", "pre_alarm_pct_per_m", below="smoke.alarm_pct_per_m"),
+                Threshold("smoke.alarm_pct_per_m", "alarm_pct_per_m")),
+    rules="citywatch.detectors.smoke",
+    safety_rules=frozenset({"smoke_alarm", "smoke_tamper"}),
+    hazard_group=("fire", ("smoke_*",)),
+    rule_labels=(NP_("rule", "smoke_alarm"), NP_("rule", "smoke_rising"), NP_("rule", "smoke_tamper")),
+    messages={
+        "smoke_alarm": N_("smoke alarm sounding"),
+        "smoke_alarm.level": N_("smoke at {value} %/m (alarm from {threshold} %/m)"),
+        "smoke_rising": N_("smoke building up: {value} %/m (pre-alarm from {threshold} %/m)"),
+        "smoke_tamper": N_("smoke alarm tampered with (removed from its base or opened)"),
+    },
+    dashboard_row=dashboard_row,
+)

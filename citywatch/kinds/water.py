@@ -1,0 +1,95 @@
+"""Waterlogging gauges at underpasses and low roads: water depth above the road in cm.
+
+Levels light, moderate, severe (vehicles stall above about 25 cm); `water_depth` is a life-safety
+rule. Water rises over minutes: a step faster than 50 cm a minute is a suspected sensor fault.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from citywatch.i18n import N_, NP_
+from citywatch.kindspec import KindSpec, Measure, PayloadField, Threshold
+from citywatch.section import Section, below
+
+if TYPE_CHECKING:  # the dashboard modules load when a dashboard is built
+    from citywatch.dashboards.widgets import RowSpec
+
+
+class WaterRules(Section):
+    """`rules.water`: depth levels, cm above the road."""
+
+    light_cm: float = Field(3.0, ge=0)
+    moderate_cm: float = Field(10.0, ge=0, validate_default=True)  # checked against the field above
+    severe_cm: float = Field(25.0, ge=0, validate_default=True)  # checked against the field above
+    hysteresis_cm: float = Field(1.0, ge=0)
+
+    @field_validator("moderate_cm")
+    @classmethod
+    def _moderate_above_light(cls, value: float, info: ValidationInfo) -> float:
+        below("rules.water", "light_cm", info, "moderate_cm", value)
+        return value
+
+    @field_validator("severe_cm")
+    @classmethod
+    def _severe_above_moderate(cls, value: float, info: ValidationInfo) -> float:
+        below("rules.water", "moderate_cm", info, "severe_cm", value)
+        return value
+
+
+class WaterRiseParams(Section):
+    """`rules.learned.water_rise`: water rising fast before it reaches a level."""
+
+    rise_cm_per_10min: float = Field(5.0, gt=0)
+    min_span_s: float = Field(240.0, gt=0)  # the rise is measured over at least this span
+    window_s: float = Field(600.0, gt=0)
+    z: float = Field(6.0, gt=0)  # and is this many spreads beyond the gauge's normal 10-min change
+    warmup: int = Field(120, ge=1)  # readings before it may alert
+
+
+MIN_SPREAD = 0.5  # cm
+
+
+def dashboard_row() -> RowSpec:
+    from citywatch.dashboards import queries as q
+    from citywatch.dashboards.widgets import PanelSpec, RowSpec, timeseries_panel
+
+    water = WaterRules()
+    return RowSpec("Water", [
+        PanelSpec(timeseries_panel("Water depth by district", f"Deepest ponding per district: light from "
+                                   f"{water.light_cm:g} cm, moderate {water.moderate_cm:g}, severe "
+                                   f"{water.severe_cm:g}.", "suffix: cm",
+                                   ((None, "green"), (water.light_cm, "yellow"), (water.moderate_cm, "orange"),
+                                    (water.severe_cm, "red"))),
+                  [q.water_depth()], 12, 8),
+        PanelSpec(timeseries_panel("Water rise rate", "Fastest rise per district, cm per 10 min (early warning).",
+                                   "suffix: cm/10 min"), [q.water_rise()], 12, 8),
+    ])
+
+
+SPEC = KindSpec(
+    name="water",
+    label=NP_("kind", "water"),
+    payload=(PayloadField(NP_("reading field", "depth_cm"), float, "water depth above the road, cm", ge=0, le=1000),),
+    chart_field="depth_cm",
+    chart_unit="cm",
+    measure=Measure("depth_cm", MIN_SPREAD, max_step_per_min=50.0, rest_value=0.0),
+    settings=WaterRules,
+    learned_settings={"water_rise": WaterRiseParams},
+    thresholds=(Threshold("water.light_cm", "light_cm", below="water.moderate_cm"),
+                Threshold("water.moderate_cm", "moderate_cm", below="water.severe_cm"),
+                Threshold("water.severe_cm", "severe_cm")),
+    rules="citywatch.detectors.water",
+    safety_rules=frozenset({"water_depth"}),
+    hazard_group=("water", ("water_*",)),
+    rule_labels=(NP_("rule", "water_depth"), NP_("rule", "water_fast_rise")),
+    messages={
+        "water_depth": N_("{level} waterlogging: {value} cm (from {threshold} cm)"),
+        "water_fast_rise": N_("water rising fast: {value} cm, up {rate} cm per 10 min"),
+    },
+    words={"level": ("water level", frozenset({NP_("water level", "light"), NP_("water level", "moderate"),
+                                               NP_("water level", "severe")}))},
+    dashboard_row=dashboard_row,
+)
