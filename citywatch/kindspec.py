@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from citywatch.section import Section
 
 if TYPE_CHECKING:
+    from citywatch.charts import SensorReport
     from citywatch.dashboards.widgets import RowSpec
 
 
@@ -81,6 +82,8 @@ class KindSpec:
     - `messages`: template key -> English template of its rules' alert messages (alert_text.py);
       `words`: message fields whose values are words, with their translation context and words.
     - `dashboard_row`: its row of the "sensors by kind" Grafana dashboard.
+    - `report_figures`: figure name -> the InfluxDB queries (dashboards/queries.py Targets) its part
+      of `citywatch report` reads; `report`: that part's HTML (headings and charts, citywatch/charts.py).
     """
 
     name: str
@@ -99,6 +102,8 @@ class KindSpec:
     messages: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     words: Mapping[str, tuple[str, frozenset[str]]] = field(default_factory=lambda: MappingProxyType({}))
     dashboard_row: Callable[[], RowSpec] | None = None
+    report_figures: Mapping[str, Callable[[], Any]] = field(default_factory=lambda: MappingProxyType({}))
+    report: Callable[[SensorReport], list[str]] | None = None
 
     @property
     def fields(self) -> tuple[str, ...]:

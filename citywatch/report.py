@@ -13,7 +13,6 @@ last seen, coordinates) and InfluxDB (optional: readings, battery and signal ove
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import re
@@ -25,7 +24,6 @@ import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,22 +32,21 @@ import click
 import msgspec
 
 from citywatch.alert_text import alert_message
+from citywatch.charts import PALETTE as PALETTE
+from citywatch.charts import SensorReport, _e, _empty, _n, _svg, _width, bar_chart, line_chart
+from citywatch.charts import series as _series
 from citywatch.config import Settings
 from citywatch.dashboards import queries as q
 from citywatch.detectors.record import stored_seen
 from citywatch.errors import CitywatchError
 from citywatch.i18n import N_, Translator, local_time, translator
-from citywatch.kinds.gas import GasRules
-from citywatch.kinds.noise import NoiseRules
-from citywatch.kinds.water import WaterRules
+from citywatch.kinds import specs
 from citywatch.labels import label as code_label
 from citywatch.loop import kpis
 from citywatch.model import KINDS, SEVERITY_RANK, Alert, Device, Transition
 
 SEVERITY_COLOURS = {"info": "#2563eb", "warning": "#f59e0b", "critical": "#dc2626"}
 OK_COLOUR, OFFLINE_COLOUR, UNKNOWN_COLOUR = "#16a34a", "#6b7280", "#cbd5e1"
-PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777", "#4b5563",
-           "#65a30d")
 MAX_MAP_POINTS = 20000  # beyond this, devices without alerts are sampled (alerts are always drawn)
 OPENINGS = ("opened", "flapping")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -173,11 +170,6 @@ def translator_for(settings: Settings) -> Translator:
     return translator(settings.language)
 
 
-def _width(text: str, per: float) -> float:
-    """About how wide `text` draws: `per` px a character, a CJK character about twice that."""
-    return sum(per * (1.9 if ord(ch) >= 0x2E80 else 1.0) for ch in text)
-
-
 # -- InfluxDB (the dashboards' queries) ------------------------------------------------------------
 
 def influx_query(settings: Settings, query: str, timeout: float = 30.0) -> list[dict[str, Any]]:
@@ -213,13 +205,9 @@ def _interval(span_s: float) -> str:
     return f"{minutes}m"
 
 
+# figure name -> its queries: each kind's (KindSpec.report_figures) and the devices' health.
 INFLUX_FIGURES: dict[str, Any] = {
-    "gas": q.gas_by_district,
-    "noise": q.noise_by_zone,
-    "water": q.water_depth,
-    "water_rise": q.water_rise,
-    "parking": q.parking_occupancy,
-    "lock": q.lock_events,
+    **{name: make for kind in specs().values() for name, make in kind.report_figures.items()},
     "battery": lambda: q.health_by_district("battery"),
     "rssi": lambda: q.health_by_district("rssi"),
 }
@@ -241,135 +229,6 @@ def influx_figures(settings: Settings, start: float, end: float) -> dict[str, li
 
 
 # -- SVG -------------------------------------------------------------------------------------------
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _n(value: float) -> str:
-    return f"{value:.1f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
-
-
-def _svg(chart_id: str, width: int, height: int, title: str, body: Iterable[str]) -> str:
-    return (f'<svg id="{_e(chart_id)}" class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-            f'height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}">'
-            f"<title>{_e(title)}</title>" + "".join(body) + "</svg>")
-
-
-def _empty(chart_id: str, title: str, message: str) -> str:
-    return _svg(chart_id, 640, 60, title, [
-        '<rect x="0" y="0" width="640" height="60" fill="#f8fafc" stroke="#e2e8f0"/>',
-        f'<text x="320" y="35" text-anchor="middle" class="muted">{_e(message)}</text>'])
-
-
-def _ticks(low: float, high: float, count: int = 5) -> list[float]:
-    if high <= low:
-        high = low + 1
-    raw = (high - low) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    ticks = [math.floor(low / step) * step]
-    while ticks[-1] < high - step * 1e-6:
-        ticks.append(ticks[-1] + step)
-    return ticks
-
-
-def bar_chart(chart_id: str, title: str, items: Sequence[tuple[str, float]], unit: str = "",
-              colours: Sequence[str] | None = None, lines: Sequence[tuple[float, str, str]] = (),
-              width: int = 640, tr: Translator | None = None) -> str:
-    """Horizontal bars (label, value); `lines` are reference values (value, label, colour)."""
-    if not items:
-        return _empty(chart_id, title, (tr or translator("en")).gettext("nothing in this period"))
-    label_w = int(min(340, max(80, 12 + max(_width(label, 6.2) for label, _ in items))))
-    bar_h, gap, top, right = 18, 6, 24, 60
-    height = top + len(items) * (bar_h + gap) + 24
-    high = max([v for _, v in items] + [v for v, _, _ in lines] + [1e-9])
-    scale = (width - label_w - right) / high
-    body = [f'<text x="{label_w}" y="14" class="axis">{_e(unit)}</text>']
-    for i, (label, value) in enumerate(items):
-        y = top + i * (bar_h + gap)
-        colour = colours[i] if colours else PALETTE[0]
-        w = max(1.0, value * scale)
-        body.append(f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end" class="label">{_e(label)}</text>')
-        body.append(f'<rect class="bar" x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colour}">'
-                    f"<title>{_e(label)}: {_n(value)} {_e(unit)}</title></rect>")
-        body.append(f'<text x="{label_w + w + 4:.1f}" y="{y + 13}" class="value">{_n(value)}</text>')
-    bottom = top + len(items) * (bar_h + gap)
-    for value, label, colour in lines:
-        x = label_w + value * scale
-        body.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{bottom}" stroke="{colour}" '
-                    'stroke-dasharray="5 3" stroke-width="1.5"/>')
-        body.append(f'<text x="{x:.1f}" y="{bottom + 14}" text-anchor="middle" class="axis ref" fill="{colour}">'
-                    f"{_e(label)}</text>")
-    return _svg(chart_id, width, height, title, body)
-
-
-def line_chart(chart_id: str, title: str, series: dict[str, list[tuple[float, float]]], start: float, end: float,
-               tz: ZoneInfo, unit: str = "", lines: Sequence[tuple[float, str, str]] = (),
-               y_min: float | None = None, y_max: float | None = None, width: int = 900, height: int = 260,
-               colours: dict[str, str] | None = None, bars: bool = False, tr: Translator | None = None) -> str:
-    """Time series (name -> [(epoch s, value)]) over [start, end], with reference lines."""
-    series = {k: sorted(v) for k, v in series.items() if v}
-    if not series:
-        return _empty(chart_id, title, (tr or translator("en")).gettext("nothing in this period"))
-    left, right, top, bottom = 56, 150, 16, 28
-    values = [v for pts in series.values() for _, v in pts] + [v for v, _, _ in lines]
-    low = min(values) if y_min is None else y_min
-    high = max(values) if y_max is None else y_max
-    if high <= low:
-        high = low + 1
-    ticks = _ticks(low, high)
-    low, high = min(low, ticks[0]), max(high, ticks[-1])
-    pw, ph = width - left - right, height - top - bottom
-
-    def x(t: float) -> float:
-        return left + (t - start) / max(end - start, 1) * pw
-
-    def y(v: float) -> float:
-        return top + ph - (v - low) / (high - low) * ph
-
-    body = [f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#e2e8f0"/>']
-    for tick in ticks:
-        if low <= tick <= high:
-            body.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#f1f5f9"/>')
-            body.append(f'<text x="{left - 4}" y="{y(tick) + 4:.1f}" text-anchor="end" class="axis">{_n(tick)}</text>')
-    span = end - start
-    step = next(s for s in (3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400) if span / s <= 12)
-    t = math.ceil(start / step) * step
-    while t <= end:
-        label = datetime.fromtimestamp(t, tz).strftime("%H:%M" if step < 86400 else "%m-%d")
-        body.append(f'<text x="{x(t):.1f}" y="{height - 10}" text-anchor="middle" class="axis">{label}</text>')
-        t += step
-    body.append(f'<text x="{left}" y="{top - 4}" class="axis">{_e(unit)}</text>')
-    merged: dict[float, tuple[list[str], str]] = {}
-    for value, label, colour in lines:  # one line per value, its labels joined
-        merged.setdefault(value, ([], colour))[0].append(label)
-    for value, (labels, colour) in sorted(merged.items()):
-        label = "; ".join(labels)
-        if low <= value <= high:
-            body.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
-                        f'stroke="{colour}" stroke-dasharray="6 3" stroke-width="1.5"/>')
-            body.append(f'<text x="{left + pw - 4}" y="{y(value) - 3:.1f}" text-anchor="end" class="axis ref" '
-                        f'fill="{colour}">{_e(label)}</text>')
-    n = len(series)
-    for i, (name, pts) in enumerate(sorted(series.items())):
-        colour = (colours or {}).get(name, PALETTE[i % len(PALETTE)])
-        if bars:
-            slot = pw / max(len({t for s in series.values() for t, _ in s}), 1)
-            w = max(1.0, slot / n * 0.8)
-            for t0, v in pts:
-                bx = x(t0) + i * w
-                body.append(f'<rect class="bar" x="{bx:.1f}" y="{y(v):.1f}" width="{w:.1f}" '
-                            f'height="{max(0.5, y(low) - y(v)):.1f}" fill="{colour}"/>')
-        else:
-            path = " ".join(f"{'M' if j == 0 else 'L'}{x(t0):.1f},{y(v):.1f}" for j, (t0, v) in enumerate(pts))
-            body.append(f'<path class="series" d="{path}" fill="none" stroke="{colour}" stroke-width="1.6">'
-                        f"<title>{_e(name)}</title></path>")
-        ly = top + 12 + i * 16
-        body.append(f'<rect x="{left + pw + 12}" y="{ly - 9}" width="10" height="10" fill="{colour}"/>'
-                    f'<text x="{left + pw + 26}" y="{ly}" class="label">{_e(name)}</text>')
-    return _svg(chart_id, width, height, title, body)
-
 
 def city_map(chart_id: str, data: ReportData, width: int = 900, height: int = 560,
              tr: Translator | None = None) -> str:
@@ -485,18 +344,6 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], raw_cols: froz
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _series(rows: list[dict[str, Any]], value: str, by: str | None = None, ref: str | None = None,
-            label: str = "{}") -> dict[str, list[tuple[float, float]]]:
-    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for row in rows:
-        if ref is not None and row.get("_ref") != ref:
-            continue
-        v = row.get(value)
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            out[label.format(row.get(by, "")) if by else value].append((float(row["time"]), float(v)))
-    return dict(out)
-
-
 def _share_of(figure: dict[str, Any]) -> str:
     """`{n, count, share}` as "75% (3/4)", or "-" when it applies to no case."""
     return "-" if not figure["n"] else f"{100 * figure['share']:.0f}% ({figure['count']}/{figure['n']})"
@@ -572,56 +419,11 @@ def _loop_section(data: ReportData, tr: Translator) -> list[str]:
 
 
 def _sensor_section(data: ReportData, settings: Settings, tz: ZoneInfo, tr: Translator) -> list[str]:
-    rows = data.influx
-    rules = settings.rules
-    _ = tr.gettext
-    if not rows:
+    """Each kind's charts, as the kind draws them (KindSpec.report)."""
+    if not data.influx:
         return [f'<p class="note">{_e(data.note(tr))}</p>'] if data.influx_note else []
-    s, e = data.start, data.end
-    parts = []
-    gas = rules.section(GasRules)
-    parts.append("<h3>" + _e(_("Gas: highest %LEL by district")) + "</h3>")
-    gas_lines = [(gas.level1_pct, _("level 1 ({limit}%)", limit=_n(gas.level1_pct)), "#f59e0b"),
-                 (gas.level2_pct, _("level 2 ({limit}%)", limit=_n(gas.level2_pct)), "#dc2626")]
-    parts.append(line_chart("chart-gas", _("Gas %LEL by district"), _series(rows["gas"], "lel_pct", "district"), s, e,
-                            tz, "%LEL", gas_lines, y_min=0, tr=tr))
-    by_zone = _series(rows["noise"], "laeq_db", "zone")
-    limits = rules.section(NoiseRules).limits
-    noise, noise_lines = {}, []
-    for zone in sorted(by_zone):
-        name = _("zone {zone}", zone=zone)
-        noise[name] = by_zone[zone]
-        if zone in limits:
-            day, night = limits[zone]
-            noise_lines += [(float(night), _("{zone} night", zone=name), "#f59e0b"),
-                            (float(day), _("{zone} day", zone=name), "#dc2626")]
-    heading = _("Noise: loudest LAeq by zone class, with each zone's day and night limits")
-    parts.append(f"<h3>{_e(heading)}</h3>")
-    parts.append(line_chart("chart-noise", _("Noise LAeq by zone class"), noise, s, e, tz, "dB(A)", noise_lines, tr=tr))
-    water = rules.section(WaterRules)
-    parts.append("<h3>" + _e(_("Water: deepest ponding by district")) + "</h3>")
-    parts.append(line_chart("chart-water", _("Water depth by district"), _series(rows["water"], "depth_cm", "district"),
-                            s, e, tz, _("cm"), [(water.light_cm, tr.pgettext("water level", "light"), "#ca8a04"),
-                                                (water.moderate_cm, tr.pgettext("water level", "moderate"), "#f59e0b"),
-                                                (water.severe_cm, tr.pgettext("water level", "severe"), "#dc2626")],
-                            y_min=0, tr=tr))
-    parts.append("<h3>" + _e(_("Water: fastest rise (cm per 10 min) by district")) + "</h3>")
-    parts.append(line_chart("chart-water-rise", _("Water rise rate"), _series(rows["water_rise"], "rise_cm_10min",
-                                                                               "district"), s, e, tz, _("cm/10 min"),
-                            tr=tr))
-    occupied = {r["time"]: r["occupied_bays"] for r in rows["parking"] if r.get("_ref") == "A"}
-    reporting = {r["time"]: r["reporting_bays"] for r in rows["parking"] if r.get("_ref") == "B"}
-    occupancy = [(float(t), 100.0 * occupied.get(t, 0) / n) for t, n in sorted(reporting.items()) if n]
-    parts.append("<h3>" + _e(_("Parking: occupancy of reporting bays")) + "</h3>")
-    parts.append(line_chart("chart-parking", _("Parking occupancy"), {_("occupancy"): occupancy}, s, e, tz, "%",
-                            y_min=0, y_max=100, tr=tr))
-    lock: dict[str, list[tuple[float, float]]] = {}
-    for target in q.lock_events():
-        alias = target.columns[-1]
-        lock.update(_series(rows["lock"], alias, ref=target.ref_id))
-    parts.append("<h3>" + _e(_("Locks: security-relevant events")) + "</h3>")
-    parts.append(line_chart("chart-lock", _("Lock events"), lock, s, e, tz, _("events"), y_min=0, bars=True, tr=tr))
-    return parts
+    report = SensorReport(data.influx, settings.rules, data.start, data.end, tz, tr)
+    return [part for kind in specs().values() if kind.report is not None for part in kind.report(report)]
 
 
 def render_html(data: ReportData, settings: Settings) -> str:

@@ -34,7 +34,7 @@ TOKEN = "test-token"
 CORE_CHARTS = ("chart-map", "chart-open-ages", "chart-ack-times", "chart-resolve-times", "chart-timeline",
                "chart-by-district", "chart-by-grid", "chart-by-kind", "chart-grid-level")
 SENSOR_CHARTS = ("chart-gas", "chart-noise", "chart-water", "chart-water-rise", "chart-parking", "chart-lock",
-                 "chart-battery", "chart-rssi")
+                 "chart-smoke", "chart-battery", "chart-rssi")
 MEASURE = """<script>
 for (const svg of document.querySelectorAll('svg.chart')) {
   const box = svg.getBoundingClientRect();

@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from citywatch.config import RuleSettings, load_settings
+from citywatch.config import SAFETY_RULES, RuleSettings, load_settings
 from citywatch.devices.attributes import check_threshold_order
 from citywatch.errors import ConfigError, DeviceError
-from citywatch.config import SAFETY_RULES
 from citywatch.model import Device, Output
 from citywatch.streams.pipeline import Pipeline
 from tests.helpers import T0, feed, make_pipeline, payload

@@ -14,7 +14,9 @@ from citywatch.i18n import N_, NP_
 from citywatch.kindspec import KindSpec, Measure, PayloadField, Threshold
 from citywatch.section import Section, below
 
-if TYPE_CHECKING:  # the dashboard modules load when a dashboard is built
+if TYPE_CHECKING:  # the dashboard and report modules load when a dashboard or report is made
+    from citywatch.charts import SensorReport
+    from citywatch.dashboards.queries import Target
     from citywatch.dashboards.widgets import RowSpec
 
 
@@ -67,6 +69,24 @@ def dashboard_row() -> RowSpec:
     ])
 
 
+def _gas_figure() -> Target:
+    from citywatch.dashboards import queries as q
+
+    return q.gas_by_district()
+
+
+def report(r: SensorReport) -> list[str]:
+    """Its part of `citywatch report`: highest %LEL by district against the alarm levels."""
+    from citywatch.charts import line_chart, num, series
+
+    _, gas = r.tr.gettext, r.rules.section(GasRules)
+    lines = [(gas.level1_pct, _("level 1 ({limit}%)", limit=num(gas.level1_pct)), "#f59e0b"),
+             (gas.level2_pct, _("level 2 ({limit}%)", limit=num(gas.level2_pct)), "#dc2626")]
+    return [r.heading(_("Gas: highest %LEL by district")),
+            line_chart("chart-gas", _("Gas %LEL by district"), series(r.rows["gas"], "lel_pct", "district"),
+                       r.start, r.end, r.tz, "%LEL", lines, y_min=0, tr=r.tr)]
+
+
 SPEC = KindSpec(
     name="gas",
     label=NP_("kind", "gas"),
@@ -93,4 +113,6 @@ SPEC = KindSpec(
                             "normal for the hour"),
     },
     dashboard_row=dashboard_row,
+    report_figures={"gas": _gas_figure},
+    report=report,
 )

@@ -13,7 +13,9 @@ from citywatch.i18n import N_, NP_
 from citywatch.kindspec import KindSpec, PayloadField
 from citywatch.section import Section
 
-if TYPE_CHECKING:  # the dashboard modules load when a dashboard is built
+if TYPE_CHECKING:  # the dashboard and report modules load when a dashboard or report is made
+    from citywatch.charts import SensorReport
+    from citywatch.dashboards.queries import Target
     from citywatch.dashboards.widgets import RowSpec
 
 EVENTS = ("unlock_ok", "unlock_fail", "forced_open", "tamper", "door_ajar", "door_closed", "jammed", "low_battery")
@@ -54,6 +56,25 @@ def dashboard_row() -> RowSpec:
     ])
 
 
+def _events_figure() -> list[Target]:
+    from citywatch.dashboards import queries as q
+
+    return q.lock_events()
+
+
+def report(r: SensorReport) -> list[str]:
+    """Its part of `citywatch report`: security-relevant lock events."""
+    from citywatch.charts import line_chart, series
+
+    _ = r.tr.gettext
+    lock: dict[str, list[tuple[float, float]]] = {}
+    for target in _events_figure():
+        lock.update(series(r.rows["lock"], target.columns[-1], ref=target.ref_id))
+    return [r.heading(_("Locks: security-relevant events")),
+            line_chart("chart-lock", _("Lock events"), lock, r.start, r.end, r.tz, _("events"), y_min=0, bars=True,
+                       tr=r.tr)]
+
+
 SPEC = KindSpec(
     name="lock",
     label=NP_("kind", "lock"),
@@ -82,4 +103,6 @@ SPEC = KindSpec(
         "lock_unusual_failures": N_("{count} failed unlocks this hour, far above this door's normal"),
     },
     dashboard_row=dashboard_row,
+    report_figures={"lock": _events_figure},
+    report=report,
 )

@@ -14,7 +14,9 @@ from citywatch.i18n import N_, NP_
 from citywatch.kindspec import KindSpec, Measure, PayloadField, Threshold
 from citywatch.section import Section
 
-if TYPE_CHECKING:  # the dashboard modules load when a dashboard is built
+if TYPE_CHECKING:  # the dashboard and report modules load when a dashboard or report is made
+    from citywatch.charts import SensorReport
+    from citywatch.dashboards.queries import Target
     from citywatch.dashboards.widgets import PanelSpec, RowSpec
 
 
@@ -78,6 +80,32 @@ def dashboard_row() -> RowSpec:
     ])
 
 
+def _noise_figure() -> Target:
+    from citywatch.dashboards import queries as q
+
+    return q.noise_by_zone()
+
+
+def report(r: SensorReport) -> list[str]:
+    """Its part of `citywatch report`: loudest LAeq by zone class, with each zone's day and night limits."""
+    from citywatch.charts import line_chart, series
+
+    _ = r.tr.gettext
+    by_zone = series(r.rows["noise"], "laeq_db", "zone")
+    limits = r.rules.section(NoiseRules).limits
+    noise, lines = {}, []
+    for zone in sorted(by_zone):
+        name = _("zone {zone}", zone=zone)
+        noise[name] = by_zone[zone]
+        if zone in limits:
+            day, night = limits[zone]
+            lines += [(float(night), _("{zone} night", zone=name), "#f59e0b"),
+                      (float(day), _("{zone} day", zone=name), "#dc2626")]
+    return [r.heading(_("Noise: loudest LAeq by zone class, with each zone's day and night limits")),
+            line_chart("chart-noise", _("Noise LAeq by zone class"), noise, r.start, r.end, r.tz, "dB(A)", lines,
+                       tr=r.tr)]
+
+
 SPEC = KindSpec(
     name="noise",
     label=NP_("kind", "noise"),
@@ -104,4 +132,6 @@ SPEC = KindSpec(
     },
     words={"period": ("noise period", frozenset({NP_("noise period", "day"), NP_("noise period", "night")}))},
     dashboard_row=dashboard_row,
+    report_figures={"noise": _noise_figure},
+    report=report,
 )

@@ -10,7 +10,9 @@ from citywatch.i18n import N_, NP_
 from citywatch.kindspec import KindSpec, PayloadField
 from citywatch.section import Section
 
-if TYPE_CHECKING:  # the dashboard modules load when a dashboard is built
+if TYPE_CHECKING:  # the dashboard and report modules load when a dashboard or report is made
+    from citywatch.charts import SensorReport
+    from citywatch.dashboards.queries import Target
     from citywatch.dashboards.widgets import RowSpec
 
 
@@ -47,6 +49,25 @@ def dashboard_row() -> RowSpec:
     ])
 
 
+def _occupancy_figure() -> list[Target]:
+    from citywatch.dashboards import queries as q
+
+    return q.parking_occupancy()
+
+
+def report(r: SensorReport) -> list[str]:
+    """Its part of `citywatch report`: occupancy of the bays reporting."""
+    from citywatch.charts import line_chart
+
+    _ = r.tr.gettext
+    occupied = {row["time"]: row["occupied_bays"] for row in r.rows["parking"] if row.get("_ref") == "A"}
+    reporting = {row["time"]: row["reporting_bays"] for row in r.rows["parking"] if row.get("_ref") == "B"}
+    occupancy = [(float(t), 100.0 * occupied.get(t, 0) / n) for t, n in sorted(reporting.items()) if n]
+    return [r.heading(_("Parking: occupancy of reporting bays")),
+            line_chart("chart-parking", _("Parking occupancy"), {_("occupancy"): occupancy}, r.start, r.end, r.tz,
+                       "%", y_min=0, y_max=100, tr=r.tr)]
+
+
 SPEC = KindSpec(
     name="parking",
     label=NP_("kind", "parking"),
@@ -67,4 +88,6 @@ SPEC = KindSpec(
     },
     words={"state": ("parking state", frozenset({NP_("parking state", "occupied"), NP_("parking state", "free")}))},
     dashboard_row=dashboard_row,
+    report_figures={"parking": _occupancy_figure},
+    report=report,
 )

@@ -16,7 +16,9 @@ from citywatch.i18n import N_, NP_
 from citywatch.kindspec import KindSpec, Measure, PayloadField, Threshold
 from citywatch.section import Section, below
 
-if TYPE_CHECKING:  # the dashboard modules load when a dashboard is built
+if TYPE_CHECKING:  # the dashboard and report modules load when a dashboard or report is made
+    from citywatch.charts import SensorReport
+    from citywatch.dashboards.queries import Target
     from citywatch.dashboards.widgets import RowSpec
 
 
@@ -36,7 +38,6 @@ class SmokeRules(Section):
 
 
 def dashboard_row() -> RowSpec:
-    from citywatch.dashboards import queries as q
     from citywatch.dashboards.widgets import PanelSpec, RowSpec, timeseries_panel
 
     smoke = SmokeRules()
@@ -46,9 +47,29 @@ def dashboard_row() -> RowSpec:
                                    f"{smoke.alarm_pct_per_m:g} %/m.", "suffix: %/m",
                                    ((None, "green"), (smoke.pre_alarm_pct_per_m, "orange"),
                                     (smoke.alarm_pct_per_m, "red"))),
-                  [q.per_interval("smoke", "max", "obscuration_pct_per_m", "obscuration_pct_per_m", "district")],
+                  [_obscuration_figure()],
                   24, 8),
     ])
+
+
+def _obscuration_figure() -> Target:
+    from citywatch.dashboards import queries as q
+
+    return q.per_interval("smoke", "max", "obscuration_pct_per_m", "obscuration_pct_per_m", "district")
+
+
+def report(r: SensorReport) -> list[str]:
+    """Its part of `citywatch report`: densest smoke by district against the pre-alarm and alarm levels."""
+    from citywatch.charts import line_chart, num, series
+
+    _, smoke = r.tr.gettext, r.rules.section(SmokeRules)
+    lines = [(smoke.pre_alarm_pct_per_m, _("pre-alarm ({limit} %/m)", limit=num(smoke.pre_alarm_pct_per_m)),
+              "#f59e0b"),
+             (smoke.alarm_pct_per_m, _("alarm ({limit} %/m)", limit=num(smoke.alarm_pct_per_m)), "#dc2626")]
+    return [r.heading(_("Smoke: densest obscuration by district")),
+            line_chart("chart-smoke", _("Smoke obscuration by district"),
+                       series(r.rows["smoke"], "obscuration_pct_per_m", "district"), r.start, r.end, r.tz, "%/m",
+                       lines, y_min=0, tr=r.tr)]
 
 
 SPEC = KindSpec(
@@ -78,4 +99,6 @@ SPEC = KindSpec(
         "smoke_tamper": N_("smoke alarm tampered with (removed from its base or opened)"),
     },
     dashboard_row=dashboard_row,
+    report_figures={"smoke": _obscuration_figure},
+    report=report,
 )

@@ -14,7 +14,9 @@ from citywatch.i18n import N_, NP_
 from citywatch.kindspec import KindSpec, Measure, PayloadField, Threshold
 from citywatch.section import Section, below
 
-if TYPE_CHECKING:  # the dashboard modules load when a dashboard is built
+if TYPE_CHECKING:  # the dashboard and report modules load when a dashboard or report is made
+    from citywatch.charts import SensorReport
+    from citywatch.dashboards.queries import Target
     from citywatch.dashboards.widgets import RowSpec
 
 
@@ -69,6 +71,35 @@ def dashboard_row() -> RowSpec:
     ])
 
 
+def _depth_figure() -> Target:
+    from citywatch.dashboards import queries as q
+
+    return q.water_depth()
+
+
+def _rise_figure() -> Target:
+    from citywatch.dashboards import queries as q
+
+    return q.water_rise()
+
+
+def report(r: SensorReport) -> list[str]:
+    """Its part of `citywatch report`: deepest ponding against the levels; fastest rise."""
+    from citywatch.charts import line_chart, series
+
+    _, water, tr = r.tr.gettext, r.rules.section(WaterRules), r.tr
+    levels = [(water.light_cm, tr.pgettext("water level", "light"), "#ca8a04"),
+              (water.moderate_cm, tr.pgettext("water level", "moderate"), "#f59e0b"),
+              (water.severe_cm, tr.pgettext("water level", "severe"), "#dc2626")]
+    return [r.heading(_("Water: deepest ponding by district")),
+            line_chart("chart-water", _("Water depth by district"), series(r.rows["water"], "depth_cm", "district"),
+                       r.start, r.end, r.tz, _("cm"), levels, y_min=0, tr=tr),
+            r.heading(_("Water: fastest rise (cm per 10 min) by district")),
+            line_chart("chart-water-rise", _("Water rise rate"),
+                       series(r.rows["water_rise"], "rise_cm_10min", "district"), r.start, r.end, r.tz,
+                       _("cm/10 min"), tr=tr)]
+
+
 SPEC = KindSpec(
     name="water",
     label=NP_("kind", "water"),
@@ -92,4 +123,6 @@ SPEC = KindSpec(
     words={"level": ("water level", frozenset({NP_("water level", "light"), NP_("water level", "moderate"),
                                                NP_("water level", "severe")}))},
     dashboard_row=dashboard_row,
+    report_figures={"water": _depth_figure, "water_rise": _rise_figure},
+    report=report,
 )

@@ -1,10 +1,12 @@
 """Replay a CSV through the detectors, one row at a time, with no look-ahead.
 
 Input: a header row, then `timestamp,value` (a generic numeric signal: the generic detector) or,
-with a kind, `timestamp` and the kind's fields (gas: lel_pct[,co_ppm]; noise: laeq_db[,lamax_db];
-water: depth_cm; parking: occupied; lock: event[,user]; smoke: obscuration_pct_per_m,alarm[,event])
-plus optionally battery, rssi, seq. A kind's rows run through the real pipeline core (validation,
-threshold rules, learned detectors, alert lifecycle) as one synthetic device. Timestamps: epoch
+with a kind, `timestamp` and the kind's payload fields as it declares them in citywatch/kinds/<kind>.py
+(gas: lel_pct[,co_ppm]; noise: laeq_db[,lamax_db]; water: depth_cm; parking: occupied; lock:
+event[,user]; smoke: obscuration_pct_per_m,alarm[,event]; `citywatch schema` lists them) plus
+optionally battery, rssi, seq. Yes/no fields read 1/0, true/false, yes/no. A kind's rows run
+through the real pipeline core (validation, threshold rules, learned detectors, alert lifecycle) as
+one synthetic device. Timestamps: epoch
 seconds (or milliseconds), or ISO 8601 (without an offset: UTC).
 
 Output: one row per input row, `timestamp,is_alert,anomaly_score` and, with a kind, `rules`.
@@ -182,7 +184,6 @@ class GenericReplay:
 # -- a device kind ------------------------------------------------------------------------------
 
 _OPENINGS = ("opened", "flapping")
-_BOOLEANS = frozenset({"occupied", "alarm"})  # 1/0, true/false, yes/no
 
 
 class KindReplay:
@@ -192,11 +193,14 @@ class KindReplay:
         import msgspec
 
         from citywatch.detectors.lifecycle import AlertEngine
-        from citywatch.ingest.schemas import KIND_FIELDS
         from citywatch.ingest.topics import telemetry_topic
+        from citywatch.kinds import spec
         from citywatch.streams.pipeline import Pipeline
 
-        fields = KIND_FIELDS[kind]
+        declared = spec(kind)
+        fields = declared.fields
+        self.booleans = frozenset(f.name for f in declared.payload if f.type is bool)  # 1/0, true/false, yes/no
+        self.texts = frozenset(f.name for f in declared.payload if f.type not in (bool, float, int))
         if "timestamp" not in header:
             raise ReplayError("the header needs a timestamp column")
         unknown = [h for h in header if h != "timestamp" and h not in fields and h not in _COMMON]
@@ -218,9 +222,9 @@ class KindReplay:
         for name, column in zip(self.header, columns, strict=True):
             if name == "timestamp":
                 continue
-            if name in ("event", "user"):
+            if name in self.texts:
                 text[name] = [c.strip() for c in column]
-            elif name in _BOOLEANS:
+            elif name in self.booleans:
                 numeric[name] = [1.0 if c.strip().lower() in _TRUE else 0.0 if c.strip() else math.nan
                                  for c in column]
             else:
@@ -230,7 +234,7 @@ class KindReplay:
             for name, values in numeric.items():
                 v = values[i]
                 if v == v:  # not NaN: an empty cell is a missing field
-                    payload[name] = bool(v) if name in _BOOLEANS else int(v) if name == "seq" else v
+                    payload[name] = bool(v) if name in self.booleans else int(v) if name == "seq" else v
             for name, cells in text.items():
                 if cells[i]:
                     payload[name] = cells[i]
