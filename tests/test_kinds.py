@@ -35,7 +35,7 @@ KIND_FILES = sorted(p.stem for p in (ROOT / "citywatch" / "kinds").glob("*.py") 
 
 
 def test_the_kinds_are_the_modules_of_the_kinds_package() -> None:
-    assert KINDS == tuple(KIND_FILES)
+    assert tuple(KIND_FILES) == KINDS
     assert {"gas", "noise", "water", "parking", "lock", "smoke"} <= set(KINDS)
     with pytest.raises(KeyError):
         spec("volcano")
