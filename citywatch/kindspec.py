@@ -68,7 +68,9 @@ class KindSpec:
     """One device kind, declared once (citywatch/kinds/<name>.py, as `SPEC`).
 
     - `payload`: the kind's own telemetry fields.
-    - `chart_field`, `chart_unit`: the value the console charts for a device of this kind.
+    - `chart_field`, `chart_unit`: the value the console charts for a device of this kind (a float is
+      drawn as a line, a yes/no as steps, a code as a list of events).
+    - `device_attributes`: registry attributes that mean something for this kind only (Device fields).
     - `measure`: the numeric field fault detectors watch (None: no numeric field, e.g. parking, lock).
     - `settings`: the `rules.<name>` section (thresholds and limits); `learned_settings`: the
       `rules.learned.<key>` parameter blocks of its learned detectors.
@@ -77,7 +79,8 @@ class KindSpec:
       the rules every kind has (battery, reporting, the fault detectors on `measure`) are added by
       detectors/registry.py.
     - `safety_rules`: its life-safety rules (opened at the first reading at the level, never held).
-    - `hazard_group`: the incident group its alerts join by default, with the rule patterns.
+    - `hazard_group`: the incident group its alerts join by default (NP_("hazard group", ...)), with
+      the rule patterns.
     - `label`: its name marked for translation (NP_("kind", ...)); `rule_labels` likewise for its rules.
     - `messages`: template key -> English template of its rules' alert messages (alert_text.py);
       `words`: message fields whose values are words, with their translation context and words.
@@ -91,6 +94,7 @@ class KindSpec:
     payload: tuple[PayloadField, ...]
     chart_field: str
     chart_unit: str = ""
+    device_attributes: tuple[str, ...] = ()
     measure: Measure | None = None
     settings: type[Section] | None = None
     learned_settings: Mapping[str, type[Section]] = field(default_factory=lambda: MappingProxyType({}))
@@ -104,6 +108,11 @@ class KindSpec:
     dashboard_row: Callable[[], RowSpec] | None = None
     report_figures: Mapping[str, Callable[[], Any]] = field(default_factory=lambda: MappingProxyType({}))
     report: Callable[[SensorReport], list[str]] | None = None
+
+    @property
+    def chart_type(self) -> Any:
+        """The type of `chart_field` (float, bool, str or a Literal of codes)."""
+        return next(f.type for f in self.payload if f.name == self.chart_field)
 
     @property
     def fields(self) -> tuple[str, ...]:

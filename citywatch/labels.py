@@ -69,9 +69,7 @@ _table("device attribute",
 
 _table("silence state", NP_("silence state", "active"), NP_("silence state", "scheduled"),
        NP_("silence state", "ended"), NP_("silence state", "expired"))
-_table("hazard group", NP_("hazard group", "gas"), NP_("hazard group", "water"), NP_("hazard group", "noise"),
-       NP_("hazard group", "parking"), NP_("hazard group", "security"), NP_("hazard group", "fire"),
-       NP_("hazard group", "device_health"))
+_table("hazard group", NP_("hazard group", "device_health"))  # and each kind's (KindSpec.hazard_group)
 _table("incident status", NP_("incident status", "open"), NP_("incident status", "assigned"),
        NP_("incident status", "on_site"), NP_("incident status", "rectified"), NP_("incident status", "closed"))
 
@@ -86,7 +84,8 @@ def _tables() -> dict[str, frozenset[str]]:
 
     kinds = specs().values()
     return {**_TABLES, "kind": frozenset(k.label for k in kinds),
-            "rule": _TABLES["rule"] | {rule for k in kinds for rule in k.rule_labels}}
+            "rule": _TABLES["rule"] | {rule for k in kinds for rule in k.rule_labels},
+            "hazard group": _TABLES["hazard group"] | {k.hazard_group[0] for k in kinds if k.hazard_group[0]}}
 
 
 def label(t: Translator, context: str, code: str | None) -> str:

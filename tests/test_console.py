@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from citywatch.console import map as city_map
-from citywatch.console.readings import RecentReadings, lock_event, main_value
+from citywatch.console.readings import RecentReadings, code_of, main_value
 from citywatch.console.sessions import SessionBook, csrf_ok
 from citywatch.console.views import Filters
 from citywatch.model import Device
@@ -403,7 +403,7 @@ def test_readings_buffer_is_bounded_keeps_alerting_devices_and_is_cheap() -> Non
     buffer.add("g", 0.0, 1.0)
     assert buffer.series("c") == []
     assert main_value("parking", {"occupied": True}) == 1.0 and main_value("gas", {"co_ppm": 3}) is None
-    assert lock_event(main_value("lock", {"event": "tamper"}) or -1) == "tamper"
+    assert code_of("lock", main_value("lock", {"event": "tamper"}) or -1) == "tamper"
 
     big = RecentReadings(200, 5000)  # a city of 20,000 devices: every reading is a device the LRU forgot
     readings = [(f"dev-{i % 20000}", "gas", float(i), {"lel_pct": 1.0}) for i in range(200_000)]

@@ -28,7 +28,8 @@ from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard
 from pydantic import SecretStr
 
-from citywatch.config import InfluxSettings, NoiseRules
+from citywatch.config import InfluxSettings
+from citywatch.kinds.noise import NoiseRules
 from citywatch.dashboards import queries as q
 from citywatch.dashboards.build import DATASOURCE_YAML, build_files, dashboard, stale
 from citywatch.dashboards.cli import dashboards

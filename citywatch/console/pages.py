@@ -24,7 +24,7 @@ from citywatch.console.core import (
     may_silence,
     signed_in,
 )
-from citywatch.console.readings import UNITS, lock_event
+from citywatch.console.readings import UNITS, code_of
 from citywatch.console.views import (
     Filters,
     alert_actions,
@@ -36,6 +36,7 @@ from citywatch.console.views import (
     may_view_incident,
     sort_rows,
 )
+from citywatch.kinds import KINDS, spec
 from citywatch.labels import label
 from citywatch.model import TERMINAL_STATUSES
 from citywatch.people.policy import alert_target, authorize, incident_target, permitted
@@ -118,13 +119,15 @@ async def alert_page(request: web.Request) -> web.Response:
     notes = await asyncio.to_thread(console.reader.comments, "alert", alert_id)
     device = console.runner.devices.get(alert.device_id)
     points = console.readings.series(alert.device_id)
-    numeric = [] if alert.kind == "lock" else points
-    events_list = [(t.local_time(ts, console.timezone, seconds=True), lock_event(v))
-                   for ts, v in points][-20:] if alert.kind == "lock" else []
+    drawn = spec(alert.kind).chart_type if alert.kind in KINDS else float
+    coded = drawn not in (float, bool)  # a code (a lock's event): listed, not drawn
+    numeric = [] if coded else points
+    events_list = [(t.local_time(ts, console.timezone, seconds=True), code_of(alert.kind, v))
+                   for ts, v in points][-20:] if coded else []
     svg = None
     if numeric:
         svg = chart.render(numeric, console.timezone, t.gettext("Recent readings of {device}", device=alert.device_id),
-                           UNITS.get(alert.kind, ""), alert.threshold, step=alert.kind == "parking")
+                           UNITS.get(alert.kind, ""), alert.threshold, step=drawn is bool)
     silenced = console._silenced([alert]).get(alert.id, False)
     incident = console.incident_of(alert_id)
     target = alert_target(alert)

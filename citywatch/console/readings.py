@@ -1,8 +1,8 @@
 """Recent readings per device, in memory, for the alert page's chart.
 
 Fed by the runner's listeners with each committed batch (`add_output`): for every accepted reading,
-the kind's main value (gas %LEL, noise LAeq, water depth, parking occupied as 0/1, a lock's event as
-its index in LOCK_EVENTS). Each device's last `per_device` readings sit in a ring of two float
+the kind's main value (its chart field: gas %LEL, noise LAeq, water depth, parking occupied as 0/1,
+a lock's event as its index among the kind's codes). Each device's last `per_device` readings sit in a ring of two float
 arrays (16 bytes a reading, allocated once per device and reused when the device is forgotten).
 
 Which devices: the `devices` that reported most recently (an LRU), and besides them, up to `devices`
@@ -21,16 +21,18 @@ from __future__ import annotations
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_args
 
-from citywatch.ingest.schemas import LOCK_EVENTS
 from citywatch.kinds import specs
 from citywatch.model import TERMINAL_STATUSES
 
 # The value a chart shows for each kind (the field the kind's main rule reads).
 MAIN_FIELD: dict[str, str] = {name: kind.chart_field for name, kind in specs().items()}
 UNITS: dict[str, str] = {name: kind.chart_unit for name, kind in specs().items()}
-_LOCK_CODE = {event: float(i) for i, event in enumerate(LOCK_EVENTS)}
+# A coded chart field (a Literal, e.g. a lock's event): its codes in declared order, each stored as its index.
+CODES: dict[str, tuple[str, ...]] = {name: get_args(kind.chart_type) for name, kind in specs().items()
+                                     if get_args(kind.chart_type)}
+_CODE_INDEX = {name: {code: float(i) for i, code in enumerate(codes)} for name, codes in CODES.items()}
 
 Point = tuple[float, float]  # (event time, value)
 
@@ -43,14 +45,15 @@ def main_value(kind: str, values: dict[str, Any]) -> float | None:
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
-        return _LOCK_CODE.get(value)
+        return _CODE_INDEX.get(kind, {}).get(value)
     return None
 
 
-def lock_event(value: float) -> str:
-    """The lock event a stored value stands for."""
+def code_of(kind: str, value: float) -> str:
+    """The code (e.g. the lock event) a stored value of a coded kind stands for."""
+    codes = CODES.get(kind, ())
     index = int(value)
-    return LOCK_EVENTS[index] if 0 <= index < len(LOCK_EVENTS) else "?"
+    return codes[index] if 0 <= index < len(codes) else "?"
 
 
 class _Ring:

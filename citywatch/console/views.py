@@ -38,10 +38,6 @@ ACTIONS = tuple(ACTION_STATUSES)  # policy action codes, also the console's URLs
 # The roles' names for people (the templates show pgettext("role", user.role)); marked for extraction.
 ROLE_NAMES = (NP_("role", "admin"), NP_("role", "operator"), NP_("role", "field"), NP_("role", "installer"),
               NP_("role", "dispatch"))
-# The default hazard groups of incidents (incidents.groups); a group configured otherwise shows as its name.
-HAZARD_GROUPS = frozenset({NP_("hazard group", "gas"), NP_("hazard group", "water"), NP_("hazard group", "noise"),
-                           NP_("hazard group", "parking"), NP_("hazard group", "security"), NP_("hazard group", "fire"),
-                           NP_("hazard group", "device_health")})
 
 
 @dataclass(frozen=True)
@@ -153,8 +149,7 @@ def incident_row(t: Translator, timezone: str, incident: Incident, deadline: flo
     return {
         "id": incident.id, "severity": incident.severity, "severity_label": label(t, "severity", incident.severity),
         "group": incident.group, "status": incident.status,
-        "group_label": t.pgettext("hazard group", incident.group) if incident.group in HAZARD_GROUPS
-        else incident.group,
+        "group_label": label(t, "hazard group", incident.group),  # a group configured otherwise: its name
         "status_label": label(t, "alert status", incident.status), "members": len(incident.members),
         "open_members": open_members, "districts": ", ".join(districts), "grids": ", ".join(grids),
         "opened": t.local_time(incident.opened_at, timezone), "deadline": deadline,

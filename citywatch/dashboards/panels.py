@@ -37,6 +37,7 @@ from citywatch.dashboards.widgets import (
     RowSpec,
     organize,
     override,
+    ratio,
     stat_panel,
     table_panel,
     thresholds_json,
@@ -48,14 +49,6 @@ REVIEW_S = AlertSettings().review_deadline_h * 3600.0
 RESPONSE_S = AlertSettings().response_deadline_h * 3600.0
 MAP_CENTRE = (30.76, 120.75)  # Jiaxing
 SEVERITY_COLOURS = {"info": "blue", "warning": "orange", "critical": "red"}
-def ratio(left: str, right: str, alias: str) -> list[dm.DataTransformerConfig]:
-    """Join two single-column queries on time and divide them (InfluxQL cannot join)."""
-    return [
-        dm.DataTransformerConfig(id_val="joinByField", options={"mode": "outer"}),  # on the first time field
-        dm.DataTransformerConfig(id_val="calculateField", options={
-            "mode": "binary", "alias": alias, "replaceFields": True,
-            "binary": {"left": left, "operator": "/", "right": right}}),
-    ]
 
 
 def _age_cells() -> list[dm.DynamicConfigValue]:

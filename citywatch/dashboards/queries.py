@@ -32,8 +32,6 @@ OPEN_WINDOW = f"time > {RANGE_END_S}s - {OPEN_LOOKBACK} AND time <= {RANGE_END_S
 VARIABLE_NAMES: tuple[str, ...] = ("district", "grid", "kind")
 WHERE_VARS = " AND ".join(f'"{name}" =~ /^${name}$/' for name in VARIABLE_NAMES)
 OPENINGS = "/^(opened|flapping)$/"  # transitions that start a case
-LOCK_EVENTS: tuple[str, ...] = ("unlock_fail", "forced_open", "tamper", "door_ajar", "jammed")
-NOTABLE_LOCK_EVENTS = "/^(unlock_fail|forced_open|tamper|door_ajar|jammed|low_battery)$/"
 
 
 @dataclass(frozen=True)
@@ -192,72 +190,26 @@ def per_interval(measurement: str, agg: str, field_: str, alias: str, by: str | 
     return Target(ref_id, q, ("time", *((by,) if by else ()), alias), "time_series", f"$tag_{by}" if by else None)
 
 
-def gas_by_district() -> Target:
-    return per_interval("gas", "max", "lel_pct", "lel_pct", "district")
 
 
-def gas_top_devices(n: int = 10) -> Target:
-    q = (f'SELECT top("lel_pct", "device", {n}) AS "lel_pct", "district", "grid" FROM "gas" '
-         f'WHERE {_where(TIME_FILTER, WHERE_VARS)}')
-    return Target("A", q, ("device", "lel_pct", "district", "grid"))
 
 
-def noise_by_zone() -> Target:
-    t = per_interval("noise", "max", "laeq_db", "laeq_db", "zone")
-    return Target(t.ref_id, t.query, t.columns, t.format, "zone $tag_zone")
 
 
-def noise_exceedances() -> Target:
-    cond = _where(_matches("rule", "/^noise_/"), _matches("transition", "/^(opened|updated|flapping)$/"))
-    q = ('SELECT "value" AS "level_db", "threshold" AS "limit_db", "value" - "threshold" AS "over_db", "device", '
-         f'"rule", "severity", "district", "grid" FROM "alerts" WHERE {_alerts_where(cond)}')
-    return Target("A", q, ("time", "level_db", "limit_db", "over_db", "device", "rule", "severity", "district", "grid"))
 
 
-def water_depth() -> Target:
-    return per_interval("water", "max", "depth_cm", "depth_cm", "district")
 
 
-def water_rise() -> Target:
-    """Fastest rise per district: derivative per device (cm per 10 min), then the max of those."""
-    inner = (f'SELECT derivative(max("depth_cm"), 10m) AS "rise_cm_10min" FROM "water" '
-             f'WHERE {_where(TIME_FILTER, WHERE_VARS)} GROUP BY time({INTERVAL}), "device", "district"')
-    q = (f'SELECT max("rise_cm_10min") AS "rise_cm_10min" FROM ({inner}) WHERE {TIME_FILTER} '
-         f'GROUP BY time({INTERVAL}), "district" fill(none)')
-    return Target("A", q, ("time", "district", "rise_cm_10min"), "time_series", "$tag_district")
 
 
-def _bays(ref_id: str, alias: str, *conditions: str) -> Target:
-    inner = (f'SELECT last("occupied") AS "bay" FROM "parking" WHERE {_where(TIME_FILTER, WHERE_VARS, *conditions)} '
-             f'GROUP BY time({INTERVAL}), "device"')
-    q = f'SELECT count("bay") AS "{alias}" FROM ({inner}) WHERE {TIME_FILTER} GROUP BY time({INTERVAL}) fill(0)'
-    return Target(ref_id, q, ("time", alias), "time_series")
 
 
-def parking_occupancy() -> list[Target]:
-    """Bays reporting occupied / bays reporting, per interval (Grafana divides the two)."""
-    return [_bays("A", "occupied_bays", '"occupied" = true'), _bays("B", "reporting_bays")]
 
 
-def parking_overstays() -> Target:
-    cond = _where(_matches("rule", "/^parking_(overstay|forbidden)$/"), _matches("transition", OPENINGS))
-    q = ('SELECT "value" AS "stayed_min", "threshold" AS "max_stay_min", "rule", "status", "device", "district", '
-         f'"grid", "alert_id" FROM "alerts" WHERE {_alerts_where(cond)}')
-    return Target("A", q, ("time", "stayed_min", "max_stay_min", "rule", "device", "district", "grid", "alert_id"))
 
 
-def lock_events() -> list[Target]:
-    refs = "ABCDEFGHIJ"
-    targets = [per_interval("lock", "count", "event", event, None, _is("event", event), ref_id=refs[i])
-               for i, event in enumerate(LOCK_EVENTS)]
-    return [Target(t.ref_id, t.query, t.columns, t.format, t.columns[-1]) for t in targets]
 
 
-def lock_notable() -> Target:
-    q = (f'SELECT "event", "user", "device", "district", "grid" FROM "lock" '
-         f'WHERE {_where(TIME_FILTER, WHERE_VARS, _matches("event", NOTABLE_LOCK_EVENTS))} '
-         'ORDER BY time DESC LIMIT 500')
-    return Target("A", q, ("time", "event", "user", "device", "district", "grid"))
 
 
 # -- device health --------------------------------------------------------------------------------
@@ -323,3 +275,7 @@ def substitute(query: str, *, time_filter: str, interval: str, range_end_s: floa
         raise KeyError(f"unknown template variable ${name} in {query!r}")
 
     return _VAR.sub(replace, query)
+
+
+# The helpers each kind's own queries use (citywatch/kinds/<kind>.py).
+where, is_, matches, alerts_where = _where, _is, _matches, _alerts_where

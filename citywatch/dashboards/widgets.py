@@ -99,3 +99,13 @@ def organize(exclude: tuple[str, ...] = (), order: tuple[str, ...] = (), rename:
         "indexByName": {name: i for i, name in enumerate(order)},
         "renameByName": rename or {},
     })
+
+
+def ratio(left: str, right: str, alias: str) -> list[dm.DataTransformerConfig]:
+    """Join two single-column queries on time and divide them (InfluxQL cannot join)."""
+    return [
+        dm.DataTransformerConfig(id_val="joinByField", options={"mode": "outer"}),  # on the first time field
+        dm.DataTransformerConfig(id_val="calculateField", options={
+            "mode": "binary", "alias": alias, "replaceFields": True,
+            "binary": {"left": left, "operator": "/", "right": right}}),
+    ]

@@ -91,8 +91,7 @@ def validate_device(device: Device) -> None:
 
 
 # Attributes that mean something for one kind only; an installer setting one on another kind made a mistake.
-KIND_ATTRS: dict[str, str] = {"zone_class": "noise", "tenants": "lock", "max_stay_min": "parking",
-                              "no_parking": "parking"}
+KIND_ATTRS: dict[str, str] = {attr: name for name, kind in specs().items() for attr in kind.device_attributes}
 
 
 def validate_installation(device: Device, zone_classes: Collection[str]) -> None:

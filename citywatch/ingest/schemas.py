@@ -16,11 +16,8 @@ from msgspec import Meta
 
 from citywatch.errors import DeadLetterReason, InvalidMessage
 from citywatch.kinds import specs
-from citywatch.kinds.lock import EVENTS
 from citywatch.kindspec import KindSpec, PayloadField
 from citywatch.model import Reading
-
-LOCK_EVENTS = EVENTS  # re-exported for the console and the simulator
 
 # The default of ingest.min_timestamp. Older readings are dead-lettered (bad_timestamp): InfluxDB's
 # nanosecond timestamps start in 1677, and one reading stamped year 1 made it refuse a whole batch.

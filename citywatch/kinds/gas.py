@@ -46,12 +46,27 @@ class GasSlowRiseParams(Section):
 MIN_SPREAD = 0.1  # %LEL: about the resolution detectors report at
 
 
+# -- its InfluxDB queries (dashboard panels and report figures) ------------------------------
+
+def gas_by_district() -> Target:
+    from citywatch.dashboards import queries as ql
+
+    return ql.per_interval("gas", "max", "lel_pct", "lel_pct", "district")
+
+
+def gas_top_devices(n: int = 10) -> Target:
+    from citywatch.dashboards import queries as ql
+
+    q = (f'SELECT top("lel_pct", "device", {n}) AS "lel_pct", "district", "grid" FROM "gas" '
+         f'WHERE {ql.where(ql.TIME_FILTER, ql.WHERE_VARS)}')
+    return ql.Target("A", q, ("device", "lel_pct", "district", "grid"))
+
+
 def dashboard_row() -> RowSpec:
     from grafana_foundation_sdk.builders import bargauge
     from grafana_foundation_sdk.builders import common as cb
     from grafana_foundation_sdk.models import common as cm
 
-    from citywatch.dashboards import queries as q
     from citywatch.dashboards.widgets import PanelSpec, RowSpec, threshold_steps, timeseries_panel
 
     gas = GasRules()
@@ -59,20 +74,16 @@ def dashboard_row() -> RowSpec:
         PanelSpec(timeseries_panel("Gas %LEL by district", f"Highest %LEL per district; level-1 alarm at "
                                    f"{gas.level1_pct:g}%, level-2 at {gas.level2_pct:g}% (GB/T 50493-2019).",
                                    "percent", ((None, "green"), (gas.level1_pct, "orange"), (gas.level2_pct, "red"))),
-                  [q.gas_by_district()], 16, 8),
+                  [gas_by_district()], 16, 8),
         PanelSpec(bargauge.Panel().title("Highest gas readings").description("Top devices by %LEL in the range.")
                   .unit("percent").min(0).max(100)
                   .thresholds(threshold_steps((None, "green"), (gas.level1_pct, "orange"), (gas.level2_pct, "red")))
                   .orientation(cm.VizOrientation.HORIZONTAL).display_mode(cm.BarGaugeDisplayMode.BASIC)
                   .reduce_options(cb.ReduceDataOptions().values(True).calcs([]).fields("/^lel_pct$/")),
-                  [q.gas_top_devices()], 8, 8),
+                  [gas_top_devices()], 8, 8),
     ])
 
 
-def _gas_figure() -> Target:
-    from citywatch.dashboards import queries as q
-
-    return q.gas_by_district()
 
 
 def report(r: SensorReport) -> list[str]:
@@ -105,7 +116,7 @@ SPEC = KindSpec(
                 Threshold("gas.level2_pct", "level2_pct")),
     rules="citywatch.detectors.gas",
     safety_rules=frozenset({"gas_level"}),
-    hazard_group=("gas", ("gas_*",)),
+    hazard_group=(NP_("hazard group", "gas"), ("gas_*",)),
     rule_labels=(NP_("rule", "gas_level"), NP_("rule", "gas_slow_rise")),
     messages={
         "gas_level": N_("combustible gas at {value}% LEL (level-{level} alarm at {threshold}%)"),
@@ -113,6 +124,6 @@ SPEC = KindSpec(
                             "normal for the hour"),
     },
     dashboard_row=dashboard_row,
-    report_figures={"gas": _gas_figure},
+    report_figures={"gas": gas_by_district},
     report=report,
 )

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from pydantic import Field
 
@@ -18,9 +18,9 @@ if TYPE_CHECKING:  # the dashboard and report modules load when a dashboard or r
     from citywatch.dashboards.queries import Target
     from citywatch.dashboards.widgets import RowSpec
 
-EVENTS = ("unlock_ok", "unlock_fail", "forced_open", "tamper", "door_ajar", "door_closed", "jammed", "low_battery")
 Event = Literal["unlock_ok", "unlock_fail", "forced_open", "tamper", "door_ajar", "door_closed", "jammed",
                 "low_battery"]
+EVENTS: tuple[str, ...] = get_args(Event)
 
 
 class LockRules(Section):
@@ -44,22 +44,42 @@ class LockParams(Section):
     fail_min: int = Field(3, ge=1)  # ... and at least this many
 
 
+# -- its InfluxDB queries (dashboard panels and report figures) ------------------------------
+
+# The events the "Lock events" chart counts, and the notable ones its table lists.
+CHARTED_EVENTS = ("unlock_fail", "forced_open", "tamper", "door_ajar", "jammed")
+NOTABLE_EVENTS = "/^(unlock_fail|forced_open|tamper|door_ajar|jammed|low_battery)$/"
+
+
+def lock_events() -> list[Target]:
+    from citywatch.dashboards import queries as ql
+
+    refs = "ABCDEFGHIJ"
+    targets = [ql.per_interval("lock", "count", "event", event, None, ql.is_("event", event), ref_id=refs[i])
+               for i, event in enumerate(CHARTED_EVENTS)]
+    return [ql.Target(t.ref_id, t.query, t.columns, t.format, t.columns[-1]) for t in targets]
+
+
+def lock_notable() -> Target:
+    from citywatch.dashboards import queries as ql
+
+    q = (f'SELECT "event", "user", "device", "district", "grid" FROM "lock" '
+         f'WHERE {ql.where(ql.TIME_FILTER, ql.WHERE_VARS, ql.matches("event", NOTABLE_EVENTS))} '
+         'ORDER BY time DESC LIMIT 500')
+    return ql.Target("A", q, ("time", "event", "user", "device", "district", "grid"))
+
+
 def dashboard_row() -> RowSpec:
-    from citywatch.dashboards import queries as q
     from citywatch.dashboards.widgets import PanelSpec, RowSpec, table_panel, timeseries_panel
 
     return RowSpec("Lock", [
         PanelSpec(timeseries_panel("Lock events", "Failed unlocks, forced opens, tamper, door ajar, jammed.",
-                                   "short", bars=True), q.lock_events(), 12, 8),
+                                   "short", bars=True), lock_events(), 12, 8),
         PanelSpec(table_panel("Notable lock events", "The latest security-relevant lock events (newest first)."),
-                  [q.lock_notable()], 12, 8),
+                  [lock_notable()], 12, 8),
     ])
 
 
-def _events_figure() -> list[Target]:
-    from citywatch.dashboards import queries as q
-
-    return q.lock_events()
 
 
 def report(r: SensorReport) -> list[str]:
@@ -68,7 +88,7 @@ def report(r: SensorReport) -> list[str]:
 
     _ = r.tr.gettext
     lock: dict[str, list[tuple[float, float]]] = {}
-    for target in _events_figure():
+    for target in lock_events():
         lock.update(series(r.rows["lock"], target.columns[-1], ref=target.ref_id))
     return [r.heading(_("Locks: security-relevant events")),
             line_chart("chart-lock", _("Lock events"), lock, r.start, r.end, r.tz, _("events"), y_min=0, bars=True,
@@ -82,12 +102,13 @@ SPEC = KindSpec(
         PayloadField("event", Event, "what the lock reports"),
         PayloadField("user", str, "opaque user id", required=False, max_length=128),
     ),
+    device_attributes=("tenants",),
     chart_field="event",
     rules="citywatch.detectors.lock",
     settings=LockRules,
     learned_settings={"lock": LockParams},
     safety_rules=frozenset({"lock_forced_open", "lock_tamper", "lock_brute_force"}),
-    hazard_group=("security", ("lock_*",)),
+    hazard_group=(NP_("hazard group", "security"), ("lock_*",)),
     rule_labels=(NP_("rule", "lock_forced_open"), NP_("rule", "lock_tamper"), NP_("rule", "lock_brute_force"),
                  NP_("rule", "lock_door_ajar"), NP_("rule", "lock_jammed"), NP_("rule", "lock_many_users"),
                  NP_("rule", "lock_unusual_hour"), NP_("rule", "lock_unusual_failures")),
@@ -103,6 +124,6 @@ SPEC = KindSpec(
         "lock_unusual_failures": N_("{count} failed unlocks this hour, far above this door's normal"),
     },
     dashboard_row=dashboard_row,
-    report_figures={"lock": _events_figure},
+    report_figures={"lock": lock_events},
     report=report,
 )

@@ -53,8 +53,26 @@ class NoiseNightParams(Section):
 MIN_SPREAD = 0.3  # dB(A)
 
 
+# -- its InfluxDB queries (dashboard panels and report figures) ------------------------------
+
+def noise_by_zone() -> Target:
+    from citywatch.dashboards import queries as ql
+
+    t = ql.per_interval("noise", "max", "laeq_db", "laeq_db", "zone")
+    return ql.Target(t.ref_id, t.query, t.columns, t.format, "zone $tag_zone")
+
+
+def noise_exceedances() -> Target:
+    from citywatch.dashboards import queries as ql
+
+    cond = ql.where(ql.matches("rule", "/^noise_/"), ql.matches("transition", "/^(opened|updated|flapping)$/"))
+    q = ('SELECT "value" AS "level_db", "threshold" AS "limit_db", "value" - "threshold" AS "over_db", "device", '
+         f'"rule", "severity", "district", "grid" FROM "alerts" WHERE {ql.alerts_where(cond)}')
+    return ql.Target("A", q, ("time", "level_db", "limit_db", "over_db", "device", "rule", "severity", "district",
+                              "grid"))
+
+
 def _by_zone() -> PanelSpec:
-    from citywatch.dashboards import queries as q
     from citywatch.dashboards.widgets import PanelSpec, override, thresholds_json, timeseries_panel
 
     panel = timeseries_panel("Noise LAeq by zone class", "Loudest LAeq per functional zone class; dashed lines: the "
@@ -63,11 +81,10 @@ def _by_zone() -> PanelSpec:
         panel = panel.override_by_name(f"zone {zone}", override(
             thresholds=thresholds_json((None, "green"), (night, "orange"), (day, "red")),
             custom__thresholdsStyle={"mode": "dashed"}))
-    return PanelSpec(panel, [q.noise_by_zone()], 16, 8)
+    return PanelSpec(panel, [noise_by_zone()], 16, 8)
 
 
 def dashboard_row() -> RowSpec:
-    from citywatch.dashboards import queries as q
     from citywatch.dashboards.widgets import PanelSpec, RowSpec, override, table_panel, thresholds_json
 
     return RowSpec("Noise", [
@@ -76,14 +93,10 @@ def dashboard_row() -> RowSpec:
                               "when the alert opened or rose.", "over_db")
                   .override_by_name("over_db", override(unit="dB", thresholds=thresholds_json(
                       (None, "orange"), (10, "red")), custom__cellOptions={"type": "color-text"})),
-                  [q.noise_exceedances()], 8, 8),
+                  [noise_exceedances()], 8, 8),
     ])
 
 
-def _noise_figure() -> Target:
-    from citywatch.dashboards import queries as q
-
-    return q.noise_by_zone()
 
 
 def report(r: SensorReport) -> list[str]:
@@ -115,6 +128,7 @@ SPEC = KindSpec(
         PayloadField(NP_("reading field", "lamax_db"), float,
                      "A-weighted maximum level, dB(A)", required=False, ge=0, le=180),
     ),
+    device_attributes=("zone_class",),
     chart_field="laeq_db",
     chart_unit="dB(A)",
     measure=Measure("laeq_db", MIN_SPREAD),
@@ -122,7 +136,7 @@ SPEC = KindSpec(
     learned_settings={"noise_night": NoiseNightParams},
     thresholds=(Threshold("noise.day_db", ""), Threshold("noise.night_db", "")),
     rules="citywatch.detectors.noise",
-    hazard_group=("noise", ("noise_*",)),
+    hazard_group=(NP_("hazard group", "noise"), ("noise_*",)),
     rule_labels=(NP_("rule", "noise_limit"), NP_("rule", "noise_night_burst"), NP_("rule", "noise_unusual_night")),
     messages={
         "noise_limit": N_("LAeq {value} dB(A) over the {period} limit {threshold} dB(A)"),
@@ -132,6 +146,6 @@ SPEC = KindSpec(
     },
     words={"period": ("noise period", frozenset({NP_("noise period", "day"), NP_("noise period", "night")}))},
     dashboard_row=dashboard_row,
-    report_figures={"noise": _noise_figure},
+    report_figures={"noise": noise_by_zone},
     report=report,
 )

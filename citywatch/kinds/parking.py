@@ -32,27 +32,46 @@ class ParkingParams(Section):
     warmup_changes: int = Field(20, ge=1)  # state changes seen before the stuck detector may alert
 
 
+# -- its InfluxDB queries (dashboard panels and report figures) ------------------------------
+
+def _bays(ref_id: str, alias: str, *conditions: str) -> Target:
+    from citywatch.dashboards import queries as ql
+
+    where = ql.where(ql.TIME_FILTER, ql.WHERE_VARS, *conditions)
+    inner = f'SELECT last("occupied") AS "bay" FROM "parking" WHERE {where} GROUP BY time({ql.INTERVAL}), "device"'
+    q = f'SELECT count("bay") AS "{alias}" FROM ({inner}) WHERE {ql.TIME_FILTER} GROUP BY time({ql.INTERVAL}) fill(0)'
+    return ql.Target(ref_id, q, ("time", alias), "time_series")
+
+
+def parking_occupancy() -> list[Target]:
+    """Bays reporting occupied / bays reporting, per interval (Grafana divides the two)."""
+    return [_bays("A", "occupied_bays", '"occupied" = true'), _bays("B", "reporting_bays")]
+
+
+def parking_overstays() -> Target:
+    from citywatch.dashboards import queries as ql
+
+    cond = ql.where(ql.matches("rule", "/^parking_(overstay|forbidden)$/"), ql.matches("transition", ql.OPENINGS))
+    q = ('SELECT "value" AS "stayed_min", "threshold" AS "max_stay_min", "rule", "status", "device", "district", '
+         f'"grid", "alert_id" FROM "alerts" WHERE {ql.alerts_where(cond)}')
+    return ql.Target("A", q, ("time", "stayed_min", "max_stay_min", "rule", "device", "district", "grid", "alert_id"))
+
+
 def dashboard_row() -> RowSpec:
-    from citywatch.dashboards import queries as q
-    from citywatch.dashboards.panels import ratio
-    from citywatch.dashboards.widgets import PanelSpec, RowSpec, organize, table_panel, timeseries_panel
+    from citywatch.dashboards.widgets import PanelSpec, RowSpec, organize, ratio, table_panel, timeseries_panel
 
     return RowSpec("Parking", [
         PanelSpec(timeseries_panel("Parking occupancy", "Bays reporting occupied / bays reporting, per interval.",
                                    "percentunit").min(0).max(1)
                   .transformations(ratio("occupied_bays", "reporting_bays", "occupancy")),
-                  q.parking_occupancy(), 12, 8),
+                  parking_occupancy(), 12, 8),
         PanelSpec(table_panel("Overstays and no-parking", "Parking alerts opened in the range: minutes stayed "
                               "against the bay's limit; occupied no-parking bays.")
                   .with_transformation(organize(exclude=("alert_id",))),
-                  [q.parking_overstays()], 12, 8),
+                  [parking_overstays()], 12, 8),
     ])
 
 
-def _occupancy_figure() -> list[Target]:
-    from citywatch.dashboards import queries as q
-
-    return q.parking_occupancy()
 
 
 def report(r: SensorReport) -> list[str]:
@@ -72,11 +91,12 @@ SPEC = KindSpec(
     name="parking",
     label=NP_("kind", "parking"),
     payload=(PayloadField("occupied", bool, "a vehicle is in the bay"),),
+    device_attributes=("max_stay_min", "no_parking"),
     chart_field="occupied",
     settings=ParkingRules,
     learned_settings={"parking": ParkingParams},
     rules="citywatch.detectors.parking",
-    hazard_group=("parking", ("parking_*",)),
+    hazard_group=(NP_("hazard group", "parking"), ("parking_*",)),
     rule_labels=(NP_("rule", "parking_overstay"), NP_("rule", "parking_forbidden"), NP_("rule", "parking_stuck"),
                  NP_("rule", "parking_flapping")),
     messages={
@@ -88,6 +108,6 @@ SPEC = KindSpec(
     },
     words={"state": ("parking state", frozenset({NP_("parking state", "occupied"), NP_("parking state", "free")}))},
     dashboard_row=dashboard_row,
-    report_figures={"parking": _occupancy_figure},
+    report_figures={"parking": parking_occupancy},
     report=report,
 )

@@ -90,7 +90,7 @@ SPEC = KindSpec(
                 Threshold("smoke.alarm_pct_per_m", "alarm_pct_per_m")),
     rules="citywatch.detectors.smoke",
     safety_rules=frozenset({"smoke_alarm", "smoke_tamper"}),
-    hazard_group=("fire", ("smoke_*",)),
+    hazard_group=(NP_("hazard group", "fire"), ("smoke_*",)),
     rule_labels=(NP_("rule", "smoke_alarm"), NP_("rule", "smoke_rising"), NP_("rule", "smoke_tamper")),
     messages={
         "smoke_alarm": N_("smoke alarm sounding"),

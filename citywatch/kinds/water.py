@@ -54,8 +54,26 @@ class WaterRiseParams(Section):
 MIN_SPREAD = 0.5  # cm
 
 
+# -- its InfluxDB queries (dashboard panels and report figures) ------------------------------
+
+def water_depth() -> Target:
+    from citywatch.dashboards import queries as ql
+
+    return ql.per_interval("water", "max", "depth_cm", "depth_cm", "district")
+
+
+def water_rise() -> Target:
+    """Fastest rise per district: derivative per device (cm per 10 min), then the max of those."""
+    from citywatch.dashboards import queries as ql
+
+    inner = (f'SELECT derivative(max("depth_cm"), 10m) AS "rise_cm_10min" FROM "water" '
+             f'WHERE {ql.where(ql.TIME_FILTER, ql.WHERE_VARS)} GROUP BY time({ql.INTERVAL}), "device", "district"')
+    q = (f'SELECT max("rise_cm_10min") AS "rise_cm_10min" FROM ({inner}) WHERE {ql.TIME_FILTER} '
+         f'GROUP BY time({ql.INTERVAL}), "district" fill(none)')
+    return ql.Target("A", q, ("time", "district", "rise_cm_10min"), "time_series", "$tag_district")
+
+
 def dashboard_row() -> RowSpec:
-    from citywatch.dashboards import queries as q
     from citywatch.dashboards.widgets import PanelSpec, RowSpec, timeseries_panel
 
     water = WaterRules()
@@ -65,22 +83,14 @@ def dashboard_row() -> RowSpec:
                                    f"{water.severe_cm:g}.", "suffix: cm",
                                    ((None, "green"), (water.light_cm, "yellow"), (water.moderate_cm, "orange"),
                                     (water.severe_cm, "red"))),
-                  [q.water_depth()], 12, 8),
+                  [water_depth()], 12, 8),
         PanelSpec(timeseries_panel("Water rise rate", "Fastest rise per district, cm per 10 min (early warning).",
-                                   "suffix: cm/10 min"), [q.water_rise()], 12, 8),
+                                   "suffix: cm/10 min"), [water_rise()], 12, 8),
     ])
 
 
-def _depth_figure() -> Target:
-    from citywatch.dashboards import queries as q
-
-    return q.water_depth()
 
 
-def _rise_figure() -> Target:
-    from citywatch.dashboards import queries as q
-
-    return q.water_rise()
 
 
 def report(r: SensorReport) -> list[str]:
@@ -114,7 +124,7 @@ SPEC = KindSpec(
                 Threshold("water.severe_cm", "severe_cm")),
     rules="citywatch.detectors.water",
     safety_rules=frozenset({"water_depth"}),
-    hazard_group=("water", ("water_*",)),
+    hazard_group=(NP_("hazard group", "water"), ("water_*",)),
     rule_labels=(NP_("rule", "water_depth"), NP_("rule", "water_fast_rise")),
     messages={
         "water_depth": N_("{level} waterlogging: {value} cm (from {threshold} cm)"),
@@ -123,6 +133,6 @@ SPEC = KindSpec(
     words={"level": ("water level", frozenset({NP_("water level", "light"), NP_("water level", "moderate"),
                                                NP_("water level", "severe")}))},
     dashboard_row=dashboard_row,
-    report_figures={"water": _depth_figure, "water_rise": _rise_figure},
+    report_figures={"water": water_depth, "water_rise": water_rise},
     report=report,
 )
