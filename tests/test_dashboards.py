@@ -29,12 +29,12 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 from pydantic import SecretStr
 
 from citywatch.config import InfluxSettings
-from citywatch.kinds.noise import NoiseRules
 from citywatch.dashboards import queries as q
 from citywatch.dashboards.build import DATASOURCE_YAML, build_files, dashboard, stale
 from citywatch.dashboards.cli import dashboards
 from citywatch.dashboards.panels import RESPONSE_S, REVIEW_S, DashboardSpec, all_dashboards
 from citywatch.dashboards.scenario import CityRun, run_city
+from citywatch.kinds.noise import NoiseRules
 from citywatch.model import Device, Output
 from citywatch.sinks import lineprotocol as points
 from citywatch.sinks.influx import InfluxSink
