@@ -20,6 +20,7 @@ from citywatch.section import Section
 
 if TYPE_CHECKING:
     from citywatch.dashboards.widgets import RowSpec
+    from citywatch.ingest.simkind import SimKind
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class KindSpec:
     - `messages`: template key -> English template of its rules' alert messages (alert_text.py);
       `words`: message fields whose values are words, with their translation context and words.
     - `dashboard_row`: its row of the "sensors by kind" Grafana dashboard.
+    - `simulator`: its profile in the simulator (citywatch/ingest/simkind.py; None: not simulated).
     """
 
     name: str
@@ -99,6 +101,7 @@ class KindSpec:
     messages: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     words: Mapping[str, tuple[str, frozenset[str]]] = field(default_factory=lambda: MappingProxyType({}))
     dashboard_row: Callable[[], RowSpec] | None = None
+    simulator: type[SimKind] | None = None
 
     @property
     def fields(self) -> tuple[str, ...]:
