@@ -21,6 +21,7 @@ from citywatch.section import Section
 if TYPE_CHECKING:
     from citywatch.charts import SensorReport
     from citywatch.dashboards.widgets import RowSpec
+    from citywatch.ingest.simkind import SimKind
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class KindSpec:
     - `dashboard_row`: its row of the "sensors by kind" Grafana dashboard.
     - `report_figures`: figure name -> the InfluxDB queries (dashboards/queries.py Targets) its part
       of `citywatch report` reads; `report`: that part's HTML (headings and charts, citywatch/charts.py).
+    - `simulator`: its profile in the simulator (citywatch/ingest/simkind.py; None: not simulated).
     """
 
     name: str
@@ -113,6 +115,7 @@ class KindSpec:
     def chart_type(self) -> Any:
         """The type of `chart_field` (float, bool, str or a Literal of codes)."""
         return next(f.type for f in self.payload if f.name == self.chart_field)
+    simulator: type[SimKind] | None = None
 
     @property
     def fields(self) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """A deterministic simulator of a city's devices, its bad input, and a publisher to an MQTT broker.
 
-- `make_devices(n, seed)`: a realistic, seeded mix of the five kinds with districts, grids,
+- `make_devices(n, seed)`: a realistic, seeded mix of the kinds with districts, grids,
   addresses and coordinates around Jiaxing.
 - `Simulator(devices, seed, start)`: per device, a reading every `interval_s` (each device with
   its own phase) with daily rhythms and noise, plus scripted incidents (gas leak, night noise,
@@ -16,6 +16,10 @@
 
 Normal readings stay clear of every default rule (no false alerts), so what the pipeline reports
 beyond `incidents_log` is a false positive. Rule thresholds come from `RuleSettings`.
+
+What is particular to a kind (its share of devices, attributes, per-device state, normal readings,
+incident scripts, bad-input samples) is its profile, declared in its file citywatch/kinds/<kind>.py
+(`SPEC.simulator`, a citywatch.ingest.simkind.SimKind); this module does what all kinds share.
 """
 
 from __future__ import annotations
@@ -27,19 +31,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
 
 from citywatch.config import RuleSettings, RuleSettingsBase
+from citywatch.ingest.simkind import Incident, SimKind, clamp
 from citywatch.ingest.topics import status_topic, telemetry_topic
-from citywatch.kinds.gas import GasRules
-from citywatch.kinds.lock import LockRules
-from citywatch.kinds.noise import NoiseRules
-from citywatch.kinds.parking import ParkingRules
-from citywatch.kinds.smoke import SmokeRules
-from citywatch.kinds.water import WaterRules
+from citywatch.kinds import spec
+from citywatch.kinds.noise import NoiseSim
 from citywatch.model import KINDS, Device
 
 __all__ = [
@@ -49,9 +51,31 @@ __all__ = [
 
 # -- devices ---------------------------------------------------------------------------------------
 
-# 20 slots: gas 20%, noise 15%, water 15%, parking 30%, lock 15%, smoke 5%; every kind within the first six.
-_KIND_CYCLE = ("gas", "noise", "water", "parking", "lock", "smoke", "parking", "gas", "parking", "noise",
-               "water", "lock", "gas", "parking", "parking", "gas", "noise", "water", "lock", "parking")
+
+def _profile(kind: str) -> type[SimKind]:
+    """The simulator profile of `kind` (KeyError: no such kind; ValueError: the kind is not simulated)."""
+    profile = spec(kind).simulator
+    if profile is None:
+        raise ValueError(f"kind {kind!r} has no simulator profile (SPEC.simulator in citywatch/kinds/{kind}.py)")
+    return profile
+
+
+@cache
+def _kind_cycle() -> tuple[str, ...]:
+    """The kinds make_devices deals devices from, in turn: each simulated kind at the positions its
+    profile's `slots` names (today 20 slots: gas 20%, noise 15%, water 15%, parking 30%, lock 15%,
+    smoke 5%; every kind within the first six)."""
+    placed = sorted((slot, kind) for kind in KINDS if spec(kind).simulator is not None for slot in _profile(kind).slots)
+    if [slot for slot, _ in placed] != list(range(len(placed))):
+        raise ValueError(f"the simulator profiles' slots must be 0 .. N-1, each once: {placed}")
+    return tuple(kind for _, kind in placed)
+
+
+def _simulated_kinds() -> tuple[str, ...]:
+    """The simulated kinds in the order they first appear in the cycle (the order of their incidents)."""
+    return tuple(dict.fromkeys(_kind_cycle()))
+
+
 JIAXING = (30.75, 120.75)
 _MAX_OFFSET_DEG = 0.15
 _DISTRICTS = (  # name, centre (lat, lon): Jiaxing-like, compressed to within ~0.1 deg of the city
@@ -61,52 +85,29 @@ _DISTRICTS = (  # name, centre (lat, lon): Jiaxing-like, compressed to within ~0
 _STREETS = ("Zhongshan Rd", "Jianguo Rd", "Qinyi Rd", "Changsheng Rd", "Hongbo Rd", "Ziyang St",
             "Huancheng Rd", "Chengnan Rd", "Zhonghuan Rd", "Dongsheng Rd", "Nanxi Rd", "Xiuzhou Ave",
             "Jiahang Rd", "Yuehe St", "Shaoxing Rd", "Yaqing Rd")
-_COMPOUNDS = ("Meiwan", "Jinxiu", "Lvyuan", "Xinghe", "Nanhu Garden", "Yuexiu", "Qinghe", "Heping")
-_ZONE_CLASSES = (("1", 0.2), ("2", 0.45), ("3", 0.15), ("4a", 0.2))
-_MAX_STAYS = (60.0, 90.0, 120.0, 120.0, 180.0, 240.0)
-
-
-def _clamp(value: float, low: float, high: float) -> float:
-    return low if value < low else high if value > high else value
 
 
 def make_devices(n: int, seed: int = 1, prefix: str = "sim", interval_s: float = 60.0) -> list[Device]:
-    """`n` devices of all five kinds (gas 25%, noise 15%, water 15%, parking 30%, lock 15%), ids
+    """`n` devices of the simulated kinds, dealt in turn from the cycle of kinds (`_kind_cycle`), ids
     `<prefix>-<kind>-<i:06d>`, spread over a handful of districts around Jiaxing, each in the grid
-    hierarchy (grid, community: its street, district, city). Deterministic."""
+    hierarchy (grid, community: its street, district, city); address style and kind attributes
+    (zone class, tenants, bay limits) from the kind's profile. Deterministic."""
     rng = random.Random(f"citywatch-sim/devices/{seed}")
-    zone_names = [z for z, _ in _ZONE_CLASSES]
-    zone_weights = [w for _, w in _ZONE_CLASSES]
+    cycle = _kind_cycle()
+    profiles = {kind: _profile(kind) for kind in cycle}
     devices = []
     for i in range(n):
-        kind = _KIND_CYCLE[i % len(_KIND_CYCLE)]
+        kind = cycle[i % len(cycle)]
+        profile = profiles[kind]
         d = rng.randrange(len(_DISTRICTS))
         district, clat, clon = _DISTRICTS[d]
-        lat = _clamp(clat + rng.gauss(0, 0.02), JIAXING[0] - _MAX_OFFSET_DEG, JIAXING[0] + _MAX_OFFSET_DEG)
-        lon = _clamp(clon + rng.gauss(0, 0.02), JIAXING[1] - _MAX_OFFSET_DEG, JIAXING[1] + _MAX_OFFSET_DEG)
+        lat = clamp(clat + rng.gauss(0, 0.02), JIAXING[0] - _MAX_OFFSET_DEG, JIAXING[0] + _MAX_OFFSET_DEG)
+        lon = clamp(clon + rng.gauss(0, 0.02), JIAXING[1] - _MAX_OFFSET_DEG, JIAXING[1] + _MAX_OFFSET_DEG)
         grid = f"G{d * 1000 + rng.randrange(1, 200):04d}"
         street = rng.choice(_STREETS)
         number = rng.randrange(1, 400)
-        attrs: dict[str, Any] = {}
-        if kind in ("gas", "lock", "smoke"):  # rented housing
-            building, room = rng.randrange(1, 30), rng.randrange(1, 19) * 100 + rng.randrange(1, 5)
-            compound = rng.choice(_COMPOUNDS)
-            address = f"Room {room}, Bldg {building}, {compound} Compound, No. {number} {street}"
-        elif kind == "parking":
-            address = f"Bay {rng.randrange(1, 120)}, No. {number} {street}"
-        elif kind == "water":
-            underpass = rng.random() < 0.4
-            address = f"{'Underpass near ' if underpass else ''}No. {number} {street}"
-        else:
-            address = f"No. {number} {street}"
-        if kind == "noise":
-            attrs["zone_class"] = rng.choices(zone_names, zone_weights)[0]
-        elif kind == "lock":
-            attrs["tenants"] = rng.randint(1, 4)
-        elif kind == "parking":
-            no_parking = rng.random() < 0.05
-            attrs["no_parking"] = no_parking
-            attrs["max_stay_min"] = None if no_parking else rng.choice(_MAX_STAYS)
+        address = profile.address(rng, number, street)
+        attrs = profile.attributes(rng)
         devices.append(Device(
             id=f"{prefix}-{kind}-{i:06d}", kind=kind, district=district, grid=grid, community=street, city="Jiaxing",
             address=f"{address}, {district} District, Jiaxing", lat=round(lat, 6), lon=round(lon, 6),
@@ -133,49 +134,29 @@ def status_messages(devices: Iterable[Device], status: str = "online",
 
 # -- incidents -------------------------------------------------------------------------------------
 
-# incident name -> (device kind or None for any kind, rules that should fire). The noise script
-# starts at night when the horizon has a night (noise_night), else by day (noise_day); the rules in
-# `incidents_log` are exact (a day incident running into the night also bursts).
-INCIDENT_TYPES: dict[str, tuple[str | None, tuple[str, ...]]] = {
-    "gas_leak": ("gas", ("gas_level",)),
-    "noise_night": ("noise", ("noise_limit", "noise_night_burst")),
-    "noise_day": ("noise", ("noise_limit",)),
-    "water_storm": ("water", ("water_depth",)),
-    "parking_overstay": ("parking", ("parking_overstay",)),
-    "parking_forbidden": ("parking", ("parking_forbidden",)),
-    "lock_forced_open": ("lock", ("lock_forced_open",)),
-    "lock_tamper": ("lock", ("lock_tamper",)),
-    "lock_brute_force": ("lock", ("lock_brute_force",)),
-    "lock_door_ajar": ("lock", ("lock_door_ajar",)),
-    "lock_jammed": ("lock", ("lock_jammed",)),
-    "smoke_fire": ("smoke", ("smoke_rising", "smoke_alarm")),
-    "smoke_tamper": ("smoke", ("smoke_tamper",)),
-    "device_silent": (None, ("device_offline",)),
-    "battery_low": (None, ("battery_low",)),
-}
-
-_SCRIPTS = tuple(name for name in INCIDENT_TYPES if name != "noise_day")
+# the incidents of every kind: a device goes silent, its battery runs low
+_GENERIC_INCIDENTS: dict[str, tuple[str, ...]] = {"device_silent": ("device_offline",), "battery_low": ("battery_low",)}
 
 
-class _Incident:
-    """A script for one device over regular steps k0 .. k0+n-1 (plus extra burst readings)."""
+def _incident_types() -> tuple[dict[str, tuple[str | None, tuple[str, ...]]], tuple[str, ...]]:
+    """INCIDENT_TYPES and the incidents scheduled (all but the variants): kind by kind, then the generic ones."""
+    declared: list[tuple[str, str | None, tuple[str, ...], bool]] = []  # name, kind, rules, scheduled
+    for kind in _simulated_kinds():
+        profile = _profile(kind)
+        declared += [(name, kind, rules, True) for name, rules in profile.incidents.items()]
+        declared += [(name, kind, rules, False) for name, rules in profile.variants.items()]
+    declared += [(name, None, rules, True) for name, rules in _GENERIC_INCIDENTS.items()]
+    types = {name: (kind, rules) for name, kind, rules, _ in declared}
+    if len(types) < len(declared):
+        raise ValueError(f"an incident name is declared twice: {[name for name, *_ in declared]}")
+    return types, tuple(name for name, _, _, scheduled in declared if scheduled)
 
-    __slots__ = ("name", "index", "k0", "n", "values", "battery", "silent", "rules", "start", "end",
-                 "extra", "detail")
 
-    def __init__(self, name: str, index: int, k0: int, n: int) -> None:
-        self.name = name
-        self.index = index
-        self.k0 = k0
-        self.n = n
-        self.values: list[Any] = [None] * n  # per step: the fields to send, or None for normal ones
-        self.battery: list[float] | None = None
-        self.silent = False
-        self.rules: tuple[str, ...] = ()
-        self.start = 0.0
-        self.end = 0.0
-        self.extra: dict[str, Any] | None = None  # the fields of extra (burst) readings
-        self.detail: dict[str, Any] = {}
+# incident name -> (device kind or None for any kind, rules that should fire), from the kinds' profiles
+# (`incidents` and `variants`: e.g. the noise script starts at night when the horizon has a night,
+# noise_night, else by day, noise_day); the rules in `incidents_log` are exact (a day incident running
+# into the night also bursts).
+INCIDENT_TYPES, _SCRIPTS = _incident_types()
 
 
 # -- scenarios: many devices at once ---------------------------------------------------------------
@@ -244,10 +225,6 @@ def street_monitors(n: int, street: str = "Jianguo Rd", district: str = "Nanhu",
 
 # -- the simulator ---------------------------------------------------------------------------------
 
-_GAS, _NOISE, _WATER, _PARKING, _LOCK, _SMOKE = range(6)
-_KIND_CODE = {"gas": _GAS, "noise": _NOISE, "water": _WATER, "parking": _PARKING, "lock": _LOCK, "smoke": _SMOKE}
-
-
 class Simulator:
     """Readings of `devices` over simulated time, in time order, with scripted incidents.
 
@@ -267,52 +244,31 @@ class Simulator:
         self.seed = seed
         self.start = float(time.time() if start is None else start)
         self.now = self.start
-        self.rules = rules or RuleSettings()
-        self._gas_rules, self._noise_rules = self.rules.section(GasRules), self.rules.section(NoiseRules)
-        self._water_rules, self._smoke_rules = self.rules.section(WaterRules), self.rules.section(SmokeRules)
-        self._parking_rules, self._lock_rules = self.rules.section(ParkingRules), self.rules.section(LockRules)
+        self.rules: RuleSettingsBase = rules or RuleSettings()
         self.topic_prefix = topic_prefix
         self.incidents_log: list[dict[str, Any]] = []
         self._zone = ZoneInfo(timezone)
         self._offsets: dict[int, float] = {}
-        self._rng = random.Random(f"citywatch-sim/readings/{seed}")
+        self.rng = random.Random(f"citywatch-sim/readings/{seed}")
         setup = random.Random(f"citywatch-sim/setup/{seed}")
 
         n = len(self.devices)
         self._topics = [telemetry_topic(d.kind, d.id, topic_prefix) for d in self.devices]
-        self._kind = [_KIND_CODE[d.kind] for d in self.devices]
         self._iv = [float(d.interval_s) for d in self.devices]
         self._base = [self.start + (setup.random() * iv if spread else 0.0) for iv in self._iv]
         self._seq = [setup.randrange(0, 1000) for _ in range(n)]
         self._battery = [setup.uniform(80.0, 98.0) for _ in range(n)]
         self._drain = [setup.uniform(0.0005, 0.003) for _ in range(n)]
         self._rssi = [setup.uniform(-90.0, -70.0) for _ in range(n)]
-        # kind-specific state: gas baseline / noise (plateau, floor, day limit, night limit) /
-        # parking (occupied, next change) / lock (users, door open after an unlock)
-        self._level: list[Any] = [None] * n
-        self._co = [False] * n
-        self._occupied = [False] * n
-        self._next_change = [0.0] * n
-        self._users: list[list[str]] = [[] for _ in range(n)]
-        self._opened = [False] * n
+        # the kinds' profiles (one each, owning its devices' state) and, per device, its normal readings
+        self._profiles: dict[str, SimKind] = {kind: _profile(kind)(self) for kind in
+                                              sorted({d.kind for d in self.devices})}
+        normal = {kind: profile.normal for kind, profile in self._profiles.items()}
+        self._normal: list[Callable[[int, float], dict[str, Any]]] = [normal[d.kind] for d in self.devices]
         for i, d in enumerate(self.devices):
-            kind = self._kind[i]
-            if kind == _GAS:
-                self._level[i] = (setup.uniform(0.2, 1.2), setup.uniform(0.3, 1.0))
-                self._co[i] = setup.random() < 0.3
-            elif kind == _NOISE:
-                day_limit, night_limit = self._noise_limits(d)
-                offset = setup.uniform(-3.0, 0.0)
-                plateau, floor = day_limit - 7.0 + offset, night_limit - 8.0 + offset
-                self._level[i] = (plateau, floor, day_limit, night_limit)
-            elif kind == _PARKING:
-                if not d.no_parking:
-                    self._occupied[i] = setup.random() < 0.5
-                    self._next_change[i] = self.start + setup.uniform(0, 45 * 60)
-            elif kind == _LOCK:
-                self._users[i] = [f"u{setup.getrandbits(32):08x}" for _ in range(max(1, d.tenants or 1))]
+            self._profiles[d.kind].setup(i, d, setup)
 
-        self._incident: list[_Incident | None] = [None] * n
+        self._incident: list[Incident | None] = [None] * n
         # heap of (event time, device index, step); step < 0 marks an extra (burst) reading
         self._heap: list[tuple[float, int, int]] = [(self._base[i], i, 0) for i in range(n)]
         scripted = self._schedule_scenarios(scenarios, random.Random(f"citywatch-sim/scenarios/{seed}"))
@@ -321,12 +277,11 @@ class Simulator:
                                      horizon_s, scripted)
         self.incidents_log.sort(key=lambda e: (e["start"], e["device_id"]))
         heapq.heapify(self._heap)
-        self._fields: list[Callable[[int, float], dict[str, Any]]] = [
-            self._gas, self._noise, self._water, self._parking, self._lock, self._smoke]
 
-    # -- time helpers ----------------------------------------------------------------------------
+    # -- what profiles use (citywatch.ingest.simkind.Sim) ----------------------------------------
 
-    def _local_hour(self, t: float) -> float:
+    def local_hour(self, t: float) -> float:
+        """The local hour of day (0 <= h < 24, fractional) at time `t`."""
         bucket = int(t // 3600)
         offset = self._offsets.get(bucket)
         if offset is None:
@@ -334,103 +289,17 @@ class Simulator:
             offset = self._offsets[bucket] = delta.total_seconds() if delta else 0.0
         return ((t + offset) % 86400.0) / 3600.0
 
-    def _is_night(self, t: float) -> bool:
-        hour = int(self._local_hour(t))
-        return not (self._noise_rules.day_start_hour <= hour < self._noise_rules.night_start_hour)
-
-    def _noise_limits(self, device: Device) -> tuple[float, float]:
-        rules = self._noise_rules
-        zone = device.zone_class or rules.default_zone_class
-        day, night = rules.limits.get(zone, rules.limits[rules.default_zone_class])
-        day = device.thresholds.get("noise.day_db", day) if device.thresholds else day
-        night = device.thresholds.get("noise.night_db", night) if device.thresholds else night
-        return float(day), float(night)
-
-    def _t(self, i: int, k: int) -> float:
+    def step_time(self, i: int, k: int) -> float:
+        """The time of device `i`'s regular step `k`."""
         return self._base[i] + k * self._iv[i]
 
-    # -- normal readings -------------------------------------------------------------------------
+    def interval(self, i: int) -> float:
+        """Device `i`'s reporting interval, seconds."""
+        return self._iv[i]
 
-    def _gas(self, i: int, t: float) -> dict[str, Any]:
-        base, cooking = self._level[i]
-        h = self._local_hour(t)
-        rhythm = 0.9 * math.exp(-((h - 11.8) ** 2) / 0.8) + 1.1 * math.exp(-((h - 18.3) ** 2) / 1.0)
-        lel = base + cooking * rhythm + (self._rng.random() - 0.5) * 0.6
-        fields: dict[str, Any] = {"lel_pct": round(_clamp(lel, 0.0, 3.0), 1)}
-        if self._co[i]:
-            fields["co_ppm"] = round(self._rng.random() * 4.0, 1)
-        return fields
-
-    def _noise(self, i: int, t: float) -> dict[str, Any]:
-        plateau, floor, day_limit, night_limit = self._level[i]
-        h = self._local_hour(t)
-        if h < 5.0:
-            profile = 0.0
-        elif h < 7.0:
-            profile = (h - 5.0) / 2.0
-        elif h < 20.0:
-            profile = 1.0 + (0.15 if 7.5 <= h < 9.0 or 17.0 <= h < 19.0 else 0.0)
-        elif h < 22.0:
-            profile = 1.0 - 0.4 * (h - 20.0)
-        else:
-            profile = 0.1 * (24.0 - h)
-        rng = self._rng
-        laeq = floor + profile * (plateau - floor) + rng.gauss(0.0, 1.2)
-        if self._is_night(t):
-            laeq = min(laeq, night_limit - 4.0)
-            burst_cap = night_limit + self._noise_rules.night_burst_db - 4.0
-            lamax = min(laeq + 5.0 + rng.expovariate(0.3), burst_cap)
-        else:
-            laeq = min(laeq, day_limit - 4.0)
-            lamax = laeq + 5.0 + rng.expovariate(0.3)
-        laeq = max(laeq, 30.0)
-        return {"laeq_db": round(laeq, 1), "lamax_db": round(max(lamax, laeq), 1)}
-
-    def _water(self, i: int, t: float) -> dict[str, Any]:
-        rng = self._rng
-        return {"depth_cm": round(rng.random() * 0.8, 1) if rng.random() < 0.03 else 0.0}
-
-    def _free_for(self, t: float) -> float:
-        h = self._local_hour(t)
-        mean = 40 * 60 if 7.0 <= h < 21.0 else 200 * 60
-        return self._rng.expovariate(1.0 / mean) + 60.0
-
-    def _parking(self, i: int, t: float) -> dict[str, Any]:
-        device = self.devices[i]
-        if device.no_parking:
-            return {"occupied": False}
-        if t >= self._next_change[i]:
-            occupied = not self._occupied[i]
-            self._occupied[i] = occupied
-            if occupied:
-                max_stay_s = (device.max_stay_min or self._parking_rules.max_stay_min) * 60.0
-                stay = min(self._rng.expovariate(1.0 / (35 * 60)) + 120.0, 0.8 * max_stay_s - self._iv[i])
-                self._next_change[i] = t + max(stay, 60.0)
-            else:
-                self._next_change[i] = t + self._free_for(t)
-        return {"occupied": self._occupied[i]}
-
-    def _lock(self, i: int, t: float) -> dict[str, Any]:
-        if self._opened[i]:
-            self._opened[i] = False
-            return {"event": "door_closed"}
-        rng = self._rng
-        h = self._local_hour(t)
-        r = rng.random()
-        p_unlock = 0.12 if 6.5 <= h < 23.0 else 0.02
-        if r < p_unlock:
-            self._opened[i] = True
-            return {"event": "unlock_ok", "user": rng.choice(self._users[i])}
-        if r < p_unlock + 0.004:
-            return {"event": "unlock_fail", "user": rng.choice(self._users[i])}
-        return {"event": "door_closed"}
-
-    def _smoke(self, i: int, t: float) -> dict[str, Any]:
-        """Clean air (a little dust in the chamber); now and then a resident presses the test button."""
-        rng = self._rng
-        if rng.random() < 0.001:
-            return {"obscuration_pct_per_m": round(rng.random() * 0.3, 2), "alarm": True, "event": "test"}
-        return {"obscuration_pct_per_m": round(rng.random() * 0.3, 2), "alarm": False}
+    def extra_reading(self, i: int, t: float) -> None:
+        """Schedule an extra reading of device `i` at `t` (its fields: the running incident's `extra`)."""
+        self._heap.append((t, i, -1))
 
     # -- producing -------------------------------------------------------------------------------
 
@@ -450,15 +319,15 @@ class Simulator:
         if battery < floor:
             battery = floor
         self._battery[i] = battery
-        rssi = round(self._rssi[i] + self._rng.gauss(0.0, 2.0))
+        rssi = round(self._rssi[i] + self.rng.gauss(0.0, 2.0))
         if inc is None:
-            fields = self._fields[self._kind[i]](i, t)
+            fields = self._normal[i](i, t)
         else:
             if k < 0:
                 fields = dict(inc.extra or {})
             else:
                 scripted = inc.values[step]
-                fields = dict(scripted) if scripted is not None else self._fields[self._kind[i]](i, t)
+                fields = dict(scripted) if scripted is not None else self._normal[i](i, t)
                 if inc.battery is not None:
                     battery = inc.battery[step]
                 if step == inc.n - 1:
@@ -467,13 +336,8 @@ class Simulator:
         payload.update(fields)
         return payload
 
-    def _end_incident(self, i: int, inc: _Incident, t: float) -> None:
-        kind = self._kind[i]
-        if kind == _PARKING and inc.name.startswith("parking"):
-            self._occupied[i] = False
-            self._next_change[i] = t + self._free_for(t)
-        elif kind == _LOCK:
-            self._opened[i] = False
+    def _end_incident(self, i: int, inc: Incident, t: float) -> None:
+        self._profiles[self.devices[i].kind].end_incident(i, inc.name, t)
         if inc.name == "battery_low":
             self._battery[i] = 100.0  # replaced by the field team
 
@@ -534,11 +398,8 @@ class Simulator:
         for name in _SCRIPTS:
             kind = INCIDENT_TYPES[name][0]
             found = [i for i in order if kind is None or self.devices[i].kind == kind]
-            if name == "parking_overstay":  # short-stay bays first, so the overstay ends sooner
-                found = sorted((i for i in found if not self.devices[i].no_parking),
-                               key=lambda i: self.devices[i].max_stay_min or 1e9)
-            elif name == "parking_forbidden":
-                found = [i for i in found if self.devices[i].no_parking]
+            if kind is not None and kind in self._profiles:
+                found = self._profiles[kind].candidates(name, found)
             found.reverse()  # pop() from the end
             candidates[name] = found
         used: set[int] = set()
@@ -603,12 +464,12 @@ class Simulator:
         """The first regular step of device `i` at or after time `t`."""
         return max(0, int(math.ceil((t - self._base[i]) / self._iv[i] - 1e-9)))
 
-    def _storm(self, i: int, storm: Storm, rng: random.Random) -> _Incident:
+    def _storm(self, i: int, storm: Storm, rng: random.Random) -> Incident:
         iv = self._iv[i]
         k0 = self._first_step(i, self.start + storm.start_s + rng.uniform(0.0, storm.spread_s))
         rise, hold, drain = (max(1, round(rng.uniform(*span) / iv)) for span in (storm.rise_s, storm.hold_s,
                                                                                    storm.drain_s))
-        inc = _Incident("storm", i, k0, rise + hold + drain)
+        inc = Incident("storm", i, k0, rise + hold + drain)
         peak = rng.uniform(*storm.peak_cm)
         for s in range(inc.n):
             if s < rise:
@@ -617,193 +478,67 @@ class Simulator:
                 v = peak + rng.uniform(-1.0, 1.0)
             else:
                 v = peak * (1.0 - (s - rise - hold + 1) / drain) ** 1.5
-            inc.values[s] = {"depth_cm": round(_clamp(v, 0.0, 1000.0), 1)}
+            inc.values[s] = {"depth_cm": round(clamp(v, 0.0, 1000.0), 1)}
         inc.rules = ("water_depth",)
-        inc.start, inc.end = self._t(i, k0), self._t(i, k0 + inc.n)
+        inc.start, inc.end = self.step_time(i, k0), self.step_time(i, k0 + inc.n)
         inc.detail = {"peak": max(v["depth_cm"] for v in inc.values if v)}
         return inc
 
-    def _road_works(self, i: int, works: RoadWorks, rng: random.Random) -> _Incident:
+    def _road_works(self, i: int, works: RoadWorks, rng: random.Random) -> Incident:
         iv = self._iv[i]
         k0 = self._first_step(i, self.start + works.start_s)
-        inc = _Incident("road_works", i, k0, max(1, int(math.ceil(works.days * 86400.0 / iv))))
-        day_limit, night_limit = self._noise_limits(self.devices[i])
+        inc = Incident("road_works", i, k0, max(1, int(math.ceil(works.days * 86400.0 / iv))))
+        noise = self._profiles["noise"]
+        assert isinstance(noise, NoiseSim)
+        day_limit, night_limit = noise.limits(self.devices[i])
         h0, h1 = works.hours
         at_night = False
         for s in range(inc.n):
-            t = self._t(i, k0 + s)
-            hour = self._local_hour(t)
+            t = self.step_time(i, k0 + s)
+            hour = self.local_hour(t)
             if not (h0 <= hour < h1 or h0 <= hour + 24.0 < h1):
                 continue  # the crew is off: a normal reading
             laeq = day_limit + rng.uniform(*works.over_db)
             inc.values[s] = {"laeq_db": round(laeq, 1), "lamax_db": round(laeq + rng.uniform(6.0, 12.0), 1)}
-            at_night = at_night or self._is_night(t)
+            at_night = at_night or noise.is_night(t)
         inc.rules = ("noise_limit", "noise_night_burst") if at_night else ("noise_limit",)
-        inc.start, inc.end = self._t(i, k0), self._t(i, k0 + inc.n)
+        inc.start, inc.end = self.step_time(i, k0), self.step_time(i, k0 + inc.n)
         inc.detail = {"street": works.street, "hours": list(works.hours), "night_limit": night_limit}
         return inc
 
-    def _script(self, name: str, i: int, rng: random.Random, horizon_s: float) -> _Incident:
+    def _script(self, name: str, i: int, rng: random.Random, horizon_s: float) -> Incident:
         device = self.devices[i]
-        iv = self._iv[i]
         rules = self.rules
         k_min = int(math.ceil(rules.health.offline_intervals)) + 3
-        k_max = max(k_min, int(horizon_s // iv))
+        k_max = max(k_min, int(horizon_s // self._iv[i]))
         k0 = rng.randint(k_min, k_max)
-        uniform = rng.uniform
-
-        if name == "gas_leak":
-            up, hold, down = rng.randint(8, 12), rng.randint(3, 5), rng.randint(6, 10)
-            inc = _Incident(name, i, k0, up + hold + down)
-            base = self._level[i][0]
-            peak = min(95.0, self._gas_rules.level2_pct + uniform(8.0, 25.0))
-            for s in range(inc.n):
-                if s < up:
-                    v = base + (peak - base) * ((s + 1) / up) ** 1.5
-                elif s < up + hold:
-                    v = peak + uniform(-2.0, 2.0)
-                else:
-                    frac = (s - up - hold + 1) / down
-                    v = peak * (1.0 - frac) ** 2 + base * frac
-                fields: dict[str, Any] = {"lel_pct": round(_clamp(v, 0.0, 100.0), 1)}
-                if self._co[i]:
-                    fields["co_ppm"] = round(uniform(0.0, 4.0), 1)
-                inc.values[s] = fields
-            inc.detail = {"peak": max(v["lel_pct"] for v in inc.values if v)}
-        elif name == "noise_night":
-            night_ks = [k for k in range(k_min, k_max + 1) if self._is_night(self._t(i, k))]
-            if night_ks:
-                k0 = rng.choice(night_ks)
-            inc = _Incident(name, i, k0, rng.randint(10, 20))
-            any_night = False
-            for s in range(inc.n):
-                t = self._t(i, k0 + s)
-                night = self._is_night(t)
-                any_night = any_night or night
-                day_limit, night_limit = self._noise_limits(device)
-                laeq = (night_limit if night else day_limit) + uniform(5.0, 10.0)
-                lamax = (night_limit + self._noise_rules.night_burst_db + uniform(3.0, 8.0) if night
-                         else laeq + uniform(6.0, 12.0))
-                inc.values[s] = {"laeq_db": round(laeq, 1), "lamax_db": round(lamax, 1)}
-            inc.name = "noise_night" if self._is_night(self._t(i, k0)) else "noise_day"
-            inc.rules = ("noise_limit", "noise_night_burst") if any_night else ("noise_limit",)
-            inc.detail = {"peak": max(v["laeq_db"] for v in inc.values if v)}
-        elif name == "water_storm":
-            rise, hold, drain = rng.randint(6, 12), rng.randint(3, 6), rng.randint(10, 20)
-            inc = _Incident(name, i, k0, rise + hold + drain)
-            peak = self._water_rules.severe_cm + uniform(3.0, 15.0)
-            for s in range(inc.n):
-                if s < rise:
-                    v = peak * ((s + 1) / rise) ** 1.2
-                elif s < rise + hold:
-                    v = peak + uniform(-1.5, 1.5)
-                else:
-                    v = peak * (1.0 - (s - rise - hold + 1) / drain) ** 1.5
-                inc.values[s] = {"depth_cm": round(max(0.0, v), 1)}
-            inc.detail = {"peak": max(v["depth_cm"] for v in inc.values if v)}
-        elif name in ("parking_overstay", "parking_forbidden"):
-            if name == "parking_overstay":
-                max_stay_s = (device.max_stay_min or self._parking_rules.max_stay_min) * 60.0
-                occupied_steps = int(math.ceil((max_stay_s + uniform(10.0, 30.0) * 60.0) / iv)) + 1
-            else:
-                occupied_steps = rng.randint(4, 12)
-            inc = _Incident(name, i, k0, occupied_steps + 2)
-            inc.values = ([{"occupied": False}] + [{"occupied": True}] * occupied_steps
-                          + [{"occupied": False}])
-            inc.detail = {"occupied_min": round((occupied_steps - 1) * iv / 60.0, 1)}
-        elif name == "lock_forced_open":
-            inc = _Incident(name, i, k0, 2)
-            inc.values = [{"event": "forced_open"}, {"event": "door_closed"}]
-        elif name == "lock_tamper":
-            inc = _Incident(name, i, k0, 1)
-            inc.values = [{"event": "tamper"}]
-        elif name == "lock_door_ajar":
-            ajar = rng.randint(3, 8)
-            inc = _Incident(name, i, k0, ajar + 2)
-            inc.values = ([{"event": "unlock_ok", "user": rng.choice(self._users[i])}]
-                          + [{"event": "door_ajar"}] * ajar + [{"event": "door_closed"}])
-        elif name == "lock_jammed":
-            jammed = rng.randint(2, 4)
-            inc = _Incident(name, i, k0, jammed + 1)
-            inc.values = [{"event": "jammed"}] * jammed + [{"event": "unlock_ok",
-                                                            "user": rng.choice(self._users[i])}]
-        elif name == "lock_brute_force":
-            inc = self._brute_force(i, k0, rng)
-        elif name == "smoke_fire":  # smoke builds up past the pre-alarm, the alarm sounds; nobody clears it
-            up, hold = rng.randint(3, 6), rng.randint(2, 4)
-            inc = _Incident(name, i, k0, up + hold)
-            peak = self._smoke_rules.alarm_pct_per_m + uniform(2.0, 8.0)
-            for s in range(inc.n):
-                v = peak * ((s + 1) / up) ** 1.5 if s < up else peak + uniform(-1.0, 1.0)
-                v = round(_clamp(v, 0.0, 100.0), 2)
-                inc.values[s] = {"obscuration_pct_per_m": v, "alarm": v >= self._smoke_rules.alarm_pct_per_m}
-            inc.detail = {"peak": max(v["obscuration_pct_per_m"] for v in inc.values if v)}
-        elif name == "smoke_tamper":
-            inc = _Incident(name, i, k0, 1)
-            inc.values = [{"obscuration_pct_per_m": 0.0, "alarm": False, "event": "tamper"}]
-        elif name == "device_silent":
-            inc = _Incident(name, i, k0, int(math.ceil(rules.health.offline_intervals)) + rng.randint(3, 8))
+        profile = self._profiles[device.kind]
+        if name == "device_silent":
+            inc = Incident(name, i, k0, int(math.ceil(rules.health.offline_intervals)) + rng.randint(3, 8))
             inc.silent = True
         elif name == "battery_low":
-            inc = _Incident(name, i, k0, rng.randint(10, 20))
-            low = rules.health.battery_low_pct - uniform(2.0, 4.0)
+            inc = Incident(name, i, k0, rng.randint(10, 20))
+            low = rules.health.battery_low_pct - rng.uniform(2.0, 4.0)
             inc.battery = [round(max(1.0, low - 0.1 * s), 1) for s in range(inc.n)]
-            if device.kind == "lock":
-                inc.values[0] = {"event": "low_battery"}
-            elif device.kind == "smoke":
-                inc.values[0] = {"obscuration_pct_per_m": 0.1, "alarm": False, "event": "low_battery"}
+            inc.values[0] = profile.battery_event  # None: a normal reading
             inc.detail = {"battery": inc.battery[0]}
-        else:  # pragma: no cover - INCIDENT_TYPES and this switch go together
-            raise ValueError(f"unknown incident {name}")
+        else:
+            inc = profile.script(name, i, k0, k_min, k_max, rng)
         if not inc.rules:
             inc.rules = INCIDENT_TYPES[name][1]
-        inc.start = self._t(i, inc.k0)
+        inc.start = self.step_time(i, inc.k0)
         if not inc.end:
-            inc.end = self._t(i, inc.k0 + inc.n)
-        return inc
-
-    def _brute_force(self, i: int, k0: int, rng: random.Random) -> _Incident:
-        """`fail_count + 2` failed unlocks a few seconds apart: regular reports plus extra ones."""
-        iv = self._iv[i]
-        gap = min(15.0, iv / 4.0)
-        attacker = {"event": "unlock_fail", "user": f"x{rng.getrandbits(32):08x}"}
-        start = self._t(i, k0)
-        total = self._lock_rules.fail_count + 2
-        fails, grid_steps, j = 0, 0, 0
-        extras: list[float] = []
-        while fails < total:
-            offset = j * gap
-            steps = offset / iv
-            if abs(steps - round(steps)) < 1e-9:
-                grid_steps = int(round(steps)) + 1
-            else:
-                extras.append(start + offset)
-            fails += 1
-            j += 1
-        inc = _Incident("lock_brute_force", i, k0, grid_steps)
-        inc.values = [attacker] * grid_steps
-        inc.extra = attacker
-        for t in extras:
-            self._heap.append((t, i, -1))
-        inc.detail = {"failures": total, "within_s": (j - 1) * gap}
+            inc.end = self.step_time(i, inc.k0 + inc.n)
         return inc
 
 
 # -- bad input -------------------------------------------------------------------------------------
 
-_VALID_FIELDS: dict[str, dict[str, Any]] = {
-    "gas": {"lel_pct": 1.2}, "noise": {"laeq_db": 52.0, "lamax_db": 60.0}, "water": {"depth_cm": 0.0},
-    "parking": {"occupied": False}, "lock": {"event": "door_closed"},
-    "smoke": {"obscuration_pct_per_m": 0.1, "alarm": False},
-}
-_NUMERIC_FIELD = {"gas": ("lel_pct", 150.0), "noise": ("laeq_db", 200.0), "water": ("depth_cm", 2000.0),
-                  "smoke": ("obscuration_pct_per_m", 150.0)}
-
-
 def bad_messages(devices: Sequence[Device], seed: int = 1, now: float | None = None,
                  prefix: str = "citywatch") -> list[tuple[str, bytes, str]]:
     """(topic, payload, expected dead-letter reason) for every kind of bad input, on the given
-    (registered) devices where a registered device is needed."""
+    (registered) devices where a registered device is needed. The bad telemetry is sent as a device of
+    the first kind (in the cycle's order) with a numeric field, if any, from its profile's samples."""
     if not devices:
         raise ValueError("bad_messages needs at least one device")
     now = time.time() if now is None else now
@@ -811,14 +546,15 @@ def bad_messages(devices: Sequence[Device], seed: int = 1, now: float | None = N
     by_kind: dict[str, list[Device]] = {}
     for d in devices:
         by_kind.setdefault(d.kind, []).append(d)
-    numeric = [k for k in ("gas", "noise", "water") if k in by_kind]
+    numeric = [k for k in _simulated_kinds() if k in by_kind and _profile(k).too_big is not None]
     kind = numeric[0] if numeric else sorted(by_kind)[0]
+    profile = _profile(kind)
     dev = rng.choice(by_kind[kind])
     topic = telemetry_topic(kind, dev.id, prefix)
     ts = round(now - rng.uniform(1.0, 30.0), 3)
-    good = {"ts": ts, "seq": rng.randrange(1, 1000), "battery": 88.0, "rssi": -75, **_VALID_FIELDS[kind]}
-    field, too_big = _NUMERIC_FIELD.get(kind, ("battery", 150.0))
-    required = next(iter(_VALID_FIELDS[kind]))
+    good = {"ts": ts, "seq": rng.randrange(1, 1000), "battery": 88.0, "rssi": -75, **profile.valid_fields}
+    field, too_big = profile.too_big or ("battery", 150.0)
+    required = next(iter(profile.valid_fields))
 
     def with_(**changes: Any) -> bytes:
         return _encode({**good, **changes})
@@ -854,12 +590,13 @@ def bad_messages(devices: Sequence[Device], seed: int = 1, now: float | None = N
         (topic, with_(ts=naive), "bad_timestamp"),
         (status_topic(kind, dev.id, prefix), b"maybe", "bad_status"),
     ]
-    other_kind = next((k for k in KINDS if k != kind), "noise")
-    other_fields = {k: v for k, v in good.items() if k not in _VALID_FIELDS[kind]}
+    other_kind = next(k for k in KINDS if k != kind and spec(k).simulator is not None)
+    other_fields = {k: v for k, v in good.items() if k not in profile.valid_fields}
     cases.append((telemetry_topic(other_kind, dev.id, prefix),
-                  _encode({**other_fields, **_VALID_FIELDS[other_kind]}), "kind_mismatch"))
-    if "lock" in by_kind:
-        lock = rng.choice(by_kind["lock"])
-        cases.append((telemetry_topic("lock", lock.id, prefix),
-                      _encode({"ts": ts, "event": "exploded"}), "bad_value"))
+                  _encode({**other_fields, **_profile(other_kind).valid_fields}), "kind_mismatch"))
+    for bad_kind in _simulated_kinds():
+        bad_value = _profile(bad_kind).bad_value
+        if bad_value is not None and bad_kind in by_kind:
+            bad_dev = rng.choice(by_kind[bad_kind])
+            cases.append((telemetry_topic(bad_kind, bad_dev.id, prefix), _encode({"ts": ts, **bad_value}), "bad_value"))
     return cases

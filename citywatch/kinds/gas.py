@@ -6,11 +6,14 @@ rule. Gas leaks build up over minutes: a step faster than 40 %LEL a minute is a 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+import random
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from citywatch.i18n import N_, NP_
+from citywatch.ingest.simkind import Incident, Sim, SimDevice, SimKind, clamp, rented_home
 from citywatch.kindspec import KindSpec, Measure, PayloadField, Threshold
 from citywatch.section import Section, below
 
@@ -98,6 +101,63 @@ def report(r: SensorReport) -> list[str]:
                        r.start, r.end, r.tz, "%LEL", lines, y_min=0, tr=r.tr)]
 
 
+class GasSim(SimKind):
+    """Simulated gas detectors in rented flats: a low baseline with a bump at lunch and dinner (cooking),
+    CO on some; a leak builds up over minutes past level-2, holds, and disperses."""
+
+    slots = (0, 7, 12, 15)
+    incidents = {"gas_leak": ("gas_level",)}
+    valid_fields = {"lel_pct": 1.2}
+    too_big = ("lel_pct", 150.0)
+
+    def __init__(self, sim: Sim) -> None:
+        super().__init__(sim)
+        self.rules = sim.rules.section(GasRules)
+        self._random = sim.rng.random
+        self._hour = sim.local_hour
+        self._level = [(0.0, 0.0, False)] * len(sim.devices)  # per device: baseline, cooking bump (%LEL), has CO
+
+    @staticmethod
+    def address(rng: random.Random, number: int, street: str) -> str:
+        return rented_home(rng, number, street)
+
+    def setup(self, i: int, device: SimDevice, rng: random.Random) -> None:
+        self._level[i] = (rng.uniform(0.2, 1.2), rng.uniform(0.3, 1.0), rng.random() < 0.3)
+
+    def normal(self, i: int, t: float) -> dict[str, Any]:
+        base, cooking, co = self._level[i]
+        h = self._hour(t)
+        rhythm = 0.9 * math.exp(-((h - 11.8) ** 2) / 0.8) + 1.1 * math.exp(-((h - 18.3) ** 2) / 1.0)
+        lel = base + cooking * rhythm + (self._random() - 0.5) * 0.6
+        fields: dict[str, Any] = {"lel_pct": round(clamp(lel, 0.0, 3.0), 1)}
+        if co:
+            fields["co_ppm"] = round(self._random() * 4.0, 1)
+        return fields
+
+    def script(self, name: str, i: int, k0: int, k_min: int, k_max: int, rng: random.Random) -> Incident:
+        if name != "gas_leak":
+            return super().script(name, i, k0, k_min, k_max, rng)
+        uniform = rng.uniform
+        up, hold, down = rng.randint(8, 12), rng.randint(3, 5), rng.randint(6, 10)
+        inc = Incident(name, i, k0, up + hold + down)
+        base, _, co = self._level[i]
+        peak = min(95.0, self.rules.level2_pct + uniform(8.0, 25.0))
+        for s in range(inc.n):
+            if s < up:
+                v = base + (peak - base) * ((s + 1) / up) ** 1.5
+            elif s < up + hold:
+                v = peak + uniform(-2.0, 2.0)
+            else:
+                frac = (s - up - hold + 1) / down
+                v = peak * (1.0 - frac) ** 2 + base * frac
+            fields: dict[str, Any] = {"lel_pct": round(clamp(v, 0.0, 100.0), 1)}
+            if co:
+                fields["co_ppm"] = round(uniform(0.0, 4.0), 1)
+            inc.values[s] = fields
+        inc.detail = {"peak": max(v["lel_pct"] for v in inc.values if v)}
+        return inc
+
+
 SPEC = KindSpec(
     name="gas",
     label=NP_("kind", "gas"),
@@ -126,4 +186,7 @@ SPEC = KindSpec(
     dashboard_row=dashboard_row,
     report_figures={"gas": gas_by_district},
     report=report,
+
+
+    simulator=GasSim,
 )

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, get_args
+import random
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import Field
 
 from citywatch.i18n import N_, NP_
+from citywatch.ingest.simkind import Incident, Sim, SimDevice, SimKind, rented_home
 from citywatch.kindspec import KindSpec, PayloadField
 from citywatch.section import Section
 
@@ -95,6 +97,108 @@ def report(r: SensorReport) -> list[str]:
                        tr=r.tr)]
 
 
+class LockSim(SimKind):
+    """Simulated door locks of rented flats: the tenants unlock now and then (more by day), the door
+    closes at the next report, a failed unlock now and then. Incidents: forced open, tamper, brute
+    force (failed unlocks seconds apart, between the regular reports), door left open, jammed."""
+
+    slots = (4, 11, 18)
+    incidents = {
+        "lock_forced_open": ("lock_forced_open",), "lock_tamper": ("lock_tamper",),
+        "lock_brute_force": ("lock_brute_force",), "lock_door_ajar": ("lock_door_ajar",),
+        "lock_jammed": ("lock_jammed",),
+    }
+    valid_fields = {"event": "door_closed"}
+    bad_value = {"event": "exploded"}
+    battery_event = {"event": "low_battery"}
+
+    def __init__(self, sim: Sim) -> None:
+        super().__init__(sim)
+        self.rules = sim.rules.section(LockRules)
+        self._rng = sim.rng
+        self._hour = sim.local_hour
+        n = len(sim.devices)
+        self._users: list[list[str]] = [[] for _ in range(n)]  # per device: its tenants' user ids
+        self._opened = [False] * n  # the door is open after an unlock
+
+    @staticmethod
+    def address(rng: random.Random, number: int, street: str) -> str:
+        return rented_home(rng, number, street)
+
+    @staticmethod
+    def attributes(rng: random.Random) -> dict[str, Any]:
+        return {"tenants": rng.randint(1, 4)}
+
+    def setup(self, i: int, device: SimDevice, rng: random.Random) -> None:
+        self._users[i] = [f"u{rng.getrandbits(32):08x}" for _ in range(max(1, device.tenants or 1))]
+
+    def normal(self, i: int, t: float) -> dict[str, Any]:
+        if self._opened[i]:
+            self._opened[i] = False
+            return {"event": "door_closed"}
+        rng = self._rng
+        h = self._hour(t)
+        r = rng.random()
+        p_unlock = 0.12 if 6.5 <= h < 23.0 else 0.02
+        if r < p_unlock:
+            self._opened[i] = True
+            return {"event": "unlock_ok", "user": rng.choice(self._users[i])}
+        if r < p_unlock + 0.004:
+            return {"event": "unlock_fail", "user": rng.choice(self._users[i])}
+        return {"event": "door_closed"}
+
+    def end_incident(self, i: int, name: str, t: float) -> None:
+        self._opened[i] = False
+
+    def script(self, name: str, i: int, k0: int, k_min: int, k_max: int, rng: random.Random) -> Incident:
+        if name == "lock_forced_open":
+            inc = Incident(name, i, k0, 2)
+            inc.values = [{"event": "forced_open"}, {"event": "door_closed"}]
+        elif name == "lock_tamper":
+            inc = Incident(name, i, k0, 1)
+            inc.values = [{"event": "tamper"}]
+        elif name == "lock_door_ajar":
+            ajar = rng.randint(3, 8)
+            inc = Incident(name, i, k0, ajar + 2)
+            inc.values = ([{"event": "unlock_ok", "user": rng.choice(self._users[i])}]
+                          + [{"event": "door_ajar"}] * ajar + [{"event": "door_closed"}])
+        elif name == "lock_jammed":
+            jammed = rng.randint(2, 4)
+            inc = Incident(name, i, k0, jammed + 1)
+            inc.values = [{"event": "jammed"}] * jammed + [{"event": "unlock_ok", "user": rng.choice(self._users[i])}]
+        elif name == "lock_brute_force":
+            inc = self._brute_force(i, k0, rng)
+        else:
+            return super().script(name, i, k0, k_min, k_max, rng)
+        return inc
+
+    def _brute_force(self, i: int, k0: int, rng: random.Random) -> Incident:
+        """`fail_count + 2` failed unlocks a few seconds apart: regular reports plus extra ones."""
+        iv = self.sim.interval(i)
+        gap = min(15.0, iv / 4.0)
+        attacker = {"event": "unlock_fail", "user": f"x{rng.getrandbits(32):08x}"}
+        start = self.sim.step_time(i, k0)
+        total = self.rules.fail_count + 2
+        fails, grid_steps, j = 0, 0, 0
+        extras: list[float] = []
+        while fails < total:
+            offset = j * gap
+            steps = offset / iv
+            if abs(steps - round(steps)) < 1e-9:
+                grid_steps = int(round(steps)) + 1
+            else:
+                extras.append(start + offset)
+            fails += 1
+            j += 1
+        inc = Incident("lock_brute_force", i, k0, grid_steps)
+        inc.values = [attacker] * grid_steps
+        inc.extra = attacker
+        for t in extras:
+            self.sim.extra_reading(i, t)
+        inc.detail = {"failures": total, "within_s": (j - 1) * gap}
+        return inc
+
+
 SPEC = KindSpec(
     name="lock",
     label=NP_("kind", "lock"),
@@ -126,4 +230,7 @@ SPEC = KindSpec(
     dashboard_row=dashboard_row,
     report_figures={"lock": lock_events},
     report=report,
+
+
+    simulator=LockSim,
 )

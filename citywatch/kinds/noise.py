@@ -6,11 +6,13 @@ driver starts within a second.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import random
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from citywatch.i18n import N_, NP_
+from citywatch.ingest.simkind import Incident, Sim, SimDevice, SimKind
 from citywatch.kindspec import KindSpec, Measure, PayloadField, Threshold
 from citywatch.section import Section
 
@@ -119,6 +121,102 @@ def report(r: SensorReport) -> list[str]:
                        tr=r.tr)]
 
 
+ZONE_CLASSES = (("1", 0.2), ("2", 0.45), ("3", 0.15), ("4a", 0.2))  # simulated monitors: zone class, share
+
+
+class NoiseSim(SimKind):
+    """Simulated street noise monitors: a daily profile (quiet night, morning ramp, rush hours), always a
+    few dB under the zone's limits; an incident is loud for 10-20 readings, with bursts at night."""
+
+    slots = (1, 9, 16)
+    incidents = {"noise_night": ("noise_limit", "noise_night_burst")}
+    variants = {"noise_day": ("noise_limit",)}
+    valid_fields = {"laeq_db": 52.0, "lamax_db": 60.0}
+    too_big = ("laeq_db", 200.0)
+
+    def __init__(self, sim: Sim) -> None:
+        super().__init__(sim)
+        self.rules = sim.rules.section(NoiseRules)
+        self._rng = sim.rng
+        self._hour = sim.local_hour
+        # per device: plateau, floor, day limit, night limit (dB(A))
+        self._level = [(0.0, 0.0, 0.0, 0.0)] * len(sim.devices)
+
+    @staticmethod
+    def attributes(rng: random.Random) -> dict[str, Any]:
+        return {"zone_class": rng.choices([z for z, _ in ZONE_CLASSES], [w for _, w in ZONE_CLASSES])[0]}
+
+    def is_night(self, t: float) -> bool:
+        hour = int(self._hour(t))
+        return not (self.rules.day_start_hour <= hour < self.rules.night_start_hour)
+
+    def limits(self, device: SimDevice) -> tuple[float, float]:
+        """The device's day and night limits, dB(A): its zone class's, or its own thresholds."""
+        rules = self.rules
+        zone = device.zone_class or rules.default_zone_class
+        day, night = rules.limits.get(zone, rules.limits[rules.default_zone_class])
+        day = device.thresholds.get("noise.day_db", day) if device.thresholds else day
+        night = device.thresholds.get("noise.night_db", night) if device.thresholds else night
+        return float(day), float(night)
+
+    def setup(self, i: int, device: SimDevice, rng: random.Random) -> None:
+        day_limit, night_limit = self.limits(device)
+        offset = rng.uniform(-3.0, 0.0)
+        plateau, floor = day_limit - 7.0 + offset, night_limit - 8.0 + offset
+        self._level[i] = (plateau, floor, day_limit, night_limit)
+
+    def normal(self, i: int, t: float) -> dict[str, Any]:
+        plateau, floor, day_limit, night_limit = self._level[i]
+        h = self._hour(t)
+        if h < 5.0:
+            profile = 0.0
+        elif h < 7.0:
+            profile = (h - 5.0) / 2.0
+        elif h < 20.0:
+            profile = 1.0 + (0.15 if 7.5 <= h < 9.0 or 17.0 <= h < 19.0 else 0.0)
+        elif h < 22.0:
+            profile = 1.0 - 0.4 * (h - 20.0)
+        else:
+            profile = 0.1 * (24.0 - h)
+        rng = self._rng
+        laeq = floor + profile * (plateau - floor) + rng.gauss(0.0, 1.2)
+        if self.is_night(t):
+            laeq = min(laeq, night_limit - 4.0)
+            burst_cap = night_limit + self.rules.night_burst_db - 4.0
+            lamax = min(laeq + 5.0 + rng.expovariate(0.3), burst_cap)
+        else:
+            laeq = min(laeq, day_limit - 4.0)
+            lamax = laeq + 5.0 + rng.expovariate(0.3)
+        laeq = max(laeq, 30.0)
+        return {"laeq_db": round(laeq, 1), "lamax_db": round(max(lamax, laeq), 1)}
+
+    def script(self, name: str, i: int, k0: int, k_min: int, k_max: int, rng: random.Random) -> Incident:
+        """noise_night starts at night when the range has a night, else by day (logged as noise_day)."""
+        if name != "noise_night":
+            return super().script(name, i, k0, k_min, k_max, rng)
+        uniform = rng.uniform
+        step_time = self.sim.step_time
+        device = self.devices[i]
+        night_ks = [k for k in range(k_min, k_max + 1) if self.is_night(step_time(i, k))]
+        if night_ks:
+            k0 = rng.choice(night_ks)
+        inc = Incident(name, i, k0, rng.randint(10, 20))
+        any_night = False
+        for s in range(inc.n):
+            t = step_time(i, k0 + s)
+            night = self.is_night(t)
+            any_night = any_night or night
+            day_limit, night_limit = self.limits(device)
+            laeq = (night_limit if night else day_limit) + uniform(5.0, 10.0)
+            lamax = (night_limit + self.rules.night_burst_db + uniform(3.0, 8.0) if night
+                     else laeq + uniform(6.0, 12.0))
+            inc.values[s] = {"laeq_db": round(laeq, 1), "lamax_db": round(lamax, 1)}
+        inc.name = "noise_night" if self.is_night(step_time(i, k0)) else "noise_day"
+        inc.rules = ("noise_limit", "noise_night_burst") if any_night else ("noise_limit",)
+        inc.detail = {"peak": max(v["laeq_db"] for v in inc.values if v)}
+        return inc
+
+
 SPEC = KindSpec(
     name="noise",
     label=NP_("kind", "noise"),
@@ -148,4 +246,7 @@ SPEC = KindSpec(
     dashboard_row=dashboard_row,
     report_figures={"noise": noise_by_zone},
     report=report,
+
+
+    simulator=NoiseSim,
 )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+import random
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from citywatch.i18n import N_, NP_
+from citywatch.ingest.simkind import Incident, Sim, SimDevice, SimKind
 from citywatch.kindspec import KindSpec, PayloadField
 from citywatch.section import Section
 
@@ -87,6 +90,86 @@ def report(r: SensorReport) -> list[str]:
                        "%", y_min=0, y_max=100, tr=r.tr)]
 
 
+MAX_STAYS = (60.0, 90.0, 120.0, 120.0, 180.0, 240.0)  # simulated bays' limits, minutes
+
+
+class ParkingSim(SimKind):
+    """Simulated bays: stays of about half an hour, well under the bay's limit, free spells longer at
+    night; 5% are no-parking bays that stay free. Incidents: an overstay, a car in a no-parking bay."""
+
+    slots = (3, 6, 8, 13, 14, 19)
+    incidents = {"parking_overstay": ("parking_overstay",), "parking_forbidden": ("parking_forbidden",)}
+    valid_fields = {"occupied": False}
+
+    def __init__(self, sim: Sim) -> None:
+        super().__init__(sim)
+        self.rules = sim.rules.section(ParkingRules)
+        self._rng = sim.rng
+        self._hour = sim.local_hour
+        n = len(sim.devices)
+        self._occupied = [False] * n
+        self._next_change = [0.0] * n  # when the bay's state changes next
+
+    @staticmethod
+    def address(rng: random.Random, number: int, street: str) -> str:
+        return f"Bay {rng.randrange(1, 120)}, No. {number} {street}"
+
+    @staticmethod
+    def attributes(rng: random.Random) -> dict[str, Any]:
+        no_parking = rng.random() < 0.05
+        return {"no_parking": no_parking, "max_stay_min": None if no_parking else rng.choice(MAX_STAYS)}
+
+    def setup(self, i: int, device: SimDevice, rng: random.Random) -> None:
+        if not device.no_parking:
+            self._occupied[i] = rng.random() < 0.5
+            self._next_change[i] = self.sim.start + rng.uniform(0, 45 * 60)
+
+    def _free_for(self, t: float) -> float:
+        h = self._hour(t)
+        mean = 40 * 60 if 7.0 <= h < 21.0 else 200 * 60
+        return self._rng.expovariate(1.0 / mean) + 60.0
+
+    def normal(self, i: int, t: float) -> dict[str, Any]:
+        device = self.devices[i]
+        if device.no_parking:
+            return {"occupied": False}
+        if t >= self._next_change[i]:
+            occupied = not self._occupied[i]
+            self._occupied[i] = occupied
+            if occupied:
+                max_stay_s = (device.max_stay_min or self.rules.max_stay_min) * 60.0
+                stay = min(self._rng.expovariate(1.0 / (35 * 60)) + 120.0, 0.8 * max_stay_s - self.sim.interval(i))
+                self._next_change[i] = t + max(stay, 60.0)
+            else:
+                self._next_change[i] = t + self._free_for(t)
+        return {"occupied": self._occupied[i]}
+
+    def end_incident(self, i: int, name: str, t: float) -> None:
+        if name.startswith("parking"):
+            self._occupied[i] = False
+            self._next_change[i] = t + self._free_for(t)
+
+    def candidates(self, name: str, found: list[int]) -> list[int]:
+        devices = self.devices
+        if name == "parking_overstay":  # short-stay bays first, so the overstay ends sooner
+            return sorted((i for i in found if not devices[i].no_parking), key=lambda i: devices[i].max_stay_min or 1e9)
+        return [i for i in found if devices[i].no_parking]
+
+    def script(self, name: str, i: int, k0: int, k_min: int, k_max: int, rng: random.Random) -> Incident:
+        if name == "parking_overstay":
+            iv = self.sim.interval(i)
+            max_stay_s = (self.devices[i].max_stay_min or self.rules.max_stay_min) * 60.0
+            occupied_steps = int(math.ceil((max_stay_s + rng.uniform(10.0, 30.0) * 60.0) / iv)) + 1
+        elif name == "parking_forbidden":
+            occupied_steps = rng.randint(4, 12)
+        else:
+            return super().script(name, i, k0, k_min, k_max, rng)
+        inc = Incident(name, i, k0, occupied_steps + 2)
+        inc.values = [{"occupied": False}] + [{"occupied": True}] * occupied_steps + [{"occupied": False}]
+        inc.detail = {"occupied_min": round((occupied_steps - 1) * self.sim.interval(i) / 60.0, 1)}
+        return inc
+
+
 SPEC = KindSpec(
     name="parking",
     label=NP_("kind", "parking"),
@@ -110,4 +193,7 @@ SPEC = KindSpec(
     dashboard_row=dashboard_row,
     report_figures={"parking": parking_occupancy},
     report=report,
+
+
+    simulator=ParkingSim,
 )

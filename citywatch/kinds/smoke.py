@@ -8,11 +8,13 @@ a room with smoke in seconds. In clean air the chamber reads about 0 (a constant
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import random
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from citywatch.i18n import N_, NP_
+from citywatch.ingest.simkind import Incident, Sim, SimKind, clamp, rented_home
 from citywatch.kindspec import KindSpec, Measure, PayloadField, Threshold
 from citywatch.section import Section, below
 
@@ -72,6 +74,50 @@ def report(r: SensorReport) -> list[str]:
                        lines, y_min=0, tr=r.tr)]
 
 
+class SmokeSim(SimKind):
+    """Simulated smoke alarms in rented flats: clean air (a little dust in the chamber); now and then a
+    resident presses the test button. Incidents: a fire nobody clears, tampering."""
+
+    slots = (5,)
+    incidents = {"smoke_fire": ("smoke_rising", "smoke_alarm"), "smoke_tamper": ("smoke_tamper",)}
+    valid_fields = {"obscuration_pct_per_m": 0.1, "alarm": False}
+    too_big = ("obscuration_pct_per_m", 150.0)
+    battery_event = {"obscuration_pct_per_m": 0.1, "alarm": False, "event": "low_battery"}
+
+    def __init__(self, sim: Sim) -> None:
+        super().__init__(sim)
+        self.rules = sim.rules.section(SmokeRules)
+        self._rng = sim.rng
+
+    @staticmethod
+    def address(rng: random.Random, number: int, street: str) -> str:
+        return rented_home(rng, number, street)
+
+    def normal(self, i: int, t: float) -> dict[str, Any]:
+        rng = self._rng
+        if rng.random() < 0.001:
+            return {"obscuration_pct_per_m": round(rng.random() * 0.3, 2), "alarm": True, "event": "test"}
+        return {"obscuration_pct_per_m": round(rng.random() * 0.3, 2), "alarm": False}
+
+    def script(self, name: str, i: int, k0: int, k_min: int, k_max: int, rng: random.Random) -> Incident:
+        if name == "smoke_fire":  # smoke builds up past the pre-alarm, the alarm sounds; nobody clears it
+            up, hold = rng.randint(3, 6), rng.randint(2, 4)
+            inc = Incident(name, i, k0, up + hold)
+            alarm = self.rules.alarm_pct_per_m
+            peak = alarm + rng.uniform(2.0, 8.0)
+            for s in range(inc.n):
+                v = peak * ((s + 1) / up) ** 1.5 if s < up else peak + rng.uniform(-1.0, 1.0)
+                v = round(clamp(v, 0.0, 100.0), 2)
+                inc.values[s] = {"obscuration_pct_per_m": v, "alarm": v >= alarm}
+            inc.detail = {"peak": max(v["obscuration_pct_per_m"] for v in inc.values if v)}
+        elif name == "smoke_tamper":
+            inc = Incident(name, i, k0, 1)
+            inc.values = [{"obscuration_pct_per_m": 0.0, "alarm": False, "event": "tamper"}]
+        else:
+            return super().script(name, i, k0, k_min, k_max, rng)
+        return inc
+
+
 SPEC = KindSpec(
     name="smoke",
     label=NP_("kind", "smoke"),
@@ -101,4 +147,7 @@ SPEC = KindSpec(
     dashboard_row=dashboard_row,
     report_figures={"smoke": _obscuration_figure},
     report=report,
+
+
+    simulator=SmokeSim,
 )

@@ -6,11 +6,13 @@ rule. Water rises over minutes: a step faster than 50 cm a minute is a suspected
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import random
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from citywatch.i18n import N_, NP_
+from citywatch.ingest.simkind import Incident, Sim, SimKind
 from citywatch.kindspec import KindSpec, Measure, PayloadField, Threshold
 from citywatch.section import Section, below
 
@@ -110,6 +112,47 @@ def report(r: SensorReport) -> list[str]:
                        _("cm/10 min"), tr=tr)]
 
 
+class WaterSim(SimKind):
+    """Simulated waterlogging gauges: a dry road with now and then a splash; a storm floods the gauge
+    past the severe level and drains."""
+
+    slots = (2, 10, 17)
+    incidents = {"water_storm": ("water_depth",)}
+    valid_fields = {"depth_cm": 0.0}
+    too_big = ("depth_cm", 2000.0)
+
+    def __init__(self, sim: Sim) -> None:
+        super().__init__(sim)
+        self.rules = sim.rules.section(WaterRules)
+        self._rng = sim.rng
+
+    @staticmethod
+    def address(rng: random.Random, number: int, street: str) -> str:
+        underpass = rng.random() < 0.4
+        return f"{'Underpass near ' if underpass else ''}No. {number} {street}"
+
+    def normal(self, i: int, t: float) -> dict[str, Any]:
+        rng = self._rng
+        return {"depth_cm": round(rng.random() * 0.8, 1) if rng.random() < 0.03 else 0.0}
+
+    def script(self, name: str, i: int, k0: int, k_min: int, k_max: int, rng: random.Random) -> Incident:
+        if name != "water_storm":
+            return super().script(name, i, k0, k_min, k_max, rng)
+        rise, hold, drain = rng.randint(6, 12), rng.randint(3, 6), rng.randint(10, 20)
+        inc = Incident(name, i, k0, rise + hold + drain)
+        peak = self.rules.severe_cm + rng.uniform(3.0, 15.0)
+        for s in range(inc.n):
+            if s < rise:
+                v = peak * ((s + 1) / rise) ** 1.2
+            elif s < rise + hold:
+                v = peak + rng.uniform(-1.5, 1.5)
+            else:
+                v = peak * (1.0 - (s - rise - hold + 1) / drain) ** 1.5
+            inc.values[s] = {"depth_cm": round(max(0.0, v), 1)}
+        inc.detail = {"peak": max(v["depth_cm"] for v in inc.values if v)}
+        return inc
+
+
 SPEC = KindSpec(
     name="water",
     label=NP_("kind", "water"),
@@ -135,4 +178,7 @@ SPEC = KindSpec(
     dashboard_row=dashboard_row,
     report_figures={"water": water_depth, "water_rise": water_rise},
     report=report,
+
+
+    simulator=WaterSim,
 )
