@@ -81,15 +81,38 @@ swallows people and bicycles: `manhole_open` is a life-safety rule."""
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 from pydantic import Field
 
 from citywatch.i18n import N_, NP_
+from citywatch.ingest.simkind import Incident, SimKind
 from citywatch.kindspec import KindSpec, Measure, PayloadField, Threshold
 from citywatch.section import Section
 
 
 class ManholeRules(Section):
     tilt_alarm_deg: float = Field(15.0, gt=0, le=90)
+
+
+class ManholeSim(SimKind):
+    """Covers resting flat (a little vibration from traffic); now and then one is lifted off."""
+
+    slots = (20,)
+    incidents = {"manhole_lifted": ("manhole_open",)}
+    valid_fields = {"tilt_deg": 0.5, "open": False}
+    too_big = ("tilt_deg", 500.0)
+
+    def normal(self, i: int, t: float) -> dict[str, Any]:
+        return {"tilt_deg": round(self.sim.rng.random() * 0.8, 1), "open": False}
+
+    def script(self, name: str, i: int, k0: int, k_min: int, k_max: int, rng: random.Random) -> Incident:
+        if name != "manhole_lifted":
+            return super().script(name, i, k0, k_min, k_max, rng)
+        inc = Incident(name, i, k0, 2)
+        inc.values = [{"tilt_deg": 35.0, "open": True}, {"tilt_deg": 0.4, "open": False}]
+        return inc
 
 
 SPEC = KindSpec(
@@ -109,6 +132,7 @@ SPEC = KindSpec(
     hazard_group=("road", ("manhole_*",)),
     rule_labels=(NP_("rule", "manhole_open"),),
     messages={"manhole_open": N_("manhole cover open or tilted {value} degrees (alarm from {threshold})")},
+    simulator=ManholeSim,
 )
 '''
 
@@ -184,6 +208,24 @@ out = feed(p, Device(id="mh-1", kind="manhole", grid="G1"), T0 + 60, tilt_deg=40
 seen["opened"] = [[t.alert.rule, t.alert.severity, t.alert.safety] for t in out.transitions]
 seen["rules"] = [rule.name for rule in p.rules["manhole"]]
 seen["dashboard"] = [row.title for row in sensors().rows]
+
+# the simulator makes manhole devices and lifts a cover; the core opens the alarm for it
+from citywatch.detectors.lifecycle import AlertEngine
+from citywatch.ingest.simulator import Simulator, bad_messages, make_devices
+from citywatch.model import Output
+from citywatch.streams.pipeline import Pipeline
+
+devices = make_devices(42, seed=1)
+seen["simulated"] = sorted({d.kind for d in devices})
+sim = Simulator(devices, seed=1, start=T0, horizon_s=1800)
+settings = load_settings(None, {})
+core = Pipeline(settings, {d.id: d for d in devices}, AlertEngine(settings.alerts), started_at=T0)
+out = Output()
+for topic, body, ts in sim.messages(3600):
+    core.process(topic, body, ts, out)
+seen["incidents"] = sorted({e["incident"] for e in sim.incidents_log if e["kind"] == "manhole"})
+seen["alarms"] = sorted({t.alert.rule for t in out.transitions if t.alert.kind == "manhole" and t.transition == "opened"})
+seen["bad"] = len(bad_messages([d for d in devices if d.kind == "manhole"], now=T0))
 print(json.dumps(seen))
 '''
 
@@ -218,6 +260,10 @@ def test_a_seventh_kind_is_its_declaration_and_its_rule_module(tmp_path: Path) -
     assert seen["quiet"] == []
     assert seen["opened"] == [["manhole_open", "critical", True]]  # life safety: at the first reading
     assert seen["rules"][0] == "sensor_stuck" and "manhole_open" in seen["rules"] and "battery_low" in seen["rules"]
+    assert "Manhole" not in seen["dashboard"]  # it declared no dashboard row: the others are unchanged
+    assert "manhole" in seen["simulated"] and "manhole_lifted" in seen["incidents"]
+    assert "manhole_open" in seen["alarms"]
+    assert seen["bad"] > 5  # the simulator's bad input, on a manhole device
 
     # the command line knows it too: `citywatch schema` and `citywatch replay --kind manhole`
     schema = subprocess.run([sys.executable, "-m", "citywatch", "schema"], cwd=tmp_path, env=env,
