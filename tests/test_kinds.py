@@ -224,7 +224,8 @@ out = Output()
 for topic, body, ts in sim.messages(3600):
     core.process(topic, body, ts, out)
 seen["incidents"] = sorted({e["incident"] for e in sim.incidents_log if e["kind"] == "manhole"})
-seen["alarms"] = sorted({t.alert.rule for t in out.transitions if t.alert.kind == "manhole" and t.transition == "opened"})
+opened = [t.alert for t in out.transitions if t.transition == "opened"]
+seen["alarms"] = sorted({alert.rule for alert in opened if alert.kind == "manhole"})
 seen["bad"] = len(bad_messages([d for d in devices if d.kind == "manhole"], now=T0))
 print(json.dumps(seen))
 '''
