@@ -74,13 +74,13 @@ def _publish_changes(registry: Any, ids: list[str], failed: bool) -> None:
     """Publish the changed devices as SQLite now has them (a removed one: a tombstone). When Kafka does not
     take them, the change stays in SQLite and the command fails saying how to catch up (never diverge
     silently); if the command failed anyway, that error stands and this one is only printed."""
-    from citywatch.devices.registry_topic import PublishError, publish_devices, run_publish
+    from citywatch.devices.registry_topic import PublishError, publish_devices, publish_timeout, run_publish
 
     kafka = _settings().kafka
     if not ids or kafka.registry != "topic":
         return
     try:
-        run_publish(kafka, publish_devices(kafka, [(i, registry.get(i)) for i in ids]))
+        run_publish(kafka, publish_devices(kafka, [(i, registry.get(i)) for i in ids]), publish_timeout(len(ids)))
     except PublishError as exc:
         message = _("the change is saved in the registry ({file}), but publishing it to Kafka failed: {error}; "
                     "workers reading the registry topic do not see it until you run `citywatch devices publish`",
@@ -420,13 +420,13 @@ def devices_publish() -> None:
     when a command said a change could not be published: every device is sent, and a removal for each
     device the topic still has but the registry does not.
     """
-    from citywatch.devices.registry_topic import PublishError, republish, run_publish
+    from citywatch.devices.registry_topic import PublishError, publish_timeout, republish, run_publish
 
     kafka = _settings().kafka
     with _registry() as registry:
         found = registry.all()
     try:
-        n, gone = run_publish(kafka, republish(kafka, found))
+        n, gone = run_publish(kafka, republish(kafka, found), publish_timeout(2 * len(found)))  # read, then send
     except PublishError as exc:
         raise click.ClickException(_("publishing the registry to Kafka failed: {error}; check that Kafka runs and "
                                      "kafka.bootstrap (CITYWATCH_KAFKA__BOOTSTRAP), then run it again",

@@ -43,6 +43,7 @@ TOPIC_CONFIG = {"cleanup.policy": "compact"}
 encode_device = msgspec.json.Encoder().encode
 _decode_device = msgspec.json.Decoder(Device).decode
 Record = tuple[str, Device | None]  # device id, the device (None: removed)
+_NO_THRESHOLDS: dict[str, float] = {}  # shared by every device without overrides; never mutated
 
 
 class PublishError(CitywatchError):
@@ -55,7 +56,8 @@ def decode_device(raw: bytes) -> Device:
     return msgspec.structs.replace(
         d, kind=sys.intern(d.kind), district=sys.intern(d.district), grid=sys.intern(d.grid),
         community=sys.intern(d.community), city=sys.intern(d.city),
-        zone_class=None if d.zone_class is None else sys.intern(d.zone_class))
+        zone_class=None if d.zone_class is None else sys.intern(d.zone_class),
+        thresholds=d.thresholds or _NO_THRESHOLDS)
 
 
 async def ensure_registry_topic(kafka: KafkaSettings) -> list[int]:
@@ -105,21 +107,23 @@ async def republish(kafka: KafkaSettings, devices: Sequence[Device]) -> tuple[in
     return len(devices), len(gone)
 
 
-def _failure(kafka: KafkaSettings, exc: BaseException) -> PublishError:
-    reason = f"no answer within {PUBLISH_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else str(exc)
-    return PublishError(f"{reason or type(exc).__name__} (Kafka at {kafka.bootstrap}, topic {kafka.registry_topic})")
+def publish_timeout(records: int) -> float:
+    """Seconds a CLI waits for Kafka: about 10k records/s is what tansu took here, so allow 1k/s on top."""
+    return PUBLISH_TIMEOUT_S + records / 1000
 
 
-def run_publish(kafka: KafkaSettings, work: Any) -> Any:
-    """Run a publishing coroutine from the CLI within PUBLISH_TIMEOUT_S; any broker failure is a PublishError.
+def run_publish(kafka: KafkaSettings, work: Any, timeout_s: float = PUBLISH_TIMEOUT_S) -> Any:
+    """Run a publishing coroutine from the CLI within `timeout_s`; any broker failure is a PublishError.
     aiokafka's own log lines are silenced meanwhile: the error says it."""
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
-        return asyncio.run(asyncio.wait_for(work, PUBLISH_TIMEOUT_S))
+        return asyncio.run(asyncio.wait_for(work, timeout_s))
     except (KafkaError, OSError, TimeoutError, ConfigError) as exc:
-        raise _failure(kafka, exc) from None
+        reason = f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError) else str(exc)
+        raise PublishError(f"{reason or type(exc).__name__} (Kafka at {kafka.bootstrap}, "
+                           f"topic {kafka.registry_topic})") from None
     finally:
         quiet.setLevel(level)
 
