@@ -342,6 +342,11 @@ class KafkaSettings(Section):
     # false for a broker whose high watermark can trail its last record (tansu 0.6: the last batch's base
     # offset + 1): Faust's check "stored offset <= high watermark" then fails a sound worker, so skip it
     exact_high_watermark: bool = True
+    # Where workers read the device registry: `file` opens <data_dir>/registry.db (one host, or a shared volume);
+    # `topic` reads `registry_topic` (compacted, key = device id), which `citywatch devices` commands publish to
+    # after each change (citywatch/devices/registry_topic.py), so workers need no registry file
+    registry: str = Field("file", pattern="^(file|topic)$")
+    registry_topic: str = "citywatch-devices"
     # Authentication and encryption towards the brokers (citywatch/streams/kafka_auth.py)
     security_protocol: str = Field("PLAINTEXT", pattern="^(PLAINTEXT|SASL_PLAINTEXT|SASL_SSL|SSL)$")
     sasl_mechanism: str = Field("SCRAM-SHA-512", pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$")

@@ -2,7 +2,8 @@
 
 Thin wrappers: parse options, call registry / credentials / importer / commissioning, print.
 Passwords are printed once (add, rotate, import) and never logged or stored in clear.
-A running `citywatch run` picks up every registry change within about a second.
+A running `citywatch run` picks up every registry change within about a second; with `kafka.registry:
+topic`, each change is also published to Kafka for the workers (`devices publish` sends it all).
 """
 
 from __future__ import annotations
@@ -33,18 +34,61 @@ def _settings() -> Any:
     return click.get_current_context().find_root().obj.settings
 
 
+class _Tracked:
+    """The registry's change hook: runs `hook` (the audit) and notes each changed device id, whose record
+    `_registry` publishes once the command's commits are done (a password is no part of the record)."""
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+        self.ids: dict[str, None] = {}  # in order, once each
+
+    def __call__(self, conn: Any, verb: str, device_id: str, before: Any, after: Any) -> None:
+        if verb != "rotate":
+            self.ids[device_id] = None
+        if self.hook is not None:
+            self.hook(conn, verb, device_id, before, after)
+
+
 @contextmanager
 def _registry() -> Iterator[Any]:
-    """The registry; every change is audited (the local admin, for this OS user: citywatch/people/audit.py)."""
+    """The registry; every change is audited (the local admin, for this OS user: citywatch/people/audit.py)
+    and, with kafka.registry: topic, published to Kafka after its commit (citywatch/devices/registry_topic.py)."""
     from citywatch.devices.registry import Registry, registry_path
     from citywatch.people.audit import Actor, device_hook, ensure_schema
 
-    registry = Registry(registry_path(_settings().data_dir), on_change=device_hook(Actor.cli()))
+    tracked = _Tracked(device_hook(Actor.cli()))
+    registry = Registry(registry_path(_settings().data_dir), on_change=tracked)
+    failed = True
     try:
         ensure_schema(registry.conn)
         yield registry
+        failed = False
     finally:
-        registry.close()
+        try:
+            _publish_changes(registry, list(tracked.ids), failed)
+        finally:
+            registry.close()
+
+
+def _publish_changes(registry: Any, ids: list[str], failed: bool) -> None:
+    """Publish the changed devices as SQLite now has them (a removed one: a tombstone). When Kafka does not
+    take them, the change stays in SQLite and the command fails saying how to catch up (never diverge
+    silently); if the command failed anyway, that error stands and this one is only printed."""
+    from citywatch.devices.registry_topic import PublishError, publish_devices, publish_timeout, run_publish
+
+    kafka = _settings().kafka
+    if not ids or kafka.registry != "topic":
+        return
+    try:
+        run_publish(kafka, publish_devices(kafka, [(i, registry.get(i)) for i in ids]), publish_timeout(len(ids)))
+    except PublishError as exc:
+        message = _("the change is saved in the registry ({file}), but publishing it to Kafka failed: {error}; "
+                    "workers reading the registry topic do not see it until you run `citywatch devices publish`",
+                    file=registry.path, error=str(exc))
+        if failed:
+            click.echo(message, err=True)
+            return
+        raise click.ClickException(message) from None
 
 
 def _friendly(fn: Callable[..., None]) -> Callable[..., None]:
@@ -194,7 +238,7 @@ def devices_import(csv_file: Any, secrets_out: Path | None, dry_run: bool, updat
             raise click.UsageError(_("give --secrets-out FILE (or - to print the passwords)"))
         from citywatch.people.audit import Actor, device_hook
 
-        registry.on_change = device_hook(Actor.cli(), {"add": "import"}, f"from {csv_file.name}")
+        registry.on_change.hook = device_hook(Actor.cli(), {"add": "import"}, f"from {csv_file.name}")  # _Tracked
         with progress.bar(_("issuing passwords"), total=len(plan.added)) as issuing, \
                 progress.bar(_("writing the registry"), total=len(plan.added) + len(plan.updated)) as writing:
             issued = apply_import(registry, plan, to_file, broker_url or s.mqtt.url, s.mqtt.topic_prefix,
@@ -365,6 +409,30 @@ def devices_remove(device_id: str, auth_dir: Path | None, pid_file: Path | None)
         registry.remove(device_id)
         click.echo(_("removed {device}", device=device_id))
         _sync(registry, auth_dir, pid_file)
+
+
+@devices.command("publish")
+@_friendly
+def devices_publish() -> None:
+    """Send the whole registry to Kafka (kafka.registry_topic), for workers with kafka.registry: topic.
+
+    Run it once before switching the workers to the topic, after restoring the registry from a backup, or
+    when a command said a change could not be published: every device is sent, and a removal for each
+    device the topic still has but the registry does not.
+    """
+    from citywatch.devices.registry_topic import PublishError, publish_timeout, republish, run_publish
+
+    kafka = _settings().kafka
+    with _registry() as registry:
+        found = registry.all()
+    try:
+        n, gone = run_publish(kafka, republish(kafka, found), publish_timeout(2 * len(found)))  # read, then send
+    except PublishError as exc:
+        raise click.ClickException(_("publishing the registry to Kafka failed: {error}; check that Kafka runs and "
+                                     "kafka.bootstrap (CITYWATCH_KAFKA__BOOTSTRAP), then run it again",
+                                     error=str(exc))) from None
+    click.echo(_("published the registry to {topic} at {bootstrap}: {n} devices, {gone} removed",
+                 topic=kafka.registry_topic, bootstrap=kafka.bootstrap, n=n, gone=gone))
 
 
 @devices.command("check")

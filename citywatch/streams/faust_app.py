@@ -52,6 +52,7 @@ from citywatch.config import KafkaSettings, Settings
 from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.detectors.registry import build_rules
 from citywatch.devices.registry import Registry, RegistryCache, registry_path
+from citywatch.devices.registry_topic import TopicRegistry
 from citywatch.errors import AlertError, ConfigError
 from citywatch.logs import faust_logging
 from citywatch.metrics import (
@@ -326,7 +327,11 @@ class FaustCity:
         self.assigned = False  # a rebalance told us our partitions (never, under test_context)
         self.assigned_at: float | None = None  # when the last one did (heartbeat: recovery time)
         self.registry: Registry | None = None
-        if devices is None and role != "sink":
+        self.registry_feed: TopicRegistry | None = None  # kafka.registry: topic (run_worker starts it)
+        if devices is None and role != "sink" and kafka.registry == "topic":
+            status = settings.data_dir / "heartbeats" / f"registry-{self.worker_id}.json"
+            devices = self.registry_feed = TopicRegistry(kafka, status)
+        elif devices is None and role != "sink":
             self.registry = Registry(registry_path(settings.data_dir))
             devices = RegistryCache(self.registry)
         self.devices = devices
@@ -697,6 +702,9 @@ def run_worker(settings: Settings, kafka: KafkaSettings, role: str = "all", work
     loop.run_until_complete(ensure_topics(kafka))
     city = FaustCity(settings, kafka, role, worker_id, loglevel=loglevel)
     try:
+        if city.registry_feed is not None:  # the whole registry before any telemetry, then follow it
+            loop.run_until_complete(city.registry_feed.start())
+            city.app.task(city.registry_feed.follow)
         worker = faust.Worker(city.app, loop=loop, loglevel=loglevel, quiet=True)
         worker.execute_from_commandline()
     finally:
