@@ -211,9 +211,11 @@ async def run_demo(data_dir: Path | None, duration: float, n_devices: int, speed
         while any(a.status == "verifying" for a in runner.engine.by_id.values()) \
                 and time.monotonic() < follow_up_end:
             await asyncio.sleep(0.1)
+    # the dispatch system stops first (its in-flight call finishes): it must not call a citywatch that is
+    # shutting down (a refused connection there is the demo's shutdown, not an answer of citywatch's)
+    await asyncio.to_thread(dispatch.stop)
     stop.set()
     await task
-    dispatch.stop()
 
     counters = runner.pipeline.counters
     summary.processed = counters["processed"]
