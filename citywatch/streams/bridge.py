@@ -12,6 +12,7 @@ worker drops the copy as a `duplicate` when the device sends `seq`. At-least-onc
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import socket
@@ -47,8 +48,11 @@ def bootstrap_servers(kafka: KafkaSettings) -> list[str]:
     return [s.strip() for s in kafka.bootstrap.split(",") if s.strip()]
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (murmur2, as Java and aiokafka) picks for `key`."""
+    """The partition Kafka's default partitioner (murmur2, as Java and aiokafka) picks for `key`.
+    Cached: aiokafka's murmur2 is pure Python (about 10 us a key), and a worker or bridge sees the
+    same device keys again and again."""
     return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
