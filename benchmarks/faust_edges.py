@@ -3,10 +3,13 @@
 
     python -m benchmarks.faust_edges [--messages 100000] [--transitions 20000]
 
-bridge: a real Mosquitto and a local tansu broker; `citywatch bridge` as a real process; this process
-publishes the messages (QoS 1, as devices do) as fast as Mosquitto takes them, then the rate is the
-bridge's `forwarded` counter (its heartbeat: produced to Kafka, acknowledged by it, then acknowledged
-to MQTT) between the first forwarded message and the last. The publisher runs on the same two cores.
+bridge: a real Mosquitto and a local tansu broker; `citywatch bridge` as a real process; the rate is
+the bridge's `forwarded` counter (its heartbeat: produced to Kafka, acknowledged by it, then
+acknowledged to MQTT) between the first forwarded message and the last. Two ways (`--bridge-mode`):
+`drain` (default): the bridge subscribes once and stops, the messages are published (QoS 1) into its
+persistent session at Mosquitto, then the bridge starts again and drains them: the bridge's own rate,
+the publisher not running beside it. `live`: this process publishes while the bridge forwards (the
+publisher, paho in Python on the same two cores, then bounds the rate).
 
 sink: N distinct alert transitions (copies of real ones from the simulated city, each with its own
 id) produced to the transitions topic up front; then `citywatch worker --role sink` with a webhook
@@ -92,7 +95,22 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def bench_bridge(tmp: Path, tansu: TansuServer, n: int, timeout: float) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children (the bridge's MQTT collector process)."""
+    import psutil
+
+    total = 0.0
+    try:
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            times = p.cpu_times()
+            total += times.user + times.system
+    except psutil.Error:
+        pass
+    return total
+
+
+def bench_bridge(tmp: Path, tansu: TansuServer, n: int, timeout: float, mode: str = "drain") -> dict[str, Any]:
     mosquitto = MosquittoServer(tmp / "mosquitto")
     mosquitto.start()
     data_dir = tmp / "bridge-data"
@@ -102,13 +120,20 @@ def bench_bridge(tmp: Path, tansu: TansuServer, n: int, timeout: float) -> dict[
                                       "metrics": {"enabled": False},
                                       "kafka": {"telemetry_topic": "edge-telemetry", "partitions": 4}}))
     env = {**os.environ, "CITYWATCH_CONFIG": str(config), "CITYWATCH_KAFKA__BOOTSTRAP": tansu.bootstrap}
-    proc = start(["bridge", "--client-id", "bench-bridge"], env, tmp / "bridge.log")
-    try:
+    beat = data_dir / "heartbeats" / "bridge-bench-bridge.json"
+
+    def subscribed_bridge() -> subprocess.Popen[bytes]:
+        beat.unlink(missing_ok=True)
+        proc = start(["bridge", "--client-id", "bench-bridge"], env, tmp / "bridge.log")
         deadline = time.monotonic() + 60
         while not heartbeat(data_dir, "bridge-bench-bridge").get("subscribed"):
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"bridge not subscribed: {(tmp / 'bridge.log').read_text()[-2000:]}")
             time.sleep(0.1)
+        return proc
+
+    proc = subscribed_bridge()
+    try:
         devices = make_devices(max(n // 10, 1), seed=3, interval_s=60)
         sim = Simulator(devices, seed=3, start=time.time() - 3600, incidents=False)
         messages = []
@@ -124,11 +149,21 @@ def bench_bridge(tmp: Path, tansu: TansuServer, n: int, timeout: float) -> dict[
                 publish_all(mosquitto, messages[i:i + 10_000])
             published["seconds"] = time.perf_counter() - t0
 
-        publisher = threading.Thread(target=publish, daemon=True)
-        publisher.start()
+        if mode == "drain":  # into the stopped bridge's session; then the bridge alone
+            stop(proc)
+            publish()
+            proc = subscribed_bridge()
+            publisher = None
+        else:
+            publisher = threading.Thread(target=publish, daemon=True)
+            publisher.start()
+        cpu0 = cpu_seconds(proc.pid)
         result = rate(lambda: heartbeat(data_dir, "bridge-bench-bridge").get("forwarded", 0), len(messages), proc,
                       timeout)
-        publisher.join(60)
+        result["bridge_cpu_us_per_msg"] = round(1e6 * (cpu_seconds(proc.pid) - cpu0) / len(messages), 1)
+        if publisher is not None:
+            publisher.join(60)
+        result["mode"] = mode
         result["published_per_s"] = round(len(messages) / published.get("seconds", float("nan")))
         return result
     finally:
@@ -223,6 +258,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--transitions", type=int, default=20_000)
     parser.add_argument("--only", choices=["bridge", "sink"], default=None)
+    parser.add_argument("--bridge-mode", choices=["drain", "live"], default="drain")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cw-faust-edges-") as name:
@@ -230,7 +266,8 @@ def main() -> None:
         tansu = TansuServer(tmp / "tansu").start()
         try:
             if args.only in (None, "bridge"):
-                print("bridge:", json.dumps(bench_bridge(tmp, tansu, args.messages, args.timeout)), flush=True)
+                result = bench_bridge(tmp, tansu, args.messages, args.timeout, args.bridge_mode)
+                print("bridge:", json.dumps(result), flush=True)
             if args.only in (None, "sink"):
                 print("sink:", json.dumps(bench_sink(tmp, tansu, args.transitions, args.timeout)), flush=True)
         finally:

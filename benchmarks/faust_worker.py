@@ -8,6 +8,10 @@ headers topic and received_at). Then `citywatch worker --role process` as real p
 in a fresh consumer group) consume them; the rate is counted from the workers' heartbeats (readings
 and dead letters processed, written every tick) between the first processed message and the last,
 so the group's join is not counted. Transitions go to Kafka as in production (no sink runs).
+
+Besides the rate, the CPU seconds the workers and the broker used over the same window, per message
+(`worker_cpu_us_per_msg`, `broker_cpu_us_per_msg`): on a machine shared with other jobs the rate
+depends on the load, the CPU cost per message much less. `--batch-size` sets kafka.batch_size.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,8 +76,19 @@ def processed(data_dir: Path, workers: list[str]) -> int:
     return total
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def run_workers(n: int, base: dict[str, Any], tmp: Path, bootstrap: str, partitions: int, total: int,
-                timeout_s: float) -> dict[str, float]:
+                timeout_s: float, broker_pid: int) -> dict[str, float]:
     app_id = f"bench-{n}w"
     data_dir = Path(base["data_dir"])
     config = tmp / f"config-{n}.yaml"
@@ -85,6 +101,7 @@ def run_workers(n: int, base: dict[str, Any], tmp: Path, bootstrap: str, partiti
                               stderr=open(tmp / f"{name}.log", "wb"))  # noqa: SIM115 (lives with the process)
              for name in names]
     first_at = first_count = None
+    cpu: dict[str, float] = {}
     started = time.monotonic()
     try:
         while True:
@@ -92,7 +109,10 @@ def run_workers(n: int, base: dict[str, Any], tmp: Path, bootstrap: str, partiti
             now = time.monotonic()
             if first_at is None and count > 0:
                 first_at, first_count = now, count
+                cpu = {"workers": cpu_seconds([p.pid for p in procs]), "broker": cpu_seconds([broker_pid])}
             if count >= total:
+                cpu = {"workers": cpu_seconds([p.pid for p in procs]) - cpu["workers"],
+                       "broker": cpu_seconds([broker_pid]) - cpu["broker"]}
                 break
             if now - started > timeout_s or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"{n} worker(s): {count}/{total} processed after {now - started:.0f} s; "
@@ -108,8 +128,11 @@ def run_workers(n: int, base: dict[str, Any], tmp: Path, bootstrap: str, partiti
                 p.kill()
     assert first_at is not None and first_count is not None
     elapsed = max(time.monotonic() - first_at, 1e-9)
+    counted = max(total - first_count, 1)
     return {"workers": n, "messages": total - first_count, "seconds": round(elapsed, 2),
-            "msg_per_s": round((total - first_count) / elapsed)}
+            "msg_per_s": round((total - first_count) / elapsed),
+            "worker_cpu_us_per_msg": round(1e6 * cpu["workers"] / counted, 1),
+            "broker_cpu_us_per_msg": round(1e6 * cpu["broker"] / counted, 1)}
 
 
 def main() -> None:
@@ -119,6 +142,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--workers", default="1,2", help="worker counts to run, e.g. 1,2")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--batch-size", type=int, default=None, help="kafka.batch_size (default: the config's)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="cw-faust-bench-") as tmp_name:
@@ -150,12 +174,17 @@ def main() -> None:
                                   "deadletters_topic": f"bench-deadletters-{n}", "standby_replicas": 0},
                         "alerts": {"review_deadline_h": 1000, "response_deadline_h": 1000},
                         "rules": {"health": {"offline_intervals": 10_000}}}
-                result = run_workers(n, base, tmp, tansu.bootstrap, args.partitions, len(messages), args.timeout)
+                if args.batch_size:
+                    base["kafka"]["batch_size"] = args.batch_size
+                assert tansu.proc is not None
+                result = run_workers(n, base, tmp, tansu.bootstrap, args.partitions, len(messages), args.timeout,
+                                     tansu.proc.pid)
                 results.append(result)
                 print(json.dumps(result), flush=True)
             if len(results) == 2:
                 print(f"2 workers / 1 worker: {results[1]['msg_per_s'] / results[0]['msg_per_s']:.2f}x "
                       f"({os.cpu_count()} cores on this machine)")
+            print(f"load average {os.getloadavg()[0]:.1f} at the end")
         finally:
             tansu.stop()
 

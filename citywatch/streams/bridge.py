@@ -12,6 +12,7 @@ worker drops the copy as a `duplicate` when the device sends `seq`. At-least-onc
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import socket
@@ -30,7 +31,8 @@ from prometheus_client.core import Metric
 
 from citywatch.config import KafkaSettings, Settings
 from citywatch.errors import ConfigError, InvalidMessage
-from citywatch.ingest.collector import Collector, Message, with_packet_limit
+from citywatch.ingest.collector import Collector, Message, message_size, with_packet_limit
+from citywatch.ingest.collector_process import ProcessCollector
 from citywatch.ingest.handoff import Handoff
 from citywatch.ingest.topics import parse_topic
 from citywatch.metrics import Exporter, Source, batch_histogram, counter, gauge, serve_metrics
@@ -41,14 +43,18 @@ log = logging.getLogger(__name__)
 ACTION_HEADER = "citywatch-action"  # a person's ack/resolve travelling to the partition's owner
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 10.0
 RESTART_AFTER = 3  # failed produce attempts of one batch before the bridge replaces its producer
+BATCH_BYTES = 256 * 1024  # producer record batches (aiokafka's default, 16 KiB, holds ~80 telemetry records)
 
 
 def bootstrap_servers(kafka: KafkaSettings) -> list[str]:
     return [s.strip() for s in kafka.bootstrap.split(",") if s.strip()]
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (murmur2, as Java and aiokafka) picks for `key`."""
+    """The partition Kafka's default partitioner (murmur2, as Java and aiokafka) picks for `key`.
+    Cached: aiokafka's murmur2 is pure Python (about 10 us a key), and a worker or bridge sees the
+    same device keys again and again."""
     return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
@@ -152,7 +158,7 @@ class Bridge:
         self.prefix = settings.mqtt.topic_prefix
         self.heartbeat = heartbeat
         self.counters: Counter[str] = Counter()
-        self.collector: Collector | None = None
+        self.collector: Collector | ProcessCollector | None = None
         self.ready = asyncio.Event()
         self.handoff: Handoff[Message] | None = None
         self.on_batch: Callable[[float], None] | None = None  # seconds per forwarded batch (metrics.py)
@@ -161,11 +167,15 @@ class Bridge:
 
         loop = asyncio.get_running_loop()
         await ensure_topics(self.kafka)
-        producer = await start_producer(self.kafka)
+        producer = await start_producer(self.kafka, max_batch_size=BATCH_BYTES)
         metrics = await serve_metrics(bridge_exporter(self), self.settings)  # GET /metrics on metrics.port
-        handoff: Handoff[Message] = Handoff(self.settings.mqtt.queue_size, loop)
+        handoff: Handoff[Message] = Handoff(self.mqtt_settings.queue_size, loop, self.mqtt_settings.queue_bytes,
+                                            message_size)
         self.handoff = handoff
-        self.collector = Collector(self.mqtt_settings, handoff, mqtt.MQTTv5)
+        # paho decodes every packet in Python (profiled: about two thirds of the bridge's CPU): in a child
+        # process (mqtt.collector_process, as the embedded runner) it runs on another core
+        collector_class = ProcessCollector if self.mqtt_settings.collector_process else Collector
+        self.collector = collector_class(self.mqtt_settings, handoff, mqtt.MQTTv5)
         self.collector.start()
         try:
             if not await asyncio.to_thread(self.collector.wait_connected, 10.0):
@@ -194,15 +204,10 @@ class Bridge:
         error inside aiokafka) would fail every retry. Returns the producer to use next."""
         delay = RETRY_MIN_S
         failures = 0
-        topic = self.kafka.telemetry_topic
         started = time.perf_counter()
         while True:
             try:
-                futures = [await producer.send(topic, m.payload, key=message_key(m.topic, self.prefix),
-                                               headers=[("topic", m.topic.encode()),
-                                                        ("received_at", repr(m.received_at).encode())])
-                           for m in batch]
-                await asyncio.gather(*futures)
+                await asyncio.gather(*await self._produce(producer, batch))
                 break
             except KafkaError as exc:
                 self.counters["produce_errors"] += 1
@@ -216,7 +221,7 @@ class Bridge:
                 if failures % RESTART_AFTER == 0:
                     log.warning("bridge: %d failed attempts in a row; starting a new Kafka producer", failures)
                     await producer.stop()
-                    producer = await start_producer(self.kafka)
+                    producer = await start_producer(self.kafka, max_batch_size=BATCH_BYTES)
         assert self.collector is not None
         self.collector.ack(batch)
         self.counters["forwarded"] += len(batch)
@@ -224,15 +229,46 @@ class Bridge:
             self.on_batch(time.perf_counter() - started)
         return producer
 
+    async def _produce(self, producer: AIOKafkaProducer, batch: list[Message]) -> list[asyncio.Future[Any]]:
+        """The batch as one record batch per partition (the partition Kafka's default partitioner picks
+        for the key, cached): one append per message instead of a send with its own future."""
+        topic = self.kafka.telemetry_topic
+        partitions = len(await producer.partitions_for(topic))
+        prefix = self.prefix
+        builders: dict[int, Any] = {}
+        futures: list[asyncio.Future[Any]] = []
+        for m in batch:
+            key = message_key(m.topic, prefix)
+            partition = partition_for(key, partitions)
+            builder = builders.get(partition)
+            if builder is None:
+                builder = builders[partition] = producer.create_batch()
+            headers = [("topic", m.topic.encode()), ("received_at", repr(m.received_at).encode())]
+            if builder.append(key=key, value=m.payload, timestamp=None, headers=headers) is None:
+                futures.append(await producer.send_batch(builder, topic, partition=partition))  # full
+                builder = builders[partition] = producer.create_batch()
+                if builder.append(key=key, value=m.payload, timestamp=None, headers=headers) is None:
+                    raise ValueError(f"a message of {len(m.payload)} B exceeds the producer's batch size")
+        for partition, builder in builders.items():
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+        return futures
+
     def _beat(self) -> None:
         assert self.heartbeat is not None
         c = self.collector
         state = {"at": time.time(), "client_id": self.client_id, "connected": bool(c and c.connected.is_set()),
-                 "subscribed": bool(c and c.subscribed.is_set()), **self.counters}
+                 "subscribed": subscribed(c), **self.counters}
         self.heartbeat.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.heartbeat.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(self.heartbeat)
+
+
+def subscribed(collector: Collector | ProcessCollector | None) -> bool:
+    """A ProcessCollector reports connected only once its child is connected and subscribed."""
+    if isinstance(collector, Collector):
+        return collector.subscribed.is_set()
+    return collector is not None and collector.connected.is_set()
 
 
 # -- its metrics (GET /metrics on metrics.port) ------------------------------------------------------
@@ -253,7 +289,7 @@ class BridgeSource(Source):
         yield counter("citywatch_mqtt_received", "Messages the collector received from the broker.",
                       c.received if c else 0)
         yield gauge("citywatch_mqtt_connected", "1 while connected and subscribed to the broker.",
-                    int(bool(c and c.connected.is_set() and c.subscribed.is_set())))
+                    int(bool(c and c.connected.is_set() and subscribed(c))))
         yield gauge("citywatch_handoff_messages", "Messages waiting to be produced.",
                     len(b.handoff) if b.handoff is not None else 0)
 

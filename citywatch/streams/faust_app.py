@@ -77,6 +77,7 @@ from citywatch.streams.bridge import (
 )
 from citywatch.streams.faust_sink import TransitionSink
 from citywatch.streams.kafka_auth import client_options, faust_credentials
+from citywatch.streams.kafka_bulk import BulkConsumer, ChangelogWriter, Records, Write
 from citywatch.streams.pipeline import DeviceLookup, Pipeline
 from citywatch.streams.sink_api import start_sink_api
 
@@ -267,7 +268,17 @@ class WorkerCore:
         self.pipeline.tick(now, out)
 
     def commit(self) -> int:
-        """Write the record of every device whose state changed; returns how many."""
+        """Write the record of every device whose state changed into the Table; returns how many."""
+        writes = self.take_writes()
+        for key, value in writes:
+            if value is not None:
+                self.table[key] = value
+            elif key in self.table:
+                del self.table[key]
+        return len(writes)
+
+    def take_writes(self) -> list[Write]:
+        """The record of every device whose state changed since the last call (None: delete it)."""
         pipeline = self.pipeline
         engine = pipeline.alerts
         engine.take_dirty()  # the sink stores alerts from the transitions themselves
@@ -275,11 +286,9 @@ class WorkerCore:
         for device_id, rule in engine.take_touched():
             self._rules_of.setdefault(device_id, set()).add(rule)
             changed.add(device_id)
-        for device_id in changed:
-            self._write(device_id, pipeline, engine)
-        return len(changed)
+        return [self._record(device_id, pipeline, engine) for device_id in changed]
 
-    def _write(self, device_id: str, pipeline: Pipeline, engine: AlertEngine) -> None:
+    def _record(self, device_id: str, pipeline: Pipeline, engine: AlertEngine) -> Write:
         alerts = {}
         for rule in self._rules_of.get(device_id, ()):
             key_state = engine.export_key((device_id, rule))
@@ -292,9 +301,8 @@ class WorkerCore:
         state = pipeline.encode(device_id)
         key = device_id.encode()
         if state is not None or alerts:
-            self.table[key] = encode_record(DeviceRecord(state=state or b"", alerts=alerts))
-        elif key in self.table:
-            del self.table[key]
+            return key, encode_record(DeviceRecord(state=state or b"", alerts=alerts))
+        return key, None
 
 
 # -- the Faust app -----------------------------------------------------------------------------------
@@ -315,7 +323,10 @@ class FaustCity:
 
     def __init__(self, settings: Settings, kafka: KafkaSettings, role: str = "all",
                  worker_id: str | None = None, devices: DeviceLookup | None = None,
-                 clock: Callable[[], float] = time.time, loglevel: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, loglevel: str | None = None, bulk: bool = False) -> None:
+        """`bulk`: telemetry a fetch at a time and the changelog a batch at a time (kafka_bulk.py), as
+        `run_worker` runs it; without it, Faust's per-event stream and per-key Table writes, which
+        `test_context()` drives without a broker (the core's work is the same)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
         self.settings, self.kafka, self.role, self.clock = settings, kafka, role, clock
@@ -337,6 +348,9 @@ class FaustCity:
         self.devices = devices
         self.influx = InfluxSink(settings.influx, self.workdir) if settings.influx.url else None
         self.publish: Publisher = self._publish_kafka  # tests swap in a recorder
+        self.bulk = bulk
+        # queues a batch's records (store + changelog); returns what completes once the changelog acknowledged them
+        self.write_records: Callable[[list[Write]], Awaitable[Awaitable[None]]] = self._write_table
         self.loglevel = loglevel
         self.on_sink_batch: Callable[[float], None] | None = None  # seconds per stored batch (metrics.py)
         self.app = self._make_app()
@@ -365,6 +379,9 @@ class FaustCity:
             broker_rebalance_timeout=max(k.session_timeout_s, 10.0),
             broker_commit_interval=k.commit_interval_s, table_standby_replicas=k.standby_replicas,
             producer_acks=-1, producer_linger_ms=k.linger_ms, consumer_auto_offset_reset="earliest",
+            # record batches of up to 512 KiB (Faust's default, 16 KiB, holds ~15 device records): the
+            # changelog goes out a batch per partition (kafka_bulk.py); under Kafka's 1 MB message.max.bytes
+            producer_max_batch_size=512 * 1024,
             broker_credentials=faust_credentials(k),  # kafka.security_protocol: SASL, TLS (kafka_auth.py)
             recovery_consistency_check=k.exact_high_watermark,  # see read_changelog_tail
             **faust_logging(self.settings, self.loglevel),  # our handler (format, masking), not mode's colour logger
@@ -387,6 +404,19 @@ class FaustCity:
         self.table = table
         assert self.devices is not None
         self.core = WorkerCore(self.settings, self.devices, table, self.kafka.partitions, self.clock)
+        if self.bulk:
+            self.write_records = ChangelogWriter(table, self.kafka.partitions).write
+            city = self
+
+            class Consumer(BulkConsumer):
+                bulk_topic = self.kafka.telemetry_topic
+                bulk_size = self.kafka.batch_size
+
+                async def on_bulk(self, records: Records) -> Awaitable[None]:
+                    return await city.handle_records(records)
+
+            # before the app creates its consumer (at start); an instance attribute over the class's
+            app.transport.Consumer = Consumer  # type: ignore[misc]
 
         async def process(stream: Any) -> Any:
             # Batches, not events: the core runs over the batch, each touched device's record is written
@@ -459,23 +489,53 @@ class FaustCity:
 
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         assert self.core is not None
-        self.assigned = True
-        self.core.assign(set())
+        async with self.lock:  # a batch under way finishes (records written, then acknowledged) first
+            self.assigned = True
+            self.core.assign(set())
 
     async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         assert self.core is not None
-        self.assigned = True
-        self.assigned_at = time.time()
-        self.core.assign(self._owned_now())
+        async with self.lock:
+            self.assigned = True
+            self.assigned_at = time.time()
+            self.core.assign(self._owned_now())
 
     async def handle(self, key: bytes | None, value: bytes | None, headers: dict[str, bytes],
                      timestamp: float | None = None) -> Output:
         """One telemetry-topic event through the core (a batch of one); returns what it produced."""
         return await self.handle_batch([(key, value, headers, timestamp)])
 
+    async def handle_records(self, records: Records) -> Awaitable[None]:
+        """A batch of telemetry records from BulkConsumer (aiokafka ConsumerRecords); returns what completes
+        when the batch's records are in the changelog (the consumer then acknowledges the batch's offsets)."""
+        _, written = await self.run_batch([
+            (r.key, r.value, dict(r.headers), r.timestamp / 1000.0 if r.timestamp and r.timestamp > 0 else None)
+            for batch in records.values() for r in batch])
+        return written
+
+    async def _write_table(self, writes: list[Write]) -> Awaitable[None]:
+        """Through Faust's Table: a store write and a buffered changelog produce per key (Faust's commit
+        flushes them before it commits the offsets)."""
+        assert self.core is not None
+        table = self.core.table
+        for key, value in writes:
+            if value is not None:
+                table[key] = value
+            elif key in table:
+                del table[key]
+        return _done()
+
     async def handle_batch(self, events: list[TelemetryEvent]) -> Output:
         """Telemetry-topic events, in order, through the core: one Output, one publish, one Table write
-        per touched device. Returns what they produced."""
+        per touched device, acknowledged by the changelog. Returns what they produced."""
+        out, written = await self.run_batch(events)
+        await written
+        return out
+
+    async def run_batch(self, events: list[TelemetryEvent]) -> tuple[Output, Awaitable[None]]:
+        """handle_batch without waiting for the changelog's acknowledgement: returns what completes then.
+        The batch's transitions are acknowledged before its records are written (a record never gets
+        ahead of a transition it implies)."""
         assert self.core is not None
         out = Output()
         async with self.lock:
@@ -494,9 +554,9 @@ class FaustCity:
             if out.transitions:
                 self.core.tally.observe(out)
             await self.publish(out)
-            self.core.commit()
+            written = await self.write_records(self.core.take_writes())
         await self._to_influx(out, readings=True)
-        return out
+        return out, written
 
     async def tick(self, now: float | None = None) -> Output:
         """Deadlines and silent devices of the owned partitions (not while partitions move)."""
@@ -511,7 +571,7 @@ class FaustCity:
             if out.transitions:
                 self.core.tally.observe(out)
             await self.publish(out)
-            self.core.commit()
+            await (await self.write_records(self.core.take_writes()))
         await self._to_influx(out, readings=True)
         self._beat()
         return out
@@ -653,6 +713,10 @@ class FaustCity:
             self.registry.close()
 
 
+async def _done() -> None:
+    """Nothing left to wait for."""
+
+
 def write_heartbeat(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -700,12 +764,15 @@ def run_worker(settings: Settings, kafka: KafkaSettings, role: str = "all", work
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(kafka))
-    city = FaustCity(settings, kafka, role, worker_id, loglevel=loglevel)
+    city = FaustCity(settings, kafka, role, worker_id, loglevel=loglevel, bulk=True)
     try:
         if city.registry_feed is not None:  # the whole registry before any telemetry, then follow it
             loop.run_until_complete(city.registry_feed.start())
             city.app.task(city.registry_feed.follow)
         worker = faust.Worker(city.app, loop=loop, loglevel=loglevel, quiet=True)
+        # No progress spinner: at loglevel warning or above Faust's would set the root logger to DEBUG for
+        # itself, and every library's debug call would build a record (profiled: 3% of a busy worker).
+        worker.spinner = None
         worker.execute_from_commandline()
     finally:
         city.close()
