@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from citywatch.detectors.base import Verdict
+from citywatch.detectors.base import CompiledRule, Verdict
 from citywatch.detectors.record import DeviceRecord, RuleState
 from citywatch.model import Device, Reading
 
@@ -220,14 +220,11 @@ class SeasonalBaseline:
         return any(n >= self.min_count for n in st.n)
 
 
-class LearnedRule:
+class LearnedRule(CompiledRule):
     """A learned detector as a pipeline rule: a stateless object (its parameters) whose per-device
     state (`fresh()`) lives in the device's record. `evaluate` scores, learns and decides; the
     verdict's score is in [0, 1], 0.5 at the alert threshold."""
 
-    name: str
-    kinds: frozenset[str]
-    v1_key: str
     in_order_only = True  # learned series need event time to move forward: late readings skip them
 
     def fresh(self) -> RuleState:

@@ -7,14 +7,14 @@ physics allows marks the alarm suspect (see pipeline and plausibility.py); it ne
 from __future__ import annotations
 
 from citywatch.config import GasRules
-from citywatch.detectors.base import LevelState, Verdict, found, threshold, track_level
+from citywatch.detectors.base import CompiledRule, LevelState, Verdict, found, threshold, track_level
 from citywatch.detectors.record import DeviceRecord
 from citywatch.model import Device, Finding, Reading
 
 _SEVERITY = ("", "warning", "critical")
 
 
-class GasLevel:
+class GasLevel(CompiledRule):
     """One alert per leak; its severity follows the level (level-2 raises it to critical)."""
 
     name = "gas_level"

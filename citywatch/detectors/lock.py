@@ -6,12 +6,12 @@ import bisect
 from array import array
 
 from citywatch.config import LockRules
-from citywatch.detectors.base import QUIET, Verdict, found
+from citywatch.detectors.base import QUIET, CompiledRule, Verdict, found
 from citywatch.detectors.record import DeviceRecord, RuleState
 from citywatch.model import Device, Finding, Reading
 
 
-class LockEventAlarm:
+class LockEventAlarm(CompiledRule):
     """An alarm event from the lock itself. Latched alarms stay open until a person resolves them;
     the others clear on the event named in `clear_on`."""
 
@@ -50,7 +50,7 @@ class FailuresState(RuleState):
         self.times = array("d")
 
 
-class LockBruteForce:
+class LockBruteForce(CompiledRule):
     """`fail_count` failed unlocks within `fail_window_s` (event time), whatever order they arrive in.
 
     Keeps failure times sorted, so a failure delivered late still completes the burst it belongs to:

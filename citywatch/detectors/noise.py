@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from citywatch.config import NoiseRules
-from citywatch.detectors.base import QUIET, Verdict, found, threshold
+from citywatch.detectors.base import QUIET, CompiledRule, Verdict, found, threshold
 from citywatch.detectors.baseline import LocalTime
 from citywatch.detectors.record import DeviceRecord
 from citywatch.model import Device, Finding, Reading
 
 
-class NoiseLimit:
+class NoiseLimit(CompiledRule):
     """LAeq over the zone's day or night limit; clears `hysteresis_db` below it."""
 
     name = "noise_limit"
@@ -48,7 +48,7 @@ class NoiseLimit:
         return QUIET
 
 
-class NoiseNightBurst:
+class NoiseNightBurst(CompiledRule):
     """At night a single event (LAmax) may not exceed the limit by more than 15 dB(A)."""
 
     name = "noise_night_burst"

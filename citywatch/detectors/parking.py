@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from citywatch.config import ParkingRules
-from citywatch.detectors.base import QUIET, Verdict, found, is_late
+from citywatch.detectors.base import QUIET, CompiledRule, Verdict, found, is_late
 from citywatch.detectors.record import UNSET, DeviceRecord, RuleState, known
 from citywatch.model import Device, Finding, Reading
 
@@ -42,7 +42,7 @@ def track_occupancy(reading: Reading, record: DeviceRecord, state: OccupancyStat
     return since
 
 
-class ParkingOverstay:
+class ParkingOverstay(CompiledRule):
     name = "parking_overstay"
     kinds = frozenset({"parking"})
     in_order_only = False
@@ -66,7 +66,7 @@ class ParkingOverstay:
         return Finding(self.name, False, value=round(stayed_min, 1)), 0.0
 
 
-class ParkingForbidden:
+class ParkingForbidden(CompiledRule):
     """A vehicle in a no-parking bay or fire lane (registry flag `no_parking`)."""
 
     name = "parking_forbidden"

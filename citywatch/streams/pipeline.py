@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import msgspec
 
 from citywatch.config import Settings
-from citywatch.detectors.base import Rule
+from citywatch.detectors.base import Rule, verdict
 from citywatch.detectors.deadman import Deadman
 from citywatch.detectors.flooding import FLOODING_RULE, FloodWatch
 from citywatch.detectors.health import LAST_WILL, OFFLINE_RULE, offline_finding
@@ -199,11 +199,11 @@ class Pipeline:
             if rule.in_order_only:
                 if late:
                     continue
-                finding, score = rule.evaluate(reading, device, record, states[i])
+                finding, score = verdict(rule, reading, device, record, states[i])
                 if score > top:
                     top = score
             else:
-                finding = rule.evaluate(reading, device, record, states[i])[0]
+                finding = verdict(rule, reading, device, record, states[i])[0]
             if finding is None:
                 continue
             if finding.active:
