@@ -84,7 +84,9 @@ KIND_FIELDS: dict[str, tuple[str, ...]] = {
     "gas": ("lel_pct", "co_ppm"), "noise": ("laeq_db", "lamax_db"), "water": ("depth_cm",),
     "parking": ("occupied",), "lock": ("event", "user"), "smoke": ("obscuration_pct_per_m", "alarm", "event"),
 }
-_DECODERS = {kind: msgspec.json.Decoder(t) for kind, t in PAYLOAD_TYPES.items()}
+# One decoder per kind; the compiled pipeline decodes with them too (pipeline.read_telemetry).
+DECODERS: dict[str, msgspec.json.Decoder[Payload]] = {kind: msgspec.json.Decoder(t)
+                                                     for kind, t in PAYLOAD_TYPES.items()}
 _COMMON = {"ts", "seq", "battery", "rssi", "device_id", "kind"}
 
 
@@ -116,7 +118,7 @@ def epoch_seconds(ts: datetime | float) -> float:
 def decode_payload(kind: str, payload: bytes) -> Payload:
     """Decode and validate the JSON of one telemetry message (size is checked by the caller)."""
     try:
-        return _DECODERS[kind].decode(payload)
+        return DECODERS[kind].decode(payload)
     except msgspec.ValidationError as exc:
         reason, field = _schema_error_reason(str(exc))
         raise InvalidMessage(reason, str(exc), field) from None
