@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from typing import Final
 
 from citywatch.detectors.base import QUIET, Verdict, threshold
 from citywatch.detectors.baseline import BaselineState, LearnedRule, SeasonalBaseline, squash
@@ -14,8 +15,9 @@ from citywatch.detectors.record import UNSET, DeviceRecord, RuleState, known
 from citywatch.detectors.settings import GasSlowRiseParams, NoiseNightParams, WaterRiseParams
 from citywatch.model import Device, Finding, Reading
 
-_FAST_S, _SLOW_S = 600.0, 1800.0  # EW time constants whose gap measures the slope
-_MAX_DT_S = 1800.0
+_FAST_S: Final = 600.0  # EW time constants whose gap measures the slope
+_SLOW_S: Final = 1800.0
+_MAX_DT_S: Final = 1800.0
 
 
 class SlowRiseState(RuleState):

@@ -11,7 +11,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -28,11 +28,11 @@ from citywatch.ingest.schemas import DECODERS, KIND_FIELDS, epoch_seconds, parse
 from citywatch.ingest.topics import check_device_id, split_topic
 from citywatch.model import DeadLetter, Device, Finding, Output, Reading
 
-DEAD_LETTER_PAYLOAD_LIMIT = 2048
+DEAD_LETTER_PAYLOAD_LIMIT: Final = 2048
 log = logging.getLogger(__name__)
 
 
-SEQ_WINDOW = 64  # how far back a late message can still be told from a duplicate
+SEQ_WINDOW: Final = 64  # how far back a late message can still be told from a duplicate
 
 
 def check_seq(record: DeviceRecord, seq: int, ts: float, last_ts: float) -> None:
