@@ -74,9 +74,10 @@ def level_with_hysteresis(value: float, current: int, thresholds: Sequence[float
     """Alarm level 0..len(thresholds) for `value`: rising at a threshold, falling only once the value
     is `hysteresis` below it, so a value hovering at the threshold does not flap."""
     level = 0
-    for i, threshold in enumerate(thresholds, start=1):
-        if value >= threshold or (current >= i and value > threshold - hysteresis):
-            level = i
+    for i in range(len(thresholds)):  # by index: no enumerate object per reading
+        limit = thresholds[i]
+        if value >= limit or (current > i and value > limit - hysteresis):
+            level = i + 1
     return level
 
 

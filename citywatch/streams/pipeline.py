@@ -187,26 +187,29 @@ class Pipeline:
     def _reading(self, reading: Reading, device: Device, out: Output) -> float:
         device_id = reading.device_id
         record = self.record(device)
-        if reading.ts > reading.received_at + self.clock_lead:
+        ts, received_at = reading.ts, reading.received_at  # read once: Reading is not a compiled class
+        if ts > received_at + self.clock_lead:
             # A fast device clock: processed at arrival, so it cannot make later readings look late.
-            reading = msgspec.structs.replace(reading, ts=reading.received_at)
+            reading = msgspec.structs.replace(reading, ts=received_at)
+            ts = received_at
             self.counters["clock_ahead"] += 1
         last_ts = record.ts
-        if reading.seq is not None:
-            check_seq(record, reading.seq, reading.ts, last_ts)
+        seq = reading.seq
+        if seq is not None:
+            check_seq(record, seq, ts, last_ts)
         self.counters["processed"] += 1
         record.count += 1  # readings accepted from this device, ever
         self.dirty.add(device_id)
         out.accepted.append((reading, device))
         timeout = device.interval_s * self.offline_intervals
-        if reading.ts >= reading.received_at - timeout:  # backfill does not prove the device is alive
-            self._alive(device, record, timeout, reading.received_at, reading.ts, out)
-        late = reading.ts < last_ts  # False while last_ts is UNSET
+        if ts >= received_at - timeout:  # backfill does not prove the device is alive
+            self._alive(device, record, timeout, received_at, ts, out)
+        late = ts < last_ts  # False while last_ts is UNSET
         if late:
             self.counters["late"] += 1
         score = self._evaluate(reading, device, record, late, out)
         if not late:
-            record.ts = reading.ts
+            record.ts = ts
         return score
 
     def _evaluate(self, reading: Reading, device: Device, record: DeviceRecord, late: bool, out: Output) -> float:
@@ -243,10 +246,11 @@ class Pipeline:
     def _alive(self, device: Device, record: DeviceRecord, timeout: float, received_at: float, at: float,
                out: Output) -> None:
         """The device proved it is alive at `received_at`: re-arm its offline timer from then."""
+        device_id = device.id
         record.seen = received_at
         record.timeout = timeout
-        self.deadman.seen(device.id, timeout, received_at)
-        if device.id in self.alerts.engaged and self.alerts.is_open(device.id, OFFLINE_RULE):
+        self.deadman.seen(device_id, timeout, received_at)
+        if device_id in self.alerts.engaged and self.alerts.is_open(device_id, OFFLINE_RULE):
             self._apply(device, offline_finding(False, "reporting again"), at, out)
 
     def _apply(self, device: Device, finding: Finding, at: float, out: Output) -> None:
