@@ -18,7 +18,7 @@ from setuptools import setup
 # The detectors are all on it (a new kind's rule module too, citywatch/kinds/), except these, which run
 # at start or on a timer, or hold pydantic models.
 HERE = Path(__file__).parent
-NOT_HOT = {"__init__.py", "flooding.py", "plausibility.py", "registry.py", "settings.py", "kindrules.py"}
+NOT_HOT = {"__init__.py", "flooding.py", "registry.py", "settings.py", "kindrules.py"}
 HOT_PATH = [
     "citywatch/streams/pipeline.py",
     "citywatch/ingest/topics.py",

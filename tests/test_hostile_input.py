@@ -15,6 +15,7 @@ from citywatch.errors import ConfigError, InvalidMessage
 from citywatch.ingest.schemas import parse_telemetry
 from citywatch.ingest.topics import parse_topic
 from citywatch.model import KINDS, Device, Output
+from citywatch.streams.pipeline import read_telemetry
 from tests.helpers import T0, make_pipeline
 
 json_values = st.recursive(
@@ -128,3 +129,29 @@ def test_csv_import_applies_every_row_or_none(tmp_path_factory: object, rows: li
             assert device.lat is None or (-90 <= device.lat <= 90 and math.isfinite(device.lat))
     finally:
         registry.close()
+
+
+near_valid = st.fixed_dictionaries(
+    {"ts": st.one_of(st.floats(T0 - 400, T0 + 400), st.floats(1e12, 2e12), st.integers(0, 2 * int(T0)),
+                     st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01T00:00:00", "nope"]), st.floats()),
+     "lel_pct": st.floats(-1, 101), "laeq_db": st.floats(0, 170), "depth_cm": st.floats(0, 10),
+     "occupied": st.booleans(), "event": st.sampled_from(["tamper", "unlock_ok", "test", "bad"]),
+     "obscuration_pct_per_m": st.floats(0, 5), "alarm": st.booleans()},
+    optional={"seq": st.integers(-1, 2**64), "battery": st.floats(-1, 101),
+              "device_id": st.sampled_from(["x", "gas-1"]), "kind": st.sampled_from(KINDS),
+              "user": st.text(max_size=3), "lamax_db": st.floats(0, 200)},
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(KINDS), body=near_valid | payloads)
+def test_compiled_telemetry_path_reads_as_parse_telemetry(kind: str, body: dict[str, object]) -> None:
+    """pipeline.read_telemetry (the hot path) gives the same Reading, or the same refusal, as parse_telemetry."""
+    raw = json.dumps(body, allow_nan=True).encode()
+    results = []
+    for parse in (parse_telemetry, read_telemetry):
+        try:
+            results.append(parse(kind, f"{kind}-1", raw, T0, 300.0, 946684800.0))
+        except InvalidMessage as exc:
+            results.append((exc.reason, exc.detail, exc.field))
+    assert results[0] == results[1]

@@ -5,6 +5,7 @@ own normal at night, is in noise.py). Each owns the device's seasonal baseline o
 from __future__ import annotations
 
 from array import array
+from typing import Final
 
 from citywatch.detectors.base import QUIET, Verdict, threshold
 from citywatch.detectors.baseline import BaselineState, LearnedRule, SeasonalBaseline, squash
@@ -13,8 +14,9 @@ from citywatch.kinds.gas import GasSlowRiseParams
 from citywatch.kinds.water import WaterRiseParams
 from citywatch.model import Device, Finding, Reading
 
-_FAST_S, _SLOW_S = 600.0, 1800.0  # EW time constants whose gap measures the slope
-_MAX_DT_S = 1800.0
+_FAST_S: Final = 600.0  # EW time constants whose gap measures the slope
+_SLOW_S: Final = 1800.0
+_MAX_DT_S: Final = 1800.0
 
 
 class SlowRiseState(RuleState):

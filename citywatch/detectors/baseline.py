@@ -17,16 +17,16 @@ import math
 from array import array
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from citywatch.detectors.base import Verdict
+from citywatch.detectors.base import CompiledRule, Verdict
 from citywatch.detectors.record import DeviceRecord, RuleState
 from citywatch.model import Device, Reading
 
-HOURS = 24
-SIGMA_PER_MAD = 1.2533  # mean absolute deviation -> standard deviation, for a normal distribution
-_COUNT_CAP = 127  # bucket counts fit msgpack's one-byte int
+HOURS: Final = 24
+SIGMA_PER_MAD: Final = 1.2533  # mean absolute deviation -> standard deviation, for a normal distribution
+_COUNT_CAP: Final = 127  # bucket counts fit msgpack's one-byte int
 
 
 def squash(score: float, threshold: float) -> float:
@@ -188,46 +188,49 @@ class SeasonalBaseline:
         weight = self.flagged_weight if flagged else 1.0
         if weight <= 0.0:
             return
+        started = self._learn(st, a, 1.0 - w, w < 0.5, value, flagged, weight)
+        if b != a or started:  # one bucket (b == a): learnt once, unless this reading started it
+            self._learn(st, b, w, w >= 0.5, value, flagged, weight)
+
+    def _learn(self, st: BaselineState, i: int, share: float, nearest: bool, value: float, flagged: bool,
+               weight: float) -> bool:
+        """Learn `value` into bucket `i` with `share` of the weight (update's two neighbours, one
+        call each: no tuples built per reading). True when the bucket was empty (nothing learnt)."""
         ms, counts, k = st.ms, st.n, self.buckets  # means, then spreads
-        for i, share, nearest in ((a, 1.0 - w, w < 0.5), (b, w, w >= 0.5)):
-            n = counts[i]
-            if n == 0:
-                if nearest and not flagged:  # a bucket starts from its twin of the other day type, or here
-                    j = (i + HOURS if i < HOURS else i - HOURS) if self.buckets > 1 else i
-                    if counts[j] >= self.min_count:
-                        ms[i], ms[k + i] = ms[j], ms[k + j]
-                    else:
-                        ms[i] = value
-                    counts[i] = 1
-                continue
-            alpha = 1.0 / (n + 1)
-            if alpha < self.alpha:
-                alpha = self.alpha
-            alpha *= share * weight
-            r = value - ms[i]
-            if n >= 5:
-                limit = SIGMA_PER_MAD * ms[k + i]
-                limit = self.clip * (limit if limit > self.min_spread else self.min_spread)
-                r = limit if r > limit else -limit if r < -limit else r
-            ms[i] += alpha * r
-            ms[k + i] += alpha * ((r if r >= 0 else -r) - ms[k + i])
-            if nearest and not flagged and n < _COUNT_CAP:  # what it flags does not warm it up
-                counts[i] = n + 1
-            if b == a:
-                break
+        n = counts[i]
+        if n == 0:
+            if nearest and not flagged:  # a bucket starts from its twin of the other day type, or here
+                j = (i + HOURS if i < HOURS else i - HOURS) if self.buckets > 1 else i
+                if counts[j] >= self.min_count:
+                    ms[i], ms[k + i] = ms[j], ms[k + j]
+                else:
+                    ms[i] = value
+                counts[i] = 1
+            return True
+        alpha = 1.0 / (n + 1)
+        if alpha < self.alpha:
+            alpha = self.alpha
+        alpha *= share * weight
+        r = value - ms[i]
+        if n >= 5:
+            limit = SIGMA_PER_MAD * ms[k + i]
+            limit = self.clip * (limit if limit > self.min_spread else self.min_spread)
+            r = limit if r > limit else -limit if r < -limit else r
+        ms[i] += alpha * r
+        ms[k + i] += alpha * ((r if r >= 0 else -r) - ms[k + i])
+        if nearest and not flagged and n < _COUNT_CAP:  # what it flags does not warm it up
+            counts[i] = n + 1
+        return False
 
     def warm(self, st: BaselineState) -> bool:
         return any(n >= self.min_count for n in st.n)
 
 
-class LearnedRule:
+class LearnedRule(CompiledRule):
     """A learned detector as a pipeline rule: a stateless object (its parameters) whose per-device
     state (`fresh()`) lives in the device's record. `evaluate` scores, learns and decides; the
     verdict's score is in [0, 1], 0.5 at the alert threshold."""
 
-    name: str
-    kinds: frozenset[str]
-    v1_key: str
     in_order_only = True  # learned series need event time to move forward: late readings skip them
 
     def fresh(self) -> RuleState:

@@ -4,6 +4,7 @@ as the condition the sensor measures: stuck at one value, or jumping faster than
 from __future__ import annotations
 
 import math
+from typing import Final
 
 from citywatch.detectors.base import QUIET, Verdict
 from citywatch.detectors.baseline import LearnedRule
@@ -11,8 +12,9 @@ from citywatch.detectors.plausibility import Plausibility
 from citywatch.detectors.record import UNSET, DeviceRecord, RuleState, known
 from citywatch.model import Device, Finding, Reading
 
-_P_MIN, _P_MAX = 1e-3, 0.999
-_N_CAP = 1000
+_P_MIN: Final = 1e-3
+_P_MAX: Final = 0.999
+_N_CAP: Final = 1000
 
 
 class StuckState(RuleState):

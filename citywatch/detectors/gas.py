@@ -7,7 +7,7 @@ physics allows marks the alarm suspect (see pipeline and plausibility.py); it ne
 from __future__ import annotations
 
 from citywatch.detectors.anomaly import GasSlowRise
-from citywatch.detectors.base import LevelState, Verdict, found, threshold, track_level
+from citywatch.detectors.base import CompiledRule, LevelState, Verdict, found, threshold, track_level
 from citywatch.detectors.kindrules import KindRules, RuleContext
 from citywatch.detectors.record import DeviceRecord
 from citywatch.kinds.gas import MIN_SPREAD, GasRules, GasSlowRiseParams
@@ -16,7 +16,7 @@ from citywatch.model import Device, Finding, Reading
 _SEVERITY = ("", "warning", "critical")
 
 
-class GasLevel:
+class GasLevel(CompiledRule):
     """One alert per leak; its severity follows the level (level-2 raises it to critical)."""
 
     name = "gas_level"

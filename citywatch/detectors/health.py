@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from citywatch.config import HealthRules
-from citywatch.detectors.base import QUIET, Verdict, found, threshold
+from citywatch.detectors.base import QUIET, CompiledRule, Verdict, found, threshold
 from citywatch.detectors.record import DeviceRecord
 from citywatch.model import KINDS, Device, Finding, Reading
 
 OFFLINE_RULE = "device_offline"
 
 
-class BatteryLow:
+class BatteryLow(CompiledRule):
     name = "battery_low"
     kinds = frozenset(KINDS)
     in_order_only = False

@@ -6,14 +6,14 @@ import bisect
 from array import array
 
 from citywatch.detectors.access import LockManyUsers, LockUnusualFailures, LockUnusualHour
-from citywatch.detectors.base import QUIET, Verdict, found
+from citywatch.detectors.base import QUIET, CompiledRule, Verdict, found
 from citywatch.detectors.kindrules import KindRules, RuleContext
 from citywatch.detectors.record import DeviceRecord, RuleState
 from citywatch.kinds.lock import LockParams, LockRules
 from citywatch.model import Device, Finding, Reading
 
 
-class LockEventAlarm:
+class LockEventAlarm(CompiledRule):
     """An alarm event from the lock itself. Latched alarms stay open until a person resolves them;
     the others clear on the event named in `clear_on`."""
 
@@ -52,7 +52,7 @@ class FailuresState(RuleState):
         self.times = array("d")
 
 
-class LockBruteForce:
+class LockBruteForce(CompiledRule):
     """`fail_count` failed unlocks within `fail_window_s` (event time), whatever order they arrive in.
 
     Keeps failure times sorted, so a failure delivered late still completes the burst it belongs to:

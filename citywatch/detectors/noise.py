@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from citywatch.detectors.base import QUIET, Verdict, found, threshold
+from citywatch.detectors.base import QUIET, CompiledRule, Verdict, found, threshold
 from citywatch.detectors.baseline import BaselineState, LearnedRule, LocalTime, SeasonalBaseline, squash
 from citywatch.detectors.kindrules import KindRules, RuleContext
 from citywatch.detectors.record import DeviceRecord, RuleState
@@ -13,7 +13,7 @@ from citywatch.kinds.noise import MIN_SPREAD, NoiseNightParams, NoiseRules
 from citywatch.model import Device, Finding, Reading
 
 
-class NoiseLimit:
+class NoiseLimit(CompiledRule):
     """LAeq over the zone's day or night limit; clears `hysteresis_db` below it."""
 
     name = "noise_limit"
@@ -52,7 +52,7 @@ class NoiseLimit:
         return QUIET
 
 
-class NoiseNightBurst:
+class NoiseNightBurst(CompiledRule):
     """At night a single event (LAmax) may not exceed the limit by more than 15 dB(A)."""
 
     name = "noise_night_burst"

@@ -4,6 +4,7 @@ own change rate allows) or flapping (state changes faster than cars move)."""
 from __future__ import annotations
 
 from array import array
+from typing import Final
 
 from citywatch.detectors.base import QUIET, Verdict
 from citywatch.detectors.baseline import BaselineState, LearnedRule, SeasonalBaseline
@@ -11,9 +12,9 @@ from citywatch.detectors.record import UNSET, DeviceRecord, RuleState, known
 from citywatch.kinds.parking import ParkingParams
 from citywatch.model import Device, Finding, Reading
 
-_RATE_TAU_S = 7 * 86400.0
-_MAX_GAP_S = 3600.0  # a device that was off is no evidence of a quiet bay
-_QUIET_MIN_S = 6 * 3600.0
+_RATE_TAU_S: Final = 7 * 86400.0
+_MAX_GAP_S: Final = 3600.0  # a device that was off is no evidence of a quiet bay
+_QUIET_MIN_S: Final = 6 * 3600.0
 
 
 class StuckBayState(RuleState):

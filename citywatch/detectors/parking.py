@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from citywatch.detectors.base import QUIET, Verdict, found, is_late
+from citywatch.detectors.base import QUIET, CompiledRule, Verdict, found, is_late
 from citywatch.detectors.kindrules import KindRules, RuleContext
 from citywatch.detectors.occupancy import ParkingFlapping, ParkingStuck
 from citywatch.detectors.record import UNSET, DeviceRecord, RuleState, known
@@ -44,7 +44,7 @@ def track_occupancy(reading: Reading, record: DeviceRecord, state: OccupancyStat
     return since
 
 
-class ParkingOverstay:
+class ParkingOverstay(CompiledRule):
     name = "parking_overstay"
     kinds = frozenset({"parking"})
     in_order_only = False
@@ -68,7 +68,7 @@ class ParkingOverstay:
         return Finding(self.name, False, value=round(stayed_min, 1)), 0.0
 
 
-class ParkingForbidden:
+class ParkingForbidden(CompiledRule):
     """A vehicle in a no-parking bay or fire lane (registry flag `no_parking`)."""
 
     name = "parking_forbidden"

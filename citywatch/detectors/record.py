@@ -17,12 +17,12 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 import msgspec
 
-FORMAT = 2
-UNSET = math.nan  # a number not known yet: a float (unboxed in a compiled record, unlike None)
+FORMAT: Final = 2
+UNSET: Final = math.nan  # a number not known yet: a float (unboxed in a compiled record, unlike None)
 
 
 def known(value: float) -> bool:

@@ -4,6 +4,7 @@ device's own, and the battery draining far faster than this device's own normal.
 from __future__ import annotations
 
 import math
+from typing import Final
 
 from citywatch.detectors.base import QUIET, Verdict
 from citywatch.detectors.baseline import LearnedRule
@@ -11,8 +12,8 @@ from citywatch.detectors.record import UNSET, DeviceRecord, RuleState, known
 from citywatch.detectors.settings import HealthParams
 from citywatch.model import KINDS, Device, Finding, Reading
 
-_GAP_LOG = math.log(20.0)  # a gap this many times the usual interval is the deadman's business
-_N_CAP = 1000
+_GAP_LOG: Final = math.log(20.0)  # a gap this many times the usual interval is the deadman's business
+_N_CAP: Final = 1000
 
 
 class IntervalState(RuleState):

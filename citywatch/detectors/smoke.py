@@ -10,7 +10,7 @@ during a test still does. No plausibility limit: a flaming fire fills a room wit
 
 from __future__ import annotations
 
-from citywatch.detectors.base import LevelState, Verdict, found, threshold, track_level
+from citywatch.detectors.base import CompiledRule, LevelState, Verdict, found, threshold, track_level
 from citywatch.detectors.kindrules import KindRules, RuleContext
 from citywatch.detectors.record import DeviceRecord
 from citywatch.kinds.smoke import SmokeRules
@@ -19,7 +19,7 @@ from citywatch.model import Device, Finding, Reading
 KINDS = frozenset({"smoke"})
 
 
-class SmokeAlarm:
+class SmokeAlarm(CompiledRule):
     name = "smoke_alarm"
     kinds = KINDS
     in_order_only = False
@@ -43,7 +43,7 @@ class SmokeAlarm:
         return None, 0.0
 
 
-class SmokeRising:
+class SmokeRising(CompiledRule):
     """Smoke building up below the alarm level (a smouldering fire, cooking smoke, a dirty chamber):
     a warning that lets a field team call or knock before the alarm sounds."""
 
@@ -70,7 +70,7 @@ class SmokeRising:
                              f"smoke building up: {obscuration:g} %/m (pre-alarm from {limit:g} %/m)"))
 
 
-class SmokeTamper:
+class SmokeTamper(CompiledRule):
     """The alarm reports being opened or taken off its base: the home is unprotected. Latched."""
 
     name = "smoke_tamper"

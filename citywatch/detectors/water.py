@@ -7,7 +7,7 @@ water rises marks the alert suspect (see pipeline and plausibility.py); it never
 from __future__ import annotations
 
 from citywatch.detectors.anomaly import WaterFastRise
-from citywatch.detectors.base import LevelState, Verdict, found, threshold, track_level
+from citywatch.detectors.base import CompiledRule, LevelState, Verdict, found, threshold, track_level
 from citywatch.detectors.kindrules import KindRules, RuleContext
 from citywatch.detectors.record import DeviceRecord
 from citywatch.kinds.water import MIN_SPREAD, WaterRiseParams, WaterRules
@@ -17,7 +17,7 @@ _LEVELS = ("", "light", "moderate", "severe")
 _SEVERITY = ("", "info", "warning", "critical")
 
 
-class WaterDepth:
+class WaterDepth(CompiledRule):
     name = "water_depth"
     kinds = frozenset({"water"})
     in_order_only = False

@@ -62,7 +62,9 @@ def _payload_type(kind: KindSpec) -> type[Payload]:
 # Built from each kind's declaration (citywatch/kinds/<kind>.py).
 PAYLOAD_TYPES: dict[str, type[Payload]] = {name: _payload_type(kind) for name, kind in specs().items()}
 KIND_FIELDS: dict[str, tuple[str, ...]] = {name: kind.fields for name, kind in specs().items()}
-_DECODERS = {kind: msgspec.json.Decoder(t) for kind, t in PAYLOAD_TYPES.items()}
+# One decoder per kind; the compiled pipeline decodes with them too (pipeline.read_telemetry).
+DECODERS: dict[str, msgspec.json.Decoder[Payload]] = {kind: msgspec.json.Decoder(t)
+                                                     for kind, t in PAYLOAD_TYPES.items()}
 _COMMON = {"ts", "seq", "battery", "rssi", "device_id", "kind"}
 
 
@@ -94,7 +96,7 @@ def epoch_seconds(ts: datetime | float) -> float:
 def decode_payload(kind: str, payload: bytes) -> Payload:
     """Decode and validate the JSON of one telemetry message (size is checked by the caller)."""
     try:
-        return _DECODERS[kind].decode(payload)
+        return DECODERS[kind].decode(payload)
     except msgspec.ValidationError as exc:
         reason, field = _schema_error_reason(str(exc))
         raise InvalidMessage(reason, str(exc), field) from None

@@ -7,15 +7,15 @@ only names without wildcards, whitespace or control characters are allowed (TOPI
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from citywatch.errors import InvalidMessage
 from citywatch.model import KINDS
 
 DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
-_KINDS = frozenset(KINDS)
-MAX_TOPIC_LENGTH = 256
+_KINDS: Final = frozenset(KINDS)
+MAX_TOPIC_LENGTH: Final = 256
 TOPIC_PREFIX_PATTERN = r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*"
 _TOPIC_PREFIX = re.compile(TOPIC_PREFIX_PATTERN)
 MAX_PREFIX_LENGTH = 128

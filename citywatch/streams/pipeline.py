@@ -8,14 +8,15 @@ the records of the devices it touched (`take_dirty`, `encode`: one stored form, 
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 
 from citywatch.config import Settings
-from citywatch.detectors.base import Rule
+from citywatch.detectors.base import Rule, verdict
 from citywatch.detectors.deadman import Deadman
 from citywatch.detectors.flooding import FLOODING_RULE, FloodWatch
 from citywatch.detectors.health import LAST_WILL, OFFLINE_RULE, offline_finding
@@ -23,15 +24,15 @@ from citywatch.detectors.lifecycle import AlertEngine
 from citywatch.detectors.record import DeviceRecord, RecordCodec, stored_header
 from citywatch.detectors.registry import FAULT_RULES, build_rules
 from citywatch.errors import DeadLetterReason, InvalidMessage
-from citywatch.ingest.schemas import parse_status, parse_telemetry
+from citywatch.ingest.schemas import DECODERS, KIND_FIELDS, epoch_seconds, parse_status, parse_telemetry
 from citywatch.ingest.topics import check_device_id, split_topic
 from citywatch.model import DeadLetter, Device, Finding, Output, Reading
 
-DEAD_LETTER_PAYLOAD_LIMIT = 2048
+DEAD_LETTER_PAYLOAD_LIMIT: Final = 2048
 log = logging.getLogger(__name__)
 
 
-SEQ_WINDOW = 64  # how far back a late message can still be told from a duplicate
+SEQ_WINDOW: Final = 64  # how far back a late message can still be told from a duplicate
 
 
 def check_seq(record: DeviceRecord, seq: int, ts: float, last_ts: float) -> None:
@@ -56,6 +57,29 @@ def check_seq(record: DeviceRecord, seq: int, ts: float, last_ts: float) -> None
     if mask >> back & 1:
         raise InvalidMessage("duplicate", f"seq {seq} was already processed", "seq")
     record.seqmask = mask | 1 << back
+
+
+def read_telemetry(kind: str, device_id: str, payload: bytes, received_at: float, max_future_skew_s: float,
+                   min_ts: float) -> Reading:
+    """`parse_telemetry`, compiled for the message it accepts (it runs interpreted: schemas.py holds
+    msgspec Structs). Anything this does not accept outright goes to `parse_telemetry`, which says
+    why it is refused: the reasons have one definition, and this path can only be stricter."""
+    try:
+        decoded = DECODERS[kind].decode(payload)
+    except Exception:
+        return parse_telemetry(kind, device_id, payload, received_at, max_future_skew_s, min_ts)
+    raw_ts = decoded.ts
+    ts = (raw_ts / 1000.0 if raw_ts > 1e11 else raw_ts) if isinstance(raw_ts, float) else epoch_seconds(raw_ts)
+    payload_id, payload_kind = decoded.device_id, decoded.kind
+    if ((payload_id is not None and payload_id != device_id) or (payload_kind is not None and payload_kind != kind)
+            or not math.isfinite(ts) or ts < min_ts or ts > received_at + max_future_skew_s):
+        return parse_telemetry(kind, device_id, payload, received_at, max_future_skew_s, min_ts)
+    values: dict[str, Any] = {}
+    for name in KIND_FIELDS[kind]:
+        value = getattr(decoded, name)
+        if value is not None:
+            values[name] = value
+    return Reading(device_id, kind, ts, received_at, values, decoded.seq, decoded.battery, decoded.rssi)
 
 
 class DeviceLookup(Protocol):
@@ -127,7 +151,7 @@ class Pipeline:
             if channel == "status":
                 self._status(device, parse_status(payload), received_at, out)
             else:
-                reading = parse_telemetry(kind, device_id, payload, received_at, self.max_skew, self.min_ts)
+                reading = read_telemetry(kind, device_id, payload, received_at, self.max_skew, self.min_ts)
                 return self._reading(reading, device, out)
         except InvalidMessage as exc:
             self._dead_letter(topic, payload, exc.reason, exc.detail, received_at, out, exc.field)
@@ -163,26 +187,29 @@ class Pipeline:
     def _reading(self, reading: Reading, device: Device, out: Output) -> float:
         device_id = reading.device_id
         record = self.record(device)
-        if reading.ts > reading.received_at + self.clock_lead:
+        ts, received_at = reading.ts, reading.received_at  # read once: Reading is not a compiled class
+        if ts > received_at + self.clock_lead:
             # A fast device clock: processed at arrival, so it cannot make later readings look late.
-            reading = msgspec.structs.replace(reading, ts=reading.received_at)
+            reading = msgspec.structs.replace(reading, ts=received_at)
+            ts = received_at
             self.counters["clock_ahead"] += 1
         last_ts = record.ts
-        if reading.seq is not None:
-            check_seq(record, reading.seq, reading.ts, last_ts)
+        seq = reading.seq
+        if seq is not None:
+            check_seq(record, seq, ts, last_ts)
         self.counters["processed"] += 1
         record.count += 1  # readings accepted from this device, ever
         self.dirty.add(device_id)
         out.accepted.append((reading, device))
         timeout = device.interval_s * self.offline_intervals
-        if reading.ts >= reading.received_at - timeout:  # backfill does not prove the device is alive
-            self._alive(device, record, timeout, reading.received_at, reading.ts, out)
-        late = reading.ts < last_ts  # False while last_ts is UNSET
+        if ts >= received_at - timeout:  # backfill does not prove the device is alive
+            self._alive(device, record, timeout, received_at, ts, out)
+        late = ts < last_ts  # False while last_ts is UNSET
         if late:
             self.counters["late"] += 1
         score = self._evaluate(reading, device, record, late, out)
         if not late:
-            record.ts = reading.ts
+            record.ts = ts
         return score
 
     def _evaluate(self, reading: Reading, device: Device, record: DeviceRecord, late: bool, out: Output) -> float:
@@ -199,11 +226,11 @@ class Pipeline:
             if rule.in_order_only:
                 if late:
                     continue
-                finding, score = rule.evaluate(reading, device, record, states[i])
+                finding, score = verdict(rule, reading, device, record, states[i])
                 if score > top:
                     top = score
             else:
-                finding = rule.evaluate(reading, device, record, states[i])[0]
+                finding = verdict(rule, reading, device, record, states[i])[0]
             if finding is None:
                 continue
             if finding.active:
@@ -219,10 +246,11 @@ class Pipeline:
     def _alive(self, device: Device, record: DeviceRecord, timeout: float, received_at: float, at: float,
                out: Output) -> None:
         """The device proved it is alive at `received_at`: re-arm its offline timer from then."""
+        device_id = device.id
         record.seen = received_at
         record.timeout = timeout
-        self.deadman.seen(device.id, timeout, received_at)
-        if device.id in self.alerts.engaged and self.alerts.is_open(device.id, OFFLINE_RULE):
+        self.deadman.seen(device_id, timeout, received_at)
+        if device_id in self.alerts.engaged and self.alerts.is_open(device_id, OFFLINE_RULE):
             self._apply(device, offline_finding(False, "reporting again"), at, out)
 
     def _apply(self, device: Device, finding: Finding, at: float, out: Output) -> None:
