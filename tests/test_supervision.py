@@ -259,6 +259,8 @@ def test_a_killed_collector_process_is_restarted_and_nothing_is_lost(
         runner._handle = holding  # type: ignore[method-assign]
         publish_all(mosquitto, [reading(d, 2, t0 + 60, 60) for d in GAS])
         wait_until(held.is_set)
+        # every message handed over by this child before it dies (the first batch may hold only some)
+        wait_until(lambda: runner.collector.received >= 2 * len(GAS))
         pid = runner.collector.pid
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: get_json(f"{base}/ready")[0] == 503)

@@ -390,9 +390,9 @@ class InfluxSink:
             log.error("influx: InfluxDB rejected a batch of %d lines (%s): %d line(s) set aside in %s, "
                       "%d written", lines, result.reason, len(result.rejected), self.rejected_dir, result.written)
             self._set_aside(result.rejected, "rejected", seq)
-        if seg is not None:
-            self._buffer.remove(seg)
-        with self._lock:
+        with self._lock:  # the segment goes and the lines are counted at once: drain() sees both or neither
+            if seg is not None:
+                self._buffer.remove(seg)
             if batch is not None:
                 self._queue.popleft()
                 self._mem_lines -= lines

@@ -161,9 +161,10 @@ def write_batch(store: Any) -> Any:
         import rocksdict
 
         return rocksdict.WriteBatch(raw_mode=True)
-    import rocksdb
+    from faust.stores import rocksdb as faust_rocksdb
 
-    return rocksdb.WriteBatch()
+    driver: Any = faust_rocksdb.__dict__["rocksdb"]  # the python-rocksdb module Faust's store imported
+    return driver.WriteBatch()
 
 
 class ChangelogWriter:
