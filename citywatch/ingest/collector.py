@@ -106,16 +106,16 @@ class FastClient(mqtt.Client):
     def _packet_read(self) -> MQTTErrorCode:
         on_publish = self.on_publish_fields
         if on_publish is None or self._in_packet["command"] != 0 or not self._buffered():
-            return cast(MQTTErrorCode, super()._packet_read())
+            return super()._packet_read()
         buf, start = self._rbuf, self._rpos
         header, n = buf[start], len(buf)
         qos = (header & 0x06) >> 1
         if (header & 0xF0) != 0x30 or qos == 2:  # not a PUBLISH, or QoS 2 (paho's handshake)
-            return cast(MQTTErrorCode, super()._packet_read())
+            return super()._packet_read()
         length, mult, i = 0, 1, start + 1
         while True:  # remaining length: 1 to 4 bytes, 7 bits each
             if i >= n or i > start + 4:
-                return cast(MQTTErrorCode, super()._packet_read())
+                return super()._packet_read()
             byte = buf[i]
             i += 1
             length += (byte & 127) * mult
@@ -124,12 +124,12 @@ class FastClient(mqtt.Client):
                 break
         end = i + length
         if end > n or length < 2:
-            return cast(MQTTErrorCode, super()._packet_read())
+            return super()._packet_read()
         topic_end = i + 2 + (buf[i] << 8 | buf[i + 1])
         pos = topic_end + (2 if qos else 0)
         v5 = self._protocol == mqtt.MQTTv5
         if pos + v5 > end or (v5 and buf[pos] != 0) or (not v5 and topic_end == i + 2):
-            return cast(MQTTErrorCode, super()._packet_read())  # properties, or malformed: paho decides
+            return super()._packet_read()  # properties, or malformed: paho decides
         mid = buf[topic_end] << 8 | buf[topic_end + 1] if qos else 0
         self._rpos = end
         with self._in_callback_mutex:  # as paho calls on_message
