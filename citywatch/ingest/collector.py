@@ -105,8 +105,17 @@ class FastClient(mqtt.Client):
 
     def _packet_read(self) -> MQTTErrorCode:
         on_publish = self.on_publish_fields
-        if on_publish is None or self._in_packet["command"] != 0 or not self._buffered():
+        if on_publish is None or self._in_packet["command"] != 0:
             return super()._packet_read()
+        if not self._buffered():
+            try:
+                self._sock_recv(0)  # read the next chunk, so its first packet takes this path too
+            except BlockingIOError:
+                return MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError:
+                return super()._packet_read()  # paho logs it and reports the lost connection
+            if not self._buffered():
+                return super()._packet_read()  # end of stream: paho reports the lost connection
         buf, start = self._rbuf, self._rpos
         header, n = buf[start], len(buf)
         qos = (header & 0x06) >> 1
