@@ -302,6 +302,7 @@ def test_a_dead_mqtt_thread_stops_the_runner(tmp_path: Path, mosquitto: Mosquitt
         raise RuntimeError("injected failure in on_message")
 
     monkeypatch.setattr(Collector, "_on_message", boom)
+    monkeypatch.setattr(Collector, "_on_publish_fields", boom)  # FastClient's path for plain publishes
     settings = make_settings(tmp_path / "data", mqtt={"url": mosquitto.url, "client_id": "cw-thread",
                                                       "collector_process": False})
     run = RunnerThread(settings).start()
