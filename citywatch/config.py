@@ -11,12 +11,11 @@ import copy
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
-    BaseModel,
     Field,
     SecretStr,
     ValidationError,
@@ -35,9 +34,8 @@ from citywatch.detectors.settings import LearnedRules, LearnedType
 from citywatch.errors import ConfigError
 from citywatch.ingest.topics import TOPIC_PREFIX_PATTERN, valid_topic_prefix
 from citywatch.kinds import specs
-from citywatch.section import Section, below
+from citywatch.section import Section, SectionGroup, below
 
-S = TypeVar("S", bound=BaseModel)
 # Life-safety rules (fail safe): a reading at the level opens the alert at once; nothing holds it back.
 SAFETY_RULES: frozenset[str] = frozenset().union(*(kind.safety_rules for kind in specs().values()))
 
@@ -543,7 +541,7 @@ class RetentionSettings(Section):
     audit: AuditRetention = AuditRetention()
 
 
-class RuleSettingsBase(Section):
+class RuleSettingsBase(SectionGroup):
     """`rules`: the sections every kind shares; RuleSettings adds one `rules.<kind>` section per kind
     that declares settings (citywatch/kinds/<kind>.py)."""
 
@@ -551,13 +549,7 @@ class RuleSettingsBase(Section):
     plausibility: PlausibilityRules = PlausibilityRules()
     health: HealthRules = HealthRules()
 
-    def section(self, cls: type[S]) -> S:
-        """The `rules.<kind>` section of type `cls`, typed (a kind's rules and tools read theirs so)."""
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, cls):
-                return value
-        raise KeyError(f"no rules section of type {cls.__name__}")
+    what = "rules section"
 
 
 RuleSettings: type[RuleSettingsBase] = create_model(  # type: ignore[call-overload]

@@ -6,14 +6,12 @@ configuration (`settings.rules.learned`) to `build_rules`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field, create_model, field_validator
+from pydantic import Field, create_model, field_validator
 
 from citywatch.kinds import specs
-from citywatch.section import Section
-
-S = TypeVar("S", bound=BaseModel)
+from citywatch.section import Section, SectionGroup
 
 
 class BaselineParams(Section):
@@ -68,7 +66,7 @@ class GenericParams(Section):
         return fields
 
 
-class LearnedRulesBase(Section):
+class LearnedRulesBase(SectionGroup):
     """`rules.learned`: the learned, per-device detectors. LearnedRules adds each kind's parameter
     blocks (KindSpec.learned_settings: gas_slow_rise, noise_night, water_rise, parking, lock)."""
 
@@ -78,13 +76,7 @@ class LearnedRulesBase(Section):
     health: HealthParams = HealthParams()
     generic: GenericParams = GenericParams()
 
-    def section(self, cls: type[S]) -> S:
-        """The parameter block of type `cls`, typed (a kind's rule factory reads its own so)."""
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, cls):
-                return value
-        raise KeyError(f"no rules.learned block of type {cls.__name__}")
+    what = "rules.learned block"
 
 
 LearnedRules: type[LearnedRulesBase] = create_model(  # type: ignore[call-overload]
