@@ -42,11 +42,13 @@ from citywatch.sinks.store import AlertStore, TxHook, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
 from citywatch.streams.gcpolicy import FreezeAfterFullCollections
 from citywatch.streams.pipeline import Pipeline
+from citywatch.streams.sight import Sight
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Output], None]
 STORAGE_RETRY_MAX_S = 5.0
+OFFLINE_CHECKS_BEHIND_S = 60.0  # a backlog this old delays offline detection enough to say so in /ready
 TASK_NAMES = {"consume": "the consume loop", "webhooks": "the webhook delivery task",
               "collector": "the MQTT collector supervision"}
 
@@ -112,6 +114,7 @@ class EmbeddedRunner:
         # device id -> when its state first changed without being written (ingest.state_checkpoint_s > 0)
         self.unsaved: dict[str, float] = {}
         self.on_batch: Callable[[float], None] | None = None  # seconds per batch, taken to acknowledged (metrics.py)
+        self.sight = Sight(clock())  # offline detection counts only silence we could have seen (sight.py)
 
     def _open(self, settings: Settings, clock: Callable[[], float]) -> None:
         """Open the registry and the alert store; an unreadable file stops the start, naming it."""
@@ -277,6 +280,7 @@ class EmbeddedRunner:
             self._heartbeat()
             batch = await handoff.get_batch(batch_size, timeout=min(tick_s, 0.2))
             now = self.clock()
+            self._watch_sight(now, len(handoff), batch[-1].received_at if batch else None)
             with naming(registry_file, transient=True):
                 self.devices.refresh()  # one cheap query; reloads only after another process committed
             tick = now - last_tick >= tick_s
@@ -308,7 +312,7 @@ class EmbeddedRunner:
         for m in batch:
             process(m.topic, m.payload, m.received_at, out)
         if tick:
-            self.pipeline.tick(now, out)
+            self.pipeline.tick(now, out, silence_as_of=self.sight.caught_up_at)
         self.incidents.group(out)  # per batch, on its transitions only: the per-reading path is untouched
         self.incidents.assign_joiners(self.engine, now, out)
         if not await self._store_until_written(out, stop):
@@ -325,6 +329,24 @@ class EmbeddedRunner:
         self.batches += 1
         if self.on_batch is not None:
             self.on_batch(time.perf_counter() - started)
+
+    def _intake_connected(self) -> bool:
+        """The collector is connected and subscribed and its process is up: readings can reach us."""
+        c = self.collector
+        subscribed = getattr(c, "subscribed", None)
+        return bool(c is not None and c.connected.is_set() and (subscribed is None or subscribed.is_set())
+                    and getattr(c, "down_since", None) is None)
+
+    def _watch_sight(self, now: float, backlog: int, newest_received_at: float | None) -> None:
+        """Blind or behind: offline timers must not count it as the devices' silence (sight.py)."""
+        blind_since = self.sight.blind_since
+        regained = self.sight.observe(now, self._intake_connected(), backlog, newest_received_at)
+        if regained is not None:
+            deadman = self.pipeline.deadman
+            deadman.grace_from = max(deadman.grace_from, regained)
+            if blind_since is not None and regained - blind_since > 1.0:
+                log.warning("readings can reach us again after %.0f s without: each device's offline timer "
+                            "restarts from now", regained - blind_since)
 
     def _heartbeat(self) -> None:
         """The consume loop is alive and turning (also while it waits for storage or InfluxDB)."""
@@ -548,6 +570,9 @@ class EmbeddedRunner:
         c = self.collector
         subscribed = getattr(c, "subscribed", None)
         connected = bool(c is not None and c.connected.is_set() and (subscribed is None or subscribed.is_set()))
+        behind_s = self.sight.lag_s(self.clock())
+        if behind_s > OFFLINE_CHECKS_BEHIND_S:
+            problems.append("offline_checks_behind")
         if getattr(c, "down_since", None) is not None:
             problems.append("collector_down")
         if not connected:
@@ -577,6 +602,8 @@ class EmbeddedRunner:
                         "handoff_bytes": handoff.nbytes if handoff is not None else 0,
                         "handoff_full": full, "unacked": self.unacked},
             "webhooks_pending": pending,
+            # offline detection judges silence as of the last moment the backlog was empty (sight.py)
+            "offline_checks_behind_s": round(behind_s, 1),
         }
 
 

@@ -282,9 +282,12 @@ class Pipeline:
 
     # -- clock ------------------------------------------------------------------------------
 
-    def tick(self, now: float, out: Output) -> None:
-        """Time-driven work: devices gone silent, alert deadlines passed."""
-        for device_id, silent, timeout in self.deadman.overdue(now):
+    def tick(self, now: float, out: Output, silence_as_of: float | None = None) -> None:
+        """Time-driven work: devices gone silent, alert deadlines passed. Silence is judged as of
+        `silence_as_of` (default `now`): the runner passes the last moment it had no backlog, so
+        readings still queued never count as silence (streams/sight.py)."""
+        as_of = now if silence_as_of is None else min(now, silence_as_of)
+        for device_id, silent, timeout in self.deadman.overdue(as_of):
             device = self.devices.get(device_id)
             if device is None or not device.enabled:
                 continue
