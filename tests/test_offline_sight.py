@@ -154,3 +154,31 @@ def test_a_broker_outage_longer_than_the_timeout_opens_no_offline_storm(
     assert [a.device_id for a in alerts] == [SILENT.id], [(a.device_id, a.message) for a in alerts]
     # declared one timeout after sight returned, not at once
     assert alerts[0].opened_at >= back_at - 0.5 + 3 * INTERVAL_S - 1.0 > down_at
+
+
+def test_a_power_cut_is_declared_in_bounded_ticks_and_no_device_is_lost() -> None:
+    """12,000 devices silent at once: 5,000 a tick (one transaction and its webhooks stay bounded, the
+    loop keeps turning), every one declared exactly once, oldest first."""
+    from citywatch.config import load_settings
+    from citywatch.detectors.lifecycle import AlertEngine
+    from citywatch.model import Output
+    from citywatch.streams.pipeline import OFFLINE_PER_TICK, Pipeline
+
+    settings = load_settings(None, {})
+    devices = {f"gas-{i:05d}": Device(id=f"gas-{i:05d}", kind="gas", district="Nanhu", interval_s=60.0)
+               for i in range(12_000)}
+    t0 = time.time() - 3600
+    pipeline = Pipeline(settings, devices, AlertEngine(settings.alerts), started_at=t0)
+    out = Output()
+    for i, device_id in enumerate(devices):
+        payload = json.dumps({"ts": t0 + 1 + i * 0.001, "seq": 1, "lel_pct": 0.0, "co_ppm": 1.0}).encode()
+        pipeline.process(f"citywatch/gas/{device_id}/telemetry", payload, t0 + 1 + i * 0.001, out)
+    assert pipeline.counters["processed"] == 12_000 and not out.transitions
+    declared: list[list[str]] = []
+    for tick in range(4):
+        out = Output()
+        pipeline.tick(t0 + 600 + tick, out)
+        declared.append([t.alert.device_id for t in out.transitions if t.alert.rule == "device_offline"])
+    assert [len(d) for d in declared] == [OFFLINE_PER_TICK, OFFLINE_PER_TICK, 2_000, 0]
+    flat = [device_id for d in declared for device_id in d]
+    assert flat == list(devices)  # each once, in the order they went quiet

@@ -32,6 +32,10 @@ DEAD_LETTER_PAYLOAD_LIMIT: Final = 2048
 log = logging.getLogger(__name__)
 
 
+# A district's power cut silences tens of thousands of devices at once: declare them offline this many a
+# tick (the rest on the next ticks, oldest first), so one tick's transaction and webhooks stay bounded and
+# the loop keeps turning (and answering /health) meanwhile.
+OFFLINE_PER_TICK: Final = 5000
 SEQ_WINDOW: Final = 64  # how far back a late message can still be told from a duplicate
 
 
@@ -287,13 +291,15 @@ class Pipeline:
         `silence_as_of` (default `now`): the runner passes the last moment it had no backlog, so
         readings still queued never count as silence (streams/sight.py)."""
         as_of = now if silence_as_of is None else min(now, silence_as_of)
-        for device_id, silent, timeout in self.deadman.overdue(as_of):
+        for declared, (device_id, silent, timeout) in enumerate(self.deadman.overdue(as_of), 1):
             device = self.devices.get(device_id)
-            if device is None or not device.enabled:
-                continue
-            finding = offline_finding(True, f"no data for {silent:.0f} s (expected every {device.interval_s:g} s)",
-                                      silent, timeout)
-            self._apply(device, finding, now, out)
+            if device is not None and device.enabled:
+                finding = offline_finding(True, f"no data for {silent:.0f} s (expected every {device.interval_s:g} s)",
+                                          silent, timeout)
+                self._apply(device, finding, now, out)
+            declared += 1
+            if declared >= OFFLINE_PER_TICK:
+                break  # after this one: `overdue` takes a device off its queue only as it yields it
         for device_id in self.flood_watch.quiet(now):
             device = self.devices.get(device_id)
             if device is not None and self.alerts.is_open(device_id, FLOODING_RULE):
