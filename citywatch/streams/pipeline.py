@@ -297,7 +297,6 @@ class Pipeline:
                 finding = offline_finding(True, f"no data for {silent:.0f} s (expected every {device.interval_s:g} s)",
                                           silent, timeout)
                 self._apply(device, finding, now, out)
-            declared += 1
             if declared >= OFFLINE_PER_TICK:
                 break  # after this one: `overdue` takes a device off its queue only as it yields it
         for device_id in self.flood_watch.quiet(now):
