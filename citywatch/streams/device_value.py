@@ -71,6 +71,9 @@ class DeviceValues:
 
     def encode(self, device_id: str, pipeline: Pipeline) -> bytes | None:
         """The device's value as it stands (None: nothing to keep, its stored value goes)."""
+        if device_id not in self.rules_of:  # most devices: no engine state
+            state = pipeline.encode(device_id)
+            return None if state is None else encode_value(DeviceValue(state=state))
         engine = pipeline.alerts
         alerts: dict[str, KeyState] = {}
         for rule in self.rules_of.get(device_id, ()):
