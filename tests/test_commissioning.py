@@ -23,6 +23,7 @@ from citywatch.devices.credentials import generate_password, hash_password, writ
 from citywatch.devices.registry import Registry, registry_path
 from citywatch.model import Device, Output
 from citywatch.sinks.store import AlertStore, store_path
+from citywatch.streams.device_value import DeviceValue, encode_value
 from tests.conftest import RunnerThread, make_settings
 from tests.mqtt_tools import publish_all
 from tests.servers.mosquitto import AuthMosquittoServer, MosquittoServer
@@ -98,8 +99,9 @@ def test_rejected_message_gives_the_dead_letter_reason_from_the_stored_state(
     register(settings)
     store = AlertStore(store_path(settings.data_dir))
     last_ts = round(time.time() - 60, 3)
-    # stored by an earlier release (format 1: a dict): `devices check` migrates it like the runner
-    store.commit(Output(), [], {GAS.id: msgspec.msgpack.encode({"ts": last_ts, "seq": 5, "seen": last_ts})})
+    # a record stored by an earlier release (format 1: a dict): `devices check` migrates it like the runner
+    old_record = msgspec.msgpack.encode({"ts": last_ts, "seq": 5, "seen": last_ts})
+    store.commit(Output(), [], {GAS.id: encode_value(DeviceValue(state=old_record))})
     store.close()
 
     def device_says(payload: bytes) -> CheckResult:

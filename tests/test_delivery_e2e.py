@@ -33,6 +33,7 @@ from citywatch.model import Device, Output, Reading
 from citywatch.sinks.influx import InfluxSink, lines_for
 from citywatch.sinks.lineprotocol import health_line, reading_line
 from citywatch.sinks.store import AlertStore, store_path
+from citywatch.streams.device_value import decode_value
 from tests.conftest import RunnerThread, make_settings, wait_until
 from tests.mqtt_tools import publish_all
 from tests.servers.flaky import Arrival, FlakyReceiver
@@ -132,7 +133,7 @@ def stored_transitions(data_dir: Path) -> int:
 def committed_seqs(data_dir: Path) -> dict[str, int | None]:
     """Per device, the seq of the last reading whose batch was committed."""
     rows = _read(data_dir, "SELECT device_id, body FROM device_state")
-    return {device_id: stored_header(body)["seq"] for device_id, body in rows}
+    return {device_id: stored_header(state)["seq"] for device_id, body in rows if (state := decode_value(body).state)}
 
 
 # -- (a) receiver down for 60 s, then flaky, during >= 2,000 transitions --------------------------------

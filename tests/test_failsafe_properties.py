@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from citywatch.config import Settings
 from citywatch.detectors.lifecycle import AlertEngine
-from citywatch.model import Device, KeyState, Output
+from citywatch.model import Device, Output
 from citywatch.sinks.store import AlertStore
+from citywatch.streams.device_value import DeviceValues
 from citywatch.streams.pipeline import Pipeline
 from tests.helpers import T0, DictDevices
 from tests.helpers import settings as make_settings
@@ -46,6 +47,7 @@ class Harness:
     settings: Settings
     path: Path
     store: AlertStore = field(init=False)
+    values: DeviceValues = field(init=False)
     pipeline: Pipeline = field(init=False)
     received_at: float = T0
 
@@ -55,10 +57,10 @@ class Harness:
 
     def restart(self) -> None:
         engine = AlertEngine(self.settings.alerts, self.store.open_alerts(), track_keys=True)
-        for key, key_state in self.store.alert_keys().items():
-            engine.restore_key(key, key_state)
-        self.pipeline = Pipeline(self.settings, DictDevices({d.id: d for d in DEVICES}), engine,
-                                 self.store.device_states(), started_at=self.received_at)
+        self.values = DeviceValues(keep_alert=False)
+        records = self.values.load(self.store.device_values().items(), engine)
+        self.pipeline = Pipeline(self.settings, DictDevices({d.id: d for d in DEVICES}), engine, records,
+                                 started_at=self.received_at)
 
     def send(self, device: Device, ts: float, seq: int | None, **fields: Any) -> Output:
         self.received_at = max(self.received_at, ts) + 1.0
@@ -69,15 +71,8 @@ class Harness:
         self.pipeline.process(f"citywatch/{device.kind}/{device.id}/telemetry", _encode(body), self.received_at, out)
         assert not out.dead_letters, out.dead_letters
         engine = self.pipeline.alerts
-        keys: dict[tuple[str, str], KeyState | None] = {}
-        for key in engine.take_touched():
-            exported = engine.export_key(key)
-            keep = exported is not None and (exported.pending or exported.clearing or exported.cycles)
-            keys[key] = KeyState(pending=exported.pending, clearing=exported.clearing,
-                                 cycles=exported.cycles) if keep and exported else None
-        records = {device_id: encoded for device_id in self.pipeline.take_dirty()
-                   if (encoded := self.pipeline.encode(device_id)) is not None}
-        self.store.commit(out, engine.take_dirty(), records, keys)
+        changed = self.pipeline.take_dirty() | self.values.touched(engine)
+        self.store.commit(out, engine.take_dirty(), {d: self.values.encode(d, self.pipeline) for d in changed})
         return out
 
     def is_open(self, device: Device, rule: str) -> bool:

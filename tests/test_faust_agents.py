@@ -20,7 +20,8 @@ from citywatch.detectors.record import stored_header
 from citywatch.model import Device, Output, Transition
 from citywatch.sinks.store import AlertStore, store_path
 from citywatch.streams.bridge import ACTION_HEADER, KafkaSettings, message_key, partition_for
-from citywatch.streams.faust_app import FaustCity, decode_record, encode_dead_letter, encode_transition
+from citywatch.streams.device_value import decode_value
+from citywatch.streams.faust_app import FaustCity, encode_dead_letter, encode_transition
 from citywatch.streams.pipeline import Pipeline
 from tests.conftest import make_settings
 from tests.helpers import T0, DictDevices
@@ -103,7 +104,7 @@ def test_process_agent_writes_one_record_per_device_into_its_partition(
     feed(city, [telemetry(GAS, T0, 1, lel_pct=2.0), telemetry(GAS, T0 + 60, 2, lel_pct=30.0)])
 
     assert [t.transition for t in rec.transitions] == ["opened"]
-    record = decode_record(city.table.data[GAS.id.encode()])
+    record = decode_value(city.table.data[GAS.id.encode()])
     assert stored_header(record.state)["seq"] == 2
     assert record.alerts["gas_level"].alert is not None
     assert record.alerts["gas_level"].alert.id == rec.transitions[0].alert_id
@@ -153,7 +154,7 @@ def test_a_batch_writes_each_device_once_and_equals_event_by_event(
     table = batched.core.table
     assert table.writes == {GAS.id.encode(): 1, NOISE.id.encode(): 1}  # 60 events, two writes
     for key in (GAS.id.encode(), NOISE.id.encode()):
-        assert decode_record(table[key]) == decode_record(one_by_one.table.data[key])
+        assert decode_value(table[key]) == decode_value(one_by_one.table.data[key])
 
 
 def test_state_survives_a_handover_after_every_single_message(tmp_path: Path, closing: list[FaustCity]) -> None:

@@ -23,6 +23,7 @@ from citywatch.sinks import retention as retention_module
 from citywatch.sinks.outbox import Outbox
 from citywatch.sinks.retention import Retention, archive_file, disk_usage, read_archive
 from citywatch.sinks.store import STORED_BYTES, AlertStore, store_path
+from citywatch.streams.device_value import DeviceValue, encode_value
 from tests.helpers import T0
 
 DAY = 86400.0
@@ -149,7 +150,7 @@ def closed_alert(engine: AlertEngine, device: Device, at: float) -> list[Transit
 
 
 def commit_transitions(store: AlertStore, transitions: list[Transition],
-                       states: dict[str, bytes] | None = None) -> None:
+                       states: dict[str, bytes | None] | None = None) -> None:
     out = Output()
     out.transitions.extend(transitions)
     latest: dict[str, Alert] = {t.alert.id: t.alert for t in transitions}
@@ -192,7 +193,8 @@ def archived_store(tmp_path: Path) -> tuple[AlertStore, dict[str, list[Transitio
     assert opened is not None
     cases["open"] = [opened]
     commit_transitions(store, [t for ts in cases.values() for t in ts],
-                       states={f"gas-{n}": msgspec.msgpack.encode({"count": n}) for n in range(1, 5)})
+                       states={f"gas-{n}": encode_value(DeviceValue(state=msgspec.msgpack.encode({"count": n})))
+                               for n in range(1, 5)})
     return store, cases
 
 

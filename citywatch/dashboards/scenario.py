@@ -42,6 +42,7 @@ from citywatch.ingest.simulator import Simulator, make_devices, payload_bytes
 from citywatch.ingest.topics import status_topic
 from citywatch.model import Alert, Device, Output
 from citywatch.sinks.lineprotocol import lines_for
+from citywatch.streams.device_value import DeviceValue, encode_value
 from citywatch.streams.pipeline import Pipeline
 
 STEP_S = 60.0
@@ -263,7 +264,8 @@ def run_city(data_dir: Path | None = None, *, settings: Settings | None = None, 
             operators.act(t, out, run)
             run.lines.extend(lines_for(out))
             if store is not None:
-                store.commit(out, engine.take_dirty(), {device_id: encoded for device_id in pipeline.take_dirty()
+                store.commit(out, engine.take_dirty(), {device_id: encode_value(DeviceValue(state=encoded))
+                                                        for device_id in pipeline.take_dirty()
                                                         if (encoded := pipeline.encode(device_id)) is not None})
             else:
                 engine.take_dirty()

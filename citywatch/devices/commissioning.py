@@ -25,7 +25,7 @@ from citywatch.i18n import Translator, current, local_time
 from citywatch.ingest.collector import make_client, parse_url
 from citywatch.labels import label
 from citywatch.model import Alert, Device, Output, Reading, Transition
-from citywatch.sinks.store import AlertStore, store_path
+from citywatch.sinks.store import AlertStore, StoredRecord, store_path
 from citywatch.streams.pipeline import Pipeline
 from citywatch.terminal import for_terminal
 
@@ -129,7 +129,7 @@ def _numbers(payload: bytes) -> tuple[float | None, float | None]:
     return ok[0], ok[1]
 
 
-def evaluate(settings: Settings, registry: Registry, message: Heard, state: bytes | None,
+def evaluate(settings: Settings, registry: Registry, message: Heard, state: StoredRecord | None,
              open_alerts: list[Alert], result: CheckResult) -> None:
     """Run the message through a throwaway Pipeline built like the runner's; fill `result`."""
     device_id = result.device.id
@@ -153,12 +153,12 @@ def evaluate(settings: Settings, registry: Registry, message: Heard, state: byte
     result.would_transitions = list(out.transitions)
 
 
-def _state(store: AlertStore, device_id: str) -> bytes | None:
+def _state(store: AlertStore, device_id: str) -> StoredRecord | None:
     """One device's stored record (detectors/record.py), None if it never sent anything."""
     return store.device_state(device_id)
 
 
-def _stored(store: AlertStore, device_id: str) -> tuple[bytes | None, list[Alert]]:
+def _stored(store: AlertStore, device_id: str) -> tuple[StoredRecord | None, list[Alert]]:
     return _state(store, device_id), [a for a in store.alerts("open") if a.device_id == device_id]
 
 

@@ -1,5 +1,6 @@
 """The alert store: SQLite under data_dir holding alerts, their transitions, dead letters,
-detector state and the webhook outbox, so one transaction commits all a batch produced.
+each device's stored value (its record and alert streaks: streams/device_value.py) and the webhook
+outbox, so one transaction commits all a batch produced.
 
 The runner acknowledges MQTT messages only after `commit` returns: at-least-once end to end.
 Dead letters are counted per reason in `counters` (kept forever) and stored only as a sample
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from citywatch.loop.silences import SILENCES_SCHEMA
 from citywatch.model import Alert, DeadLetter, Incident, IncidentTransition, KeyState, Output, Transition
 from citywatch.sinks.database import open_database
 from citywatch.sinks.sampling import DeadLetterSampler
+from citywatch.streams.device_value import DeviceValue, decode_value, encode_value
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -63,12 +65,6 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS alert_keys (
-    device_id TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    body BLOB NOT NULL,
-    PRIMARY KEY (device_id, rule)
-);
 CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -108,8 +104,10 @@ SAMPLED_PREFIX = "sampled_out."
 STORED_BYTES = "dead_letters.stored_bytes"
 ROW_BYTES = "length(payload) + length(topic) + length(detail)"
 # PRAGMA user_version: 1 = per-reason dead-letter counters exist, 2 = and the stored size (older files
-# are counted once from their rows), 3 = dead letters keep the field at fault (column added to older files).
-SCHEMA_VERSION = 3
+# are counted once from their rows), 3 = dead letters keep the field at fault (column added to older files),
+# 4 = device_state holds each device's value (streams/device_value.py): its record and its alert streaks,
+# which older files kept in a table alert_keys (folded in, and the table dropped, in one transaction).
+SCHEMA_VERSION = 4
 
 _encode_json = msgspec.json.Encoder().encode
 _decode_alert = msgspec.json.Decoder(Alert).decode
@@ -117,6 +115,7 @@ _decode_key = msgspec.json.Decoder(KeyState).decode
 _decode_incident = msgspec.json.Decoder(Incident).decode
 
 TxHook = Callable[[sqlite3.Connection, Output], None]
+StoredRecord = bytes | dict[str, Any]  # a device record in stored form (detectors/record.py; a dict: format 1)
 
 
 def store_path(data_dir: Path) -> Path:
@@ -133,7 +132,8 @@ def connect(path: Path, check: bool | Sequence[str] = True, wal_max_mb: int = 64
 
 def _migrate(conn: sqlite3.Connection) -> None:
     """An older file: count its stored dead letters (and their size) once (before version 2), add the
-    dead letters' `field` column (before version 3)."""
+    dead letters' `field` column (before version 3), fold the alert streaks into the device values
+    (before version 4)."""
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
     conn.execute("BEGIN IMMEDIATE")
@@ -147,12 +147,34 @@ def _migrate(conn: sqlite3.Connection) -> None:
                          " FROM dead_letters", (STORED_BYTES,))
         if "field" not in {row[1] for row in conn.execute("PRAGMA table_info(dead_letters)")}:
             conn.execute("ALTER TABLE dead_letters ADD COLUMN field TEXT")
+        if version < 4:
+            _fold_alert_keys(conn)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _fold_alert_keys(conn: sqlite3.Connection) -> None:
+    """Version 4: each device_state row becomes the device's value: its record (the row as it was)
+    with the streaks and flap history the table alert_keys held for it; then that table goes. Every
+    row is rewritten, 10,000 at a time (a city's worth needs little memory), so all rows are values."""
+    streaks: dict[str, dict[str, KeyState]] = {}
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alert_keys'").fetchone():
+        for device_id, rule, body in conn.execute("SELECT device_id, rule, body FROM alert_keys"):
+            streaks.setdefault(device_id, {})[rule] = _decode_key(body)
+    last = ""
+    while rows := conn.execute("SELECT device_id, body FROM device_state WHERE device_id > ? ORDER BY device_id"
+                               " LIMIT 10000", (last,)).fetchall():
+        conn.executemany("UPDATE device_state SET body = ? WHERE device_id = ?",
+                         [(encode_value(DeviceValue(state=bytes(body), alerts=streaks.pop(device_id, {}))),
+                           device_id) for device_id, body in rows])
+        last = rows[-1][0]
+    conn.executemany("INSERT INTO device_state VALUES (?, ?)",  # streaks of a device without a record
+                     [(device_id, encode_value(DeviceValue(alerts=alerts))) for device_id, alerts in streaks.items()])
+    conn.execute("DROP TABLE IF EXISTS alert_keys")
 
 
 class AlertStore:
@@ -178,32 +200,32 @@ class AlertStore:
             "SELECT body FROM alerts WHERE status NOT IN ('resolved', 'closed') ORDER BY opened_at")
         return [_decode_alert(body) for (body,) in rows]
 
-    def alert_keys(self) -> dict[tuple[str, str], KeyState]:
-        """The alert engine's streaks and flap history per (device, rule), as last committed."""
-        rows = self.conn.execute("SELECT device_id, rule, body FROM alert_keys")
-        return {(device_id, rule): _decode_key(body) for device_id, rule, body in rows}
-
     def counters(self) -> dict[str, int]:
         """Messages committed since the store was created: readings, statuses, dead_letters (and per
         reason, sampled out, purged: see the names above)."""
         return dict(self.conn.execute("SELECT name, value FROM counters").fetchall())
 
-    def device_states(self) -> dict[str, bytes]:
-        """Each device's record in its stored form (msgpack; the pipeline decodes and migrates it)."""
+    def device_values(self) -> dict[str, bytes]:
+        """Each device's stored value (streams/device_value.py: its record and alert streaks), as
+        committed: what the runner loads at start."""
         rows = self.conn.execute("SELECT device_id, body FROM device_state")
         return {device_id: bytes(body) for device_id, body in rows}
 
-    def device_state(self, device_id: str) -> bytes | None:
+    def device_states(self) -> dict[str, StoredRecord]:
+        """Each device's record in its stored form (detectors/record.py reads its header), for reports."""
+        rows = self.conn.execute("SELECT device_id, body FROM device_state")
+        return {device_id: state for device_id, body in rows if (state := decode_value(body).state)}
+
+    def device_state(self, device_id: str) -> StoredRecord | None:
         row = self.conn.execute("SELECT body FROM device_state WHERE device_id = ?", (device_id,)).fetchone()
-        return bytes(row[0]) if row is not None else None
+        return (decode_value(row[0]).state or None) if row is not None else None
 
     # -- the batch commit -----------------------------------------------------------------
 
-    def commit(self, out: Output, alerts: Iterable[Alert], states: dict[str, bytes],
-               keys: dict[tuple[str, str], KeyState | None] | None = None, *,
+    def commit(self, out: Output, alerts: Iterable[Alert], values: Mapping[str, bytes | None], *,
                incidents: Iterable[Incident] = (), members: Iterable[tuple[str, str, float]] = ()) -> None:
         """Write everything one batch produced in one transaction (hooks join it: the outbox).
-        `keys`: the alert engine's per-(device, rule) streaks and flap history (None deletes).
+        `values`: devices' stored values (streams/device_value.py: record and alert streaks; None deletes).
         `incidents` changed and `members` (alert id, incident id, joined at) new: the incident grouping
         (citywatch/loop/incidents.py); an alert already in an incident makes the commit fail."""
         conn = self.conn
@@ -224,10 +246,11 @@ class AlertStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(d.topic, d.payload, d.size, d.reason, d.detail, d.received_at, d.field) for d in kept],
             )
-            conn.executemany(
-                "INSERT OR REPLACE INTO device_state VALUES (?, ?)",
-                list(states.items()),
-            )
+            conn.executemany("INSERT OR REPLACE INTO device_state VALUES (?, ?)",
+                             [item for item in values.items() if item[1] is not None])
+            gone = [(device_id,) for device_id, value in values.items() if value is None]
+            if gone:
+                conn.executemany("DELETE FROM device_state WHERE device_id = ?", gone)
             counts = [(name, n) for name, n in (("readings", len(out.accepted)), ("statuses", len(out.statuses)),
                                                 ("dead_letters", len(out.dead_letters)),
                                                 ("dead_letters.sampled_out", len(dropped)),
@@ -238,11 +261,6 @@ class AlertStore:
                 counts += [(SAMPLED_PREFIX + r, n) for r, n in Counter(d.reason for d in dropped).items()]
             conn.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + "
                              "excluded.value", counts)
-            if keys:
-                conn.executemany("INSERT OR REPLACE INTO alert_keys VALUES (?, ?, ?)",
-                                 [(d, r, _encode_json(k)) for (d, r), k in keys.items() if k is not None])
-                conn.executemany("DELETE FROM alert_keys WHERE device_id = ? AND rule = ?",
-                                 [key for key, k in keys.items() if k is None])
             self._write_incidents(out.incident_transitions, incidents, members)
             for hook in self.hooks:
                 hook(conn, out)

@@ -1,7 +1,8 @@
 """The embedded runner: one asyncio process runs collector, pipeline, stores, sinks and the API.
 
-Per batch: process every message, commit alerts + transitions + dead letters + detector state +
-webhook outbox in one SQLite transaction, then acknowledge the MQTT messages. A crash before
+Per batch: process every message, commit alerts + transitions + dead letters + device values
+(record and alert streaks, streams/device_value.py: the Faust Table's bytes) + webhook outbox in one
+SQLite transaction, then acknowledge the MQTT messages. A crash before
 the commit means the broker redelivers; after it, nothing is lost. Sinks run beside it.
 
 Fail loudly or recover, never hang: the runner owns its data dir (an exclusive lock), and every
@@ -35,11 +36,12 @@ from citywatch.ingest.collector_process import ProcessCollector
 from citywatch.ingest.handoff import Handoff
 from citywatch.loop.incidents import IncidentDispatch, dispatch_incident, open_book
 from citywatch.loop.silence_book import SilenceBook
-from citywatch.model import KeyState, Output, Transition
+from citywatch.model import Output, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.sinks.retention import Retention
 from citywatch.sinks.store import AlertStore, TxHook, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
+from citywatch.streams.device_value import DeviceValues
 from citywatch.streams.gcpolicy import FreezeAfterFullCollections
 from citywatch.streams.pipeline import Pipeline
 from citywatch.streams.sight import Sight
@@ -126,10 +128,9 @@ class EmbeddedRunner:
             self.store = AlertStore(store_path(settings.data_dir), hooks=[self.outbox.enqueue],
                                     retention=settings.retention)
             self.engine = AlertEngine(settings.alerts, self.store.open_alerts(), track_keys=True)
-            for key, key_state in self.store.alert_keys().items():  # hold/clear streaks, flap history
-                self.engine.restore_key(key, key_state)
-            self.pipeline = Pipeline(settings, self.devices, self.engine, self.store.device_states(),
-                                     started_at=clock())
+            self.values = DeviceValues(keep_alert=False)  # alerts: in the store's own table
+            records = self.values.load(self.store.device_values().items(), self.engine)  # and the streaks
+            self.pipeline = Pipeline(settings, self.devices, self.engine, records, started_at=clock())
             # incidents: the open ones as committed, brought up to date (and open alerts grouped) at start
             self.incidents, start = open_book(settings.incidents, self.store, clock())
             changes = self.incidents.take_changes()
@@ -357,15 +358,15 @@ class EmbeddedRunner:
         """Commit, retrying with backoff while the data directory is full or unwritable. Meanwhile
         nothing is acknowledged and no new batch is taken: the broker holds the backlog. Any other
         database error (a corrupt file) raises StorageFailure naming the file: retrying cannot help."""
-        alerts, keys = self.engine.take_dirty(), self._touched_keys()
-        states = self._states_to_write(keys, self.clock(), flush_states)
+        alerts, engaged = self.engine.take_dirty(), self.values.touched(self.engine)
+        values = self._values_to_write(engaged, self.clock(), flush_states)
         incidents = self.incidents.take_changes()
         delay = 0.2
         while True:
             self._heartbeat()
             try:
                 with naming(self.store.path, transient=True):
-                    self.store.commit(out, alerts, states, keys, incidents=incidents.incidents,
+                    self.store.commit(out, alerts, values, incidents=incidents.incidents,
                                       members=incidents.members)
             except (sqlite3.OperationalError, OSError) as exc:
                 if self.storage_error is None:
@@ -382,32 +383,25 @@ class EmbeddedRunner:
                 self.storage_error = None
             return True
 
-    def _states_to_write(self, keys: dict[tuple[str, str], KeyState | None], now: float,
-                         flush: bool) -> dict[str, bytes]:
-        """Device states to commit with this batch. With ingest.state_checkpoint_s = 0, every one that
-        changed. Otherwise those of devices whose alert streaks or alerts changed (detector and engine
-        state stay consistent across a crash), and the others once they have waited that long: each
-        device is written at most once per checkpoint interval, oldest first, in a steady trickle of
-        at most a quarter of a batch's size per batch (devices first seen together, as at start-up,
-        are spread out rather than written in one burst)."""
-        pipeline = self.pipeline
+    def _values_to_write(self, engaged: set[str], now: float, flush: bool) -> dict[str, bytes | None]:
+        """Device values (record and alert streaks) to commit with this batch (None: delete). With
+        ingest.state_checkpoint_s = 0, every one that changed. Otherwise those of devices whose alert
+        streaks or alerts changed (`engaged`: written with their batch, as an alert is, so a streak
+        is never lost by a crash), and the others once they have waited that long: each device is
+        written at most once per checkpoint interval, oldest first, in a steady trickle of at most a
+        quarter of a batch's size per batch (devices first seen together, as at start-up, are spread
+        out rather than written in one burst)."""
+        pipeline, encode = self.pipeline, self.values.encode
         dirty = pipeline.take_dirty()
         every_s = self.settings.ingest.state_checkpoint_s
-        now_states: dict[str, bytes] = {}
         if every_s <= 0:
-            for device_id in dirty:
-                encoded = pipeline.encode(device_id)
-                if encoded is not None:
-                    now_states[device_id] = encoded
-            return now_states
-        alerting = {device_id for device_id, _ in keys}
+            return {device_id: encode(device_id, pipeline) for device_id in (dirty | engaged if engaged else dirty)}
+        values: dict[str, bytes | None] = {}
+        for device_id in engaged:
+            values[device_id] = encode(device_id, pipeline)
+            self.unsaved.pop(device_id, None)
         for device_id in dirty:
-            if device_id in alerting:
-                encoded = pipeline.encode(device_id)
-                if encoded is not None:
-                    now_states[device_id] = encoded
-                self.unsaved.pop(device_id, None)
-            elif device_id not in self.unsaved:
+            if device_id not in engaged and device_id not in self.unsaved:
                 self.unsaved[device_id] = now
         due = list(self.unsaved) if flush else []
         if not flush:
@@ -418,20 +412,8 @@ class EmbeddedRunner:
                 due.append(device_id)
         for device_id in due:
             del self.unsaved[device_id]
-            encoded = pipeline.encode(device_id)
-            if encoded is not None:
-                now_states[device_id] = encoded
-        return now_states
-
-    def _touched_keys(self) -> dict[tuple[str, str], KeyState | None]:
-        """Streaks and flap history that changed, without the alert itself (stored in `alerts`)."""
-        keys: dict[tuple[str, str], KeyState | None] = {}
-        for key in self.engine.take_touched():
-            state = self.engine.export_key(key)
-            if state is not None:
-                state = KeyState(pending=state.pending, clearing=state.clearing, cycles=state.cycles)
-            keys[key] = state if state is not None and (state.pending or state.clearing or state.cycles) else None
-        return keys
+            values[device_id] = encode(device_id, pipeline)
+        return values
 
     def _published(self, out: Output) -> None:
         if out.transitions or out.incident_transitions:

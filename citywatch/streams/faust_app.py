@@ -12,9 +12,10 @@ dead letters to the SQLite alert store + webhook outbox, delivers webhooks, writ
 points to InfluxDB and serves the ack/resolve API (faust_sink.py). `all` is both in one process.
 
 State: one Table (`devices`, changelog-backed; `kafka.table_store`: RocksDB on the worker's disk, so a
-restart replays only the changelog's tail, or memory) holds one record per device: its
-detector state and its alert-engine state (open alert, hold/clear streaks, flap history), so a
-successor never gets one without the other. Records are written under the device's own partition
+restart replays only the changelog's tail, or memory) holds one value per device: its
+record and its alert-engine state (open alert, hold/clear streaks, flap history), so a successor
+never gets one without the other (streams/device_value.py: the bytes the embedded runner stores,
+there without the alert). Records are written under the device's own partition
 (`DeviceTable.partition_for_key` uses Kafka's default partitioner, as the bridge does), also from
 the timer. A worker keeps a working set (a Pipeline and AlertEngine over dicts, exactly as the
 embedded runner) for the partitions it owns, rebuilt from the Table after every rebalance.
@@ -67,7 +68,7 @@ from citywatch.metrics import (
     counter,
     serve_metrics,
 )
-from citywatch.model import DeadLetter, KeyState, Output, Transition
+from citywatch.model import DeadLetter, Output, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.streams.bridge import (
     ACTION_HEADER,
@@ -75,6 +76,7 @@ from citywatch.streams.bridge import (
     ensure_topics,
     partition_for,
 )
+from citywatch.streams.device_value import DeviceValues
 from citywatch.streams.faust_sink import TransitionSink
 from citywatch.streams.kafka_auth import client_options, faust_credentials
 from citywatch.streams.kafka_bulk import BulkConsumer, ChangelogWriter, Records, Write
@@ -87,17 +89,6 @@ ROLES = ("all", "process", "sink")
 SINK_BATCH = 500
 
 
-class DeviceRecord(msgspec.Struct, kw_only=True):
-    """What the `devices` Table holds per device: the pipeline's device record in its stored form
-    (detectors/record.py, the same bytes the embedded runner stores; a dict in stored format 1)
-    and alert-engine state."""
-
-    state: bytes | dict[str, Any] = b""
-    alerts: dict[str, KeyState] = {}
-
-
-encode_record = msgspec.msgpack.Encoder().encode
-decode_record = msgspec.msgpack.Decoder(DeviceRecord).decode
 encode_transition = msgspec.json.Encoder().encode
 decode_transition = msgspec.json.Decoder(Transition).decode
 encode_dead_letter = msgspec.msgpack.Encoder().encode
@@ -178,7 +169,7 @@ class WorkerCore:
         self.counters: Counter[str] = Counter()
         self.tally = TransitionTally()  # transitions by kind, open offline alerts (metrics.py)
         self._pipeline: Pipeline | None = None
-        self._rules_of: dict[str, set[str]] = {}  # device -> rules with engine state
+        self._values = DeviceValues(keep_alert=True)  # which rules of a device hold engine state
 
     def assign(self, owned: set[int] | None) -> None:
         """The partitions changed: rebuild from the Table before the next event or tick."""
@@ -202,25 +193,16 @@ class WorkerCore:
     def _rebuild(self) -> None:
         started = time.perf_counter()
         engine = AlertEngine(self.settings.alerts, track_keys=True)
-        states: dict[str, Any] = {}  # device -> its record in stored form (the Pipeline decodes it)
-        rules_of: dict[str, set[str]] = {}
-        for key, raw in list(self.table.items()):
-            if not self.owns(key):
-                continue  # standby copies and partitions that moved away
-            record = decode_record(raw)
-            device_id = key.decode()
-            if record.state:
-                states[device_id] = record.state
-            for rule, key_state in record.alerts.items():
-                engine.restore_key((device_id, rule), key_state)
-            if record.alerts:
-                rules_of[device_id] = set(record.alerts)
+        values = DeviceValues(keep_alert=True)
+        owned = [(key.decode(), raw) for key, raw in list(self.table.items())
+                 if self.owns(key)]  # not standby copies, nor partitions that moved away
+        states = values.load(owned, engine)  # device -> its record in stored form (the Pipeline decodes it)
         old = self._pipeline
         self._pipeline = Pipeline(self.settings, self.devices, engine, states, started_at=self.clock(),
                                   rules=self.rules)
         if old is not None:
             self._pipeline.counters = old.counters
-        self._rules_of = rules_of
+        self._values = values
         self.tally.reseed(engine.by_id.values())
         self.stale = False
         self.rebuilds += 1
@@ -278,31 +260,12 @@ class WorkerCore:
         return len(writes)
 
     def take_writes(self) -> list[Write]:
-        """The record of every device whose state changed since the last call (None: delete it)."""
+        """The value of every device whose state changed since the last call (None: delete it)."""
         pipeline = self.pipeline
         engine = pipeline.alerts
         engine.take_dirty()  # the sink stores alerts from the transitions themselves
-        changed = set(pipeline.take_dirty())
-        for device_id, rule in engine.take_touched():
-            self._rules_of.setdefault(device_id, set()).add(rule)
-            changed.add(device_id)
-        return [self._record(device_id, pipeline, engine) for device_id in changed]
-
-    def _record(self, device_id: str, pipeline: Pipeline, engine: AlertEngine) -> Write:
-        alerts = {}
-        for rule in self._rules_of.get(device_id, ()):
-            key_state = engine.export_key((device_id, rule))
-            if key_state is not None:
-                alerts[rule] = key_state
-        if alerts:
-            self._rules_of[device_id] = set(alerts)
-        else:
-            self._rules_of.pop(device_id, None)
-        state = pipeline.encode(device_id)
-        key = device_id.encode()
-        if state is not None or alerts:
-            return key, encode_record(DeviceRecord(state=state or b"", alerts=alerts))
-        return key, None
+        changed = pipeline.take_dirty() | self._values.touched(engine)
+        return [(device_id.encode(), self._values.encode(device_id, pipeline)) for device_id in changed]
 
 
 # -- the Faust app -----------------------------------------------------------------------------------
