@@ -32,7 +32,8 @@ def test_the_demo_shows_incidents_dispatch_verification_and_a_silence(tmp_path: 
         # breaks the night limits, a second noise rule on the same monitors, equally silenced
         works = conn.execute("SELECT COUNT(DISTINCT device_id) FROM alerts WHERE device_id LIKE 'demo-works-%'"
                              ).fetchone()[0]
-        work_rules = {r for (r,) in conn.execute("SELECT DISTINCT rule FROM alerts WHERE device_id LIKE 'demo-works-%'")}
+        work_rules = {r for (r,) in conn.execute(
+            "SELECT DISTINCT rule FROM alerts WHERE device_id LIKE 'demo-works-%'")}
     finally:
         conn.close()
     assert sent == 0 and works == 4  # stored and visible, never paged
