@@ -95,6 +95,9 @@ class IngestSettings(Section):
     flood_dead_letters_per_min: int = Field(60, ge=1)
     batch_size: int = Field(1000, ge=1)
     state_checkpoint_s: float = Field(0.0, ge=0)
+    # At a stop, devices' learning not yet checkpointed is written oldest first for at most this long
+    # (then the rest is forgotten, as after a crash): keep it below the supervisor's stop timeout.
+    stop_flush_s: float = Field(20.0, ge=0)
     # Readings stamped earlier are dead-lettered (bad_timestamp): InfluxDB's time starts in 1677.
     min_timestamp: datetime = datetime(2000, 1, 1, tzinfo=UTC)
 

@@ -214,3 +214,28 @@ def test_state_checkpoint_writes_alerting_devices_at_once_and_the_rest_later(
     finally:
         run.stop()  # a graceful stop writes everything still waiting
     assert stored_states(settings.data_dir)[water.id]["count"] == 2
+
+
+def test_a_stop_writes_waiting_state_only_within_stop_flush_s(
+    tmp_path: Path, mosquitto: MosquittoServer, receiver: WebhookReceiver
+) -> None:
+    """ingest.stop_flush_s bounds what a stop spends writing learning not yet checkpointed (1M devices:
+    minutes, past any supervisor's stop timeout). At 0 nothing waiting is written: the devices resume
+    from their last checkpoint, as after a crash, and the readings count stays exact."""
+    settings = settings_for(tmp_path, mosquitto, receiver,
+                            ingest={"state_checkpoint_s": 3600, "stop_flush_s": 0})
+    register(settings.data_dir, DEVICES)
+    noise, water = DEVICES[1], DEVICES[2]
+    run = RunnerThread(settings).start()
+    try:
+        t = time.time() - 5
+        publish_all(mosquitto, [msg(noise, t, 1, **NORMAL["noise"]), msg(water, t, 1, **NORMAL["water"])])
+        wait_until(lambda: settled(run, 2))
+    finally:
+        run.stop()
+    assert stored_states(settings.data_dir) == {}
+    store = AlertStore(store_path(settings.data_dir))
+    try:
+        assert store.counters()["readings"] == 2
+    finally:
+        store.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import sqlite3
 import time
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[Output], None]
 STORAGE_RETRY_MAX_S = 5.0
+STOP_FLUSH_CHUNK = 20_000  # device values a transaction when flushing at a stop (about 1 s each, compiled)
 OFFLINE_CHECKS_BEHIND_S = 60.0  # a backlog this old delays offline detection enough to say so in /ready
 TASK_NAMES = {"consume": "the consume loop", "webhooks": "the webhook delivery task",
               "collector": "the MQTT collector supervision"}
@@ -219,8 +221,7 @@ class EmbeddedRunner:
         if self.fatal is None:
             try:
                 await self._drain(handoff, stop)
-                if self.unsaved and self.storage_error is None:
-                    await self._store_until_written(Output(), stop, flush_states=True)
+                await self._flush_unsaved(stop)
             except StorageError as exc:  # met while draining: still one clear line, still non-zero
                 self.fatal = str(exc) if str(exc).startswith("fatal: ") else f"fatal: {exc}"
                 log.critical("%s", self.fatal)
@@ -238,6 +239,19 @@ class EmbeddedRunner:
             await asyncio.to_thread(self.influx.close)
         if self.broker is not None:
             await self.broker.shutdown()
+
+    async def _flush_unsaved(self, stop: asyncio.Event) -> None:
+        """Write the learning not yet checkpointed, oldest first, in bounded transactions, for at most
+        ingest.stop_flush_s: a stop must finish within the supervisor's timeout, and what is left is
+        what a crash would forget (never a message, an alert or a webhook)."""
+        deadline = time.monotonic() + self.settings.ingest.stop_flush_s
+        while self.unsaved and self.storage_error is None and time.monotonic() < deadline:
+            await self._store_until_written(Output(), stop, flush_states=True)
+        if self.unsaved:
+            log.warning("stopping with %d devices' learning of the last %g s or less not written "
+                        "(ingest.stop_flush_s %g s): as after a crash, they resume from their last checkpoint",
+                        len(self.unsaved), self.settings.ingest.state_checkpoint_s,
+                        self.settings.ingest.stop_flush_s)
 
     async def _start_api(self) -> Any:
         """The API's runner; None when disabled; False when it cannot listen (fatal, logged)."""
@@ -403,7 +417,7 @@ class EmbeddedRunner:
         for device_id in dirty:
             if device_id not in engaged and device_id not in self.unsaved:
                 self.unsaved[device_id] = now
-        due = list(self.unsaved) if flush else []
+        due = list(itertools.islice(self.unsaved, STOP_FLUSH_CHUNK)) if flush else []
         if not flush:
             budget = max(64, self.settings.ingest.batch_size // 4)
             for device_id, since in self.unsaved.items():  # oldest first
