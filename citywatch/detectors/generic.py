@@ -1,6 +1,11 @@
 """The generic detector for a single numeric series (replay with no kind): one fixed set of
 parameters for any series, online, no look-ahead, O(1) time and state per row.
 
+A series whose first `counts` rows are all whole numbers >= 0 (counts: messages, vehicles,
+events) is read through the Anscombe transform 2 * sqrt(x + 3/8) from then on, its models started
+afresh: a count's spread grows with its level (Poisson), so a busy hour's ordinary swing would
+otherwise look like a quiet hour's anomaly; the square root makes the spread about 1 at any level.
+
 First the value is deseasonalised: r = value - level - season, the season a per-hour-of-day offset
 (24 buckets, weekdays and weekends apart, UTC, read and learned linearly interpolated between the
 two nearest bucket centres; a bucket never seen starts from the other day type's) learned at
@@ -35,10 +40,11 @@ then adopted). is_alert is exactly anomaly_score >= 0.5: one global threshold of
 reproduces the decisions, and a lower one trades more false alarms for earlier or more
 detections. Scores are 0 during the first `warmup` rows (not judged).
 
-State: 24 numbers and 48 season buckets and, until the sampling interval is known, the first 50
+State: 25 numbers and 48 season buckets and, until the sampling interval is known, the first 50
 timestamp spacings (about 1 KiB of msgpack); `to_state()` is plain data and `from_state`
-continues exactly (a state of the previous 23-number format is taken over: what both formats
-share is kept, the rest starts afresh). Pure Python floats, one flat state list unpacked and
+continues exactly. A state of an earlier format is taken over: the 24-number one (before counts
+were told apart) keeps reading raw values, so nothing it learned is lost; the 23-number one
+(before issue 20's second round) keeps what both formats share, the rest starts afresh. Pure Python floats, one flat state list unpacked and
 repacked per row, the long-run sds refreshed every 8 rows (the speed: about 100,000 rows/s
 in-process on one core).
 """
@@ -61,18 +67,26 @@ _LIMIT = 1e150  # larger values are skipped like non-finite ones (no sensor read
 # the bar after an alert; press: the alarm pressure; since: rows since the last alert (counted up
 # to `follow`); g_row: the season's learning rate per row (0 while unknown, or off).
 _NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sg", "raised", "g_row", "a_lvl",
-          "press", "mu0", "mu1", "mu2", "mu3", "mu4", "var0", "var1", "var2", "var3", "var4")
-_INTS = ("n", "since")
+          "press", "mu0", "mu1", "mu2", "mu3", "mu4", "var0", "var1", "var2", "var3", "var4", "cnt")
+_INTS = ("n", "since", "cnt")
+# cnt: 0 while the first rows are all counts (undecided), 1 a count series (read through the
+# Anscombe transform), -1 not (raw values)
+_CNT = _NAMES.index("cnt")
+# the format before counts were told apart (24 numbers): the same less `cnt`, taken over as raw
+_V2_NAMES = _NAMES[:_CNT]
 # the previous format (23 numbers, before issue 20): taken over by `_adopt`
 _OLD_NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sm2", "raised", "g_row", "a_lvl",
               "mu0", "mu1", "mu2", "mu3", "mu5", "var0", "var1", "var2", "var3", "var5")
 
 
 def _adopt(old: Mapping[str, Any]) -> list[Any]:
-    """A state list in this format from a mapping of names that may lack the new ones (the
-    previous format): shared numbers kept, new ones 0; `m` and `prev` were raw values and are now
-    deseasonalised residuals (about 0)."""
+    """A state list in this format from a mapping of names that may lack the new ones (an earlier
+    format): shared numbers kept, new ones 0; a state without `cnt` learned on raw values and goes
+    on with them; in the 23-number format `m` and `prev` were raw values and are now deseasonalised
+    residuals (about 0)."""
     out: list[Any] = [int(old.get(k, 0)) if k in _INTS else float(old.get(k, 0.0)) for k in _NAMES]
+    if "cnt" not in old:
+        out[_CNT] = -1
     if "sg" not in old:
         out[_NAMES.index("m")] = out[_NAMES.index("prev")] = 0.0
         # the signed stream was not there: a prior for |smoothed z| on noise (mean 0.25, sd 0.2),
@@ -93,7 +107,7 @@ class GenericDetector:
                  a_ctx_dev: float = 0.003, a_smooth: float = 0.1, a_long: float = 0.001, cap: float = 10.0,
                  clip: float = 3.0, threshold: float = 4.5, warmup: int = 150, raise_k: float = 2.0,
                  halflife: float = 200.0, follow: int = 30, level_days: float = 3.0, a_sign: float = 0.1,
-                 press_k: float = 0.5, press_halflife: float = 1000.0) -> None:
+                 press_k: float = 0.5, press_halflife: float = 1000.0, counts: int = 50) -> None:
         self.a_fast, self.a_dev, self.a_level, self.gamma = a_fast, a_dev, a_level, gamma
         self.a_ctx_dev, self.a_smooth, self.a_long = a_ctx_dev, a_smooth, a_long
         self.cap, self.clip, self.threshold, self.warmup, self.raise_k = cap, clip, threshold, warmup, raise_k
@@ -101,6 +115,7 @@ class GenericDetector:
         self.follow = follow
         self.level_days = level_days
         self.a_sign, self.press_k, self.press_decay = a_sign, press_k, 0.5 ** (1.0 / press_halflife)
+        self.counts = counts  # rows that decide whether the series is counts (0: never)
         # the parameters the hot path reads, in one tuple (one attribute load per row)
         self.params = (a_fast, a_dev, a_level, a_ctx_dev, a_smooth, a_long, cap, clip, threshold, warmup, raise_k,
                        self.decay, follow, a_sign, press_k, self.press_decay)
@@ -110,6 +125,7 @@ class GenericDetector:
         self.s: list[Any] = [0.0] * len(_NAMES)
         self.s[0], self.s[1] = 0, self.follow
         self.s[_NAMES.index("a_lvl")] = self.a_level
+        self.s[_CNT] = 0 if self.counts else -1
         self.isd = [1.0 / _SD_FLOOR] * 5  # 1 / each stream's long-run sd (derived from var*)
         self.season: list[float | None] = [None] * (2 * BUCKETS)  # None: never seen
         self.gaps: list[float] | None = []  # the first timestamp spacings; None once decided
@@ -126,7 +142,10 @@ class GenericDetector:
         if ts is not None and ts - ts != 0.0:
             ts = None
         (n, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl,
-         press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4) = self.s
+         press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt) = self.s
+        raw = x
+        if cnt > 0:  # a count series: its Anscombe transform (spread about 1 at any level)
+            x = 2.0 * math.sqrt(x + 0.375) if x >= 0.0 else -2.0 * math.sqrt(0.375 - x)
         (a_fast, a_dev, a_level, a_ctx_dev, a, a_long, cap, clip, threshold, warmup, raise_k, decay,
          follow, a_sign, press_k, press_decay) = self.params
         sqrt = math.sqrt
@@ -256,10 +275,26 @@ class GenericDetector:
             al = a_ctx_dev if n * a_ctx_dev > 1.0 else 1.0 / n
             cdev += al * ((r if r > 0 else -r) - cdev)
         self.s = [n + 1, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl,
-                  press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4]
+                  press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt]
         if self.gaps is not None and ts is not None:
             self._time(ts)
+        if cnt == 0:
+            self._counts(raw, n + 1)
         return alert, score
+
+    def _counts(self, x: float, rows: int) -> None:
+        """Whether the series is counts: after `counts` whole numbers >= 0 it is, and its models
+        start afresh on the transformed values (the season's rate, once known, is kept); any
+        other value first and it is not."""
+        if x < 0.0 or x != math.floor(x):
+            self.s[_CNT] = -1
+        elif rows >= self.counts:
+            rates = self.s[_NAMES.index("g_row")], self.s[_NAMES.index("a_lvl")]
+            gaps, last_ts = self.gaps, self.last_ts
+            self.reset()
+            self.s[_NAMES.index("g_row")], self.s[_NAMES.index("a_lvl")] = rates
+            self.gaps, self.last_ts = gaps, last_ts
+            self.s[_CNT] = 1
 
     def _time(self, ts: float) -> None:
         """The season's rate from the median spacing of the first 50 timestamps."""
@@ -316,9 +351,11 @@ class GenericDetector:
         """Work on a state `packed` made (its lists are used in place; `packed()` again after
         processing, since the state list is replaced on every row)."""
         self.s, self.isd, self.season = packed["s"], packed["i"], packed["season"]
-        if len(self.s) != len(_NAMES):  # the previous format
+        if len(self.s) == len(_V2_NAMES):  # before counts were told apart: raw values go on
+            self.s = [*self.s, -1]
+        elif len(self.s) != len(_NAMES):  # the 23-number format
             self.s = _adopt(dict(zip(_OLD_NAMES, self.s, strict=True)))
-            self.isd = [_inverse_sd(v) for v in self.s[_NAMES.index("var0"):]]
+            self.isd = [_inverse_sd(v) for v in self.s[_NAMES.index("var0"):_CNT]]
         self.gaps, self.last_ts = packed["gaps"], packed["t"]
         return self
 
@@ -328,7 +365,7 @@ class GenericDetector:
         detector.s = _adopt(state)
         isd = state.get("isd")  # refreshed every 8 rows: kept, not derived (older states lack it)
         detector.isd = ([float(v) for v in isd] if isd is not None and len(isd) == 5 else
-                        [_inverse_sd(v) for v in detector.s[_NAMES.index("var0"):]])
+                        [_inverse_sd(v) for v in detector.s[_NAMES.index("var0"):_CNT]])
         detector.season = [None if v is None else float(v) for v in state["season"]]
         if len(detector.season) != 2 * BUCKETS:
             raise ValueError("generic detector state of another shape")
