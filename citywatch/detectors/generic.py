@@ -44,9 +44,9 @@ State: 25 numbers and 48 season buckets and, until the sampling interval is know
 timestamp spacings (about 1 KiB of msgpack); `to_state()` is plain data and `from_state`
 continues exactly. A state of an earlier format is taken over: the 24-number one (before counts
 were told apart) keeps reading raw values, so nothing it learned is lost; the 23-number one
-(before issue 20's second round) keeps what both formats share, the rest starts afresh. Pure Python floats, one flat state list unpacked and
-repacked per row, the long-run sds refreshed every 8 rows (the speed: about 100,000 rows/s
-in-process on one core).
+(before issue 20's second round) keeps what both formats share, the rest starts afresh. Pure
+Python floats, one flat state list unpacked and repacked per row, the long-run sds refreshed
+every 8 rows (the speed: about 100,000 rows/s in-process on one core).
 """
 
 from __future__ import annotations
