@@ -253,3 +253,15 @@ def test_a_state_of_the_current_release_is_taken_over() -> None:
         assert taken.to_state()["cnt"] == -1
         assert [taken.process(v, t) for t, v in zip(ts[2000:], values[2000:], strict=True)] == expected
     assert [fresh.process(v, t) for t, v in zip(ts, values, strict=True)][2000:] != expected
+
+
+def test_a_stuck_value_is_caught_though_no_value_stands_out() -> None:
+    """The feed repeats its mean for 60 rows: no |z| is large, but the smoothed local surprise
+    falls far below its usual (read both ways); without that reading it goes unseen."""
+    rng = random.Random(1)
+    values = [round(20 + rng.gauss(0, 3.7), 2) for _ in range(3000)]
+    for i in range(2000, 2060):
+        values[i] = 20.0
+    detector = GenericDetector()
+    alerts = [i for i, v in enumerate(values) if detector.process(v, T0 + 60.0 * i)[0]]
+    assert alerts and 2000 < alerts[0] < 2030 and len(alerts) <= 2

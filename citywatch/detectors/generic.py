@@ -20,10 +20,11 @@ the row (updates are Huber-clipped at `clip` spreads, so an outlier barely teach
   context     r itself against its slow EW mean absolute deviation: a value normal in itself but
               not at this time of day (a flat day, a busy night)
 Each raw |z| is capped at `cap` and square-rooted (heavy tails weigh less); local is also read
-EW-smoothed over about 10 rows (a variance change, denser spikes), and the signed context z is
-smoothed over about 10 rows (`a_sign`): a sustained small shift in one direction, which unsigned
-surprises blur. Five streams at two time scales (an unsigned smoothed context stream added
-nothing once the signed one was there, and was dropped).
+EW-smoothed over about 10 rows, both ways (above its usual: a variance change, denser spikes;
+below it: a stuck value, a dead feed resting at a floor, a signal gone flat, which no |z| sees),
+and the signed context z is smoothed over about 10 rows (`a_sign`): a sustained small shift in
+one direction, which unsigned surprises blur. Five streams at two time scales (an unsigned
+smoothed context stream added nothing once the signed one was there, and was dropped).
 
 Anomaly likelihood (after Numenta's AnomalyLikelihood): each stream is compared with its own
 long-run distribution (EW mean and variance, about 1,000 rows, updates clipped at `clip` standard
@@ -186,7 +187,8 @@ class GenericDetector:
         r4 = sg_new if sg_new > 0 else -sg_new
         # anomaly likelihood: each stream against its own long-run distribution
         i0, i1, i2, i3, i4 = self.isd
-        best = max((r0 - mu0) * i0, (r1 - mu1) * i1, (r2 - mu2) * i2, (r3 - mu3) * i3, (r4 - mu4) * i4)
+        best = max((r0 - mu0) * i0, (r1 - mu1) * i1, (r2 - mu2) * i2, (r3 - mu3) * i3, (r4 - mu4) * i4,
+                   (mu3 - r3) * i3)  # the smoothed local surprise too low: a stuck value, a dead feed
         score = 0.0
         if n >= warmup and best > 0.0:
             base = threshold + press_k * press
