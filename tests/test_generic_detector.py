@@ -182,7 +182,7 @@ def test_a_state_of_the_previous_format_is_taken_over() -> None:
     for t, v in zip(ts[:1000], values[:1000], strict=True):
         detector.process(v, t)
     new = detector.to_state()
-    old = {k: v for k, v in new.items() if k not in ("sg", "press", "mu4", "var4", "isd", "cnt")}
+    old = {k: v for k, v in new.items() if k not in ("sg", "press", "mu4", "var4", "isd", "cnt", "sm1", "mu5", "var5")}
     old.update(sm2=0.8, mu5=0.8, var5=0.1)
     old_names = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sm2", "raised", "g_row",
                  "a_lvl", "mu0", "mu1", "mu2", "mu3", "mu5", "var0", "var1", "var2", "var3", "var5")
@@ -237,22 +237,31 @@ def test_counts_are_read_through_their_square_root() -> None:
 
 
 def test_a_state_of_the_current_release_is_taken_over() -> None:
-    """The 24-number state stored before counts were told apart (by `to_state` or `packed`): it
-    learned raw values and goes on with them, exactly as that release would (`counts=0` here)."""
+    """The 24-number state stored by issue 20's second round (by `to_state` or `packed`): it
+    learned raw values and goes on with them (on a fresh start this count series would be read
+    through its square root), everything it learned is kept, and the smoothed step stream starts
+    from the smoothed local one's statistics: it decides as the detector that ran on does."""
     ts, values = poisson_day(12, 5)
-    before = GenericDetector(counts=0)  # the previous release's behaviour: no counts
+    ran_on = GenericDetector(counts=0)  # raw values from the start, as that release read them
     for t, v in zip(ts[:2000], values[:2000], strict=True):
-        before.process(v, t)
-    stored = {k: v for k, v in before.to_state().items() if k != "cnt"}
-    packed = {**before.packed(), "s": before.packed()["s"][:-1]}
-    packed = msgspec.msgpack.decode(msgspec.msgpack.encode(packed))
-    stored = msgspec.msgpack.decode(msgspec.msgpack.encode(stored))
-    expected = [before.process(v, t) for t, v in zip(ts[2000:], values[2000:], strict=True)]
-    fresh = GenericDetector()  # counts: on a fresh start this series would be read through sqrt
+        ran_on.process(v, t)
+    new = ran_on.to_state()
+    stored = {k: v for k, v in new.items() if k not in ("cnt", "sm1", "mu5", "var5")}
+    stored["isd"] = new["isd"][:5]
+    names = [k for k in new if k not in ("cnt", "sm1", "mu5", "var5", "isd", "season", "gaps", "last_ts")]
+    packed = {"s": [new[k] for k in names], "i": new["isd"][:5], "season": new["season"], "gaps": None,
+              "t": new["last_ts"]}
+    stored, packed = msgspec.msgpack.decode(msgspec.msgpack.encode((stored, packed)))
+    rows = list(zip(ts[2000:], values[2000:], strict=True))
+    rows[1000] = (rows[1000][0], rows[1000][1] + 60.0)  # a burst: over 10 sds
+    expected = [ran_on.process(v, t) for t, v in rows]
     for taken in (GenericDetector.from_state(stored), GenericDetector().unpack(packed)):
-        assert taken.to_state()["cnt"] == -1
-        assert [taken.process(v, t) for t, v in zip(ts[2000:], values[2000:], strict=True)] == expected
-    assert [fresh.process(v, t) for t, v in zip(ts, values, strict=True)][2000:] != expected
+        state = taken.to_state()
+        assert state["cnt"] == -1 and state["season"] == new["season"] and state["mu3"] == new["mu3"]
+        assert (state["sm1"], state["mu5"], state["var5"]) == (new["sm0"], new["mu3"], new["var3"])
+        got = [taken.process(v, t) for t, v in rows]
+        assert [a for a, _ in got] == [a for a, _ in expected] and expected[1000][0]
+        assert np.mean([abs(g - e) for (_, g), (_, e) in zip(got, expected, strict=True)]) < 0.01
 
 
 def test_a_stuck_value_is_caught_though_no_value_stands_out() -> None:
@@ -265,3 +274,19 @@ def test_a_stuck_value_is_caught_though_no_value_stands_out() -> None:
     detector = GenericDetector()
     alerts = [i for i, v in enumerate(values) if detector.process(v, T0 + 60.0 * i)[0]]
     assert alerts and 2000 < alerts[0] < 2030 and len(alerts) <= 2
+
+
+def test_a_value_that_stopped_moving_is_caught_at_once_in_correlated_noise() -> None:
+    """AR(0.9) noise stuck at its last value for 50 rows: the local mean follows the stuck value
+    and the local surprise fades slowly, but the smoothed step surprise falls below its usual
+    within a few rows (read below its usual only); nothing else alerts."""
+    for seed in range(5):
+        rng = random.Random(seed)
+        x, values = 0.0, []
+        for _ in range(3000):
+            x = 0.9 * x + rng.gauss(0, 1)
+            values.append(round(50 + x, 2))
+        values[2000:2050] = [values[2000]] * 50
+        detector = GenericDetector()
+        alerts = [i for i, v in enumerate(values) if detector.process(v, T0 + 10.0 * i)[0]]
+        assert len(alerts) == 1 and 2000 < alerts[0] <= 2010

@@ -22,9 +22,11 @@ the row (updates are Huber-clipped at `clip` spreads, so an outlier barely teach
 Each raw |z| is capped at `cap` and square-rooted (heavy tails weigh less); local is also read
 EW-smoothed over about 10 rows, both ways (above its usual: a variance change, denser spikes;
 below it: a stuck value, a dead feed resting at a floor, a signal gone flat, which no |z| sees),
-and the signed context z is smoothed over about 10 rows (`a_sign`): a sustained small shift in
-one direction, which unsigned surprises blur. Five streams at two time scales (an unsigned
-smoothed context stream added nothing once the signed one was there, and was dropped).
+the step surprise smoothed likewise and read below its usual only (a value that stopped moving;
+above, it added nothing), and the signed context z is smoothed over about 10 rows (`a_sign`): a
+sustained small shift in one direction, which unsigned surprises blur. Six streams, seven
+readings, at two time scales (an unsigned smoothed context stream added nothing once the signed
+one was there, and was dropped).
 
 Anomaly likelihood (after Numenta's AnomalyLikelihood): each stream is compared with its own
 long-run distribution (EW mean and variance, about 1,000 rows, updates clipped at `clip` standard
@@ -41,11 +43,12 @@ then adopted). is_alert is exactly anomaly_score >= 0.5: one global threshold of
 reproduces the decisions, and a lower one trades more false alarms for earlier or more
 detections. Scores are 0 during the first `warmup` rows (not judged).
 
-State: 25 numbers and 48 season buckets and, until the sampling interval is known, the first 50
+State: 28 numbers, 6 inverse sds and 48 season buckets and, until the sampling interval is known, the first 50
 timestamp spacings (about 1 KiB of msgpack); `to_state()` is plain data and `from_state`
-continues exactly. A state of an earlier format is taken over: the 24-number one (before counts
-were told apart) keeps reading raw values, so nothing it learned is lost; the 23-number one
-(before issue 20's second round) keeps what both formats share, the rest starts afresh. Pure
+continues exactly. A state of an earlier format is taken over: the 24-number one (issue 20's
+second round) keeps reading raw values, so nothing it learned is lost, and its smoothed step
+stream starts from the smoothed local one's statistics (alike on noise: no warm-up, no burst of
+alarms); the 23-number one (before that) keeps what the formats share, the rest starts afresh. Pure
 Python floats, one flat state list unpacked and repacked per row, the long-run sds refreshed
 every 8 rows (the speed: about 100,000 rows/s in-process on one core).
 """
@@ -68,10 +71,11 @@ _LIMIT = 1e150  # larger values are skipped like non-finite ones (no sensor read
 # the bar after an alert; press: the alarm pressure; since: rows since the last alert (counted up
 # to `follow`); g_row: the season's learning rate per row (0 while unknown, or off).
 _NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sg", "raised", "g_row", "a_lvl",
-          "press", "mu0", "mu1", "mu2", "mu3", "mu4", "var0", "var1", "var2", "var3", "var4", "cnt")
+          "press", "mu0", "mu1", "mu2", "mu3", "mu4", "var0", "var1", "var2", "var3", "var4", "cnt",
+          "sm1", "mu5", "var5")
 _INTS = ("n", "since", "cnt")
 # cnt: 0 while the first rows are all counts (undecided), 1 a count series (read through the
-# Anscombe transform), -1 not (raw values)
+# Anscombe transform), -1 not (raw values); sm1: the smoothed step surprise, mu5/var5 its long run
 _CNT = _NAMES.index("cnt")
 # the format before counts were told apart (24 numbers): the same less `cnt`, taken over as raw
 _V2_NAMES = _NAMES[:_CNT]
@@ -88,6 +92,9 @@ def _adopt(old: Mapping[str, Any]) -> list[Any]:
     out: list[Any] = [int(old.get(k, 0)) if k in _INTS else float(old.get(k, 0.0)) for k in _NAMES]
     if "cnt" not in old:
         out[_CNT] = -1
+    if "sm1" not in old:  # the smoothed step surprise starts from the smoothed local one (alike on noise)
+        for new, like in (("sm1", "sm0"), ("mu5", "mu3"), ("var5", "var3")):
+            out[_NAMES.index(new)] = out[_NAMES.index(like)]
     if "sg" not in old:
         out[_NAMES.index("m")] = out[_NAMES.index("prev")] = 0.0
         # the signed stream was not there: a prior for |smoothed z| on noise (mean 0.25, sd 0.2),
@@ -98,6 +105,12 @@ def _adopt(old: Mapping[str, Any]) -> list[Any]:
 
 def _inverse_sd(var: float) -> float:
     return 1.0 / math.sqrt(var) if var > _SD_FLOOR * _SD_FLOOR else 1.0 / _SD_FLOOR
+
+
+def _inverse_sds(s: list[Any]) -> list[float]:
+    """1 / each stream's long-run sd from a state list (var0..var4, var5)."""
+    first = _NAMES.index("var0")
+    return [_inverse_sd(v) for v in (*s[first:first + 5], s[_NAMES.index("var5")])]
 
 
 class GenericDetector:
@@ -127,7 +140,7 @@ class GenericDetector:
         self.s[0], self.s[1] = 0, self.follow
         self.s[_NAMES.index("a_lvl")] = self.a_level
         self.s[_CNT] = 0 if self.counts else -1
-        self.isd = [1.0 / _SD_FLOOR] * 5  # 1 / each stream's long-run sd (derived from var*)
+        self.isd = [1.0 / _SD_FLOOR] * 6  # 1 / each stream's long-run sd (derived from var*)
         self.season: list[float | None] = [None] * (2 * BUCKETS)  # None: never seen
         self.gaps: list[float] | None = []  # the first timestamp spacings; None once decided
         self.last_ts: float | None = None
@@ -143,7 +156,7 @@ class GenericDetector:
         if ts is not None and ts - ts != 0.0:
             ts = None
         (n, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl,
-         press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt) = self.s
+         press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5) = self.s
         raw = x
         if cnt > 0:  # a count series: its Anscombe transform (spread about 1 at any level)
             x = 2.0 * math.sqrt(x + 0.375) if x >= 0.0 else -2.0 * math.sqrt(0.375 - x)
@@ -181,14 +194,32 @@ class GenericDetector:
         z = (r if r > 0 else -r) / (cdev if cdev > eps else eps)
         r2 = sqrt(z if z < cap else cap)
         r3 = sm0 + a * (r0 - sm0)
+        r5 = sm1 + a * (r1 - sm1)
         zs = r / (cdev if cdev > eps else eps)
         zs = cap if zs > cap else -cap if zs < -cap else zs
         sg_new = sg + a_sign * (zs - sg)  # the signed context residual, smoothed: a sustained shift
         r4 = sg_new if sg_new > 0 else -sg_new
         # anomaly likelihood: each stream against its own long-run distribution
-        i0, i1, i2, i3, i4 = self.isd
-        best = max((r0 - mu0) * i0, (r1 - mu1) * i1, (r2 - mu2) * i2, (r3 - mu3) * i3, (r4 - mu4) * i4,
-                   (mu3 - r3) * i3)  # the smoothed local surprise too low: a stuck value, a dead feed
+        i0, i1, i2, i3, i4, i5 = self.isd
+        # the largest deviation (compared inline: max() of seven floats costs a generic call)
+        best = (r0 - mu0) * i0
+        z = (r1 - mu1) * i1
+        if z > best:
+            best = z
+        z = (r2 - mu2) * i2
+        if z > best:
+            best = z
+        z = (r3 - mu3) * i3
+        if z > best:
+            best = z
+        if -z > best:  # the smoothed local surprise far below its usual: a stuck value, a dead feed
+            best = -z
+        z = (r4 - mu4) * i4
+        if z > best:
+            best = z
+        z = (mu5 - r5) * i5  # the smoothed step surprise far below its usual: a value that stopped moving
+        if z > best:
+            best = z
         score = 0.0
         if n >= warmup and best > 0.0:
             base = threshold + press_k * press
@@ -232,6 +263,10 @@ class GenericDetector:
             else:
                 sm0 = r3
             sg = sg_new
+            sm1 = r5
+            e = r5 - mu5
+            mu5 += al * e
+            var5 = keep * (var5 + al * e * e)
             e = r0 - mu0
             mu0 += al * e
             var0 = keep * (var0 + al * e * e)
@@ -251,7 +286,7 @@ class GenericDetector:
                 f2, fi = _SD_FLOOR * _SD_FLOOR, 1.0 / _SD_FLOOR
                 self.isd = [1.0 / sqrt(var0) if var0 > f2 else fi, 1.0 / sqrt(var1) if var1 > f2 else fi,
                             1.0 / sqrt(var2) if var2 > f2 else fi, 1.0 / sqrt(var3) if var3 > f2 else fi,
-                            1.0 / sqrt(var4) if var4 > f2 else fi]
+                            1.0 / sqrt(var4) if var4 > f2 else fi, 1.0 / sqrt(var5) if var5 > f2 else fi]
             # the value's models, Huber-clipped once warm
             warm = n >= _WARM
             ad = a_dev if n * a_dev > 1.0 else 1.0 / n
@@ -277,7 +312,7 @@ class GenericDetector:
             al = a_ctx_dev if n * a_ctx_dev > 1.0 else 1.0 / n
             cdev += al * ((r if r > 0 else -r) - cdev)
         self.s = [n + 1, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl,
-                  press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt]
+                  press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5]
         if self.gaps is not None and ts is not None:
             self._time(ts)
         if cnt == 0:
@@ -353,11 +388,10 @@ class GenericDetector:
         """Work on a state `packed` made (its lists are used in place; `packed()` again after
         processing, since the state list is replaced on every row)."""
         self.s, self.isd, self.season = packed["s"], packed["i"], packed["season"]
-        if len(self.s) == len(_V2_NAMES):  # before counts were told apart: raw values go on
-            self.s = [*self.s, -1]
-        elif len(self.s) != len(_NAMES):  # the 23-number format
-            self.s = _adopt(dict(zip(_OLD_NAMES, self.s, strict=True)))
-            self.isd = [_inverse_sd(v) for v in self.s[_NAMES.index("var0"):_CNT]]
+        if len(self.s) != len(_NAMES):  # an earlier format: 24 numbers (isd kept) or 23
+            v2 = len(self.s) == len(_V2_NAMES)
+            self.s = _adopt(dict(zip(_V2_NAMES if v2 else _OLD_NAMES, self.s, strict=True)))
+            self.isd = [*(self.isd if v2 else _inverse_sds(self.s)[:5]), _inverse_sds(self.s)[5]]
         self.gaps, self.last_ts = packed["gaps"], packed["t"]
         return self
 
@@ -366,8 +400,9 @@ class GenericDetector:
         detector = cls(**params)
         detector.s = _adopt(state)
         isd = state.get("isd")  # refreshed every 8 rows: kept, not derived (older states lack it)
-        detector.isd = ([float(v) for v in isd] if isd is not None and len(isd) == 5 else
-                        [_inverse_sd(v) for v in detector.s[_NAMES.index("var0"):_CNT]])
+        derived = _inverse_sds(detector.s)
+        detector.isd = ([float(v) for v in isd] if isd is not None and len(isd) == 6 else
+                        [*(float(v) for v in isd), derived[5]] if isd is not None and len(isd) == 5 else derived)
         detector.season = [None if v is None else float(v) for v in state["season"]]
         if len(detector.season) != 2 * BUCKETS:
             raise ValueError("generic detector state of another shape")
