@@ -182,7 +182,7 @@ def test_a_state_of_the_previous_format_is_taken_over() -> None:
     for t, v in zip(ts[:1000], values[:1000], strict=True):
         detector.process(v, t)
     new = detector.to_state()
-    old = {k: v for k, v in new.items() if k not in ("sg", "press", "mu4", "var4", "isd")}
+    old = {k: v for k, v in new.items() if k not in ("sg", "press", "mu4", "var4", "isd", "cnt", "sm1", "mu5", "var5")}
     old.update(sm2=0.8, mu5=0.8, var5=0.1)
     old_names = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sm2", "raised", "g_row",
                  "a_lvl", "mu0", "mu1", "mu2", "mu3", "mu5", "var0", "var1", "var2", "var3", "var5")
@@ -201,3 +201,92 @@ def test_a_state_of_the_previous_format_is_taken_over() -> None:
         assert abs(np.mean([sc for _, sc in scores[:500]]) - np.mean(continued[:500])) < 0.1
         assert sum(a for a, _ in scores[:500]) <= 1
         assert any(a for a, _ in scores[500:510])  # and a jump still alerts at once
+
+
+def poisson_day(days: int, seed: int, level: float = 20.0) -> tuple[list[float], list[float]]:
+    """Counts at 5-minute rows with a daily rhythm from level/5 to 1.8 level (spread sqrt(mean))."""
+    rng = np.random.default_rng(seed)
+    ts = [T0 + 300.0 * i for i in range(days * 288)]
+    means = [level * (1 + 0.8 * math.sin(2 * math.pi * (t % 86400) / 86400)) for t in ts]
+    return ts, [float(v) for v in rng.poisson(means)]
+
+
+def test_counts_are_read_through_their_square_root() -> None:
+    """A count's spread grows with its level: read raw, a busy hour's ordinary swing is a quiet
+    hour's anomaly; through the Anscombe transform (`counts`, the default) far fewer false alarms,
+    and a burst is still caught at once."""
+    false = {}
+    for counts in (50, 0):
+        n = 0
+        for seed in range(4):
+            ts, values = poisson_day(20, seed, level=3.0)  # 0.6 to 5.4 a row
+            detector = GenericDetector(counts=counts)
+            n += sum(detector.process(v, t)[0] for t, v in zip(ts, values, strict=True))
+        false[counts] = n
+    assert false[0] >= 6 and false[50] <= false[0] / 3
+    ts, values = poisson_day(20, 9, level=3.0)
+    values[4000] += 12.0  # about 7 sds at the daily mean
+    detector = GenericDetector()
+    alerts = [i for i, (t, v) in enumerate(zip(ts, values, strict=True)) if detector.process(v, t)[0]]
+    assert 4000 in alerts and detector.to_state()["cnt"] == 1
+    for first in (-1.0, 2.5):  # a value below 0 or not whole among the first rows: not counts
+        detector = GenericDetector()
+        for i, v in enumerate([first, *values[:100]]):
+            detector.process(v, ts[i])
+        assert detector.to_state()["cnt"] == -1 and detector.to_state()["n"] == 101
+
+
+def test_a_state_of_the_current_release_is_taken_over() -> None:
+    """The 24-number state stored by issue 20's second round (by `to_state` or `packed`): it
+    learned raw values and goes on with them (on a fresh start this count series would be read
+    through its square root), everything it learned is kept, and the smoothed step stream starts
+    from the smoothed local one's statistics: it decides as the detector that ran on does."""
+    ts, values = poisson_day(12, 5)
+    ran_on = GenericDetector(counts=0)  # raw values from the start, as that release read them
+    for t, v in zip(ts[:2000], values[:2000], strict=True):
+        ran_on.process(v, t)
+    new = ran_on.to_state()
+    stored = {k: v for k, v in new.items() if k not in ("cnt", "sm1", "mu5", "var5")}
+    stored["isd"] = new["isd"][:5]
+    names = [k for k in new if k not in ("cnt", "sm1", "mu5", "var5", "isd", "season", "gaps", "last_ts")]
+    packed = {"s": [new[k] for k in names], "i": new["isd"][:5], "season": new["season"], "gaps": None,
+              "t": new["last_ts"]}
+    stored, packed = msgspec.msgpack.decode(msgspec.msgpack.encode((stored, packed)))
+    rows = list(zip(ts[2000:], values[2000:], strict=True))
+    rows[1000] = (rows[1000][0], rows[1000][1] + 60.0)  # a burst: over 10 sds
+    expected = [ran_on.process(v, t) for t, v in rows]
+    for taken in (GenericDetector.from_state(stored), GenericDetector().unpack(packed)):
+        state = taken.to_state()
+        assert state["cnt"] == -1 and state["season"] == new["season"] and state["mu3"] == new["mu3"]
+        assert (state["sm1"], state["mu5"], state["var5"]) == (new["sm0"], new["mu3"], new["var3"])
+        got = [taken.process(v, t) for t, v in rows]
+        assert [a for a, _ in got] == [a for a, _ in expected] and expected[1000][0]
+        assert np.mean([abs(g - e) for (_, g), (_, e) in zip(got, expected, strict=True)]) < 0.01
+
+
+def test_a_stuck_value_is_caught_though_no_value_stands_out() -> None:
+    """The feed repeats its mean for 60 rows: no |z| is large, but the smoothed local surprise
+    falls far below its usual (read both ways); without that reading it goes unseen."""
+    rng = random.Random(1)
+    values = [round(20 + rng.gauss(0, 3.7), 2) for _ in range(3000)]
+    for i in range(2000, 2060):
+        values[i] = 20.0
+    detector = GenericDetector()
+    alerts = [i for i, v in enumerate(values) if detector.process(v, T0 + 60.0 * i)[0]]
+    assert alerts and 2000 < alerts[0] < 2030 and len(alerts) <= 2
+
+
+def test_a_value_that_stopped_moving_is_caught_at_once_in_correlated_noise() -> None:
+    """AR(0.9) noise stuck at its last value for 50 rows: the local mean follows the stuck value
+    and the local surprise fades slowly, but the smoothed step surprise falls below its usual
+    within a few rows (read below its usual only); nothing else alerts."""
+    for seed in range(5):
+        rng = random.Random(seed)
+        x, values = 0.0, []
+        for _ in range(3000):
+            x = 0.9 * x + rng.gauss(0, 1)
+            values.append(round(50 + x, 2))
+        values[2000:2050] = [values[2000]] * 50
+        detector = GenericDetector()
+        alerts = [i for i, v in enumerate(values) if detector.process(v, T0 + 10.0 * i)[0]]
+        assert len(alerts) == 1 and 2000 < alerts[0] <= 2010

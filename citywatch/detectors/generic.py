@@ -1,6 +1,11 @@
 """The generic detector for a single numeric series (replay with no kind): one fixed set of
 parameters for any series, online, no look-ahead, O(1) time and state per row.
 
+A series whose first `counts` rows are all whole numbers >= 0 (counts: messages, vehicles,
+events) is read through the Anscombe transform 2 * sqrt(x + 3/8) from then on, its models started
+afresh: a count's spread grows with its level (Poisson), so a busy hour's ordinary swing would
+otherwise look like a quiet hour's anomaly; the square root makes the spread about 1 at any level.
+
 First the value is deseasonalised: r = value - level - season, the season a per-hour-of-day offset
 (24 buckets, weekdays and weekends apart, UTC, read and learned linearly interpolated between the
 two nearest bucket centres; a bucket never seen starts from the other day type's) learned at
@@ -15,10 +20,13 @@ the row (updates are Huber-clipped at `clip` spreads, so an outlier barely teach
   context     r itself against its slow EW mean absolute deviation: a value normal in itself but
               not at this time of day (a flat day, a busy night)
 Each raw |z| is capped at `cap` and square-rooted (heavy tails weigh less); local is also read
-EW-smoothed over about 10 rows (a variance change, denser spikes), and the signed context z is
-smoothed over about 10 rows (`a_sign`): a sustained small shift in one direction, which unsigned
-surprises blur. Five streams at two time scales (an unsigned smoothed context stream added
-nothing once the signed one was there, and was dropped).
+EW-smoothed over about 10 rows, both ways (above its usual: a variance change, denser spikes;
+below it: a stuck value, a dead feed resting at a floor, a signal gone flat, which no |z| sees),
+the step surprise smoothed likewise and read below its usual only (a value that stopped moving;
+above, it added nothing), and the signed context z is smoothed over about 10 rows (`a_sign`): a
+sustained small shift in one direction, which unsigned surprises blur. Six streams, seven
+readings, at two time scales (an unsigned smoothed context stream added nothing once the signed
+one was there, and was dropped).
 
 Anomaly likelihood (after Numenta's AnomalyLikelihood): each stream is compared with its own
 long-run distribution (EW mean and variance, about 1,000 rows, updates clipped at `clip` standard
@@ -35,12 +43,14 @@ then adopted). is_alert is exactly anomaly_score >= 0.5: one global threshold of
 reproduces the decisions, and a lower one trades more false alarms for earlier or more
 detections. Scores are 0 during the first `warmup` rows (not judged).
 
-State: 24 numbers and 48 season buckets and, until the sampling interval is known, the first 50
+State: 28 numbers, 6 inverse sds and 48 season buckets and, until the sampling interval is known, the first 50
 timestamp spacings (about 1 KiB of msgpack); `to_state()` is plain data and `from_state`
-continues exactly (a state of the previous 23-number format is taken over: what both formats
-share is kept, the rest starts afresh). Pure Python floats, one flat state list unpacked and
-repacked per row, the long-run sds refreshed every 8 rows (the speed: about 100,000 rows/s
-in-process on one core).
+continues exactly. A state of an earlier format is taken over: the 24-number one (issue 20's
+second round) keeps reading raw values, so nothing it learned is lost, and its smoothed step
+stream starts from the smoothed local one's statistics (alike on noise: no warm-up, no burst of
+alarms); the 23-number one (before that) keeps what the formats share, the rest starts afresh. Pure
+Python floats, one flat state list unpacked and repacked per row, the long-run sds refreshed
+every 8 rows (the speed: about 100,000 rows/s in-process on one core).
 """
 
 from __future__ import annotations
@@ -61,18 +71,30 @@ _LIMIT = 1e150  # larger values are skipped like non-finite ones (no sensor read
 # the bar after an alert; press: the alarm pressure; since: rows since the last alert (counted up
 # to `follow`); g_row: the season's learning rate per row (0 while unknown, or off).
 _NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sg", "raised", "g_row", "a_lvl",
-          "press", "mu0", "mu1", "mu2", "mu3", "mu4", "var0", "var1", "var2", "var3", "var4")
-_INTS = ("n", "since")
+          "press", "mu0", "mu1", "mu2", "mu3", "mu4", "var0", "var1", "var2", "var3", "var4", "cnt",
+          "sm1", "mu5", "var5")
+_INTS = ("n", "since", "cnt")
+# cnt: 0 while the first rows are all counts (undecided), 1 a count series (read through the
+# Anscombe transform), -1 not (raw values); sm1: the smoothed step surprise, mu5/var5 its long run
+_CNT = _NAMES.index("cnt")
+# the format before counts were told apart (24 numbers): the same less `cnt`, taken over as raw
+_V2_NAMES = _NAMES[:_CNT]
 # the previous format (23 numbers, before issue 20): taken over by `_adopt`
 _OLD_NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sm2", "raised", "g_row", "a_lvl",
               "mu0", "mu1", "mu2", "mu3", "mu5", "var0", "var1", "var2", "var3", "var5")
 
 
 def _adopt(old: Mapping[str, Any]) -> list[Any]:
-    """A state list in this format from a mapping of names that may lack the new ones (the
-    previous format): shared numbers kept, new ones 0; `m` and `prev` were raw values and are now
-    deseasonalised residuals (about 0)."""
+    """A state list in this format from a mapping of names that may lack the new ones (an earlier
+    format): shared numbers kept, new ones 0; a state without `cnt` learned on raw values and goes
+    on with them; in the 23-number format `m` and `prev` were raw values and are now deseasonalised
+    residuals (about 0)."""
     out: list[Any] = [int(old.get(k, 0)) if k in _INTS else float(old.get(k, 0.0)) for k in _NAMES]
+    if "cnt" not in old:
+        out[_CNT] = -1
+    if "sm1" not in old:  # the smoothed step surprise starts from the smoothed local one (alike on noise)
+        for new, like in (("sm1", "sm0"), ("mu5", "mu3"), ("var5", "var3")):
+            out[_NAMES.index(new)] = out[_NAMES.index(like)]
     if "sg" not in old:
         out[_NAMES.index("m")] = out[_NAMES.index("prev")] = 0.0
         # the signed stream was not there: a prior for |smoothed z| on noise (mean 0.25, sd 0.2),
@@ -85,6 +107,12 @@ def _inverse_sd(var: float) -> float:
     return 1.0 / math.sqrt(var) if var > _SD_FLOOR * _SD_FLOOR else 1.0 / _SD_FLOOR
 
 
+def _inverse_sds(s: list[Any]) -> list[float]:
+    """1 / each stream's long-run sd from a state list (var0..var4, var5)."""
+    first = _NAMES.index("var0")
+    return [_inverse_sd(v) for v in (*s[first:first + 5], s[_NAMES.index("var5")])]
+
+
 class GenericDetector:
     """See the module docstring. `process(value, ts)` scores, decides and learns one row and
     returns (is_alert, anomaly_score); `score_one` / `learn_one` take {"value": x, "ts": t}."""
@@ -93,7 +121,7 @@ class GenericDetector:
                  a_ctx_dev: float = 0.003, a_smooth: float = 0.1, a_long: float = 0.001, cap: float = 10.0,
                  clip: float = 3.0, threshold: float = 4.5, warmup: int = 150, raise_k: float = 2.0,
                  halflife: float = 200.0, follow: int = 30, level_days: float = 3.0, a_sign: float = 0.1,
-                 press_k: float = 0.5, press_halflife: float = 1000.0) -> None:
+                 press_k: float = 0.5, press_halflife: float = 1000.0, counts: int = 50) -> None:
         self.a_fast, self.a_dev, self.a_level, self.gamma = a_fast, a_dev, a_level, gamma
         self.a_ctx_dev, self.a_smooth, self.a_long = a_ctx_dev, a_smooth, a_long
         self.cap, self.clip, self.threshold, self.warmup, self.raise_k = cap, clip, threshold, warmup, raise_k
@@ -101,6 +129,7 @@ class GenericDetector:
         self.follow = follow
         self.level_days = level_days
         self.a_sign, self.press_k, self.press_decay = a_sign, press_k, 0.5 ** (1.0 / press_halflife)
+        self.counts = counts  # rows that decide whether the series is counts (0: never)
         # the parameters the hot path reads, in one tuple (one attribute load per row)
         self.params = (a_fast, a_dev, a_level, a_ctx_dev, a_smooth, a_long, cap, clip, threshold, warmup, raise_k,
                        self.decay, follow, a_sign, press_k, self.press_decay)
@@ -110,7 +139,8 @@ class GenericDetector:
         self.s: list[Any] = [0.0] * len(_NAMES)
         self.s[0], self.s[1] = 0, self.follow
         self.s[_NAMES.index("a_lvl")] = self.a_level
-        self.isd = [1.0 / _SD_FLOOR] * 5  # 1 / each stream's long-run sd (derived from var*)
+        self.s[_CNT] = 0 if self.counts else -1
+        self.isd = [1.0 / _SD_FLOOR] * 6  # 1 / each stream's long-run sd (derived from var*)
         self.season: list[float | None] = [None] * (2 * BUCKETS)  # None: never seen
         self.gaps: list[float] | None = []  # the first timestamp spacings; None once decided
         self.last_ts: float | None = None
@@ -126,7 +156,10 @@ class GenericDetector:
         if ts is not None and ts - ts != 0.0:
             ts = None
         (n, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl,
-         press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4) = self.s
+         press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5) = self.s
+        raw = x
+        if cnt > 0:  # a count series: its Anscombe transform (spread about 1 at any level)
+            x = 2.0 * math.sqrt(x + 0.375) if x >= 0.0 else -2.0 * math.sqrt(0.375 - x)
         (a_fast, a_dev, a_level, a_ctx_dev, a, a_long, cap, clip, threshold, warmup, raise_k, decay,
          follow, a_sign, press_k, press_decay) = self.params
         sqrt = math.sqrt
@@ -161,13 +194,32 @@ class GenericDetector:
         z = (r if r > 0 else -r) / (cdev if cdev > eps else eps)
         r2 = sqrt(z if z < cap else cap)
         r3 = sm0 + a * (r0 - sm0)
+        r5 = sm1 + a * (r1 - sm1)
         zs = r / (cdev if cdev > eps else eps)
         zs = cap if zs > cap else -cap if zs < -cap else zs
         sg_new = sg + a_sign * (zs - sg)  # the signed context residual, smoothed: a sustained shift
         r4 = sg_new if sg_new > 0 else -sg_new
         # anomaly likelihood: each stream against its own long-run distribution
-        i0, i1, i2, i3, i4 = self.isd
-        best = max((r0 - mu0) * i0, (r1 - mu1) * i1, (r2 - mu2) * i2, (r3 - mu3) * i3, (r4 - mu4) * i4)
+        i0, i1, i2, i3, i4, i5 = self.isd
+        # the largest deviation (compared inline: max() of seven floats costs a generic call)
+        best = (r0 - mu0) * i0
+        z = (r1 - mu1) * i1
+        if z > best:
+            best = z
+        z = (r2 - mu2) * i2
+        if z > best:
+            best = z
+        z = (r3 - mu3) * i3
+        if z > best:
+            best = z
+        if -z > best:  # the smoothed local surprise far below its usual: a stuck value, a dead feed
+            best = -z
+        z = (r4 - mu4) * i4
+        if z > best:
+            best = z
+        z = (mu5 - r5) * i5  # the smoothed step surprise far below its usual: a value that stopped moving
+        if z > best:
+            best = z
         score = 0.0
         if n >= warmup and best > 0.0:
             base = threshold + press_k * press
@@ -211,6 +263,10 @@ class GenericDetector:
             else:
                 sm0 = r3
             sg = sg_new
+            sm1 = r5
+            e = r5 - mu5
+            mu5 += al * e
+            var5 = keep * (var5 + al * e * e)
             e = r0 - mu0
             mu0 += al * e
             var0 = keep * (var0 + al * e * e)
@@ -230,7 +286,7 @@ class GenericDetector:
                 f2, fi = _SD_FLOOR * _SD_FLOOR, 1.0 / _SD_FLOOR
                 self.isd = [1.0 / sqrt(var0) if var0 > f2 else fi, 1.0 / sqrt(var1) if var1 > f2 else fi,
                             1.0 / sqrt(var2) if var2 > f2 else fi, 1.0 / sqrt(var3) if var3 > f2 else fi,
-                            1.0 / sqrt(var4) if var4 > f2 else fi]
+                            1.0 / sqrt(var4) if var4 > f2 else fi, 1.0 / sqrt(var5) if var5 > f2 else fi]
             # the value's models, Huber-clipped once warm
             warm = n >= _WARM
             ad = a_dev if n * a_dev > 1.0 else 1.0 / n
@@ -256,10 +312,26 @@ class GenericDetector:
             al = a_ctx_dev if n * a_ctx_dev > 1.0 else 1.0 / n
             cdev += al * ((r if r > 0 else -r) - cdev)
         self.s = [n + 1, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl,
-                  press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4]
+                  press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5]
         if self.gaps is not None and ts is not None:
             self._time(ts)
+        if cnt == 0:
+            self._counts(raw, n + 1)
         return alert, score
+
+    def _counts(self, x: float, rows: int) -> None:
+        """Whether the series is counts: after `counts` whole numbers >= 0 it is, and its models
+        start afresh on the transformed values (the season's rate, once known, is kept); any
+        other value first and it is not."""
+        if x < 0.0 or x != math.floor(x):
+            self.s[_CNT] = -1
+        elif rows >= self.counts:
+            rates = self.s[_NAMES.index("g_row")], self.s[_NAMES.index("a_lvl")]
+            gaps, last_ts = self.gaps, self.last_ts
+            self.reset()
+            self.s[_NAMES.index("g_row")], self.s[_NAMES.index("a_lvl")] = rates
+            self.gaps, self.last_ts = gaps, last_ts
+            self.s[_CNT] = 1
 
     def _time(self, ts: float) -> None:
         """The season's rate from the median spacing of the first 50 timestamps."""
@@ -316,9 +388,10 @@ class GenericDetector:
         """Work on a state `packed` made (its lists are used in place; `packed()` again after
         processing, since the state list is replaced on every row)."""
         self.s, self.isd, self.season = packed["s"], packed["i"], packed["season"]
-        if len(self.s) != len(_NAMES):  # the previous format
-            self.s = _adopt(dict(zip(_OLD_NAMES, self.s, strict=True)))
-            self.isd = [_inverse_sd(v) for v in self.s[_NAMES.index("var0"):]]
+        if len(self.s) != len(_NAMES):  # an earlier format: 24 numbers (isd kept) or 23
+            v2 = len(self.s) == len(_V2_NAMES)
+            self.s = _adopt(dict(zip(_V2_NAMES if v2 else _OLD_NAMES, self.s, strict=True)))
+            self.isd = [*(self.isd if v2 else _inverse_sds(self.s)[:5]), _inverse_sds(self.s)[5]]
         self.gaps, self.last_ts = packed["gaps"], packed["t"]
         return self
 
@@ -327,8 +400,9 @@ class GenericDetector:
         detector = cls(**params)
         detector.s = _adopt(state)
         isd = state.get("isd")  # refreshed every 8 rows: kept, not derived (older states lack it)
-        detector.isd = ([float(v) for v in isd] if isd is not None and len(isd) == 5 else
-                        [_inverse_sd(v) for v in detector.s[_NAMES.index("var0"):]])
+        derived = _inverse_sds(detector.s)
+        detector.isd = ([float(v) for v in isd] if isd is not None and len(isd) == 6 else
+                        [*(float(v) for v in isd), derived[5]] if isd is not None and len(isd) == 5 else derived)
         detector.season = [None if v is None else float(v) for v in state["season"]]
         if len(detector.season) != 2 * BUCKETS:
             raise ValueError("generic detector state of another shape")
