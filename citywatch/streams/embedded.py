@@ -40,6 +40,7 @@ from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.sinks.retention import Retention
 from citywatch.sinks.store import AlertStore, TxHook, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
+from citywatch.streams.checkpoint import Checkpoint
 from citywatch.streams.gcpolicy import FreezeAfterFullCollections
 from citywatch.streams.pipeline import Pipeline
 
@@ -109,8 +110,8 @@ class EmbeddedRunner:
         self.last_loop_at: float | None = None  # wall time of the consume loop's last turn
         self.last_batch_at: float | None = None  # wall time of the last acknowledged batch of messages
         self.unacked = 0  # messages taken from the hand-off and not yet acknowledged
-        # device id -> when its state first changed without being written (ingest.state_checkpoint_s > 0)
-        self.unsaved: dict[str, float] = {}
+        # devices whose state changed without being written (ingest.state_checkpoint_s > 0)
+        self.checkpoint = Checkpoint(settings.ingest.state_checkpoint_s, max(64, settings.ingest.batch_size // 4))
         self.on_batch: Callable[[float], None] | None = None  # seconds per batch, taken to acknowledged (metrics.py)
 
     def _open(self, settings: Settings, clock: Callable[[], float]) -> None:
@@ -215,7 +216,7 @@ class EmbeddedRunner:
         if self.fatal is None:
             try:
                 await self._drain(handoff, stop)
-                if self.unsaved and self.storage_error is None:
+                if self.checkpoint.unsaved and self.storage_error is None:
                     await self._store_until_written(Output(), stop, flush_states=True)
             except StorageError as exc:  # met while draining: still one clear line, still non-zero
                 self.fatal = str(exc) if str(exc).startswith("fatal: ") else f"fatal: {exc}"
@@ -362,40 +363,12 @@ class EmbeddedRunner:
 
     def _states_to_write(self, keys: dict[tuple[str, str], KeyState | None], now: float,
                          flush: bool) -> dict[str, bytes]:
-        """Device states to commit with this batch. With ingest.state_checkpoint_s = 0, every one that
-        changed. Otherwise those of devices whose alert streaks or alerts changed (detector and engine
-        state stay consistent across a crash), and the others once they have waited that long: each
-        device is written at most once per checkpoint interval, oldest first, in a steady trickle of
-        at most a quarter of a batch's size per batch (devices first seen together, as at start-up,
-        are spread out rather than written in one burst)."""
+        """Device states to commit with this batch: those `ingest.state_checkpoint_s` says are due
+        (checkpoint.py; every one that changed when it is 0)."""
         pipeline = self.pipeline
-        dirty = pipeline.take_dirty()
-        every_s = self.settings.ingest.state_checkpoint_s
-        now_states: dict[str, bytes] = {}
-        if every_s <= 0:
-            for device_id in dirty:
-                encoded = pipeline.encode(device_id)
-                if encoded is not None:
-                    now_states[device_id] = encoded
-            return now_states
         alerting = {device_id for device_id, _ in keys}
-        for device_id in dirty:
-            if device_id in alerting:
-                encoded = pipeline.encode(device_id)
-                if encoded is not None:
-                    now_states[device_id] = encoded
-                self.unsaved.pop(device_id, None)
-            elif device_id not in self.unsaved:
-                self.unsaved[device_id] = now
-        due = list(self.unsaved) if flush else []
-        if not flush:
-            budget = max(64, self.settings.ingest.batch_size // 4)
-            for device_id, since in self.unsaved.items():  # oldest first
-                if now - since < every_s or len(due) >= budget:
-                    break
-                due.append(device_id)
-        for device_id in due:
-            del self.unsaved[device_id]
+        now_states: dict[str, bytes] = {}
+        for device_id in self.checkpoint.due(pipeline.take_dirty(), alerting, now, flush):
             encoded = pipeline.encode(device_id)
             if encoded is not None:
                 now_states[device_id] = encoded

@@ -46,6 +46,7 @@ import faust
 import msgspec
 from aiohttp import web
 from faust.stores.rocksdb import Store as RocksStore
+from faust.types import TP
 from prometheus_client.core import Metric
 
 from citywatch.config import KafkaSettings, Settings
@@ -75,9 +76,10 @@ from citywatch.streams.bridge import (
     ensure_topics,
     partition_for,
 )
+from citywatch.streams.checkpoint import Checkpoint
 from citywatch.streams.faust_sink import TransitionSink
 from citywatch.streams.kafka_auth import client_options, faust_credentials
-from citywatch.streams.kafka_bulk import BulkConsumer, ChangelogWriter, Records, Write
+from citywatch.streams.kafka_bulk import BulkConsumer, ChangelogWriter, Hold, Holds, Records, Write
 from citywatch.streams.pipeline import DeviceLookup, Pipeline
 from citywatch.streams.sink_api import start_sink_api
 
@@ -179,11 +181,19 @@ class WorkerCore:
         self.tally = TransitionTally()  # transitions by kind, open offline alerts (metrics.py)
         self._pipeline: Pipeline | None = None
         self._rules_of: dict[str, set[str]] = {}  # device -> rules with engine state
+        # ingest.state_checkpoint_s: quiet devices' records written later (checkpoint.py), their
+        # telemetry offsets held back until then (kafka_bulk.Holds)
+        ingest = settings.ingest
+        self.checkpoint = Checkpoint(ingest.state_checkpoint_s, max(64, settings.kafka.batch_size // 4))
+        self.holds = Holds()
 
     def assign(self, owned: set[int] | None) -> None:
-        """The partitions changed: rebuild from the Table before the next event or tick."""
+        """The partitions changed: rebuild from the Table before the next event or tick (records not
+        written by then are not written: their offsets were not committed, the owner redoes them)."""
         self.owned = owned
         self.stale = True
+        self.checkpoint.unsaved.clear()
+        self.holds.clear()
 
     @property
     def pipeline(self) -> Pipeline:
@@ -277,16 +287,31 @@ class WorkerCore:
                 del self.table[key]
         return len(writes)
 
-    def take_writes(self) -> list[Write]:
-        """The record of every device whose state changed since the last call (None: delete it)."""
+    def take_writes(self, firsts: Mapping[TP, int] | None = None, flush: bool = False) -> list[Write]:
+        """The records to write now (None: delete it): of every device whose state changed, those the
+        checkpoint says are due (all of them without one, or on `flush`). `firsts`: the batch's first
+        telemetry offset per partition; without them (a tick, no offsets) every change is written now,
+        with them a quiet device's may wait, the batch's offsets held back until then (`holds`)."""
         pipeline = self.pipeline
         engine = pipeline.alerts
         engine.take_dirty()  # the sink stores alerts from the transitions themselves
-        changed = set(pipeline.take_dirty())
+        dirty = pipeline.take_dirty()
+        urgent: set[str] = set()
         for device_id, rule in engine.take_touched():
             self._rules_of.setdefault(device_id, set()).add(rule)
-            changed.add(device_id)
-        return [self._record(device_id, pipeline, engine) for device_id in changed]
+            urgent.add(device_id)
+        checkpoint = self.checkpoint
+        if checkpoint.every_s <= 0:
+            due = list(dirty | urgent)
+        else:
+            if not firsts:
+                urgent |= dirty
+            due = checkpoint.due(dirty | urgent, urgent, self.clock(), flush)
+            self.holds.written(due)
+            if firsts:
+                unsaved = checkpoint.unsaved
+                self.holds.note([device_id for device_id in dirty if device_id in unsaved], firsts)
+        return [self._record(device_id, pipeline, engine) for device_id in due]
 
     def _record(self, device_id: str, pipeline: Pipeline, engine: AlertEngine) -> Write:
         alerts = {}
@@ -412,8 +437,12 @@ class FaustCity:
                 bulk_topic = self.kafka.telemetry_topic
                 bulk_size = self.kafka.batch_size
 
-                async def on_bulk(self, records: Records) -> Awaitable[None]:
+                async def on_bulk(self, records: Records) -> tuple[Awaitable[None], Hold]:
                     return await city.handle_records(records)
+
+                async def flush(self) -> None:
+                    await city.flush_records()
+                    self.release({})
 
             # before the app creates its consumer (at start); an instance attribute over the class's
             app.transport.Consumer = Consumer  # type: ignore[misc]
@@ -505,13 +534,23 @@ class FaustCity:
         """One telemetry-topic event through the core (a batch of one); returns what it produced."""
         return await self.handle_batch([(key, value, headers, timestamp)])
 
-    async def handle_records(self, records: Records) -> Awaitable[None]:
+    async def handle_records(self, records: Records) -> tuple[Awaitable[None], Hold]:
         """A batch of telemetry records from BulkConsumer (aiokafka ConsumerRecords); returns what completes
-        when the batch's records are in the changelog (the consumer then acknowledges the batch's offsets)."""
+        when the batch's records are in the changelog (the consumer then acknowledges the batch's offsets)
+        and the offsets to hold back (records the checkpoint left for later)."""
         _, written = await self.run_batch([
             (r.key, r.value, dict(r.headers), r.timestamp / 1000.0 if r.timestamp and r.timestamp > 0 else None)
-            for batch in records.values() for r in batch])
-        return written
+            for batch in records.values() for r in batch], {tp: batch[0].offset for tp, batch in records.items()})
+        assert self.core is not None
+        return written, self.core.holds.lowest()
+
+    async def flush_records(self) -> None:
+        """Write every record the checkpoint holds back, acknowledged (before a revocation's commit)."""
+        assert self.core is not None
+        if not self.core.checkpoint.unsaved:
+            return
+        async with self.lock:
+            await (await self.write_records(self.core.take_writes(flush=True)))
 
     async def _write_table(self, writes: list[Write]) -> Awaitable[None]:
         """Through Faust's Table: a store write and a buffered changelog produce per key (Faust's commit
@@ -532,10 +571,12 @@ class FaustCity:
         await written
         return out
 
-    async def run_batch(self, events: list[TelemetryEvent]) -> tuple[Output, Awaitable[None]]:
+    async def run_batch(self, events: list[TelemetryEvent],
+                        firsts: Mapping[TP, int] | None = None) -> tuple[Output, Awaitable[None]]:
         """handle_batch without waiting for the changelog's acknowledgement: returns what completes then.
         The batch's transitions are acknowledged before its records are written (a record never gets
-        ahead of a transition it implies)."""
+        ahead of a transition it implies). `firsts`: the batch's first offset per partition (records
+        the checkpoint leaves for later hold them back)."""
         assert self.core is not None
         out = Output()
         async with self.lock:
@@ -554,7 +595,7 @@ class FaustCity:
             if out.transitions:
                 self.core.tally.observe(out)
             await self.publish(out)
-            written = await self.write_records(self.core.take_writes())
+            written = await self.write_records(self.core.take_writes(firsts))
         await self._to_influx(out, readings=True)
         return out, written
 
@@ -572,6 +613,8 @@ class FaustCity:
                 self.core.tally.observe(out)
             await self.publish(out)
             await (await self.write_records(self.core.take_writes()))
+            if self.bulk and self.core.checkpoint.every_s > 0:  # records due written: their offsets may go
+                cast(BulkConsumer, self.app.consumer).release(self.core.holds.lowest())
         await self._to_influx(out, readings=True)
         self._beat()
         return out
