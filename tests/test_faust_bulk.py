@@ -19,7 +19,7 @@ from faust.types import TP
 from citywatch.detectors.record import stored_header
 from citywatch.streams.bridge import KafkaSettings, message_key, partition_for
 from citywatch.streams.faust_app import FaustCity, decode_record
-from citywatch.streams.kafka_bulk import BulkConsumer, ChangelogWriter, Holds
+from citywatch.streams.kafka_bulk import BulkConsumer, ChangelogWriter, Holds, recover_in_bulk
 from tests.helpers import T0
 from tests.test_faust_agents import DEVICES, GAS, LOCK, NOISE, P, Recorder, settings, telemetry
 from tests.test_faust_store import assign_all
@@ -189,5 +189,46 @@ def test_checkpoint_writes_alerting_devices_with_their_batch_and_quiet_ones_late
             assert written[-1] == [noise] and core.holds.lowest() == {}
 
         asyncio.run(go())
+    finally:
+        city.close()
+
+
+def test_changelog_records_under_recovery_go_into_the_store_a_fetch_at_a_time(tmp_path: Path) -> None:
+    """recover_in_bulk does what Faust's recovery does per event: records past the applied offset into
+    the partition's database, the store's persisted offset and recovery's offset to the last, and the
+    end of recovery signalled once no active partition has records left; other partitions are Faust's."""
+    kafka = KafkaSettings(partitions=P, table_store="rocksdict")
+    city = FaustCity(settings(tmp_path), kafka, role="process", worker_id="w1", devices=DEVICES, clock=lambda: T0)
+    try:
+        assign_all(city)
+        topic = city.table.changelog_topic.get_topic_name()
+        active, standby, other = TP(topic, 0), TP(topic, 1), TP(topic, 2)
+        highwater = 3
+        ended: list[bool] = []
+        recovery = SimpleNamespace(
+            tp_to_table={active: city.table, standby: city.table}, active_tps={active}, standby_tps={standby},
+            active_offsets={active: 0}, standby_offsets={}, in_recovery=True,
+            need_recovery=lambda: recovery.active_offsets[active] < highwater,
+            flush_buffers=lambda: None, _set_recovery_ended=lambda: ended.append(True),
+            signal_recovery_end=asyncio.Event())
+        app = SimpleNamespace(tables=SimpleNamespace(recovery=recovery))
+        keys = [k for k in (f"dev-{i}".encode() for i in range(200)) if partition_for(k, P) == 0][:4]
+
+        def records(*items: tuple[int, bytes, bytes | None]) -> list[Any]:
+            return [SimpleNamespace(offset=o, key=k, value=v) for o, k, v in items]
+
+        store = city.table.data
+        # offset 0 was applied already (as recovery counts): not again
+        assert recover_in_bulk(app, city.table, active, records((0, keys[0], b"old"), (1, keys[0], b"v1"),
+                                                                (2, keys[1], b"v2")))
+        assert store[keys[0]] == b"v1" and store[keys[1]] == b"v2"
+        assert recovery.active_offsets[active] == 2 and store.persisted_offset(active) == 2 and not ended
+        assert recover_in_bulk(app, city.table, active, records((3, keys[1], None), (4, keys[2], b"v4")))
+        assert keys[1] not in store and store[keys[2]] == b"v4"
+        assert ended == [True] and recovery.signal_recovery_end.is_set()
+        standby_key = next(k for k in (f"dev-{i}".encode() for i in range(200)) if partition_for(k, P) == 1)
+        assert recover_in_bulk(app, city.table, standby, records((7, standby_key, b"s")))
+        assert recovery.standby_offsets[standby] == 7 and store[standby_key] == b"s"
+        assert not recover_in_bulk(app, city.table, other, records((0, b"x", b"y")))
     finally:
         city.close()

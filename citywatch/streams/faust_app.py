@@ -38,7 +38,7 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -79,7 +79,15 @@ from citywatch.streams.bridge import (
 from citywatch.streams.checkpoint import Checkpoint
 from citywatch.streams.faust_sink import TransitionSink
 from citywatch.streams.kafka_auth import client_options, faust_credentials
-from citywatch.streams.kafka_bulk import BulkConsumer, ChangelogWriter, Hold, Holds, Records, Write
+from citywatch.streams.kafka_bulk import (
+    BulkConsumer,
+    ChangelogWriter,
+    Hold,
+    Holds,
+    Records,
+    Write,
+    recover_in_bulk,
+)
 from citywatch.streams.pipeline import DeviceLookup, Pipeline
 from citywatch.streams.sink_api import start_sink_api
 
@@ -444,6 +452,9 @@ class FaustCity:
                     await city.flush_records()
                     self.release({})
 
+                def recover(self, tp: TP, records: Sequence[Any]) -> bool:
+                    return recover_in_bulk(self.app, table, tp, records)
+
             # before the app creates its consumer (at start); an instance attribute over the class's
             app.transport.Consumer = Consumer  # type: ignore[misc]
 
@@ -577,25 +588,27 @@ class FaustCity:
         The batch's transitions are acknowledged before its records are written (a record never gets
         ahead of a transition it implies). `firsts`: the batch's first offset per partition (records
         the checkpoint leaves for later hold them back)."""
-        assert self.core is not None
+        core = self.core
+        assert core is not None
         out = Output()
         async with self.lock:
+            process = core.pipeline.process  # once per batch (a rebuild waits for the lock)
             for key, value, headers, timestamp in events:
                 payload = value or b""
                 action = headers.get(ACTION_HEADER)
                 if action is not None:
-                    self.core.act(action.decode("utf-8", "replace"), payload, out)
+                    core.act(action.decode("utf-8", "replace"), payload, out)
                     continue
                 topic = headers.get("topic") or key or b""
                 try:
                     received_at = float(headers["received_at"])
                 except (KeyError, ValueError):
                     received_at = timestamp or self.clock()
-                self.core.process(topic.decode("utf-8", "replace"), payload, received_at, out)
+                process(topic.decode("utf-8", "replace"), payload, received_at, out)
             if out.transitions:
-                self.core.tally.observe(out)
+                core.tally.observe(out)
             await self.publish(out)
-            written = await self.write_records(self.core.take_writes(firsts))
+            written = await self.write_records(core.take_writes(firsts))
         await self._to_influx(out, readings=True)
         return out, written
 

@@ -8,8 +8,11 @@ profiled at about 60% of a worker's CPU at 100k devices, more than the core itse
 - `BulkConsumer` is Faust's aiokafka consumer whose fetch loop hands each fetch's telemetry records
   (aiokafka `ConsumerRecord`s, per partition, in offset order) to one coroutine, then marks their
   offsets as acknowledged in Faust's own bookkeeping, so Faust's commit (which flushes the producer
-  first) commits them as before. Records of other topics (changelog recovery, the sink's topics in
-  role `all`) take Faust's per-message path unchanged.
+  first) commits them as before. Records of other topics (the sink's topics in role `all`) take
+  Faust's per-message path unchanged.
+- `recover_in_bulk`: the `devices` changelog records Faust's recovery reads (actives after a
+  rebalance, standbys all along) go into the store a fetch at a time with one write batch, not one
+  event at a time through Faust's queue (profiled: ~0.4 ms per record, most of a cold recovery).
 - `ChangelogWriter` writes a batch's device records to the Table's store and produces them to the
   changelog as one record batch per partition, waits for the broker's acks (acks=all), then sets the
   store's persisted offset per partition (what Faust's per-record callback did).
@@ -107,6 +110,11 @@ class BulkConsumer(AIOKafkaConsumer):
 
     async def flush(self) -> None:
         """Write every record held back (before a revocation's or a stop's commit); `release({})` then."""
+
+    def recover(self, tp: TP, records: Sequence[Any]) -> bool:
+        """Apply these changelog records in bulk if they are the Table's being recovered (or kept as
+        a standby); False: give them to Faust's per-message path."""
+        return False
 
     async def wait_empty(self) -> None:
         """Faust's last commit before a revocation or a stop: first the batches under way and the held
@@ -229,6 +237,9 @@ class BulkConsumer(AIOKafkaConsumer):
                     if tp.topic == self.bulk_topic:
                         bulk[tp] = fresh
                         continue
+                    if self.recover(tp, fresh):
+                        read_offset[tp] = fresh[-1].offset
+                        continue
                     for record in fresh:  # Faust's per-message path
                         if not self.flow_active or self.app.consumer_generation_id != generation:
                             break
@@ -253,6 +264,50 @@ class BulkConsumer(AIOKafkaConsumer):
 
 async def _done() -> None:
     """Nothing to wait for."""
+
+
+def recover_in_bulk(app: Any, table: Any, tp: TP, records: Sequence[Any]) -> bool:
+    """What Faust's recovery (tables/recovery.py `_slurp_changelogs`) does per changelog event, for a
+    fetch of the Table's changelog partition at once: records past the offset recovery has applied go
+    into the store (one write batch for RocksDB, as Faust's own `apply_changelog_batch`), the store's
+    persisted offset and recovery's offset move to the last one, and once no active partition has
+    records left, recovery ends (as Faust signals it). False for a partition recovery is not reading
+    (Faust's path says so). Every record of the partition takes this path, so none overtakes another
+    still queued in Faust's."""
+    recovery = app.tables.recovery
+    if recovery.tp_to_table.get(tp) is not table:
+        return False
+    if tp in recovery.active_tps:
+        offsets = recovery.active_offsets
+    elif tp in recovery.standby_tps:
+        offsets = recovery.standby_offsets
+    else:
+        return False
+    seen = offsets.get(tp)
+    fresh = records if seen is None else [r for r in records if r.offset > seen]
+    if fresh:
+        store = table.data
+        if hasattr(store, "_db_for_partition"):
+            batch = write_batch(store)
+            for r in fresh:
+                if r.value is None:
+                    batch.delete(r.key)
+                else:
+                    batch.put(r.key, r.value)
+            store._db_for_partition(tp.partition).write(batch)
+        else:
+            for r in fresh:
+                if r.value is None:
+                    store.pop(r.key, None)
+                else:
+                    store[r.key] = r.value
+        store.set_persisted_offset(tp, fresh[-1].offset)
+        offsets[tp] = fresh[-1].offset
+    if recovery.in_recovery and tp in recovery.active_tps and not recovery.need_recovery():
+        recovery.flush_buffers()  # as Faust's _maybe_signal_recovery_end
+        recovery._set_recovery_ended()
+        recovery.signal_recovery_end.set()
+    return True
 
 
 def write_batch(store: Any) -> Any:
