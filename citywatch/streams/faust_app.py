@@ -28,6 +28,12 @@ state (the replayed readings are dropped as `duplicate` by seq). The sink ignore
 it has stored (and the outbox has UNIQUE(webhook_id, endpoint)), so webhooks go out once. Not
 exactly-once: dead letters and InfluxDB points may repeat (InfluxDB overwrites identical points),
 and readings without `seq` that are replayed are applied twice.
+
+With `ingest.state_checkpoint_s` > 0 (as the embedded runner), a device whose alerts or streaks
+changed is still written with its batch, a quiet device's record at most every N s; the offsets of a
+batch whose records wait are not committed until they are written (kafka_bulk.Holds), so a crash
+replays up to N s of telemetry into the records last written: as it ran the first time (same
+transitions, same ids), nothing lost, learning included. A revocation or a stop writes them all first.
 """
 
 from __future__ import annotations
