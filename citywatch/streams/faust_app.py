@@ -166,6 +166,13 @@ class DeviceStore(RocksStore):
             db.close()
         self._dbs.clear()
 
+    def items_of(self, partitions: Iterable[int]) -> Iterator[tuple[bytes, bytes]]:
+        """The records of these partitions only (a rebuild reads its own, not the standby copies)."""
+        for partition in sorted(partitions):
+            db = self._dbs.get(partition)
+            if db is not None:
+                yield from self._visible_items(db)
+
     def _iteritems(self) -> Iterator[tuple[bytes, bytes]]:
         """Every open partition (actives and standbys: WorkerCore keeps what it owns), also under
         test_context, which assigns nothing."""
@@ -228,9 +235,12 @@ class WorkerCore:
         engine = AlertEngine(self.settings.alerts, track_keys=True)
         states: dict[str, Any] = {}  # device -> its record in stored form (the Pipeline decodes it)
         rules_of: dict[str, set[str]] = {}
-        for key, raw in list(self.table.items()):
-            if not self.owns(key):
-                continue  # standby copies and partitions that moved away
+        store = getattr(self.table, "data", None)
+        if isinstance(store, DeviceStore) and self.owned is not None:
+            items: Iterable[tuple[bytes, bytes]] = store.items_of(self.owned)  # a database per partition
+        else:
+            items = [(key, raw) for key, raw in list(self.table.items()) if self.owns(key)]
+        for key, raw in items:  # not standby copies, not partitions that moved away
             record = decode_record(raw)
             device_id = key.decode()
             if record.state:
