@@ -7,7 +7,8 @@ committed offset. The live paths run in tests/test_faust_integration.py (a worke
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +20,7 @@ from faust.types import TP
 from citywatch.detectors.record import stored_header
 from citywatch.streams.bridge import KafkaSettings, message_key, partition_for
 from citywatch.streams.faust_app import FaustCity, decode_record
-from citywatch.streams.kafka_bulk import BulkConsumer, ChangelogWriter, Holds, recover_in_bulk
+from citywatch.streams.kafka_bulk import BulkConsumer, ChangelogWriter, Holds, offsets_of, recover_in_bulk
 from tests.helpers import T0
 from tests.test_faust_agents import DEVICES, GAS, LOCK, NOISE, P, Recorder, settings, telemetry
 from tests.test_faust_store import assign_all
@@ -126,12 +127,14 @@ def test_holds_keep_each_partition_at_the_oldest_batch_with_a_record_not_written
 def test_held_offsets_are_acknowledged_once_the_hold_rises_past_them() -> None:
     a, b = TP("telemetry", 0), TP("telemetry", 1)
     acked: list[tuple[TP, list[int]]] = []
-    held: dict[TP, list[int]] = {a: [100, 101, 102, 103], b: [200, 201]}
+    held: dict[TP, deque[Sequence[int]]] = {a: deque([range(100, 102), [102, 104]]), b: deque([range(200, 202)])}
     consumer = SimpleNamespace(_held_offsets=lambda: held, ack_records=lambda tp, offsets: acked.append((tp, offsets)))
-    BulkConsumer.release(consumer, {a: 102, b: 200})
-    assert acked == [(a, [100, 101])] and held == {a: [102, 103], b: [200, 201]}
+    BulkConsumer.release(consumer, {a: 103, b: 200})
+    assert acked == [(a, [100, 101, 102])] and held == {a: deque([[104]]), b: deque([range(200, 202)])}
     BulkConsumer.release(consumer, {b: 201})  # a: no hold left
-    assert acked[1:] == [(a, [102, 103]), (b, [200])] and held == {b: [201]}
+    assert acked[1:] == [(a, [104]), (b, [200])] and held == {b: deque([range(201, 202)])}
+    records = [SimpleNamespace(offset=o) for o in (5, 6, 7)]
+    assert offsets_of(records) == range(5, 8) and offsets_of(records[::2]) == [5, 7]
 
 
 def test_checkpoint_writes_alerting_devices_with_their_batch_and_quiet_ones_later_holding_their_offsets(

@@ -28,6 +28,7 @@ Group membership, rebalances, Table recovery, standbys and commits stay Faust's.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any, cast
@@ -126,39 +127,47 @@ class BulkConsumer(AIOKafkaConsumer):
             self.log.exception("writing the held device records before the commit failed")
         await super().wait_empty()
 
-    async def _ack_when(self, written: Awaitable[None], offsets: dict[TP, list[int]], generation: int,
+    async def _ack_when(self, written: Awaitable[None], offsets: dict[TP, Sequence[int]], generation: int,
                         hold: Hold) -> None:
         await written
         if self.app.consumer_generation_id != generation:  # the new owners redo them
             return
         held = self._held_offsets()
         for tp, taken in offsets.items():
-            held.setdefault(tp, []).extend(taken)
+            held.setdefault(tp, deque()).append(taken)
         self.release(hold)
 
-    def _held_offsets(self) -> dict[TP, list[int]]:
-        """Offsets processed and written, waiting for a hold to rise; forgotten at a new generation."""
+    def _held_offsets(self) -> dict[TP, deque[Sequence[int]]]:
+        """Per partition, the offsets of batches processed and written, a batch at a time (a range when
+        contiguous: minutes of held offsets cost little memory), waiting for the hold to rise;
+        forgotten at a new generation."""
         generation = self.app.consumer_generation_id
         if getattr(self, "_held_generation", None) != generation:
-            self._held: dict[TP, list[int]] = {}
+            self._held: dict[TP, deque[Sequence[int]]] = {}
             self._held_generation = generation
         return self._held
 
     def release(self, hold: Hold) -> None:
-        """Acknowledge the held offsets below each partition's hold (all of a partition without one)."""
+        """Acknowledge the held offsets below each partition's hold (all of a partition without one),
+        oldest batch first (one that completed out of order waits for those before it)."""
         held = self._held_offsets()
         for tp in list(held):
-            limit = hold.get(tp)
-            offsets = held[tp]
-            if limit is None:
-                ready, keep = offsets, []
-            else:
-                ready, keep = [o for o in offsets if o < limit], [o for o in offsets if o >= limit]
+            chunks, limit = held[tp], hold.get(tp)
+            ready: list[int] = []
+            while chunks:
+                chunk = chunks[0]
+                if limit is None or chunk[-1] < limit:
+                    ready.extend(chunk)
+                    chunks.popleft()
+                    continue
+                if chunk[0] < limit:
+                    cut = bisect_left(chunk, limit)
+                    ready.extend(chunk[:cut])
+                    chunks[0] = chunk[cut:]
+                break
             if ready:
                 self.ack_records(tp, ready)
-            if keep:
-                held[tp] = keep
-            else:
+            if not chunks:
                 del held[tp]
 
     async def _settle(self, keep: int) -> None:
@@ -193,7 +202,7 @@ class BulkConsumer(AIOKafkaConsumer):
             written, hold = await self.on_bulk(batch)
             for tp, records in batch.items():
                 self._read_offset[tp] = records[-1].offset
-            offsets = {tp: [r.offset for r in records] for tp, records in batch.items()}
+            offsets = {tp: offsets_of(records) for tp, records in batch.items()}
             self._pending.append(asyncio.ensure_future(self._ack_when(written, offsets, generation, hold)))
             await self._settle(self.in_flight)
 
@@ -260,6 +269,14 @@ class BulkConsumer(AIOKafkaConsumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+def offsets_of(records: Sequence[Any]) -> Sequence[int]:
+    """A partition's records' offsets (ascending): a range when contiguous (the usual case)."""
+    first, last = records[0].offset, records[-1].offset
+    if last - first + 1 == len(records):
+        return range(first, last + 1)
+    return [r.offset for r in records]
 
 
 async def _done() -> None:
