@@ -11,7 +11,10 @@ so the group's join is not counted. Transitions go to Kafka as in production (no
 
 Besides the rate, the CPU seconds the workers and the broker used over the same window, per message
 (`worker_cpu_us_per_msg`, `broker_cpu_us_per_msg`): on a machine shared with other jobs the rate
-depends on the load, the CPU cost per message much less. `--batch-size` sets kafka.batch_size.
+depends on the load, the CPU cost per message much less. `--batch-size` sets kafka.batch_size,
+`--checkpoint-s` ingest.state_checkpoint_s (note: the benchmark replays ~2 readings per device within
+seconds, so a checkpoint of minutes leaves almost every record unwritten in the measured window; in a
+city the saving is readings per device per checkpoint interval, see docs/capacity.md).
 """
 
 from __future__ import annotations
@@ -143,6 +146,8 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="worker counts to run, e.g. 1,2")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--batch-size", type=int, default=None, help="kafka.batch_size (default: the config's)")
+    parser.add_argument("--checkpoint-s", type=float, default=None,
+                        help="ingest.state_checkpoint_s (default: the config's, 0: every record with its batch)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="cw-faust-bench-") as tmp_name:
@@ -176,6 +181,8 @@ def main() -> None:
                         "rules": {"health": {"offline_intervals": 10_000}}}
                 if args.batch_size:
                     base["kafka"]["batch_size"] = args.batch_size
+                if args.checkpoint_s is not None:
+                    base["ingest"] = {"state_checkpoint_s": args.checkpoint_s}
                 assert tansu.proc is not None
                 result = run_workers(n, base, tmp, tansu.bootstrap, args.partitions, len(messages), args.timeout,
                                      tansu.proc.pid)

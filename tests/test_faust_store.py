@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rocksdb  # faust-streaming-rocksdb: table_store python-rocksdb
@@ -78,3 +79,25 @@ def test_the_memory_store_starts_empty(tmp_path: Path) -> None:
         assert rec2.transitions == []  # without the changelog, nothing to resolve
     finally:
         second.close()
+
+
+def test_a_rebuild_reads_the_databases_of_the_owned_partitions_only(tmp_path: Path) -> None:
+    """Standby copies and partitions moved away stay on disk, unread: a rebuild reads its own."""
+    gas, lock = GAS.id.encode(), LOCK.id.encode()
+    first, _ = city_for(tmp_path, "rocksdict")
+    try:
+        assign_all(first)
+        feed(first, [telemetry(GAS, T0, 1, lel_pct=30.0), telemetry(LOCK, T0, 1, event="forced_open")])
+        assert first.core is not None
+
+        def every_partition() -> Any:
+            raise AssertionError("a rebuild read every open database")
+
+        first.table.data._iteritems = every_partition
+        first.core.assign({partition_for(gas, P)})
+        assert set(first.core.pipeline.stored) == {GAS.id} and first.core.rebuild["devices"] == 1
+        assert set(first.core.engine.by_key) == {(GAS.id, "gas_level")}
+        first.core.assign({partition_for(lock, P)})
+        assert set(first.core.pipeline.stored) == {LOCK.id}
+    finally:
+        first.close()

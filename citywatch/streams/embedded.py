@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import sqlite3
 import time
@@ -42,6 +41,7 @@ from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.sinks.retention import Retention
 from citywatch.sinks.store import AlertStore, TxHook, store_path
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
+from citywatch.streams.checkpoint import Checkpoint
 from citywatch.streams.device_value import DeviceValues
 from citywatch.streams.gcpolicy import FreezeAfterFullCollections
 from citywatch.streams.pipeline import Pipeline
@@ -115,8 +115,8 @@ class EmbeddedRunner:
         self.last_loop_at: float | None = None  # wall time of the consume loop's last turn
         self.last_batch_at: float | None = None  # wall time of the last acknowledged batch of messages
         self.unacked = 0  # messages taken from the hand-off and not yet acknowledged
-        # device id -> when its state first changed without being written (ingest.state_checkpoint_s > 0)
-        self.unsaved: dict[str, float] = {}
+        # devices whose state changed without being written (ingest.state_checkpoint_s > 0)
+        self.checkpoint = Checkpoint(settings.ingest.state_checkpoint_s, max(64, settings.ingest.batch_size // 4))
         self.on_batch: Callable[[float], None] | None = None  # seconds per batch, taken to acknowledged (metrics.py)
         self.sight = Sight(clock())  # offline detection counts only silence we could have seen (sight.py)
 
@@ -245,12 +245,12 @@ class EmbeddedRunner:
         ingest.stop_flush_s: a stop must finish within the supervisor's timeout, and what is left is
         what a crash would forget (never a message, an alert or a webhook)."""
         deadline = time.monotonic() + self.settings.ingest.stop_flush_s
-        while self.unsaved and self.storage_error is None and time.monotonic() < deadline:
+        while self.checkpoint.unsaved and self.storage_error is None and time.monotonic() < deadline:
             await self._store_until_written(Output(), stop, flush_states=True)
-        if self.unsaved:
+        if self.checkpoint.unsaved:
             log.warning("stopping with %d devices' learning of the last %g s or less not written "
                         "(ingest.stop_flush_s %g s): as after a crash, they resume from their last checkpoint",
-                        len(self.unsaved), self.settings.ingest.state_checkpoint_s,
+                        len(self.checkpoint.unsaved), self.settings.ingest.state_checkpoint_s,
                         self.settings.ingest.stop_flush_s)
 
     async def _start_api(self) -> Any:
@@ -398,36 +398,16 @@ class EmbeddedRunner:
             return True
 
     def _values_to_write(self, engaged: set[str], now: float, flush: bool) -> dict[str, bytes | None]:
-        """Device values (record and alert streaks) to commit with this batch (None: delete). With
-        ingest.state_checkpoint_s = 0, every one that changed. Otherwise those of devices whose alert
-        streaks or alerts changed (`engaged`: written with their batch, as an alert is, so a streak
-        is never lost by a crash), and the others once they have waited that long: each device is
-        written at most once per checkpoint interval, oldest first, in a steady trickle of at most a
-        quarter of a batch's size per batch (devices first seen together, as at start-up, are spread
-        out rather than written in one burst)."""
+        """Device values (record and alert streaks) to commit with this batch (None: delete): those
+        `ingest.state_checkpoint_s` says are due (checkpoint.py; every one that changed when it is 0).
+        A device whose alert streaks or alerts changed (`engaged`) is written with its batch, as an
+        alert is, so a streak is never lost by a crash. On `flush` (a stop), up to STOP_FLUSH_CHUNK
+        waiting devices, oldest first."""
         pipeline, encode = self.pipeline, self.values.encode
         dirty = pipeline.take_dirty()
-        every_s = self.settings.ingest.state_checkpoint_s
-        if every_s <= 0:
-            return {device_id: encode(device_id, pipeline) for device_id in (dirty | engaged if engaged else dirty)}
-        values: dict[str, bytes | None] = {}
-        for device_id in engaged:
-            values[device_id] = encode(device_id, pipeline)
-            self.unsaved.pop(device_id, None)
-        for device_id in dirty:
-            if device_id not in engaged and device_id not in self.unsaved:
-                self.unsaved[device_id] = now
-        due = list(itertools.islice(self.unsaved, STOP_FLUSH_CHUNK)) if flush else []
-        if not flush:
-            budget = max(64, self.settings.ingest.batch_size // 4)
-            for device_id, since in self.unsaved.items():  # oldest first
-                if now - since < every_s or len(due) >= budget:
-                    break
-                due.append(device_id)
-        for device_id in due:
-            del self.unsaved[device_id]
-            values[device_id] = encode(device_id, pipeline)
-        return values
+        changed = dirty | engaged if engaged else dirty
+        due = self.checkpoint.due(changed, engaged, now, flush, flush_limit=STOP_FLUSH_CHUNK)
+        return {device_id: encode(device_id, pipeline) for device_id in due}
 
     def _published(self, out: Output) -> None:
         if out.transitions or out.incident_transitions:

@@ -29,6 +29,12 @@ state (the replayed readings are dropped as `duplicate` by seq). The sink ignore
 it has stored (and the outbox has UNIQUE(webhook_id, endpoint)), so webhooks go out once. Not
 exactly-once: dead letters and InfluxDB points may repeat (InfluxDB overwrites identical points),
 and readings without `seq` that are replayed are applied twice.
+
+With `ingest.state_checkpoint_s` > 0 (as the embedded runner), a device whose alerts or streaks
+changed is still written with its batch, a quiet device's record at most every N s; the offsets of a
+batch whose records wait are not committed until they are written (kafka_bulk.Holds), so a crash
+replays up to N s of telemetry into the records last written: as it ran the first time (same
+transitions, same ids), nothing lost, learning included. A revocation or a stop writes them all first.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -47,6 +53,7 @@ import faust
 import msgspec
 from aiohttp import web
 from faust.stores.rocksdb import Store as RocksStore
+from faust.types import TP
 from prometheus_client.core import Metric
 
 from citywatch.config import KafkaSettings, Settings
@@ -76,10 +83,19 @@ from citywatch.streams.bridge import (
     ensure_topics,
     partition_for,
 )
+from citywatch.streams.checkpoint import Checkpoint
 from citywatch.streams.device_value import DeviceValues
 from citywatch.streams.faust_sink import TransitionSink
 from citywatch.streams.kafka_auth import client_options, faust_credentials
-from citywatch.streams.kafka_bulk import BulkConsumer, ChangelogWriter, Records, Write
+from citywatch.streams.kafka_bulk import (
+    BulkConsumer,
+    ChangelogWriter,
+    Hold,
+    Holds,
+    Records,
+    Write,
+    recover_in_bulk,
+)
 from citywatch.streams.pipeline import DeviceLookup, Pipeline
 from citywatch.streams.sink_api import start_sink_api
 
@@ -141,6 +157,13 @@ class DeviceStore(RocksStore):
             db.close()
         self._dbs.clear()
 
+    def items_of(self, partitions: Iterable[int]) -> Iterator[tuple[bytes, bytes]]:
+        """The records of these partitions only (a rebuild reads its own, not the standby copies)."""
+        for partition in sorted(partitions):
+            db = self._dbs.get(partition)
+            if db is not None:
+                yield from self._visible_items(db)
+
     def _iteritems(self) -> Iterator[tuple[bytes, bytes]]:
         """Every open partition (actives and standbys: WorkerCore keeps what it owns), also under
         test_context, which assigns nothing."""
@@ -170,11 +193,19 @@ class WorkerCore:
         self.tally = TransitionTally()  # transitions by kind, open offline alerts (metrics.py)
         self._pipeline: Pipeline | None = None
         self._values = DeviceValues(keep_alert=True)  # which rules of a device hold engine state
+        # ingest.state_checkpoint_s: quiet devices' values written later (checkpoint.py), their
+        # telemetry offsets held back until then (kafka_bulk.Holds)
+        ingest = settings.ingest
+        self.checkpoint = Checkpoint(ingest.state_checkpoint_s, max(64, settings.kafka.batch_size // 4))
+        self.holds = Holds()
 
     def assign(self, owned: set[int] | None) -> None:
-        """The partitions changed: rebuild from the Table before the next event or tick."""
+        """The partitions changed: rebuild from the Table before the next event or tick (records not
+        written by then are not written: their offsets were not committed, the owner redoes them)."""
         self.owned = owned
         self.stale = True
+        self.checkpoint.unsaved.clear()
+        self.holds.clear()
 
     @property
     def pipeline(self) -> Pipeline:
@@ -194,9 +225,13 @@ class WorkerCore:
         started = time.perf_counter()
         engine = AlertEngine(self.settings.alerts, track_keys=True)
         values = DeviceValues(keep_alert=True)
-        owned = [(key.decode(), raw) for key, raw in list(self.table.items())
-                 if self.owns(key)]  # not standby copies, nor partitions that moved away
-        states = values.load(owned, engine)  # device -> its record in stored form (the Pipeline decodes it)
+        store = getattr(self.table, "data", None)
+        if isinstance(store, DeviceStore) and self.owned is not None:
+            items: Iterable[tuple[bytes, bytes]] = store.items_of(self.owned)  # a database per partition
+        else:
+            items = [(key, raw) for key, raw in list(self.table.items()) if self.owns(key)]
+        # not standby copies, nor partitions that moved away
+        states = values.load(((key.decode(), raw) for key, raw in items), engine)  # device -> stored record
         old = self._pipeline
         self._pipeline = Pipeline(self.settings, self.devices, engine, states, started_at=self.clock(),
                                   rules=self.rules)
@@ -259,13 +294,28 @@ class WorkerCore:
                 del self.table[key]
         return len(writes)
 
-    def take_writes(self) -> list[Write]:
-        """The value of every device whose state changed since the last call (None: delete it)."""
+    def take_writes(self, firsts: Mapping[TP, int] | None = None, flush: bool = False) -> list[Write]:
+        """The values to write now (None: delete it): of every device whose state changed, those the
+        checkpoint says are due (all of them without one, or on `flush`). `firsts`: the batch's first
+        telemetry offset per partition; without them (a tick, no offsets) every change is written now,
+        with them a quiet device's may wait, the batch's offsets held back until then (`holds`)."""
         pipeline = self.pipeline
         engine = pipeline.alerts
         engine.take_dirty()  # the sink stores alerts from the transitions themselves
-        changed = pipeline.take_dirty() | self._values.touched(engine)
-        return [(device_id.encode(), self._values.encode(device_id, pipeline)) for device_id in changed]
+        dirty = pipeline.take_dirty()
+        urgent = self._values.touched(engine)
+        checkpoint = self.checkpoint
+        if checkpoint.every_s <= 0:
+            due = list(dirty | urgent)
+        else:
+            if not firsts:
+                urgent |= dirty
+            due = checkpoint.due(dirty | urgent, urgent, self.clock(), flush)
+            self.holds.written(due)
+            if firsts:
+                unsaved = checkpoint.unsaved
+                self.holds.note([device_id for device_id in dirty if device_id in unsaved], firsts)
+        return [(device_id.encode(), self._values.encode(device_id, pipeline)) for device_id in due]
 
 
 # -- the Faust app -----------------------------------------------------------------------------------
@@ -375,8 +425,15 @@ class FaustCity:
                 bulk_topic = self.kafka.telemetry_topic
                 bulk_size = self.kafka.batch_size
 
-                async def on_bulk(self, records: Records) -> Awaitable[None]:
+                async def on_bulk(self, records: Records) -> tuple[Awaitable[None], Hold]:
                     return await city.handle_records(records)
+
+                async def flush(self) -> None:
+                    await city.flush_records()
+                    self.release({})
+
+                def recover(self, tp: TP, records: Sequence[Any]) -> bool:
+                    return recover_in_bulk(self.app, table, tp, records)
 
             # before the app creates its consumer (at start); an instance attribute over the class's
             app.transport.Consumer = Consumer  # type: ignore[misc]
@@ -468,13 +525,23 @@ class FaustCity:
         """One telemetry-topic event through the core (a batch of one); returns what it produced."""
         return await self.handle_batch([(key, value, headers, timestamp)])
 
-    async def handle_records(self, records: Records) -> Awaitable[None]:
+    async def handle_records(self, records: Records) -> tuple[Awaitable[None], Hold]:
         """A batch of telemetry records from BulkConsumer (aiokafka ConsumerRecords); returns what completes
-        when the batch's records are in the changelog (the consumer then acknowledges the batch's offsets)."""
+        when the batch's records are in the changelog (the consumer then acknowledges the batch's offsets)
+        and the offsets to hold back (records the checkpoint left for later)."""
         _, written = await self.run_batch([
             (r.key, r.value, dict(r.headers), r.timestamp / 1000.0 if r.timestamp and r.timestamp > 0 else None)
-            for batch in records.values() for r in batch])
-        return written
+            for batch in records.values() for r in batch], {tp: batch[0].offset for tp, batch in records.items()})
+        assert self.core is not None
+        return written, self.core.holds.lowest()
+
+    async def flush_records(self) -> None:
+        """Write every record the checkpoint holds back, acknowledged (before a revocation's commit)."""
+        assert self.core is not None
+        if not self.core.checkpoint.unsaved:
+            return
+        async with self.lock:
+            await (await self.write_records(self.core.take_writes(flush=True)))
 
     async def _write_table(self, writes: list[Write]) -> Awaitable[None]:
         """Through Faust's Table: a store write and a buffered changelog produce per key (Faust's commit
@@ -495,29 +562,33 @@ class FaustCity:
         await written
         return out
 
-    async def run_batch(self, events: list[TelemetryEvent]) -> tuple[Output, Awaitable[None]]:
+    async def run_batch(self, events: list[TelemetryEvent],
+                        firsts: Mapping[TP, int] | None = None) -> tuple[Output, Awaitable[None]]:
         """handle_batch without waiting for the changelog's acknowledgement: returns what completes then.
         The batch's transitions are acknowledged before its records are written (a record never gets
-        ahead of a transition it implies)."""
-        assert self.core is not None
+        ahead of a transition it implies). `firsts`: the batch's first offset per partition (records
+        the checkpoint leaves for later hold them back)."""
+        core = self.core
+        assert core is not None
         out = Output()
         async with self.lock:
+            process = core.pipeline.process  # once per batch (a rebuild waits for the lock)
             for key, value, headers, timestamp in events:
                 payload = value or b""
                 action = headers.get(ACTION_HEADER)
                 if action is not None:
-                    self.core.act(action.decode("utf-8", "replace"), payload, out)
+                    core.act(action.decode("utf-8", "replace"), payload, out)
                     continue
                 topic = headers.get("topic") or key or b""
                 try:
                     received_at = float(headers["received_at"])
                 except (KeyError, ValueError):
                     received_at = timestamp or self.clock()
-                self.core.process(topic.decode("utf-8", "replace"), payload, received_at, out)
+                process(topic.decode("utf-8", "replace"), payload, received_at, out)
             if out.transitions:
-                self.core.tally.observe(out)
+                core.tally.observe(out)
             await self.publish(out)
-            written = await self.write_records(self.core.take_writes())
+            written = await self.write_records(core.take_writes(firsts))
         await self._to_influx(out, readings=True)
         return out, written
 
@@ -535,6 +606,8 @@ class FaustCity:
                 self.core.tally.observe(out)
             await self.publish(out)
             await (await self.write_records(self.core.take_writes()))
+            if self.bulk and self.core.checkpoint.every_s > 0:  # records due written: their offsets may go
+                cast(BulkConsumer, self.app.consumer).release(self.core.holds.lowest())
         await self._to_influx(out, readings=True)
         self._beat()
         return out

@@ -1,0 +1,62 @@
+"""Which changed device records a runner writes now (`ingest.state_checkpoint_s`), for both runners.
+
+Why: with every reading touching its device, writing each changed record with its batch is one record
+write per message (SQLite rows in the embedded runner, changelog records in a Faust worker). With a
+checkpoint of N s, a device whose alerts or alert streaks changed is written with its batch (detector
+and engine state stay consistent), and a quiet device's record at most once every N s, oldest first,
+in a steady trickle (devices first seen together, as at start-up, are spread out, not one burst).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Container, Iterable
+
+
+class Checkpoint:
+    """Devices changed but not written yet, oldest first; `due` says which to write with a batch."""
+
+    def __init__(self, every_s: float, budget: int) -> None:
+        self.every_s = every_s
+        self.budget = budget  # at most this many quiet devices written per batch
+        self.unsaved: dict[str, float] = {}  # device -> when its record first changed unwritten
+
+    def due(self, dirty: Iterable[str], urgent: Container[str], now: float, flush: bool = False,
+            flush_limit: int | None = None) -> list[str]:
+        """The devices to write now, of those changed (`dirty`) and those waiting: every one when
+        the checkpoint is off; the `urgent` ones (alerts changed) and those that waited `every_s`;
+        on `flush`, every waiting one (at most `flush_limit` of them, oldest first)."""
+        if self.every_s <= 0:
+            return list(dirty)
+        unsaved = self.unsaved
+        due: list[str] = []
+        for device_id in dirty:
+            if device_id in urgent:
+                due.append(device_id)
+                unsaved.pop(device_id, None)
+            elif device_id not in unsaved:
+                unsaved[device_id] = now
+        if flush:
+            if flush_limit is None or flush_limit >= len(unsaved):
+                due.extend(unsaved)
+                unsaved.clear()
+            else:
+                first = list(itertools.islice(unsaved, flush_limit))
+                for device_id in first:
+                    del unsaved[device_id]
+                due.extend(first)
+            return due
+        late: list[str] = []
+        for device_id, since in unsaved.items():  # oldest first
+            if now - since < self.every_s or len(late) >= self.budget:
+                break
+            late.append(device_id)
+        for device_id in late:
+            del unsaved[device_id]
+        due.extend(late)
+        return due
+
+    def forget(self, device_ids: Iterable[str]) -> None:
+        """These were written some other way (or are no longer ours)."""
+        for device_id in device_ids:
+            self.unsaved.pop(device_id, None)
