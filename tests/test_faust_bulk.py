@@ -19,7 +19,8 @@ from faust.types import TP
 
 from citywatch.detectors.record import stored_header
 from citywatch.streams.bridge import KafkaSettings, message_key, partition_for
-from citywatch.streams.faust_app import FaustCity, decode_record
+from citywatch.streams.device_value import decode_value
+from citywatch.streams.faust_app import FaustCity
 from citywatch.streams.kafka_bulk import BulkConsumer, ChangelogWriter, Holds, offsets_of, recover_in_bulk
 from tests.helpers import T0
 from tests.test_faust_agents import DEVICES, GAS, LOCK, NOISE, P, Recorder, settings, telemetry
@@ -181,7 +182,7 @@ def test_checkpoint_writes_alerting_devices_with_their_batch_and_quiet_ones_late
             await (await city.run_batch(events(telemetry(LOCK, T0 + 31, 1, event="unlock_ok", user="u1")),
                                         {t2: 300}))[1]
             assert written[-1] == [noise]
-            assert stored_header(decode_record(city.table[noise]).state)["seq"] == 2
+            assert stored_header(decode_value(city.table[noise]).state)["seq"] == 2
             assert core.holds.lowest() == {t2: 300}
             await city.tick()  # nothing due, nothing alerting: nothing written, lock still held
             assert lock not in city.table and core.holds.lowest() == {t2: 300}

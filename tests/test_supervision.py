@@ -217,7 +217,9 @@ def test_disk_full_is_live_but_not_ready_and_recovers(tmp_path: Path, small_disk
         wait_until(lambda: get_json(f"{base}/ready")[0] == 503)
         status, body = get_json(f"{base}/ready")
         assert "storage_error" in body["problems"] and body["storage_error"]
-        assert body["backlog"]["unacked"] > 0  # held, not acknowledged
+        # held, not acknowledged; or committed into the write-ahead log's reused space (durable), while
+        # the checkpoint into the full database file fails and says so (sinks/walcheckpoint.py)
+        assert body["backlog"]["unacked"] > 0 or "WAL checkpoint" in body["storage_error"]
         status, body = get_json(f"{base}/health")
         assert status == 200 and body["status"] == "not_ready"  # alive: retrying, nothing to restart
         filler.unlink()

@@ -40,6 +40,7 @@ from citywatch.model import Output, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.sinks.retention import Retention
 from citywatch.sinks.store import AlertStore, TxHook, store_path
+from citywatch.sinks.walcheckpoint import WalCheckpointer
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
 from citywatch.streams.checkpoint import Checkpoint
 from citywatch.streams.device_value import DeviceValues
@@ -118,6 +119,7 @@ class EmbeddedRunner:
         # devices whose state changed without being written (ingest.state_checkpoint_s > 0)
         self.checkpoint = Checkpoint(settings.ingest.state_checkpoint_s, max(64, settings.ingest.batch_size // 4))
         self.on_batch: Callable[[float], None] | None = None  # seconds per batch, taken to acknowledged (metrics.py)
+        self.wal = WalCheckpointer(store_path(settings.data_dir))
         self.sight = Sight(clock())  # offline detection counts only silence we could have seen (sight.py)
 
     def _open(self, settings: Settings, clock: Callable[[], float]) -> None:
@@ -167,6 +169,7 @@ class EmbeddedRunner:
         handoff: Handoff[Message] = Handoff(mqtt_settings.queue_size, loop, mqtt_settings.queue_bytes,
                                             message_size)
         self.handoff = handoff
+        self.wal.start(self.store.conn)  # checkpoints in a thread of their own (walcheckpoint.py)
         collector_class = ProcessCollector if mqtt_settings.collector_process else Collector
         self.collector = collector_class(mqtt_settings, handoff, protocol)
         self.collector.start()
@@ -230,6 +233,7 @@ class EmbeddedRunner:
                 task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         await self.retention.stop()
+        await asyncio.to_thread(self.wal.stop)
         for close in (self.delivery.close, self.store.close, self.registry.close):
             with contextlib.suppress(sqlite3.Error):
                 close()
@@ -305,6 +309,7 @@ class EmbeddedRunner:
                 await self._handle(batch, now, tick, stop)
             if tick:
                 self.retention.start_if_due(now)  # a bounded purge/archive pass, in a worker thread
+                self.wal.check(self.store.conn)
             gc_policy.check()
             await asyncio.sleep(0)  # with a backlog every await above returns at once: let the API answer
 
@@ -553,7 +558,11 @@ class EmbeddedRunner:
             problems.append("collector_down")
         if not connected:
             problems.append("mqtt_disconnected")
-        if self.storage_error is not None:
+        storage_error = self.storage_error
+        if storage_error is None and self.wal.failing_since is not None:
+            # commits may still fit in the log's reused space, but the database file cannot take them
+            storage_error = f"WAL checkpoint of {self.wal.path} failing: {self.wal.last_error}"
+        if storage_error is not None:
             problems.append("storage_error")
         handoff = self.handoff
         full = handoff is not None and handoff.full()
@@ -572,7 +581,7 @@ class EmbeddedRunner:
             "last_batch_at": self.last_batch_at,
             "mqtt_connected": connected,
             "collector_restarts": getattr(c, "restarts", 0),
-            "storage_error": self.storage_error,
+            "storage_error": storage_error,
             "fatal": self.fatal,
             "backlog": {"handoff": len(handoff) if handoff is not None else 0,
                         "handoff_bytes": handoff.nbytes if handoff is not None else 0,
