@@ -54,6 +54,7 @@ Listener = Callable[[Output], None]
 STORAGE_RETRY_MAX_S = 5.0
 STOP_FLUSH_CHUNK = 20_000  # device values a transaction when flushing at a stop (about 1 s each, compiled)
 OFFLINE_CHECKS_BEHIND_S = 60.0  # a backlog this old delays offline detection enough to say so in /ready
+STALLED_WAIT_SLACK_S = 0.5  # a wait for readings this much longer than asked was frozen or starved (sight.py)
 TASK_NAMES = {"consume": "the consume loop", "webhooks": "the webhook delivery task",
               "collector": "the MQTT collector supervision"}
 
@@ -297,9 +298,13 @@ class EmbeddedRunner:
         registry_file = registry_path(self.settings.data_dir)
         while not stop.is_set():
             self._heartbeat()
-            batch = await handoff.get_batch(batch_size, timeout=min(tick_s, 0.2))
+            wait_s = min(tick_s, 0.2)
+            waited_from, waited_mono = self.clock(), time.monotonic()
+            batch = await handoff.get_batch(batch_size, timeout=wait_s)
             now = self.clock()
-            self._watch_sight(now, len(handoff), batch[-1].received_at if batch else None)
+            stalled = time.monotonic() - waited_mono > wait_s + STALLED_WAIT_SLACK_S
+            self._watch_sight(now, len(handoff), batch[-1].received_at if batch else None,
+                              None if batch or stalled else waited_from)
             with naming(registry_file, transient=True):
                 self.devices.refresh()  # one cheap query; reloads only after another process committed
             tick = now - last_tick >= tick_s
@@ -357,10 +362,11 @@ class EmbeddedRunner:
         return bool(c is not None and c.connected.is_set() and (subscribed is None or subscribed.is_set())
                     and getattr(c, "down_since", None) is None)
 
-    def _watch_sight(self, now: float, backlog: int, newest_received_at: float | None) -> None:
+    def _watch_sight(self, now: float, backlog: int, newest_received_at: float | None,
+                     quiet_since: float | None) -> None:
         """Blind or behind: offline timers must not count it as the devices' silence (sight.py)."""
         blind_since = self.sight.blind_since
-        regained = self.sight.observe(now, self._intake_connected(), backlog, newest_received_at)
+        regained = self.sight.observe(now, self._intake_connected(), backlog, newest_received_at, quiet_since)
         if regained is not None:
             deadman = self.pipeline.deadman
             deadman.grace_from = max(deadman.grace_from, regained)

@@ -10,8 +10,10 @@ watching, and each, if ignored, turns our own trouble into an alert for every de
 - **behind**: a backlog waits in the hand-off, the collector's pipe or the broker. Those readings
   will arrive, so silence is judged as of `caught_up_at`: the collector's receive time of the
   newest reading taken when nothing was left in the hand-off (a reading received long ago means
-  more waits upstream), or now when a wait for readings found none. A backlog delays offline
-  detection by its own length (and /health says so); it never makes devices look offline.
+  more waits upstream), or the start of a wait for readings that found none. A wait that took far
+  longer than asked (the process was frozen or starved of CPU) proves nothing: the readings that
+  arrived meanwhile may not have reached the hand-off yet. A backlog delays offline detection by
+  its own length (and /health says so); it never makes devices look offline.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ class Sight:
         self.blind_since: float | None = now  # not connected yet
         self.blind_s = 0.0  # total time blind, for /stats
 
-    def observe(self, now: float, connected: bool, backlog: int, newest_received_at: float | None) -> float | None:
+    def observe(self, now: float, connected: bool, backlog: int, newest_received_at: float | None,
+                quiet_since: float | None = None) -> float | None:
         """Called each turn of the consume loop after it took a batch: `backlog` is what it left in the
         hand-off, `newest_received_at` the collector's receive time of the batch's last reading (None:
-        the wait found no reading). Returns the time sight returned, once, when a blind period ends."""
+        the wait found no reading), `quiet_since` the start of a wait that found no reading and took
+        about as long as asked (None after a stalled wait). Returns the time sight returned, once,
+        when a blind period ends."""
         if not connected:
             if self.blind_since is None:
                 self.blind_since = now
@@ -37,7 +42,12 @@ class Sight:
             self.blind_since = None
             regained = now
         if backlog == 0:
-            as_of = now if newest_received_at is None else min(now, newest_received_at)
+            if newest_received_at is not None:
+                as_of = min(now, newest_received_at)
+            elif quiet_since is not None:
+                as_of = min(now, quiet_since)
+            else:
+                return regained  # a stalled wait: what arrived meanwhile may still be on its way
             self.caught_up_at = max(self.caught_up_at, as_of)
         return regained
 
