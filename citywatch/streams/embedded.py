@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from citywatch.model import Output, Transition
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.sinks.retention import Retention
 from citywatch.sinks.store import AlertStore, TxHook, store_path
+from citywatch.sinks.value_writer import ValueWriter
 from citywatch.sinks.walcheckpoint import WalCheckpointer
 from citywatch.sinks.webhooks import Outbox, WebhookDelivery
 from citywatch.streams.checkpoint import Checkpoint
@@ -121,6 +123,7 @@ class EmbeddedRunner:
         self.checkpoint = Checkpoint(settings.ingest.state_checkpoint_s, max(64, settings.ingest.batch_size // 4))
         self.on_batch: Callable[[float], None] | None = None  # seconds per batch, taken to acknowledged (metrics.py)
         self.wal = WalCheckpointer(store_path(settings.data_dir))
+        self.value_writer = ValueWriter(store_path(settings.data_dir))  # quiet devices' checkpoints, off the loop
         self.sight = Sight(clock())  # offline detection counts only silence we could have seen (sight.py)
 
     def _open(self, settings: Settings, clock: Callable[[], float]) -> None:
@@ -171,6 +174,8 @@ class EmbeddedRunner:
                                             message_size)
         self.handoff = handoff
         self.wal.start(self.store.conn)  # checkpoints in a thread of their own (walcheckpoint.py)
+        if self.checkpoint.every_s > 0:
+            self.value_writer.start()
         collector_class = ProcessCollector if mqtt_settings.collector_process else Collector
         self.collector = collector_class(mqtt_settings, handoff, protocol)
         self.collector.start()
@@ -250,12 +255,19 @@ class EmbeddedRunner:
         ingest.stop_flush_s: a stop must finish within the supervisor's timeout, and what is left is
         what a crash would forget (never a message, an alert or a webhook)."""
         deadline = time.monotonic() + self.settings.ingest.stop_flush_s
+        await asyncio.to_thread(self.value_writer.stop, self.settings.ingest.stop_flush_s)
+        waiting = self.value_writer.take_pending()  # values it could not write in time: the loop tries
+        while waiting and self.storage_error is None and time.monotonic() < deadline:
+            chunk = dict(itertools.islice(waiting.items(), STOP_FLUSH_CHUNK))
+            for device_id in chunk:
+                del waiting[device_id]
+            await self._store_until_written(Output(), stop, extra_values=chunk)
         while self.checkpoint.unsaved and self.storage_error is None and time.monotonic() < deadline:
             await self._store_until_written(Output(), stop, flush_states=True)
-        if self.checkpoint.unsaved:
+        if self.checkpoint.unsaved or waiting:
             log.warning("stopping with %d devices' learning of the last %g s or less not written "
                         "(ingest.stop_flush_s %g s): as after a crash, they resume from their last checkpoint",
-                        len(self.checkpoint.unsaved), self.settings.ingest.state_checkpoint_s,
+                        len(self.checkpoint.unsaved) + len(waiting), self.settings.ingest.state_checkpoint_s,
                         self.settings.ingest.stop_flush_s)
 
     async def _start_api(self) -> Any:
@@ -379,18 +391,26 @@ class EmbeddedRunner:
         self.last_loop_mono = time.monotonic()
         self.last_loop_at = time.time()
 
-    async def _store_until_written(self, out: Output, stop: asyncio.Event, flush_states: bool = False) -> bool:
+    async def _store_until_written(self, out: Output, stop: asyncio.Event, flush_states: bool = False,
+                                   extra_values: Mapping[str, bytes] | None = None) -> bool:
         """Commit, retrying with backoff while the data directory is full or unwritable. Meanwhile
         nothing is acknowledged and no new batch is taken: the broker holds the backlog. Any other
-        database error (a corrupt file) raises StorageFailure naming the file: retrying cannot help."""
+        database error (a corrupt file) raises StorageFailure naming the file: retrying cannot help.
+        Quiet devices' checkpointed values go to the value writer's thread (value_writer.py)."""
         alerts, engaged = self.engine.take_dirty(), self.values.touched(self.engine)
         values = self._values_to_write(engaged, self.clock(), flush_states)
+        if extra_values:
+            values.update(extra_values)
+        elif values and not flush_states and self.value_writer.running:
+            quiet = {d: v for d, v in values.items() if v is not None and d not in engaged}
+            left = self.value_writer.offer(quiet)
+            values = {d: v for d, v in values.items() if d not in quiet or d in left}
         incidents = self.incidents.take_changes()
         delay = 0.2
         while True:
             self._heartbeat()
             try:
-                with naming(self.store.path, transient=True):
+                with naming(self.store.path, transient=True), self.value_writer.ordered(values):
                     self.store.commit(out, alerts, values, incidents=incidents.incidents,
                                       members=incidents.members)
             except (sqlite3.OperationalError, OSError) as exc:
@@ -568,6 +588,8 @@ class EmbeddedRunner:
         if storage_error is None and self.wal.failing_since is not None:
             # commits may still fit in the log's reused space, but the database file cannot take them
             storage_error = f"WAL checkpoint of {self.wal.path} failing: {self.wal.last_error}"
+        if storage_error is None and self.value_writer.failing_since is not None:
+            storage_error = f"devices' checkpointed values cannot be written: {self.value_writer.last_error}"
         if storage_error is not None:
             problems.append("storage_error")
         handoff = self.handoff
