@@ -4,6 +4,8 @@ and whatever the packet, the collector gets the same topic, payload, QoS and id 
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
@@ -12,6 +14,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from citywatch.ingest import collector
 from citywatch.ingest.collector import FastClient
+from tests.conftest import wait_until
+from tests.servers.mosquitto import MosquittoServer
 
 
 def varint(n: int) -> bytes:
@@ -136,3 +140,41 @@ def test_nothing_to_read_is_not_an_error(pair: tuple[socket.socket, socket.socke
     assert client._packet_read() == mqtt.MQTT_ERR_AGAIN
     assert client.loop_read() == mqtt.MQTT_ERR_SUCCESS
     assert got == []
+
+
+def test_a_long_read_of_a_backlog_keeps_the_connection_alive(mosquitto: MosquittoServer) -> None:
+    """A slow consumer with a backlog at a real Mosquitto: the socket is never empty for many
+    keepalives. The client must still send its PINGREQs, or the broker drops it after 1.5 keepalives
+    with everything it queued (the 1M-device run lost 372,703 QoS 0 messages so)."""
+    total = 20_000
+    got: list[int] = []
+    disconnects: list[object] = []
+    subscribed = threading.Event()
+    client = FastClient(CallbackAPIVersion.VERSION2, client_id="slow-reader", protocol=mqtt.MQTTv5)
+
+    def on_fields(qos: int, mid: int, topic: bytes, payload: bytes) -> None:
+        got.append(1)
+        time.sleep(0.0004)  # a slow consumer: the backlog stays at the broker and in the socket
+
+    client.on_publish_fields = on_fields
+    client.on_message = lambda c, u, m: on_fields(m.qos, m.mid, m._topic, m.payload)  # a packet split by a chunk
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("flood/#", qos=0)
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_disconnect = lambda *a: disconnects.append(a)
+    client.connect("127.0.0.1", mosquitto.port, keepalive=2)  # the broker drops it after 3 s without a packet
+    client.loop_start()
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood")
+    try:
+        assert subscribed.wait(10)
+        publisher.connect("127.0.0.1", mosquitto.port)
+        publisher.loop_start()
+        payload = b"x" * 100
+        infos = [publisher.publish(f"flood/{i % 100}", payload, qos=0) for i in range(total)]
+        infos[-1].wait_for_publish(30)
+        wait_until(lambda: len(got) >= total or bool(disconnects), 90)  # about 10 s
+        assert disconnects == [] and len(got) == total, (disconnects, len(got))
+    finally:
+        publisher.loop_stop()
+        publisher.disconnect()
+        client.loop_stop()
+        client.disconnect()

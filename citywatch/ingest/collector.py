@@ -59,6 +59,9 @@ READ_CHUNK = 65536  # bytes per socket read: hundreds of telemetry PUBLISH packe
 PublishCallback = Callable[[int, int, bytes, bytes], None]  # qos, mid, topic, payload
 
 
+KEEPALIVE_CHECK_S = 1.0  # how often a long read of a backlog stops for paho's keepalive
+
+
 class FastClient(mqtt.Client):
     """paho's client with its per-message costs cut, for a subscriber receiving thousands a second.
 
@@ -97,10 +100,22 @@ class FastClient(mqtt.Client):
         return self._rsock is self._sock and self._rpos < len(self._rbuf)
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        """Handle every packet already read before returning to select (which cannot see them)."""
+        """Handle every packet already read before returning to select (which cannot see them).
+
+        With a backlog at the broker the socket is never empty and a packet straddling the chunk's
+        end reads the next chunk, so this can go on for minutes: paho's keepalive (loop_misc) and
+        writes (loop_write) run from here every KEEPALIVE_CHECK_S meanwhile. Without that no PINGREQ
+        went out, and the broker dropped the connection after 1.5 keepalives with its whole queue
+        (the 1M-device run lost 372,703 QoS 0 messages so)."""
         rc = super().loop_read(max_packets)
+        next_check = time.monotonic() + KEEPALIVE_CHECK_S
         while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._buffered():
             rc = super().loop_read(max_packets)
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + KEEPALIVE_CHECK_S
+                self.loop_misc()  # a PINGREQ when due
+                if self._sock is not None and self.want_write():
+                    self.loop_write()
         return rc
 
     def _packet_read(self) -> MQTTErrorCode:
