@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from citywatch.config import KafkaSettings
 from citywatch.model import Device
-from citywatch.streams.bridge import KafkaSettings, message_key, partition_for
+from citywatch.streams.bridge import message_key, partition_for
 from citywatch.streams.faust_app import UNJUDGED_WARN_S, FaustCity
 from citywatch.streams.watermark import WATERMARK_HEADER, PartitionSight, Watermark, encode_watermark
 from tests.conftest import make_settings
@@ -36,15 +37,12 @@ def test_silence_is_judged_as_of_the_lowest_partition_once_each_has_a_watermark(
     assert sight.as_of() is None and sight.unjudged() == [2] and sight.ever  # partition 2 not yet: nobody judged
     sight.observe(mark(2, 104.0))
     assert sight.as_of() == 103.0 and sight.unjudged() == []
-    sight.observe(mark(1, 101.0, bridge="b2"))  # a bridge behind another does not pull the partition back
-    assert sight.as_of() == 103.0
-    sight.observe(mark(1, 106.0, bridge="b2"))
-    assert sight.as_of() == 104.0 and sight.behind_s(110.0) == 6.0
+    assert sight.behind_s(110.0) == 7.0
     assert sight.grace_from == 0.0  # no gap, no bridge regained sight
     # a rebalance: every owned partition is unjudged until its next watermark
     sight.assign({0, 2}, now=111.0)
     assert sight.as_of() is None and sight.unjudged() == [0, 2]
-    assert sight.behind_s(111.0) == 7.0  # as of the last judgement
+    assert sight.behind_s(111.0) == 8.0  # as of the last judgement
     sight.observe(mark(0, 110.0))
     sight.observe(mark(2, 109.0))
     assert sight.as_of() == 109.0  # partition 1 is not ours any more
@@ -55,17 +53,35 @@ def test_silence_is_judged_as_of_the_lowest_partition_once_each_has_a_watermark(
     assert sight.as_of() is None  # owning nothing judges nothing
 
 
+def test_a_partition_is_judged_as_of_its_slowest_bridge_until_that_one_is_gone() -> None:
+    sight = PartitionSight(1, period_s=1.0, now=100.0)
+    sight.observe(mark(0, 100.0, bridge="b1"))
+    sight.observe(mark(0, 99.0, bridge="b2"))  # b2 is behind (a backlog, or frozen): its share may wait
+    assert sight.as_of() == 99.0
+    sight.observe(mark(0, 102.0, bridge="b1"))
+    sight.observe(mark(0, 101.5, bridge="b2"))
+    assert sight.as_of() == 101.5
+    sight.observe(mark(0, 101.0, bridge="b1"))  # an older one (b1 restarted, or reordered): no step back
+    assert sight.as_of() == 101.5
+    for t in range(103, 162):  # b2 is gone (killed); b1 goes on: b2 still holds the partition back ...
+        sight.observe(mark(0, float(t), bridge="b1"))
+    assert sight.as_of() == 101.5 and sight.expired == 0 and sight.grace_from == 0.0
+    sight.observe(mark(0, 162.0, bridge="b1"))  # ... until it is BRIDGE_EXPIRY_S behind: taken as gone
+    assert sight.as_of() == 162.0 and sight.expired == 1
+    assert sight.grace_from == 162.0  # the jump: b2's share was not watched, timers restart
+
+
 def test_sight_lost_upstream_restarts_offline_timers_from_when_it_returned() -> None:
     sight = PartitionSight(2, period_s=1.0, now=100.0)
     for t in (100.0, 101.0, 102.0):
         for p in (0, 1):
             sight.observe(mark(p, t, since=95.0))
     assert sight.grace_from == 95.0 and sight.as_of() == 102.0
-    sight.observe(mark(0, 103.0, bridge="b2", since=102.5))  # another bridge's sight returned
+    sight.observe(mark(0, 103.0, since=102.5))  # the bridge's sight returned (it was blind)
     assert sight.grace_from == 102.5
-    sight.observe(mark(1, 106.5, since=95.0))  # 4.5 s: within 5 periods, a slow bridge
+    sight.observe(mark(1, 106.5, since=102.5))  # 4.5 s: within 5 periods, a slow bridge
     assert sight.grace_from == 102.5
-    sight.observe(mark(0, 110.0, since=95.0))  # 7 s without a watermark: nobody watched meanwhile
+    sight.observe(mark(0, 110.0, since=102.5))  # 7 s without a watermark: nobody watched meanwhile
     assert sight.grace_from == 110.0 and sight.as_of() == 106.5
 
 

@@ -10,20 +10,24 @@ received (its own Sight's `caught_up_at`: not advanced while it is blind or behi
 when its sight last returned. The bridge produces it after the telemetry it vouches for was
 acknowledged by Kafka, so in the partition it comes after that telemetry.
 
-A worker keeps, per owned partition, the newest `seen_until` read (`PartitionSight`), and judges
-silence as of the lowest over its partitions; a partition without a watermark yet (after a start or
-a rebalance) stops all judgement until one arrives. Read in partition order, a watermark is only
-seen after the readings it vouches for: consumer lag delays offline detection by the lag and never
-creates it. When a partition's watermark jumps by more than a few periods (every bridge stalled,
-dead or blind, or Kafka unreachable for them), or a bridge's sight returned (`since`), each device's
-offline timer restarts from then (`Deadman.grace_from`), as the embedded runner does after blindness.
+A worker keeps, per owned partition and bridge, the newest `seen_until` read (`PartitionSight`); a
+partition is judged as of its slowest bridge, and silence as of the lowest over the partitions; a
+partition without a watermark yet (after a start or a rebalance) stops all judgement until one
+arrives. Read in partition order, a watermark is only seen after the readings it vouches for:
+consumer lag delays offline detection by the lag and never creates it. When a partition's judgement
+jumps by more than a few periods (a bridge stalled, dead or blind, or Kafka unreachable for it), or a
+bridge's sight returned (`since`), each device's offline timer restarts from then
+(`Deadman.grace_from`), as the embedded runner does after blindness.
 
-Max over bridges per partition, and its limit: an MQTT shared subscription moves a blind or departed
-bridge's devices to the bridges still subscribed, so the most advanced bridge speaks for the
-partition. A bridge that is connected but frozen or far behind holds its devices' readings while the
-others advance the watermark: silence longer than the offline timeout in that window is still
-declared (until the broker drops the frozen bridge, about 1.5 x mqtt.keepalive_s). All bridges'
-clocks must agree (NTP), as the `received_at` header already assumes.
+Min over bridges, not max: a bridge's share of the devices is its own while it lives. Mosquitto keeps
+a disconnected bridge's share of a shared subscription for its persistent session until it returns
+(README, Kafka section), and a frozen or lagging bridge that is still connected holds its share too;
+with the most advanced bridge speaking for a partition, that share would look silent. So the slowest
+bridge holds the partition back, and a bridge whose watermark falls more than BRIDGE_EXPIRY_S behind
+the partition's newest (bridge clocks) is taken as gone: the partition moves on without it (its
+share, if Mosquitto still holds one for it, is then declared offline one timeout later: the gap
+restarts the timers). The cost: a dead bridge stops all offline detection for up to BRIDGE_EXPIRY_S.
+All bridges' clocks must agree (NTP), as the `received_at` header already assumes.
 
 Compatibility: a worker that never reads a watermark (bridges of an earlier release) declares no
 device offline and says so (a warning log, `offline_checks` in its heartbeat and /health).
@@ -36,6 +40,7 @@ from typing import NamedTuple
 
 WATERMARK_HEADER = "citywatch-watermark"
 GAP_PERIODS = 5  # a watermark this many periods newer than the last one: sight was lost meanwhile
+BRIDGE_EXPIRY_S = 60.0  # a bridge this far behind a partition's newest watermark is gone (a restart takes less)
 UNJUDGED = float("-inf")  # silence judged as of the beginning of time: nobody is overdue
 
 
@@ -62,13 +67,15 @@ def decode_watermark(value: bytes) -> Watermark | None:
 
 
 class PartitionSight:
-    """Per owned partition, the newest watermark read; silence is judged as of the lowest."""
+    """Per owned partition and bridge, the newest watermark read; silence is judged as of the lowest."""
 
     def __init__(self, partitions: int, period_s: float, now: float) -> None:
         self.partitions = partitions
         self.gap_s = GAP_PERIODS * period_s
         self.owned: set[int] = set(range(partitions))
-        self.marks: dict[int, float] = {}
+        self.marks: dict[int, float] = {}  # partition -> as of when it is judged (its slowest live bridge)
+        self.bridges: dict[int, dict[str, float]] = {}  # partition -> bridge -> its newest seen_until
+        self.expired = 0  # bridges taken as gone
         self.unjudged_since = now  # when judgement last stopped (start, a rebalance)
         self.judged_until = now  # the last as-of judged, for health once judgement stops
         self.ever = False  # any watermark read since the start
@@ -80,6 +87,7 @@ class PartitionSight:
         watermark, because the consumer resumes from committed offsets, not from what we read."""
         self.owned = set(range(self.partitions)) if owned is None else set(owned)
         self.marks.clear()
+        self.bridges.clear()
         self.unjudged_since = now
 
     def observe(self, value: bytes) -> None:
@@ -89,11 +97,18 @@ class PartitionSight:
             self.malformed += 1
             return
         self.ever = True
+        bridges = self.bridges.setdefault(mark.partition, {})
+        if mark.seen_until > bridges.get(mark.bridge, UNJUDGED):
+            bridges[mark.bridge] = mark.seen_until
+        newest = max(bridges.values())
+        for gone in [b for b, seen_until in bridges.items() if newest - seen_until > BRIDGE_EXPIRY_S]:
+            del bridges[gone]
+            self.expired += 1
+        judged = min(bridges.values())
         previous = self.marks.get(mark.partition)
-        if previous is None or mark.seen_until > previous:
-            self.marks[mark.partition] = mark.seen_until
-        if previous is not None and mark.seen_until - previous > self.gap_s:
-            self.grace_from = max(self.grace_from, mark.seen_until)  # nobody (no bridge) watched meanwhile
+        if previous is not None and judged - previous > self.gap_s:
+            self.grace_from = max(self.grace_from, judged)  # a bridge did not watch (or forward) meanwhile
+        self.marks[mark.partition] = judged
         self.grace_from = max(self.grace_from, mark.since)  # a bridge's sight returned: what it missed is lost
 
     def as_of(self) -> float | None:
