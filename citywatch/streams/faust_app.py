@@ -715,8 +715,8 @@ class FaustCity:
         problems = []
         if checks["behind_s"] > OFFLINE_CHECKS_BEHIND_S:
             problems.append("offline_checks_behind")
-        if not checks["watermarks_seen"]:
-            problems.append("no_watermarks")
+        if not checks["watermarks_seen"] and self.clock() - self.core.sight.started_at >= UNJUDGED_WARN_S:
+            problems.append("no_watermarks")  # bridges of an earlier release (or none running)
         return {"problems": problems, "offline_checks_behind_s": checks["behind_s"], "offline_checks": checks}
 
     def _beat(self) -> None:

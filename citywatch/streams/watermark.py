@@ -76,6 +76,7 @@ class PartitionSight:
         self.marks: dict[int, float] = {}  # partition -> as of when it is judged (its slowest live bridge)
         self.bridges: dict[int, dict[str, float]] = {}  # partition -> bridge -> its newest seen_until
         self.expired = 0  # bridges taken as gone
+        self.started_at = now
         self.unjudged_since = now  # when judgement last stopped (start, a rebalance)
         self.judged_until = now  # the last as-of judged, for health once judgement stops
         self.ever = False  # any watermark read since the start
