@@ -336,6 +336,9 @@ class KafkaSettings(Section):
     batch_size: int = Field(500, ge=1)  # telemetry events a worker takes at once: one Table write per device per batch
     batch_within_s: float = Field(0.05, gt=0)  # ... or what arrived within this (a quiet stream waits no longer)
     standby_replicas: int = Field(1, ge=0)  # warm copies of each Table partition on other workers
+    # Each bridge produces a watermark to every telemetry partition this often: workers judge device silence
+    # only up to what the bridges have forwarded (streams/watermark.py); a gap of 5 periods restarts offline timers
+    watermark_s: float = Field(1.0, gt=0)
     # Where a worker keeps the `devices` Table: rocksdict (RocksDB through PyPI rocksdict) or python-rocksdb
     # (PyPI faust-streaming-rocksdb) persist it under <data_dir>/workers/<worker id>/, so a restarted worker
     # reads only the changelog's tail; memory rebuilds it from the whole changelog at every start.

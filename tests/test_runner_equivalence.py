@@ -4,7 +4,9 @@ One recorded message list (the simulator, with incidents, plus bad input) goes (
 Pipeline driven as EmbeddedRunner._process drives it (batches, a tick after each batch), and
 (2) through the Faust `process` agent under `test_context()` with the same batches and ticks.
 Also across a hand-over: one Faust worker takes the first half, a second one, built from the
-first one's Table (what changelog recovery gives it), takes the rest.
+first one's Table (what changelog recovery gives it), takes the rest. The Faust worker judges
+silence only as far as the bridges' watermarks vouch (streams/watermark.py): here a watermark in
+every partition after each batch, at the batch's clock, as the embedded runner's tick.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from citywatch.model import Device, Output, Transition
 from citywatch.streams.bridge import KafkaSettings, message_key, partition_for
 from citywatch.streams.faust_app import FaustCity
 from citywatch.streams.pipeline import Pipeline
+from citywatch.streams.watermark import WATERMARK_HEADER, Watermark, encode_watermark
 from tests.helpers import T0, DictDevices
 
 PARTITIONS = 4
@@ -72,8 +75,9 @@ def run_embedded(settings: Settings, devices: list[Device], messages: Recorded) 
 
 
 def faust_city(settings: Settings, devices: list[Device], worker_id: str) -> tuple[FaustCity, list[Transition]]:
-    city = FaustCity(settings, KafkaSettings(partitions=PARTITIONS, batch_within_s=0.001), role="process",
-                     worker_id=worker_id,
+    # watermark_s: a watermark per batch, however far apart the simulated batches are (no gap: no grace)
+    city = FaustCity(settings, KafkaSettings(partitions=PARTITIONS, batch_within_s=0.001, watermark_s=3600.0),
+                     role="process", worker_id=worker_id,
                      devices=DictDevices({d.id: d for d in devices}), clock=lambda: T0)
     published: list[Transition] = []
 
@@ -92,6 +96,9 @@ async def run_faust(city: FaustCity, messages: Recorded) -> None:
                 key = message_key(topic, prefix)
                 await agent.put(payload, key=key, partition=partition_for(key, PARTITIONS),
                                 headers={"topic": topic.encode(), "received_at": repr(received_at).encode()})
+            for p in range(PARTITIONS):  # the bridge vouches: it forwarded everything received until `now`
+                await agent.put(encode_watermark(Watermark("bridge-1", p, now, 0.0)), key=b"bridge-1", partition=p,
+                                headers={WATERMARK_HEADER: b"1"})
             await city.tick(now)
 
 

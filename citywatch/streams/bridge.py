@@ -7,6 +7,11 @@ still dead-letters it), value = the payload bytes, headers `topic` and `received
 is acknowledged to the MQTT broker only after Kafka acknowledged the produce (acks=all, and
 idempotence when the broker supports it): a crash in between means MQTT redelivers, and the
 worker drops the copy as a `duplicate` when the device sends `seq`. At-least-once.
+
+Every `kafka.watermark_s` while it can see (connected and subscribed), the bridge also produces a
+watermark to every telemetry partition, after the telemetry it vouches for was acknowledged: how far
+(its receive clock) it has forwarded everything it received, so workers judge device silence only
+that far (streams/watermark.py).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from citywatch.ingest.handoff import Handoff
 from citywatch.ingest.topics import parse_topic
 from citywatch.metrics import Exporter, Source, batch_histogram, counter, gauge, serve_metrics
 from citywatch.streams.kafka_auth import client_options
+from citywatch.streams.sight import Sight
+from citywatch.streams.watermark import WATERMARK_HEADER, Watermark, encode_watermark
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,8 @@ ACTION_HEADER = "citywatch-action"  # a person's ack/resolve travelling to the p
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 10.0
 RESTART_AFTER = 3  # failed produce attempts of one batch before the bridge replaces its producer
 BATCH_BYTES = 256 * 1024  # producer record batches (aiokafka's default, 16 KiB, holds ~80 telemetry records)
+WAIT_S = 0.2  # the longest wait for messages in one turn of the loop
+STALLED_WAIT_SLACK_S = 0.5  # a wait this much longer than asked was frozen or starved (as embedded.py's)
 
 
 def bootstrap_servers(kafka: KafkaSettings) -> list[str]:
@@ -162,6 +171,11 @@ class Bridge:
         self.ready = asyncio.Event()
         self.handoff: Handoff[Message] | None = None
         self.on_batch: Callable[[float], None] | None = None  # seconds per forwarded batch (metrics.py)
+        # how far this bridge has forwarded all it received (its watermarks; streams/watermark.py)
+        self.started_at = time.time()
+        self.sight = Sight(self.started_at)
+        self.sight_since = 0.0  # when sight last returned
+        self.watermarked_until: float | None = None  # seen_until of the last watermark Kafka acknowledged
 
     async def run(self, stop: asyncio.Event) -> None:
 
@@ -182,11 +196,24 @@ class Bridge:
                 log.warning("bridge: not connected to %s yet; retrying in the background", self.settings.mqtt.url)
             self.ready.set()
             batch_size = self.settings.ingest.batch_size
-            last_beat = 0.0
+            last_beat = last_mark = 0.0
             while not stop.is_set():
-                batch = await handoff.get_batch(batch_size, timeout=0.2)
+                waited_from, waited_mono = time.time(), time.monotonic()
+                batch = await handoff.get_batch(batch_size, timeout=WAIT_S)
+                now, backlog = time.time(), len(handoff)
+                stalled = time.monotonic() - waited_mono > WAIT_S + STALLED_WAIT_SLACK_S
                 if batch:
                     producer = await self._forward(producer, batch, stop)
+                    if stop.is_set():
+                        break  # the batch may not have gone through: vouch for nothing more
+                # after the batch is acknowledged: what the sight now vouches for is in Kafka
+                regained = self.sight.observe(now, self._can_see(), backlog, batch[-1].received_at if batch else None,
+                                              None if batch or stalled else waited_from)
+                if regained is not None:
+                    self.sight_since = regained
+                if time.monotonic() - last_mark >= self.kafka.watermark_s:
+                    last_mark = time.monotonic()
+                    await self._watermark(producer)
                 if self.heartbeat is not None and time.monotonic() - last_beat >= 1.0:
                     last_beat = time.monotonic()
                     self._beat()
@@ -253,11 +280,42 @@ class Bridge:
             futures.append(await producer.send_batch(builder, topic, partition=partition))
         return futures
 
+    def _can_see(self) -> bool:
+        """Connected and subscribed, the collector's process up: messages can reach us."""
+        c = self.collector
+        return bool(c is not None and c.connected.is_set() and subscribed(c) and getattr(c, "down_since", None) is None)
+
+    async def _watermark(self, producer: AIOKafkaProducer) -> None:
+        """One watermark record to every telemetry partition, acknowledged before the next batch goes out,
+        so each comes after the telemetry it vouches for. None while blind: nothing new to vouch for (the
+        workers stop judging, and restart offline timers when sight returns). A failure is not retried:
+        the next period sends a newer one."""
+        sight = self.sight
+        if sight.blind_since is not None:
+            return
+        seen_until = sight.caught_up_at
+        topic = self.kafka.telemetry_topic
+        headers = [(WATERMARK_HEADER, b"1")]
+        try:
+            partitions = sorted(await producer.partitions_for(topic))
+            futures = [await producer.send(topic, encode_watermark(Watermark(self.client_id, p, seen_until,
+                                                                             self.sight_since)),
+                                           partition=p, headers=headers) for p in partitions]
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            self.counters["watermark_errors"] += 1
+            log.warning("bridge: watermark not produced (%s); the next one follows in %.1f s",
+                        type(exc).__name__, self.kafka.watermark_s)
+            return
+        self.counters["watermarks"] += 1
+        self.watermarked_until = seen_until
+
     def _beat(self) -> None:
         assert self.heartbeat is not None
         c = self.collector
         state = {"at": time.time(), "client_id": self.client_id, "connected": bool(c and c.connected.is_set()),
-                 "subscribed": subscribed(c), **self.counters}
+                 "subscribed": subscribed(c), "watermarked_until": self.watermarked_until,
+                 "blind_s": round(self.sight.blind_s, 1), **self.counters}
         self.heartbeat.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.heartbeat.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
@@ -292,6 +350,11 @@ class BridgeSource(Source):
                     int(bool(c and c.connected.is_set() and subscribed(c))))
         yield gauge("citywatch_handoff_messages", "Messages waiting to be produced.",
                     len(b.handoff) if b.handoff is not None else 0)
+        yield counter("citywatch_bridge_watermarks", "Watermark rounds produced to every telemetry partition.",
+                      b.counters["watermarks"])
+        yield gauge("citywatch_bridge_watermark_behind_seconds",
+                    "How far behind the clock the last watermark vouches (workers judge silence only that far).",
+                    max(0.0, time.time() - (b.started_at if b.watermarked_until is None else b.watermarked_until)))
 
 
 def bridge_exporter(bridge: Bridge) -> Exporter:

@@ -35,6 +35,13 @@ changed is still written with its batch, a quiet device's record at most every N
 batch whose records wait are not committed until they are written (kafka_bulk.Holds), so a crash
 replays up to N s of telemetry into the records last written: as it ran the first time (same
 transitions, same ids), nothing lost, learning included. A revocation or a stop writes them all first.
+
+Offline detection judges device silence only as far as the bridges have forwarded what they received:
+their watermark records in the telemetry partitions (streams/watermark.py), never the worker's wall
+clock, so consumer lag, a Kafka outage or a dead bridge opens no offline storm. Until every owned
+partition has had a watermark (at start, after a rebalance, with bridges of an earlier release), no
+device is declared offline; the heartbeat (`offline_checks`), /health with role all, the log and
+`citywatch_offline_checks_behind_seconds` say so.
 """
 
 from __future__ import annotations
@@ -73,9 +80,11 @@ from citywatch.metrics import (
     TransitionTally,
     batch_histogram,
     counter,
+    gauge,
     serve_metrics,
 )
 from citywatch.model import DeadLetter, Output, Transition
+from citywatch.ratelog import LogLimiter
 from citywatch.sinks.influx import InfluxBackpressure, InfluxSink, lines_for
 from citywatch.streams.bridge import (
     ACTION_HEADER,
@@ -98,11 +107,14 @@ from citywatch.streams.kafka_bulk import (
 )
 from citywatch.streams.pipeline import DeviceLookup, Pipeline
 from citywatch.streams.sink_api import start_sink_api
+from citywatch.streams.watermark import UNJUDGED, WATERMARK_HEADER, PartitionSight
 
 log = logging.getLogger(__name__)
 
 ROLES = ("all", "process", "sink")
 SINK_BATCH = 500
+OFFLINE_CHECKS_BEHIND_S = 60.0  # offline judgement this far behind: a problem in /ready (as the embedded runner's)
+UNJUDGED_WARN_S = 30.0  # no offline judgement this long (no watermark on a partition): a warning, once a minute
 
 
 encode_transition = msgspec.json.Encoder().encode
@@ -178,7 +190,7 @@ class WorkerCore:
     """Pipeline + AlertEngine for the partitions this worker owns, persisted in a DeviceTable."""
 
     def __init__(self, settings: Settings, devices: DeviceLookup, table: Any, partitions: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, watermark_s: float = 1.0) -> None:
         self.settings = settings
         self.devices = devices
         self.table = table
@@ -198,6 +210,8 @@ class WorkerCore:
         ingest = settings.ingest
         self.checkpoint = Checkpoint(ingest.state_checkpoint_s, max(64, settings.kafka.batch_size // 4))
         self.holds = Holds()
+        # how far the bridges have forwarded, per owned partition: silence is judged only that far
+        self.sight = PartitionSight(partitions, watermark_s, clock())
 
     def assign(self, owned: set[int] | None) -> None:
         """The partitions changed: rebuild from the Table before the next event or tick (records not
@@ -206,6 +220,7 @@ class WorkerCore:
         self.stale = True
         self.checkpoint.unsaved.clear()
         self.holds.clear()
+        self.sight.assign(owned, self.clock())
 
     @property
     def pipeline(self) -> Pipeline:
@@ -281,8 +296,25 @@ class WorkerCore:
             self.counters["actions_rejected"] += 1
             log.info("worker: %s %s rejected: %s", action, alert_id, exc)
 
+    def watermark(self, value: bytes) -> None:
+        """A bridge's watermark read from an owned partition: not telemetry (no reading, no dead letter)."""
+        self.sight.observe(value)
+
     def tick(self, now: float, out: Output) -> None:
-        self.pipeline.tick(now, out)
+        """Deadlines at `now`; silence only as of the lowest watermark over the owned partitions (none
+        declared while a partition has none), offline timers restarted where sight was lost upstream."""
+        pipeline = self.pipeline
+        sight = self.sight
+        as_of = sight.as_of()
+        deadman = pipeline.deadman
+        deadman.grace_from = max(deadman.grace_from, sight.grace_from)
+        pipeline.tick(now, out, silence_as_of=UNJUDGED if as_of is None else as_of)
+
+    def offline_checks(self, now: float) -> dict[str, Any]:
+        """How far offline judgement is behind (health, heartbeat): None as_of while not judging."""
+        sight = self.sight
+        return {"behind_s": round(sight.behind_s(now), 1), "as_of": sight.as_of(), "unjudged": sight.unjudged(),
+                "watermarks_seen": sight.ever}
 
     def commit(self) -> int:
         """Write the record of every device whose state changed into the Table; returns how many."""
@@ -366,6 +398,7 @@ class FaustCity:
         self.write_records: Callable[[list[Write]], Awaitable[Awaitable[None]]] = self._write_table
         self.loglevel = loglevel
         self.on_sink_batch: Callable[[float], None] | None = None  # seconds per stored batch (metrics.py)
+        self.unjudged_log = LogLimiter(60.0)
         self.app = self._make_app()
         app, k = self.app, kafka
         self.telemetry, self.transitions, self.deadletters = (
@@ -416,7 +449,8 @@ class FaustCity:
             options=None if self.kafka.table_store == "memory" else {"driver": self.kafka.table_store}))
         self.table = table
         assert self.devices is not None
-        self.core = WorkerCore(self.settings, self.devices, table, self.kafka.partitions, self.clock)
+        self.core = WorkerCore(self.settings, self.devices, table, self.kafka.partitions, self.clock,
+                               self.kafka.watermark_s)
         if self.bulk:
             self.write_records = ChangelogWriter(table, self.kafka.partitions).write
             city = self
@@ -575,6 +609,9 @@ class FaustCity:
             process = core.pipeline.process  # once per batch (a rebuild waits for the lock)
             for key, value, headers, timestamp in events:
                 payload = value or b""
+                if WATERMARK_HEADER in headers:
+                    core.watermark(payload)
+                    continue
                 action = headers.get(ACTION_HEADER)
                 if action is not None:
                     core.act(action.decode("utf-8", "replace"), payload, out)
@@ -602,6 +639,7 @@ class FaustCity:
             self.devices.refresh()
         async with self.lock:
             self.core.tick(self.clock() if now is None else now, out)
+            self._warn_unjudged()
             if out.transitions:
                 self.core.tally.observe(out)
             await self.publish(out)
@@ -652,9 +690,38 @@ class FaustCity:
         except Exception:  # the consumer is not started yet
             return False
 
+    def _warn_unjudged(self) -> None:
+        """Loudly, once a minute: no offline judgement for long (a partition without a watermark)."""
+        assert self.core is not None
+        sight = self.core.sight
+        now = self.clock()
+        if sight.as_of() is not None or not sight.owned or now - sight.unjudged_since < UNJUDGED_WARN_S:
+            return
+        if not self.unjudged_log.allow("unjudged")[0]:
+            return
+        if not sight.ever:
+            log.warning("worker: no bridge watermark read in %.0f s: no device is declared offline. Bridges of "
+                        "an earlier release send none; upgrade them (kafka.watermark_s)", now - sight.unjudged_since)
+        else:
+            log.warning("worker: partitions %s have had no bridge watermark for %.0f s: no device is declared "
+                        "offline until they do (bridges down, or Kafka behind)", sight.unjudged(),
+                        now - sight.unjudged_since)
+
+    def health(self) -> dict[str, Any]:
+        """The process role's part of /health and the heartbeat: how far behind offline judgement is."""
+        if self.core is None:
+            return {"problems": []}
+        checks = self.core.offline_checks(self.clock())
+        problems = []
+        if checks["behind_s"] > OFFLINE_CHECKS_BEHIND_S:
+            problems.append("offline_checks_behind")
+        if not checks["watermarks_seen"] and self.clock() - self.core.sight.started_at >= UNJUDGED_WARN_S:
+            problems.append("no_watermarks")  # bridges of an earlier release (or none running)
+        return {"problems": problems, "offline_checks_behind_s": checks["behind_s"], "offline_checks": checks}
+
     def _beat(self) -> None:
         core = self.core
-        state = {"at": time.time(), "worker_id": self.worker_id, "role": self.role,
+        state = {"at": time.time(), "worker_id": self.worker_id, "role": self.role, **self.health(),
                  "owned": None if core is None or core.owned is None else sorted(core.owned),
                  "rebuilds": core.rebuilds if core else 0, "assigned_at": self.assigned_at,
                  "rebuild": core.rebuild if core else {},
@@ -717,7 +784,7 @@ class FaustCity:
         """The sink's HTTP API (citywatch/streams/sink_api.py), with this worker's metrics."""
         assert self.sink is not None
         return await start_sink_api(self.sink, self.settings, self.role, self.clock, self.request_action,
-                                    worker_exporter(self))
+                                    worker_exporter(self), self.health if self.core is not None else None)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -777,13 +844,30 @@ class SinkSource(Source):
                       counts.get("duplicates", 0))
 
 
+class OfflineChecksSource(Source):
+    """How far behind the clock the worker judges device silence (the bridges' watermarks)."""
+
+    def __init__(self, core: WorkerCore, clock: Callable[[], float]) -> None:
+        self.core, self.clock = core, clock
+
+    def collect(self) -> Iterable[Metric]:
+        sight = self.core.sight
+        yield gauge("citywatch_offline_checks_behind_seconds",
+                    "How far behind the clock offline detection judges (bridge watermarks; grows while a "
+                    "partition has none).", sight.behind_s(self.clock()))
+        yield gauge("citywatch_offline_unjudged_partitions",
+                    "Owned partitions without a bridge watermark yet: no device is declared offline meanwhile.",
+                    len(sight.unjudged()))
+
+
 def worker_exporter(city: FaustCity) -> Exporter:
     """A Faust worker's metrics by its role: the pipeline over its partitions (process), the store,
     outbox and webhooks (sink), InfluxDB (both)."""
     exporter = Exporter()
     core = city.core
     if core is not None:
-        exporter.add(PipelineSource(core.counts), AlertSource(core.tally, core.online, core.open_alerts))
+        exporter.add(PipelineSource(core.counts), AlertSource(core.tally, core.online, core.open_alerts),
+                     OfflineChecksSource(core, city.clock))
     if city.sink is not None:
         sink = city.sink
         exporter.add(SinkSource(lambda: sink.counters), StoreSource(city.settings.data_dir))

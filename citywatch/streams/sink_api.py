@@ -30,6 +30,7 @@ from citywatch.sinks.store import TxHook, store_path
 from citywatch.streams.faust_sink import TransitionSink
 
 RequestAction = Callable[[str, str, bytes], Awaitable[None]]  # (device id, action, JSON body) to its partition
+PipelineHealth = Callable[[], dict[str, Any]]  # role all: the process role's problems and offline judgement
 
 
 class SinkDesk:
@@ -37,8 +38,9 @@ class SinkDesk:
     people's actions forwarded to the device's owner with `request_action`."""
 
     def __init__(self, sink: TransitionSink, settings: Settings, role: str, clock: Callable[[], float],
-                 request_action: RequestAction) -> None:
+                 request_action: RequestAction, pipeline_health: PipelineHealth | None = None) -> None:
         self.sink = sink
+        self.pipeline_health = pipeline_health
         self.role = role
         self.clock = clock
         self.safety = settings.alerts.safety_rules
@@ -49,9 +51,12 @@ class SinkDesk:
         return self.sink.silences.in_force()
 
     def health(self) -> dict[str, Any]:
-        """Live and ready while the worker runs (Faust restarts its agents; Kafka holds what waits)."""
-        return {"live": True, "ready": True, "problems": [], "role": self.role,
-                "webhooks": self.sink.delivery.stats()}
+        """Live while the worker runs (Faust restarts its agents; Kafka holds what waits); ready unless,
+        with role all, the pipeline reports a problem (offline judgement far behind, no watermarks)."""
+        extra = self.pipeline_health() if self.pipeline_health is not None else {}
+        problems = list(extra.pop("problems", []))
+        return {"live": True, "ready": not problems, "problems": problems, "role": self.role,
+                "webhooks": self.sink.delivery.stats(), **extra}
 
     def stats(self) -> dict[str, Any]:
         return {"role": self.role, "sink": dict(self.sink.counters), "webhooks": self.sink.delivery.stats(),
@@ -82,9 +87,10 @@ class SinkDesk:
 
 
 def make_sink_app(sink: TransitionSink, settings: Settings, role: str, clock: Callable[[], float],
-                  request_action: RequestAction, exporter: Exporter, token: str) -> web.Application:
+                  request_action: RequestAction, exporter: Exporter, token: str,
+                  pipeline_health: PipelineHealth | None = None) -> web.Application:
     """The sink's API application (not yet served)."""
-    desk = SinkDesk(sink, settings, role, clock, request_action)
+    desk = SinkDesk(sink, settings, role, clock, request_action, pipeline_health)
 
     def install_metrics(app: web.Application) -> None:
         # this worker's (sink, and the pipeline with role all), with the API's connection guard
@@ -100,10 +106,11 @@ def make_sink_app(sink: TransitionSink, settings: Settings, role: str, clock: Ca
 
 
 async def start_sink_api(sink: TransitionSink, settings: Settings, role: str, clock: Callable[[], float],
-                         request_action: RequestAction, exporter: Exporter) -> web.AppRunner:
+                         request_action: RequestAction, exporter: Exporter,
+                         pipeline_health: PipelineHealth | None = None) -> web.AppRunner:
     """Serve the sink's API on api.host:api.port, behind the same guard as the runner's API."""
     token = api_token(settings.api, settings.data_dir)
     assert token is not None
-    app = make_sink_app(sink, settings, role, clock, request_action, exporter, token)
+    app = make_sink_app(sink, settings, role, clock, request_action, exporter, token, pipeline_health)
     runner, _, _ = await serve(app, settings.api)  # the same timeouts and connection cap as the runner's API
     return runner
