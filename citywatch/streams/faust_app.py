@@ -428,6 +428,7 @@ class FaustCity:
             # record batches of up to 512 KiB (Faust's default, 16 KiB, holds ~15 device records): the
             # changelog goes out a batch per partition (kafka_bulk.py); under Kafka's 1 MB message.max.bytes
             producer_max_batch_size=512 * 1024,
+            consumer_max_fetch_size=k.fetch_partition_bytes,  # fewer waits for the next fetch
             broker_credentials=faust_credentials(k),  # kafka.security_protocol: SASL, TLS (kafka_auth.py)
             recovery_consistency_check=k.exact_high_watermark,  # see read_changelog_tail
             **faust_logging(self.settings, self.loglevel),  # our handler (format, masking), not mode's colour logger
