@@ -121,11 +121,17 @@ def owned(data_dir: Path, worker: str) -> set[int]:
     return set(beat["owned"] or ()) if beat and beat.get("owned") is not None else set()
 
 
-def publish_paced(mosquitto: MosquittoServer, messages: list[tuple[str, bytes]], chunk: int = 50) -> None:
+KILL_AHEAD = 100  # messages: the kill lands this far before the killed worker's last transition
+
+
+def publish_paced(mosquitto: MosquittoServer, messages: list[tuple[str, bytes]], chunk: int = 50,
+                  progress: list[int] | None = None) -> None:
     """A stream rather than a burst (load shaping, not synchronisation): the kill lands while
-    the workers are busy with batches."""
+    the workers are busy with batches. `progress[0]`: how many are published so far."""
     for i in range(0, len(messages), chunk):
         publish_all(mosquitto, messages[i:i + chunk])
+        if progress is not None:
+            progress[0] = min(i + chunk, len(messages))
         time.sleep(0.1)
 
 
@@ -172,8 +178,11 @@ def test_two_workers_lose_one_and_every_transition_arrives_once(
     pipeline = Pipeline(settings, DictDevices({d.id: d for d in devices}), AlertEngine(settings.alerts),
                         started_at=start)
     reference = Output()
-    for topic, payload in messages:
+    produced_by: dict[str, int] = {}  # transition id -> index of the message that produced it
+    for index, (topic, payload) in enumerate(messages):
         pipeline.process(topic, payload, time.time(), reference)
+        for t in reference.transitions[len(produced_by):]:
+            produced_by[t.id] = index
     expected: dict[str, Transition] = {t.id: t for t in reference.transitions}
     assert len(expected) >= 15 and len(expected) == len(reference.transitions)
 
@@ -207,13 +216,17 @@ def test_two_workers_lose_one_and_every_transition_arrives_once(
                  if partition_for(t.alert.device_id.encode(), PARTITIONS) in b_partitions}
         wait_until(lambda: procs.check_alive() or set(receiver.ids()) & early, timeout=120, interval=0.1)
 
-        def forwarded() -> int:
-            return int((heartbeat(data_dir, "bridge-cw-it-bridge-1") or {}).get("forwarded", 0))
-
         second = messages[half:]
-        publisher = threading.Thread(target=publish_paced, args=(mosquitto, second), daemon=True)
+        progress = [0]
+        publisher = threading.Thread(target=publish_paced, args=(mosquitto, second), kwargs={"progress": progress},
+                                     daemon=True)
         publisher.start()
-        wait_until(lambda: procs.check_alive() or forwarded() >= half + len(second) // 4, timeout=60, interval=0.05)
+        # kill b while it still has work to do: once the publisher is KILL_AHEAD messages (about 0.2 s of the
+        # paced stream) short of the one that produces b's last transition; without one, a quarter in
+        b_later = [produced_by[i] for i, t in expected.items() if produced_by[i] >= half + KILL_AHEAD
+                   and partition_for(t.alert.device_id.encode(), PARTITIONS) in b_partitions]
+        kill_at = max(b_later) - KILL_AHEAD if b_later else half + len(second) // 4
+        wait_until(lambda: procs.check_alive() or half + progress[0] >= kill_at, timeout=60, interval=0.01)
         procs.kill("b")  # mid-stream, no goodbye: its partitions move after the session timeout
         killed_at = time.monotonic()
         delivered_before_kill = len(receiver.ids())
