@@ -124,3 +124,20 @@ def test_a_stop_hands_back_what_could_not_be_written(tmp_path: Path) -> None:
     assert writer.stop(5.0) == 2  # failing: it does not wait out the drain time
     assert not writer.running
     assert writer.take_pending() == {"gas-1": b"v", "gas-2": b"w"} and writer.pending == {}
+
+
+def test_a_dead_thread_is_told_apart_and_its_values_taken_back(db: Path) -> None:
+    """A thread that died (not stopped): `died`, and the consume loop takes what it held."""
+    writer = ValueWriter(db)
+    writer.start()
+    writer.chunk = 0  # nothing is written meanwhile
+
+    def explode(conn: sqlite3.Connection, chunk: list[tuple[str, bytes]]) -> None:
+        raise RuntimeError("a bug")
+
+    writer._write = explode  # type: ignore[method-assign]
+    writer.offer({"gas-1": b"v"})
+    writer.chunk = 500
+    wait_until(lambda: writer.died, 10)
+    assert not writer.running and writer.offer({"gas-2": b"w"}) == {"gas-2": b"w"}
+    assert writer.take_pending() == {"gas-1": b"v"}

@@ -85,7 +85,19 @@ class ValueWriter:
                         self.pending.pop(device_id, None)
             yield
 
+    @property
+    def died(self) -> bool:
+        """Started, then ended without being stopped: the consume loop writes its values again."""
+        return self._thread is not None and not self._thread.is_alive() and not self._stop.is_set()
+
     def _run(self) -> None:
+        try:
+            self._write_until_stopped()
+        except BaseException:
+            log.exception("the thread writing devices' checkpointed values to %s died; the consume loop "
+                          "writes them again itself", self.path)
+
+    def _write_until_stopped(self) -> None:
         conn: sqlite3.Connection | None = None
         delay = 0.2
         while not self._stop.is_set():
@@ -102,8 +114,10 @@ class ValueWriter:
                     if conn is None:
                         conn = self._connect()
                     self._write(conn, chunk)
-                except sqlite3.Error as exc:
+                except BaseException as exc:
                     self._put_back(chunk)
+                    if not isinstance(exc, sqlite3.Error):
+                        raise
                     if self.failing_since is None:
                         self.failing_since = time.monotonic()
                         log.error("cannot write devices' checkpointed values to %s (%s): keeping %d and retrying",

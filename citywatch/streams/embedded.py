@@ -405,6 +405,8 @@ class EmbeddedRunner:
             quiet = {d: v for d, v in values.items() if v is not None and d not in engaged}
             left = self.value_writer.offer(quiet)
             values = {d: v for d, v in values.items() if d not in quiet or d in left}
+        if self.value_writer.died and self.value_writer.pending:  # what it held: older than this batch's
+            values = {**self.value_writer.take_pending(), **values}
         incidents = self.incidents.take_changes()
         delay = 0.2
         while True:
