@@ -319,6 +319,17 @@ class GenericDetector:
             self._counts(raw, n + 1)
         return alert, score
 
+    def run(self, values: list[float], stamps: list[float]) -> tuple[list[int], list[float]]:
+        """`process` over rows in order: (is_alert 1/0, anomaly_score) lists. The replay's loop, here
+        so that mypyc compiles it: each row is a native call, no Python tuple or float boxed twice."""
+        alerts: list[int] = []
+        scores: list[float] = []
+        for i in range(len(values)):
+            alert, score = self.process(values[i], stamps[i])
+            alerts.append(1 if alert else 0)
+            scores.append(score)
+        return alerts, scores
+
     def _counts(self, x: float, rows: int) -> None:
         """Whether the series is counts: after `counts` whole numbers >= 0 it is, and its models
         start afresh on the transformed values (the season's rate, once known, is kept); any
