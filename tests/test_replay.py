@@ -144,6 +144,7 @@ def test_timestamps_in_several_forms() -> None:
     assert parse_timestamps(["1795000000000"]) == [1795000000.0]  # milliseconds
     assert parse_timestamps(["2026-11-18 11:06:40", "2026-11-18T11:07:40"]) == [T0, T0 + 60]
     assert parse_timestamps(["2026-11-18T19:06:40+08:00"]) == [T0]
+    assert parse_timestamps(["2026-11-18T11:06:40Z", "2026-11-18 11:07:40.5Z"]) == [T0, T0 + 60.5]  # Z: UTC
     with pytest.raises(ReplayError, match="row 2: bad timestamp"):
         parse_timestamps(["yesterday"])
 
