@@ -50,7 +50,8 @@ second round) keeps reading raw values, so nothing it learned is lost, and its s
 stream starts from the smoothed local one's statistics (alike on noise: no warm-up, no burst of
 alarms); the 23-number one (before that) keeps what the formats share, the rest starts afresh. Pure
 Python floats, one flat state list unpacked and repacked per row, the long-run sds refreshed
-every 8 rows (the speed: about 100,000 rows/s in-process on one core).
+every 8 rows (the speed: about 500,000 rows/s in-process on one core, compiled: the unpacked numbers
+are typed locals, so mypyc does their arithmetic in C doubles).
 """
 
 from __future__ import annotations
