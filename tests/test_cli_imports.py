@@ -70,6 +70,19 @@ def test_generic_replay_through_the_cli_loads_nothing_heavy(tmp_path: Path) -> N
     assert heavy(modules) == set()
 
 
+def test_generic_replay_of_iso_times_loads_no_numpy_for_a_small_file(tmp_path: Path) -> None:
+    """A file of one chunk reads ISO 8601 row by row: numpy's import costs more than 5,000 rows."""
+    (tmp_path / "in.csv").write_text("timestamp,value\n" + "".join(
+        f"2026-11-{18 + i // 1440}T{i // 60 % 24:02d}:{i % 60:02d}:00Z,{i % 7}\n" for i in range(3000)))
+    run = ("from citywatch.cli import main\n"
+           "main(['replay', 'in.csv', '--out', 'out.csv'], standalone_mode=False)")
+    cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    loaded_after(run, tmp_path, cache)
+    modules = loaded_after(run, tmp_path, cache)
+    assert len((tmp_path / "out.csv").read_text().splitlines()) == 3001
+    assert heavy(modules) == set()
+
+
 def test_every_lazy_command_is_the_command_of_that_name() -> None:
     for name, target in LAZY_COMMANDS.items():
         command = main.get_command(click.Context(main), name)

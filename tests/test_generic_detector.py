@@ -4,6 +4,7 @@ score, contextual anomalies, bounded state that continues exactly."""
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 
@@ -117,6 +118,28 @@ def test_state_is_bounded_and_continues_exactly_through_msgpack() -> None:
     resumed = GenericDetector.from_state(msgspec.msgpack.decode(msgspec.msgpack.encode(half.to_state())))
     assert [resumed.process(v, t) for t, v in rows[20000:]] == first[20000:]
     assert any(a for a, _ in first[20000:])  # the level steps every 7,000 rows: something to decide
+
+
+def test_run_is_process_row_by_row_and_a_state_with_whole_numbers_continues() -> None:
+    """run() (the replay's compiled loop) decides as process() does; a packed state whose floats
+    came back as ints (an encoder that writes 0.0 as 0) continues the same: the compiled detector
+    reads its state into typed numbers."""
+    rng = random.Random(9)
+    values = [rng.gauss(10, 1) + (6 if i in (700, 1500) else 0) for i in range(2000)]
+    stamps = [T0 + 60.0 * i for i in range(2000)]
+    one = GenericDetector()
+    by_row = [one.process(v, t) for v, t in zip(values, stamps, strict=True)]
+    alerts, scores = GenericDetector().run(values, stamps)
+    assert list(zip([a == 1 for a in alerts], scores, strict=True)) == by_row and sum(alerts) >= 1
+    detector = GenericDetector()
+    detector.run(values[:1000], stamps[:1000])
+    packed = detector.packed()
+    rounded = [round(v) if isinstance(v, float) and abs(v) > 5 else v for v in packed["s"]]  # level, press...
+    as_floats = {**copy.deepcopy(packed), "s": [float(v) if i not in (0, 1, 24) else v for i, v in enumerate(rounded)]}
+    as_ints = {**copy.deepcopy(packed), "s": rounded}  # (copies: unpack works on the lists in place)
+    assert sum(isinstance(v, int) for v in as_ints["s"]) > 3  # n, since, cnt and some float slots
+    expected = GenericDetector().unpack(as_floats).run(values[1000:], stamps[1000:])
+    assert GenericDetector().unpack(as_ints).run(values[1000:], stamps[1000:]) == expected
 
 
 def test_bad_values_and_timestamps_are_skipped_without_harm() -> None:

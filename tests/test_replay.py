@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from citywatch.detectors.generic import GenericDetector
-from citywatch.streams.replay import ReplayError, parse_timestamps, replay, replay_command
+from citywatch.streams.replay import ReplayError, parse_timestamps, read_chunks, replay, replay_command
 from tests.helpers import T0
 
 
@@ -80,6 +80,53 @@ def test_generic_replay_of_a_long_series_writes_every_row(tmp_path: Path) -> Non
     assert stats.rows == len(out) == 60000 and [r["timestamp"] for r in out[:3]] == [r[0] for r in rows[:3]]
 
 
+def test_generic_output_is_what_csv_writer_writes_for_every_cell(tmp_path: Path) -> None:
+    """The rows are written without csv.writer when no timestamp cell needs quoting: the file is
+    the same either way (cells kept as read, quoted where csv quotes them), and so are the rows read
+    past empty, short and long lines."""
+    rng = random.Random(7)
+    lines, expected_rows = ["timestamp,value"], []
+    detector = GenericDetector()
+    for i in range(600):
+        stamp = iso(T0 + 60 * i).replace(" ", "T")
+        cell = f"{stamp},250" if i % 7 == 0 else f" {T0 + 60 * i:.0f} " if i % 5 == 0 else stamp
+        value = rng.gauss(0, 1) + (9 if i == 400 else 0)
+        if i % 50 == 0:
+            lines.append("")  # skipped
+        if i % 61 == 0:
+            lines.append(f'"{cell}"')  # short: the value is missing (NaN, scores 0)
+            value = float("nan")
+        else:
+            lines.append(f'"{cell}",{value:.4f}' + (",x,y" if i % 13 == 0 else ""))
+            value = float(f"{value:.4f}")
+        expected_rows.append((cell, *detector.process(value, parse_timestamps([cell])[0])))
+    src = tmp_path / "in.csv"
+    src.write_text("\n".join(lines) + "\n")
+    replay(src, tmp_path / "out.csv")
+    expected = tmp_path / "expected.csv"
+    with open(expected, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(("timestamp", "is_alert", "anomaly_score"))
+        writer.writerows((cell, 1 if alert else 0, f"{score:.6f}") for cell, alert, score in expected_rows)
+    assert (tmp_path / "out.csv").read_text() == expected.read_text()
+    assert '"2026-11-18T11:06:40,250",0,0.000000' in expected.read_text()  # a quoted cell is in it
+    plain = tmp_path / "plain.csv"  # and without any cell to quote (the fast path)
+    plain.write_text("timestamp,value\n" + "".join(f"{T0 + 60 * i:.0f},{i % 9}\n" for i in range(300)))
+    replay(plain, tmp_path / "plain_out.csv")
+    detector = GenericDetector()
+    assert (tmp_path / "plain_out.csv").read_text() == "timestamp,is_alert,anomaly_score\n" + "".join(
+        f"{T0 + 60 * i:.0f},{int(a)},{s:.6f}\n"
+        for i in range(300) for a, s in [detector.process(float(i % 9), T0 + 60 * i)])
+
+
+def test_rows_are_read_as_columns_a_chunk_at_a_time() -> None:
+    rows = [["1", "2"], [], [], ["3"], ["4", "5", "6"], [], [], [], ["7", "8"]]
+    # three lines at a time: empty ones skipped (a chunk of only empty lines yields nothing), a short
+    # row padded, a long one's extra cells dropped
+    assert list(read_chunks(iter(rows), 2, rows=3)) == [[["1"], ["2"]], [["3", "4"], ["", "5"]], [["7"], ["8"]]]
+    assert list(read_chunks(iter([]), 2)) == []
+
+
 def test_detector_state_round_trips_mid_stream() -> None:
     rng = random.Random(4)
     values = [(T0 + 300 * i, rng.gauss(0, 1) + (8 if i > 900 else 0)) for i in range(1500)]
@@ -97,6 +144,7 @@ def test_timestamps_in_several_forms() -> None:
     assert parse_timestamps(["1795000000000"]) == [1795000000.0]  # milliseconds
     assert parse_timestamps(["2026-11-18 11:06:40", "2026-11-18T11:07:40"]) == [T0, T0 + 60]
     assert parse_timestamps(["2026-11-18T19:06:40+08:00"]) == [T0]
+    assert parse_timestamps(["2026-11-18T11:06:40Z", "2026-11-18 11:07:40.5Z"]) == [T0, T0 + 60.5]  # Z: UTC
     with pytest.raises(ReplayError, match="row 2: bad timestamp"):
         parse_timestamps(["yesterday"])
 
