@@ -5,12 +5,21 @@ write per message (SQLite rows in the embedded runner, changelog records in a Fa
 checkpoint of N s, a device whose alerts or alert streaks changed is written with its batch (detector
 and engine state stay consistent), and a quiet device's record at most once every N s, oldest first,
 in a steady trickle (devices first seen together, as at start-up, are spread out, not one burst).
+
+The trickle is paced by time, not by batches: at most PACE_MARGIN x (devices waiting / N) a second
+(the rate that writes every waiting device once in N s, plus a margin so a backlog of due ones
+drains; at least MIN_RATE, so a small city is not slowed), and never more than `budget` a batch.
+Paced per batch, the rate followed the batch count: a loop taking many small batches wrote several
+times the steady need, a burst the loop then paid for in falling behind.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Container, Iterable
+
+PACE_MARGIN = 1.25  # quiet writes a second, over the steady need (devices waiting / checkpoint)
+MIN_RATE = 256.0  # quiet writes a second the pace always allows
 
 
 class Checkpoint:
@@ -20,6 +29,8 @@ class Checkpoint:
         self.every_s = every_s
         self.budget = budget  # at most this many quiet devices written per batch
         self.unsaved: dict[str, float] = {}  # device -> when its record first changed unwritten
+        self.allowance = float(budget)  # quiet writes earned by the pace, not yet spent (at most `budget`)
+        self.paced_at: float | None = None
 
     def due(self, dirty: Iterable[str], urgent: Container[str], now: float, flush: bool = False,
             flush_limit: int | None = None) -> list[str]:
@@ -46,15 +57,25 @@ class Checkpoint:
                     del unsaved[device_id]
                 due.extend(first)
             return due
+        limit = self._paced_limit(now)
         late: list[str] = []
         for device_id, since in unsaved.items():  # oldest first
-            if now - since < self.every_s or len(late) >= self.budget:
+            if now - since < self.every_s or len(late) >= limit:
                 break
             late.append(device_id)
+        self.allowance = max(0.0, self.allowance - len(late))
         for device_id in late:
             del unsaved[device_id]
         due.extend(late)
         return due
+
+    def _paced_limit(self, now: float) -> int:
+        """How many quiet devices this batch may write: the allowance earned since the last call."""
+        if self.paced_at is not None and now > self.paced_at:
+            rate = max(MIN_RATE, PACE_MARGIN * len(self.unsaved) / self.every_s)
+            self.allowance = min(float(self.budget), self.allowance + (now - self.paced_at) * rate)
+        self.paced_at = now
+        return int(self.allowance)
 
     def forget(self, device_ids: Iterable[str]) -> None:
         """These were written some other way (or are no longer ours)."""
