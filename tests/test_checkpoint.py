@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from citywatch.streams.checkpoint import MIN_RATE, PACE_MARGIN, Checkpoint
+from citywatch.streams.checkpoint import COMPACT_AFTER, MIN_RATE, PACE_MARGIN, Checkpoint
 
 
 def waiting(count: int, every_s: float, budget: int = 250) -> Checkpoint:
@@ -49,3 +49,16 @@ def test_none_is_written_before_it_has_waited_the_checkpoint() -> None:
     checkpoint = waiting(1_000, every_s=100.0)
     assert checkpoint.due((), (), now=99.9) == []
     assert len(checkpoint.due((), (), now=100.0)) == 250
+
+
+def test_the_oldest_is_found_without_walking_the_slots_of_those_written() -> None:
+    """A dict keeps deleted entries' slots until resized; the queue is compacted, in the same order."""
+    checkpoint = waiting(400_000, every_s=100.0, budget=250)
+    before = checkpoint.unsaved
+    written: list[str] = []
+    for step in range(300):  # 75,000 written from the front, in 250s
+        written += checkpoint.due((), (), now=1000.0 + step * 10.0)
+    assert checkpoint.unsaved is not before  # compacted at least once
+    assert written == [f"d{i}" for i in range(75_000)]
+    assert list(checkpoint.unsaved) == [f"d{i}" for i in range(75_000, 400_000)]
+    assert checkpoint.front_deleted <= COMPACT_AFTER

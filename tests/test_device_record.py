@@ -11,6 +11,7 @@ at its end the same record as the old end state migrated.
 from __future__ import annotations
 
 import json
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import msgspec
 import pytest
 
 from citywatch.detectors.lifecycle import AlertEngine
-from citywatch.detectors.record import FORMAT, DeviceRecord, RecordCodec, stored_seen
+from citywatch.detectors.record import FORMAT, DeviceRecord, RecordCodec, RuleState, stored_seen
 from citywatch.detectors.registry import build_rules
 from citywatch.ingest.simulator import Simulator
 from citywatch.model import KINDS, Device, KeyState, Output
@@ -65,13 +66,16 @@ def test_migration_keeps_every_stored_value(kind: str) -> None:
     assert stored[0] == FORMAT and stored[1] == kind
 
     def numbers(value: Any) -> list[float]:
+        if isinstance(value, RuleState):
+            return [n for name in value.FIELDS for n in numbers(getattr(value, name))]
         if isinstance(value, dict):
             return [n for v in value.values() for n in numbers(v)]
-        if isinstance(value, list):
+        if isinstance(value, list | array):
             return [n for v in value for n in numbers(v)]
         return [float(value)] if isinstance(value, int | float) and not isinstance(value, bool) else []
 
-    kept = sorted(numbers(stored[2:]))
+    again = codec.decode(codec.encode(record), kind)  # number arrays are stored as bytes: read them back
+    kept = sorted(numbers(stored[2:9]) + numbers(again.states))
     for key, value in old.items():
         for number in numbers(value):
             assert number in kept, f"{key}: {number} lost in migration"

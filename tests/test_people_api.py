@@ -272,6 +272,7 @@ def test_disabled_and_rotated_tokens_are_refused(city: City) -> None:
 
 
 def test_the_chain_verifies_and_an_edited_record_is_found(city: City, tmp_path: Path) -> None:
+    assert city.post(f"/alerts/{city.alerts['lock-x1']}/ack", "op-nanhu")[0] == 403  # audited: a record, alone too
     ok = cli(city.settings, "audit", "verify")
     assert ok.exit_code == 0 and "state: ok" in ok.output and "registry: ok" in ok.output, ok.output
     copy = make_settings(tmp_path / "copy")

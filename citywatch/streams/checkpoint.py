@@ -11,6 +11,11 @@ The trickle is paced by time, not by batches: at most PACE_MARGIN x (devices wai
 drains; at least MIN_RATE, so a small city is not slowed), and never more than `budget` a batch.
 Paced per batch, the rate followed the batch count: a loop taking many small batches wrote several
 times the steady need, a burst the loop then paid for in falling behind.
+
+`unsaved` is a dict used as a queue (insertion order is age). A dict keeps the slots of the entries
+deleted from its front until it is resized, and iterating from the front walks past all of them: on
+the 1M-device run, finding the oldest device took 1.5 ms a batch (500,000 dead slots), 2.6% of the
+loop. So it is copied (compacted) once the deletions from its front outnumber an eighth of it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Container, Iterable
 
-PACE_MARGIN = 1.25  # quiet writes a second, over the steady need (devices waiting / checkpoint)
+COMPACT_AFTER = 50_000  # front deletions before `unsaved` may be compacted (and 1/8 of its size)
+PACE_MARGIN = 1.1  # quiet writes a second, over the steady need (devices waiting / checkpoint)
 MIN_RATE = 256.0  # quiet writes a second the pace always allows
 
 
@@ -31,6 +37,7 @@ class Checkpoint:
         self.unsaved: dict[str, float] = {}  # device -> when its record first changed unwritten
         self.allowance = float(budget)  # quiet writes earned by the pace, not yet spent (at most `budget`)
         self.paced_at: float | None = None
+        self.front_deleted = 0  # deletions from the front of `unsaved` since it was last compacted
 
     def due(self, dirty: Iterable[str], urgent: Container[str], now: float, flush: bool = False,
             flush_limit: int | None = None) -> list[str]:
@@ -55,6 +62,7 @@ class Checkpoint:
                 first = list(itertools.islice(unsaved, flush_limit))
                 for device_id in first:
                     del unsaved[device_id]
+                self._compact(len(first))
                 due.extend(first)
             return due
         limit = self._paced_limit(now)
@@ -66,8 +74,15 @@ class Checkpoint:
         self.allowance = max(0.0, self.allowance - len(late))
         for device_id in late:
             del unsaved[device_id]
+        self._compact(len(late))
         due.extend(late)
         return due
+
+    def _compact(self, deleted: int) -> None:
+        self.front_deleted += deleted
+        if self.front_deleted > COMPACT_AFTER and self.front_deleted * 8 > len(self.unsaved):
+            self.unsaved = dict(self.unsaved)  # the same order, without the dead slots
+            self.front_deleted = 0
 
     def _paced_limit(self, now: float) -> int:
         """How many quiet devices this batch may write: the allowance earned since the last call."""
