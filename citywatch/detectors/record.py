@@ -84,9 +84,11 @@ def _load(current: Any, value: Any) -> Any:
         current.restore(value)
         return current
     if isinstance(current, array):
-        if isinstance(value, bytes) and not LITTLE_ENDIAN:
-            return _swapped(array(current.typecode, value))
-        return array(current.typecode, value)  # from bytes (frombytes) or a list
+        if isinstance(value, bytes):
+            # frombytes over-allocates (a 96-float array 500 B, not 464): copied, it is exact
+            read = array(current.typecode, value)
+            return array(current.typecode, read) if LITTLE_ENDIAN else _swapped(read)
+        return array(current.typecode, value)
     if isinstance(current, list):
         return list(value)
     if isinstance(current, float) and isinstance(value, int):
