@@ -35,7 +35,7 @@ MAX_PENDING = 20_000  # about 24 MB of values waiting; beyond, the batch writes 
 RETRY_MAX_S = 5.0
 
 
-@functools.lru_cache(maxsize=8)
+@functools.cache  # one per chunk size: at most `chunk` of them
 def _insert_rows(count: int) -> str:
     return "INSERT OR REPLACE INTO device_state VALUES " + ",".join(["(?, ?)"] * count)
 

@@ -399,7 +399,7 @@ class EmbeddedRunner:
         Quiet devices' checkpointed values go to the value writer's thread (value_writer.py)."""
         alerts, engaged = self.engine.take_dirty(), self.values.touched(self.engine)
         values = self._values_to_write(engaged, self.clock(), flush_states)
-        if extra_values:  # older than anything this call computed: its values win
+        if extra_values:  # older than the values this call computed, which win
             values = {**extra_values, **values}
         elif values and not flush_states and self.value_writer.running:
             quiet = {d: v for d, v in values.items() if v is not None and d not in engaged}
