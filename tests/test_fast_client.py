@@ -178,3 +178,40 @@ def test_a_long_read_of_a_backlog_keeps_the_connection_alive(mosquitto: Mosquitt
         publisher.disconnect()
         client.loop_stop()
         client.disconnect()
+
+
+def test_a_chunk_read_slower_than_a_keepalive_does_not_drop_the_connection(mosquitto: MosquittoServer) -> None:
+    """The broker's PINGRESP waits behind the backlog it sent first. When one chunk of it takes longer
+    than a keepalive to handle (a loaded machine), paho saw no new bytes for a keepalive after its
+    PINGREQ and closed the connection itself ('Keep alive timeout'); bytes held unread count as arriving."""
+    total = 70
+    got: list[int] = []
+    disconnects: list[object] = []
+    subscribed = threading.Event()
+    client = FastClient(CallbackAPIVersion.VERSION2, client_id="slower-reader", protocol=mqtt.MQTTv5)
+
+    def on_fields(qos: int, mid: int, topic: bytes, payload: bytes) -> None:
+        got.append(1)
+        time.sleep(0.1)  # 2 kB messages: a 64 kB chunk holds 32, so 3.2 s a chunk against a 1 s keepalive
+
+    client.on_publish_fields = on_fields
+    client.on_message = lambda c, u, m: on_fields(m.qos, m.mid, m._topic, m.payload)
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("flood/#", qos=0)
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_disconnect = lambda *a: disconnects.append(a)
+    client.connect("127.0.0.1", mosquitto.port, keepalive=1)
+    client.loop_start()
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood-2k")
+    try:
+        assert subscribed.wait(10)
+        publisher.connect("127.0.0.1", mosquitto.port)
+        publisher.loop_start()
+        infos = [publisher.publish(f"flood/{i % 10}", b"y" * 2000, qos=0) for i in range(total)]
+        infos[-1].wait_for_publish(30)
+        wait_until(lambda: len(got) >= total or bool(disconnects), 60)  # about 7 s
+        assert disconnects == [] and len(got) == total, (disconnects, len(got))
+    finally:
+        publisher.loop_stop()
+        publisher.disconnect()
+        client.loop_stop()
+        client.disconnect()
