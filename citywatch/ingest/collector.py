@@ -59,7 +59,7 @@ READ_CHUNK = 65536  # bytes per socket read: hundreds of telemetry PUBLISH packe
 PublishCallback = Callable[[int, int, bytes, bytes], None]  # qos, mid, topic, payload
 
 
-KEEPALIVE_CHECK_S = 1.0  # how often (at most; a quarter keepalive if shorter) a long read of a backlog stops for paho's keepalive
+KEEPALIVE_CHECK_S = 1.0  # at most this (a quarter keepalive if less) between keepalive checks in a long read
 
 
 class FastClient(mqtt.Client):
