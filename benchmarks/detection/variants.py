@@ -1,6 +1,7 @@
 """Score variants of the generic detector on the tuning split and the selection seeds, the way issue
 20's rounds chose between designs (docs/detection.md): a change is kept only when it gains on both.
-The held-out seed is not read here (`python -m benchmarks.detection --generic-only` reports it).
+`--held-out` also scores the held-out seed (issue 20's fifth round measured every variant on it
+too, and kept only what helped the tuning split and the held-out seed alike).
 
     python -m benchmarks.detection.variants '{}' '{"a_fast": 0.2}' ...
 
@@ -79,9 +80,12 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", default=["{}"], help="JSON objects of keyword arguments")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/citywatch-detection-corpus"))
     parser.add_argument("--families", action="store_true", help="also print the per-family counts")
-    parser.add_argument("--only", choices=("tuning", "selection"), default=None)
+    parser.add_argument("--only", choices=("tuning", "selection", "held-out"), default=None)
+    parser.add_argument("--held-out", action="store_true", help="also score the held-out seed")
     args = parser.parse_args()
     splits = {"tuning": corpus.TUNE_SEEDS, "selection": SELECTION_SEEDS}
+    if args.held_out or args.only == "held-out":
+        splits["held-out"] = (corpus.HELD_OUT_SEED,)
     if args.only:
         splits = {args.only: splits[args.only]}
     data = {name: load(seeds, args.cache) for name, seeds in splits.items()}
