@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("tuning", "selection", "held-out"), default=None)
     parser.add_argument("--held-out", action="store_true", help="also score the held-out seed")
     args = parser.parse_args()
-    splits = {"tuning": corpus.TUNE_SEEDS, "selection": SELECTION_SEEDS}
+    splits: dict[str, tuple[int, ...]] = {"tuning": corpus.TUNE_SEEDS, "selection": SELECTION_SEEDS}
     if args.held_out or args.only == "held-out":
         splits["held-out"] = (corpus.HELD_OUT_SEED,)
     if args.only:
