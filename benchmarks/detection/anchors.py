@@ -3,8 +3,8 @@
     python -m benchmarks.detection.anchors [--split held-out|tuning|selection]
 
 Issue 20's target (above 75) is a score on a hidden benchmark; our corpus only imitates it. Two of
-the published detectors are simple enough to run here exactly as published, and a third is run by
-`benchmarks/detection/rcf_reference.py` (slow):
+the published detectors are simple enough to re-implement here as the benchmark's code defines
+them; a third is run by `benchmarks/detection/rcf_reference.py` (slow):
 
 - random scores (published: 11.0): a uniform random number a row. What it reaches depends only on
   the scoring (windows, probation, costs), so it checks that ours scores like the benchmark;
