@@ -192,15 +192,15 @@ def test_a_chunk_read_slower_than_a_keepalive_does_not_drop_the_connection(mosqu
 
     def on_fields(qos: int, mid: int, topic: bytes, payload: bytes) -> None:
         got.append(1)
-        time.sleep(0.1)  # 2 kB messages: a 64 kB chunk holds 32, so 3.2 s a chunk against a 1 s keepalive
+        time.sleep(0.1)  # 2 kB messages: a 64 kB chunk holds 32, so 3.2 s a chunk against a 2 s keepalive
 
     client.on_publish_fields = on_fields
     client.on_message = lambda c, u, m: on_fields(m.qos, m.mid, m._topic, m.payload)
     client.on_connect = lambda c, u, f, rc, p: c.subscribe("flood/#", qos=0)
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_disconnect = lambda *a: disconnects.append(a)
-    client.connect("127.0.0.1", mosquitto.port, keepalive=1)
-    client.loop_start()
+    client.connect("127.0.0.1", mosquitto.port, keepalive=2)  # not 1: the broker's limit, 1.5 keepalives, leaves
+    client.loop_start()  # a PINGREQ due after 1 s only 0.5 s to arrive, which a loaded CI machine can miss
     publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood-2k")
     try:
         assert subscribed.wait(10)
