@@ -36,12 +36,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(path: Path) -> Path:
+    """Fill the file system to its last byte. Unbuffered: a buffered file kept the bytes that did not
+    fit and raised ENOSPC again when closed (CI once failed so, at `with`)."""
     filler = path / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+                f.write(b"\0" * 65536)  # a short write when nearly full, then ENOSPC
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     return filler
