@@ -142,11 +142,10 @@ def test_nothing_to_read_is_not_an_error(pair: tuple[socket.socket, socket.socke
     assert got == []
 
 
-def test_a_long_read_of_a_backlog_keeps_the_connection_alive(mosquitto: MosquittoServer) -> None:
-    """A slow consumer with a backlog at a real Mosquitto: the socket is never empty for many
-    keepalives. The client must still send its PINGREQs, or the broker drops it after 1.5 keepalives
-    with everything it queued (the 1M-device run lost 372,703 QoS 0 messages so)."""
-    total = 20_000
+def flood_a_slow_reader(mosquitto: MosquittoServer, total: int, payload: bytes, delay_s: float,
+                        deadline_s: float) -> tuple[list[object], int]:
+    """Publish `total` QoS 0 messages at a real Mosquitto to a FastClient (2 s keepalive: the broker
+    drops it after 3 s without a packet) that takes `delay_s` over each; (its disconnects, messages got)."""
     got: list[int] = []
     disconnects: list[object] = []
     subscribed = threading.Event()
@@ -154,64 +153,45 @@ def test_a_long_read_of_a_backlog_keeps_the_connection_alive(mosquitto: Mosquitt
 
     def on_fields(qos: int, mid: int, topic: bytes, payload: bytes) -> None:
         got.append(1)
-        time.sleep(0.0004)  # a slow consumer: the backlog stays at the broker and in the socket
+        time.sleep(delay_s)  # a slow consumer: the backlog stays at the broker and in the socket
 
     client.on_publish_fields = on_fields
     client.on_message = lambda c, u, m: on_fields(m.qos, m.mid, m._topic, m.payload)  # a packet split by a chunk
     client.on_connect = lambda c, u, f, rc, p: c.subscribe("flood/#", qos=0)
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_disconnect = lambda *a: disconnects.append(a)
-    client.connect("127.0.0.1", mosquitto.port, keepalive=2)  # the broker drops it after 3 s without a packet
+    client.connect("127.0.0.1", mosquitto.port, keepalive=2)
     client.loop_start()
     publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood")
     try:
         assert subscribed.wait(10)
         publisher.connect("127.0.0.1", mosquitto.port)
         publisher.loop_start()
-        payload = b"x" * 100
         infos = [publisher.publish(f"flood/{i % 100}", payload, qos=0) for i in range(total)]
         infos[-1].wait_for_publish(30)
-        wait_until(lambda: len(got) >= total or bool(disconnects), 90)  # about 10 s
-        assert disconnects == [] and len(got) == total, (disconnects, len(got))
+        wait_until(lambda: len(got) >= total or bool(disconnects), deadline_s)
+        return list(disconnects), len(got)  # a copy: our own disconnect below is not the broker's doing
     finally:
         publisher.loop_stop()
         publisher.disconnect()
         client.loop_stop()
         client.disconnect()
+
+
+def test_a_long_read_of_a_backlog_keeps_the_connection_alive(mosquitto: MosquittoServer) -> None:
+    """A slow consumer with a backlog at a real Mosquitto: the socket is never empty for many
+    keepalives. The client must still send its PINGREQs, or the broker drops it after 1.5 keepalives
+    with everything it queued (the 1M-device run lost 372,703 QoS 0 messages so)."""
+    disconnects, got = flood_a_slow_reader(mosquitto, 20_000, b"x" * 100, 0.0004, 90)  # about 10 s
+    assert disconnects == [] and got == 20_000, (disconnects, got)
 
 
 def test_a_chunk_read_slower_than_a_keepalive_does_not_drop_the_connection(mosquitto: MosquittoServer) -> None:
     """The broker's PINGRESP waits behind the backlog it sent first. When one chunk of it takes longer
     than a keepalive to handle (a loaded machine), paho saw no new bytes for a keepalive after its
-    PINGREQ and closed the connection itself ('Keep alive timeout'); bytes held unread count as arriving."""
-    total = 70
-    got: list[int] = []
-    disconnects: list[object] = []
-    subscribed = threading.Event()
-    client = FastClient(CallbackAPIVersion.VERSION2, client_id="slower-reader", protocol=mqtt.MQTTv5)
-
-    def on_fields(qos: int, mid: int, topic: bytes, payload: bytes) -> None:
-        got.append(1)
-        time.sleep(0.1)  # 2 kB messages: a 64 kB chunk holds 32, so 3.2 s a chunk against a 2 s keepalive
-
-    client.on_publish_fields = on_fields
-    client.on_message = lambda c, u, m: on_fields(m.qos, m.mid, m._topic, m.payload)
-    client.on_connect = lambda c, u, f, rc, p: c.subscribe("flood/#", qos=0)
-    client.on_subscribe = lambda *a: subscribed.set()
-    client.on_disconnect = lambda *a: disconnects.append(a)
-    client.connect("127.0.0.1", mosquitto.port, keepalive=2)  # not 1: the broker's limit, 1.5 keepalives, leaves
-    client.loop_start()  # a PINGREQ due after 1 s only 0.5 s to arrive, which a loaded CI machine can miss
-    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood-2k")
-    try:
-        assert subscribed.wait(10)
-        publisher.connect("127.0.0.1", mosquitto.port)
-        publisher.loop_start()
-        infos = [publisher.publish(f"flood/{i % 10}", b"y" * 2000, qos=0) for i in range(total)]
-        infos[-1].wait_for_publish(30)
-        wait_until(lambda: len(got) >= total or bool(disconnects), 60)  # about 7 s
-        assert disconnects == [] and len(got) == total, (disconnects, len(got))
-    finally:
-        publisher.loop_stop()
-        publisher.disconnect()
-        client.loop_stop()
-        client.disconnect()
+    PINGREQ and closed the connection itself ('Keep alive timeout'); bytes held unread count as arriving.
+    2 kB messages: a 64 kB chunk holds 32, so 3.2 s a chunk against the 2 s keepalive (not 1 s: the
+    broker's limit, 1.5 keepalives, leaves a PINGREQ due after 1 s only 0.5 s to arrive, which a
+    loaded CI machine can miss)."""
+    disconnects, got = flood_a_slow_reader(mosquitto, 70, b"y" * 2000, 0.1, 60)  # about 7 s
+    assert disconnects == [] and got == 70, (disconnects, got)
