@@ -135,7 +135,8 @@ def test_run_is_process_row_by_row_and_a_state_with_whole_numbers_continues() ->
     detector.run(values[:1000], stamps[:1000])
     packed = detector.packed()
     rounded = [round(v) if isinstance(v, float) and abs(v) > 5 else v for v in packed["s"]]  # level, press...
-    as_floats = {**copy.deepcopy(packed), "s": [float(v) if i not in (0, 1, 24) else v for i, v in enumerate(rounded)]}
+    ints = (0, 1, 24, 30)  # n, since, cnt, rn
+    as_floats = {**copy.deepcopy(packed), "s": [float(v) if i not in ints else v for i, v in enumerate(rounded)]}
     as_ints = {**copy.deepcopy(packed), "s": rounded}  # (copies: unpack works on the lists in place)
     assert sum(isinstance(v, int) for v in as_ints["s"]) > 3  # n, since, cnt and some float slots
     expected = GenericDetector().unpack(as_floats).run(values[1000:], stamps[1000:])
@@ -160,13 +161,14 @@ def test_bad_values_and_timestamps_are_skipped_without_harm() -> None:
 
 def test_a_small_sustained_shift_is_caught_by_the_signed_context_stream() -> None:
     """Two noise sds for 40 rows: no single value stands out, the signed smoothed context z does
-    (with `a_sign=0` that stream is off and the shift goes unseen)."""
+    (with `a_sign=0` that stream is off and the shift goes unseen). The range is off (`margin=0`):
+    this noise sets a record beyond it at row 1956."""
     rng = random.Random(1)
     values = [20 + rng.gauss(0, 1) for _ in range(3000)]
     for i in range(2000, 2040):
         values[i] += 2.0
     for a_sign, expected in ((0.1, True), (0.0, False)):
-        detector = GenericDetector(a_sign=a_sign)
+        detector = GenericDetector(a_sign=a_sign, margin=0.0)
         alerts = [i for i, v in enumerate(values) if detector.process(v, T0 + 60.0 * i)[0]]
         assert bool(alerts) is expected
         if expected:
@@ -243,7 +245,7 @@ def test_counts_are_read_through_their_square_root() -> None:
         n = 0
         for seed in range(4):
             ts, values = poisson_day(20, seed, level=3.0)  # 0.6 to 5.4 a row
-            detector = GenericDetector(counts=counts)
+            detector = GenericDetector(counts=counts, margin=0.0)  # the range's records are another matter
             n += sum(detector.process(v, t)[0] for t, v in zip(ts, values, strict=True))
         false[counts] = n
     assert false[0] >= 6 and false[50] <= false[0] / 3
@@ -259,7 +261,7 @@ def test_counts_are_read_through_their_square_root() -> None:
         assert detector.to_state()["cnt"] == -1 and detector.to_state()["n"] == 101
 
 
-def test_a_state_of_the_current_release_is_taken_over() -> None:
+def test_a_state_of_the_second_round_is_taken_over() -> None:
     """The 24-number state stored by issue 20's second round (by `to_state` or `packed`): it
     learned raw values and goes on with them (on a fresh start this count series would be read
     through its square root), everything it learned is kept, and the smoothed step stream starts
@@ -269,9 +271,10 @@ def test_a_state_of_the_current_release_is_taken_over() -> None:
     for t, v in zip(ts[:2000], values[:2000], strict=True):
         ran_on.process(v, t)
     new = ran_on.to_state()
-    stored = {k: v for k, v in new.items() if k not in ("cnt", "sm1", "mu5", "var5")}
+    later = ("cnt", "sm1", "mu5", "var5", "lo", "hi", "rn")  # not in that format
+    stored = {k: v for k, v in new.items() if k not in later}
     stored["isd"] = new["isd"][:5]
-    names = [k for k in new if k not in ("cnt", "sm1", "mu5", "var5", "isd", "season", "gaps", "last_ts")]
+    names = [k for k in new if k not in (*later, "isd", "season", "gaps", "last_ts")]
     packed = {"s": [new[k] for k in names], "i": new["isd"][:5], "season": new["season"], "gaps": None,
               "t": new["last_ts"]}
     stored, packed = msgspec.msgpack.decode(msgspec.msgpack.encode((stored, packed)))
@@ -287,6 +290,68 @@ def test_a_state_of_the_current_release_is_taken_over() -> None:
         assert np.mean([abs(g - e) for (_, g), (_, e) in zip(got, expected, strict=True)]) < 0.01
 
 
+def test_a_value_beyond_all_it_has_read_is_an_anomaly() -> None:
+    """Frequent bursts raise a series' own bar, and its surprises are capped (|z| at 10): a value
+    far beyond every burst reads like one more. Beyond the range of all values read so far by more
+    than `margin` of it (HTM's spatial anomaly), it alerts; without the range it does not, and the
+    range adds no other alert."""
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.0, 1.0, 4000)
+    values[rng.random(4000) < 0.03] += 12.0  # about 120 ordinary bursts
+    values[3000] = 30.0
+    decided = {}
+    for margin in (0.05, 0.0):
+        detector = GenericDetector(margin=margin)
+        decided[margin] = [detector.process(v, T0 + 60.0 * i) for i, v in enumerate(values)]
+    assert decided[0.05][3000] == (True, 0.5) and not decided[0.0][3000][0]
+    assert sum(a for a, _ in decided[0.05]) == sum(a for a, _ in decided[0.0]) + 1
+
+
+def test_the_range_waits_for_a_whole_day_of_a_rhythm() -> None:
+    """A new series' first hours do not span its day: read after `warmup` rows alone, the range
+    would call the rest of the first day new (alerts on every fresh 1-minute series). It is read
+    once it holds a day of rows; without timestamps (no rhythm), after `warmup` rows."""
+    for seed in range(5):
+        ts, values = daily(3, step=60.0, seed=seed)
+        detector = GenericDetector()
+        assert not any(detector.process(v, t)[0] for t, v in zip(ts, values, strict=True))
+        assert detector.to_state()["rn"] == 1440  # counted to a day, then read
+    detector = GenericDetector()
+    values = [math.sin(i / 10) for i in range(300)] + [3.0]
+    assert [i for i, v in enumerate(values) if detector.process(v)[0]] == [300]
+    assert detector.to_state()["rn"] == 150
+
+
+def test_a_state_of_the_third_round_is_taken_over() -> None:
+    """The 28-number state stored by issue 20's third round (by `to_state` or `packed`) has no
+    range of values: everything else is kept, and the range starts afresh, read once it holds a day
+    of rows, so no value right after the upgrade alerts for being new to it."""
+    ts, values = daily(8)
+    ran_on = GenericDetector()
+    for t, v in zip(ts[:1000], values[:1000], strict=True):
+        ran_on.process(v, t)
+    new = ran_on.to_state()
+    range_keys = ("lo", "hi", "rn")
+    stored = {k: v for k, v in new.items() if k not in range_keys}
+    names = [k for k in new if k not in (*range_keys, "isd", "season", "gaps", "last_ts")]
+    packed = {"s": [new[k] for k in names], "i": new["isd"], "season": new["season"], "gaps": None,
+              "t": new["last_ts"]}
+    stored, packed = msgspec.msgpack.decode(msgspec.msgpack.encode((stored, packed)))
+    rows = list(zip(ts[1000:], values[1000:], strict=True))
+    rows[200] = (rows[200][0], 100.0)  # beyond the day's range (20..80) by a third of it
+    rows[1000] = (rows[1000][0], 100.0)
+    expected = [ran_on.process(v, t) for t, v in rows]
+    assert expected[200][0] and expected[1000][0]
+    for taken in (GenericDetector.from_state(stored), GenericDetector().unpack(packed)):
+        state = taken.to_state()
+        assert (state["lo"], state["hi"], state["rn"]) == (0.0, 0.0, 0)
+        assert {k: state[k] for k in names} == {k: new[k] for k in names}
+        got = [taken.process(v, t) for t, v in rows]
+        assert not got[200][0] or got[200][1] > 0.5  # the range is not read yet: only the z-streams
+        assert got[1000] == expected[1000]  # a day later it is
+        assert taken.to_state()["rn"] == 288
+
+
 def test_a_stuck_value_is_caught_though_no_value_stands_out() -> None:
     """The feed repeats its mean for 60 rows: no |z| is large, but the smoothed local surprise
     falls far below its usual (read both ways); without that reading it goes unseen."""
@@ -294,7 +359,7 @@ def test_a_stuck_value_is_caught_though_no_value_stands_out() -> None:
     values = [round(20 + rng.gauss(0, 3.7), 2) for _ in range(3000)]
     for i in range(2000, 2060):
         values[i] = 20.0
-    detector = GenericDetector()
+    detector = GenericDetector(margin=0.0)  # this noise sets a record beyond the range at row 1956
     alerts = [i for i, v in enumerate(values) if detector.process(v, T0 + 60.0 * i)[0]]
     assert alerts and 2000 < alerts[0] < 2030 and len(alerts) <= 2
 

@@ -34,6 +34,14 @@ deviations): z_lik = (stream - mean) / sd, the Gaussian tail of how improbable t
 is for this series. A series that is always spiky raises its own bar; a quiet one alerts on its
 first real departure. The combined evidence is the largest z_lik.
 
+A value beyond the range of every value read so far by more than `margin` (5%) of that range counts as
+evidence at the bar (after HTM's "spatial anomaly" in the NAB benchmark's detector): a series of
+frequent bursts raises its own bar and its surprises are capped, so a value far beyond all its
+bursts would otherwise read like one more. It must also lie beyond by one context spread (`cdev`,
+about 0.8 sd): stationary noise sets records just beyond its range from time to time (a 3.2-sd
+value after 2,000 rows whose largest was 2.8 sd). The range is read once it holds `warmup` rows and, on a rhythm, a
+whole day of them (a day's first hours do not span its range).
+
 Decision and score: anomaly_score = z / (z + bar). The bar is `threshold` (4.5 standard
 deviations, a one-sided Gaussian tail of about 3.4e-6) plus `press_k` per recent alert (alarm
 pressure, each alert's share halving every `press_halflife` rows: a series that keeps alerting
@@ -43,12 +51,13 @@ then adopted). is_alert is exactly anomaly_score >= 0.5: one global threshold of
 reproduces the decisions, and a lower one trades more false alarms for earlier or more
 detections. Scores are 0 during the first `warmup` rows (not judged).
 
-State: 28 numbers, 6 inverse sds and 48 season buckets and, until the sampling interval is known, the first 50
+State: 31 numbers, 6 inverse sds and 48 season buckets and, until the sampling interval is known, the first 50
 timestamp spacings (about 1 KiB of msgpack); `to_state()` is plain data and `from_state`
 continues exactly. A state of an earlier format is taken over: the 24-number one (issue 20's
 second round) keeps reading raw values, so nothing it learned is lost, and its smoothed step
 stream starts from the smoothed local one's statistics (alike on noise: no warm-up, no burst of
-alarms); the 23-number one (before that) keeps what the formats share, the rest starts afresh. Pure
+alarms); the 23-number one (before that) keeps what the formats share, the rest starts afresh; the
+28-number one (issue 20's third round) keeps everything, its range of values starts afresh. Pure
 Python floats, one flat state list unpacked and repacked per row, the long-run sds refreshed
 every 8 rows (the speed: about 500,000 rows/s in-process on one core, compiled: the unpacked numbers
 are typed locals, so mypyc does their arithmetic in C doubles).
@@ -73,11 +82,15 @@ _LIMIT = 1e150  # larger values are skipped like non-finite ones (no sensor read
 # to `follow`); g_row: the season's learning rate per row (0 while unknown, or off).
 _NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sg", "raised", "g_row", "a_lvl",
           "press", "mu0", "mu1", "mu2", "mu3", "mu4", "var0", "var1", "var2", "var3", "var4", "cnt",
-          "sm1", "mu5", "var5")
-_INTS = ("n", "since", "cnt")
+          "sm1", "mu5", "var5", "lo", "hi", "rn")
+_INTS = ("n", "since", "cnt", "rn")
 # cnt: 0 while the first rows are all counts (undecided), 1 a count series (read through the
-# Anscombe transform), -1 not (raw values); sm1: the smoothed step surprise, mu5/var5 its long run
+# Anscombe transform), -1 not (raw values); sm1: the smoothed step surprise, mu5/var5 its long run;
+# lo, hi: the range of the values read so far, over rn rows (counted up to `warmup`; 0: none yet)
 _CNT = _NAMES.index("cnt")
+_LO = _NAMES.index("lo")
+# the format of issue 20's third round (28 numbers): the same less the range, which starts afresh
+_V3_NAMES = _NAMES[:_LO]
 # the format before counts were told apart (24 numbers): the same less `cnt`, taken over as raw
 _V2_NAMES = _NAMES[:_CNT]
 # the previous format (23 numbers, before issue 20): taken over by `_adopt`
@@ -122,7 +135,7 @@ class GenericDetector:
                  a_ctx_dev: float = 0.003, a_smooth: float = 0.1, a_long: float = 0.001, cap: float = 10.0,
                  clip: float = 3.0, threshold: float = 4.5, warmup: int = 150, raise_k: float = 2.0,
                  halflife: float = 200.0, follow: int = 30, level_days: float = 3.0, a_sign: float = 0.1,
-                 press_k: float = 0.5, press_halflife: float = 1000.0, counts: int = 50) -> None:
+                 press_k: float = 0.5, press_halflife: float = 1000.0, counts: int = 50, margin: float = 0.05) -> None:
         self.a_fast, self.a_dev, self.a_level, self.gamma = a_fast, a_dev, a_level, gamma
         self.a_ctx_dev, self.a_smooth, self.a_long = a_ctx_dev, a_smooth, a_long
         self.cap, self.clip, self.threshold, self.warmup, self.raise_k = cap, clip, threshold, warmup, raise_k
@@ -131,9 +144,10 @@ class GenericDetector:
         self.level_days = level_days
         self.a_sign, self.press_k, self.press_decay = a_sign, press_k, 0.5 ** (1.0 / press_halflife)
         self.counts = counts  # rows that decide whether the series is counts (0: never)
+        self.margin = margin  # beyond the range read so far by this share of it: an alert (0: off)
         # the parameters the hot path reads, in one tuple (one attribute load per row)
         self.params = (a_fast, a_dev, a_level, a_ctx_dev, a_smooth, a_long, cap, clip, threshold, warmup, raise_k,
-                       self.decay, follow, a_sign, press_k, self.press_decay)
+                       self.decay, follow, a_sign, press_k, self.press_decay, margin, BUCKETS * gamma)
         self.reset()
 
     def reset(self) -> None:
@@ -141,6 +155,7 @@ class GenericDetector:
         self.s[0], self.s[1] = 0, self.follow
         self.s[_NAMES.index("a_lvl")] = self.a_level
         self.s[_CNT] = 0 if self.counts else -1
+        self.s[_NAMES.index("rn")] = 0
         self.isd = [1.0 / _SD_FLOOR] * 6  # 1 / each stream's long-run sd (derived from var*)
         self.season: list[float | None] = [None] * (2 * BUCKETS)  # None: never seen
         self.gaps: list[float] | None = []  # the first timestamp spacings; None once decided
@@ -186,13 +201,16 @@ class GenericDetector:
         var4: float
         var5: float
         sm1: float
+        lo: float
+        hi: float
+        rn: int
         (n, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl,
-         press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5) = self.s
+         press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn) = self.s
         raw = x
         if cnt > 0:  # a count series: its Anscombe transform (spread about 1 at any level)
             x = 2.0 * math.sqrt(x + 0.375) if x >= 0.0 else -2.0 * math.sqrt(0.375 - x)
         (a_fast, a_dev, a_level, a_ctx_dev, a, a_long, cap, clip, threshold, warmup, raise_k, decay,
-         follow, a_sign, press_k, press_decay) = self.params
+         follow, a_sign, press_k, press_decay, margin, day_g) = self.params
         # raw surprises against what was learned before this row
         eps = 1e-9 * (1.0 + (level if level > 0 else -level))
         b = -1
@@ -252,9 +270,18 @@ class GenericDetector:
         z = (mu5 - r5) * i5  # the smoothed step surprise far below its usual: a value that stopped moving
         if z > best:
             best = z
+        base = threshold + press_k * press
+        # the range is read once it holds `warmup` rows and, on a rhythm, a whole day of them
+        # (g_row * rows a day = BUCKETS * gamma): a day's first hours do not span its range
+        ranged = rn >= warmup and (g_row <= 0.0 or rn * g_row >= day_g)
+        if ranged and margin > 0.0 and hi > lo:
+            tol = margin * (hi - lo)
+            if tol < cdev:  # and by one context spread: ordinary noise sets records just beyond its range
+                tol = cdev
+            if (x > hi + tol or x < lo - tol) and best < base:  # beyond all it has read: evidence at the bar
+                best = base
         score = 0.0
         if n >= warmup and best > 0.0:
-            base = threshold + press_k * press
             bar = base if base > raised else raised
             score = best / (best + bar)
         alert = False
@@ -343,8 +370,16 @@ class GenericDetector:
                 season[b1] = s1 + w * g
             al = a_ctx_dev if n * a_ctx_dev > 1.0 else 1.0 / n
             cdev += al * ((r if r > 0 else -r) - cdev)
+        if rn == 0:
+            lo = hi = x
+        elif x > hi:
+            hi = x
+        elif x < lo:
+            lo = x
+        if not ranged:
+            rn += 1
         self.s = [n + 1, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl,
-                  press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5]
+                  press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn]
         if self.gaps is not None and ts is not None:
             self._time(ts)
         if cnt == 0:
@@ -431,7 +466,9 @@ class GenericDetector:
         """Work on a state `packed` made (its lists are used in place; `packed()` again after
         processing, since the state list is replaced on every row)."""
         self.s, self.isd, self.season = packed["s"], packed["i"], packed["season"]
-        if len(self.s) != len(_NAMES):  # an earlier format: 24 numbers (isd kept) or 23
+        if len(self.s) == len(_V3_NAMES):  # issue 20's third round: the range starts afresh
+            self.s = _adopt(dict(zip(_V3_NAMES, self.s, strict=True)))
+        elif len(self.s) != len(_NAMES):  # an earlier format: 24 numbers (isd kept) or 23
             v2 = len(self.s) == len(_V2_NAMES)
             self.s = _adopt(dict(zip(_V2_NAMES if v2 else _OLD_NAMES, self.s, strict=True)))
             self.isd = [*(self.isd if v2 else _inverse_sds(self.s)[:5]), _inverse_sds(self.s)[5]]
