@@ -307,6 +307,21 @@ def test_a_value_beyond_all_it_has_read_is_an_anomaly() -> None:
     assert sum(a for a, _ in decided[0.05]) == sum(a for a, _ in decided[0.0]) + 1
 
 
+def test_one_glitch_does_not_blind_the_range() -> None:
+    """A failing ADC reads 65535 once: taken into the range whole, no later value of this series
+    could ever be beyond it. Once read, the range grows by at most its width and a spread a row, so
+    after the glitch a value beyond the ordinary bursts is still caught."""
+    rng = np.random.default_rng(1)
+    values = rng.normal(0.0, 1.0, 4000)
+    values[rng.random(4000) < 0.03] += 12.0  # ordinary bursts, within about -4..16
+    values[2000] = 65535.0
+    values[3000] = 45.0
+    detector = GenericDetector()
+    alerts = [i for i, v in enumerate(values) if detector.process(v, T0 + 60.0 * i)[0]]
+    assert 2000 in alerts and 3000 in alerts
+    assert detector.to_state()["hi"] == 45.0  # the glitch grew it from 14.0 to 32.4, the value to 45
+
+
 def test_the_range_waits_for_a_whole_day_of_a_rhythm() -> None:
     """A new series' first hours do not span its day: read after `warmup` rows alone, the range
     would call the rest of the first day new (alerts on every fresh 1-minute series). It is read

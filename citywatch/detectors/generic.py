@@ -39,8 +39,10 @@ evidence at the bar (after HTM's "spatial anomaly" in the NAB benchmark's detect
 frequent bursts raises its own bar and its surprises are capped, so a value far beyond all its
 bursts would otherwise read like one more. It must also lie beyond by one context spread (`cdev`,
 about 0.8 sd): stationary noise sets records just beyond its range from time to time (a 3.2-sd
-value after 2,000 rows whose largest was 2.8 sd). The range is read once it holds `warmup` rows and, on a rhythm, a
-whole day of them (a day's first hours do not span its range).
+value after 2,000 rows whose largest was 2.8 sd). The range is read once it holds `warmup` rows
+and, on a rhythm, a whole day of them (a day's first hours do not span its range); once read, it
+grows by at most its width and a spread a row: one glitch (65535 from a failing ADC) does not widen
+it for good.
 
 Decision and score: anomaly_score = z / (z + bar). The bar is `threshold` (4.5 standard
 deviations, a one-sided Gaussian tail of about 3.4e-6) plus `press_k` per recent alert (alarm
@@ -372,10 +374,12 @@ class GenericDetector:
             cdev += al * ((r if r > 0 else -r) - cdev)
         if rn == 0:
             lo = hi = x
-        elif x > hi:
-            hi = x
+        elif x > hi:  # once read, the range grows by at most its width and a spread a row: a glitch
+            top = hi + (hi - lo) + cdev if ranged else x  # (65535 from a failing ADC) does not blind it for good
+            hi = x if x < top else top
         elif x < lo:
-            lo = x
+            top = lo - (hi - lo) - cdev if ranged else x
+            lo = x if x > top else top
         if not ranged:
             rn += 1
         self.s = [n + 1, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl,
