@@ -34,7 +34,7 @@ def load(seeds: tuple[int, ...], cache: Path) -> list[Series]:
     out: list[Series] = []
     cache.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
-        path = cache / f"corpus_{seed}.pkl"
+        path = cache / f"corpus_{seed}_v{corpus.VERSION}.pkl"  # a corpus fix must not read old pickles
         if path.exists():
             with open(path, "rb") as f:
                 out.extend(pickle.load(f))  # noqa: S301 (our own cache)
