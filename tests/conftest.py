@@ -97,6 +97,17 @@ class RunnerThread:
             raise self.error
         return self
 
+    def subscribed(self, timeout: float = 60.0) -> RunnerThread:
+        """Wait until the runner's collector is connected and subscribed. The runner reports itself
+        started after 10 s without a broker (it retries in the background), and a message published
+        before its subscription is not delivered to a new session: on a loaded machine a test that
+        publishes at once would lose it."""
+        runner = self.runner
+        assert runner is not None and runner.collector is not None
+        collector = runner.collector
+        wait_until(lambda: collector.wait_connected(0.25), timeout=timeout)
+        return self
+
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the runner's loop thread and return its result."""
         async def wrapper() -> Any:

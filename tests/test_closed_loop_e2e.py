@@ -108,7 +108,7 @@ def loop_factory(tmp_path: Path, mosquitto: MosquittoServer) -> Iterator[Callabl
         for device in devices:
             registry.add(device)
         registry.close()
-        run = RunnerThread(settings, clock=clock).start()
+        run = RunnerThread(settings, clock=clock).start().subscribed()  # each test publishes at once
         assert run.runner is not None
         sim.citywatch_url = f"http://127.0.0.1:{run.runner.api_port}"
         sim.start()
