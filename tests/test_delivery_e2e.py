@@ -154,7 +154,7 @@ def test_webhooks_survive_receiver_outage_and_flakiness(tmp_path: Path, mosquitt
                              webhooks={"url": flaky.url, **HOOKS}, alerts=ALERTS)
     register(settings.data_dir, devices)
     base = time.time() - 7200
-    run = RunnerThread(settings).start()
+    run = RunnerThread(settings).start().subscribed()
     started = time.monotonic()
     try:
         runner = run.runner
@@ -393,7 +393,7 @@ def test_slow_influx_slows_ingestion_without_loss(tmp_path: Path, mosquitto: Mos
     # The sink fails: its memory, then its 1 MB disk buffer fill; then the runner must wait, the
     # hand-off (200 < receive_maximum 1000) fills and blocks the collector, and the broker keeps the rest.
     influx.bridge.stop()
-    run = RunnerThread(settings).start()
+    run = RunnerThread(settings).start().subscribed()
     try:
         runner = run.runner
         assert runner is not None and runner.influx is not None and runner.collector is not None

@@ -74,7 +74,7 @@ def test_normal_reading_is_quiet_and_alarm_gives_one_webhook_and_one_alert(
 ) -> None:
     settings = settings_for(tmp_path, mosquitto, receiver)
     register(settings.data_dir, DEVICES)
-    run = RunnerThread(settings).start()
+    run = RunnerThread(settings).start().subscribed()
     try:
         now = time.time() - 5
         publish_all(mosquitto, [msg(device, now, 1, **NORMAL[device.kind])])
@@ -135,7 +135,7 @@ def test_ten_thousand_mixed_messages(tmp_path: Path, mosquitto: MosquittoServer,
             seqs[device.id] += 1
             messages.append(msg(device, now + i * 0.05, seqs[device.id], **NORMAL[device.kind]))
             good += 1
-    run = RunnerThread(settings).start()
+    run = RunnerThread(settings).start().subscribed()
     try:
         publish_all(mosquitto, messages)
         wait_until(lambda: run.runner.pipeline.counters["received"] >= len(messages), timeout=60)
@@ -190,7 +190,7 @@ def test_state_checkpoint_writes_alerting_devices_at_once_and_the_rest_later(
     settings = settings_for(tmp_path, mosquitto, receiver, ingest={"state_checkpoint_s": 30})
     register(settings.data_dir, DEVICES)
     gas, noise, water = DEVICES[0], DEVICES[1], DEVICES[2]
-    run = RunnerThread(settings, clock=lambda: clock["now"]).start()
+    run = RunnerThread(settings, clock=lambda: clock["now"]).start().subscribed()
     try:
         t = time.time() - 5
         publish_all(mosquitto, [msg(noise, t, 1, **NORMAL["noise"]), msg(water, t, 1, **NORMAL["water"]),
@@ -226,7 +226,7 @@ def test_a_stop_writes_waiting_state_only_within_stop_flush_s(
                             ingest={"state_checkpoint_s": 3600, "stop_flush_s": 0})
     register(settings.data_dir, DEVICES)
     noise, water = DEVICES[1], DEVICES[2]
-    run = RunnerThread(settings).start()
+    run = RunnerThread(settings).start().subscribed()
     try:
         t = time.time() - 5
         publish_all(mosquitto, [msg(noise, t, 1, **NORMAL["noise"]), msg(water, t, 1, **NORMAL["water"])])

@@ -131,7 +131,7 @@ def test_a_huge_publish_never_reaches_the_runner_and_its_memory_stays_flat(tmp_p
     max_payload_bytes + 4096, so the broker drops them for us; normal messages still flow."""
     settings = make_settings(tmp_path / "data", mqtt={"url": mosquitto.url, "client_id": "cw-mps"})
     register(settings.data_dir)
-    run = RunnerThread(settings).start()
+    run = RunnerThread(settings).start().subscribed()
     try:
         runner = run.runner
         publish_all(mosquitto, normal(1))
@@ -187,7 +187,7 @@ def test_the_shipped_broker_limits_stop_oversized_packets_at_the_sender(tmp_path
     settings = make_settings(tmp_path / "data", mqtt={"url": server.url, "client_id": "cw-shipped",
                                                       "receive_maximum": 10})
     register(settings.data_dir)
-    run = RunnerThread(settings).start()
+    run = RunnerThread(settings).start().subscribed()
     try:
         oversized = b"{" + b"x" * 30_000 + b"}"
         for i in range(FLOOD):  # each on a new connection: the broker hangs up after the first

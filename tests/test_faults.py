@@ -68,7 +68,7 @@ def test_broker_restart_mid_stream_loses_no_qos1_message(tmp_path: Path, mosquit
                                                       "reconnect_min_s": 0.5, "reconnect_max_s": 2})
     register(settings.data_dir)
     messages = stream(6000, time.time() - 10_000)
-    run = RunnerThread(settings).start()
+    run = RunnerThread(settings).start().subscribed()
     publisher = Publisher(mosquitto.port, messages, rate=2000)
     try:
         publisher.start()
@@ -105,7 +105,7 @@ def test_a_burst_is_absorbed_by_the_broker_with_bounded_memory(tmp_path: Path, m
     register(settings.data_dir)
     n = 40_000
     process = psutil.Process()
-    run = RunnerThread(settings).start()
+    run = RunnerThread(settings).start().subscribed()
     try:
         handoff = run.runner.collector.handoff
         peak = {"handoff": 0, "rss": process.memory_info().rss}

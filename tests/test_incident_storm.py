@@ -164,7 +164,7 @@ def test_storm_one_incident_per_grid_across_a_restart(tmp_path: Path, mosquitto:
                              webhooks={"url": receiver.url, **HOOKS}, api={"port": 0, "token": TOKEN})
     register(settings.data_dir, devices)
     started = time.monotonic()
-    run = RunnerThread(settings).start()
+    run = RunnerThread(settings).start().subscribed()
     try:
         publish_all(mosquitto, messages[:half])
         wait_until(lambda: committed_readings(settings.data_dir) >= half, timeout=30)

@@ -81,7 +81,7 @@ def test_every_notification_arrives_once_after_mail_and_http_outages(tmp_path: P
     settings = make_settings(data, mqtt={"url": mosquitto.url, "client_id": "cw-notify-outage"}, webhooks={
         **FAST, "routes": [{"name": "ops-mail", "apprise": [mail.url()], "language": "en"},
                            {"name": "duty", "apprise": [json_url(hook)], "language": "zh-CN"}]})
-    run = RunnerThread(settings).start()
+    run = RunnerThread(settings).start().subscribed()
     try:
         publish_all(mosquitto, [gas("gas-1", 60)])  # both up: the way through works
         wait_until(lambda: len(mail.refs()) == 1 and len(hook.refs()) == 1)
@@ -125,7 +125,7 @@ def test_a_refused_notification_is_dead_listed_and_resent(tmp_path: Path, mosqui
     settings = make_settings(data, mqtt={"url": mosquitto.url, "client_id": "cw-notify-dead"}, webhooks={
         **FAST, "client_error_attempts": 2, "routes": [{"name": "duty", "apprise": [json_url(hook)]}]})
     cli = CliRunner()
-    run = RunnerThread(settings).start()
+    run = RunnerThread(settings).start().subscribed()
     try:
         publish_all(mosquitto, [gas("gas-1", 60)])
         wait_until(lambda: rows(data, "status = 'dead'"))
@@ -155,7 +155,7 @@ def test_a_stop_waits_for_a_notification_in_flight_and_records_it(tmp_path: Path
     register(data, devices(1))
     settings = make_settings(data, mqtt={"url": mosquitto.url, "client_id": "cw-notify-stop"}, webhooks={
         **FAST, "routes": [{"name": "duty", "apprise": [json_url(hook)]}]})
-    run = RunnerThread(settings).start()
+    run = RunnerThread(settings).start().subscribed()
     try:
         publish_all(mosquitto, [gas("gas-1", 60)])
         assert hook.arrived.wait(15)  # the receiver has it; its answer is held back

@@ -118,7 +118,7 @@ def test_a_maintenance_window_on_a_grid_holds_its_webhooks_until_it_ends(
         tmp_path: Path, mosquitto: MosquittoServer, receiver: WebhookReceiver) -> None:
     settings = setup(tmp_path, mosquitto, receiver)
     clock = {"now": time.time()}
-    run = RunnerThread(settings, clock=lambda: clock["now"]).start()
+    run = RunnerThread(settings, clock=lambda: clock["now"]).start().subscribed()
     assert run.runner is not None
     try:
         # set through the CLI: a runner owns the data dir, so it goes through its API
@@ -178,7 +178,7 @@ def test_a_maintenance_window_on_a_grid_holds_its_webhooks_until_it_ends(
         run.stop()
 
     # a restart during the silence keeps it: new G7 alerts are held too
-    run = RunnerThread(settings, clock=lambda: clock["now"]).start()
+    run = RunnerThread(settings, clock=lambda: clock["now"]).start().subscribed()
     assert run.runner is not None
     try:
         base = f"http://127.0.0.1:{run.runner.api_port}"
