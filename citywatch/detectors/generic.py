@@ -42,7 +42,8 @@ about 0.8 sd): stationary noise sets records just beyond its range from time to 
 value after 2,000 rows whose largest was 2.8 sd). The range is read once it holds `warmup` rows
 and, on a rhythm, a whole day of them (a day's first hours do not span its range); once read, it
 grows by at most its width and a spread a row: one glitch (65535 from a failing ADC) does not widen
-it for good.
+it for good. The spreads are read as at least 1e-4 of the range: on a series without noise, the
+season's misfit (0.01% of a rhythm's amplitude) would otherwise be as large as its spreads.
 
 Decision and score: anomaly_score = z / (z + bar). The bar is `threshold` (4.5 standard
 deviations, a one-sided Gaussian tail of about 3.4e-6) plus `press_k` per recent alert (alarm
@@ -75,6 +76,7 @@ DAY_S = 86400.0
 BUCKETS = 24  # hour-of-day buckets, per day type (weekday, weekend)
 _SD_FLOOR = 0.05  # smallest long-run sd of a stream (a constant series is not infinitely surprised)
 _WARM = 30  # rows before updates are clipped
+_RANGE_FLOOR = 1e-4  # the smallest spread, as a share of the range read (a noise-free rhythm's misfit is not noise)
 _LIMIT = 1e150  # larger values are skipped like non-finite ones (no sensor reads this; 1e308 - -1e308 is inf)
 
 # The state's numbers, in order: one flat list, unpacked and repacked once per row (the speed).
@@ -215,6 +217,9 @@ class GenericDetector:
          follow, a_sign, press_k, press_decay, margin, day_g) = self.params
         # raw surprises against what was learned before this row
         eps = 1e-9 * (1.0 + (level if level > 0 else -level))
+        f = _RANGE_FLOOR * (hi - lo)  # a spread below this is a noise-free series' misfit, not noise
+        if f > eps:
+            eps = f
         b = -1
         r = x - level
         if g_row and ts is not None:
