@@ -135,7 +135,7 @@ def test_run_is_process_row_by_row_and_a_state_with_whole_numbers_continues() ->
     detector.run(values[:1000], stamps[:1000])
     packed = detector.packed()
     rounded = [round(v) if isinstance(v, float) and abs(v) > 5 else v for v in packed["s"]]  # level, press...
-    ints = (0, 1, 24, 30)  # n, since, cnt, rn
+    ints = [i for i, name in enumerate(GenericDetector().to_state()) if name in ("n", "since", "cnt", "rn")]
     as_floats = {**copy.deepcopy(packed), "s": [float(v) if i not in ints else v for i, v in enumerate(rounded)]}
     as_ints = {**copy.deepcopy(packed), "s": rounded}  # (copies: unpack works on the lists in place)
     assert sum(isinstance(v, int) for v in as_ints["s"]) > 3  # n, since, cnt and some float slots
@@ -290,14 +290,20 @@ def test_a_state_of_the_second_round_is_taken_over() -> None:
         assert np.mean([abs(g - e) for (_, g), (_, e) in zip(got, expected, strict=True)]) < 0.01
 
 
+def bursty(seed: int) -> np.ndarray:
+    """4,000 rows of unit noise with ordinary bursts of 12 on about 3% of them (about 120)."""
+    rng = np.random.default_rng(seed)
+    values = rng.normal(0.0, 1.0, 4000)
+    values[rng.random(4000) < 0.03] += 12.0
+    return values
+
+
 def test_a_value_beyond_all_it_has_read_is_an_anomaly() -> None:
     """Frequent bursts raise a series' own bar, and its surprises are capped (|z| at 10): a value
     far beyond every burst reads like one more. Beyond the range of all values read so far by more
     than `margin` of it (HTM's spatial anomaly), it alerts; without the range it does not, and the
     range adds no other alert."""
-    rng = np.random.default_rng(0)
-    values = rng.normal(0.0, 1.0, 4000)
-    values[rng.random(4000) < 0.03] += 12.0  # about 120 ordinary bursts
+    values = bursty(0)
     values[3000] = 30.0
     decided = {}
     for margin in (0.05, 0.0):
@@ -311,9 +317,7 @@ def test_one_glitch_does_not_blind_the_range() -> None:
     """A failing ADC reads 65535 once: taken into the range whole, no later value of this series
     could ever be beyond it. Once read, the range grows by at most its width and a spread a row, so
     after the glitch a value beyond the ordinary bursts is still caught."""
-    rng = np.random.default_rng(1)
-    values = rng.normal(0.0, 1.0, 4000)
-    values[rng.random(4000) < 0.03] += 12.0  # ordinary bursts, within about -4..16
+    values = bursty(1)  # within about -4..16
     values[2000] = 65535.0
     values[3000] = 45.0
     detector = GenericDetector()

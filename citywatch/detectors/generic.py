@@ -90,7 +90,8 @@ _NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sg"
 _INTS = ("n", "since", "cnt", "rn")
 # cnt: 0 while the first rows are all counts (undecided), 1 a count series (read through the
 # Anscombe transform), -1 not (raw values); sm1: the smoothed step surprise, mu5/var5 its long run;
-# lo, hi: the range of the values read so far, over rn rows (counted up to `warmup`; 0: none yet)
+# lo, hi: the range of the values read so far, over rn rows (counted until it is read: `warmup` rows
+# and, on a rhythm, a day of them; 0: none yet)
 _CNT = _NAMES.index("cnt")
 _LO = _NAMES.index("lo")
 # the format of issue 20's third round (28 numbers): the same less the range, which starts afresh
@@ -380,11 +381,11 @@ class GenericDetector:
         if rn == 0:
             lo = hi = x
         elif x > hi:  # once read, the range grows by at most its width and a spread a row: a glitch
-            top = hi + (hi - lo) + cdev if ranged else x  # (65535 from a failing ADC) does not blind it for good
-            hi = x if x < top else top
+            bound = hi + (hi - lo) + cdev if ranged else x  # (65535 from a failing ADC) does not blind it for good
+            hi = x if x < bound else bound
         elif x < lo:
-            top = lo - (hi - lo) - cdev if ranged else x
-            lo = x if x > top else top
+            bound = lo - (hi - lo) - cdev if ranged else x
+            lo = x if x > bound else bound
         if not ranged:
             rn += 1
         self.s = [n + 1, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl,
