@@ -411,3 +411,28 @@ def test_a_value_that_stopped_moving_is_caught_at_once_in_correlated_noise() -> 
         detector = GenericDetector()
         alerts = [i for i, v in enumerate(values) if detector.process(v, T0 + 10.0 * i)[0]]
         assert len(alerts) == 1 and 2000 < alerts[0] <= 2010
+
+
+def test_a_series_that_starts_flat_learns_from_its_first_change() -> None:
+    """A gauge reads one value for its first 100 rows (a dry street at 0, a reading held at 12.5),
+    then varies. Its spreads were 0 and every update was clipped at 3 spreads, so it learned
+    nothing more, ever (its level stayed at the flat value). Now the first change starts the models
+    afresh: from there on it decides exactly as a detector started at the change; and a series
+    taken for counts (whole numbers at first) reads raw values once a value is not a whole one."""
+    rng = np.random.default_rng(3)
+    rest = (12.5 + rng.normal(0.0, 1.0, 3000)).tolist()
+    fresh = GenericDetector()
+    expected = [fresh.process(v) for v in rest]
+    for first in (0.0, 12.5):
+        detector = GenericDetector()
+        decided = [detector.process(v) for v in [first] * 100 + rest]
+        assert decided[101:] == expected[1:]
+        assert detector.to_state()["cnt"] == -1 and detector.to_state()["level"] == fresh.to_state()["level"]
+    caught = 0
+    for seed in range(10):  # with timestamps too: a 4-sd shift long after a dry start is caught
+        values = (12.5 + np.random.default_rng(seed).normal(0.0, 1.0, 3000)).tolist()
+        values[2500:2700] = [v + 4.0 for v in values[2500:2700]]
+        detector = GenericDetector()
+        alerts = [i for i, v in enumerate([0.0] * 100 + values) if detector.process(v, T0 + 60.0 * i)[0]]
+        caught += any(2600 <= i < 2620 for i in alerts)
+    assert caught == 10

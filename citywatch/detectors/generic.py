@@ -45,6 +45,12 @@ grows by at most its width and a spread a row: one glitch (65535 from a failing 
 it for good. The spreads are read as at least 1e-4 of the range: on a series without noise, the
 season's misfit (0.01% of a rhythm's amplitude) would otherwise be as large as its spreads.
 
+A series that has read one value only for `_WARM` rows or more (a dry street's water gauge at 0, a
+reading held at start-up) starts its models afresh at its first other value: its spreads were 0
+and every update is clipped at `clip` spreads, so it would never learn anything more (its level
+stayed at the flat value for good). A series taken for counts reads raw values, its models afresh,
+from its first value that is not a whole number >= 0 (a gauge dry at first is not a count).
+
 Decision and score: anomaly_score = z / (z + bar). The bar is `threshold` (4.5 standard
 deviations, a one-sided Gaussian tail of about 3.4e-6) plus `press_k` per recent alert (alarm
 pressure, each alert's share halving every `press_halflife` rows: a series that keeps alerting
@@ -213,6 +219,9 @@ class GenericDetector:
          press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn) = self.s
         raw = x
         if cnt > 0:  # a count series: its Anscombe transform (spread about 1 at any level)
+            if learn and (x < 0.0 or x != math.floor(x)):  # not counts after all (a gauge dry at first)
+                self._restart(-1)
+                return self.process(raw, ts, learn, decide)
             x = 2.0 * math.sqrt(x + 0.375) if x >= 0.0 else -2.0 * math.sqrt(0.375 - x)
         (a_fast, a_dev, a_level, a_ctx_dev, a, a_long, cap, clip, threshold, warmup, raise_k, decay,
          follow, a_sign, press_k, press_decay, margin, day_g) = self.params
@@ -303,6 +312,10 @@ class GenericDetector:
                     raised = raise_k * best  # the event's own growth raises its bar
                 since += 1
         if not learn:
+            return alert, score
+        if hi == lo and rn >= _WARM and x != lo:  # the first value unlike all before it: a series that never
+            self._restart(cnt)  # varied taught nothing but that value (its spreads are 0): start afresh here
+            self.process(raw, ts, True, False)
             return alert, score
         raised *= decay
         press *= press_decay
@@ -414,12 +427,17 @@ class GenericDetector:
         if x < 0.0 or x != math.floor(x):
             self.s[_CNT] = -1
         elif rows >= self.counts:
-            rates = self.s[_NAMES.index("g_row")], self.s[_NAMES.index("a_lvl")]
-            gaps, last_ts = self.gaps, self.last_ts
-            self.reset()
-            self.s[_NAMES.index("g_row")], self.s[_NAMES.index("a_lvl")] = rates
-            self.gaps, self.last_ts = gaps, last_ts
-            self.s[_CNT] = 1
+            self._restart(1)
+
+    def _restart(self, cnt: int) -> None:
+        """The models afresh (`cnt` 1: on counts, -1: on raw values, 0: still undecided); what is
+        known of the timestamps (the season's rate, the spacings) is kept."""
+        rates = self.s[_NAMES.index("g_row")], self.s[_NAMES.index("a_lvl")]
+        gaps, last_ts = self.gaps, self.last_ts
+        self.reset()
+        self.s[_NAMES.index("g_row")], self.s[_NAMES.index("a_lvl")] = rates
+        self.gaps, self.last_ts = gaps, last_ts
+        self.s[_CNT] = cnt
 
     def _time(self, ts: float) -> None:
         """The season's rate from the median spacing of the first 50 timestamps."""
