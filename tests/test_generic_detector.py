@@ -326,6 +326,21 @@ def test_one_glitch_does_not_blind_the_range() -> None:
     assert detector.to_state()["hi"] == 45.0  # the glitch grew it from 14.0 to 32.4, the value to 45
 
 
+def test_a_glitch_before_the_range_is_read_does_not_blind_the_detector() -> None:
+    """The range is read after a day of a rhythm's rows, but it floors every spread (1e-4 of it)
+    from the start: a 65535 glitch in the first day took whole made that floor 6.5 on unit noise,
+    and a 7-sd spike days later was caught on 2 series of 10. The range grows by at most its width
+    and a spread a row from its 30th row on, read or not."""
+    caught = 0
+    for seed in range(10):
+        values = (20.0 + np.random.default_rng(seed).normal(0.0, 1.0, 6000)).tolist()
+        values[1000] = 65535.0  # in the first day of 1-minute rows
+        values[5000] += 7.0
+        decided, _ = GenericDetector().run(values, [T0 + 60.0 * i for i in range(6000)])
+        caught += any(decided[5000:5003])
+    assert caught == 10
+
+
 def test_a_rhythm_without_noise_does_not_alert_on_the_seasons_misfit() -> None:
     """An hourly daily rhythm with no noise (the corpus's noise-free series): the season's misfit,
     about 0.01% of the amplitude, is as large as the spreads it learns, and read against them it

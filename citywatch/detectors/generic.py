@@ -40,10 +40,11 @@ frequent bursts raises its own bar and its surprises are capped, so a value far 
 bursts would otherwise read like one more. It must also lie beyond by one context spread (`cdev`,
 about 0.8 sd): stationary noise sets records just beyond its range from time to time (a 3.2-sd
 value after 2,000 rows whose largest was 2.8 sd). The range is read once it holds `warmup` rows
-and, on a rhythm, a whole day of them (a day's first hours do not span its range); once read, it
-grows by at most its width and a spread a row: one glitch (65535 from a failing ADC) does not widen
-it for good. The spreads are read as at least 1e-4 of the range: on a series without noise, the
-season's misfit (0.01% of a rhythm's amplitude) would otherwise be as large as its spreads.
+and, on a rhythm, a whole day of them (a day's first hours do not span its range); from its 30th
+row on, read or not, it grows by at most its width and a spread a row: one glitch (65535 from a
+failing ADC) does not widen it for good (nor, in the first day, the floor on the spreads below).
+The spreads are read as at least 1e-4 of the range: on a series without noise, the season's misfit
+(0.01% of a rhythm's amplitude) would otherwise be as large as its spreads.
 
 A series that has read one value only for `_WARM` rows or more (a dry street's water gauge at 0, a
 reading held at start-up) starts its models afresh at its first other value: its spreads were 0
@@ -393,11 +394,11 @@ class GenericDetector:
             cdev += al * ((r if r > 0 else -r) - cdev)
         if rn == 0:
             lo = hi = x
-        elif x > hi:  # once read, the range grows by at most its width and a spread a row: a glitch
-            bound = hi + (hi - lo) + cdev if ranged else x  # (65535 from a failing ADC) does not blind it for good
+        elif x > hi:  # after 30 rows, the range grows by at most its width and a spread a row: a glitch
+            bound = hi + (hi - lo) + cdev if rn >= _WARM else x  # (65535 from a failing ADC) does not blind it
             hi = x if x < bound else bound
         elif x < lo:
-            bound = lo - (hi - lo) - cdev if ranged else x
+            bound = lo - (hi - lo) - cdev if rn >= _WARM else x
             lo = x if x > bound else bound
         if not ranged:
             rn += 1
