@@ -56,8 +56,10 @@ Decision and score: anomaly_score = z / (z + bar). The bar is `threshold` (4.5 s
 deviations, a one-sided Gaussian tail of about 3.4e-6) plus `press_k` per recent alert (alarm
 pressure, each alert's share halving every `press_halflife` rows: a series that keeps alerting
 raises its own bar, a series that alerted once long ago does not), or, just after an alert,
-`raise_k` times that alert's z, halving every `halflife` rows (a lasting change is flagged once,
-then adopted). is_alert is exactly anomaly_score >= 0.5: one global threshold of 0.5 on the score
+`raise_k` times that alert's z, halving every `halflife` rows while the evidence stays at the bar
+or above and every `quiet_halflife` rows once it is below (a lasting change is flagged once, then
+adopted; once the event is over, the detector is not deaf for days: a raise of 60 took 1,000 rows
+to fade). is_alert is exactly anomaly_score >= 0.5: one global threshold of 0.5 on the score
 reproduces the decisions, and a lower one trades more false alarms for earlier or more
 detections. Scores are 0 during the first `warmup` rows (not judged).
 
@@ -146,12 +148,14 @@ class GenericDetector:
     def __init__(self, *, a_fast: float = 0.1, a_dev: float = 0.02, a_level: float = 0.01, gamma: float = 0.5,
                  a_ctx_dev: float = 0.003, a_smooth: float = 0.1, a_long: float = 0.001, cap: float = 10.0,
                  clip: float = 3.0, threshold: float = 4.5, warmup: int = 150, raise_k: float = 2.0,
-                 halflife: float = 200.0, follow: int = 30, level_days: float = 3.0, a_sign: float = 0.1,
-                 press_k: float = 0.5, press_halflife: float = 1000.0, counts: int = 50, margin: float = 0.05) -> None:
+                 halflife: float = 200.0, follow: int = 30, level_days: float = 1.5, a_sign: float = 0.1,
+                 press_k: float = 0.5, press_halflife: float = 1000.0, counts: int = 50, margin: float = 0.05,
+                 quiet_halflife: float = 100.0) -> None:
         self.a_fast, self.a_dev, self.a_level, self.gamma = a_fast, a_dev, a_level, gamma
         self.a_ctx_dev, self.a_smooth, self.a_long = a_ctx_dev, a_smooth, a_long
         self.cap, self.clip, self.threshold, self.warmup, self.raise_k = cap, clip, threshold, warmup, raise_k
         self.decay = 0.5 ** (1.0 / halflife)
+        self.quiet_decay = 0.5 ** (1.0 / quiet_halflife)  # the raised bar's, once the evidence is below the bar
         self.follow = follow
         self.level_days = level_days
         self.a_sign, self.press_k, self.press_decay = a_sign, press_k, 0.5 ** (1.0 / press_halflife)
@@ -159,7 +163,8 @@ class GenericDetector:
         self.margin = margin  # beyond the range read so far by this share of it: an alert (0: off)
         # the parameters the hot path reads, in one tuple (one attribute load per row)
         self.params = (a_fast, a_dev, a_level, a_ctx_dev, a_smooth, a_long, cap, clip, threshold, warmup, raise_k,
-                       self.decay, follow, a_sign, press_k, self.press_decay, margin, BUCKETS * gamma)
+                       self.decay, follow, a_sign, press_k, self.press_decay, margin, BUCKETS * gamma,
+                       self.quiet_decay)
         self.reset()
 
     def reset(self) -> None:
@@ -225,7 +230,7 @@ class GenericDetector:
                 return self.process(raw, ts, learn, decide)
             x = 2.0 * math.sqrt(x + 0.375) if x >= 0.0 else -2.0 * math.sqrt(0.375 - x)
         (a_fast, a_dev, a_level, a_ctx_dev, a, a_long, cap, clip, threshold, warmup, raise_k, decay,
-         follow, a_sign, press_k, press_decay, margin, day_g) = self.params
+         follow, a_sign, press_k, press_decay, margin, day_g, quiet_decay) = self.params
         # raw surprises against what was learned before this row
         eps = 1e-9 * (1.0 + (level if level > 0 else -level))
         f = _RANGE_FLOOR * (hi - lo)  # a spread below this is a noise-free series' misfit, not noise
@@ -318,7 +323,7 @@ class GenericDetector:
             self._restart(cnt)  # varied taught nothing but that value (its spreads are 0): start afresh here
             self.process(raw, ts, True, False)
             return alert, score
-        raised *= decay
+        raised *= decay if best >= base else quiet_decay  # the event is over: its raise fades faster
         press *= press_decay
         if not decide and since < follow:
             since += 1
