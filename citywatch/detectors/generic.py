@@ -8,7 +8,9 @@ otherwise look like a quiet hour's anomaly; the square root makes the spread abo
 
 First the value is deseasonalised: r = value - level - season, the season a per-hour-of-day offset
 (24 buckets, weekdays and weekends apart, UTC, read and learned linearly interpolated between the
-two nearest bucket centres; a bucket never seen starts from the other day type's) learned at
+two nearest bucket centres; a bucket never seen starts from the other day type's; each day type
+also learns `share` of the other's mean change, so a change of level learned from Monday to Friday
+is not new on Saturday) learned at
 `gamma` per day, on a level slower than `level_days` days. Without timestamps, or with fewer than
 12 rows a day, the season is off and the level is a medium-term mean (about 100 rows).
 
@@ -63,13 +65,14 @@ to fade). is_alert is exactly anomaly_score >= 0.5: one global threshold of 0.5 
 reproduces the decisions, and a lower one trades more false alarms for earlier or more
 detections. Scores are 0 during the first `warmup` rows (not judged).
 
-State: 31 numbers, 6 inverse sds and 48 season buckets and, until the sampling interval is known, the first 50
+State: 33 numbers, 6 inverse sds and 48 season buckets and, until the sampling interval is known, the first 50
 timestamp spacings (about 1 KiB of msgpack); `to_state()` is plain data and `from_state`
 continues exactly. A state of an earlier format is taken over: the 24-number one (issue 20's
 second round) keeps reading raw values, so nothing it learned is lost, and its smoothed step
 stream starts from the smoothed local one's statistics (alike on noise: no warm-up, no burst of
 alarms); the 23-number one (before that) keeps what the formats share, the rest starts afresh; the
-28-number one (issue 20's third round) keeps everything, its range of values starts afresh. Pure
+28-number one (issue 20's third round) keeps everything, its range of values starts afresh; the
+31-number one (the sixth) keeps everything, its season offsets start at 0 (as it had none). Pure
 Python floats, one flat state list unpacked and repacked per row, the long-run sds refreshed
 every 8 rows (the speed: about 500,000 rows/s in-process on one core, compiled: the unpacked numbers
 are typed locals, so mypyc does their arithmetic in C doubles).
@@ -95,14 +98,18 @@ _LIMIT = 1e150  # larger values are skipped like non-finite ones (no sensor read
 # to `follow`); g_row: the season's learning rate per row (0 while unknown, or off).
 _NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sg", "raised", "g_row", "a_lvl",
           "press", "mu0", "mu1", "mu2", "mu3", "mu4", "var0", "var1", "var2", "var3", "var4", "cnt",
-          "sm1", "mu5", "var5", "lo", "hi", "rn")
+          "sm1", "mu5", "var5", "lo", "hi", "rn", "off0", "off1")
 _INTS = ("n", "since", "cnt", "rn")
 # cnt: 0 while the first rows are all counts (undecided), 1 a count series (read through the
 # Anscombe transform), -1 not (raw values); sm1: the smoothed step surprise, mu5/var5 its long run;
 # lo, hi: the range of the values read so far, over rn rows (counted until it is read: `warmup` rows
-# and, on a rhythm, a day of them; 0: none yet)
+# and, on a rhythm, a day of them; 0: none yet); off0, off1: the weekdays' and the weekends' season
+# offsets (each day type learns `share` of the other's mean change: a change of level reaches both)
 _CNT = _NAMES.index("cnt")
 _LO = _NAMES.index("lo")
+_OFF = _NAMES.index("off0")
+# the format of issue 20's sixth round (31 numbers): the same less the offsets, which start at 0
+_V6_NAMES = _NAMES[:_OFF]
 # the format of issue 20's third round (28 numbers): the same less the range, which starts afresh
 _V3_NAMES = _NAMES[:_LO]
 # the format before counts were told apart (24 numbers): the same less `cnt`, taken over as raw
@@ -150,7 +157,7 @@ class GenericDetector:
                  clip: float = 3.0, threshold: float = 4.5, warmup: int = 150, raise_k: float = 2.0,
                  halflife: float = 200.0, follow: int = 30, level_days: float = 1.5, a_sign: float = 0.1,
                  press_k: float = 0.5, press_halflife: float = 1000.0, counts: int = 50, margin: float = 0.05,
-                 quiet_halflife: float = 100.0) -> None:
+                 quiet_halflife: float = 100.0, share: float = 0.5) -> None:
         self.a_fast, self.a_dev, self.a_level, self.gamma = a_fast, a_dev, a_level, gamma
         self.a_ctx_dev, self.a_smooth, self.a_long = a_ctx_dev, a_smooth, a_long
         self.cap, self.clip, self.threshold, self.warmup, self.raise_k = cap, clip, threshold, warmup, raise_k
@@ -164,7 +171,7 @@ class GenericDetector:
         # the parameters the hot path reads, in one tuple (one attribute load per row)
         self.params = (a_fast, a_dev, a_level, a_ctx_dev, a_smooth, a_long, cap, clip, threshold, warmup, raise_k,
                        self.decay, follow, a_sign, press_k, self.press_decay, margin, BUCKETS * gamma,
-                       self.quiet_decay)
+                       self.quiet_decay, share)
         self.reset()
 
     def reset(self) -> None:
@@ -221,8 +228,10 @@ class GenericDetector:
         lo: float
         hi: float
         rn: int
-        (n, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl,
-         press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn) = self.s
+        off0: float
+        off1: float
+        (n, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl, press, mu0, mu1, mu2, mu3, mu4,
+         var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn, off0, off1) = self.s
         raw = x
         if cnt > 0:  # a count series: its Anscombe transform (spread about 1 at any level)
             if learn and (x < 0.0 or x != math.floor(x)):  # not counts after all (a gauge dry at first)
@@ -230,7 +239,7 @@ class GenericDetector:
                 return self.process(raw, ts, learn, decide)
             x = 2.0 * math.sqrt(x + 0.375) if x >= 0.0 else -2.0 * math.sqrt(0.375 - x)
         (a_fast, a_dev, a_level, a_ctx_dev, a, a_long, cap, clip, threshold, warmup, raise_k, decay,
-         follow, a_sign, press_k, press_decay, margin, day_g, quiet_decay) = self.params
+         follow, a_sign, press_k, press_decay, margin, day_g, quiet_decay, share) = self.params
         # raw surprises against what was learned before this row
         eps = 1e-9 * (1.0 + (level if level > 0 else -level))
         f = _RANGE_FLOOR * (hi - lo)  # a spread below this is a noise-free series' misfit, not noise
@@ -249,15 +258,18 @@ class GenericDetector:
                 b += BUCKETS
                 b1 += BUCKETS
             season = self.season
+            mine, other = (off1, off0) if b >= BUCKETS else (off0, off1)  # this day type's offset, the other's
             v = season[b]
-            if v is None:  # never seen: the same hour of the other day type, if seen
-                v = season[b - BUCKETS if b >= BUCKETS else b + BUCKETS] or 0.0
+            if v is None:  # never seen: the same hour of the other day type as it reads, if seen
+                v = season[b - BUCKETS if b >= BUCKETS else b + BUCKETS]
+                v = 0.0 if v is None else v + other - mine
             s0 = v
             v = season[b1]
             if v is None:
-                v = season[b1 - BUCKETS if b1 >= BUCKETS else b1 + BUCKETS] or 0.0
+                v = season[b1 - BUCKETS if b1 >= BUCKETS else b1 + BUCKETS]
+                v = 0.0 if v is None else v + other - mine
             s1 = v
-            r -= s0 + w * (s1 - s0)
+            r -= s0 + w * (s1 - s0) + mine
         local = r - m  # the deseasonalised residual against its fast mean
         z = (local if local > 0 else -local) / (dev if dev > eps else eps)
         r0 = math.sqrt(z if z < cap else cap)
@@ -395,6 +407,10 @@ class GenericDetector:
                 g = g_row * (1.0 - al) * r
                 season[b] = s0 + (1.0 - w) * g
                 season[b1] = s1 + w * g
+                if b >= BUCKETS:  # the other day type learns `share` of the mean change: the weekend had
+                    off0 += share * g / BUCKETS  # not seen a change of level from Monday to Friday, and
+                else:  # a lasting shift was flagged again on the first Saturday after it
+                    off1 += share * g / BUCKETS
             al = a_ctx_dev if n * a_ctx_dev > 1.0 else 1.0 / n
             cdev += al * ((r if r > 0 else -r) - cdev)
         if rn == 0:
@@ -407,8 +423,8 @@ class GenericDetector:
             lo = x if x > bound else bound
         if not ranged:
             rn += 1
-        self.s = [n + 1, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl,
-                  press, mu0, mu1, mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn]
+        self.s = [n + 1, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl, press, mu0, mu1,
+                  mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn, off0, off1]
         if self.gaps is not None and ts is not None:
             self._time(ts)
         if cnt == 0:
@@ -500,8 +516,9 @@ class GenericDetector:
         """Work on a state `packed` made (its lists are used in place; `packed()` again after
         processing, since the state list is replaced on every row)."""
         self.s, self.isd, self.season = packed["s"], packed["i"], packed["season"]
-        if len(self.s) == len(_V3_NAMES):  # issue 20's third round: the range starts afresh
-            self.s = _adopt(dict(zip(_V3_NAMES, self.s, strict=True)))
+        if len(self.s) in (len(_V3_NAMES), len(_V6_NAMES)):  # the third round: the range starts afresh;
+            names = _V3_NAMES if len(self.s) == len(_V3_NAMES) else _V6_NAMES  # the sixth: the offsets at 0
+            self.s = _adopt(dict(zip(names, self.s, strict=True)))
         elif len(self.s) != len(_NAMES):  # an earlier format: 24 numbers (isd kept) or 23
             v2 = len(self.s) == len(_V2_NAMES)
             self.s = _adopt(dict(zip(_V2_NAMES if v2 else _OLD_NAMES, self.s, strict=True)))
