@@ -457,7 +457,7 @@ def test_a_spike_after_a_lasting_shift_is_caught() -> None:
     """A lasting shift raises the bar to twice its evidence (30 to 60 likelihood sds), so that it is
     flagged once and then adopted; halving every 200 rows, that bar kept the detector deaf to a
     10-sd spike 600 to 800 rows later (caught on 0 or 1 series of 10). Once the shift's evidence
-    is back below the bar the raise halves every 100 rows, and the level (1.5 days, was 3) takes the
+    is back below the bar the raise halves every 50 rows, and the level (1.5 days, was 3) takes the
     shift over before the season buckets of one day type do: the spike is caught on all ten, and the
     shift is still flagged once."""
     for at in (2600, 2800):

@@ -157,7 +157,7 @@ class GenericDetector:
                  clip: float = 3.0, threshold: float = 4.5, warmup: int = 150, raise_k: float = 2.0,
                  halflife: float = 200.0, follow: int = 30, level_days: float = 1.5, a_sign: float = 0.1,
                  press_k: float = 0.5, press_halflife: float = 1000.0, counts: int = 50, margin: float = 0.05,
-                 quiet_halflife: float = 100.0, share: float = 0.5) -> None:
+                 quiet_halflife: float = 50.0, share: float = 0.5) -> None:
         self.a_fast, self.a_dev, self.a_level, self.gamma = a_fast, a_dev, a_level, gamma
         self.a_ctx_dev, self.a_smooth, self.a_long = a_ctx_dev, a_smooth, a_long
         self.cap, self.clip, self.threshold, self.warmup, self.raise_k = cap, clip, threshold, warmup, raise_k
