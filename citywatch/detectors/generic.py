@@ -138,6 +138,11 @@ def _adopt(old: Mapping[str, Any]) -> list[Any]:
     return out
 
 
+def _a_count(x: float) -> bool:
+    """Whether `x` could be a count: a whole number >= 0."""
+    return x >= 0.0 and x == math.floor(x)
+
+
 def _inverse_sd(var: float) -> float:
     return 1.0 / math.sqrt(var) if var > _SD_FLOOR * _SD_FLOOR else 1.0 / _SD_FLOOR
 
@@ -234,7 +239,7 @@ class GenericDetector:
          var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn, off0, off1) = self.s
         raw = x
         if cnt > 0:  # a count series: its Anscombe transform (spread about 1 at any level)
-            if learn and (x < 0.0 or x != math.floor(x)):  # not counts after all (a gauge dry at first)
+            if learn and not _a_count(x):  # not counts after all (a gauge dry at first)
                 self._restart(-1)
                 return self.process(raw, ts, learn, decide)
             x = 2.0 * math.sqrt(x + 0.375) if x >= 0.0 else -2.0 * math.sqrt(0.375 - x)
@@ -446,7 +451,7 @@ class GenericDetector:
         """Whether the series is counts: after `counts` whole numbers >= 0 it is, and its models
         start afresh on the transformed values (the season's rate, once known, is kept); any
         other value first and it is not."""
-        if x < 0.0 or x != math.floor(x):
+        if not _a_count(x):
             self.s[_CNT] = -1
         elif rows >= self.counts:
             self._restart(1)
