@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -261,6 +262,18 @@ def test_counts_are_read_through_their_square_root() -> None:
         assert detector.to_state()["cnt"] == -1 and detector.to_state()["n"] == 101
 
 
+def stored_by_an_older_release(new: dict[str, Any], missing: tuple[str, ...],
+                                isd: list[float]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """`new` (a `to_state`) as a release without the numbers `missing` stored it, by `to_state` and
+    by `packed`, each through msgpack; and the names of the numbers that release had."""
+    stored = {k: v for k, v in new.items() if k not in missing}
+    stored["isd"] = isd
+    names = [k for k in stored if k not in ("isd", "season", "gaps", "last_ts")]
+    packed = {"s": [new[k] for k in names], "i": isd, "season": new["season"], "gaps": None, "t": new["last_ts"]}
+    stored, packed = msgspec.msgpack.decode(msgspec.msgpack.encode((stored, packed)))
+    return stored, packed, names
+
+
 def test_a_state_of_the_second_round_is_taken_over() -> None:
     """The 24-number state stored by issue 20's second round (by `to_state` or `packed`): it
     learned raw values and goes on with them (on a fresh start this count series would be read
@@ -272,12 +285,7 @@ def test_a_state_of_the_second_round_is_taken_over() -> None:
         ran_on.process(v, t)
     new = ran_on.to_state()
     later = ("cnt", "sm1", "mu5", "var5", "lo", "hi", "rn", "off0", "off1")  # not in that format
-    stored = {k: v for k, v in new.items() if k not in later}
-    stored["isd"] = new["isd"][:5]
-    names = [k for k in new if k not in (*later, "isd", "season", "gaps", "last_ts")]
-    packed = {"s": [new[k] for k in names], "i": new["isd"][:5], "season": new["season"], "gaps": None,
-              "t": new["last_ts"]}
-    stored, packed = msgspec.msgpack.decode(msgspec.msgpack.encode((stored, packed)))
+    stored, packed, _ = stored_by_an_older_release(new, later, new["isd"][:5])
     rows = list(zip(ts[2000:], values[2000:], strict=True))
     rows[1000] = (rows[1000][0], rows[1000][1] + 60.0)  # a burst: over 10 sds
     expected = [ran_on.process(v, t) for t, v in rows]
@@ -379,12 +387,7 @@ def test_a_state_of_the_third_round_is_taken_over() -> None:
     for t, v in zip(ts[:1000], values[:1000], strict=True):
         ran_on.process(v, t)
     new = ran_on.to_state()
-    range_keys = ("lo", "hi", "rn", "off0", "off1")
-    stored = {k: v for k, v in new.items() if k not in range_keys}
-    names = [k for k in new if k not in (*range_keys, "isd", "season", "gaps", "last_ts")]
-    packed = {"s": [new[k] for k in names], "i": new["isd"], "season": new["season"], "gaps": None,
-              "t": new["last_ts"]}
-    stored, packed = msgspec.msgpack.decode(msgspec.msgpack.encode((stored, packed)))
+    stored, packed, names = stored_by_an_older_release(new, ("lo", "hi", "rn", "off0", "off1"), new["isd"])
     rows = list(zip(ts[1000:], values[1000:], strict=True))
     rows[200] = (rows[200][0], 100.0)  # beyond the day's range (20..80) by a third of it
     rows[1000] = (rows[1000][0], 100.0)
@@ -479,10 +482,7 @@ def test_a_state_of_the_sixth_round_is_taken_over() -> None:
         ran_on.process(v, t)
     new = ran_on.to_state()
     assert (new["off0"], new["off1"]) == (0.0, 0.0)
-    stored = {k: v for k, v in new.items() if k not in ("off0", "off1")}
-    names = [k for k in stored if k not in ("isd", "season", "gaps", "last_ts")]
-    packed = {"s": [new[k] for k in names], "i": new["isd"], "season": new["season"], "gaps": None, "t": new["last_ts"]}
-    stored, packed = msgspec.msgpack.decode(msgspec.msgpack.encode((stored, packed)))
+    stored, packed, _ = stored_by_an_older_release(new, ("off0", "off1"), new["isd"])
     rows = list(zip(ts[1000:], values[1000:], strict=True))
     expected = [ran_on.process(v, t) for t, v in rows]
     for taken in (GenericDetector.from_state(stored, share=0.0), GenericDetector(share=0.0).unpack(packed)):
