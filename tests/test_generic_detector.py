@@ -13,7 +13,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from benchmarks.detection import corpus, realistic
+from benchmarks.detection import corpus, noise, realistic
 from benchmarks.detection.nab_like import Series, score_series, windows
 from citywatch.detectors.generic import GenericDetector
 
@@ -503,3 +503,12 @@ def test_a_lasting_shift_on_a_daily_rhythm_is_flagged_once() -> None:
             alerts = [i for i, v in enumerate(values) if detector.process(v, T0 + 300.0 * i)[0]]
             assert [i for i in alerts if i >= 1990] == [2000], (shift, seed, alerts)
 
+
+
+def test_pure_noise_raises_few_alerts() -> None:
+    """The price of sensitivity, held (`python -m benchmarks.detection.noise`): on 30-day series of
+    1-minute Gaussian noise the detector alerts 9.7 times a series, on AR(0.9) noise 3.7. Issue 20's
+    eighth round found a bar of 4.0 (18.8 and 9.5) and two surprising rows in a row (20.9 and 17.7, or
+    6.4 and 8.7 without the signed stream) scoring higher on the corpus; they fail here."""
+    assert noise.alerts_per_series({}, "gaussian") <= 12.0
+    assert noise.alerts_per_series({}, "ar_0.9") <= 5.0
