@@ -418,7 +418,10 @@ def test_a_stuck_value_is_caught_though_no_value_stands_out() -> None:
 def test_a_value_that_stopped_moving_is_caught_at_once_in_correlated_noise() -> None:
     """AR(0.9) noise stuck at its last value for 50 rows: the local mean follows the stuck value
     and the local surprise fades slowly, but the smoothed step surprise falls below its usual
-    within a few rows (read below its usual only); nothing else alerts."""
+    within a few rows (read below its usual only). Besides, this noise alerts about 4 times in 43,200
+    rows (`python -m benchmarks.detection.noise`): here once in the five series (at row 1426 of the
+    fourth, a wander that moves the level and the spread together), never in the stuck stretch."""
+    others = 0
     for seed in range(5):
         rng = random.Random(seed)
         x, values = 0.0, []
@@ -428,7 +431,10 @@ def test_a_value_that_stopped_moving_is_caught_at_once_in_correlated_noise() -> 
         values[2000:2050] = [values[2000]] * 50
         detector = GenericDetector()
         alerts = [i for i, v in enumerate(values) if detector.process(v, T0 + 10.0 * i)[0]]
-        assert len(alerts) == 1 and 2000 < alerts[0] <= 2010
+        stuck = [i for i in alerts if 2000 <= i < 2050]
+        assert len(stuck) == 1 and 2000 < stuck[0] <= 2010
+        others += len(alerts) - 1
+    assert others <= 1
 
 
 def test_a_series_that_starts_flat_learns_from_its_first_change() -> None:
@@ -512,3 +518,22 @@ def test_pure_noise_raises_few_alerts() -> None:
     6.4 and 8.7 without the signed stream) scoring higher on the corpus; they fail here."""
     assert noise.alerts_per_series({}, "gaussian") <= 12.0
     assert noise.alerts_per_series({}, "ar_0.9") <= 5.0
+
+
+def test_a_level_and_a_spread_that_move_together_are_caught() -> None:
+    """A failing sensor reads 0.8 sd low and nearly flat (spread 0.3 sd) for 40 rows: the signed
+    stream and the smoothed local surprise (below its usual) each stay short of the bar. Read
+    together (the two strongest smoothed readings, Stouffer's sum less `joint`) it is caught on 15
+    series of 20, against 5 with `joint` off, and no more false alarms on the rest of the rows."""
+    caught, false = {}, {}
+    for joint in (0.5, 1e9):
+        caught[joint] = false[joint] = 0
+        for seed in range(20):
+            rng = np.random.default_rng(seed)
+            values = 20.0 + rng.normal(0.0, 1.0, 3000)
+            values[2000:2040] = 19.2 + rng.normal(0.0, 0.3, 40)
+            decided, _ = GenericDetector(joint=joint).run(values.tolist(), [T0 + 300.0 * i for i in range(3000)])
+            caught[joint] += any(decided[2000:2040])
+            false[joint] += sum(decided[:2000]) + sum(decided[2080:])
+    assert caught[0.5] >= 13 and caught[1e9] <= 7
+    assert false[0.5] <= false[1e9] + 1

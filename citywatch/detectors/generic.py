@@ -34,7 +34,11 @@ Anomaly likelihood (after Numenta's AnomalyLikelihood): each stream is compared 
 long-run distribution (EW mean and variance, about 1,000 rows, updates clipped at `clip` standard
 deviations): z_lik = (stream - mean) / sd, the Gaussian tail of how improbable the recent surprise
 is for this series. A series that is always spiky raises its own bar; a quiet one alerts on its
-first real departure. The combined evidence is the largest z_lik.
+first real departure. The combined evidence is the largest z_lik, or the two strongest of the three
+smoothed readings (local both ways, signed, step below) read together: their sum over sqrt(2)
+(Stouffer's), less `joint` (0.5) for having picked two of three. A failing sensor that reads a
+little low and nearly flat moves the level and the spread at once, each short of the bar (caught on
+15 series of 20 with it, 5 without; issue 20's eighth round).
 
 A value beyond the range of every value read so far by more than `margin` (5%) of that range counts as
 evidence at the bar (after HTM's "spatial anomaly" in the NAB benchmark's detector): a series of
@@ -162,7 +166,7 @@ class GenericDetector:
                  clip: float = 3.0, threshold: float = 4.5, warmup: int = 150, raise_k: float = 2.0,
                  halflife: float = 200.0, follow: int = 30, level_days: float = 1.5, a_sign: float = 0.1,
                  press_k: float = 0.5, press_halflife: float = 1000.0, counts: int = 50, margin: float = 0.05,
-                 quiet_halflife: float = 50.0, share: float = 0.5) -> None:
+                 quiet_halflife: float = 50.0, share: float = 0.5, joint: float = 0.5) -> None:
         self.a_fast, self.a_dev, self.a_level, self.gamma = a_fast, a_dev, a_level, gamma
         self.a_ctx_dev, self.a_smooth, self.a_long = a_ctx_dev, a_smooth, a_long
         self.cap, self.clip, self.threshold, self.warmup, self.raise_k = cap, clip, threshold, warmup, raise_k
@@ -176,7 +180,7 @@ class GenericDetector:
         # the parameters the hot path reads, in one tuple (one attribute load per row)
         self.params = (a_fast, a_dev, a_level, a_ctx_dev, a_smooth, a_long, cap, clip, threshold, warmup, raise_k,
                        self.decay, follow, a_sign, press_k, self.press_decay, margin, BUCKETS * gamma,
-                       self.quiet_decay, share)
+                       self.quiet_decay, share, joint)
         self.reset()
 
     def reset(self) -> None:
@@ -244,7 +248,7 @@ class GenericDetector:
                 return self.process(raw, ts, learn, decide)
             x = 2.0 * math.sqrt(x + 0.375) if x >= 0.0 else -2.0 * math.sqrt(0.375 - x)
         (a_fast, a_dev, a_level, a_ctx_dev, a, a_long, cap, clip, threshold, warmup, raise_k, decay,
-         follow, a_sign, press_k, press_decay, margin, day_g, quiet_decay, share) = self.params
+         follow, a_sign, press_k, press_decay, margin, day_g, quiet_decay, share, joint) = self.params
         # raw surprises against what was learned before this row
         eps = 1e-9 * (1.0 + (level if level > 0 else -level))
         f = _RANGE_FLOOR * (hi - lo)  # a spread below this is a noise-free series' misfit, not noise
@@ -299,17 +303,30 @@ class GenericDetector:
         z = (r2 - mu2) * i2
         if z > best:
             best = z
-        z = (r3 - mu3) * i3
-        if z > best:
-            best = z
-        if -z > best:  # the smoothed local surprise far below its usual: a stuck value, a dead feed
-            best = -z
-        z = (r4 - mu4) * i4
-        if z > best:
-            best = z
-        z = (mu5 - r5) * i5  # the smoothed step surprise far below its usual: a value that stopped moving
-        if z > best:
-            best = z
+        z3 = (r3 - mu3) * i3
+        if z3 < 0.0:  # the smoothed local surprise far below its usual: a stuck value, a dead feed
+            z3 = -z3
+        if z3 > best:
+            best = z3
+        z4 = (r4 - mu4) * i4
+        if z4 > best:
+            best = z4
+        z5 = (mu5 - r5) * i5  # the smoothed step surprise far below its usual: a value that stopped moving
+        if z5 > best:
+            best = z5
+        # the two strongest of the three smoothed readings together (Stouffer's sum, less `joint` for
+        # picking two of three): a dead feed's level and spread move at once, each short of the bar
+        lo3 = z3 if z3 < z4 else z4
+        if z5 < lo3:
+            lo3 = z5
+        hi3 = z3 if z3 > z4 else z4
+        if z5 > hi3:
+            hi3 = z5
+        two = z3 + z4 + z5 - lo3
+        if two > hi3:  # the second strongest is above its usual too
+            z = two * 0.7071067811865476 - joint
+            if z > best:
+                best = z
         base = threshold + press_k * press
         # the range is read once it holds `warmup` rows and, on a rhythm, a whole day of them
         # (g_row * rows a day = BUCKETS * gamma): a day's first hours do not span its range
