@@ -537,3 +537,21 @@ def test_a_level_and_a_spread_that_move_together_are_caught() -> None:
             false[joint] += sum(decided[:2000]) + sum(decided[2080:])
     assert caught[0.5] >= 13 and caught[1e9] <= 7
     assert false[0.5] <= false[1e9] + 1
+
+
+def test_an_alert_soon_after_another_adds_half_the_pressure() -> None:
+    """Alarm pressure raises the bar of a series that keeps alerting. Two alerts within `press_gap`
+    (200) rows are often one event seen twice (a plateau's start and its end), not two false alarms,
+    so the second adds `press_near` (0.75) of an alert's pressure; one 300 rows later adds a whole
+    one. Issue 20's eighth round: 72.74 to 73.05 on the 19 seeds read, noise alone unchanged."""
+    values = 20.0 + np.random.default_rng(1).normal(0.0, 1.0, 2401)
+    for row in (2000, 2100, 2400):
+        values[row] += 12.0
+    stamps = [T0 + 60.0 * i for i in range(2401)]
+    press = {}
+    for near in (0.75, 1.0):
+        detector = GenericDetector(press_near=near)
+        decided, _ = detector.run(values.tolist(), stamps)
+        assert {2000, 2100, 2400} <= {i for i, a in enumerate(decided) if a}
+        press[near] = detector.to_state()["press"]
+    assert press[1.0] - press[0.75] == pytest.approx(0.25 * 0.5 ** (300 / 1000), rel=0.01)

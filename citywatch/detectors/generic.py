@@ -61,7 +61,8 @@ from its first value that is not a whole number >= 0 (a gauge dry at first is no
 Decision and score: anomaly_score = z / (z + bar). The bar is `threshold` (4.5 standard
 deviations, a one-sided Gaussian tail of about 3.4e-6) plus `press_k` per recent alert (alarm
 pressure, each alert's share halving every `press_halflife` rows: a series that keeps alerting
-raises its own bar, a series that alerted once long ago does not), or, just after an alert,
+raises its own bar, a series that alerted once long ago does not; an alert within `press_gap` rows
+of the last counts `press_near` of one, as it is often the same event again), or, just after an alert,
 `raise_k` times that alert's z, halving every `halflife` rows while the evidence stays at the bar
 or above and every `quiet_halflife` rows once it is below (a lasting change is flagged once, then
 adopted; once the event is over, the detector is not deaf for days: a raise of 60 took 1,000 rows
@@ -99,7 +100,7 @@ _LIMIT = 1e150  # larger values are skipped like non-finite ones (no sensor read
 # prev, m: the previous and the fast mean deseasonalised residual; sm0: the smoothed local surprise;
 # sg: the smoothed signed context z; mu*/var*: each stream's long-run mean and variance; raised:
 # the bar after an alert; press: the alarm pressure; since: rows since the last alert (counted up
-# to `follow`); g_row: the season's learning rate per row (0 while unknown, or off).
+# to `follow` or `press_gap`, the larger); g_row: the season's learning rate per row (0 while unknown, or off).
 _NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sg", "raised", "g_row", "a_lvl",
           "press", "mu0", "mu1", "mu2", "mu3", "mu4", "var0", "var1", "var2", "var3", "var4", "cnt",
           "sm1", "mu5", "var5", "lo", "hi", "rn", "off0", "off1")
@@ -166,13 +167,15 @@ class GenericDetector:
                  clip: float = 3.0, threshold: float = 4.5, warmup: int = 150, raise_k: float = 2.0,
                  halflife: float = 200.0, follow: int = 30, level_days: float = 1.5, a_sign: float = 0.1,
                  press_k: float = 0.5, press_halflife: float = 1000.0, counts: int = 50, margin: float = 0.05,
-                 quiet_halflife: float = 50.0, share: float = 0.5, joint: float = 0.5) -> None:
+                 quiet_halflife: float = 50.0, share: float = 0.5, joint: float = 0.5, press_gap: int = 200,
+                 press_near: float = 0.75) -> None:
         self.a_fast, self.a_dev, self.a_level, self.gamma = a_fast, a_dev, a_level, gamma
         self.a_ctx_dev, self.a_smooth, self.a_long = a_ctx_dev, a_smooth, a_long
         self.cap, self.clip, self.threshold, self.warmup, self.raise_k = cap, clip, threshold, warmup, raise_k
         self.decay = 0.5 ** (1.0 / halflife)
         self.quiet_decay = 0.5 ** (1.0 / quiet_halflife)  # the raised bar's, once the evidence is below the bar
         self.follow = follow
+        self.since_cap = max(follow, press_gap)  # rows since the last alert are counted up to this
         self.level_days = level_days
         self.a_sign, self.press_k, self.press_decay = a_sign, press_k, 0.5 ** (1.0 / press_halflife)
         self.counts = counts  # rows that decide whether the series is counts (0: never)
@@ -180,12 +183,12 @@ class GenericDetector:
         # the parameters the hot path reads, in one tuple (one attribute load per row)
         self.params = (a_fast, a_dev, a_level, a_ctx_dev, a_smooth, a_long, cap, clip, threshold, warmup, raise_k,
                        self.decay, follow, a_sign, press_k, self.press_decay, margin, BUCKETS * gamma,
-                       self.quiet_decay, share, joint)
+                       self.quiet_decay, share, joint, press_gap, press_near, self.since_cap)
         self.reset()
 
     def reset(self) -> None:
         self.s: list[Any] = [0.0] * len(_NAMES)
-        self.s[0], self.s[1] = 0, self.follow
+        self.s[0], self.s[1] = 0, self.since_cap
         self.s[_NAMES.index("a_lvl")] = self.a_level
         self.s[_CNT] = 0 if self.counts else -1
         self.s[_NAMES.index("rn")] = 0
@@ -248,7 +251,8 @@ class GenericDetector:
                 return self.process(raw, ts, learn, decide)
             x = 2.0 * math.sqrt(x + 0.375) if x >= 0.0 else -2.0 * math.sqrt(0.375 - x)
         (a_fast, a_dev, a_level, a_ctx_dev, a, a_long, cap, clip, threshold, warmup, raise_k, decay,
-         follow, a_sign, press_k, press_decay, margin, day_g, quiet_decay, share, joint) = self.params
+         follow, a_sign, press_k, press_decay, margin, day_g, quiet_decay, share, joint, press_gap, press_near,
+         since_cap) = self.params
         # raw surprises against what was learned before this row
         eps = 1e-9 * (1.0 + (level if level > 0 else -level))
         f = _RANGE_FLOOR * (hi - lo)  # a spread below this is a noise-free series' misfit, not noise
@@ -344,12 +348,12 @@ class GenericDetector:
         alert = False
         if decide:
             alert = score >= 0.5
-            if alert:
+            if alert:  # an alert within `press_gap` rows of the last is often the same event again (a
+                press += 1.0 if since >= press_gap else press_near  # plateau's start and end): less pressure
                 since = 0
-                press += 1.0
-            if since < follow:
-                if raise_k * best > raised:
-                    raised = raise_k * best  # the event's own growth raises its bar
+            if since < follow and raise_k * best > raised:
+                raised = raise_k * best  # the event's own growth raises its bar
+            if since < since_cap:
                 since += 1
         if not learn:
             return alert, score
@@ -359,7 +363,7 @@ class GenericDetector:
             return alert, score
         raised *= decay if best >= base else quiet_decay  # the event is over: its raise fades faster
         press *= press_decay
-        if not decide and since < follow:
+        if not decide and since < since_cap:
             since += 1
         if n == 0:
             level = x
