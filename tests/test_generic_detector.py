@@ -539,7 +539,7 @@ def test_a_level_and_a_spread_that_move_together_are_caught() -> None:
     assert false[0.5] <= false[1e9] + 1
 
 
-def test_an_alert_soon_after_another_adds_half_the_pressure() -> None:
+def test_an_alert_soon_after_another_adds_less_pressure() -> None:
     """Alarm pressure raises the bar of a series that keeps alerting. Two alerts within `press_gap`
     (200) rows are often one event seen twice (a plateau's start and its end), not two false alarms,
     so the second adds `press_near` (0.75) of an alert's pressure; one 300 rows later adds a whole
