@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.detection.nab_like import _ar1
 from citywatch.detectors.generic import GenericDetector
 
 T0 = 1_420_070_400.0  # 2015-01-01 00:00 UTC
@@ -25,23 +26,12 @@ ROWS = 43_200  # 30 days of 1-minute rows
 SEEDS = range(10)
 
 
-def ar09(rng: np.random.Generator, n: int) -> np.ndarray:
-    """AR(1) noise with phi 0.9 (a slowly wandering sensor), unit innovations."""
-    e = rng.normal(0.0, 1.0, n)
-    out = np.empty(n)
-    acc = 0.0
-    for i in range(n):
-        acc = 0.9 * acc + e[i]
-        out[i] = acc
-    return out
-
-
 KINDS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "gaussian": lambda rng, n: rng.normal(0.0, 1.0, n),
     "student_t3": lambda rng, n: rng.standard_t(3, n),  # heavy tails: about 1 row in 500 beyond 6 sd
     "poisson_3": lambda rng, n: rng.poisson(3.0, n).astype(float),  # counts, read through their square root
     "random_walk": lambda rng, n: np.cumsum(rng.normal(0.0, 0.05, n)) + rng.normal(0.0, 1.0, n),
-    "ar_0.9": ar09,
+    "ar_0.9": lambda rng, n: _ar1(n, 0.9, 1.0, rng),  # a slowly wandering sensor, unit innovations
 }
 
 
