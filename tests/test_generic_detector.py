@@ -193,10 +193,12 @@ def test_a_series_that_keeps_alerting_raises_its_own_bar() -> None:
     detector = GenericDetector()
     for i, v in enumerate(values[:501]):
         detector.process(v, T0 + 60.0 * i)
-    assert detector.to_state()["press"] == pytest.approx(1.0, abs=0.01)
+    state = detector.to_state()  # on the raw readings' or the smoothed ones', whichever alerted
+    assert state["press"] + state["press_s"] == pytest.approx(1.0, abs=0.01)
     for i in range(1000):
         detector.process(10.0 + (i % 2) * 0.5, T0 + 60.0 * (501 + i))
-    assert detector.to_state()["press"] == pytest.approx(0.5, abs=0.01)
+    state = detector.to_state()
+    assert state["press"] + state["press_s"] == pytest.approx(0.5, abs=0.01)
 
 
 def test_a_state_of_the_previous_format_is_taken_over() -> None:
@@ -284,7 +286,7 @@ def test_a_state_of_the_second_round_is_taken_over() -> None:
     for t, v in zip(ts[:2000], values[:2000], strict=True):
         ran_on.process(v, t)
     new = ran_on.to_state()
-    later = ("cnt", "sm1", "mu5", "var5", "lo", "hi", "rn", "off0", "off1")  # not in that format
+    later = ("cnt", "sm1", "mu5", "var5", "lo", "hi", "rn", "off0", "off1", "press_s")  # not in that format
     stored, packed, _ = stored_by_an_older_release(new, later, new["isd"][:5])
     rows = list(zip(ts[2000:], values[2000:], strict=True))
     rows[1000] = (rows[1000][0], rows[1000][1] + 60.0)  # a burst: over 10 sds
@@ -387,7 +389,7 @@ def test_a_state_of_the_third_round_is_taken_over() -> None:
     for t, v in zip(ts[:1000], values[:1000], strict=True):
         ran_on.process(v, t)
     new = ran_on.to_state()
-    stored, packed, names = stored_by_an_older_release(new, ("lo", "hi", "rn", "off0", "off1"), new["isd"])
+    stored, packed, names = stored_by_an_older_release(new, ("lo", "hi", "rn", "off0", "off1", "press_s"), new["isd"])
     rows = list(zip(ts[1000:], values[1000:], strict=True))
     rows[200] = (rows[200][0], 100.0)  # beyond the day's range (20..80) by a third of it
     rows[1000] = (rows[1000][0], 100.0)
@@ -488,7 +490,7 @@ def test_a_state_of_the_sixth_round_is_taken_over() -> None:
         ran_on.process(v, t)
     new = ran_on.to_state()
     assert (new["off0"], new["off1"]) == (0.0, 0.0)
-    stored, packed, _ = stored_by_an_older_release(new, ("off0", "off1"), new["isd"])
+    stored, packed, _ = stored_by_an_older_release(new, ("off0", "off1", "press_s"), new["isd"])
     rows = list(zip(ts[1000:], values[1000:], strict=True))
     expected = [ran_on.process(v, t) for t, v in rows]
     for taken in (GenericDetector.from_state(stored, share=0.0), GenericDetector(share=0.0).unpack(packed)):
@@ -553,5 +555,59 @@ def test_an_alert_soon_after_another_adds_less_pressure() -> None:
         detector = GenericDetector(press_near=near)
         decided, _ = detector.run(values.tolist(), stamps)
         assert {2000, 2100, 2400} <= {i for i, a in enumerate(decided) if a}
-        press[near] = detector.to_state()["press"]
+        state = detector.to_state()
+        press[near] = state["press"] + state["press_s"]
     assert press[1.0] - press[0.75] == pytest.approx(0.25 * 0.5 ** (300 / 1000), rel=0.01)
+
+
+def test_each_kind_of_reading_has_its_own_alarm_pressure() -> None:
+    """An alert's pressure goes to the bar of the kind of reading that raised it (the raw readings
+    and the range; the smoothed ones) and half of it (`press_cross`) to the other's: a series whose
+    single rows keep alerting still flags a sustained change at nearly the usual bar. At
+    `press_cross` 1 both bars carry every alert, as the one pressure of issue 20's eighth round did.
+    Issue 20's ninth round: 73.05 to 73.54 on the 19 seeds read."""
+    for seed in (0, 2):
+        values = 20.0 + np.random.default_rng(seed).normal(0.0, 1.0, 2000)
+        values[1000] = 60.0  # far beyond every value read: the range, a raw reading
+        values[1500:1540] += 2.0  # a sustained shift of 2 sds: the smoothed readings
+        detector, seen = GenericDetector(), []
+        for i, value in enumerate(values):
+            if detector.process(float(value), T0 + 300.0 * i)[0]:
+                state = detector.to_state()
+                seen.append((i, round(state["press"], 2), round(state["press_s"], 2)))
+        assert [row for row, _, _ in seen][0] == 1000 and 1500 <= seen[1][0] < 1520 and len(seen) == 2
+        assert seen[0][1:] == (1.0, 0.0)  # the spike's pressure is the raw readings'
+        assert seen[1][1:] == (0.7, 1.0)  # 0.7: the spike's, 500 rows later; the shift's is the smoothed ones'
+    caught = {}
+    for cross in (0.5, 1.0):  # bursts of 9 sds every 100 rows, then a shift of 1.2 sds for 40 rows
+        caught[cross] = 0
+        for seed in range(40):
+            rng = np.random.default_rng(seed)
+            values = 20.0 + rng.normal(0.0, 1.0, 3000)
+            for row in range(600, 2500, 100):
+                values[row + rng.integers(0, 20)] += 9.0 * rng.choice([-1.0, 1.0])
+            values[2500:2540] += 1.2
+            decided, _ = GenericDetector(press_cross=cross).run(values.tolist(), [T0 + 300.0 * i for i in range(3000)])
+            caught[cross] += any(decided[2500:2540])
+    assert caught[0.5] >= caught[1.0] + 2  # 12 of 40 against 9
+
+
+def test_a_state_of_the_eighth_round_is_taken_over() -> None:
+    """The 33-number state of issue 20's eighth round had one alarm pressure for every reading. It is
+    shared between the two kinds so that both bars stand where its one bar stood: each kind's
+    pressure plus half the other's is the old pressure."""
+    ts, values = daily(8)
+    ran_on = GenericDetector()
+    for t, v in zip(ts[:1000], values[:1000], strict=True):
+        ran_on.process(v, t)
+    new = ran_on.to_state()
+    new["press"], new["press_s"] = 1.2, 0.0  # as that release stored it: one pressure, of 1.2
+    stored, packed, names = stored_by_an_older_release(new, ("press_s",), new["isd"])
+    assert len(names) == 33
+    for taken in (GenericDetector.from_state(stored), GenericDetector().unpack(packed)):
+        state = taken.to_state()
+        assert state["press"] == state["press_s"] == pytest.approx(0.8)
+        assert state["press"] + 0.5 * state["press_s"] == pytest.approx(1.2)
+        for t, v in zip(ts[1000:], values[1000:], strict=True):
+            taken.process(v, t)
+        assert taken.to_state()["n"] == len(ts)

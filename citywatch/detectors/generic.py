@@ -58,11 +58,15 @@ and every update is clipped at `clip` spreads, so it would never learn anything 
 stayed at the flat value for good). A series taken for counts reads raw values, its models afresh,
 from its first value that is not a whole number >= 0 (a gauge dry at first is not a count).
 
-Decision and score: anomaly_score = z / (z + bar). The bar is `threshold` (4.5 standard
-deviations, a one-sided Gaussian tail of about 3.4e-6) plus `press_k` per recent alert (alarm
+Decision and score: anomaly_score = z / (z + bar), the larger of the two kinds' below. The bar is
+`threshold` (4.5 standard deviations, a one-sided Gaussian tail of about 3.4e-6) plus `press_k` per recent alert (alarm
 pressure, each alert's share halving every `press_halflife` rows: a series that keeps alerting
 raises its own bar, a series that alerted once long ago does not; an alert within `press_gap` rows
-of the last counts `press_near` of one, as it is often the same event again), or, just after an alert,
+of the last counts `press_near` of one, as it is often the same event again). Each kind of reading
+has its own pressure: the raw readings with the range, the smoothed ones with the joint reading; an
+alert's pressure is its own kind's in full and `press_cross` (half) on the other's bar, so a series
+whose ordinary rows keep alerting still flags a sustained change, or a spike after a plateau, at
+nearly its usual bar (issue 20's ninth round: 73.05 to 73.54 on the 19 seeds read). Or, just after an alert,
 `raise_k` times that alert's z, halving every `halflife` rows while the evidence stays at the bar
 or above and every `quiet_halflife` rows once it is below (a lasting change is flagged once, then
 adopted; once the event is over, the detector is not deaf for days: a raise of 60 took 1,000 rows
@@ -70,14 +74,16 @@ to fade). is_alert is exactly anomaly_score >= 0.5: one global threshold of 0.5 
 reproduces the decisions, and a lower one trades more false alarms for earlier or more
 detections. Scores are 0 during the first `warmup` rows (not judged).
 
-State: 33 numbers, 6 inverse sds and 48 season buckets and, until the sampling interval is known, the first 50
+State: 34 numbers, 6 inverse sds and 48 season buckets and, until the sampling interval is known, the first 50
 timestamp spacings (about 1 KiB of msgpack); `to_state()` is plain data and `from_state`
 continues exactly. A state of an earlier format is taken over: the 24-number one (issue 20's
 second round) keeps reading raw values, so nothing it learned is lost, and its smoothed step
 stream starts from the smoothed local one's statistics (alike on noise: no warm-up, no burst of
 alarms); the 23-number one (before that) keeps what the formats share, the rest starts afresh; the
 28-number one (issue 20's third round) keeps everything, its range of values starts afresh; the
-31-number one (the sixth) keeps everything, its season offsets start at 0 (as it had none). Pure
+31-number one (the sixth) keeps everything, its season offsets start at 0 (as it had none); the
+33-number one (the eighth) keeps everything, its one pressure shared so that both bars stand where
+its bar stood. Pure
 Python floats, one flat state list unpacked and repacked per row, the long-run sds refreshed
 every 8 rows (the speed: about 500,000 rows/s in-process on one core, compiled: the unpacked numbers
 are typed locals, so mypyc does their arithmetic in C doubles).
@@ -103,16 +109,20 @@ _LIMIT = 1e150  # larger values are skipped like non-finite ones (no sensor read
 # to `follow` or `press_gap`, the larger); g_row: the season's learning rate per row (0 while unknown, or off).
 _NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sg", "raised", "g_row", "a_lvl",
           "press", "mu0", "mu1", "mu2", "mu3", "mu4", "var0", "var1", "var2", "var3", "var4", "cnt",
-          "sm1", "mu5", "var5", "lo", "hi", "rn", "off0", "off1")
+          "sm1", "mu5", "var5", "lo", "hi", "rn", "off0", "off1", "press_s")
 _INTS = ("n", "since", "cnt", "rn")
 # cnt: 0 while the first rows are all counts (undecided), 1 a count series (read through the
 # Anscombe transform), -1 not (raw values); sm1: the smoothed step surprise, mu5/var5 its long run;
 # lo, hi: the range of the values read so far, over rn rows (counted until it is read: `warmup` rows
 # and, on a rhythm, a day of them; 0: none yet); off0, off1: the weekdays' and the weekends' season
-# offsets (each day type learns `share` of the other's mean change: a change of level reaches both)
+# offsets (each day type learns `share` of the other's mean change: a change of level reaches both);
+# press_s: the alarm pressure of the smoothed readings' alerts (press: of the raw readings' and the range's)
 _CNT = _NAMES.index("cnt")
 _LO = _NAMES.index("lo")
 _OFF = _NAMES.index("off0")
+_PRESS_S = _NAMES.index("press_s")
+# the format of issue 20's eighth round (33 numbers): one alarm pressure for every reading
+_V8_NAMES = _NAMES[:_PRESS_S]
 # the format of issue 20's sixth round (31 numbers): the same less the offsets, which start at 0
 _V6_NAMES = _NAMES[:_OFF]
 # the format of issue 20's third round (28 numbers): the same less the range, which starts afresh
@@ -124,12 +134,16 @@ _OLD_NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", 
               "mu0", "mu1", "mu2", "mu3", "mu5", "var0", "var1", "var2", "var3", "var5")
 
 
-def _adopt(old: Mapping[str, Any]) -> list[Any]:
+def _adopt(old: Mapping[str, Any], press_cross: float = 0.5) -> list[Any]:
     """A state list in this format from a mapping of names that may lack the new ones (an earlier
     format): shared numbers kept, new ones 0; a state without `cnt` learned on raw values and goes
     on with them; in the 23-number format `m` and `prev` were raw values and are now deseasonalised
-    residuals (about 0)."""
+    residuals (about 0); a state with one alarm pressure shares it between the two kinds of reading
+    so that both bars stand where its one bar stood (`press_cross`: the share each adds to the other's)."""
     out: list[Any] = [int(old.get(k, 0)) if k in _INTS else float(old.get(k, 0.0)) for k in _NAMES]
+    if "press_s" not in old:
+        press = _NAMES.index("press")
+        out[press] = out[_PRESS_S] = out[press] / (1.0 + press_cross)
     if "cnt" not in old:
         out[_CNT] = -1
     if "sm1" not in old:  # the smoothed step surprise starts from the smoothed local one (alike on noise)
@@ -168,7 +182,7 @@ class GenericDetector:
                  halflife: float = 200.0, follow: int = 30, level_days: float = 1.5, a_sign: float = 0.1,
                  press_k: float = 0.5, press_halflife: float = 1000.0, counts: int = 50, margin: float = 0.05,
                  quiet_halflife: float = 50.0, share: float = 0.5, joint: float = 0.5, press_gap: int = 200,
-                 press_near: float = 0.75) -> None:
+                 press_near: float = 0.75, press_cross: float = 0.5) -> None:
         self.a_fast, self.a_dev, self.a_level, self.gamma = a_fast, a_dev, a_level, gamma
         self.a_ctx_dev, self.a_smooth, self.a_long = a_ctx_dev, a_smooth, a_long
         self.cap, self.clip, self.threshold, self.warmup, self.raise_k = cap, clip, threshold, warmup, raise_k
@@ -180,10 +194,11 @@ class GenericDetector:
         self.a_sign, self.press_k, self.press_decay = a_sign, press_k, 0.5 ** (1.0 / press_halflife)
         self.counts = counts  # rows that decide whether the series is counts (0: never)
         self.margin = margin  # beyond the range read so far by this share of it: an alert (0: off)
+        self.press_cross = press_cross  # the share of one kind of reading's alarm pressure on the other's bar
         # the parameters the hot path reads, in one tuple (one attribute load per row)
         self.params = (a_fast, a_dev, a_level, a_ctx_dev, a_smooth, a_long, cap, clip, threshold, warmup, raise_k,
                        self.decay, follow, a_sign, press_k, self.press_decay, margin, BUCKETS * gamma,
-                       self.quiet_decay, share, joint, press_gap, press_near, self.since_cap)
+                       self.quiet_decay, share, joint, press_gap, press_near, self.since_cap, press_cross)
         self.reset()
 
     def reset(self) -> None:
@@ -242,8 +257,9 @@ class GenericDetector:
         rn: int
         off0: float
         off1: float
+        press_s: float
         (n, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl, press, mu0, mu1, mu2, mu3, mu4,
-         var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn, off0, off1) = self.s
+         var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn, off0, off1, press_s) = self.s
         raw = x
         if cnt > 0:  # a count series: its Anscombe transform (spread about 1 at any level)
             if learn and not _a_count(x):  # not counts after all (a gauge dry at first)
@@ -252,7 +268,7 @@ class GenericDetector:
             x = 2.0 * math.sqrt(x + 0.375) if x >= 0.0 else -2.0 * math.sqrt(0.375 - x)
         (a_fast, a_dev, a_level, a_ctx_dev, a, a_long, cap, clip, threshold, warmup, raise_k, decay,
          follow, a_sign, press_k, press_decay, margin, day_g, quiet_decay, share, joint, press_gap, press_near,
-         since_cap) = self.params
+         since_cap, press_cross) = self.params
         # raw surprises against what was learned before this row
         eps = 1e-9 * (1.0 + (level if level > 0 else -level))
         f = _RANGE_FLOOR * (hi - lo)  # a spread below this is a noise-free series' misfit, not noise
@@ -299,7 +315,8 @@ class GenericDetector:
         r4 = sg_new if sg_new > 0 else -sg_new
         # anomaly likelihood: each stream against its own long-run distribution
         i0, i1, i2, i3, i4, i5 = self.isd
-        # the largest deviation (compared inline: max() of seven floats costs a generic call)
+        # the largest deviation of the raw readings, then of the smoothed ones (compared inline: max() of
+        # floats costs a generic call); each kind has its own alarm pressure
         best = (r0 - mu0) * i0
         z = (r1 - mu1) * i1
         if z > best:
@@ -310,14 +327,13 @@ class GenericDetector:
         z3 = (r3 - mu3) * i3
         if z3 < 0.0:  # the smoothed local surprise far below its usual: a stuck value, a dead feed
             z3 = -z3
-        if z3 > best:
-            best = z3
+        best_s = z3
         z4 = (r4 - mu4) * i4
-        if z4 > best:
-            best = z4
+        if z4 > best_s:
+            best_s = z4
         z5 = (mu5 - r5) * i5  # the smoothed step surprise far below its usual: a value that stopped moving
-        if z5 > best:
-            best = z5
+        if z5 > best_s:
+            best_s = z5
         # the two strongest of the three smoothed readings together (Stouffer's sum, less `joint` for
         # picking two of three): a dead feed's level and spread move at once, each short of the bar
         lo3 = z3 if z3 < z4 else z4
@@ -329,9 +345,12 @@ class GenericDetector:
         two = z3 + z4 + z5 - lo3
         if two > hi3:  # the second strongest is above its usual too
             z = two * 0.7071067811865476 - joint
-            if z > best:
-                best = z
-        base = threshold + press_k * press
+            if z > best_s:
+                best_s = z
+        # alarm pressure per kind of reading: a series whose single rows keep alerting (benign bursts)
+        # raises the raw readings' bar, not fully the bar of a sustained change, and the other way round
+        base = threshold + press_k * (press + press_cross * press_s)
+        base_s = threshold + press_k * (press_s + press_cross * press)
         # the range is read once it holds `warmup` rows and, on a rhythm, a whole day of them
         # (g_row * rows a day = BUCKETS * gamma): a day's first hours do not span its range
         ranged = rn >= warmup and (g_row <= 0.0 or rn * g_row >= day_g)
@@ -341,28 +360,42 @@ class GenericDetector:
                 tol = cdev
             if (x > hi + tol or x < lo - tol) and best < base:  # beyond all it has read: evidence at the bar
                 best = base
-        score = 0.0
-        if n >= warmup and best > 0.0:
-            bar = base if base > raised else raised
-            score = best / (best + bar)
+        score = score_s = 0.0
+        if n >= warmup:
+            if best > 0.0:
+                bar = base if base > raised else raised
+                score = best / (best + bar)
+            if best_s > 0.0:
+                bar = base_s if base_s > raised else raised
+                score_s = best_s / (best_s + bar)
+        at_bar = best >= base or best_s >= base_s
+        if best_s > best:
+            best = best_s
         alert = False
         if decide:
-            alert = score >= 0.5
+            alert = score >= 0.5 or score_s >= 0.5
             if alert:  # an alert within `press_gap` rows of the last is often the same event again (a
-                press += 1.0 if since >= press_gap else press_near  # plateau's start and end): less pressure
+                added = 1.0 if since >= press_gap else press_near  # plateau's start and end): less pressure
+                if score >= score_s:
+                    press += added
+                else:
+                    press_s += added
                 since = 0
             if since < follow and raise_k * best > raised:
                 raised = raise_k * best  # the event's own growth raises its bar
             if since < since_cap:
                 since += 1
+        if score_s > score:
+            score = score_s
         if not learn:
             return alert, score
         if hi == lo and rn >= _WARM and x != lo:  # the first value unlike all before it: a series that never
             self._restart(cnt)  # varied taught nothing but that value (its spreads are 0): start afresh here
             self.process(raw, ts, True, False)
             return alert, score
-        raised *= decay if best >= base else quiet_decay  # the event is over: its raise fades faster
+        raised *= decay if at_bar else quiet_decay  # the event is over: its raise fades faster
         press *= press_decay
+        press_s *= press_decay
         if not decide and since < since_cap:
             since += 1
         if n == 0:
@@ -450,7 +483,7 @@ class GenericDetector:
         if not ranged:
             rn += 1
         self.s = [n + 1, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl, press, mu0, mu1,
-                  mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn, off0, off1]
+                  mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn, off0, off1, press_s]
         if self.gaps is not None and ts is not None:
             self._time(ts)
         if cnt == 0:
@@ -542,12 +575,13 @@ class GenericDetector:
         """Work on a state `packed` made (its lists are used in place; `packed()` again after
         processing, since the state list is replaced on every row)."""
         self.s, self.isd, self.season = packed["s"], packed["i"], packed["season"]
-        if len(self.s) in (len(_V3_NAMES), len(_V6_NAMES)):  # the third round: the range starts afresh;
-            names = _V3_NAMES if len(self.s) == len(_V3_NAMES) else _V6_NAMES  # the sixth: the offsets at 0
-            self.s = _adopt(dict(zip(names, self.s, strict=True)))
+        later = {len(_V3_NAMES): _V3_NAMES, len(_V6_NAMES): _V6_NAMES, len(_V8_NAMES): _V8_NAMES}
+        if len(self.s) in later:  # the third round: the range starts afresh; the sixth: the offsets at 0;
+            names = later[len(self.s)]  # the eighth: its one alarm pressure shared between the two kinds
+            self.s = _adopt(dict(zip(names, self.s, strict=True)), self.press_cross)
         elif len(self.s) != len(_NAMES):  # an earlier format: 24 numbers (isd kept) or 23
             v2 = len(self.s) == len(_V2_NAMES)
-            self.s = _adopt(dict(zip(_V2_NAMES if v2 else _OLD_NAMES, self.s, strict=True)))
+            self.s = _adopt(dict(zip(_V2_NAMES if v2 else _OLD_NAMES, self.s, strict=True)), self.press_cross)
             self.isd = [*(self.isd if v2 else _inverse_sds(self.s)[:5]), _inverse_sds(self.s)[5]]
         self.gaps, self.last_ts = packed["gaps"], packed["t"]
         return self
@@ -555,7 +589,7 @@ class GenericDetector:
     @classmethod
     def from_state(cls, state: Mapping[str, Any], **params: Any) -> GenericDetector:
         detector = cls(**params)
-        detector.s = _adopt(state)
+        detector.s = _adopt(state, detector.press_cross)
         isd = state.get("isd")  # refreshed every 8 rows: kept, not derived (older states lack it)
         derived = _inverse_sds(detector.s)
         detector.isd = ([float(v) for v in isd] if isd is not None and len(isd) == 6 else
