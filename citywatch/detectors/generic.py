@@ -38,7 +38,11 @@ first real departure. The combined evidence is the largest z_lik, or the two str
 smoothed readings (local both ways, signed, step below) read together: their sum over sqrt(2)
 (Stouffer's), less `joint` (0.5) for having picked two of three. A failing sensor that reads a
 little low and nearly flat moves the level and the spread at once, each short of the bar (caught on
-15 series of 20 with it, 5 without; issue 20's eighth round).
+15 series of 20 with it, 5 without; issue 20's eighth round). And the local reading is read on two
+rows in a row: where both reach `pair` (1.75), the smaller plus `pair` (an isolated extreme of noise
+is one row, an event lasts: a 6-sd dip of two rows on a daily rhythm reads about 4 on each row, caught
+on 19 series of 20 with it, 6 without), `pair` shrunk by the reading's lag-1 correlation rho (in
+AR(0.9) noise about 0.47: consecutive surprises are common there); issue 20's ninth round.
 
 A value beyond the range of every value read so far by more than `margin` (5%) of that range counts as
 evidence at the bar (after HTM's "spatial anomaly" in the NAB benchmark's detector): a series of
@@ -74,7 +78,7 @@ to fade). is_alert is exactly anomaly_score >= 0.5: one global threshold of 0.5 
 reproduces the decisions, and a lower one trades more false alarms for earlier or more
 detections. Scores are 0 during the first `warmup` rows (not judged).
 
-State: 34 numbers, 6 inverse sds and 48 season buckets and, until the sampling interval is known, the first 50
+State: 36 numbers, 6 inverse sds and 48 season buckets and, until the sampling interval is known, the first 50
 timestamp spacings (about 1 KiB of msgpack); `to_state()` is plain data and `from_state`
 continues exactly. A state of an earlier format is taken over: the 24-number one (issue 20's
 second round) keeps reading raw values, so nothing it learned is lost, and its smoothed step
@@ -83,7 +87,7 @@ alarms); the 23-number one (before that) keeps what the formats share, the rest 
 28-number one (issue 20's third round) keeps everything, its range of values starts afresh; the
 31-number one (the sixth) keeps everything, its season offsets start at 0 (as it had none); the
 33-number one (the eighth) keeps everything, its one pressure shared so that both bars stand where
-its bar stood. Pure
+its bar stood, the pair afresh (the previous row's reading and rho at 0). Pure
 Python floats, one flat state list unpacked and repacked per row, the long-run sds refreshed
 every 8 rows (the speed: about 500,000 rows/s in-process on one core, compiled: the unpacked numbers
 are typed locals, so mypyc does their arithmetic in C doubles).
@@ -109,20 +113,23 @@ _LIMIT = 1e150  # larger values are skipped like non-finite ones (no sensor read
 # to `follow` or `press_gap`, the larger); g_row: the season's learning rate per row (0 while unknown, or off).
 _NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sg", "raised", "g_row", "a_lvl",
           "press", "mu0", "mu1", "mu2", "mu3", "mu4", "var0", "var1", "var2", "var3", "var4", "cnt",
-          "sm1", "mu5", "var5", "lo", "hi", "rn", "off0", "off1", "press_s")
+          "sm1", "mu5", "var5", "lo", "hi", "rn", "off0", "off1", "press_s", "pv", "rho")
 _INTS = ("n", "since", "cnt", "rn")
 # cnt: 0 while the first rows are all counts (undecided), 1 a count series (read through the
 # Anscombe transform), -1 not (raw values); sm1: the smoothed step surprise, mu5/var5 its long run;
 # lo, hi: the range of the values read so far, over rn rows (counted until it is read: `warmup` rows
 # and, on a rhythm, a day of them; 0: none yet); off0, off1: the weekdays' and the weekends' season
 # offsets (each day type learns `share` of the other's mean change: a change of level reaches both);
-# press_s: the alarm pressure of the smoothed readings' alerts (press: of the raw readings' and the range's)
+# press_s: the alarm pressure of the smoothed readings' alerts (press: of the raw readings' and the range's);
+# pv: the previous row's local reading; rho: the local reading's lag-1 correlation (long-run)
 _CNT = _NAMES.index("cnt")
 _LO = _NAMES.index("lo")
 _OFF = _NAMES.index("off0")
 _PRESS_S = _NAMES.index("press_s")
 # the format of issue 20's eighth round (33 numbers): one alarm pressure for every reading
 _V8_NAMES = _NAMES[:_PRESS_S]
+# the format of the first change of the ninth round (34 numbers, on main for a day): the pair starts afresh
+_V9A_NAMES = _NAMES[:_PRESS_S + 1]
 # the format of issue 20's sixth round (31 numbers): the same less the offsets, which start at 0
 _V6_NAMES = _NAMES[:_OFF]
 # the format of issue 20's third round (28 numbers): the same less the range, which starts afresh
@@ -182,7 +189,7 @@ class GenericDetector:
                  halflife: float = 200.0, follow: int = 30, level_days: float = 1.5, a_sign: float = 0.1,
                  press_k: float = 0.5, press_halflife: float = 1000.0, counts: int = 50, margin: float = 0.05,
                  quiet_halflife: float = 50.0, share: float = 0.5, joint: float = 0.5, press_gap: int = 200,
-                 press_near: float = 0.75, press_cross: float = 0.5) -> None:
+                 press_near: float = 0.75, press_cross: float = 0.5, pair: float = 1.75) -> None:
         self.a_fast, self.a_dev, self.a_level, self.gamma = a_fast, a_dev, a_level, gamma
         self.a_ctx_dev, self.a_smooth, self.a_long = a_ctx_dev, a_smooth, a_long
         self.cap, self.clip, self.threshold, self.warmup, self.raise_k = cap, clip, threshold, warmup, raise_k
@@ -198,7 +205,7 @@ class GenericDetector:
         # the parameters the hot path reads, in one tuple (one attribute load per row)
         self.params = (a_fast, a_dev, a_level, a_ctx_dev, a_smooth, a_long, cap, clip, threshold, warmup, raise_k,
                        self.decay, follow, a_sign, press_k, self.press_decay, margin, BUCKETS * gamma,
-                       self.quiet_decay, share, joint, press_gap, press_near, self.since_cap, press_cross)
+                       self.quiet_decay, share, joint, press_gap, press_near, self.since_cap, press_cross, pair)
         self.reset()
 
     def reset(self) -> None:
@@ -258,8 +265,10 @@ class GenericDetector:
         off0: float
         off1: float
         press_s: float
+        pv: float
+        rho: float
         (n, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl, press, mu0, mu1, mu2, mu3, mu4,
-         var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn, off0, off1, press_s) = self.s
+         var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn, off0, off1, press_s, pv, rho) = self.s
         raw = x
         if cnt > 0:  # a count series: its Anscombe transform (spread about 1 at any level)
             if learn and not _a_count(x):  # not counts after all (a gauge dry at first)
@@ -268,7 +277,7 @@ class GenericDetector:
             x = 2.0 * math.sqrt(x + 0.375) if x >= 0.0 else -2.0 * math.sqrt(0.375 - x)
         (a_fast, a_dev, a_level, a_ctx_dev, a, a_long, cap, clip, threshold, warmup, raise_k, decay,
          follow, a_sign, press_k, press_decay, margin, day_g, quiet_decay, share, joint, press_gap, press_near,
-         since_cap, press_cross) = self.params
+         since_cap, press_cross, pair) = self.params
         # raw surprises against what was learned before this row
         eps = 1e-9 * (1.0 + (level if level > 0 else -level))
         f = _RANGE_FLOOR * (hi - lo)  # a spread below this is a noise-free series' misfit, not noise
@@ -317,13 +326,21 @@ class GenericDetector:
         i0, i1, i2, i3, i4, i5 = self.isd
         # the largest deviation of the raw readings, then of the smoothed ones (compared inline: max() of
         # floats costs a generic call); each kind has its own alarm pressure
-        best = (r0 - mu0) * i0
+        u = (r0 - mu0) * i0  # the local reading
+        best = u
         z = (r1 - mu1) * i1
         if z > best:
             best = z
         z = (r2 - mu2) * i2
         if z > best:
             best = z
+        # the local reading on two rows in a row: an isolated extreme of noise is one row, an event lasts;
+        # each row need only reach the bar less `pair` times 1 - rho, the lag-1 correlation of the
+        # reading (correlated noise, AR(0.9): consecutive surprises are common, and it gets nothing)
+        lo2 = u if u < pv else pv
+        z = pair if rho <= 0.0 else pair * (1.0 - rho) if rho < 1.0 else 0.0
+        if lo2 >= z and lo2 + z > best:  # only where both rows reach `pair` (quiet rows keep their scores)
+            best = lo2 + z
         z3 = (r3 - mu3) * i3
         if z3 < 0.0:  # the smoothed local surprise far below its usual: a stuck value, a dead feed
             z3 = -z3
@@ -427,6 +444,9 @@ class GenericDetector:
             e = r0 - mu0
             mu0 += al * e
             var0 = keep * (var0 + al * e * e)
+            e = clip if u > clip else -clip if u < -clip else u  # the reading's lag-1 correlation, each
+            rho += al * (e * (clip if pv > clip else -clip if pv < -clip else pv) - rho)  # side clipped
+            pv = u
             e = r1 - mu1
             mu1 += al * e
             var1 = keep * (var1 + al * e * e)
@@ -483,7 +503,8 @@ class GenericDetector:
         if not ranged:
             rn += 1
         self.s = [n + 1, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl, press, mu0, mu1,
-                  mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn, off0, off1, press_s]
+                  mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn, off0, off1, press_s,
+                  pv, rho]
         if self.gaps is not None and ts is not None:
             self._time(ts)
         if cnt == 0:
@@ -575,7 +596,7 @@ class GenericDetector:
         """Work on a state `packed` made (its lists are used in place; `packed()` again after
         processing, since the state list is replaced on every row)."""
         self.s, self.isd, self.season = packed["s"], packed["i"], packed["season"]
-        later = {len(_V3_NAMES): _V3_NAMES, len(_V6_NAMES): _V6_NAMES, len(_V8_NAMES): _V8_NAMES}
+        later = {len(names): names for names in (_V3_NAMES, _V6_NAMES, _V8_NAMES, _V9A_NAMES)}
         if len(self.s) in later:  # the third round: the range starts afresh; the sixth: the offsets at 0;
             names = later[len(self.s)]  # the eighth: its one alarm pressure shared between the two kinds
             self.s = _adopt(dict(zip(names, self.s, strict=True)), self.press_cross)
