@@ -63,23 +63,23 @@ stayed at the flat value for good). A series taken for counts reads raw values, 
 from its first value that is not a whole number >= 0 (a gauge dry at first is not a count).
 
 Decision and score: anomaly_score = z / (z + bar), the larger of the two kinds' below. The bar is
-`threshold` (4.5 standard deviations, a one-sided Gaussian tail of about 3.4e-6) plus `press_k` per recent alert (alarm
-pressure, each alert's share halving every `press_halflife` rows: a series that keeps alerting
-raises its own bar, a series that alerted once long ago does not; an alert within `press_gap` rows
-of the last counts `press_near` of one, as it is often the same event again). Each kind of reading
-has its own pressure: the raw readings with the range, the smoothed ones with the joint reading; an
-alert's pressure is its own kind's in full and `press_cross` (half) on the other's bar, so a series
-whose ordinary rows keep alerting still flags a sustained change, or a spike after a plateau, at
-nearly its usual bar (issue 20's ninth round: 73.05 to 73.54 on the 19 seeds read). An alert where
-the other kind's score reached `press_both` (0.45) adds to both pressures: a single extreme of
-heavy-tailed noise moves the signed stream nearly to the bar too, and one kind paying half of the
-other's let Student-t(3) noise alert 45.6 times a 30-day series, not 39.0 (38.1 with it). Or, just after an alert,
-`raise_k` times that alert's z, halving every `halflife` rows while the evidence stays at the bar
-or above and every `quiet_halflife` rows once it is below (a lasting change is flagged once, then
-adopted; once the event is over, the detector is not deaf for days: a raise of 60 took 1,000 rows
-to fade). is_alert is exactly anomaly_score >= 0.5: one global threshold of 0.5 on the score
-reproduces the decisions, and a lower one trades more false alarms for earlier or more
-detections. Scores are 0 during the first `warmup` rows (not judged).
+`threshold` (4.5 standard deviations, a one-sided Gaussian tail of about 3.4e-6) plus `press_k` per
+recent alert (alarm pressure, each alert's share halving every `press_halflife` rows: a series that
+keeps alerting raises its own bar, a series that alerted once long ago does not; an alert within
+`press_gap` rows of the last counts `press_near` of one, as it is often the same event again). Each
+kind of reading has its own pressure: the raw readings with the range and the pair, the smoothed ones with the
+joint reading; an alert's pressure is its own kind's in full and `press_cross` (half) on the other's
+bar, so a series whose ordinary rows keep alerting still flags a sustained change, or a spike after
+a plateau, at nearly its usual bar (issue 20's ninth round: 73.05 to 73.54 on the 19 seeds read). An
+alert where the other kind's score reached `press_both` (0.45) adds to both pressures: a single
+extreme of heavy-tailed noise moves the signed stream nearly to the bar too, and one kind paying
+half of the other's let Student-t(3) noise alert 45.6 times a 30-day series, not 39.0 (38.1 with
+it). Just after an alert the bar is raised to `raise_k` times that alert's z, halving every
+`halflife` rows while the evidence stays at the bar or above and every `quiet_halflife` rows once it
+is below (a lasting change is flagged once, then adopted; once the event is over, the detector is
+not deaf for days: a raise of 60 took 1,000 rows to fade). is_alert is exactly anomaly_score >= 0.5:
+one global threshold of 0.5 on the score reproduces the decisions, and a lower one trades more false
+alarms for earlier or more detections. Scores are 0 during the first `warmup` rows (not judged).
 
 State: 36 numbers, 6 inverse sds and 48 season buckets and, until the sampling interval is known, the first 50
 timestamp spacings (about 1 KiB of msgpack); `to_state()` is plain data and `from_state`
