@@ -572,7 +572,8 @@ def test_each_kind_of_reading_has_its_own_alarm_pressure() -> None:
     """An alert's pressure goes to the bar of the kind of reading that raised it (the raw readings
     and the range; the smoothed ones) and half of it (`press_cross`) to the other's: a series whose
     single rows keep alerting still flags a sustained change at nearly the usual bar. At
-    `press_cross` 1 both bars carry every alert, as the one pressure of issue 20's eighth round did.
+    `press_cross` 1 (and `press_both` off) both bars carry every alert, as the one pressure of issue
+    20's eighth round did.
     An alert where the other kind's score reached `press_both` (0.45) adds to both: a 40-sd spike
     moves the signed stream nearly to the bar too (so do single extremes of heavy-tailed noise).
     Issue 20's ninth round: 73.05 to 73.54 on the 19 seeds read (74.82 with the pair and both)."""
