@@ -137,6 +137,8 @@ _V9A_NAMES = _NAMES[:_PRESS_S + 1]
 _V6_NAMES = _NAMES[:_OFF]
 # the format of issue 20's third round (28 numbers): the same less the range, which starts afresh
 _V3_NAMES = _NAMES[:_LO]
+# the formats that are this one's first numbers, by their length (`unpack` takes them over)
+_LATER_FORMATS = {len(names): names for names in (_V3_NAMES, _V6_NAMES, _V8_NAMES, _V9A_NAMES)}
 # the format before counts were told apart (24 numbers): the same less `cnt`, taken over as raw
 _V2_NAMES = _NAMES[:_CNT]
 # the previous format (23 numbers, before issue 20): taken over by `_adopt`
@@ -605,11 +607,12 @@ class GenericDetector:
         """Work on a state `packed` made (its lists are used in place; `packed()` again after
         processing, since the state list is replaced on every row)."""
         self.s, self.isd, self.season = packed["s"], packed["i"], packed["season"]
-        later = {len(names): names for names in (_V3_NAMES, _V6_NAMES, _V8_NAMES, _V9A_NAMES)}
-        if len(self.s) in later:  # the third round: the range starts afresh; the sixth: the offsets at 0;
-            names = later[len(self.s)]  # the eighth: its one alarm pressure shared between the two kinds
+        if len(self.s) == len(_NAMES):  # this format: the live rule's every reading
+            pass
+        elif len(self.s) in _LATER_FORMATS:  # the third round: the range starts afresh; the sixth: the
+            names = _LATER_FORMATS[len(self.s)]  # offsets at 0; the eighth: its one pressure shared
             self.s = _adopt(dict(zip(names, self.s, strict=True)), self.press_cross)
-        elif len(self.s) != len(_NAMES):  # an earlier format: 24 numbers (isd kept) or 23
+        else:  # an earlier format: 24 numbers (isd kept) or 23
             v2 = len(self.s) == len(_V2_NAMES)
             self.s = _adopt(dict(zip(_V2_NAMES if v2 else _OLD_NAMES, self.s, strict=True)), self.press_cross)
             self.isd = [*(self.isd if v2 else _inverse_sds(self.s)[:5]), _inverse_sds(self.s)[5]]
