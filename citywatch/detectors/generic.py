@@ -400,14 +400,12 @@ class GenericDetector:
             alert = score >= 0.5 or score_s >= 0.5
             if alert:  # an alert within `press_gap` rows of the last is often the same event again (a
                 added = 1.0 if since >= press_gap else press_near  # plateau's start and end): less pressure
-                if score >= score_s:  # its own kind's; both, if the other kind nearly alerted too
-                    press += added  # (a single extreme of heavy-tailed noise moves the signed stream too)
-                    if score_s >= press_both:
-                        press_s += added
-                else:
+                # on the pressure of the kind that alerted, and of the other if it nearly alerted too
+                # (a single extreme of heavy-tailed noise moves the signed stream too)
+                if score >= score_s or score >= press_both:
+                    press += added
+                if score_s > score or score_s >= press_both:
                     press_s += added
-                    if score >= press_both:
-                        press += added
                 since = 0
             if since < follow and raise_k * best > raised:
                 raised = raise_k * best  # the event's own growth raises its bar
