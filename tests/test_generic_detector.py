@@ -18,6 +18,9 @@ from benchmarks.detection.nab_like import Series, _ar1, score_series, windows
 from citywatch.detectors.generic import GenericDetector
 
 T0 = 1_420_070_400.0  # a Thursday, 00:00 UTC
+# the detector as the releases up to issue 20's sixth round ran: no season offsets, no pair, one raw
+# alarm pressure for both directions, the season learned at one rate from its first day
+OLDER = {"share": 0.0, "pair": 0.0, "press_dir": 1.0, "season_start": 0.0}
 
 
 def one_window_series() -> Series:
@@ -114,7 +117,7 @@ def test_state_is_bounded_and_continues_exactly_through_msgpack() -> None:
         half.process(v, t)
         if i in (30, 5000, 19999):
             sizes.append(len(msgspec.msgpack.encode(half.to_state())))
-    assert max(sizes) < 1000  # bounded: every season bucket filled, the spacings gone
+    assert max(sizes) <= 1024  # bounded (1 KiB): every season bucket filled, the spacings gone
     assert sizes[2] == len(msgspec.msgpack.encode(straight.to_state()))  # 20,000 rows or 30,000: the same
     resumed = GenericDetector.from_state(msgspec.msgpack.decode(msgspec.msgpack.encode(half.to_state())))
     assert [resumed.process(v, t) for t, v in rows[20000:]] == first[20000:]
@@ -282,17 +285,17 @@ def test_a_state_of_the_second_round_is_taken_over() -> None:
     through its square root), everything it learned is kept, and the smoothed step stream starts
     from the smoothed local one's statistics: it decides as the detector that ran on does."""
     ts, values = poisson_day(12, 5)
-    ran_on = GenericDetector(counts=0, share=0.0, pair=0.0)  # raw values, no offsets, no pair: as that release
+    ran_on = GenericDetector(counts=0, **OLDER)  # raw values, no offsets, no pair: as that release
     for t, v in zip(ts[:2000], values[:2000], strict=True):
         ran_on.process(v, t)
     new = ran_on.to_state()
-    later = ("cnt", "sm1", "mu5", "var5", "lo", "hi", "rn", "off0", "off1", "press_s", "pv", "rho")  # not then
+    later = ("cnt", "sm1", "mu5", "var5", "lo", "hi", "rn", "off0", "off1", "press_s", "pv", "rho",
+             "press_d")  # not then
     stored, packed, _ = stored_by_an_older_release(new, later, new["isd"][:5])
     rows = list(zip(ts[2000:], values[2000:], strict=True))
     rows[1000] = (rows[1000][0], rows[1000][1] + 60.0)  # a burst: over 10 sds
     expected = [ran_on.process(v, t) for t, v in rows]
-    as_then = {"share": 0.0, "pair": 0.0}
-    for taken in (GenericDetector.from_state(stored, **as_then), GenericDetector(**as_then).unpack(packed)):
+    for taken in (GenericDetector.from_state(stored, **OLDER), GenericDetector(**OLDER).unpack(packed)):
         state = taken.to_state()
         assert state["cnt"] == -1 and state["season"] == new["season"] and state["mu3"] == new["mu3"]
         assert (state["sm1"], state["mu5"], state["var5"]) == (new["sm0"], new["mu3"], new["var3"])
@@ -386,19 +389,18 @@ def test_a_state_of_the_third_round_is_taken_over() -> None:
     range of values: everything else is kept, and the range starts afresh, read once it holds a day
     of rows, so no value right after the upgrade alerts for being new to it."""
     ts, values = daily(8)
-    ran_on = GenericDetector(share=0.0, pair=0.0)  # no season offsets, no pair, as that release
+    ran_on = GenericDetector(**OLDER)  # no season offsets, no pair, as that release
     for t, v in zip(ts[:1000], values[:1000], strict=True):
         ran_on.process(v, t)
     new = ran_on.to_state()
-    later = ("lo", "hi", "rn", "off0", "off1", "press_s", "pv", "rho")
+    later = ("lo", "hi", "rn", "off0", "off1", "press_s", "pv", "rho", "press_d")
     stored, packed, names = stored_by_an_older_release(new, later, new["isd"])
     rows = list(zip(ts[1000:], values[1000:], strict=True))
     rows[200] = (rows[200][0], 100.0)  # beyond the day's range (20..80) by a third of it
     rows[1000] = (rows[1000][0], 100.0)
     expected = [ran_on.process(v, t) for t, v in rows]
     assert expected[200][0] and expected[1000][0]
-    as_then = {"share": 0.0, "pair": 0.0}
-    for taken in (GenericDetector.from_state(stored, **as_then), GenericDetector(**as_then).unpack(packed)):
+    for taken in (GenericDetector.from_state(stored, **OLDER), GenericDetector(**OLDER).unpack(packed)):
         state = taken.to_state()
         assert (state["lo"], state["hi"], state["rn"]) == (0.0, 0.0, 0)
         assert {k: state[k] for k in names} == {k: new[k] for k in names}
@@ -488,16 +490,16 @@ def test_a_state_of_the_sixth_round_is_taken_over() -> None:
     """The 31-number state stored by issue 20's sixth round has no season offsets: they start at 0,
     which is what that release's were, so it continues exactly (with the offsets off, as it ran)."""
     ts, values = daily(8)
-    ran_on = GenericDetector(share=0.0, pair=0.0)  # no pair, as that release
+    ran_on = GenericDetector(**OLDER)  # no pair, as that release
     for t, v in zip(ts[:1000], values[:1000], strict=True):
         ran_on.process(v, t)
     new = ran_on.to_state()
     assert (new["off0"], new["off1"]) == (0.0, 0.0)
-    stored, packed, _ = stored_by_an_older_release(new, ("off0", "off1", "press_s", "pv", "rho"), new["isd"])
+    stored, packed, _ = stored_by_an_older_release(new, ("off0", "off1", "press_s", "pv", "rho", "press_d"),
+                                                   new["isd"])
     rows = list(zip(ts[1000:], values[1000:], strict=True))
     expected = [ran_on.process(v, t) for t, v in rows]
-    as_then = {"share": 0.0, "pair": 0.0}
-    for taken in (GenericDetector.from_state(stored, **as_then), GenericDetector(**as_then).unpack(packed)):
+    for taken in (GenericDetector.from_state(stored, **OLDER), GenericDetector(**OLDER).unpack(packed)):
         assert [taken.process(v, t) for t, v in rows] == expected
 
 
@@ -615,21 +617,89 @@ def test_a_state_of_the_eighth_round_is_taken_over() -> None:
         ran_on.process(v, t)
     new = ran_on.to_state()
     new["press"], new["press_s"] = 1.2, 0.0  # as that release stored it: one pressure, of 1.2
-    stored, packed, names = stored_by_an_older_release(new, ("press_s", "pv", "rho"), new["isd"])
+    stored, packed, names = stored_by_an_older_release(new, ("press_s", "pv", "rho", "press_d"), new["isd"])
     assert len(names) == 33
     for taken in (GenericDetector.from_state(stored), GenericDetector().unpack(packed)):
         state = taken.to_state()
-        assert state["press"] == state["press_s"] == pytest.approx(0.8)
-        assert state["press"] + 0.5 * state["press_s"] == pytest.approx(1.2)
+        # each kind 0.8 (plus half the other's: 1.2); the raw one in each direction 0.64, read as
+        # 2 / (1 + 0.6) of it: 0.8
+        assert state["press_s"] == pytest.approx(0.8)
+        assert state["press"] == state["press_d"] == pytest.approx(0.64)
+        assert state["press"] * 2.0 / 1.6 + 0.5 * state["press_s"] == pytest.approx(1.2)
         for t, v in zip(ts[1000:], values[1000:], strict=True):
             taken.process(v, t)
         assert taken.to_state()["n"] == len(ts)
     # the 34-number state of the ninth round's first change (a day on main): the pair starts afresh
-    stored, packed, names = stored_by_an_older_release(new, ("pv", "rho"), new["isd"])
+    stored, packed, names = stored_by_an_older_release(new, ("pv", "rho", "press_d"), new["isd"])
     assert len(names) == 34
     for taken in (GenericDetector.from_state(stored), GenericDetector().unpack(packed)):
         state = taken.to_state()
-        assert (state["press"], state["press_s"], state["pv"], state["rho"]) == (1.2, 0.0, 0.0, 0.0)
+        assert (state["press_s"], state["pv"], state["rho"]) == (0.0, 0.0, 0.0)
+        assert state["press"] == state["press_d"] == pytest.approx(0.96)  # read as 1.2
+
+
+def test_a_state_of_the_ninth_round_is_taken_over() -> None:
+    """The 36-number state of issue 20's ninth round had one raw alarm pressure for both directions.
+    Each direction starts at (1 + 0.6) / 2 of it, read as 2 / (1 + 0.6) of that: both raw bars stand
+    where its one bar stood, and the smoothed bar too; everything else is kept."""
+    ts, values = daily(8)
+    ran_on = GenericDetector()
+    for t, v in zip(ts[:1000], values[:1000], strict=True):
+        ran_on.process(v, t)
+    new = ran_on.to_state()
+    new["press"], new["press_s"], new["press_d"] = 1.2, 0.4, 0.0
+    stored, packed, names = stored_by_an_older_release(new, ("press_d",), new["isd"])
+    assert len(names) == 36
+    for taken in (GenericDetector.from_state(stored), GenericDetector().unpack(packed)):
+        state = taken.to_state()
+        assert state["press"] == state["press_d"] == pytest.approx(0.96)
+        assert {k: state[k] for k in names if k != "press"} == {k: new[k] for k in names if k != "press"}
+        for t, v in zip(ts[1000:], values[1000:], strict=True):
+            taken.process(v, t)
+        assert taken.to_state()["n"] == len(ts)
+
+
+def test_alarm_pressure_of_the_raw_readings_is_per_direction() -> None:
+    """Bursts of latency or of counts go one way. After single-row bursts of 9 sds upwards every 150
+    rows, the raw readings' bar is higher on rising rows and lower on falling ones than with one
+    pressure for both (`press_dir` 1): a dip of 3.4 sds outranks a rise of the same size by more.
+    Bursts both ways leave both bars about where one pressure stands. Issue 20's tenth round."""
+    def after_bursts(signs: list[float], press_dir: float) -> GenericDetector:
+        rng = np.random.default_rng(1)
+        values = rng.normal(0.0, 1.0, 2500)
+        for k, row in enumerate(range(600, 2500, 150)):
+            values[row + rng.integers(0, 20)] += 9.0 * signs[k % len(signs)]
+        detector = GenericDetector(press_dir=press_dir)
+        detector.run(values.tolist(), [T0 + 300.0 * i for i in range(2500)])
+        return detector
+
+    t = T0 + 300.0 * 2500
+    one_way = {pd: after_bursts([1.0], pd) for pd in (0.6, 1.0)}
+    state = one_way[0.6].to_state()
+    assert state["press"] > 1.5 * state["press_d"] > 0.0  # rising rows carry the bursts' pressure
+    dip = {pd: d.score_one({"value": -3.4, "ts": t}) for pd, d in one_way.items()}
+    rise = {pd: d.score_one({"value": 3.4, "ts": t}) for pd, d in one_way.items()}
+    assert dip[0.6] > dip[1.0] and rise[0.6] < rise[1.0]
+    assert dip[0.6] - rise[0.6] > 2.0 * (dip[1.0] - rise[1.0])
+    both_ways = after_bursts([1.0, -1.0], 0.6).to_state()
+    assert both_ways["press_d"] == pytest.approx(both_ways["press"], rel=0.2)
+
+
+def test_the_season_is_learned_faster_in_its_first_two_days() -> None:
+    """A new device's rhythm is unknown: in its first two days of rows the season learns at 1.5 times
+    its rate (`season_start` 0.5). A new series with a strong daily rhythm (20 sds, 5-minute rows)
+    raised false alarms in its first five days on 18 series of 40; now on 9. Issue 20's tenth round."""
+    alarmed = {}
+    for season_start in (0.5, 0.0):
+        alarmed[season_start] = 0
+        for seed in range(40):
+            rng = np.random.default_rng(seed)
+            rows = np.arange(1500)
+            values = 50 + 20 * np.sin(2 * math.pi * rows / 288 + rng.uniform(0, 6)) + rng.normal(0, 1, 1500)
+            decided, _ = GenericDetector(season_start=season_start).run(values.tolist(),
+                                                                        [T0 + 300.0 * i for i in range(1500)])
+            alarmed[season_start] += any(decided)
+    assert alarmed[0.5] <= 12 and alarmed[0.0] >= alarmed[0.5] + 5, alarmed
 
 
 def test_two_surprising_rows_in_a_row_are_read_together() -> None:

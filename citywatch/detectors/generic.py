@@ -10,9 +10,10 @@ First the value is deseasonalised: r = value - level - season, the season a per-
 (24 buckets, weekdays and weekends apart, UTC, read and learned linearly interpolated between the
 two nearest bucket centres; a bucket never seen starts from the other day type's; each day type
 also learns `share` of the other's mean change, so a change of level learned from Monday to Friday
-is not new on Saturday) learned at
-`gamma` per day, on a level slower than `level_days` days. Without timestamps, or with fewer than
-12 rows a day, the season is off and the level is a medium-term mean (about 100 rows).
+is not new on Saturday) learned at `gamma` per day (1 + `season_start`, 1.5 times that, in the
+first two days of rows: a new device's rhythm is unknown; issue 20's tenth round), on a level
+slower than `level_days` days. Without timestamps, or with fewer than 12 rows a day, the season is
+off and the level is a medium-term mean (about 100 rows).
 
 Raw surprises per row, each a |z| against exponentially weighted (EW) statistics learned before
 the row (updates are Huber-clipped at `clip` spreads, so an outlier barely teaches):
@@ -70,7 +71,11 @@ keeps alerting raises its own bar, a series that alerted once long ago does not;
 kind of reading has its own pressure: the raw readings with the range and the pair, the smoothed ones with the
 joint reading; an alert's pressure is its own kind's in full and `press_cross` (half) on the other's
 bar, so a series whose ordinary rows keep alerting still flags a sustained change, or a spike after
-a plateau, at nearly its usual bar (issue 20's ninth round: 73.05 to 73.54 on the 19 seeds read). An
+a plateau, at nearly its usual bar (issue 20's ninth round: 73.05 to 73.54 on the 19 seeds read). The
+raw readings' pressure is kept per direction of the row's step: an alert's in full on its direction
+and `press_dir` (0.6) on the other, read as 2 / (1 + `press_dir`) of it, so that noise alerting both
+ways alike keeps its bar while bursts that go one way (latency, counts) raise the bar of rising rows
+and leave more of a dip's surprise (the smoothed bar reads both directions' as one). An
 alert where the other kind's score reached `press_both` (0.45) adds to both pressures: a single
 extreme of heavy-tailed noise moves the signed stream nearly to the bar too, and one kind paying
 half of the other's let Student-t(3) noise alert 45.6 times a 30-day series, not 39.0 (38.1 with
@@ -81,7 +86,7 @@ not deaf for days: a raise of 60 took 1,000 rows to fade). is_alert is exactly a
 one global threshold of 0.5 on the score reproduces the decisions, and a lower one trades more false
 alarms for earlier or more detections. Scores are 0 during the first `warmup` rows (not judged).
 
-State: 36 numbers, 6 inverse sds and 48 season buckets and, until the sampling interval is known, the first 50
+State: 37 numbers, 6 inverse sds and 48 season buckets and, until the sampling interval is known, the first 50
 timestamp spacings (about 1 KiB of msgpack); `to_state()` is plain data and `from_state`
 continues exactly. A state of an earlier format is taken over: the 24-number one (issue 20's
 second round) keeps reading raw values, so nothing it learned is lost, and its smoothed step
@@ -90,8 +95,9 @@ alarms); the 23-number one (before that) keeps what the formats share, the rest 
 28-number one (issue 20's third round) keeps everything, its range of values starts afresh; the
 31-number one (the sixth) keeps everything, its season offsets start at 0 (as it had none); the
 33-number one (the eighth) keeps everything, its one pressure shared so that both bars stand where
-its bar stood, the pair afresh (the previous row's reading and rho at 0). Pure
-Python floats, one flat state list unpacked and repacked per row, the long-run sds refreshed
+its bar stood, the pair afresh (the previous row's reading and rho at 0); the 36-number one (the
+ninth) keeps everything, its one raw pressure shared by both directions so that each bar stands where
+it stood. Pure Python floats, one flat state list unpacked and repacked per row, the long-run sds refreshed
 every 8 rows (the speed: about 500,000 rows/s in-process on one core, compiled: the unpacked numbers
 are typed locals, so mypyc does their arithmetic in C doubles).
 """
@@ -116,7 +122,7 @@ _LIMIT = 1e150  # larger values are skipped like non-finite ones (no sensor read
 # to `follow` or `press_gap`, the larger); g_row: the season's learning rate per row (0 while unknown, or off).
 _NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sg", "raised", "g_row", "a_lvl",
           "press", "mu0", "mu1", "mu2", "mu3", "mu4", "var0", "var1", "var2", "var3", "var4", "cnt",
-          "sm1", "mu5", "var5", "lo", "hi", "rn", "off0", "off1", "press_s", "pv", "rho")
+          "sm1", "mu5", "var5", "lo", "hi", "rn", "off0", "off1", "press_s", "pv", "rho", "press_d")
 _INTS = ("n", "since", "cnt", "rn")
 # cnt: 0 while the first rows are all counts (undecided), 1 a count series (read through the
 # Anscombe transform), -1 not (raw values); sm1: the smoothed step surprise, mu5/var5 its long run;
@@ -124,11 +130,15 @@ _INTS = ("n", "since", "cnt", "rn")
 # and, on a rhythm, a day of them; 0: none yet); off0, off1: the weekdays' and the weekends' season
 # offsets (each day type learns `share` of the other's mean change: a change of level reaches both);
 # press_s: the alarm pressure of the smoothed readings' alerts (press: of the raw readings' and the range's);
-# pv: the previous row's local reading; rho: the local reading's lag-1 correlation (long-run)
+# pv: the previous row's local reading; rho: the local reading's lag-1 correlation (long-run);
+# press_d: the raw readings' alarm pressure on falling rows (press: on rising ones; issue 20's tenth round)
 _CNT = _NAMES.index("cnt")
 _LO = _NAMES.index("lo")
 _OFF = _NAMES.index("off0")
 _PRESS_S = _NAMES.index("press_s")
+_PRESS_D = _NAMES.index("press_d")
+# the format of issue 20's ninth round (36 numbers): one raw pressure for both directions
+_V9_NAMES = _NAMES[:_PRESS_D]
 # the format of issue 20's eighth round (33 numbers): one alarm pressure for every reading
 _V8_NAMES = _NAMES[:_PRESS_S]
 # the format of the first change of the ninth round (34 numbers, on main for a day): the pair starts afresh
@@ -138,7 +148,7 @@ _V6_NAMES = _NAMES[:_OFF]
 # the format of issue 20's third round (28 numbers): the same less the range, which starts afresh
 _V3_NAMES = _NAMES[:_LO]
 # the formats that are this one's first numbers, by their length (`unpack` takes them over)
-_LATER_FORMATS = {len(names): names for names in (_V3_NAMES, _V6_NAMES, _V8_NAMES, _V9A_NAMES)}
+_LATER_FORMATS = {len(names): names for names in (_V3_NAMES, _V6_NAMES, _V8_NAMES, _V9A_NAMES, _V9_NAMES)}
 # the format before counts were told apart (24 numbers): the same less `cnt`, taken over as raw
 _V2_NAMES = _NAMES[:_CNT]
 # the previous format (23 numbers, before issue 20): taken over by `_adopt`
@@ -146,16 +156,20 @@ _OLD_NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", 
               "mu0", "mu1", "mu2", "mu3", "mu5", "var0", "var1", "var2", "var3", "var5")
 
 
-def _adopt(old: Mapping[str, Any], press_cross: float = 0.5) -> list[Any]:
+def _adopt(old: Mapping[str, Any], press_cross: float = 0.5, press_dir: float = 0.6) -> list[Any]:
     """A state list in this format from a mapping of names that may lack the new ones (an earlier
     format): shared numbers kept, new ones 0; a state without `cnt` learned on raw values and goes
     on with them; in the 23-number format `m` and `prev` were raw values and are now deseasonalised
     residuals (about 0); a state with one alarm pressure shares it between the two kinds of reading
-    so that both bars stand where its one bar stood (`press_cross`: the share each adds to the other's)."""
+    so that both bars stand where its one bar stood (`press_cross`: the share each adds to the other's),
+    and one raw pressure for both directions likewise (`press_dir`)."""
     out: list[Any] = [int(old.get(k, 0)) if k in _INTS else float(old.get(k, 0.0)) for k in _NAMES]
     if "press_s" not in old:
         press = _NAMES.index("press")
         out[press] = out[_PRESS_S] = out[press] / (1.0 + press_cross)
+    if "press_d" not in old:  # read as 2 / (1 + press_dir) of a direction's pressure: the same bar
+        press = _NAMES.index("press")
+        out[press] = out[_PRESS_D] = out[press] * (1.0 + press_dir) / 2.0
     if "cnt" not in old:
         out[_CNT] = -1
     if "sm1" not in old:  # the smoothed step surprise starts from the smoothed local one (alike on noise)
@@ -195,7 +209,7 @@ class GenericDetector:
                  press_k: float = 0.5, press_halflife: float = 1000.0, counts: int = 50, margin: float = 0.05,
                  quiet_halflife: float = 50.0, share: float = 0.5, joint: float = 0.5, press_gap: int = 200,
                  press_near: float = 0.75, press_cross: float = 0.5, pair: float = 1.75,
-                 press_both: float = 0.45) -> None:
+                 press_both: float = 0.45, press_dir: float = 0.6, season_start: float = 0.5) -> None:
         self.a_fast, self.a_dev, self.a_level, self.gamma = a_fast, a_dev, a_level, gamma
         self.a_ctx_dev, self.a_smooth, self.a_long = a_ctx_dev, a_smooth, a_long
         self.cap, self.clip, self.threshold, self.warmup, self.raise_k = cap, clip, threshold, warmup, raise_k
@@ -208,11 +222,12 @@ class GenericDetector:
         self.counts = counts  # rows that decide whether the series is counts (0: never)
         self.margin = margin  # beyond the range read so far by this share of it: an alert (0: off)
         self.press_cross = press_cross  # the share of one kind of reading's alarm pressure on the other's bar
+        self.press_dir = press_dir  # the share of a raw alert's pressure on the other direction's bar
         # the parameters the hot path reads, in one tuple (one attribute load per row)
         self.params = (a_fast, a_dev, a_level, a_ctx_dev, a_smooth, a_long, cap, clip, threshold, warmup, raise_k,
                        self.decay, follow, a_sign, press_k, self.press_decay, margin, BUCKETS * gamma,
                        self.quiet_decay, share, joint, press_gap, press_near, self.since_cap, press_cross, pair,
-                       press_both)
+                       press_both, 2.0 / (1.0 + press_dir), press_dir, season_start)
         self.reset()
 
     def reset(self) -> None:
@@ -274,8 +289,9 @@ class GenericDetector:
         press_s: float
         pv: float
         rho: float
+        press_d: float
         (n, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl, press, mu0, mu1, mu2, mu3, mu4,
-         var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn, off0, off1, press_s, pv, rho) = self.s
+         var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn, off0, off1, press_s, pv, rho, press_d) = self.s
         raw = x
         if cnt > 0:  # a count series: its Anscombe transform (spread about 1 at any level)
             if learn and not _a_count(x):  # not counts after all (a gauge dry at first)
@@ -284,7 +300,7 @@ class GenericDetector:
             x = 2.0 * math.sqrt(x + 0.375) if x >= 0.0 else -2.0 * math.sqrt(0.375 - x)
         (a_fast, a_dev, a_level, a_ctx_dev, a, a_long, cap, clip, threshold, warmup, raise_k, decay,
          follow, a_sign, press_k, press_decay, margin, day_g, quiet_decay, share, joint, press_gap, press_near,
-         since_cap, press_cross, pair, press_both) = self.params
+         since_cap, press_cross, pair, press_both, dir_k, press_dir, season_start) = self.params
         # raw surprises against what was learned before this row
         eps = 1e-9 * (1.0 + (level if level > 0 else -level))
         f = _RANGE_FLOOR * (hi - lo)  # a spread below this is a noise-free series' misfit, not noise
@@ -372,9 +388,13 @@ class GenericDetector:
             if z > best_s:
                 best_s = z
         # alarm pressure per kind of reading: a series whose single rows keep alerting (benign bursts)
-        # raises the raw readings' bar, not fully the bar of a sustained change, and the other way round
-        base = threshold + press_k * (press + press_cross * press_s)
-        base_s = threshold + press_k * (press_s + press_cross * press)
+        # raises the raw readings' bar, not fully the bar of a sustained change, and the other way round;
+        # the raw readings' per direction of the row's step (bursts of latency or counts go up: they need
+        # not hide a dip), read as `dir_k` = 2 / (1 + press_dir) of it, so that noise alerting both ways
+        # alike keeps its bar; the smoothed bar takes the raw pressure of both directions, as one
+        rising = d > 0.0
+        base = threshold + press_k * ((press if rising else press_d) * dir_k + press_cross * press_s)
+        base_s = threshold + press_k * (press_s + press_cross * (press + press_d) * (0.5 * dir_k))
         # the range is read once it holds `warmup` rows and, on a rhythm, a whole day of them
         # (g_row * rows a day = BUCKETS * gamma): a day's first hours do not span its range
         ranged = rn >= warmup and (g_row <= 0.0 or rn * g_row >= day_g)
@@ -402,8 +422,13 @@ class GenericDetector:
                 added = 1.0 if since >= press_gap else press_near  # plateau's start and end): less pressure
                 # on the pressure of the kind that alerted, and of the other if it nearly alerted too
                 # (a single extreme of heavy-tailed noise moves the signed stream too)
-                if score >= score_s or score >= press_both:
-                    press += added
+                if score >= score_s or score >= press_both:  # the raw pressure of the row's direction,
+                    if rising:  # `press_dir` of it on the other's
+                        press += added
+                        press_d += press_dir * added
+                    else:
+                        press_d += added
+                        press += press_dir * added
                 if score_s > score or score_s >= press_both:
                     press_s += added
                 since = 0
@@ -422,6 +447,7 @@ class GenericDetector:
         raised *= decay if at_bar else quiet_decay  # the event is over: its raise fades faster
         press *= press_decay
         press_s *= press_decay
+        press_d *= press_decay
         if not decide and since < since_cap:
             since += 1
         if n == 0:
@@ -493,6 +519,8 @@ class GenericDetector:
             level += al * r
             if b >= 0:
                 g = g_row * (1.0 - al) * r
+                if n * g_row < 2.0 * day_g:  # in the first two days read (n * g_row / day_g of them) a new
+                    g *= 1.0 + season_start  # device's rhythm is unknown: learned faster
                 season[b] = s0 + (1.0 - w) * g
                 season[b1] = s1 + w * g
                 if b >= BUCKETS:  # the other day type learns `share` of the mean change: the weekend had
@@ -513,7 +541,7 @@ class GenericDetector:
             rn += 1
         self.s = [n + 1, since, prev, m, dev, sdev, level, cdev, sm0, sg, raised, g_row, a_lvl, press, mu0, mu1,
                   mu2, mu3, mu4, var0, var1, var2, var3, var4, cnt, sm1, mu5, var5, lo, hi, rn, off0, off1, press_s,
-                  pv, rho]
+                  pv, rho, press_d]
         if self.gaps is not None and ts is not None:
             self._time(ts)
         if cnt == 0:
@@ -608,11 +636,12 @@ class GenericDetector:
         if len(self.s) == len(_NAMES):  # this format: the live rule's every reading
             pass
         elif len(self.s) in _LATER_FORMATS:  # the third round: the range starts afresh; the sixth: the
-            names = _LATER_FORMATS[len(self.s)]  # offsets at 0; the eighth: its one pressure shared
-            self.s = _adopt(dict(zip(names, self.s, strict=True)), self.press_cross)
+            names = _LATER_FORMATS[len(self.s)]  # offsets at 0; the eighth, ninth: their one pressure shared
+            self.s = _adopt(dict(zip(names, self.s, strict=True)), self.press_cross, self.press_dir)
         else:  # an earlier format: 24 numbers (isd kept) or 23
             v2 = len(self.s) == len(_V2_NAMES)
-            self.s = _adopt(dict(zip(_V2_NAMES if v2 else _OLD_NAMES, self.s, strict=True)), self.press_cross)
+            self.s = _adopt(dict(zip(_V2_NAMES if v2 else _OLD_NAMES, self.s, strict=True)), self.press_cross,
+                           self.press_dir)
             self.isd = [*(self.isd if v2 else _inverse_sds(self.s)[:5]), _inverse_sds(self.s)[5]]
         self.gaps, self.last_ts = packed["gaps"], packed["t"]
         return self
@@ -620,7 +649,7 @@ class GenericDetector:
     @classmethod
     def from_state(cls, state: Mapping[str, Any], **params: Any) -> GenericDetector:
         detector = cls(**params)
-        detector.s = _adopt(state, detector.press_cross)
+        detector.s = _adopt(state, detector.press_cross, detector.press_dir)
         isd = state.get("isd")  # refreshed every 8 rows: kept, not derived (older states lack it)
         derived = _inverse_sds(detector.s)
         detector.isd = ([float(v) for v in isd] if isd is not None and len(isd) == 6 else
