@@ -35,7 +35,7 @@ SELECTION_SEEDS = (106, 107, 108, 109)
 # before and after: 303-312 from issue 20's seventh round (which had printed the held-out seed beside
 # every variant), 313-322 from its eighth (which chose on all 19 seeds read before, `--read`), 323-332
 # from its ninth (which chose on the same 19; 313-322 were read a third time at its end), 333-342
-# from its tenth (which kept nothing; read once, for the figure at its end).
+# from its tenth (which chose on the same 19 and on 20 new seeds, 343-362; read before and after).
 FRESH_SEEDS = tuple(range(333, 343))
 # Every seed read before the eighth round: the choices of that round were made on them together.
 READ_SEEDS = (*corpus.TUNE_SEEDS, *SELECTION_SEEDS, corpus.HELD_OUT_SEED, *range(303, 313))
