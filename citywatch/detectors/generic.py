@@ -118,8 +118,9 @@ _LIMIT = 1e150  # larger values are skipped like non-finite ones (no sensor read
 # The state's numbers, in order: one flat list, unpacked and repacked once per row (the speed).
 # prev, m: the previous and the fast mean deseasonalised residual; sm0: the smoothed local surprise;
 # sg: the smoothed signed context z; mu*/var*: each stream's long-run mean and variance; raised:
-# the bar after an alert; press: the alarm pressure; since: rows since the last alert (counted up
-# to `follow` or `press_gap`, the larger); g_row: the season's learning rate per row (0 while unknown, or off).
+# the bar after an alert; press: the raw readings' alarm pressure on rising rows; since: rows since
+# the last alert (counted up to `follow` or `press_gap`, the larger); g_row: the season's learning
+# rate per row (0 while unknown, or off).
 _NAMES = ("n", "since", "prev", "m", "dev", "sdev", "level", "cdev", "sm0", "sg", "raised", "g_row", "a_lvl",
           "press", "mu0", "mu1", "mu2", "mu3", "mu4", "var0", "var1", "var2", "var3", "var4", "cnt",
           "sm1", "mu5", "var5", "lo", "hi", "rn", "off0", "off1", "press_s", "pv", "rho", "press_d")
@@ -129,7 +130,7 @@ _INTS = ("n", "since", "cnt", "rn")
 # lo, hi: the range of the values read so far, over rn rows (counted until it is read: `warmup` rows
 # and, on a rhythm, a day of them; 0: none yet); off0, off1: the weekdays' and the weekends' season
 # offsets (each day type learns `share` of the other's mean change: a change of level reaches both);
-# press_s: the alarm pressure of the smoothed readings' alerts (press: of the raw readings' and the range's);
+# press_s: the alarm pressure of the smoothed readings' alerts (press, press_d: of the raw readings' and the range's);
 # pv: the previous row's local reading; rho: the local reading's lag-1 correlation (long-run);
 # press_d: the raw readings' alarm pressure on falling rows (press: on rising ones; issue 20's tenth round)
 _CNT = _NAMES.index("cnt")
@@ -164,11 +165,10 @@ def _adopt(old: Mapping[str, Any], press_cross: float = 0.5, press_dir: float = 
     so that both bars stand where its one bar stood (`press_cross`: the share each adds to the other's),
     and one raw pressure for both directions likewise (`press_dir`)."""
     out: list[Any] = [int(old.get(k, 0)) if k in _INTS else float(old.get(k, 0.0)) for k in _NAMES]
+    press = _NAMES.index("press")
     if "press_s" not in old:
-        press = _NAMES.index("press")
         out[press] = out[_PRESS_S] = out[press] / (1.0 + press_cross)
     if "press_d" not in old:  # read as 2 / (1 + press_dir) of a direction's pressure: the same bar
-        press = _NAMES.index("press")
         out[press] = out[_PRESS_D] = out[press] * (1.0 + press_dir) / 2.0
     if "cnt" not in old:
         out[_CNT] = -1
