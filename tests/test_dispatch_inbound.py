@@ -75,8 +75,12 @@ class City:
         publish_all(self.mosquitto, [(f"citywatch/gas/{device.id}/telemetry", json.dumps(payload).encode())])
         runner = self.run.runner
         assert runner is not None
-        return str(wait_until(lambda: next((a.id for a in list(runner.engine.by_id.values())
-                                            if a.device_id == device.id), None)))
+        alert_id = str(wait_until(lambda: next((a.id for a in list(runner.engine.by_id.values())
+                                                if a.device_id == device.id), None)))
+        # the engine holds the alert before the store's transaction writes it (with its transition and
+        # outbox rows): a snapshot taken in between saw no alert and failed a test by a race
+        wait_until(lambda: self.snapshot(alert_id)[0] is not None)
+        return alert_id
 
     def send(self, event: dict[str, Any], **options: Any) -> Sent:
         return self.dispatch.send(json.dumps(event).encode(), event_type=str(event.get("type")), retry=False,
