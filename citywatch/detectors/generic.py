@@ -422,13 +422,9 @@ class GenericDetector:
                 added = 1.0 if since >= press_gap else press_near  # plateau's start and end): less pressure
                 # on the pressure of the kind that alerted, and of the other if it nearly alerted too
                 # (a single extreme of heavy-tailed noise moves the signed stream too)
-                if score >= score_s or score >= press_both:  # the raw pressure of the row's direction,
-                    if rising:  # `press_dir` of it on the other's
-                        press += added
-                        press_d += press_dir * added
-                    else:
-                        press_d += added
-                        press += press_dir * added
+                if score >= score_s or score >= press_both:  # the raw pressure of the row's direction in
+                    press += added if rising else press_dir * added  # full, `press_dir` of it on the other's
+                    press_d += press_dir * added if rising else added
                 if score_s > score or score_s >= press_both:
                     press_s += added
                 since = 0
