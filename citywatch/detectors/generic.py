@@ -10,8 +10,9 @@ First the value is deseasonalised: r = value - level - season, the season a per-
 (24 buckets, weekdays and weekends apart, UTC, read and learned linearly interpolated between the
 two nearest bucket centres; a bucket never seen starts from the other day type's; each day type
 also learns `share` of the other's mean change, so a change of level learned from Monday to Friday
-is not new on Saturday) learned at `gamma` per day (1 + `season_start`, 1.5 times that, in the
-first two days of rows: a new device's rhythm is unknown; issue 20's tenth round), on a level
+is not new on Saturday) learned at `gamma` per day (1 + `season_start`, 2.5 times that, in the
+first two days of rows: a new device's rhythm is unknown; issue 20's tenth round, 2.5 since the
+eleventh), on a level
 slower than `level_days` days. Without timestamps, or with fewer than 12 rows a day, the season is
 off and the level is a medium-term mean (about 100 rows).
 
@@ -209,7 +210,7 @@ class GenericDetector:
                  press_k: float = 0.5, press_halflife: float = 1000.0, counts: int = 50, margin: float = 0.05,
                  quiet_halflife: float = 50.0, share: float = 0.5, joint: float = 0.5, press_gap: int = 200,
                  press_near: float = 0.75, press_cross: float = 0.5, pair: float = 1.75,
-                 press_both: float = 0.45, press_dir: float = 0.6, season_start: float = 0.5) -> None:
+                 press_both: float = 0.45, press_dir: float = 0.6, season_start: float = 1.5) -> None:
         self.a_fast, self.a_dev, self.a_level, self.gamma = a_fast, a_dev, a_level, gamma
         self.a_ctx_dev, self.a_smooth, self.a_long = a_ctx_dev, a_smooth, a_long
         self.cap, self.clip, self.threshold, self.warmup, self.raise_k = cap, clip, threshold, warmup, raise_k
