@@ -12,9 +12,8 @@ two nearest bucket centres; a bucket never seen starts from the other day type's
 also learns `share` of the other's mean change, so a change of level learned from Monday to Friday
 is not new on Saturday) learned at `gamma` per day (1 + `season_start`, 2.5 times that, in the
 first two days of rows: a new device's rhythm is unknown; issue 20's tenth round, 2.5 since the
-eleventh), on a level
-slower than `level_days` days. Without timestamps, or with fewer than 12 rows a day, the season is
-off and the level is a medium-term mean (about 100 rows).
+eleventh), on a level slower than `level_days` days. Without timestamps, or with fewer than 12 rows
+a day, the season is off and the level is a medium-term mean (about 100 rows).
 
 Raw surprises per row, each a |z| against exponentially weighted (EW) statistics learned before
 the row (updates are Huber-clipped at `clip` spreads, so an outlier barely teaches):
